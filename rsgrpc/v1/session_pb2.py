@@ -29,7 +29,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rsgrpc/v1/session.proto\x12\trsgrpc.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x04\n\x07Session\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x15\n\rprocess_count\x18\x02 \x01(\x05\x12\x19\n\x11\x61vailable_ram_mib\x18\x03 \x01(\x03\x12!\n\x13temporary_directory\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\x10\x64irectory_prefix\x18\x05 \x01(\t\x12&\n\tlog_level\x18\x06 \x01(\x0e\x32\x13.rsgrpc.v1.LogLevel\x12\x10\n\x08log_time\x18\x07 \x01(\x08\x12-\n\x05state\x18\x08 \x01(\x0e\x32\x18.rsgrpc.v1.Session.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12/\n\x0cidle_timeout\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\"B\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x10\n\x0cSTATE_CLOSED\x10\x02\"O\n\x14\x43reateSessionRequest\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.rsgrpc.v1.Session\x12\x12\n\nsession_id\x18\x02 \x01(\t\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x14ListSessionsResponse\x12$\n\x08sessions\x18\x01 \x03(\x0b\x32\x12.rsgrpc.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n\x14UpdateSessionRequest\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.rsgrpc.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"6\n\x14\x44\x65leteSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08log_path\x18\x02 \x01(\t\"N\n\x15ListLogEntriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x08LogEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05level\x18\x02 \x01(\x0e\x32\x13.rsgrpc.v1.LogLevel\x12\x0f\n\x07message\x18\x03 \x01(\t\"[\n\x16ListLogEntriesResponse\x12(\n\x0blog_entries\x18\x01 \x03(\x0b\x32\x13.rsgrpc.v1.LogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*z\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fLOG_LEVEL_DEBUG\x10\x01\x12\x12\n\x0eLOG_LEVEL_INFO\x10\x02\x12\x15\n\x11LOG_LEVEL_WARNING\x10\x03\x12\x13\n\x0fLOG_LEVEL_ERROR\x10\x04\x32\xce\x03\n\x0eSessionService\x12\x44\n\rCreateSession\x12\x1f.rsgrpc.v1.CreateSessionRequest\x1a\x12.rsgrpc.v1.Session\x12>\n\nGetSession\x12\x1c.rsgrpc.v1.GetSessionRequest\x1a\x12.rsgrpc.v1.Session\x12O\n\x0cListSessions\x12\x1e.rsgrpc.v1.ListSessionsRequest\x1a\x1f.rsgrpc.v1.ListSessionsResponse\x12\x44\n\rUpdateSession\x12\x1f.rsgrpc.v1.UpdateSessionRequest\x1a\x12.rsgrpc.v1.Session\x12H\n\rDeleteSession\x12\x1f.rsgrpc.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12U\n\x0eListLogEntries\x12 .rsgrpc.v1.ListLogEntriesRequest\x1a!.rsgrpc.v1.ListLogEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rsgrpc/v1/session.proto\x12\trsgrpc.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x04\n\x07Session\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x15\n\rprocess_count\x18\x02 \x01(\x05\x12\x19\n\x11\x61vailable_ram_mib\x18\x03 \x01(\x03\x12!\n\x13temporary_directory\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\x10\x64irectory_prefix\x18\x05 \x01(\t\x12&\n\tlog_level\x18\x06 \x01(\x0e\x32\x13.rsgrpc.v1.LogLevel\x12\x15\n\x08log_time\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12-\n\x05state\x18\x08 \x01(\x0e\x32\x18.rsgrpc.v1.Session.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12/\n\x0cidle_timeout\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\"B\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x10\n\x0cSTATE_CLOSED\x10\x02\x42\x0b\n\t_log_time\"O\n\x14\x43reateSessionRequest\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.rsgrpc.v1.Session\x12\x12\n\nsession_id\x18\x02 \x01(\t\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x14ListSessionsResponse\x12$\n\x08sessions\x18\x01 \x03(\x0b\x32\x12.rsgrpc.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n\x14UpdateSessionRequest\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.rsgrpc.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"6\n\x14\x44\x65leteSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08log_path\x18\x02 \x01(\t\"N\n\x15ListLogEntriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x08LogEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05level\x18\x02 \x01(\x0e\x32\x13.rsgrpc.v1.LogLevel\x12\x0f\n\x07message\x18\x03 \x01(\t\"[\n\x16ListLogEntriesResponse\x12(\n\x0blog_entries\x18\x01 \x03(\x0b\x32\x13.rsgrpc.v1.LogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*z\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fLOG_LEVEL_DEBUG\x10\x01\x12\x12\n\x0eLOG_LEVEL_INFO\x10\x02\x12\x15\n\x11LOG_LEVEL_WARNING\x10\x03\x12\x13\n\x0fLOG_LEVEL_ERROR\x10\x04\x32\xce\x03\n\x0eSessionService\x12\x44\n\rCreateSession\x12\x1f.rsgrpc.v1.CreateSessionRequest\x1a\x12.rsgrpc.v1.Session\x12>\n\nGetSession\x12\x1c.rsgrpc.v1.GetSessionRequest\x1a\x12.rsgrpc.v1.Session\x12O\n\x0cListSessions\x12\x1e.rsgrpc.v1.ListSessionsRequest\x1a\x1f.rsgrpc.v1.ListSessionsResponse\x12\x44\n\rUpdateSession\x12\x1f.rsgrpc.v1.UpdateSessionRequest\x1a\x12.rsgrpc.v1.Session\x12H\n\rDeleteSession\x12\x1f.rsgrpc.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12U\n\x0eListLogEntries\x12 .rsgrpc.v1.ListLogEntriesRequest\x1a!.rsgrpc.v1.ListLogEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,30 +48,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_SESSION'].fields_by_name['expire_time']._loaded_options = None
   _globals['_SESSION'].fields_by_name['expire_time']._serialized_options = b'\342A\001\003'
-  _globals['_LOGLEVEL']._serialized_start=1440
-  _globals['_LOGLEVEL']._serialized_end=1562
+  _globals['_LOGLEVEL']._serialized_start=1458
+  _globals['_LOGLEVEL']._serialized_end=1580
   _globals['_SESSION']._serialized_start=200
-  _globals['_SESSION']._serialized_end=727
-  _globals['_SESSION_STATE']._serialized_start=661
-  _globals['_SESSION_STATE']._serialized_end=727
-  _globals['_CREATESESSIONREQUEST']._serialized_start=729
-  _globals['_CREATESESSIONREQUEST']._serialized_end=808
-  _globals['_GETSESSIONREQUEST']._serialized_start=810
-  _globals['_GETSESSIONREQUEST']._serialized_end=843
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=845
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=905
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=907
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=992
-  _globals['_UPDATESESSIONREQUEST']._serialized_start=994
-  _globals['_UPDATESESSIONREQUEST']._serialized_end=1102
-  _globals['_DELETESESSIONREQUEST']._serialized_start=1104
-  _globals['_DELETESESSIONREQUEST']._serialized_end=1158
-  _globals['_LISTLOGENTRIESREQUEST']._serialized_start=1160
-  _globals['_LISTLOGENTRIESREQUEST']._serialized_end=1238
-  _globals['_LOGENTRY']._serialized_start=1240
-  _globals['_LOGENTRY']._serialized_end=1345
-  _globals['_LISTLOGENTRIESRESPONSE']._serialized_start=1347
-  _globals['_LISTLOGENTRIESRESPONSE']._serialized_end=1438
-  _globals['_SESSIONSERVICE']._serialized_start=1565
-  _globals['_SESSIONSERVICE']._serialized_end=2027
+  _globals['_SESSION']._serialized_end=745
+  _globals['_SESSION_STATE']._serialized_start=666
+  _globals['_SESSION_STATE']._serialized_end=732
+  _globals['_CREATESESSIONREQUEST']._serialized_start=747
+  _globals['_CREATESESSIONREQUEST']._serialized_end=826
+  _globals['_GETSESSIONREQUEST']._serialized_start=828
+  _globals['_GETSESSIONREQUEST']._serialized_end=861
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=863
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=923
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=925
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1010
+  _globals['_UPDATESESSIONREQUEST']._serialized_start=1012
+  _globals['_UPDATESESSIONREQUEST']._serialized_end=1120
+  _globals['_DELETESESSIONREQUEST']._serialized_start=1122
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1176
+  _globals['_LISTLOGENTRIESREQUEST']._serialized_start=1178
+  _globals['_LISTLOGENTRIESREQUEST']._serialized_end=1256
+  _globals['_LOGENTRY']._serialized_start=1258
+  _globals['_LOGENTRY']._serialized_end=1363
+  _globals['_LISTLOGENTRIESRESPONSE']._serialized_start=1365
+  _globals['_LISTLOGENTRIESRESPONSE']._serialized_end=1456
+  _globals['_SESSIONSERVICE']._serialized_start=1583
+  _globals['_SESSIONSERVICE']._serialized_end=2045
 # @@protoc_insertion_point(module_scope)

@@ -100,7 +100,7 @@ class Session(_message.Message):
     log_level: Global___LogLevel.ValueType
     """Lowest level of the session's log records."""
     log_time: _builtins.bool
-    """Whether each log record carries its time."""
+    """Whether each log record carries its time; true when unset."""
     state: Global___Session.State.ValueType
     """Lifecycle state."""
     @_builtins.property
@@ -130,18 +130,20 @@ class Session(_message.Message):
         temporary_directory: _builtins.str = ...,
         directory_prefix: _builtins.str = ...,
         log_level: Global___LogLevel.ValueType = ...,
-        log_time: _builtins.bool = ...,
+        log_time: _builtins.bool | None = ...,
         state: Global___Session.State.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         idle_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "idle_timeout", b"idle_timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_log_time", b"_log_time", "create_time", b"create_time", "expire_time", b"expire_time", "idle_timeout", b"idle_timeout", "log_time", b"log_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_ram_mib", b"available_ram_mib", "create_time", b"create_time", "directory_prefix", b"directory_prefix", "expire_time", b"expire_time", "idle_timeout", b"idle_timeout", "log_level", b"log_level", "log_time", b"log_time", "name", b"name", "process_count", b"process_count", "state", b"state", "temporary_directory", b"temporary_directory", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_log_time", b"_log_time", "available_ram_mib", b"available_ram_mib", "create_time", b"create_time", "directory_prefix", b"directory_prefix", "expire_time", b"expire_time", "idle_timeout", b"idle_timeout", "log_level", b"log_level", "log_time", b"log_time", "name", b"name", "process_count", b"process_count", "state", b"state", "temporary_directory", b"temporary_directory", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__log_time: _TypeAlias = _typing.Literal["log_time"]  # noqa: Y015
+    _WhichOneofArgType__log_time: _TypeAlias = _typing.Literal["_log_time", b"_log_time"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__log_time) -> _WhichOneofReturnType__log_time | None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
 
@@ -380,7 +382,9 @@ class ListLogEntriesResponse(_message.Message):
     LOG_ENTRIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token of the next page; empty when no more records are kept yet."""
+    """Token that reads on from the last record returned, including records
+    logged later.
+    """
     @_builtins.property
     def log_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]:
         """Records, oldest first."""

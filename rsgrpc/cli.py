@@ -1,0 +1,147 @@
+"""The `rsgrpc` command: serve, run band calc with a progress bar, check health."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rsgrpc.client import Session, connect
+from rsgrpc.v1 import operation_pb2
+
+_STAGES = operation_pb2.OperationMetadata.Stage
+
+
+def _progress_bar(metadata: operation_pb2.OperationMetadata) -> None:
+    total = metadata.tiles_total or 1
+    filled = int(30 * metadata.tiles_done / total)
+    stage = _STAGES.Name(metadata.stage).removeprefix("STAGE_").lower()
+    sys.stderr.write(
+        f"\r[{'#' * filled}{'.' * (30 - filled)}] {metadata.tiles_done}/{metadata.tiles_total}"
+        f" {stage:<10} {metadata.elapsed.ToNanoseconds() / 1e9:6.1f}s"
+    )
+    if metadata.stage == _STAGES.STAGE_DONE:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rsgrpc.server.app import serve
+    from rsgrpc.server.config import from_arguments
+
+    config = from_arguments(args)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    serve(config)
+    return 0
+
+
+def _input(text: str) -> tuple[str, str, int]:
+    """NAME=PATH or NAME=PATH:BAND."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH[:BAND], got {text!r}")
+    path, _, band = rest.rpartition(":") if rest.rpartition(":")[2].isdigit() else (rest, "", "1")
+    return name, path, int(band)
+
+
+def _band_calc(args: argparse.Namespace) -> int:
+    names, paths, bands = zip(*args.input, strict=True) if args.input else ((), (), ())
+    token = open(args.token_file).read().strip() if args.token_file else None
+    with Session(
+        n_processes=args.processes,
+        available_ram=args.ram,
+        progress_callback=None if args.quiet else _progress_bar,
+        target=args.target,
+        token=token,
+    ) as session:
+        result = session.band_calc(
+            input_raster_list=paths,
+            input_name_list=names,
+            input_bands=bands,
+            expression_string=args.expression,
+            output_path=args.output,
+            output_nodata=args.nodata,
+            output_datatype=args.dtype,
+            overwrite=args.overwrite,
+        )
+    if not result.check:
+        print(
+            f"band calc failed: {result.extra.get('code')}: {result.extra.get('error')}",
+            file=sys.stderr,
+        )
+        return 1
+    stats = result.extra["response"].statistics
+    print(
+        f"{result.path}: {stats.valid_pixel_count} valid pixels, "
+        f"min {stats.minimum:g}, max {stats.maximum:g}, mean {stats.mean:g}"
+    )
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    channel = connect(args.target)
+    try:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+        )
+    except grpc.RpcError as error:
+        print(f"unhealthy: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rsgrpc.server.config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="rsgrpc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    add_arguments(serve)
+    serve.set_defaults(run=_serve)
+
+    calc = commands.add_parser("band-calc", help="run band calc in a new session")
+    calc.add_argument("--target", default="127.0.0.1:50051")
+    calc.add_argument("--token-file", help="file holding the server's bearer token")
+    calc.add_argument("--expression", required=True)
+    calc.add_argument(
+        "--input",
+        action="append",
+        type=_input,
+        default=[],
+        metavar="NAME=PATH[:BAND]",
+        help="a named input, relative to the data root",
+    )
+    calc.add_argument("--output", required=True, help="output path, relative to the data root")
+    calc.add_argument("--dtype", default="float32")
+    calc.add_argument("--nodata", type=float, default=None)
+    calc.add_argument("--overwrite", action="store_true")
+    calc.add_argument("--processes", type=int, default=None)
+    calc.add_argument("--ram", type=int, default=None, help="available RAM in MiB")
+    calc.add_argument("--quiet", action="store_true", help="no progress bar")
+    calc.set_defaults(run=_band_calc)
+
+    check = commands.add_parser("health", help="exit 0 if the server is SERVING")
+    check.add_argument("--target", default="127.0.0.1:50051")
+    check.add_argument("--service", default="", help="a service name; empty for the server")
+    check.add_argument("--timeout", type=float, default=5.0)
+    check.set_defaults(run=_health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Python client of rsgrpc, with Remotior Sensus' names for what the service does.
+
+A Remotior script runs against the service with its import changed::
+
+    from rsgrpc.client import Session
+    rs = Session(n_processes=2, available_ram=2048, target="localhost:50051")
+    out = rs.band_calc(
+        input_raster_list=["s2/b08.tif", "s2/b04.tif"], input_name_list=["nir", "red"],
+        expression_string='("nir" - "red") / ("nir" + "red")', output_path="ndvi.tif",
+    )
+    assert out.check, out.extra
+    rs.close()
+
+Paths are relative to the server's data root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro
+from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from rsgrpc.v1 import (
+    operation_pb2,
+    operation_pb2_grpc,
+    raster_pb2,
+    raster_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
+
+_LOG_LEVELS = {
+    10: session_pb2.LOG_LEVEL_DEBUG,
+    20: session_pb2.LOG_LEVEL_INFO,
+    30: session_pb2.LOG_LEVEL_WARNING,
+    40: session_pb2.LOG_LEVEL_ERROR,
+}
+_DATA_TYPES = {
+    name: getattr(raster_pb2, f"DATA_TYPE_{name.upper()}")
+    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+}
+
+Progress = Callable[[operation_pb2.OperationMetadata], None]
+
+
+@dataclass
+class OutputManager:
+    """A tool's outcome, as Remotior returns it: `check` is False on failure,
+    with the status code, message and reason in `extra`."""
+
+    check: bool = True
+    path: str | None = None
+    paths: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _data_type(name: str) -> int:
+    try:
+        return _DATA_TYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unsupported output_datatype, got {name!r}") from None
+
+
+def _error_extra(status_code: int, message: str, details: Sequence[Any]) -> dict[str, Any]:
+    extra: dict[str, Any] = {
+        "code": grpc.StatusCode(_code_tuple(status_code)).name,
+        "error": message,
+    }
+    for detail in details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            extra["reason"] = info.reason
+            extra["metadata"] = dict(info.metadata)
+    return extra
+
+
+def _code_tuple(code: int) -> tuple[int, str]:
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.value
+    return grpc.StatusCode.UNKNOWN.value
+
+
+def _rpc_error_extra(error: grpc.RpcError) -> dict[str, Any]:
+    status = rpc_status.from_call(error)
+    if status is None:
+        return {"code": error.code().name, "error": error.details()}
+    return _error_extra(status.code, status.message, status.details)
+
+
+def connect(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to rsgrpc, with keepalive settings the server accepts."""
+    options = [("grpc.keepalive_time_ms", 30_000), *options]
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+class Session:
+    """A session on an rsgrpc server (Remotior's `Session`)."""
+
+    def __init__(
+        self,
+        n_processes: int | None = None,
+        available_ram: int | None = None,
+        directory_prefix: str | None = None,
+        log_level: int = 20,
+        log_time: bool = True,
+        progress_callback: Progress | None = None,
+        *,
+        target: str = "127.0.0.1:50051",
+        channel: grpc.Channel | None = None,
+        token: str | None = None,
+        session_id: str = "",
+    ) -> None:
+        self._channel = channel or connect(target)
+        self._owns_channel = channel is None
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._sessions = session_pb2_grpc.SessionServiceStub(self._channel)
+        self._raster = raster_pb2_grpc.RasterServiceStub(self._channel)
+        self._operations = lro_grpc.OperationsStub(self._channel)
+        self._watch = operation_pb2_grpc.OperationWatchServiceStub(self._channel)
+        self.progress_callback = progress_callback
+        settings = session_pb2.Session(
+            process_count=n_processes or 0,
+            available_ram_mib=available_ram or 0,
+            directory_prefix=directory_prefix or "",
+            log_level=_LOG_LEVELS.get(log_level, session_pb2.LOG_LEVEL_INFO),
+            log_time=log_time,
+        )
+        self.session = self._sessions.CreateSession(
+            session_pb2.CreateSessionRequest(session=settings, session_id=session_id),
+            metadata=self._metadata,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+    def set(
+        self,
+        n_processes: int | None = None,
+        available_ram: int | None = None,
+        log_level: int | None = None,
+        log_time: bool | None = None,
+    ) -> session_pb2.Session:
+        """Change the session's settings (Remotior's `set`); None leaves one as it is."""
+        changes = session_pb2.Session(name=self.name)
+        paths = []
+        if n_processes is not None:
+            changes.process_count, paths = n_processes, [*paths, "process_count"]
+        if available_ram is not None:
+            changes.available_ram_mib, paths = available_ram, [*paths, "available_ram_mib"]
+        if log_level is not None:
+            changes.log_level = _LOG_LEVELS.get(log_level, session_pb2.LOG_LEVEL_INFO)
+            paths.append("log_level")
+        if log_time is not None:
+            changes.log_time, paths = log_time, [*paths, "log_time"]
+        if not paths:
+            return self.session
+        self.session = self._sessions.UpdateSession(
+            session_pb2.UpdateSessionRequest(
+                session=changes, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            ),
+            metadata=self._metadata,
+        )
+        return self.session
+
+    def log(self) -> list[str]:
+        """The session's log messages, oldest first."""
+        entries, token = [], ""
+        while True:
+            page = self._sessions.ListLogEntries(
+                session_pb2.ListLogEntriesRequest(parent=self.name, page_token=token),
+                metadata=self._metadata,
+            )
+            entries.extend(e.message for e in page.log_entries)
+            if not page.log_entries:
+                return entries
+            token = page.next_page_token
+
+    def close(self, log_path: str | None = None) -> None:
+        """Close the session (Remotior's `close`), keeping its log at `log_path` if given."""
+        try:
+            self._sessions.DeleteSession(
+                session_pb2.DeleteSessionRequest(name=self.name, log_path=log_path or ""),
+                metadata=self._metadata,
+            )
+        finally:
+            if self._owns_channel:
+                self._channel.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def wait(self, operation: lro.Operation) -> lro.Operation:
+        """Follow an operation to its end, calling `progress_callback` at each change."""
+        for update in self._watch.WatchOperation(
+            operation_pb2.WatchOperationRequest(name=operation.name), metadata=self._metadata
+        ):
+            operation = update
+            if self.progress_callback is not None:
+                metadata = operation_pb2.OperationMetadata()
+                operation.metadata.Unpack(metadata)
+                self.progress_callback(metadata)
+        return operation
+
+    def cancel(self, operation: lro.Operation) -> None:
+        self._operations.CancelOperation(
+            lro.CancelOperationRequest(name=operation.name), metadata=self._metadata
+        )
+
+    def _run(self, start: Callable[[], lro.Operation], response: Any) -> OutputManager:
+        try:
+            operation = self.wait(start())
+        except grpc.RpcError as error:
+            return OutputManager(check=False, extra=_rpc_error_extra(error))
+        if operation.HasField("error"):
+            e = operation.error
+            return OutputManager(check=False, extra=_error_extra(e.code, e.message, e.details))
+        operation.response.Unpack(response)
+        return OutputManager(
+            path=response.output_path, paths=[response.output_path], extra={"response": response}
+        )
+
+    def band_calc(
+        self,
+        input_raster_list: Sequence[str] | None = None,
+        output_path: str | None = None,
+        expression_string: str | None = None,
+        input_name_list: Sequence[str] | None = None,
+        output_nodata: float | None = None,
+        output_datatype: str | None = None,
+        overwrite: bool = False,
+        input_bands: Sequence[int] | None = None,
+        compression: str | None = None,
+    ) -> OutputManager:
+        """Map algebra over named rasters (Remotior's `band_calc`)."""
+        rasters = list(input_raster_list or [])
+        names = list(input_name_list or [f"b{i + 1}" for i in range(len(rasters))])
+        bands = list(input_bands or [1] * len(rasters))
+        request = raster_pb2.BandCalcRequest(
+            session=self.name,
+            expression=expression_string or "",
+            inputs=[
+                raster_pb2.RasterInput(name=n, path=p, band=b)
+                for n, p, b in zip(names, rasters, bands, strict=True)
+            ],
+            output_path=output_path or "",
+            overwrite=overwrite,
+            output_data_type=_data_type(output_datatype or "float32"),
+        )
+        if output_nodata is not None:
+            request.output_nodata = output_nodata
+        if compression:
+            request.output_options.compression = raster_pb2.Compression.Value(
+                f"COMPRESSION_{compression.upper()}"
+            )
+        return self._run(
+            lambda: self._raster.BandCalc(request, metadata=self._metadata),
+            raster_pb2.BandCalcResponse(),
+        )

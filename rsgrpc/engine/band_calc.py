@@ -1,0 +1,245 @@
+"""Band calc as a tiled job: validate at the door, evaluate tiles in workers, write once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rsgrpc_kernels.expression import Expression, ExpressionError, parse_expression
+
+from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
+from rsgrpc.engine.operations import Operation, Stage
+from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.raster_io import (
+    WORKER_GDAL_CACHE_BYTES,
+    WRITER_GDAL_CACHE_BYTES,
+    OutputProfile,
+    RasterInfo,
+    RasterWriter,
+    check_same_grid,
+    describe,
+    read_window,
+)
+from rsgrpc.engine.session import Session
+from rsgrpc.engine.statistics import BandStatistics, tile_statistics
+from rsgrpc.engine.tiled_job import run_tiles
+from rsgrpc.engine.tiles import MemoryModel, Tile, plan_tiles
+
+MAX_INPUTS = 64
+_NAME_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class NamedInput:
+    """One band of a raster under the data root, named for the expression."""
+
+    name: str
+    path: str
+    band: int = 1
+
+
+@dataclass(frozen=True)
+class BandCalcRequest:
+    """Everything a band calc job is asked to do, as the client said it."""
+
+    expression: str
+    inputs: tuple[NamedInput, ...]
+    output_path: str
+    overwrite: bool = False
+    output_dtype: str = "float32"
+    output_nodata: float = -32768.0
+    profile: OutputProfile | None = None
+
+
+@dataclass(frozen=True)
+class BandCalcResult:
+    """What a finished band calc returns."""
+
+    output_path: str
+    statistics: BandStatistics
+
+
+@dataclass(frozen=True)
+class BandCalcJob:
+    """A validated band calc: parsed expression, described inputs, resolved output."""
+
+    request: BandCalcRequest
+    expression: Expression
+    infos: tuple[RasterInfo, ...]  # in the order of expression.input_names
+    nodata_values: tuple[float | None, ...]  # in the order of expression.nodata_names
+    output: Path
+    output_dtype: str
+    profile: OutputProfile
+
+
+def prepare_band_calc(
+    request: BandCalcRequest, data_root: DataRoot, default_profile: OutputProfile
+) -> BandCalcJob:
+    """Check a request completely before any work starts; raise the error a client should see."""
+    if not request.inputs:
+        raise InvalidArgumentError("band calc needs at least one input")
+    if len(request.inputs) > MAX_INPUTS:
+        raise InvalidArgumentError(f"band calc takes at most {MAX_INPUTS} inputs")
+    names = [i.name for i in request.inputs]
+    for name in names:
+        if not name or len(name) > _NAME_LIMIT or '"' in name:
+            raise InvalidArgumentError(f"input name {name!r} is not valid")
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError(f"input names must be unique, got {names}")
+    try:
+        expression = parse_expression(request.expression, names)
+    except ExpressionError as exc:
+        raise InvalidArgumentError(
+            f"expression: {exc}", metadata={"position": str(exc.position)}
+        ) from exc
+    output_dtype = _output_dtype(request.output_dtype)
+    _check_nodata_fits(request.output_nodata, output_dtype)
+    by_name = {i.name: i for i in request.inputs}
+    described: dict[str, RasterInfo] = {}
+    for name in dict.fromkeys(expression.input_names + expression.nodata_names):
+        given = by_name[name]
+        path = data_root.resolve(given.path, field=f"input {name!r} path")
+        described[name] = describe(path, given.band or 1, client_path=given.path)
+    if not expression.input_names:
+        raise InvalidArgumentError("the expression reads no input's pixels")
+    infos = tuple(described[n] for n in expression.input_names)
+    check_same_grid(infos, expression.input_names)
+    output = data_root.resolve(request.output_path, field="output_path")
+    if output.exists() and not request.overwrite:
+        raise AlreadyExistsError(
+            f"output {request.output_path!r} exists; set overwrite to replace it",
+            metadata={"path": request.output_path},
+        )
+    if output.is_dir():
+        raise InvalidArgumentError(f"output {request.output_path!r} is a directory")
+    nodata_values = tuple(described[n].nodata for n in expression.nodata_names)
+    return BandCalcJob(
+        request,
+        expression,
+        infos,
+        nodata_values,
+        output,
+        output_dtype,
+        request.profile or default_profile,
+    )
+
+
+def _output_dtype(name: str) -> str:
+    allowed = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+    key = name.lower()
+    if key not in allowed:
+        raise InvalidArgumentError(f"unsupported output data type {name!r}; use one of {allowed}")
+    return key
+
+
+def _check_nodata_fits(nodata: float, dtype: str) -> None:
+    if np.dtype(dtype).kind == "f":
+        return
+    limits = np.iinfo(dtype)
+    if math.isnan(nodata) or not limits.min <= nodata <= limits.max or nodata != int(nodata):
+        raise InvalidArgumentError(
+            f"output nodata {nodata:g} does not fit the output data type {dtype}"
+        )
+
+
+def band_calc_memory(job: BandCalcJob) -> MemoryModel:
+    """Bytes per pixel: a worker holds the input windows, the output tile, a float64
+    copy of its valid values and their squared deviations, and a mask; the coordinator holds output tiles."""
+    inputs = sum(np.dtype(i.dtype).itemsize for i in job.infos)
+    output = np.dtype(job.output_dtype).itemsize
+    return MemoryModel(worker=inputs + output + 17, result=output)
+
+
+def _evaluate_tile(
+    expression: Expression,
+    sources: Sequence[tuple[str, int, float | None]],
+    nodata_values: Sequence[float | None],
+    tile: Tile,
+    output_dtype: str,
+    output_nodata: float,
+) -> tuple[Tile, np.ndarray, BandStatistics, int]:
+    """Runs in a worker: read this tile's windows, evaluate, summarise."""
+    from rsgrpc_kernels.bandcalc import evaluate
+
+    arrays = [read_window(path, band, tile) for path, band, _ in sources]
+    out, _ = evaluate(
+        expression,
+        arrays,
+        [nodata for _, _, nodata in sources],
+        nodata_values=nodata_values,
+        output_dtype=output_dtype,
+        output_nodata=output_nodata,
+    )
+    return tile, out, tile_statistics(out, output_nodata), sum(a.nbytes for a in arrays)
+
+
+def run_band_calc(job: BandCalcJob, session: Session, operation: Operation) -> BandCalcResult:
+    """The job: plan tiles within the session's budget, evaluate them, write the output."""
+    operation.update(stage=Stage.PLANNING)
+    first = job.infos[0]
+    executor = session.executor
+    fixed = (
+        executor.footprint_bytes()
+        + WRITER_GDAL_CACHE_BYTES
+        + executor.workers * WORKER_GDAL_CACHE_BYTES
+    )
+    plan = plan_tiles(
+        first.shape,
+        [i.block_shape for i in job.infos],
+        band_calc_memory(job),
+        budget_bytes=session.settings.available_ram_mib << 20,
+        workers=executor.workers,
+        fixed_bytes=fixed,
+    )
+    session.logger.info(
+        "%s: band calc %r, %d tiles of %dx%d, planned peak %d MiB",
+        operation.name,
+        job.request.expression,
+        plan.tile_count,
+        plan.tile_height,
+        plan.tile_width,
+        plan.peak_bytes >> 20,
+    )
+    operation.update(stage=Stage.RUNNING, tiles_total=plan.tile_count)
+    sources = [(i.path, i.band, i.nodata) for i in job.infos]
+    statistics = BandStatistics.empty()
+    done = read = written = 0
+    request = job.request
+    with RasterWriter(
+        job.output,
+        width=first.width,
+        height=first.height,
+        dtype=job.output_dtype,
+        nodata=request.output_nodata,
+        crs=first.crs,
+        transform=first.transform,
+        profile=job.profile,
+        overwrite=request.overwrite,
+    ) as writer:
+
+        def task(tile: Tile):
+            return _evaluate_tile, (
+                job.expression,
+                sources,
+                job.nodata_values,
+                tile,
+                job.output_dtype,
+                request.output_nodata,
+            )
+
+        def consume(result) -> None:
+            nonlocal statistics, done, read, written
+            tile, array, tile_stats, tile_read = result
+            writer.write(tile, array)
+            statistics = statistics.combine(tile_stats)
+            done, read, written = done + 1, read + tile_read, written + array.nbytes
+            operation.update(tiles_done=done, bytes_read=read, bytes_written=written)
+
+        run_tiles(executor, operation, plan.tiles(), task, consume, in_flight=plan.in_flight)
+        operation.update(stage=Stage.FINALIZING)
+        size = writer.commit()
+    operation.update(bytes_written=size)
+    return BandCalcResult(request.output_path, statistics)

@@ -1,0 +1,146 @@
+"""Where tiles run: a session's warm pool of local processes, or a Dask cluster.
+
+Both give `submit(fn, *args) -> concurrent.futures.Future`, so a job has one
+code path whatever runs it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
+
+import psutil
+
+from rsgrpc.engine.errors import WorkerLostError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """What a job needs of whatever runs its tiles."""
+
+    workers: int
+
+    def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future: ...
+
+    def footprint_bytes(self) -> int: ...
+
+    def recover(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+def _init_worker(threads: int) -> None:
+    """Runs once in each new worker: pin numba's threads, load the kernels."""
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+def _worker_pid() -> int:
+    import time
+
+    # Long enough that every worker of a new pool receives one.
+    time.sleep(0.05)
+    return os.getpid()
+
+
+class LocalProcessExecutor:
+    """A warm pool of spawned worker processes owned by one session.
+
+    Processes are spawned (never forked: the parent runs gRPC's threads).
+    When a worker dies, the pool is broken; `recover` replaces it, so the
+    next job runs on fresh workers.
+    """
+
+    def __init__(self, processes: int, *, threads_per_process: int) -> None:
+        self.workers = processes
+        self.threads_per_process = threads_per_process
+        self._lock = threading.Lock()
+        self._pool = self._start()
+
+    def _start(self) -> concurrent.futures.ProcessPoolExecutor:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.threads_per_process,),
+        )
+        # Start every worker now, so the first job does not pay for it.
+        futures = [pool.submit(_worker_pid) for _ in range(self.workers)]
+        concurrent.futures.wait(futures)
+        return pool
+
+    def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
+        with self._lock:
+            pool = self._pool
+        try:
+            return pool.submit(fn, *args)
+        except BrokenProcessPool as exc:
+            raise WorkerLostError("a worker process of this session died") from exc
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in list(self._pool._processes.values())]
+
+    def footprint_bytes(self) -> int:
+        """Memory the idle workers hold (proportional set size, shared pages split)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                info = psutil.Process(pid).memory_full_info()
+            except (psutil.Error, OSError):
+                continue
+            total += getattr(info, "pss", info.rss)
+        return total
+
+    def recover(self) -> None:
+        """Replace a broken pool with a new one."""
+        with self._lock:
+            old = self._pool
+            broken = getattr(old, "_broken", False)
+            if not broken:
+                return
+            _LOGGER.warning("worker pool broken; starting %d new workers", self.workers)
+            old.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool = self._pool
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor:
+    """Tiles on a Dask distributed cluster, through its concurrent.futures executor.
+
+    Workers read their own windows, so the paths must be reachable from every
+    worker (shared storage, or GDAL's /vsis3/ and friends).
+    """
+
+    def __init__(self, scheduler_address: str, *, workers: int) -> None:
+        from distributed import Client
+
+        self._client = Client(scheduler_address, set_as_default=False)
+        self._executor = self._client.get_executor(pure=False)
+        self.workers = workers
+
+    def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
+        return self._executor.submit(fn, *args)
+
+    def footprint_bytes(self) -> int:
+        # The cluster's workers belong to the cluster, not to this session.
+        return 0
+
+    def recover(self) -> None:
+        # The scheduler reschedules tasks of lost workers by itself.
+        return None
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False)
+        self._client.close()

@@ -1,0 +1,164 @@
+"""Long-running operations: their progress, outcome, cancellation and watchers."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rsgrpc.engine.errors import (
+    CancelledError,
+    FailedPreconditionError,
+    NotFoundError,
+    ResourceExhaustedError,
+    RsgrpcError,
+    UnavailableError,
+)
+
+
+class Stage(enum.IntEnum):
+    """Where a job is; the values match `OperationMetadata.Stage`."""
+
+    QUEUED = 1
+    PLANNING = 2
+    RUNNING = 3
+    FINALIZING = 4
+    DONE = 5
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of an operation's progress."""
+
+    stage: Stage = Stage.QUEUED
+    tiles_done: int = 0
+    tiles_total: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+class Operation:
+    """One job. Its state changes only through its methods, under its lock.
+
+    `version` grows at each change, so a watcher can wait for the next one.
+    """
+
+    def __init__(self, session: str, method: str) -> None:
+        self.name = f"operations/{uuid.uuid4().hex}"
+        self.session = session
+        self.method = method
+        self.create_time = time.time()
+        self.start_monotonic = time.monotonic()
+        self.end_time: float | None = None
+        self.cancel_event = threading.Event()
+        self._changed = threading.Condition()
+        self.version = 0
+        self.progress = Progress()
+        self.result: Any = None
+        self.error: RsgrpcError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.progress.stage is Stage.DONE
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start_monotonic
+
+    def update(self, **changes: Any) -> None:
+        with self._changed:
+            if self.done:
+                return
+            self.progress = replace(self.progress, **changes)
+            self.version += 1
+            self._changed.notify_all()
+
+    def finish(self, *, result: Any = None, error: RsgrpcError | None = None) -> None:
+        with self._changed:
+            if self.done:
+                return
+            if error is None and self.cancel_event.is_set():
+                error = CancelledError("the operation was cancelled")
+            self.result, self.error = (None, error) if error else (result, None)
+            self.end_time = time.time()
+            self.progress = replace(self.progress, stage=Stage.DONE)
+            self.version += 1
+            self._changed.notify_all()
+
+    def cancel(self) -> None:
+        with self._changed:
+            if self.done:
+                return
+            self.cancel_event.set()
+            self.version += 1
+            self._changed.notify_all()
+
+    def wait_change(self, seen_version: int, timeout: float | None) -> int:
+        """Wait until the version passes `seen_version` (or timeout); return the version."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version > seen_version, timeout)
+            return self.version
+
+    def wait_done(self, timeout: float | None) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.done, timeout)
+
+
+class OperationStore:
+    """Every operation of the server, in creation order, with a bound on how many it keeps.
+
+    Running operations count against `max_running`; finished ones are kept
+    until `max_kept` is reached, then the oldest finished one is forgotten.
+    """
+
+    def __init__(self, *, max_running: int, max_kept: int = 1000) -> None:
+        self._lock = threading.Lock()
+        self._operations: OrderedDict[str, Operation] = OrderedDict()
+        self.max_running = max_running
+        self.max_kept = max_kept
+        self.closed = False
+
+    def close(self) -> None:
+        """Refuse new operations from now on (the server is shutting down)."""
+        self.closed = True
+
+    def add(self, session: str, method: str) -> Operation:
+        with self._lock:
+            if self.closed:
+                raise UnavailableError("the server is shutting down")
+            running = sum(1 for op in self._operations.values() if not op.done)
+            if running >= self.max_running:
+                raise ResourceExhaustedError(
+                    f"the server runs {running} operations, its limit; try again later"
+                )
+            operation = Operation(session, method)
+            self._operations[operation.name] = operation
+            finished = [name for name, op in self._operations.items() if op.done]
+            for name in finished[: max(0, len(self._operations) - self.max_kept)]:
+                del self._operations[name]
+            return operation
+
+    def get(self, name: str) -> Operation:
+        with self._lock:
+            operation = self._operations.get(name)
+        if operation is None:
+            raise NotFoundError(f"operation {name!r} does not exist", metadata={"name": name})
+        return operation
+
+    def list(self, *, session: str | None = None) -> list[Operation]:
+        with self._lock:
+            operations = list(self._operations.values())
+        return [op for op in operations if session is None or op.session == session]
+
+    def delete(self, name: str) -> None:
+        operation = self.get(name)
+        if not operation.done:
+            raise FailedPreconditionError(
+                f"operation {name!r} is still running; cancel it first", metadata={"name": name}
+            )
+        with self._lock:
+            self._operations.pop(name, None)

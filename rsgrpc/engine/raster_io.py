@@ -1,0 +1,227 @@
+"""Raster I/O: describing inputs, reading windows, and the one output writer.
+
+Every read of a window goes through `read_window`; every output goes through
+`RasterWriter`, which writes under a temporary name and moves the file into
+place only when it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from rsgrpc.engine.tiles import Tile
+
+MIB = 1 << 20
+# GDAL's block cache in a worker: reads are block-aligned windows, so a
+# small cache loses nothing and keeps each worker's footprint predictable.
+WORKER_GDAL_CACHE_BYTES = 16 * MIB
+# The writer's block cache: enough for the tiles in flight to be encoded by
+# GDAL's threads before they are flushed.
+WRITER_GDAL_CACHE_BYTES = 64 * MIB
+OUTPUT_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the engine needs to know of one band of an input raster."""
+
+    path: str
+    band: int
+    width: int
+    height: int
+    dtype: str
+    nodata: float | None
+    crs: str
+    transform: tuple[float, ...]
+    block_shape: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def describe(path: Path, band: int, *, client_path: str) -> RasterInfo:
+    """Open `path` and describe band `band`; errors name `client_path`."""
+    if not path.exists():
+        raise NotFoundError(f"input {client_path!r} does not exist", metadata={"path": client_path})
+    try:
+        with rasterio.open(path) as ds:
+            if not 1 <= band <= ds.count:
+                raise InvalidArgumentError(
+                    f"input {client_path!r} has {ds.count} band(s); band {band} does not exist",
+                    metadata={"path": client_path},
+                )
+            return RasterInfo(
+                path=str(path),
+                band=band,
+                width=ds.width,
+                height=ds.height,
+                dtype=ds.dtypes[band - 1],
+                nodata=ds.nodatavals[band - 1],
+                crs=ds.crs.to_wkt() if ds.crs else "",
+                transform=tuple(ds.transform)[:6],
+                block_shape=tuple(ds.block_shapes[band - 1]),
+            )
+    except RasterioError as exc:
+        raise InvalidArgumentError(
+            f"input {client_path!r} is not a readable raster: {exc}",
+            metadata={"path": client_path},
+        ) from exc
+
+
+def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:
+    """Raise InvalidArgumentError naming the first difference between the inputs' grids."""
+    first, first_name = infos[0], names[0]
+    for info, name in zip(infos[1:], names[1:], strict=True):
+        if info.shape != first.shape:
+            raise InvalidArgumentError(
+                f"inputs {first_name!r} and {name!r} differ in size: "
+                f"{first.width}x{first.height} and {info.width}x{info.height}"
+            )
+        if not np.allclose(info.transform, first.transform, rtol=0, atol=1e-9):
+            raise InvalidArgumentError(
+                f"inputs {first_name!r} and {name!r} differ in transform: "
+                f"{first.transform} and {info.transform}"
+            )
+        if info.crs != first.crs:
+            raise InvalidArgumentError(f"inputs {first_name!r} and {name!r} differ in CRS")
+
+
+def read_window(path: str, band: int, tile: Tile) -> np.ndarray:
+    """Read one band's window; workers call this for their own tiles."""
+    with (
+        rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES),
+        rasterio.open(path) as ds,
+    ):
+        return ds.read(band, window=Window(tile.col, tile.row, tile.width, tile.height))
+
+
+@dataclass(frozen=True)
+class OutputProfile:
+    """How an output GeoTIFF is encoded."""
+
+    compression: str  # "none", "deflate", "zstd" or "lzw"
+    level: int = 0  # 0: the codec's default
+    predictor: int = 0  # 0: the profile's default for the dtype
+    cloud_optimized: bool = False
+
+    CODECS = ("none", "deflate", "zstd", "lzw")
+
+    def creation_options(self, dtype: str) -> dict[str, object]:
+        options: dict[str, object] = {
+            "tiled": True,
+            "blockxsize": OUTPUT_BLOCK,
+            "blockysize": OUTPUT_BLOCK,
+            "bigtiff": "IF_SAFER",
+            "num_threads": "ALL_CPUS",
+        }
+        if self.compression == "none":
+            return options
+        options["compress"] = self.compression
+        if self.level:
+            options["zstd_level" if self.compression == "zstd" else "zlevel"] = self.level
+        predictor = self.predictor or (3 if np.dtype(dtype).kind == "f" else 2)
+        options["predictor"] = predictor
+        return options
+
+
+# Chosen by benchmarks/bench_band_calc.py: see the README's "Output profile".
+DEFAULT_PROFILE = OutputProfile("zstd", level=1)
+
+
+class RasterWriter:
+    """The one writer of an output: tiles in any order, published whole or not at all.
+
+    Use as a context manager; call `commit()` when every tile is written.
+    Leaving the block without committing removes the temporary file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        width: int,
+        height: int,
+        dtype: str,
+        nodata: float | None,
+        crs: str,
+        transform: Sequence[float],
+        profile: OutputProfile,
+        overwrite: bool,
+    ) -> None:
+        self.path = path
+        self.overwrite = overwrite
+        self.profile = profile
+        self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial.tif")
+        self._meta = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": 1,
+            "dtype": dtype,
+            "nodata": nodata,
+            "crs": crs or None,
+            "transform": rasterio.Affine(*transform),
+            **profile.creation_options(dtype),
+        }
+        self._env = rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES)
+        self._ds = None
+        self.bytes_written = 0
+
+    def __enter__(self) -> RasterWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._env.__enter__()
+        self._ds = rasterio.open(self._tmp, "w", **self._meta)
+        return self
+
+    def write(self, tile: Tile, array: np.ndarray) -> None:
+        self._ds.write(array, 1, window=Window(tile.col, tile.row, tile.width, tile.height))
+
+    def commit(self) -> int:
+        """Close, and move the finished file to its path; returns its size in bytes."""
+        self._ds.close()
+        self._ds = None
+        source = self._tmp
+        if self.profile.cloud_optimized:
+            cog = self._tmp.with_name(self._tmp.name + ".cog.tif")
+            options = self.profile.creation_options(self._meta["dtype"])
+            for key in ("tiled", "blockxsize", "blockysize"):
+                options.pop(key)
+            rasterio.shutil.copy(self._tmp, cog, driver="COG", blocksize=OUTPUT_BLOCK, **options)
+            self._tmp.unlink()
+            self._tmp = source = cog
+        if self.overwrite:
+            os.replace(source, self.path)
+        else:
+            # link() refuses to replace, so an output created meanwhile is kept.
+            try:
+                os.link(source, self.path)
+            except FileExistsError as exc:
+                raise AlreadyExistsError(
+                    f"output {self.path.name!r} appeared while the job ran; overwrite is off"
+                ) from exc
+            source.unlink()
+        self.bytes_written = self.path.stat().st_size
+        return self.bytes_written
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._ds is not None:
+            with contextlib.suppress(Exception):
+                self._ds.close()
+            self._ds = None
+        self._env.__exit__(*exc_info)
+        for leftover in (self._tmp,):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()

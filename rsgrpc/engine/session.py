@@ -1,0 +1,375 @@
+"""Sessions: each owns warm workers, a temporary directory, a log and a job queue.
+
+Like Remotior Sensus' `Session`, but one per client and many at once, with
+no module state: everything a session holds hangs off its object, and the
+registry admits sessions within the server's totals.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rsgrpc.engine.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    RsgrpcError,
+)
+from rsgrpc.engine.executors import DaskExecutor, Executor, LocalProcessExecutor
+from rsgrpc.engine.operations import Operation
+
+_LOGGER = logging.getLogger(__name__)
+_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,32}$")
+LOG_RECORDS_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What a client chooses for its session (Remotior's `Session` arguments)."""
+
+    process_count: int
+    available_ram_mib: int
+    directory_prefix: str = "rsgrpc_"
+    log_level: int = logging.INFO
+    log_time: bool = True
+    idle_timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """The server's totals, shared by all sessions."""
+
+    process_count: int
+    ram_mib: int
+    max_sessions: int
+    max_idle_timeout_s: float
+    min_ram_mib: int = 64
+
+
+@dataclass(frozen=True)
+class LogRecordView:
+    """One record of a session's log, as a client reads it."""
+
+    sequence: int
+    time: float
+    level: int
+    message: str
+
+
+class _RingHandler(logging.Handler):
+    """Keeps the last records of a session's log in memory for ListLogEntries."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.records: collections.deque[LogRecordView] = collections.deque(maxlen=capacity)
+        self._next = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        view = LogRecordView(self._next, record.created, record.levelno, self.format(record))
+        self._next += 1
+        self.records.append(view)
+
+
+class Session:
+    """One client's session. Jobs run one at a time, in the order submitted."""
+
+    def __init__(
+        self,
+        session_id: str,
+        settings: SessionSettings,
+        *,
+        temp_root: Path,
+        make_executor: Callable[[SessionSettings], Executor],
+    ) -> None:
+        self.id = session_id
+        self.name = f"sessions/{session_id}"
+        self.settings = settings
+        self.create_time = self.update_time = time.time()
+        self.closed = False
+        self._make_executor = make_executor
+        self._lock = threading.Lock()
+        self._active_jobs = 0
+        self.temporary_directory = Path(
+            tempfile.mkdtemp(prefix=f"{settings.directory_prefix}{session_id}_", dir=temp_root)
+        )
+        # A Logger made directly is not registered in logging's global tree.
+        self.logger = logging.Logger(f"rsgrpc.session.{session_id}")
+        self.logger.propagate = False
+        self._ring = _RingHandler(LOG_RECORDS_KEPT)
+        self._file = logging.FileHandler(self.temporary_directory / "session.log")
+        for handler in (self._ring, self._file):
+            self.logger.addHandler(handler)
+        self._apply_log_settings()
+        self._jobs = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"job-{session_id}"
+        )
+        try:
+            self.executor = make_executor(settings)
+        except Exception:
+            self._remove_files()
+            raise
+        self.logger.info(
+            "session started: %d processes, %d MiB, temporary directory %s",
+            settings.process_count,
+            settings.available_ram_mib,
+            self.temporary_directory.name,
+        )
+
+    def _apply_log_settings(self) -> None:
+        fmt = (
+            "%(asctime)s %(levelname)s %(message)s"
+            if self.settings.log_time
+            else "%(levelname)s %(message)s"
+        )
+        for handler in (self._ring, self._file):
+            handler.setFormatter(logging.Formatter(fmt))
+        self.logger.setLevel(self.settings.log_level)
+
+    @property
+    def expire_time(self) -> float:
+        return self.update_time + self.settings.idle_timeout_s
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._active_jobs > 0
+
+    def touch(self) -> None:
+        self.update_time = time.time()
+
+    def update(self, settings: SessionSettings) -> None:
+        """Apply new settings; the workers are rebuilt if their number changes."""
+        with self._lock:
+            if self._active_jobs:
+                raise FailedPreconditionError(f"{self.name} has running jobs; update it when idle")
+            old, self.settings = self.settings, settings
+            self._apply_log_settings()
+            if settings.process_count != old.process_count:
+                self.executor.shutdown()
+                self.executor = self._make_executor(settings)
+        self.touch()
+        self.logger.info("session settings changed")
+
+    def submit(self, operation: Operation, job: Callable[[Session, Operation], Any]) -> None:
+        """Queue `job` to run on this session; its outcome finishes `operation`."""
+        with self._lock:
+            if self.closed:
+                raise FailedPreconditionError(f"{self.name} is closed")
+            self._active_jobs += 1
+        self.touch()
+
+        def run() -> None:
+            try:
+                if operation.cancel_event.is_set():
+                    operation.finish()
+                    return
+                result = job(self, operation)
+                operation.finish(result=result)
+                self.logger.info("%s %s done", operation.method, operation.name)
+            except RsgrpcError as exc:
+                operation.finish(error=exc)
+                self.logger.warning("%s %s failed: %s", operation.method, operation.name, exc)
+            except Exception as exc:
+                _LOGGER.exception("job %s failed", operation.name)
+                operation.finish(error=RsgrpcError(f"internal error: {exc}"))
+            finally:
+                with self._lock:
+                    self._active_jobs -= 1
+                self.touch()
+
+        self._jobs.submit(run)
+
+    def close(self, log_path: Path | None = None) -> None:
+        """Stop the jobs' queue and workers; keep the log at `log_path`; remove the files."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        self._jobs.shutdown(wait=True, cancel_futures=False)
+        self.executor.shutdown()
+        self.logger.info("session closed")
+        self._file.close()
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.temporary_directory / "session.log", log_path)
+        self._remove_files()
+
+    def _remove_files(self) -> None:
+        for handler in (self._ring, self._file):
+            handler.close()
+        shutil.rmtree(self.temporary_directory, ignore_errors=True)
+
+    def log_records(self, start: int, limit: int) -> list[LogRecordView]:
+        return [r for r in list(self._ring.records) if r.sequence >= start][:limit]
+
+
+class SessionRegistry:
+    """The server's sessions, admitted within its totals, expired when idle."""
+
+    def __init__(
+        self,
+        limits: ServerLimits,
+        *,
+        temp_root: Path,
+        dask_scheduler: str | None = None,
+        on_close: Callable[[Session], None] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.temp_root = temp_root
+        self.dask_scheduler = dask_scheduler
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+        self._reserved: dict[str, SessionSettings] = {}
+        temp_root.mkdir(parents=True, exist_ok=True)
+
+    def _make_executor(self, settings: SessionSettings) -> Executor:
+        if self.dask_scheduler:
+            return DaskExecutor(self.dask_scheduler, workers=settings.process_count)
+        cores = os.cpu_count() or 1
+        return LocalProcessExecutor(
+            settings.process_count,
+            threads_per_process=max(1, cores // settings.process_count),
+        )
+
+    def validate(self, settings: SessionSettings) -> SessionSettings:
+        limits = self.limits
+        if not 1 <= settings.process_count <= limits.process_count:
+            raise InvalidArgumentError(
+                f"process_count must be 1 to {limits.process_count}, got {settings.process_count}"
+            )
+        if settings.available_ram_mib < limits.min_ram_mib:
+            raise InvalidArgumentError(
+                f"available_ram_mib must be at least {limits.min_ram_mib}, "
+                f"got {settings.available_ram_mib}"
+            )
+        if not _PREFIX.match(settings.directory_prefix):
+            raise InvalidArgumentError(
+                "directory_prefix may hold up to 32 letters, digits, '_' and '-'"
+            )
+        if not 0 < settings.idle_timeout_s <= limits.max_idle_timeout_s:
+            raise InvalidArgumentError(
+                f"idle_timeout must be positive and at most {limits.max_idle_timeout_s:g} s"
+            )
+        return settings
+
+    def _check_totals(self, settings: SessionSettings, *, excluding: str | None = None) -> None:
+        others = [s for k, s in self._reserved.items() if k != excluding]
+        if excluding is None and len(others) >= self.limits.max_sessions:
+            raise ResourceExhaustedError(
+                f"the server has {len(others)} sessions, its limit of {self.limits.max_sessions}"
+            )
+        processes = sum(s.process_count for s in others) + settings.process_count
+        if processes > self.limits.process_count:
+            raise ResourceExhaustedError(
+                f"the server's sessions would use {processes} processes; its total is "
+                f"{self.limits.process_count}"
+            )
+        ram = sum(s.available_ram_mib for s in others) + settings.available_ram_mib
+        if ram > self.limits.ram_mib:
+            raise ResourceExhaustedError(
+                f"the server's sessions would use {ram} MiB; its total is {self.limits.ram_mib} MiB"
+            )
+
+    def create(self, settings: SessionSettings, session_id: str = "") -> Session:
+        settings = self.validate(settings)
+        if session_id and not _ID.match(session_id):
+            raise InvalidArgumentError(
+                "session_id must be 4 to 63 lowercase letters, digits or '-', starting with a letter"
+            )
+        session_id = session_id or uuid.uuid4().hex[:16]
+        with self._lock:
+            if session_id in self._reserved:
+                raise AlreadyExistsError(f"sessions/{session_id} already exists")
+            self._check_totals(settings)
+            self._reserved[session_id] = settings
+        try:
+            session = Session(
+                session_id, settings, temp_root=self.temp_root, make_executor=self._make_executor
+            )
+        except Exception:
+            with self._lock:
+                del self._reserved[session_id]
+            raise
+        with self._lock:
+            self._sessions[session_id] = session
+        _LOGGER.info("created %s", session.name)
+        return session
+
+    def get(self, name: str) -> Session:
+        session_id = name.removeprefix("sessions/")
+        with self._lock:
+            session = self._sessions.get(session_id) if name.startswith("sessions/") else None
+        if session is None:
+            raise NotFoundError(f"session {name!r} does not exist", metadata={"name": name})
+        return session
+
+    def list(self) -> list[Session]:
+        with self._lock:
+            return sorted(self._sessions.values(), key=lambda s: s.create_time)
+
+    def update(self, name: str, changes: Mapping[str, Any]) -> Session:
+        session = self.get(name)
+        known = {f.name for f in fields(SessionSettings)}
+        unknown = set(changes) - known
+        if unknown:
+            raise InvalidArgumentError(f"cannot update {sorted(unknown)}")
+        settings = self.validate(replace(session.settings, **changes))
+        with self._lock:
+            self._check_totals(settings, excluding=session.id)
+            self._reserved[session.id] = settings
+        try:
+            session.update(settings)
+        except Exception:
+            with self._lock:
+                self._reserved[session.id] = session.settings
+            raise
+        return session
+
+    def delete(self, name: str, log_path: Path | None = None) -> None:
+        session = self.get(name)
+        with self._lock:
+            self._sessions.pop(session.id, None)
+        try:
+            if self._on_close:
+                self._on_close(session)
+            session.close(log_path)
+        finally:
+            with self._lock:
+                self._reserved.pop(session.id, None)
+        _LOGGER.info("closed %s", session.name)
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Close sessions idle past their timeout; return their names."""
+        now = time.time() if now is None else now
+        expired = [s for s in self.list() if not s.busy and s.expire_time <= now]
+        for session in expired:
+            _LOGGER.info("%s expired after %.0f s idle", session.name, now - session.update_time)
+            try:
+                self.delete(session.name)
+            except NotFoundError:
+                pass
+        return [s.name for s in expired]
+
+    def close_all(self) -> None:
+        for session in self.list():
+            try:
+                self.delete(session.name)
+            except NotFoundError:
+                pass

@@ -1,0 +1,158 @@
+"""Tiles, halos and the tile planner that keeps a job inside its RAM budget."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from rsgrpc.engine.errors import ResourceExhaustedError
+
+MIB = 1 << 20
+
+# Largest tile edge the planner picks: bigger tiles gain nothing in speed and
+# make progress coarse and the last tile long.
+_MAX_TILE_EDGE = 2048
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A rectangle of pixels: offsets and size, in raster rows and columns."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+    def slices(self) -> tuple[slice, slice]:
+        """The tile as numpy slices of the raster."""
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+    def with_halo(self, halo: int, shape: tuple[int, int]) -> tuple[Tile, tuple[slice, slice]]:
+        """The block to read for a halo of `halo` pixels, clipped to a raster of
+        `shape`, and where this tile lies inside that block."""
+        if halo == 0:
+            return self, (slice(0, self.height), slice(0, self.width))
+        top = max(self.row - halo, 0)
+        left = max(self.col - halo, 0)
+        bottom = min(self.row + self.height + halo, shape[0])
+        right = min(self.col + self.width + halo, shape[1])
+        block = Tile(top, left, bottom - top, right - left)
+        r, c = self.row - top, self.col - left
+        return block, (slice(r, r + self.height), slice(c, c + self.width))
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What one tile of a kernel costs, in bytes per pixel.
+
+    `worker` covers what a worker holds while it computes a tile (input
+    windows with their halo, masks, scratch, output); `result` is the output
+    tile that travels back and waits in the coordinator to be written.
+    """
+
+    worker: float
+    result: float
+    halo: int = 0
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a raster is cut, and what the job will hold at its peak."""
+
+    shape: tuple[int, int]
+    tile_height: int
+    tile_width: int
+    in_flight: int
+    peak_bytes: int
+
+    def tiles(self) -> Iterator[Tile]:
+        rows, cols = self.shape
+        for row in range(0, rows, self.tile_height):
+            for col in range(0, cols, self.tile_width):
+                yield Tile(
+                    row, col, min(self.tile_height, rows - row), min(self.tile_width, cols - col)
+                )
+
+    @property
+    def tile_count(self) -> int:
+        rows, cols = self.shape
+        return math.ceil(rows / self.tile_height) * math.ceil(cols / self.tile_width)
+
+
+def _alignment(block_shapes: Sequence[tuple[int, int]], shape: tuple[int, int]) -> tuple[int, int]:
+    """The smallest tile edges aligned to every source block (and the output's)."""
+    unit = []
+    for axis in (0, 1):
+        step = 1
+        for block in block_shapes:
+            step = math.lcm(step, max(1, block[axis]))
+        # Strip-organised sources (blocks one row high, or a whole row wide)
+        # would force huge units: fall back to the first block shape.
+        if step > _MAX_TILE_EDGE:
+            step = max(1, min(block_shapes[0][axis], _MAX_TILE_EDGE))
+        unit.append(min(step, shape[axis]))
+    return unit[0], unit[1]
+
+
+def plan_tiles(
+    shape: tuple[int, int],
+    block_shapes: Sequence[tuple[int, int]],
+    model: MemoryModel,
+    *,
+    budget_bytes: int,
+    workers: int,
+    fixed_bytes: int = 0,
+) -> TilePlan:
+    """Choose the largest block-aligned tile whose job stays within `budget_bytes`.
+
+    The job holds, at its peak, `fixed_bytes` (the workers' own footprint and
+    the writer's buffers), one tile with its halo in each worker, and up to
+    `in_flight` finished tiles waiting for the writer. Tiles are no larger
+    than needed to give every worker several tiles, so progress stays fine
+    and the load balanced.
+
+    Raises ResourceExhaustedError naming the smallest budget that would work
+    when even one block-aligned tile does not fit.
+    """
+    rows, cols = shape
+    unit_h, unit_w = _alignment(block_shapes, shape)
+    in_flight = 2 * workers
+
+    def peak(tile_h: int, tile_w: int) -> int:
+        halo_h, halo_w = tile_h + 2 * model.halo, tile_w + 2 * model.halo
+        per_worker = model.worker * halo_h * halo_w
+        waiting = model.result * tile_h * tile_w * in_flight
+        return int(fixed_bytes + workers * per_worker + waiting)
+
+    # Enough tiles that each worker gets about four.
+    target_tiles = 4 * workers
+    best: tuple[int, int] | None = None
+    k = 1
+    while True:
+        tile_h = min(unit_h * k, rows)
+        tile_w = min(unit_w * k, cols)
+        if best is not None and (
+            peak(tile_h, tile_w) > budget_bytes
+            or max(tile_h, tile_w) > _MAX_TILE_EDGE
+            or math.ceil(rows / tile_h) * math.ceil(cols / tile_w) < target_tiles
+        ):
+            break
+        if best is None and peak(tile_h, tile_w) > budget_bytes:
+            need = peak(tile_h, tile_w)
+            raise ResourceExhaustedError(
+                f"available_ram_mib {budget_bytes // MIB} is too small for one "
+                f"{tile_h}x{tile_w} tile with {workers} workers; the minimum is "
+                f"{math.ceil(need / MIB)} MiB",
+                metadata={"minimum_ram_mib": str(math.ceil(need / MIB))},
+            )
+        best = (tile_h, tile_w)
+        if tile_h == rows and tile_w == cols:
+            break
+        k += 1
+    tile_h, tile_w = best
+    return TilePlan(shape, tile_h, tile_w, in_flight, peak(tile_h, tile_w))

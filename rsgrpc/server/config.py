@@ -1,0 +1,78 @@
+"""Server configuration: flags, with environment variables as their defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import psutil
+
+MIB = 1 << 20
+
+
+def _default_ram_mib() -> int:
+    # Three quarters of the machine, leaving room for the OS and page cache.
+    return int(psutil.virtual_memory().total * 3 // 4 // MIB)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `rsgrpc serve` can be told. Each field has a flag and an
+    environment variable, `RSGRPC_<FIELD>` (e.g. RSGRPC_DATA_ROOT)."""
+
+    address: str = "127.0.0.1:50051"
+    data_root: Path = Path("data")
+    temp_root: Path = Path(tempfile.gettempdir()) / "rsgrpc"
+    max_processes: int = os.cpu_count() or 1
+    max_ram_mib: int = 0  # 0: three quarters of the machine's memory
+    max_sessions: int = 16
+    max_operations: int = 32
+    session_idle_timeout_s: float = 1800.0
+    max_session_idle_timeout_s: float = 86400.0
+    session_sweep_interval_s: float = 30.0
+    default_process_count: int = 0  # 0: max_processes
+    default_ram_mib: int = 1024
+    grace_period_s: float = 30.0
+    max_message_mib: int = 16
+    rpc_threads: int = 32
+    auth_token_file: str = ""  # a file holding the bearer token clients must send
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # set for mutual TLS
+    dask_scheduler: str = ""  # e.g. tcp://scheduler:8786; local processes when empty
+    log_level: str = "INFO"
+
+    @property
+    def ram_total_mib(self) -> int:
+        return self.max_ram_mib or _default_ram_mib()
+
+    @property
+    def process_count_default(self) -> int:
+        return min(self.default_process_count or self.max_processes, self.max_processes)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per ServerConfig field, defaulting to its environment variable."""
+    defaults = ServerConfig()
+    for field in fields(ServerConfig):
+        env = f"RSGRPC_{field.name.upper()}"
+        default = os.environ.get(env, getattr(defaults, field.name))
+        kind = type(getattr(defaults, field.name))
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=kind,
+            default=kind(default),
+            help=f"(env {env}; default {getattr(defaults, field.name)})",
+        )
+
+
+def from_arguments(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(**{f.name: getattr(args, f.name) for f in fields(ServerConfig)})
+
+
+def read_secret(path: str) -> str:
+    """The stripped contents of a secret file; never logged."""
+    return Path(path).read_text().strip()

@@ -1,0 +1,120 @@
+"""RasterService: validate a tool's request at the door, then run it as an operation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from rsgrpc.engine.band_calc import (
+    BandCalcRequest,
+    BandCalcResult,
+    NamedInput,
+    prepare_band_calc,
+    run_band_calc,
+)
+from rsgrpc.engine.errors import InvalidArgumentError, RsgrpcError
+from rsgrpc.engine.operations import Operation, OperationStore
+from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile
+from rsgrpc.engine.session import Session, SessionRegistry
+from rsgrpc.engine.statistics import BandStatistics
+from rsgrpc.server.operation_servicer import operation_to_proto
+from rsgrpc.server.status import reports_errors
+from rsgrpc.v1 import raster_pb2, raster_pb2_grpc
+
+_DTYPES = {
+    raster_pb2.DATA_TYPE_UNSPECIFIED: "float32",
+    raster_pb2.DATA_TYPE_UINT8: "uint8",
+    raster_pb2.DATA_TYPE_INT8: "int8",
+    raster_pb2.DATA_TYPE_UINT16: "uint16",
+    raster_pb2.DATA_TYPE_INT16: "int16",
+    raster_pb2.DATA_TYPE_UINT32: "uint32",
+    raster_pb2.DATA_TYPE_INT32: "int32",
+    raster_pb2.DATA_TYPE_FLOAT32: "float32",
+    raster_pb2.DATA_TYPE_FLOAT64: "float64",
+}
+_CODECS = {
+    raster_pb2.COMPRESSION_NONE: "none",
+    raster_pb2.COMPRESSION_DEFLATE: "deflate",
+    raster_pb2.COMPRESSION_ZSTD: "zstd",
+    raster_pb2.COMPRESSION_LZW: "lzw",
+}
+_LEVELS = {"deflate": range(1, 10), "zstd": range(1, 23)}
+
+
+def output_profile(options: raster_pb2.OutputOptions) -> OutputProfile | None:
+    """The requested encoding, or None for the server's default."""
+    if options.compression == raster_pb2.COMPRESSION_UNSPECIFIED:
+        if options.level or options.predictor or options.cloud_optimized:
+            return OutputProfile(
+                DEFAULT_PROFILE.compression,
+                options.level or DEFAULT_PROFILE.level,
+                options.predictor,
+                options.cloud_optimized,
+            )
+        return None
+    codec = _CODECS.get(options.compression)
+    if codec is None:
+        raise InvalidArgumentError(f"unknown compression {options.compression}")
+    if options.level and options.level not in _LEVELS.get(codec, ()):
+        raise InvalidArgumentError(f"level {options.level} is not valid for {codec}")
+    if options.predictor not in (0, 1, 2, 3):
+        raise InvalidArgumentError(f"predictor must be 0 to 3, got {options.predictor}")
+    return OutputProfile(codec, options.level, options.predictor, options.cloud_optimized)
+
+
+def statistics_to_proto(stats: BandStatistics) -> raster_pb2.BandStatistics:
+    valid = stats.valid_pixel_count
+    return raster_pb2.BandStatistics(
+        valid_pixel_count=valid,
+        nodata_pixel_count=stats.nodata_pixel_count,
+        minimum=stats.minimum if valid else math.nan,
+        maximum=stats.maximum if valid else math.nan,
+        mean=stats.mean if valid else math.nan,
+        standard_deviation=stats.standard_deviation if valid else math.nan,
+    )
+
+
+class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
+    def __init__(
+        self, registry: SessionRegistry, store: OperationStore, data_root: DataRoot
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._data_root = data_root
+
+    def _start(self, session: Session, method: str, job: Callable[[Session, Operation], Any]):
+        operation = self._store.add(session.name, method)
+        try:
+            session.submit(operation, job)
+        except RsgrpcError as exc:
+            operation.finish(error=exc)
+            raise
+        return operation_to_proto(operation)
+
+    @reports_errors
+    def BandCalc(self, request, context):
+        session = self._registry.get(request.session)
+        if request.output_data_type not in _DTYPES:
+            raise InvalidArgumentError(f"unknown output_data_type {request.output_data_type}")
+        calc = BandCalcRequest(
+            expression=request.expression,
+            inputs=tuple(NamedInput(i.name, i.path, i.band or 1) for i in request.inputs),
+            output_path=request.output_path,
+            overwrite=request.overwrite,
+            output_dtype=_DTYPES[request.output_data_type],
+            output_nodata=(
+                request.output_nodata if request.HasField("output_nodata") else -32768.0
+            ),
+            profile=output_profile(request.output_options),
+        )
+        job = prepare_band_calc(calc, self._data_root, DEFAULT_PROFILE)
+
+        def run(session: Session, operation: Operation) -> raster_pb2.BandCalcResponse:
+            result: BandCalcResult = run_band_calc(job, session, operation)
+            return raster_pb2.BandCalcResponse(
+                output_path=result.output_path, statistics=statistics_to_proto(result.statistics)
+            )
+
+        return self._start(session, "BandCalc", run)

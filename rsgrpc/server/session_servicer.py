@@ -1,0 +1,160 @@
+"""SessionService: create, read, list, update and close sessions; read their logs."""
+
+from __future__ import annotations
+
+import logging
+
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from rsgrpc.engine.errors import InvalidArgumentError
+from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.session import Session, SessionRegistry, SessionSettings
+from rsgrpc.server.config import ServerConfig
+from rsgrpc.server.status import reports_errors
+from rsgrpc.v1 import session_pb2, session_pb2_grpc
+
+_LEVELS = {
+    session_pb2.LOG_LEVEL_DEBUG: logging.DEBUG,
+    session_pb2.LOG_LEVEL_INFO: logging.INFO,
+    session_pb2.LOG_LEVEL_WARNING: logging.WARNING,
+    session_pb2.LOG_LEVEL_ERROR: logging.ERROR,
+}
+_LEVEL_ENUMS = {v: k for k, v in _LEVELS.items()}
+_UPDATABLE = {
+    "process_count": "process_count",
+    "available_ram_mib": "available_ram_mib",
+    "log_level": "log_level",
+    "log_time": "log_time",
+    "idle_timeout": "idle_timeout_s",
+}
+_MAX_PAGE = 1000
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _level(value: int) -> int:
+    return _LEVEL_ENUMS.get(value, session_pb2.LOG_LEVEL_INFO)
+
+
+def session_to_proto(session: Session) -> session_pb2.Session:
+    s = session.settings
+    message = session_pb2.Session(
+        name=session.name,
+        process_count=s.process_count,
+        available_ram_mib=s.available_ram_mib,
+        temporary_directory=str(session.temporary_directory),
+        directory_prefix=s.directory_prefix,
+        log_level=_level(s.log_level),
+        log_time=s.log_time,
+        state=session_pb2.Session.STATE_CLOSED
+        if session.closed
+        else session_pb2.Session.STATE_ACTIVE,
+        create_time=_timestamp(session.create_time),
+        update_time=_timestamp(session.update_time),
+        expire_time=_timestamp(session.expire_time),
+    )
+    message.idle_timeout.FromNanoseconds(int(s.idle_timeout_s * 1e9))
+    return message
+
+
+def _page(page_size: int, page_token: str) -> tuple[int, int]:
+    if page_size < 0:
+        raise InvalidArgumentError("page_size must not be negative")
+    try:
+        start = int(page_token or 0)
+    except ValueError as exc:
+        raise InvalidArgumentError("page_token is not valid") from exc
+    return start, min(page_size or _MAX_PAGE, _MAX_PAGE)
+
+
+class SessionServicer(session_pb2_grpc.SessionServiceServicer):
+    def __init__(
+        self, registry: SessionRegistry, config: ServerConfig, data_root: DataRoot
+    ) -> None:
+        self._registry = registry
+        self._config = config
+        self._data_root = data_root
+
+    @reports_errors
+    def CreateSession(self, request, context):
+        given = request.session
+        settings = SessionSettings(
+            process_count=given.process_count or self._config.process_count_default,
+            available_ram_mib=given.available_ram_mib or self._config.default_ram_mib,
+            directory_prefix=given.directory_prefix or "rsgrpc_",
+            log_level=_LEVELS.get(given.log_level, logging.INFO),
+            log_time=given.log_time if given.HasField("log_time") else True,
+            idle_timeout_s=(
+                given.idle_timeout.ToNanoseconds() / 1e9
+                if given.HasField("idle_timeout")
+                else self._config.session_idle_timeout_s
+            ),
+        )
+        return session_to_proto(self._registry.create(settings, request.session_id))
+
+    @reports_errors
+    def GetSession(self, request, context):
+        return session_to_proto(self._registry.get(request.name))
+
+    @reports_errors
+    def ListSessions(self, request, context):
+        start, size = _page(request.page_size, request.page_token)
+        sessions = self._registry.list()
+        page = sessions[start : start + size]
+        token = str(start + size) if start + size < len(sessions) else ""
+        return session_pb2.ListSessionsResponse(
+            sessions=[session_to_proto(s) for s in page], next_page_token=token
+        )
+
+    @reports_errors
+    def UpdateSession(self, request, context):
+        given = request.session
+        paths = list(request.update_mask.paths) or list(_UPDATABLE)
+        changes = {}
+        for path in paths:
+            if path not in _UPDATABLE:
+                raise InvalidArgumentError(
+                    f"update_mask path {path!r} cannot be updated; use {sorted(_UPDATABLE)}"
+                )
+            if path == "log_level":
+                changes["log_level"] = _LEVELS.get(given.log_level, logging.INFO)
+            elif path == "idle_timeout":
+                if given.HasField("idle_timeout"):
+                    changes["idle_timeout_s"] = given.idle_timeout.ToNanoseconds() / 1e9
+            elif path in ("process_count", "available_ram_mib"):
+                value = getattr(given, path)
+                if value or request.update_mask.paths:
+                    changes[path] = value
+            else:
+                changes[_UPDATABLE[path]] = getattr(given, path)
+        return session_to_proto(self._registry.update(given.name, changes))
+
+    @reports_errors
+    def DeleteSession(self, request, context):
+        log_path = (
+            self._data_root.resolve(request.log_path, field="log_path")
+            if request.log_path
+            else None
+        )
+        self._registry.delete(request.name, log_path)
+        return empty_pb2.Empty()
+
+    @reports_errors
+    def ListLogEntries(self, request, context):
+        session = self._registry.get(request.parent)
+        start, size = _page(request.page_size, request.page_token)
+        records = session.log_records(start, size)
+        next_start = records[-1].sequence + 1 if records else start
+        return session_pb2.ListLogEntriesResponse(
+            log_entries=[
+                session_pb2.LogEntry(
+                    time=_timestamp(r.time), level=_level(r.level), message=r.message
+                )
+                for r in records
+            ],
+            next_page_token=str(next_start),
+        )

@@ -1,0 +1,75 @@
+"""The one table from engine errors to gRPC status codes, and the helpers that use it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from rsgrpc.engine import errors
+
+_LOGGER = logging.getLogger(__name__)
+DOMAIN = "rsgrpc.v1"
+
+STATUS_CODES: dict[type[errors.RsgrpcError], grpc.StatusCode] = {
+    errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.CancelledError: grpc.StatusCode.CANCELLED,
+    errors.WorkerLostError: grpc.StatusCode.UNAVAILABLE,
+    errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code(error: errors.RsgrpcError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status_proto(error: errors.RsgrpcError) -> status_pb2.Status:
+    """The google.rpc.Status of an error, with its ErrorInfo."""
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    code = status_code(error)
+    return status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=[detail]
+    )
+
+
+def abort(context: grpc.ServicerContext, error: errors.RsgrpcError) -> None:
+    """End the RPC with the error's status code, message and ErrorInfo (raises)."""
+    context.abort_with_status(rpc_status.to_status(to_status_proto(error)))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(method: F) -> F:
+    """Turn engine errors raised by a servicer method into gRPC statuses.
+
+    Anything else is a bug: logged with its traceback, reported as INTERNAL.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except errors.RsgrpcError as exc:
+            abort(context, exc)
+        except Exception:
+            _LOGGER.exception("%s failed", method.__qualname__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    return wrapper  # type: ignore[return-value]
