@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -51,7 +52,7 @@ def _input(text: str) -> tuple[str, str, int]:
 
 def _band_calc(args: argparse.Namespace) -> int:
     names, paths, bands = zip(*args.input, strict=True) if args.input else ((), (), ())
-    token = open(args.token_file).read().strip() if args.token_file else None
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
     with Session(
         n_processes=args.processes,
         available_ram=args.ram,

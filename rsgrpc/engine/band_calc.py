@@ -14,6 +14,7 @@ from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import (
+    OUTPUT_BLOCK,
     WORKER_GDAL_CACHE_BYTES,
     WRITER_GDAL_CACHE_BYTES,
     OutputProfile,
@@ -26,7 +27,7 @@ from rsgrpc.engine.raster_io import (
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.statistics import BandStatistics, tile_statistics
 from rsgrpc.engine.tiled_job import run_tiles
-from rsgrpc.engine.tiles import MemoryModel, Tile, plan_tiles
+from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan, plan_tiles
 
 MAX_INPUTS = 64
 _NAME_LIMIT = 64
@@ -69,7 +70,7 @@ class BandCalcJob:
     request: BandCalcRequest
     expression: Expression
     infos: tuple[RasterInfo, ...]  # in the order of expression.input_names
-    nodata_values: tuple[float | None, ...]  # in the order of expression.nodata_names
+    nodata: dict[str, float | None]  # of every input the expression reads or names
     output: Path
     output_dtype: str
     profile: OutputProfile
@@ -115,12 +116,12 @@ def prepare_band_calc(
         )
     if output.is_dir():
         raise InvalidArgumentError(f"output {request.output_path!r} is a directory")
-    nodata_values = tuple(described[n].nodata for n in expression.nodata_names)
+    nodata = {name: info.nodata for name, info in described.items()}
     return BandCalcJob(
         request,
         expression,
         infos,
-        nodata_values,
+        nodata,
         output,
         output_dtype,
         request.profile or default_profile,
@@ -155,8 +156,8 @@ def band_calc_memory(job: BandCalcJob) -> MemoryModel:
 
 def _evaluate_tile(
     expression: Expression,
-    sources: Sequence[tuple[str, int, float | None]],
-    nodata_values: Sequence[float | None],
+    sources: Sequence[tuple[str, int]],
+    nodata: dict[str, float | None],
     tile: Tile,
     output_dtype: str,
     output_nodata: float,
@@ -164,36 +165,42 @@ def _evaluate_tile(
     """Runs in a worker: read this tile's windows, evaluate, summarise."""
     from rsgrpc_kernels.bandcalc import evaluate
 
-    arrays = [read_window(path, band, tile) for path, band, _ in sources]
+    arrays = [read_window(path, band, tile) for path, band in sources]
     out, _ = evaluate(
         expression,
         arrays,
-        [nodata for _, _, nodata in sources],
-        nodata_values=nodata_values,
+        nodata,
         output_dtype=output_dtype,
         output_nodata=output_nodata,
     )
     return tile, out, tile_statistics(out, output_nodata), sum(a.nbytes for a in arrays)
 
 
-def run_band_calc(job: BandCalcJob, session: Session, operation: Operation) -> BandCalcResult:
-    """The job: plan tiles within the session's budget, evaluate them, write the output."""
-    operation.update(stage=Stage.PLANNING)
-    first = job.infos[0]
+def plan_band_calc(job: BandCalcJob, session: Session) -> TilePlan:
+    """Tiles for this job within the session's RAM budget, counting its workers' own
+    footprint and GDAL's caches; raises ResourceExhaustedError if even one tile does not fit."""
     executor = session.executor
     fixed = (
         executor.footprint_bytes()
         + WRITER_GDAL_CACHE_BYTES
         + executor.workers * WORKER_GDAL_CACHE_BYTES
     )
-    plan = plan_tiles(
-        first.shape,
-        [i.block_shape for i in job.infos],
+    return plan_tiles(
+        job.infos[0].shape,
+        [*(i.block_shape for i in job.infos), (OUTPUT_BLOCK, OUTPUT_BLOCK)],
         band_calc_memory(job),
         budget_bytes=session.settings.available_ram_mib << 20,
         workers=executor.workers,
         fixed_bytes=fixed,
     )
+
+
+def run_band_calc(
+    job: BandCalcJob, plan: TilePlan, session: Session, operation: Operation
+) -> BandCalcResult:
+    """The job: evaluate the planned tiles in the session's workers, write the output."""
+    first = job.infos[0]
+    executor = session.executor
     session.logger.info(
         "%s: band calc %r, %d tiles of %dx%d, planned peak %d MiB",
         operation.name,
@@ -204,7 +211,7 @@ def run_band_calc(job: BandCalcJob, session: Session, operation: Operation) -> B
         plan.peak_bytes >> 20,
     )
     operation.update(stage=Stage.RUNNING, tiles_total=plan.tile_count)
-    sources = [(i.path, i.band, i.nodata) for i in job.infos]
+    sources = [(i.path, i.band) for i in job.infos]
     statistics = BandStatistics.empty()
     done = read = written = 0
     request = job.request
@@ -224,7 +231,7 @@ def run_band_calc(job: BandCalcJob, session: Session, operation: Operation) -> B
             return _evaluate_tile, (
                 job.expression,
                 sources,
-                job.nodata_values,
+                job.nodata,
                 tile,
                 job.output_dtype,
                 request.output_nodata,

@@ -10,6 +10,7 @@ from rsgrpc.engine.band_calc import (
     BandCalcRequest,
     BandCalcResult,
     NamedInput,
+    plan_band_calc,
     prepare_band_calc,
     run_band_calc,
 )
@@ -110,9 +111,10 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             profile=output_profile(request.output_options),
         )
         job = prepare_band_calc(calc, self._data_root, DEFAULT_PROFILE)
+        plan = plan_band_calc(job, session)
 
         def run(session: Session, operation: Operation) -> raster_pb2.BandCalcResponse:
-            result: BandCalcResult = run_band_calc(job, session, operation)
+            result: BandCalcResult = run_band_calc(job, plan, session, operation)
             return raster_pb2.BandCalcResponse(
                 output_path=result.output_path, statistics=statistics_to_proto(result.statistics)
             )

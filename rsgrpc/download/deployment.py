@@ -1,0 +1,135 @@
+"""A deployment of a Sentinel Hub-style API as configuration: where it is, who we are, its limits.
+
+Every client and session naming the same deployment ``name`` in one process shares one
+rate limiter (see `rate_limit.limiter_for`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+RETRY_AFTER_UNITS: Final = frozenset({"milliseconds", "seconds"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently failed attempts are retried.
+
+    ``max_attempts`` bounds attempts after 5xx answers, connection resets and timeouts
+    (exponential backoff with full jitter between ``backoff_base_seconds`` and
+    ``backoff_max_seconds``); ``max_rate_limit_retries`` bounds retries after 429 answers.
+    """
+
+    max_attempts: int = 4
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    max_rate_limit_retries: int = 20
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.max_rate_limit_retries < 0:
+            raise ValueError(
+                f"max_rate_limit_retries must not be negative, got {self.max_rate_limit_retries}"
+            )
+        if not 0 <= self.backoff_base_seconds <= self.backoff_max_seconds:
+            raise ValueError(
+                "backoff must satisfy 0 <= backoff_base_seconds <= backoff_max_seconds, got "
+                f"{self.backoff_base_seconds} and {self.backoff_max_seconds}"
+            )
+
+    def backoff_seconds(self, failure_count: int, random_fraction: float) -> float:
+        """Full-jitter wait after the ``failure_count``-th failure (1-based)."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (failure_count - 1))
+        return ceiling * random_fraction
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment of a Sentinel Hub-style service.
+
+    - ``name``: the key shared rate limits and cached sessions are found by.
+    - ``base_url``, ``token_url``, ``client_id``, ``client_secret``: OAuth2 client credentials;
+      the secret is never shown in the repr.
+    - ``requests_per_second`` and ``burst``: the request rate the client keeps to (None:
+      no limit). Set ``burst`` below the server's bucket capacity to absorb network jitter.
+    - ``processing_units_per_second`` and ``processing_units_burst``: the same for processing
+      units, charged from the ``X-ProcessingUnits-Spent`` answers.
+    - ``max_concurrent_requests``: requests in flight at once, separate from the rate.
+    - ``retry_after_unit``: how a numeric ``Retry-After`` is read; Sentinel Hub sends
+      milliseconds, plain HTTP sends seconds. HTTP dates are always understood.
+    - ``max_retry_after_seconds``: a ``Retry-After`` longer than this is capped.
+    - timeouts in seconds for connecting and for reading every answer, the token call included.
+    - ``refresh_before_expiry_seconds``: how early tokens are refreshed.
+    """
+
+    name: str = "default"
+    base_url: str = ""
+    token_url: str = ""
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    requests_per_second: float | None = None
+    burst: int = 1
+    processing_units_per_second: float | None = None
+    processing_units_burst: float = 1.0
+    max_concurrent_requests: int | None = None
+    retry_after_unit: Literal["milliseconds", "seconds"] = "milliseconds"
+    max_retry_after_seconds: float = 600.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 120.0
+    token_timeout_seconds: float = 30.0
+    refresh_before_expiry_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.retry_after_unit not in RETRY_AFTER_UNITS:
+            raise ValueError(
+                f"unsupported retry_after_unit, got {self.retry_after_unit!r}; "
+                f"expected one of {sorted(RETRY_AFTER_UNITS)}"
+            )
+        for name in ("requests_per_second", "processing_units_per_second"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be positive and finite, got {value}")
+        if self.burst < 1:
+            raise ValueError(f"burst must be at least 1, got {self.burst}")
+        if self.processing_units_burst <= 0:
+            raise ValueError(
+                f"processing_units_burst must be positive, got {self.processing_units_burst}"
+            )
+        if self.max_concurrent_requests is not None and self.max_concurrent_requests < 1:
+            raise ValueError(
+                f"max_concurrent_requests must be at least 1, got {self.max_concurrent_requests}"
+            )
+        for name in ("connect_timeout_seconds", "read_timeout_seconds", "token_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.client_id and self.client_secret and self.token_url)
+
+    @classmethod
+    def from_sh_config(cls, config: Any, **overrides: Any) -> Deployment:
+        """Build a deployment from a sentinelhub-py ``SHConfig`` (or anything with its fields)."""
+        max_retries = getattr(config, "max_retries", None)
+        retry = RetryPolicy(
+            max_attempts=max(1, int(getattr(config, "max_download_attempts", 4))),
+            backoff_base_seconds=float(getattr(config, "download_sleep_time", 0.5)),
+            backoff_max_seconds=max(30.0, float(getattr(config, "download_sleep_time", 0.5))),
+            max_rate_limit_retries=20 if max_retries is None else int(max_retries),
+        )
+        base_url = getattr(config, "sh_base_url", "")
+        values: dict[str, Any] = {
+            "name": base_url or "default",
+            "base_url": base_url,
+            "token_url": getattr(config, "sh_token_url", ""),
+            "client_id": getattr(config, "sh_client_id", ""),
+            "client_secret": getattr(config, "sh_client_secret", ""),
+            "read_timeout_seconds": float(getattr(config, "download_timeout_seconds", 120.0)),
+            "retry": retry,
+        }
+        values.update(overrides)
+        return cls(**values)

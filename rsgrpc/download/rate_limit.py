@@ -1,0 +1,238 @@
+"""One rate limiter per deployment, shared by every thread, client and session of the process.
+
+The limiter keeps to a configured request rate with bursts (and a processing-unit rate
+when the server reports what each request cost), holds every request back during a
+global pause after a 429, and bounds how many requests are in flight at once.
+
+Rates use the generic cell rate algorithm: a request reserves the earliest time it may
+start, under the lock, then sleeps outside it, so waiting threads never stall each other
+and never wake up together. A pause invalidates every reservation made before it.
+
+Lock order: ``RateLimiter._lock`` is a leaf; the concurrency semaphore is taken before
+it and never while holding it. ``_REGISTRY_LOCK`` is taken before ``RateLimiter._lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .deployment import Deployment
+from .errors import DownloadCancelledError
+
+
+class _Bucket:
+    """A token bucket as a theoretical arrival time: it is full when ``tat <= now``."""
+
+    def __init__(self, rate: float, capacity: float):
+        self.rate = rate
+        self.capacity = capacity
+        self.tat = 0.0
+
+    def earliest(self, at: float, cost: float) -> float:
+        headroom = max(0.0, self.capacity - cost) / self.rate
+        return max(at, self.tat - headroom)
+
+    def commit(self, at: float, cost: float) -> None:
+        self.tat = max(self.tat, at) + cost / self.rate
+
+    def drain_until(self, moment: float) -> None:
+        """Treat the bucket as empty at ``moment``: one unit may go then, the rest at the rate."""
+        self.tat = max(self.tat, moment + max(0.0, self.capacity - 1.0) / self.rate)
+
+
+@dataclass(frozen=True)
+class RateLimiterStats:
+    """Counters since the limiter was created."""
+
+    requests_started: int
+    rate_limited_answers: int
+    pauses: int
+
+
+class RateLimiter:
+    """Paces requests for one deployment. Thread-safe; share it rather than copy it."""
+
+    def __init__(
+        self,
+        requests_per_second: float | None = None,
+        burst: int = 1,
+        processing_units_per_second: float | None = None,
+        processing_units_burst: float = 1.0,
+        max_concurrent_requests: int | None = None,
+    ):
+        self._lock = threading.Lock()
+        self._pause_until = 0.0
+        self._epoch = 0
+        self._requests_started = 0
+        self._rate_limited_answers = 0
+        self._pauses = 0
+        self._unit_estimate = 1.0
+        self._semaphore: threading.Semaphore | None = None
+        self._settings: tuple[object, ...] = ()
+        self._requests: _Bucket | None = None
+        self._units: _Bucket | None = None
+        self.configure(
+            requests_per_second,
+            burst,
+            processing_units_per_second,
+            processing_units_burst,
+            max_concurrent_requests,
+        )
+
+    @classmethod
+    def from_deployment(cls, deployment: Deployment) -> RateLimiter:
+        return cls(*_settings_of(deployment))
+
+    def configure(
+        self,
+        requests_per_second: float | None,
+        burst: int,
+        processing_units_per_second: float | None,
+        processing_units_burst: float,
+        max_concurrent_requests: int | None,
+    ) -> None:
+        """Change the limits; reservations already made are kept."""
+        settings = (
+            requests_per_second,
+            burst,
+            processing_units_per_second,
+            processing_units_burst,
+            max_concurrent_requests,
+        )
+        with self._lock:
+            if settings == self._settings:
+                return
+            self._settings = settings
+            self._requests = _replace_bucket(self._requests, requests_per_second, float(burst))
+            self._units = _replace_bucket(
+                self._units, processing_units_per_second, float(processing_units_burst)
+            )
+            # Holders of the old semaphore release the old one; new requests use the new one.
+            self._semaphore = (
+                threading.BoundedSemaphore(max_concurrent_requests)
+                if max_concurrent_requests
+                else None
+            )
+
+    @property
+    def stats(self) -> RateLimiterStats:
+        with self._lock:
+            return RateLimiterStats(self._requests_started, self._rate_limited_answers, self._pauses)
+
+    @property
+    def unit_estimate(self) -> float:
+        """The processing units the next request is expected to cost."""
+        return self._unit_estimate
+
+    @contextlib.contextmanager
+    def slot(self, cancel_event: threading.Event | None = None) -> Iterator[float]:
+        """Wait for a concurrency slot and a rate slot, then hold the concurrency slot.
+
+        Yields the processing units reserved for the request (pass them to `settle_units`).
+        Raises `DownloadCancelledError` if ``cancel_event`` is set while waiting.
+        """
+        semaphore = self._semaphore
+        if semaphore is not None:
+            while not semaphore.acquire(timeout=0.1):
+                if cancel_event is not None and cancel_event.is_set():
+                    raise DownloadCancelledError("cancelled while waiting for a concurrency slot")
+        try:
+            yield self._wait_for_rate(cancel_event)
+        finally:
+            if semaphore is not None:
+                semaphore.release()
+
+    def _wait_for_rate(self, cancel_event: threading.Event | None) -> float:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                epoch = self._epoch
+                cost = self._unit_estimate if self._units is not None else 0.0
+                start = max(now, self._pause_until)
+                if self._requests is not None:
+                    start = self._requests.earliest(start, 1.0)
+                if self._units is not None:
+                    start = self._units.earliest(start, cost)
+                if self._requests is not None:
+                    self._requests.commit(start, 1.0)
+                if self._units is not None:
+                    self._units.commit(start, cost)
+            wait = start - now
+            if wait > 0:
+                if cancel_event is not None:
+                    if cancel_event.wait(wait):
+                        raise DownloadCancelledError("cancelled while waiting for the rate limit")
+                else:
+                    time.sleep(wait)
+            elif cancel_event is not None and cancel_event.is_set():
+                raise DownloadCancelledError("cancelled before the request started")
+            with self._lock:
+                # A 429 while we slept voids our reservation: queue again behind the pause.
+                if self._epoch != epoch:
+                    continue
+                self._requests_started += 1
+                return cost
+
+    def settle_units(self, reserved: float, spent: float) -> None:
+        """Charge the difference between reserved and reported processing units."""
+        with self._lock:
+            if self._units is None:
+                return
+            self._units.tat += (spent - reserved) / self._units.rate
+            self._unit_estimate = spent
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of the deployment back for ``seconds`` after a 429."""
+        with self._lock:
+            self._rate_limited_answers += 1
+            until = time.monotonic() + max(0.0, seconds)
+            if until > self._pause_until:
+                self._pause_until = until
+                self._pauses += 1
+            self._epoch += 1
+            if self._requests is not None:
+                self._requests.drain_until(self._pause_until)
+
+
+def _replace_bucket(old: _Bucket | None, rate: float | None, capacity: float) -> _Bucket | None:
+    if rate is None:
+        return None
+    bucket = _Bucket(rate, capacity)
+    if old is not None:
+        bucket.tat = old.tat
+    return bucket
+
+
+def _settings_of(deployment: Deployment) -> tuple[float | None, int, float | None, float, int | None]:
+    return (
+        deployment.requests_per_second,
+        deployment.burst,
+        deployment.processing_units_per_second,
+        deployment.processing_units_burst,
+        deployment.max_concurrent_requests,
+    )
+
+
+_REGISTRY_LOCK = threading.Lock()
+_REGISTRY: dict[str, RateLimiter] = {}
+
+
+def limiter_for(deployment: Deployment) -> RateLimiter:
+    """The process-wide limiter of ``deployment.name``; its limits follow the latest config."""
+    with _REGISTRY_LOCK:
+        limiter = _REGISTRY.get(deployment.name)
+        if limiter is None:
+            limiter = _REGISTRY[deployment.name] = RateLimiter.from_deployment(deployment)
+        else:
+            limiter.configure(*_settings_of(deployment))
+        return limiter
+
+
+def forget_limiters() -> None:
+    """Drop every shared limiter (tests, or a server reloading its configuration)."""
+    with _REGISTRY_LOCK:
+        _REGISTRY.clear()
