@@ -61,6 +61,13 @@ def session_to_proto(session: Session) -> session_pb2.Session:
     return message
 
 
+def _populated(message, field: str) -> bool:
+    try:
+        return message.HasField(field)
+    except ValueError:  # a plain proto3 scalar: set means not zero
+        return bool(getattr(message, field))
+
+
 def _page(page_size: int, page_token: str) -> tuple[int, int]:
     if page_size < 0:
         raise InvalidArgumentError("page_size must not be negative")
@@ -113,22 +120,21 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     @reports_errors
     def UpdateSession(self, request, context):
         given = request.session
-        paths = list(request.update_mask.paths) or list(_UPDATABLE)
+        # AIP-134: without a mask, every field the client populated is updated.
+        paths = list(request.update_mask.paths) or [
+            path for path in _UPDATABLE if _populated(given, path)
+        ]
+        unknown = sorted(set(paths) - set(_UPDATABLE))
+        if unknown:
+            raise InvalidArgumentError(
+                f"update_mask paths {unknown} cannot be updated; use {sorted(_UPDATABLE)}"
+            )
         changes = {}
         for path in paths:
-            if path not in _UPDATABLE:
-                raise InvalidArgumentError(
-                    f"update_mask path {path!r} cannot be updated; use {sorted(_UPDATABLE)}"
-                )
             if path == "log_level":
                 changes["log_level"] = _LEVELS.get(given.log_level, logging.INFO)
             elif path == "idle_timeout":
-                if given.HasField("idle_timeout"):
-                    changes["idle_timeout_s"] = given.idle_timeout.ToNanoseconds() / 1e9
-            elif path in ("process_count", "available_ram_mib"):
-                value = getattr(given, path)
-                if value or request.update_mask.paths:
-                    changes[path] = value
+                changes["idle_timeout_s"] = given.idle_timeout.ToNanoseconds() / 1e9
             else:
                 changes[_UPDATABLE[path]] = getattr(given, path)
         return session_to_proto(self._registry.update(given.name, changes))
