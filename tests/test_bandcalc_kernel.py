@@ -1,0 +1,379 @@
+"""Band calc kernels: pixel-for-pixel equality with numpy masked-array references."""
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rsgrpc_kernels.bandcalc import (
+    compile_kernel,
+    evaluate,
+    kernel_cache_info,
+    normalize_dtype,
+)
+from rsgrpc_kernels.expression import parse_expression
+
+OUT_NODATA = -32768.0
+
+
+def _tile(seed, shape=(37, 53), dtype=np.float32, low=-1.0, high=1.0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(low, high, size=shape).astype(dtype)
+
+
+def _finish(values, mask, dtype=np.float32, nodata=OUT_NODATA):
+    """Remotior's rule on a float64 masked result: masked or not finite -> nodata, then cast."""
+    data = np.ma.getdata(values)
+    bad = np.ma.getmaskarray(values) | mask | ~np.isfinite(data)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.where(bad, 0.0, data).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        bad |= ~np.isfinite(out)
+    out[bad] = nodata
+    return out, int(bad.sum())
+
+
+def test_ndvi_equals_masked_numpy_reference():
+    red = _tile(1, low=0.0)
+    nir = _tile(2, low=0.0)
+    red[0, :5] = -9999.0
+    nir[1, :3] = np.nan
+    red[2, 0] = nir[2, 0] = 0.0  # 0 / 0
+    e = parse_expression('("nir" - "red") / ("nir" + "red")', ["red", "nir"])
+    out, count = evaluate(e, [red, nir], [-9999.0, np.nan])
+
+    r = np.ma.masked_equal(red.astype(np.float64), -9999.0)
+    n = np.ma.masked_invalid(nir.astype(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref = (n - r) / (n + r)
+    expected, expected_count = _finish(ref, np.zeros(red.shape, bool))
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+    assert count == expected_count == 5 + 3 + 1
+
+
+def test_multi_input_expression_equals_masked_numpy_reference():
+    a = _tile(3, low=-2.0, high=2.0)
+    b = _tile(4, low=0.0, high=1.0)
+    c = np.random.default_rng(5).integers(-1, 300, size=a.shape).astype(np.int16)
+    text = (
+        'where(("b" > 0.2) & ("c" != nodata("c") + 5) | ~(a < -1.5), '
+        'sqrt(abs("a")) * log10("b" + 1), maximum("a", "b") - exp(-"c" / 100)) '
+        "+ clip(a, -1, 1) * isnan(b)"
+    )
+    e = parse_expression(text, ["a", "b", "c"])
+    out, count = evaluate(e, [a, b, c], [None, None, -1])
+
+    a64 = np.ma.masked_array(a.astype(np.float64))
+    b64 = np.ma.masked_array(b.astype(np.float64))
+    c64 = np.ma.masked_equal(c, -1).astype(np.float64)
+    cond = ((b64 > 0.2) & (c64 != -1 + 5)) | ~(a64 < -1.5)
+    with np.errstate(all="ignore"):
+        ref = np.ma.where(
+            cond,
+            np.sqrt(np.abs(a64)) * np.log10(b64 + 1),
+            np.maximum(a64, b64) - np.exp(-c64 / 100),
+        ) + np.clip(a64, -1, 1) * np.isnan(b64)
+    expected, expected_count = _finish(ref, np.ma.getmaskarray(c64))
+    np.testing.assert_array_equal(out, expected)
+    assert count == expected_count > 0
+
+
+def test_remotior_aggregations_work_per_pixel_across_arguments_ignoring_nan():
+    # One kernel for all six: the row picks the aggregation (keeps compile time down).
+    functions = ["min", "max", "sum", "mean", "median", "std"]
+    tiles = [_tile(10 + k, shape=(6, 11)).astype(np.float64) for k in range(3)]
+    row = np.repeat(np.arange(6.0)[:, None], 11, axis=1)
+    # NaN from the expression itself is ignored, as numpy's nan* functions ignore it.
+    args = '"a", "b", where("c" > 0, "c", nan)'
+    text = "0"
+    for k, function in reversed(list(enumerate(functions))):
+        text = f"where(row == {k}, {function}({args}), {text})"
+    e = parse_expression(text, ["a", "b", "c", "row"])
+    out, _ = evaluate(e, [*tiles, row], [None] * 4, output_dtype="Float64")
+    stack = np.stack(tiles[:2] + [np.where(tiles[2] > 0, tiles[2], np.nan)])
+    for k, function in enumerate(functions):
+        expected = getattr(np, f"nan{function}")(stack, axis=0)[k]
+        np.testing.assert_allclose(out[k], expected, rtol=1e-15, atol=0, err_msg=function)
+
+
+def test_percentile_takes_q_last_and_interpolates_linearly():
+    tiles = [_tile(20 + k, shape=(7, 5)).astype(np.float64) for k in range(5)]
+    e = parse_expression(
+        'percentile("a", "b", "c", "d", where("e" > 0, "e", nan), 37.5)', list("abcde")
+    )
+    out, _ = evaluate(e, tiles, [None] * 5, output_dtype="float64")
+    stack = np.stack(tiles[:4] + [np.where(tiles[4] > 0, tiles[4], np.nan)])
+    np.testing.assert_allclose(out, np.nanpercentile(stack, 37.5, axis=0), rtol=1e-15, atol=0)
+
+
+def test_aggregation_of_all_nan_is_nodata_except_sum():
+    a = np.array([[1.0, -1.0]], np.float32)
+    e = parse_expression("where(a > 0, max(nan, nan), sum(nan, nan))", ["a"])
+    out, count = evaluate(e, [a], [None])
+    assert out.tolist() == [[OUT_NODATA, 0.0]]
+    assert count == 1
+
+
+def test_integer_output_truncates_toward_zero_and_refuses_what_does_not_fit():
+    a = np.array([[1.9, -1.9, 127.9, 128.0, -128.9, -129.0, np.nan, 5.0]], np.float64)
+    e = parse_expression("a", ["a"])
+    out, count = evaluate(e, [a], [5.0], output_dtype="Int8", output_nodata=-128)
+    assert out.dtype == np.int8
+    assert out.tolist() == [[1, -1, 127, -128, -128, -128, -128, -128]]
+    assert count == 4  # 128, -129, NaN, and the nodata input
+
+
+def test_float32_output_overflow_is_nodata():
+    a = np.array([[1e300, 3e38, -1e39]], np.float64)
+    out, count = evaluate(parse_expression("a", ["a"]), [a], [None])
+    assert out.tolist() == [[OUT_NODATA, np.float32(3e38), OUT_NODATA]]
+    assert count == 2
+
+
+def test_integer_input_nodata_compares_in_the_input_dtype():
+    a = np.array([[0, 255, 7]], np.uint8)
+    out, count = evaluate(
+        parse_expression("a * 2", ["a"]), [a], [255], output_dtype="UInt16", output_nodata=0
+    )
+    assert out.tolist() == [[0, 0, 14]]
+    assert count == 1
+    # A nodata value no uint8 can hold marks nothing.
+    out, count = evaluate(
+        parse_expression("a * 2", ["a"]), [a], [-1], output_dtype="UInt16", output_nodata=0
+    )
+    assert out.tolist() == [[0, 510, 14]]
+    assert count == 0
+
+
+def test_nodata_of_an_input_not_read_comes_from_a_mapping():
+    a = np.array([[1.0, 2.0]], np.float32)
+    e = parse_expression('where(a > 1, nodata("b"), a)', ["a", "b"])
+    out, _ = evaluate(e, [a], {"a": None, "b": 42.0})
+    assert out.tolist() == [[1.0, 42.0]]
+    with pytest.raises(ValueError, match="mapping"):
+        evaluate(e, [a], [None])
+    # Without a nodata value, nodata() is NaN, as in Remotior; NaN results are nodata.
+    out, count = evaluate(e, [a], {"a": None})
+    assert out.tolist() == [[1.0, OUT_NODATA]]
+    assert count == 1
+
+
+def test_out_parameter_is_filled_and_returned():
+    a = _tile(30, shape=(4, 6))
+    buffer = np.empty((4, 6), np.float64)
+    out, _ = evaluate(
+        parse_expression("a + 1", ["a"]), [a], [None], output_dtype=np.float64, out=buffer
+    )
+    assert out is buffer
+    np.testing.assert_array_equal(buffer, a.astype(np.float64) + 1)
+
+
+def test_non_contiguous_tiles_are_read_correctly():
+    a = _tile(31, shape=(10, 12))
+    b = _tile(32, shape=(12, 10)).T
+    out, _ = evaluate(
+        parse_expression("a - b", ["a", "b"]), [a[:, :], b], [None, None], output_dtype="float64"
+    )
+    np.testing.assert_array_equal(out, a.astype(np.float64) - b)
+
+
+def test_cache_returns_the_same_kernel_for_the_same_expression_and_dtypes():
+    e1 = parse_expression("(x - y) * 3", ["x", "y"])
+    e2 = parse_expression('("q" - "p") * 3', ["q", "p"])  # same tree, other names
+    k1 = compile_kernel(e1, [np.float32, np.int16], "float32")
+    k2 = compile_kernel(e2, ["float32", "int16"], np.float32)
+    assert k1 is k2
+    assert compile_kernel(e1, [np.float32, np.float32], "float32") is not k1
+    info = kernel_cache_info()
+    assert 0 < info["size"] <= info["maxsize"]
+
+
+def test_cache_keys_nodata_constants():
+    e = parse_expression('a + nodata("a")', ["a"])
+    k1 = compile_kernel(e, [np.float32], nodata_values={"a": 1.0})
+    k2 = compile_kernel(e, [np.float32], nodata_values={"a": 2.0})
+    assert k1 is not k2
+    assert compile_kernel(e, [np.float32], nodata_values={"a": 1.0}) is k1
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("Float32", "float32"),
+        ("Float64", "float64"),
+        ("Int16", "int16"),
+        ("UInt16", "uint16"),
+        ("Int32", "int32"),
+        ("UInt32", "uint32"),
+        ("Byte", "uint8"),
+        ("UInt8", "uint8"),
+        ("int8", "int8"),
+        (np.float32, "float32"),
+    ],
+)
+def test_normalize_dtype_accepts_numpy_and_remotior_names(name, dtype):
+    assert normalize_dtype(name) == np.dtype(dtype)
+
+
+def test_normalize_dtype_refuses_other_types():
+    with pytest.raises(ValueError, match="unsupported output dtype"):
+        normalize_dtype("complex64")
+    with pytest.raises(ValueError, match="unsupported output dtype"):
+        normalize_dtype(np.int64)
+
+
+def test_output_nodata_must_fit_the_output_dtype():
+    a = np.zeros((1, 1), np.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        evaluate(parse_expression("a", ["a"]), [a], [None], output_dtype="UInt8")
+
+
+def test_mismatched_tiles_are_refused():
+    e = parse_expression("a + b", ["a", "b"])
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(e, [np.zeros((2, 2)), np.zeros((2, 3))], [None, None])
+    with pytest.raises(ValueError, match="2 inputs"):
+        evaluate(e, [np.zeros((2, 2))], [None])
+
+
+# Random arithmetic trees, evaluated by numpy from the test's own tree.
+
+_OPS = ["+", "-", "*", "/", "//", "%", "<", ">=", "==", "min", "maximum", "where"]
+
+
+def _trees(names):
+    leaves = st.one_of(
+        st.sampled_from(names).map(lambda n: ("in", n)),
+        st.sampled_from([0.0, 1.0, -2.5, 3.0, 0.5]).map(lambda v: ("const", v)),
+    )
+
+    def extend(children):
+        return st.one_of(
+            st.tuples(st.sampled_from(_OPS), children, children, children),
+            st.tuples(st.just("neg"), children),
+            st.tuples(st.just("sqrt"), children),
+        )
+
+    return st.recursive(leaves, extend, max_leaves=8)
+
+
+def _text(tree):
+    kind = tree[0]
+    if kind == "in":
+        return f'"{tree[1]}"'
+    if kind == "const":
+        return repr(tree[1])
+    if kind == "neg":
+        return f"(-{_text(tree[1])})"
+    if kind == "sqrt":
+        return f"sqrt({_text(tree[1])})"
+    op, x, y, z = tree
+    if op == "min":
+        return f"min({_text(x)}, {_text(y)})"
+    if op == "maximum":
+        return f"maximum({_text(x)}, {_text(y)})"
+    if op == "where":
+        return f"where({_text(x)}, {_text(y)}, {_text(z)})"
+    return f"({_text(x)} {op} {_text(y)})"
+
+
+def _numpy(tree, env):
+    kind = tree[0]
+    if kind == "in":
+        return env[tree[1]]
+    if kind == "const":
+        return np.full_like(next(iter(env.values())), tree[1])
+    if kind == "neg":
+        return -_numpy(tree[1], env)
+    if kind == "sqrt":
+        return np.sqrt(_numpy(tree[1], env))
+    op, x, y, z = tree
+    a, b = _numpy(x, env), _numpy(y, env)
+    if op == "where":
+        return np.where(a != 0, b, _numpy(z, env))
+    table = {
+        "+": np.add,
+        "-": np.subtract,
+        "*": np.multiply,
+        "/": np.divide,
+        "//": np.floor_divide,
+        "%": np.remainder,
+        "maximum": np.maximum,
+        "<": lambda p, q: (p < q).astype(np.float64),
+        ">=": lambda p, q: (p >= q).astype(np.float64),
+        "==": lambda p, q: (p == q).astype(np.float64),
+        "min": lambda p, q: np.nanmin(np.stack([p, q]), axis=0),
+    }
+    return table[op](a, b)
+
+
+_ENV_NAMES = ["a", "b", "c"]
+_ENV = {
+    "a": np.array([[0.0, 1.0, -1.0, 2.5], [7.0, -3.0, 0.5, 1e-3]], np.float32),
+    "b": np.array([[0.0, -2.0, 3.0, 2.5], [-0.25, 4.0, 0.0, 100.0]], np.float32),
+    "c": np.array([[1, 0, -5, 3], [2, 9, -1, 0]], np.int16),
+}
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_trees(_ENV_NAMES))
+def test_random_arithmetic_matches_numpy(tree):
+    text = _text(tree)
+    e = parse_expression(text, _ENV_NAMES)
+    tiles = [_ENV[n] for n in e.input_names]
+    if not tiles:
+        tiles, names = [_ENV["a"]], ("a",)
+        e = parse_expression(f"{text} + 0 * a", _ENV_NAMES)
+    names = e.input_names
+    out, count = evaluate(e, tiles, [None] * len(tiles), output_dtype="float64")
+    env = {n: _ENV[n].astype(np.float64) for n in _ENV_NAMES}
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = _numpy(tree, env)
+    expected, expected_count = _finish(ref, np.zeros(ref.shape, bool), np.float64)
+    np.testing.assert_array_equal(out, expected, err_msg=f"{text} over {names}")
+    assert count == expected_count
+
+
+def test_measure_compile_time_and_throughput_against_numpy():
+    rng = np.random.default_rng(7)
+    red = rng.uniform(0.0, 1.0, (4096, 4096)).astype(np.float32)
+    nir = rng.uniform(0.0, 1.0, (4096, 4096)).astype(np.float32)
+    # A text not used elsewhere, so the kernel is compiled here.
+    e = parse_expression('("nir" - "red") / ("nir" + "red") * 1.0', ["red", "nir"])
+    start = time.perf_counter()
+    compile_kernel(e, [red.dtype, nir.dtype], np.float32)
+    compile_seconds = time.perf_counter() - start
+    out = np.empty(red.shape, np.float32)
+    evaluate(e, [red, nir], [-9999.0, -9999.0], out=out)
+    runs = 3
+    start = time.perf_counter()
+    for _ in range(runs):
+        evaluate(e, [red, nir], [-9999.0, -9999.0], out=out)
+    kernel_seconds = (time.perf_counter() - start) / runs
+
+    def numpy_ndvi():
+        r = red.astype(np.float64)
+        n = nir.astype(np.float64)
+        with np.errstate(all="ignore"):
+            v = (n - r) / (n + r)
+        bad = (red == -9999.0) | (nir == -9999.0) | ~np.isfinite(v)
+        result = v.astype(np.float32)
+        result[bad] = OUT_NODATA
+        return result
+
+    start = time.perf_counter()
+    for _ in range(runs):
+        ref = numpy_ndvi()
+    numpy_seconds = (time.perf_counter() - start) / runs
+    np.testing.assert_array_equal(out, ref)
+    mpix = red.size / 1e6
+    print(
+        f"\nNDVI first compile {compile_seconds:.2f} s; 4096x4096 float32 pair: "
+        f"kernel {kernel_seconds * 1e3:.0f} ms ({mpix / kernel_seconds:.0f} Mpx/s), "
+        f"numpy {numpy_seconds * 1e3:.0f} ms ({mpix / numpy_seconds:.0f} Mpx/s), "
+        f"ratio {numpy_seconds / kernel_seconds:.1f}x"
+    )
