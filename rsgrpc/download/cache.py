@@ -19,7 +19,15 @@ from .request import DownloadRequest
 from .response import DownloadResponse
 
 # Header names holding any of these are dropped before anything is written to disk.
-_SENSITIVE_HEADER_PARTS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
+_SENSITIVE_HEADER_PARTS = (
+    "authorization",
+    "cookie",
+    "token",
+    "secret",
+    "password",
+    "api-key",
+    "apikey",
+)
 
 
 def redact_headers(headers: dict[str, Any] | None) -> dict[str, Any]:

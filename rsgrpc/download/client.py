@@ -255,13 +255,13 @@ class DownloadClient:
             )
 
         try:
+            request = DownloadRequest.coerce(item)
+            _, output_path = request.get_storage_paths()
             if cancel_event is not None and cancel_event.is_set():
                 raise DownloadCancelledError("cancelled before the request started")
-            request = DownloadRequest.coerce(item)
             request.raise_if_invalid()
             if not (request.save_response or request.return_data):
                 return finish(DownloadStatus.SUCCEEDED)
-            _, output_path = request.get_storage_paths()
             response, cache_hit = None, False
             if not self.redownload and cache.is_cached(request):
                 if not request.return_data:
@@ -301,8 +301,6 @@ class DownloadClient:
             return cache.read_cached(request)
         except (OSError, ValueError) as error:
             # Unreadable entries (not ours: ours are complete) are downloaded again and replaced.
-            if isinstance(error, DownloadError):
-                raise
             _LOGGER.warning("Ignoring an unreadable cache entry for %s: %s", request.url, error)
             return None
 
@@ -330,8 +328,9 @@ class DownloadClient:
         while True:
             response: requests.Response | None = None
             failure = ""
+            # The token first: waiting for it inside a rate slot would bunch requests together.
+            headers, access_token = self._prepare_headers(request)
             with self._limiter.slot(cancel_event) as reserved_units:
-                headers, access_token = self._prepare_headers(request)
                 counters.attempts += 1
                 _LOGGER.debug("Sending %s %s (attempt %d)", method, request.url, counters.attempts)
                 try:
@@ -401,7 +400,9 @@ class DownloadClient:
             _LOGGER.debug("Attempt failed with %s; retrying in %.3f s", failure, delay)
             if cancel_event is not None:
                 if cancel_event.wait(delay):
-                    raise DownloadCancelledError("cancelled while waiting to retry", url=request.url)
+                    raise DownloadCancelledError(
+                        "cancelled while waiting to retry", url=request.url
+                    )
             elif delay > 0:
                 time.sleep(delay)
 

@@ -42,7 +42,9 @@ class RetryPolicy:
 
     def backoff_seconds(self, failure_count: int, random_fraction: float) -> float:
         """Full-jitter wait after the ``failure_count``-th failure (1-based)."""
-        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (failure_count - 1))
+        ceiling = min(
+            self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (failure_count - 1)
+        )
         return ceiling * random_fraction
 
 

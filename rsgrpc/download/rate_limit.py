@@ -121,7 +121,9 @@ class RateLimiter:
     @property
     def stats(self) -> RateLimiterStats:
         with self._lock:
-            return RateLimiterStats(self._requests_started, self._rate_limited_answers, self._pauses)
+            return RateLimiterStats(
+                self._requests_started, self._rate_limited_answers, self._pauses
+            )
 
     @property
     def unit_estimate(self) -> float:
@@ -207,7 +209,9 @@ def _replace_bucket(old: _Bucket | None, rate: float | None, capacity: float) ->
     return bucket
 
 
-def _settings_of(deployment: Deployment) -> tuple[float | None, int, float | None, float, int | None]:
+def _settings_of(
+    deployment: Deployment,
+) -> tuple[float | None, int, float | None, float, int | None]:
     return (
         deployment.requests_per_second,
         deployment.burst,

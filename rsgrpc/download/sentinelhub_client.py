@@ -38,7 +38,11 @@ class SentinelHubDownloadClient(DownloadClient):
             raise ValueError(
                 f"session must be a {SentinelHubSession.__name__} or None, got {session!r}"
             )
-        if session is not None and kwargs.get("deployment") is None and kwargs.get("config") is None:
+        if (
+            session is not None
+            and kwargs.get("deployment") is None
+            and kwargs.get("config") is None
+        ):
             kwargs["deployment"] = session.deployment
         super().__init__(default_retry_time=default_retry_time, **kwargs)
         self.session = session

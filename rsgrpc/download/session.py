@@ -141,7 +141,9 @@ class SentinelHubSession:
             return {}
         payload = parts[1] + "=" * (-len(parts[1]) % 4)
         try:
-            claims = json.loads(base64.urlsafe_b64decode(payload.replace("+", "-").replace("/", "_")))
+            claims = json.loads(
+                base64.urlsafe_b64decode(payload.replace("+", "-").replace("/", "_"))
+            )
         except (binascii.Error, ValueError, UnicodeDecodeError):
             return {}
         return claims if isinstance(claims, dict) else {}
@@ -155,7 +157,9 @@ class SentinelHubSession:
             )
         with self._refresh_lock:
             if self._token.get("access_token") == refused_access_token:
-                _LOGGER.info("Token refused for deployment %s; re-authenticating", self.deployment.name)
+                _LOGGER.info(
+                    "Token refused for deployment %s; re-authenticating", self.deployment.name
+                )
                 self._token = self._fetch_token()
 
     def _refresh_ahead(self) -> None:
@@ -163,7 +167,9 @@ class SentinelHubSession:
             self._token = self._fetch_token()
         except DownloadError as error:
             # Keep the still-valid token; try again a little later.
-            self._next_refresh_attempt = time.monotonic() + self.deployment.retry.backoff_base_seconds
+            self._next_refresh_attempt = (
+                time.monotonic() + self.deployment.retry.backoff_base_seconds
+            )
             _LOGGER.warning(
                 "Refreshing the token of deployment %s failed, keeping the current one: %s",
                 self.deployment.name,

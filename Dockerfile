@@ -1,0 +1,57 @@
+# rsgrpc server image.
+#
+#   docker build -t rsgrpc .
+#   docker run --init -p 50051:50051 -v "$PWD/data:/data" rsgrpc
+#
+# `--init` reaps any orphaned worker process; rsgrpc itself handles SIGTERM
+# (graceful shutdown within RSGRPC_GRACE_PERIOD_S, 30 s by default: give
+# `docker stop --time` at least that). Every `rsgrpc serve` flag can be set
+# with its RSGRPC_* environment variable, e.g. RSGRPC_MAX_RAM_MIB.
+
+# Build stage: install the package and its dependencies into a virtualenv.
+# rasterio's wheels bundle GDAL, so no system GDAL is needed.
+FROM python:3.11-slim AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY rsgrpc ./rsgrpc
+COPY kernels ./kernels
+RUN pip install --no-cache-dir . \
+    && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Final stage: the virtualenv only, run as an unprivileged user.
+FROM python:3.11-slim
+
+RUN groupadd --system --gid 10001 rsgrpc \
+    && useradd --system --uid 10001 --gid rsgrpc --no-log-init \
+        --home-dir /home/rsgrpc --create-home --shell /usr/sbin/nologin rsgrpc \
+    && mkdir -p /data /tmp/rsgrpc /home/rsgrpc/.cache/numba \
+    && chown rsgrpc:rsgrpc /data /tmp/rsgrpc /home/rsgrpc/.cache/numba
+
+COPY --from=builder /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    NUMBA_CACHE_DIR=/home/rsgrpc/.cache/numba \
+    RSGRPC_ADDRESS=0.0.0.0:50051 \
+    RSGRPC_DATA_ROOT=/data \
+    RSGRPC_TEMP_ROOT=/tmp/rsgrpc
+
+# Numeric, so that Kubernetes can check runAsNonRoot.
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 50051
+
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["rsgrpc", "health", "--target", "127.0.0.1:50051"]
+
+ENTRYPOINT ["rsgrpc"]
+CMD ["serve"]

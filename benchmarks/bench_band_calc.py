@@ -1,0 +1,652 @@
+"""Band calc (NDVI) end to end through rsgrpc, against rasterio+numpy and the I/O floor.
+
+    python benchmarks/bench_band_calc.py --workdir /some/scratch/dir
+
+Inputs: two 10980 x 10980 uint16 bands (red, nir), tiled 512, DEFLATE with
+the horizontal predictor, nodata 0, generated once into the workdir and
+reused. Pixels come from a smooth field plus per-pixel noise from an integer
+hash of (row, col): deterministic, as compressible as noisy imagery, and
+fast to make (no random generator per pixel).
+
+Expression: ``("nir" - "red") / ("nir" + "red")`` to float32, nodata -32768.
+
+Runs, each on the same files, for each output profile (DEFLATE at GDAL's
+default level, and rsgrpc's DEFAULT_PROFILE):
+
+- ours  the rsgrpc server as a subprocess, a session of N processes and
+        `available_ram_mib` from --ram (each value gets its own server), timed
+        from the BandCalc call to the operation done, with the peak memory of
+        the server's whole process tree sampled every 50 ms;
+- (a)   one process, rasterio + numpy masked arrays, block by block, GDAL's
+        NUM_THREADS not set;
+- (b)   as (a), with GDAL's threads (creation option num_threads=ALL_CPUS and
+        GDAL_NUM_THREADS=ALL_CPUS);
+- (c)   the I/O floor: read and decode both inputs, encode and write as many
+        output bytes (the red band cast to float32), no computation, GDAL's
+        threads;
+- (c')  as (c), but writing the NDVI itself, computed beforehand and held in
+        memory: the very bytes ours writes, so the same encoding work.
+
+Then a profile sweep on the (c') path over a crop: each codec, level and
+predictor, seconds and output size. Ratios are printed; nothing is asserted.
+Outputs go under --workdir (a temporary directory by default), never into
+the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from process_tree import (  # noqa: E402
+    TreeMemory,
+    TreeMemorySampler,
+    tree_cpu_seconds,
+    tree_memory,
+)
+
+from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile  # noqa: E402
+
+MIB = 1 << 20
+BLOCK = 512
+EXPRESSION = '("nir" - "red") / ("nir" + "red")'
+OUT_NODATA = -32768.0
+OUT_DTYPE = "float32"
+# The writer's block cache in rsgrpc; the baselines get the same.
+GDAL_CACHE_BYTES = 64 * MIB
+CRS = "EPSG:32633"
+FLOOR_NDVI = "c'"
+TRANSFORM = rasterio.Affine(10.0, 0.0, 300000.0, 0.0, -10.0, 5000040.0)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _hash_noise(rows: np.ndarray, cols: np.ndarray, seed: int) -> np.ndarray:
+    """Deterministic per-pixel noise in [-64, 63] from an integer hash of (row, col)."""
+    with np.errstate(over="ignore"):
+        h = (rows.astype(np.uint32) * np.uint32(0x9E3779B1)) ^ (
+            cols.astype(np.uint32) * np.uint32(0x85EBCA77)
+        )
+        h ^= np.uint32(seed)
+        h ^= h >> np.uint32(15)
+        h *= np.uint32(0x2C1B3C6D)
+        h ^= h >> np.uint32(12)
+    return (h & np.uint32(0x7F)).astype(np.int32) - 64
+
+
+def _strip(row0: int, rows: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Red and nir for rows [row0, row0 + rows) of a size x size scene."""
+    y = np.arange(row0, row0 + rows, dtype=np.float32)[:, None]
+    x = np.arange(size, dtype=np.float32)[None, :]
+    scale = 10980.0 / size  # the same scene, whatever the size
+    y, x = y * scale, x * scale
+    veg = (
+        0.5
+        + 0.25 * np.sin(x / 350.0) * np.cos(y / 420.0)
+        + 0.15 * np.sin((x + y) / 1300.0)
+        + 0.08 * np.sin(x / 37.0 + y / 53.0)
+    )
+    veg = np.clip(veg, 0.0, 1.0)
+    iy, ix = np.broadcast_arrays(np.arange(row0, row0 + rows)[:, None], np.arange(size)[None, :])
+    red = (300.0 + 2500.0 * (1.0 - veg)).astype(np.int32) + _hash_noise(iy, ix, 1)
+    nir = (1500.0 + 3000.0 * veg).astype(np.int32) + _hash_noise(iy, ix, 2)
+    # Outside the swath (an orbit edge) both bands are nodata; a strip of
+    # red alone is nodata too, so the masks of the inputs differ.
+    edge = 0.8 * 10980.0 + 0.1 * 10980.0 * np.sin(y / 1500.0)
+    outside = np.broadcast_to(x > edge, red.shape)
+    red[outside] = 0
+    nir[outside] = 0
+    red[((y > 3000) & (y < 3500) & (x > 1000) & (x < 4000))] = 0
+    return np.clip(red, 0, 65535).astype(np.uint16), np.clip(nir, 0, 65535).astype(np.uint16)
+
+
+def generate_inputs(folder: Path, size: int) -> tuple[Path, Path, float]:
+    """The red and nir GeoTIFFs of a size x size scene; made once, reused after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    red_path, nir_path = folder / f"red_{size}.tif", folder / f"nir_{size}.tif"
+    if red_path.exists() and nir_path.exists():
+        return red_path, nir_path, 0.0
+    started = time.perf_counter()
+    meta = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 1,
+        "dtype": "uint16",
+        "nodata": 0,
+        "crs": CRS,
+        "transform": TRANSFORM,
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "compress": "deflate",
+        "predictor": 2,
+        "num_threads": "ALL_CPUS",
+    }
+    tmp_red = red_path.with_suffix(".partial.tif")
+    tmp_nir = nir_path.with_suffix(".partial.tif")
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        rasterio.open(tmp_red, "w", **meta) as red_ds,
+        rasterio.open(tmp_nir, "w", **meta) as nir_ds,
+    ):
+        for row0 in range(0, size, BLOCK):
+            rows = min(BLOCK, size - row0)
+            red, nir = _strip(row0, rows, size)
+            window = Window(0, row0, size, rows)
+            red_ds.write(red, 1, window=window)
+            nir_ds.write(nir, 1, window=window)
+    os.replace(tmp_red, red_path)
+    os.replace(tmp_nir, nir_path)
+    return red_path, nir_path, time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------- baselines
+
+
+def creation_options(profile: OutputProfile, *, threads: bool) -> dict[str, object]:
+    """rsgrpc's writer options for `profile`, with or without GDAL's threads."""
+    options = profile.creation_options(OUT_DTYPE)
+    if not threads:
+        options.pop("num_threads", None)
+    return options
+
+
+def _out_meta(src: rasterio.DatasetReader, profile: OutputProfile, *, threads: bool) -> dict:
+    return {
+        "driver": "GTiff",
+        "width": src.width,
+        "height": src.height,
+        "count": 1,
+        "dtype": OUT_DTYPE,
+        "nodata": OUT_NODATA,
+        "crs": src.crs,
+        "transform": src.transform,
+        **creation_options(profile, threads=threads),
+    }
+
+
+def _env(*, threads: bool) -> rasterio.Env:
+    options: dict[str, object] = {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
+    if threads:
+        options["GDAL_NUM_THREADS"] = "ALL_CPUS"
+    return rasterio.Env(**options)
+
+
+def _blocks(height: int, width: int, edge: int) -> Iterator[Window]:
+    for row in range(0, height, edge):
+        for col in range(0, width, edge):
+            yield Window(col, row, min(edge, width - col), min(edge, height - row))
+
+
+def ndvi_masked(red: np.ma.MaskedArray, nir: np.ma.MaskedArray) -> np.ndarray:
+    """NDVI with numpy masked semantics: masked inputs, a zero sum or a non-finite
+    result give nodata. float64 arithmetic, as rsgrpc's kernel, rounded to float32."""
+    r = red.astype(np.float64)
+    n = nir.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = np.ma.masked_invalid((n - r) / (n + r))
+    return result.filled(OUT_NODATA).astype(np.float32)
+
+
+def run_numpy(red: Path, nir: Path, out: Path, profile: OutputProfile, *, threads: bool) -> None:
+    """(a) and (b): block by block, read both windows, compute, write."""
+    with (
+        _env(threads=threads),
+        rasterio.open(red) as red_ds,
+        rasterio.open(nir) as nir_ds,
+        rasterio.open(out, "w", **_out_meta(red_ds, profile, threads=threads)) as dst,
+    ):
+        for window in _blocks(red_ds.height, red_ds.width, BLOCK):
+            r = red_ds.read(1, window=window, masked=True)
+            n = nir_ds.read(1, window=window, masked=True)
+            dst.write(ndvi_masked(r, n), 1, window=window)
+
+
+def run_floor(
+    red: Path, nir: Path, out: Path, profile: OutputProfile, ndvi: np.ndarray | None
+) -> None:
+    """(c) and (c'): read and decode both inputs in strips of whole block rows (so
+    GDAL's threads decode in parallel), write float32 of the same size: the red band
+    cast (c), or the NDVI computed beforehand (c'), with GDAL's threads."""
+    with (
+        _env(threads=True),
+        rasterio.open(red) as red_ds,
+        rasterio.open(nir) as nir_ds,
+        rasterio.open(out, "w", **_out_meta(red_ds, profile, threads=True)) as dst,
+    ):
+        for row in range(0, red_ds.height, BLOCK):
+            window = Window(0, row, red_ds.width, min(BLOCK, red_ds.height - row))
+            r = red_ds.read(1, window=window)
+            nir_ds.read(1, window=window)
+            data = r.astype(np.float32) if ndvi is None else ndvi[row : row + window.height]
+            dst.write(data, 1, window=window)
+
+
+def read_all(path: Path) -> np.ndarray:
+    with _env(threads=True), rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+# ---------------------------------------------------------------------------- ours
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def rsgrpc_server(workdir: Path, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`rsgrpc serve` as a subprocess on a free port; stopped with SIGTERM on exit."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "GDAL_NUM_THREADS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    command = [
+        sys.executable, "-m", "rsgrpc.cli", "serve",
+        "--address", address,
+        "--data-root", str(workdir),
+        "--temp-root", str(workdir / "tmp"),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_serving(address, process, log_path)
+        yield address, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited:\n{log_path.read_text()}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"the server did not start:\n{log_path.read_text()}")
+
+
+@dataclass
+class OursRun:
+    seconds: float
+    cpu: float  # CPU seconds of the server's process tree during the run
+    size: int
+    peak: TreeMemory
+    idle: TreeMemory
+
+
+def run_ours(
+    session, server_pid: int, red: str, nir: str, out: str, out_file: Path, compression: str | None
+) -> OursRun:
+    idle = tree_memory(server_pid)
+    cpu_before = tree_cpu_seconds(server_pid)
+    sampler = TreeMemorySampler(server_pid, interval=0.05).start()
+    try:
+        started = time.perf_counter()
+        result = session.band_calc(
+            input_raster_list=[nir, red],
+            input_name_list=["nir", "red"],
+            expression_string=EXPRESSION,
+            output_path=out,
+            output_datatype=OUT_DTYPE,
+            output_nodata=OUT_NODATA,
+            overwrite=True,
+            compression=compression,
+        )
+        seconds = time.perf_counter() - started
+        cpu = tree_cpu_seconds(server_pid) - cpu_before
+    finally:
+        peak = sampler.stop()
+    if not result.check:
+        raise RuntimeError(f"band calc failed: {result.extra}")
+    return OursRun(seconds, cpu, out_file.stat().st_size, peak, idle)
+
+
+# -------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    ram = psutil.virtual_memory().total / (1 << 30)
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {ram:.1f} GiB RAM, {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
+        f"rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}"
+    )
+
+
+def profile_name(profile: OutputProfile) -> str:
+    options = profile.creation_options(OUT_DTYPE)
+    if profile.compression == "none":
+        return "none"
+    level = profile.level or "default"
+    return f"{profile.compression} level {level} predictor {options['predictor']}"
+
+
+def _cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(fn, *args, **kwargs) -> float:
+    started = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - started
+
+
+def _timed_cpu(fn, *args, **kwargs) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of this process (all its threads) for one call."""
+    cpu = _cpu_self()
+    wall = _timed(fn, *args, **kwargs)
+    return wall, _cpu_self() - cpu
+
+
+def _machine_load() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    busy = psutil.cpu_percent(interval=1.0)
+    text = f"load average {load:.2f}, CPU busy {busy:.0f}% over 1 s before starting"
+    if busy > 10:
+        text += "  WARNING: the machine is not idle; wall times are inflated"
+    return text
+
+
+def _settle() -> None:
+    """Write back dirty pages between runs, so one run's writeback does not slow the next."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def _mib(n: float) -> str:
+    return f"{n / MIB:8.1f} MiB"
+
+
+def sweep_profiles() -> list[OutputProfile]:
+    profiles = [OutputProfile("none")]
+    for predictor in (1, 2, 3):
+        profiles += [OutputProfile("deflate", level, predictor) for level in (1, 6)]
+        profiles += [OutputProfile("zstd", level, predictor) for level in (1, 3, 9)]
+        profiles.append(OutputProfile("lzw", 0, predictor))
+    return profiles
+
+
+def run_sweep(red: Path, nir: Path, folder: Path, crop: int, repeats: int) -> None:
+    """Each profile on the (c') path over a crop: best of `repeats` seconds, and size."""
+    with rasterio.open(red) as ds:
+        height, width = ds.height, ds.width
+    crop = min(crop, height, width)
+    row = ((height - crop) // 2) // BLOCK * BLOCK
+    col = ((width - crop) // 2) // BLOCK * BLOCK
+    window = Window(col, row, crop, crop)
+    crop_red, crop_nir = folder / "crop_red.tif", folder / "crop_nir.tif"
+    for source, target in ((red, crop_red), (nir, crop_nir)):
+        with rasterio.open(source) as src:
+            meta = {**src.meta, "width": crop, "height": crop,
+                    "transform": src.window_transform(window), "tiled": True,
+                    "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
+                    "predictor": 2}  # fmt: skip
+            with rasterio.open(target, "w", **meta) as dst:
+                dst.write(src.read(1, window=window), 1)
+    with rasterio.open(crop_red) as r, rasterio.open(crop_nir) as n:
+        ndvi = ndvi_masked(r.read(1, masked=True), n.read(1, masked=True))
+    raw = ndvi.nbytes
+    print(f"\nProfile sweep: (c') path over a {crop}x{crop} crop at row {row}, col {col} "
+          f"({raw / MIB:.1f} MiB of float32 NDVI), GDAL threads, best of {repeats}")  # fmt: skip
+    print(f"  {'profile':<32} {'seconds':>8} {'MB/s raw':>9} {'size':>13} {'ratio':>6}")
+    out = folder / "sweep.tif"
+    for profile in sweep_profiles():
+        best = min(
+            _timed(run_floor, crop_red, crop_nir, out, profile, ndvi) for _ in range(repeats)
+        )
+        size = out.stat().st_size
+        print(f"  {profile_name(profile):<32} {best:8.3f} {raw / best / 1e6:9.0f} "
+              f"{_mib(size)} {raw / size:6.2f}")  # fmt: skip
+    out.unlink()
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where inputs and outputs go (default: a new temporary directory)",
+    )
+    parser.add_argument("--size", type=int, default=10980, help="raster edge in pixels")
+    parser.add_argument(
+        "--ram",
+        type=int,
+        nargs="+",
+        default=[512, 2048],
+        help="available_ram_mib of the session; one server per value",
+    )
+    parser.add_argument("--processes", type=int, default=2, help="session process count")
+    parser.add_argument(
+        "--sweep-crop",
+        type=int,
+        default=2048,
+        help="edge of the sweep's crop (the full raster if larger)",
+    )
+    parser.add_argument("--sweep-repeats", type=int, default=3)
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the outputs")
+    args = parser.parse_args(argv)  # fmt: skip
+
+    os.environ.pop("GDAL_NUM_THREADS", None)  # (a) runs without GDAL's threads
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rsgrpc-bench-"))
+    workdir = workdir.expanduser().resolve()
+    outputs = workdir / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").mkdir(exist_ok=True)
+    total_started = time.perf_counter()
+
+    print("rsgrpc band calc benchmark")
+    print(f"machine:    {machine()}")
+    print(f"workdir:    {workdir}")
+    load_before = _machine_load()
+    print(f"machine load: {load_before}")
+    print(f"expression: {EXPRESSION} -> {OUT_DTYPE}, nodata {OUT_NODATA:g}")
+    red, nir, made = generate_inputs(workdir / "inputs", args.size)
+    print(f"inputs:     2 x {args.size}x{args.size} uint16, tiled {BLOCK}, DEFLATE predictor 2, "
+          f"nodata 0; red {_mib(red.stat().st_size).strip()}, nir "
+          f"{_mib(nir.stat().st_size).strip()}; "
+          + (f"generated in {made:.1f} s (hash noise, no RNG)" if made else "reused"))  # fmt: skip
+    warm_red, warm_nir, _ = generate_inputs(workdir / "inputs", 1024)
+    _settle()
+
+    profiles = {
+        "deflate": OutputProfile("deflate"),  # GDAL's default level, predictor 3
+        "default": DEFAULT_PROFILE,
+    }
+    times: dict[tuple[str, str], float] = {}
+    cpus: dict[tuple[str, str], float] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    ndvi: np.ndarray | None = None
+
+    # Baselines, in this process, with no server running.
+    for key, profile in profiles.items():
+        for name in ("a", "b", "c", FLOOR_NDVI):
+            if name == FLOOR_NDVI and ndvi is None:
+                ndvi = read_all(outputs / f"a_{key}.tif")  # the NDVI, held in memory
+            out = outputs / f"{name.replace(FLOOR_NDVI, 'cp')}_{key}.tif"
+            if name in ("a", "b"):
+                call = (run_numpy, red, nir, out, profile)
+                kwargs = {"threads": name == "b"}
+            else:
+                call = (run_floor, red, nir, out, profile, ndvi if name == FLOOR_NDVI else None)
+                kwargs = {}
+            times[name, key], cpus[name, key] = _timed_cpu(*call, **kwargs)
+            sizes[name, key] = out.stat().st_size
+            _settle()
+            print(f"  ({name:<2}) {key:<8} {times[name, key]:7.2f} s  "
+                  f"(CPU {cpus[name, key]:6.2f} s)  {_mib(sizes[name, key])}",
+                  flush=True)  # fmt: skip
+
+    # Ours, one fresh server per RAM setting.
+    from rsgrpc.client import Session
+
+    ours: dict[tuple[int, str], OursRun] = {}
+    first_call: dict[int, float] = {}
+    mismatch: dict[int, float] = {}
+    plans: dict[int, list[str]] = {}
+    for ram in args.ram:
+        with rsgrpc_server(workdir, outputs / f"server_{ram}.log") as (address, server):
+            session = Session(n_processes=args.processes, available_ram=ram, target=address)
+            try:
+                # The first call compiles the expression in each worker (numba).
+                warm = run_ours(session, server.pid, str(warm_red.relative_to(workdir)),
+                                str(warm_nir.relative_to(workdir)), "outputs/warm.tif",
+                                outputs / "warm.tif", None)  # fmt: skip
+                first_call[ram] = warm.seconds
+                for key, compression in (("deflate", "deflate"), ("default", None)):
+                    out = f"outputs/ours_{ram}_{key}.tif"
+                    run = run_ours(session, server.pid, str(red.relative_to(workdir)),
+                                   str(nir.relative_to(workdir)), out, workdir / out,
+                                   compression)  # fmt: skip
+                    ours[ram, key] = run
+                    _settle()
+                    pss = run.peak.pss_mib
+                    print(f"  (ours ram {ram}) {key:<8} {run.seconds:7.2f} s  "
+                          f"(CPU {run.cpu:6.2f} s)  {_mib(run.size)}  "
+                          f"peak RSS {run.peak.rss_mib:.0f} MiB, PSS "
+                          f"{'n/a' if pss is None else f'{pss:.0f} MiB'}",
+                          flush=True)  # fmt: skip
+                mismatch[ram] = _compare(workdir / f"outputs/ours_{ram}_default.tif", ndvi)
+                plans[ram] = [m for m in session.log() if "tiles of" in m]
+            finally:
+                session.close()
+
+    if not args.no_sweep:
+        run_sweep(red, nir, outputs, args.sweep_crop, args.sweep_repeats)
+
+    # The report.
+    print("\n" + "=" * 78)
+    print(f"NDVI of 2 x {args.size}x{args.size} uint16 -> float32; machine: {machine()}")
+    print(f"machine load: {load_before}")
+    print(
+        f"ours: {args.processes} processes; outputs: tiled {BLOCK}, BIGTIFF=IF_SAFER; "
+        "CPU = user + system seconds of all threads (ours: the server's process tree)"
+    )
+    for key, profile in profiles.items():
+        print(f"\nOutput profile '{key}': {profile_name(profile)}")
+        print(f"  {'run':<34} {'seconds':>8} {'CPU s':>8} {'size':>13}")
+        labels = {
+            "a": "(a)  rasterio+numpy, 1 thread",
+            "b": "(b)  rasterio+numpy, GDAL threads",
+            "c": "(c)  I/O floor, red as float32",
+            "c'": "(c') I/O floor, the NDVI bytes",
+        }
+        for name, label in labels.items():
+            print(
+                f"  {label:<34} {times[name, key]:8.2f} {cpus[name, key]:8.2f} "
+                f"{_mib(sizes[name, key])}"
+            )
+        for ram in args.ram:
+            run = ours[ram, key]
+            print(
+                f"  {f'ours, available_ram_mib {ram}':<34} {run.seconds:8.2f} {run.cpu:8.2f} "
+                f"{_mib(run.size)}"
+            )
+        for ram in args.ram:
+            s = ours[ram, key].seconds
+            print(f"  ratios at ram {ram}: a/ours {times['a', key] / s:.2f}x  "
+                  f"b/ours {times['b', key] / s:.2f}x  ours/c {s / times['c', key]:.2f}x  "
+                  f"ours/c' {s / times[FLOOR_NDVI, key]:.2f}x")  # fmt: skip
+    print("\nOur default profile against (b) with DEFLATE:")
+    for ram in args.ram:
+        s = ours[ram, "default"].seconds
+        print(f"  ram {ram}: b(deflate)/ours(default) {times['b', 'deflate'] / s:.2f}x; "
+              f"size {ours[ram, 'default'].size / sizes['b', 'deflate']:.2f} of (b)'s")  # fmt: skip
+    print("\nPeak memory of the server's process tree (server + workers), sampled every 50 ms:")
+    for ram in args.ram:
+        for key in profiles:
+            run = ours[ram, key]
+            pss = run.peak.pss_mib
+            idle_pss = run.idle.pss_mib
+            print(f"  ram {ram:>5} MiB, {key:<8}: peak RSS {run.peak.rss_mib:7.0f} MiB, "
+                  f"peak PSS {'n/a' if pss is None else f'{pss:7.0f} MiB'} "
+                  f"({'n/a' if pss is None else f'{100 * pss / ram:.0f}%'} of the budget); "
+                  f"idle before: RSS {run.idle.rss_mib:.0f}, PSS "
+                  f"{'n/a' if idle_pss is None else f'{idle_pss:.0f}'} MiB; "
+                  f"{run.peak.processes} processes")  # fmt: skip
+    for ram in args.ram:
+        for line in plans[ram][-1:]:
+            print(f"  ram {ram} tile plan: {line.split(': ', 1)[-1]}")
+    for ram in args.ram:
+        print(f"  first call of a new session (compiles the kernel, 1024x1024 inputs), "
+              f"ram {ram}: {first_call[ram]:.2f} s")  # fmt: skip
+        print(f"  ours vs (a) on its output, max abs difference: {mismatch[ram]:g}")
+    print(f"\ntotal runtime {time.perf_counter() - total_started:.0f} s")
+
+    if not args.keep:
+        for path in outputs.glob("*.tif"):
+            path.unlink()
+    if args.workdir is None and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _compare(path: Path, reference: np.ndarray | None) -> float:
+    """Largest absolute difference between ours and (a) over a few blocks."""
+    if reference is None:
+        return float("nan")
+    worst = 0.0
+    with rasterio.open(path) as ds:
+        for row, col in ((0, 0), (3072, 2048), (5120, 8192), (10752, 10752)):
+            if row >= ds.height or col >= ds.width:
+                continue
+            window = Window(col, row, min(BLOCK, ds.width - col), min(BLOCK, ds.height - row))
+            ours = ds.read(1, window=window)
+            ref = reference[row : row + window.height, col : col + window.width]
+            worst = max(worst, float(np.max(np.abs(ours.astype(np.float64) - ref))))
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1168 @@
+"""Sieve filter with GDALSieveFilter's semantics, for whole arrays and for tiled rasters.
+
+A region is a 4- or 8-connected set of valid pixels of one value. Every region
+smaller than ``size`` pixels takes the value of its largest neighbouring region,
+exactly as ``rasterio.features.sieve`` (GDAL's ``GDALSieveFilter``) does:
+
+* Neighbours are compared by size; on a tie the neighbour met first wins, where
+  "first" is GDAL's scan order: pixels in raster order, and for each pixel its
+  neighbours up, up-left, up-right (8-connectivity only), then left.
+* When the largest neighbour is itself small, GDAL follows the chain of largest
+  neighbours until it reaches a region of at least ``size`` pixels and uses that
+  region's value. A chain that runs into a cycle (two small regions that are each
+  other's largest neighbour, say) or into a region without neighbours leaves the
+  region unchanged.
+* Nodata (mask False, and for int32 GDAL's internal marker value -51502112) is
+  never changed, never counted and never a neighbour.
+
+Tiled use runs in three phases so that no process holds the raster:
+
+1. ``summarize_tile`` (worker): label one tile and settle everything the tile
+   can settle by itself. A region that does not touch a seam (an edge of the tile
+   shared with another tile) has its final size and all its neighbours in the
+   tile; its chain is followed inside the tile until it ends at a large region,
+   fails, or reaches a region whose fate depends on other tiles (a *node*). Only
+   nodes travel: regions touching a seam ("open"), small closed regions whose
+   largest neighbour cannot be chosen without the global size of seam regions
+   ("pending"), and large closed regions that a node's chain ends on. The
+   summary holds node values and sizes, node ids along the seam edges, and for
+   each small node its candidate neighbours with the scan-order key of their
+   first contact.
+2. ``decide_tiles`` (coordinator): merge open nodes across seams with
+   union-find, add the contacts across seams, choose every small node's largest
+   neighbour with GDAL's tie rule, follow the chains and return, per tile, the
+   final value of each node that has one.
+3. ``rewrite_tile`` (worker): label the tile again (deterministically), redo the
+   local part and write the final values.
+
+Memory bound. A worker (phase 1 or 3) holds its tile and mask, about 9 bytes
+per tile pixel of scratch (labels, union-find parents, validity) and about 60
+bytes per region of the tile; a phase-3 worker also holds its decision (12
+bytes per settled node of the tile). A summary holds one int32 per pixel on the
+tile's seam edges, 17 bytes per node and 24 bytes per candidate; the
+coordinator holds all summaries plus about 50 bytes per node. Nodes are the
+open regions (at most one per seam-edge pixel), the pending regions (small
+closed regions touching two or more open regions, or one open region that does
+not already beat their largest closed neighbour) and the large regions their
+chains end on; a small node has one candidate per distinct open neighbour plus
+one. So phase 2 grows with the seams and with the small regions wedged between
+regions that cross seams, never with the raster's area or with the small
+regions that a tile settles alone (in the worst case, speckle between two
+interleaved seam-crossing regions, pending regions can be as many as a tile's
+small regions). Measured on a 10980 x 10980 uint8 class raster with 15 %
+speckle and 1024 x 1024 tiles: 121 tiles, 170 000 nodes, 12 MB of summaries
+(the raster is 120 MB), phase 2 in 0.03 s.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "SIEVE_CONNECTIVITIES",
+    "SIEVE_DTYPES",
+    "SieveDecision",
+    "SieveStats",
+    "TileDecision",
+    "TilePlacement",
+    "TileSummary",
+    "decide_tiles",
+    "rewrite_tile",
+    "sieve",
+    "sieve_tiled",
+    "sieve_with_stats",
+    "summarize_tile",
+]
+
+SIEVE_DTYPES: Final = frozenset(
+    np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32")
+)
+SIEVE_CONNECTIVITIES: Final = frozenset({4, 8})
+
+# GDAL reads pixels as Int32 and treats this value as nodata.
+_GDAL_NODATA_MARKER: Final = -51502112
+
+# Region kinds inside one tile.
+_BIG: Final = 0  # closed, at least `size` pixels: never changes
+_OPEN: Final = 1  # touches a seam: global size unknown in the tile
+_PENDING: Final = 2  # closed, small, largest neighbour depends on open regions
+_DECIDED: Final = 3  # closed, small, largest neighbour known in the tile
+
+_FAIL: Final = -1
+
+# Larger arrays are sieved in tiles, in threads: same result, half the time on
+# two cores, and scratch memory bounded by the tiles.
+_UNTILED_MAX_PIXELS = 4096 * 4096
+_LARGE_ARRAY_TILE = (1024, 1024)
+
+
+@dataclass(frozen=True)
+class SieveStats:
+    """How many regions and pixels a sieve changed (value actually different)."""
+
+    regions_changed: int
+    pixels_changed: int
+
+    def __add__(self, other: SieveStats) -> SieveStats:
+        return SieveStats(
+            self.regions_changed + other.regions_changed,
+            self.pixels_changed + other.pixels_changed,
+        )
+
+
+@dataclass(frozen=True)
+class TilePlacement:
+    """Where a tile sits in its raster; its shape comes from the tile array."""
+
+    row_off: int
+    col_off: int
+    raster_height: int
+    raster_width: int
+
+
+@dataclass(frozen=True, eq=False)
+class TileSummary:
+    """Phase-1 result for one tile: what the coordinator needs, nothing more.
+
+    Node arrays (length n): ``node_value`` (int64) and ``node_size`` (int64,
+    pixels in this tile). Seam edges hold node indices
+    per pixel (-1 for nodata) and are empty on sides that are not seams:
+    ``top``/``bottom`` (length width), ``left``/``right`` (length height).
+    Candidates (length m) list, for each small node ``cand_src``, a neighbour:
+    ``cand_size == -1`` means the neighbour is the open node ``cand_dst`` (its size
+    is global); otherwise the neighbour is a closed region of ``cand_size`` pixels
+    whose chain leads to node ``cand_dst`` (-1: the chain fails). ``cand_key`` is
+    the scan-order key of the first contact.
+    """
+
+    placement: TilePlacement
+    height: int
+    width: int
+    node_value: np.ndarray
+    node_size: np.ndarray
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    cand_src: np.ndarray
+    cand_dst: np.ndarray
+    cand_size: np.ndarray
+    cand_key: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class TileDecision:
+    """Phase-2 result for one tile: final values of the tile's settled nodes.
+
+    ``node_index`` (int32) lists nodes of the tile's summary whose chain ends on a
+    large region; ``value`` (int64) is that region's value (a large node's own
+    value). Nodes not listed keep their pixels.
+    """
+
+    placement: TilePlacement
+    node_count: int
+    node_index: np.ndarray
+    value: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class SieveDecision:
+    """Phase-2 result: one ``TileDecision`` per summary, in the summaries' order."""
+
+    tiles: tuple[TileDecision, ...]
+    regions_changed: int
+
+
+# --------------------------------------------------------------------------
+# Argument checks, shared by every entry point.
+
+
+def _check_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer):
+        raise TypeError(f"size must be an integer number of pixels, got {size!r}")
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size!r}")
+    return int(size)
+
+
+def _check_connectivity(connectivity: int) -> bool:
+    if connectivity not in SIEVE_CONNECTIVITIES:
+        raise ValueError(f"unsupported connectivity, got {connectivity!r}")
+    return connectivity == 8
+
+
+def _check_array(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"array must be 2-D, got shape {array.shape}")
+    if array.dtype not in SIEVE_DTYPES:
+        allowed = ", ".join(sorted(d.name for d in SIEVE_DTYPES))
+        raise TypeError(f"unsupported dtype, got {array.dtype.name!r}; allowed: {allowed}")
+    return array
+
+
+def _check_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise ValueError(f"mask shape {mask.shape} does not match array shape {shape}")
+    if mask.dtype != np.bool_ and mask.dtype != np.uint8:
+        raise TypeError(f"mask must be bool or uint8, got {mask.dtype.name!r}")
+    return mask
+
+
+def _valid_pixels(array: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    mask = _check_mask(mask, array.shape)
+    valid = np.ones(array.shape, np.bool_) if mask is None else mask != 0
+    if array.dtype == np.int32:
+        valid &= array != _GDAL_NODATA_MARKER
+    return valid
+
+
+def _check_out(out: np.ndarray | None, array: np.ndarray) -> np.ndarray:
+    if out is None:
+        return np.empty_like(array)
+    if out.shape != array.shape or out.dtype != array.dtype:
+        raise ValueError(
+            f"out must have shape {array.shape} and dtype {array.dtype.name}, "
+            f"got {out.shape} and {out.dtype.name}"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------
+# Numba kernels.
+
+
+@njit(cache=True, nogil=True)
+def _find(parent, i):
+    root = i
+    while parent[root] != root:
+        root = parent[root]
+    while parent[i] != root:
+        nxt = parent[i]
+        parent[i] = root
+        i = nxt
+    return root
+
+
+@njit(cache=True, nogil=True)
+def _union(parent, a, b):
+    # Union by smaller root, so a set's root is its first provisional label.
+    rb = _find(parent, b)
+    if a < 0:
+        return rb
+    ra = _find(parent, a)
+    if ra < rb:
+        parent[rb] = ra
+        return ra
+    parent[ra] = rb
+    return rb
+
+
+@njit(cache=True, nogil=True)
+def _label(values, valid, conn8):
+    """Label regions (ids dense, in order of first pixel); also their value and size."""
+    h, w = values.shape
+    labels = np.empty((h, w), np.int32)
+    parent = np.empty(h * w, np.int32)
+    nprov = 0
+    for y in range(h):
+        for x in range(w):
+            if not valid[y, x]:
+                labels[y, x] = -1
+                continue
+            v = values[y, x]
+            lab = -1
+            left = x > 0 and valid[y, x - 1] and values[y, x - 1] == v
+            up = y > 0 and valid[y - 1, x] and values[y - 1, x] == v
+            if up:
+                lab = labels[y - 1, x]
+                # Up-left and up-right touch up, so they are already joined to it.
+                if left and labels[y, x - 1] != lab:
+                    lab = _union(parent, lab, labels[y, x - 1])
+            elif left:
+                lab = labels[y, x - 1]
+            if conn8 and y > 0 and not up:
+                # Up-left touches left, so it needs a union only when left differs.
+                if not left and x > 0 and valid[y - 1, x - 1] and values[y - 1, x - 1] == v:
+                    lab = labels[y - 1, x - 1]
+                if x < w - 1 and valid[y - 1, x + 1] and values[y - 1, x + 1] == v:
+                    if lab < 0:
+                        lab = labels[y - 1, x + 1]
+                    elif labels[y - 1, x + 1] != lab:
+                        lab = _union(parent, lab, labels[y - 1, x + 1])
+            if lab < 0:
+                lab = nprov
+                parent[nprov] = nprov
+                nprov += 1
+            labels[y, x] = lab
+    # Parents always point to smaller labels, so one increasing pass turns
+    # parent[] into dense ids: a root gets the next id, any other label copies
+    # the id already given to its (smaller) parent. Roots are first pixels, so
+    # ids follow the raster order of each region's first pixel.
+    n = 0
+    for i in range(nprov):
+        p = parent[i]
+        if p == i:
+            parent[i] = n
+            n += 1
+        else:
+            parent[i] = parent[p]
+    size = np.zeros(n, np.int64)
+    value = np.zeros(n, np.int64)
+    for y in range(h):
+        for x in range(w):
+            lab = labels[y, x]
+            if lab >= 0:
+                lab = parent[lab]
+                labels[y, x] = lab
+                if size[lab] == 0:
+                    value[lab] = values[y, x]
+                size[lab] += 1
+    return labels, n, value, size
+
+
+@njit(cache=True, nogil=True)
+def _analyse(labels, size, n, seams, threshold, conn8, row_off, col_off, raster_w):
+    """Classify regions and settle what the tile can settle by itself.
+
+    Returns kind, term (for _DECIDED regions: the region their chain ends on, or
+    _FAIL), best/best_key (largest closed neighbour and its first-contact key)
+    and the first contact of each small region with each open neighbour.
+    """
+    h, w = labels.shape
+    is_open = np.zeros(n, np.bool_)
+    if seams[0]:
+        for x in range(w):
+            if labels[0, x] >= 0:
+                is_open[labels[0, x]] = True
+    if seams[1]:
+        for x in range(w):
+            if labels[h - 1, x] >= 0:
+                is_open[labels[h - 1, x]] = True
+    if seams[2]:
+        for y in range(h):
+            if labels[y, 0] >= 0:
+                is_open[labels[y, 0]] = True
+    if seams[3]:
+        for y in range(h):
+            if labels[y, w - 1] >= 0:
+                is_open[labels[y, w - 1]] = True
+
+    small = size < threshold
+    last_open = np.full(n, -1, np.int32)
+    best = np.full(n, -1, np.int32)
+    best_key = np.zeros(n, np.int64)
+    buf = np.empty((64, 3), np.int64)
+    nc = 0
+    # GDAL's scan: each pixel meets up (k=0), up-left (1), up-right (2), then
+    # left (3); each meeting updates both regions (GDAL's CompareNeighbour).
+    for y in range(h):
+        row_key = (np.int64(row_off + y) * raster_w + col_off) * 4
+        for x in range(w):
+            a = labels[y, x]
+            if a < 0:
+                continue
+            for k in range(4):
+                if k == 0:
+                    if y == 0:
+                        continue
+                    b = labels[y - 1, x]
+                elif k == 1:
+                    if not conn8 or y == 0 or x == 0:
+                        continue
+                    b = labels[y - 1, x - 1]
+                elif k == 2:
+                    if not conn8 or y == 0 or x == w - 1:
+                        continue
+                    b = labels[y - 1, x + 1]
+                else:
+                    if x == 0:
+                        continue
+                    b = labels[y, x - 1]
+                if b < 0 or b == a or not (small[a] or small[b]):
+                    continue  # large regions need no neighbour
+                key = row_key + 4 * x + k
+                for side in range(2):
+                    p = a if side == 0 else b
+                    q = b if side == 0 else a
+                    if not small[p]:
+                        continue
+                    if is_open[q]:
+                        if last_open[p] == q:
+                            continue  # a later contact with the same open region
+                        last_open[p] = q
+                        if nc == buf.shape[0]:
+                            grown = np.empty((2 * nc, 3), np.int64)
+                            grown[:nc] = buf
+                            buf = grown
+                        buf[nc, 0] = p
+                        buf[nc, 1] = q
+                        buf[nc, 2] = key
+                        nc += 1
+                    else:
+                        cur = best[p]
+                        if cur < 0 or size[cur] < size[q]:
+                            best[p] = q
+                            best_key[p] = key
+
+    # First contact of each (small region, open neighbour) pair: entries were
+    # appended in key order, so a stable sort by pair keeps the first in front.
+    pair = np.empty(nc, np.int64)
+    for i in range(nc):
+        pair[i] = buf[i, 0] * n + buf[i, 1]
+    order = np.argsort(pair, kind="mergesort")
+    oa = np.empty(nc, np.int32)
+    ob = np.empty(nc, np.int32)
+    ok = np.empty(nc, np.int64)
+    m = 0
+    last = -1
+    for i in range(nc):
+        j = order[i]
+        if pair[j] != last:
+            last = pair[j]
+            oa[m] = buf[j, 0]
+            ob[m] = buf[j, 1]
+            ok[m] = buf[j, 2]
+            m += 1
+    oa = oa[:m]
+    ob = ob[:m]
+    ok = ok[:m]
+
+    kind = np.empty(n, np.int8)
+    nxt = np.full(n, -1, np.int32)
+    for r in range(n):
+        if is_open[r]:
+            kind[r] = _OPEN
+        elif size[r] >= threshold:
+            kind[r] = _BIG
+        else:
+            kind[r] = _DECIDED
+            nxt[r] = best[r]
+    # A closed small region next to open regions is settled only when a single
+    # open neighbour already beats its largest closed one: open regions only grow.
+    i = 0
+    while i < m:
+        a = oa[i]
+        j = i
+        while j < m and oa[j] == a:
+            j += 1
+        if not is_open[a]:
+            decided = False
+            if j - i == 1:
+                o = ob[i]
+                c = best[a]
+                if c < 0 or size[o] > size[c] or (size[o] == size[c] and ok[i] < best_key[a]):
+                    decided = True
+                    nxt[a] = o
+            if not decided:
+                kind[a] = _PENDING
+        i = j
+
+    # Follow chains of decided regions until they leave the decided set.
+    term = np.full(n, _FAIL, np.int32)
+    state = np.zeros(n, np.int8)
+    path = np.empty(n, np.int32)
+    for r in range(n):
+        if kind[r] != _DECIDED or state[r] == 2:
+            continue
+        sp = 0
+        cur = r
+        res = _FAIL
+        while True:
+            if cur < 0:
+                res = _FAIL
+                break
+            if kind[cur] != _DECIDED:
+                res = cur
+                break
+            if state[cur] == 2:
+                res = term[cur]
+                break
+            if state[cur] == 1:
+                res = _FAIL
+                break
+            state[cur] = 1
+            path[sp] = cur
+            sp += 1
+            cur = nxt[cur]
+        for i in range(sp):
+            term[path[i]] = res
+            state[path[i]] = 2
+    return kind, term, best, best_key, oa, ob, ok
+
+
+@njit(cache=True, nogil=True)
+def _nodes(kind, term, size, threshold, best, best_key, oa, ob, ok):
+    """Number the nodes and list candidate neighbours of small nodes."""
+    n = kind.shape[0]
+    need = np.zeros(n, np.bool_)
+    for r in range(n):
+        if kind[r] == _OPEN or kind[r] == _PENDING:
+            need[r] = True
+    ncand = 0
+    for i in range(oa.shape[0]):
+        if need[oa[i]]:
+            ncand += 1
+    for r in range(n):
+        if need[r] and size[r] < threshold and best[r] >= 0:
+            ncand += 1
+            q = best[r]
+            t = term[q] if kind[q] == _DECIDED else q
+            if t >= 0:
+                need[t] = True
+    node_of = np.full(n, -1, np.int32)
+    count = 0
+    for r in range(n):
+        if need[r]:
+            node_of[r] = count
+            count += 1
+    src = np.empty(ncand, np.int32)
+    dst = np.empty(ncand, np.int32)
+    csize = np.empty(ncand, np.int64)
+    ckey = np.empty(ncand, np.int64)
+    c = 0
+    for r in range(n):
+        if node_of[r] >= 0 and kind[r] != _BIG and size[r] < threshold and best[r] >= 0:
+            q = best[r]
+            t = term[q] if kind[q] == _DECIDED else q
+            src[c] = node_of[r]
+            dst[c] = node_of[t] if t >= 0 else -1
+            csize[c] = size[q]
+            ckey[c] = best_key[r]
+            c += 1
+    for i in range(oa.shape[0]):
+        if node_of[oa[i]] < 0:
+            continue  # a decided region: its open neighbour is its chain's next step
+        src[c] = node_of[oa[i]]
+        dst[c] = node_of[ob[i]]
+        csize[c] = -1
+        ckey[c] = ok[i]
+        c += 1
+    return node_of, count, src[:c], dst[:c], csize[:c], ckey[:c]
+
+
+@njit(cache=True, nogil=True)
+def _final_values(kind, term, value, size, node_of, node_has, node_value):
+    """Per-region output value; also counts decided regions and pixels changed."""
+    n = kind.shape[0]
+    final = value.copy()
+    regions = 0
+    pixels = 0
+    for r in range(n):
+        k = kind[r]
+        if k == _BIG:
+            continue
+        if k == _DECIDED:
+            t = term[r]
+            if t < 0:
+                continue
+            if kind[t] == _BIG:
+                final[r] = value[t]
+            elif node_has[node_of[t]]:
+                final[r] = node_value[node_of[t]]
+        elif node_has[node_of[r]]:
+            final[r] = node_value[node_of[r]]
+        if final[r] != value[r]:
+            pixels += size[r]
+            if k == _DECIDED:
+                regions += 1
+    return final, regions, pixels
+
+
+@njit(cache=True, nogil=True)
+def _write(tile, labels, final, out):
+    h, w = tile.shape
+    for y in range(h):
+        for x in range(w):
+            lab = labels[y, x]
+            if lab >= 0:
+                out[y, x] = final[lab]
+            else:
+                out[y, x] = tile[y, x]
+
+
+# --------------------------------------------------------------------------
+# One tile, phase 1 and phase 3 share this.
+
+
+@dataclass(frozen=True, eq=False)
+class _TileAnalysis:
+    labels: np.ndarray
+    value: np.ndarray
+    size: np.ndarray
+    kind: np.ndarray
+    term: np.ndarray
+    node_of: np.ndarray
+    node_count: int
+    cand: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    seams: np.ndarray
+
+
+def _seams(placement: TilePlacement, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    p = placement
+    if (
+        p.row_off < 0
+        or p.col_off < 0
+        or p.row_off + h > p.raster_height
+        or p.col_off + w > p.raster_width
+    ):
+        raise ValueError(f"tile of shape {shape} at {p} does not fit in the raster")
+    return np.array(
+        [
+            p.row_off > 0,
+            p.row_off + h < p.raster_height,
+            p.col_off > 0,
+            p.col_off + w < p.raster_width,
+        ],
+        np.bool_,
+    )
+
+
+def _analyse_tile(
+    tile: np.ndarray,
+    mask: np.ndarray | None,
+    placement: TilePlacement,
+    size: int,
+    conn8: bool,
+) -> _TileAnalysis:
+    seams = _seams(placement, tile.shape)
+    valid = _valid_pixels(tile, mask)
+    labels, n, value, rsize = _label(tile, valid, conn8)
+    kind, term, best, best_key, oa, ob, ok = _analyse(
+        labels,
+        rsize,
+        n,
+        seams,
+        size,
+        conn8,
+        placement.row_off,
+        placement.col_off,
+        placement.raster_width,
+    )
+    node_of, count, src, dst, csize, ckey = _nodes(
+        kind, term, rsize, size, best, best_key, oa, ob, ok
+    )
+    return _TileAnalysis(
+        labels, value, rsize, kind, term, node_of, int(count), (src, dst, csize, ckey), seams
+    )
+
+
+def _rewrite(
+    tile: np.ndarray,
+    a: _TileAnalysis,
+    node_has: np.ndarray,
+    node_value: np.ndarray,
+    out: np.ndarray,
+) -> tuple[int, int]:
+    final, regions, pixels = _final_values(
+        a.kind, a.term, a.value, a.size, a.node_of, node_has, node_value
+    )
+    _write(tile, a.labels, final.astype(tile.dtype), out)
+    return int(regions), int(pixels)
+
+
+# --------------------------------------------------------------------------
+# Untiled.
+
+
+def sieve_with_stats(
+    array: np.ndarray,
+    size: int,
+    *,
+    connectivity: int = 4,
+    mask: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, SieveStats]:
+    """Sieve a 2-D integer array as ``rasterio.features.sieve`` does.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        2-D array of dtype uint8, int8, uint16, int16, uint32 or int32.
+    size : int
+        Regions with fewer pixels than this take their largest neighbour's value.
+    connectivity : {4, 8}
+        Pixel connectivity of regions and of neighbours.
+    mask : numpy.ndarray, optional
+        Bool or uint8 array; False/0 marks nodata, which is never changed, never
+        counted and never a neighbour.
+    out : numpy.ndarray, optional
+        Array of the same shape and dtype to write the result into.
+
+    Returns
+    -------
+    out : numpy.ndarray
+        The sieved array.
+    stats : SieveStats
+        Regions and pixels whose value changed.
+
+    Notes
+    -----
+    Up to 4096 x 4096 pixels the array is sieved in one piece: memory grows
+    with the number of pixels (about 9 bytes each for labels, union-find
+    parents and validity, on top of ``out``) and with the number of regions
+    (about 60 bytes each). Larger arrays go through the tiled phases in
+    1024 x 1024 tiles, one thread per core, with the same result: scratch
+    memory then grows with the tile size times the core count, plus the tile
+    summaries, which grow with the seams between tiles and the small regions
+    along them (see the module docstring), not with the array's area.
+
+    Values are compared exactly; GDAL reads
+    pixels as Int32, so for uint32 values above 2**31 - 1 it would differ
+    (rasterio refuses uint32 and int8; GDAL itself sieves them). For int32,
+    GDAL's internal nodata marker -51502112 is nodata, as in GDAL.
+    """
+    array = _check_array(array)
+    size = _check_size(size)
+    conn8 = _check_connectivity(connectivity)
+    out = _check_out(out, array)
+    placement = TilePlacement(0, 0, array.shape[0], array.shape[1])
+    if array.size == 0:
+        return out, SieveStats(0, 0)
+    mask = _check_mask(mask, array.shape)
+    if array.size > _UNTILED_MAX_PIXELS:
+        if np.may_share_memory(out, array):
+            array = array.copy()  # phase 3 of one tile must not see another's output
+        return out, _run_tiles(array, size, _LARGE_ARRAY_TILE, connectivity, mask, out)
+    a = _analyse_tile(array, mask, placement, size, conn8)
+    regions, pixels = _rewrite(
+        array, a, np.zeros(a.node_count, np.bool_), np.zeros(a.node_count, np.int64), out
+    )
+    return out, SieveStats(regions, pixels)
+
+
+def sieve(
+    array: np.ndarray,
+    size: int,
+    *,
+    connectivity: int = 4,
+    mask: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sieve a 2-D integer array; ``sieve_with_stats`` without the statistics."""
+    return sieve_with_stats(array, size, connectivity=connectivity, mask=mask, out=out)[0]
+
+
+# --------------------------------------------------------------------------
+# Tiled: phase 1.
+
+
+def summarize_tile(
+    tile: np.ndarray,
+    placement: TilePlacement,
+    *,
+    size: int,
+    connectivity: int = 4,
+    mask: np.ndarray | None = None,
+) -> TileSummary:
+    """Phase 1: label one tile and summarise what other tiles can affect."""
+    tile = _check_array(tile)
+    size = _check_size(size)
+    conn8 = _check_connectivity(connectivity)
+    a = _analyse_tile(tile, mask, placement, size, conn8)
+    nodes = np.flatnonzero(a.node_of >= 0)
+    empty = np.empty(0, np.int32)
+
+    def edge(labels: np.ndarray, is_seam: bool) -> np.ndarray:
+        if not is_seam:
+            return empty
+        edge_nodes = np.full(labels.shape[0], -1, np.int32)
+        valid = labels >= 0
+        edge_nodes[valid] = a.node_of[labels[valid]]
+        return edge_nodes
+
+    src, dst, csize, ckey = a.cand
+    return TileSummary(
+        placement=placement,
+        height=tile.shape[0],
+        width=tile.shape[1],
+        node_value=a.value[nodes],
+        node_size=a.size[nodes],
+        top=edge(a.labels[0, :], bool(a.seams[0])),
+        bottom=edge(a.labels[-1, :], bool(a.seams[1])),
+        left=edge(a.labels[:, 0], bool(a.seams[2])),
+        right=edge(a.labels[:, -1], bool(a.seams[3])),
+        cand_src=src,
+        cand_dst=dst,
+        cand_size=csize,
+        cand_key=ckey,
+    )
+
+
+# --------------------------------------------------------------------------
+# Tiled: phase 2.
+
+
+@njit(cache=True, nogil=True)
+def _seam_union(near, far, value, parent, conn8):
+    """Union same-value nodes facing each other across one seam.
+
+    ``far`` is the strip before the seam (row above / column left), ``near`` the
+    strip after it; both index global nodes, -1 for nodata.
+    """
+    n = near.shape[0]
+    for i in range(n):
+        a = near[i]
+        if a < 0:
+            continue
+        for d in range(-1, 2):
+            if d != 0 and not conn8:
+                continue
+            j = i + d
+            if j < 0 or j >= n:
+                continue
+            b = far[j]
+            if b >= 0 and value[a] == value[b]:
+                _union(parent, a, b)
+
+
+@njit(cache=True, nogil=True)
+def _seam_contacts(near, far, root, rsize, threshold, conn8, across_rows, line, raster_w):
+    """Contacts across one seam between different regions, with GDAL scan keys."""
+    n = near.shape[0]
+    cap = 6 * n
+    src = np.empty(cap, np.int64)
+    dst = np.empty(cap, np.int64)
+    key = np.empty(cap, np.int64)
+    c = 0
+    for i in range(n):
+        a = near[i]
+        if a < 0:
+            continue
+        ra = root[a]
+        for d in range(-1, 2):
+            if d != 0 and not conn8:
+                continue
+            j = i + d
+            if j < 0 or j >= n:
+                continue
+            b = far[j]
+            if b < 0:
+                continue
+            rb = root[b]
+            if ra == rb:
+                continue
+            if across_rows:
+                # near pixel (line, i) meets far pixel (line-1, j): up/up-left/up-right.
+                k = (np.int64(line) * raster_w + i) * 4 + (0 if d == 0 else (1 if d < 0 else 2))
+            elif d == 0:
+                # near pixel (i, line) meets its left neighbour.
+                k = (np.int64(i) * raster_w + line) * 4 + 3
+            elif d < 0:
+                # near pixel (i, line) meets (i-1, line-1): its up-left.
+                k = (np.int64(i) * raster_w + line) * 4 + 1
+            else:
+                # far pixel (i+1, line-1) meets (i, line): its up-right.
+                k = (np.int64(i + 1) * raster_w + line - 1) * 4 + 2
+            if rsize[ra] < threshold:
+                src[c] = ra
+                dst[c] = rb
+                key[c] = k
+                c += 1
+            if rsize[rb] < threshold:
+                src[c] = rb
+                dst[c] = ra
+                key[c] = k
+                c += 1
+    return src[:c], dst[:c], key[:c]
+
+
+@njit(cache=True, nogil=True)
+def _resolve(root, value, rsize, threshold, src, dst, csize, ckey):
+    """Choose each small root's largest neighbour and follow the chains.
+
+    Returns, per node, whether its chain ends on a large region and that value.
+    """
+    n = root.shape[0]
+    best = np.full(n, -2, np.int64)  # -2: no neighbour; -1: chain fails
+    best_size = np.full(n, -1, np.int64)
+    best_key = np.zeros(n, np.int64)
+    for i in range(src.shape[0]):
+        s = root[src[i]]
+        if rsize[s] >= threshold:
+            continue
+        if csize[i] < 0:
+            t = root[dst[i]]
+            if t == s:
+                continue
+            sz = rsize[t]
+        else:
+            t = root[dst[i]] if dst[i] >= 0 else -1
+            sz = csize[i]
+        if sz > best_size[s] or (sz == best_size[s] and ckey[i] < best_key[s]):
+            best[s] = t
+            best_size[s] = sz
+            best_key[s] = ckey[i]
+
+    has = np.zeros(n, np.bool_)
+    out = np.zeros(n, np.int64)
+    state = np.zeros(n, np.int8)
+    path = np.empty(n, np.int64)
+    for r in range(n):
+        if root[r] != r or state[r] == 2:
+            continue
+        sp = 0
+        cur = r
+        ok = False
+        val = 0
+        while True:
+            if rsize[cur] >= threshold:
+                ok = True
+                val = value[cur]
+                break
+            if state[cur] == 2:
+                ok = has[cur]
+                val = out[cur]
+                break
+            if state[cur] == 1:
+                break
+            state[cur] = 1
+            path[sp] = cur
+            sp += 1
+            nxt = best[cur]
+            if nxt < 0:
+                break
+            cur = nxt
+        if sp == 0:
+            # r itself is large.
+            state[r] = 2
+            has[r] = True
+            out[r] = value[r]
+            continue
+        for i in range(sp):
+            state[path[i]] = 2
+            has[path[i]] = ok
+            out[path[i]] = val
+    for r in range(n):
+        if root[r] != r:
+            has[r] = has[root[r]]
+            out[r] = out[root[r]]
+    return has, out
+
+
+def _grid(summaries: Sequence[TileSummary]) -> tuple[list[int], list[int], dict]:
+    if not summaries:
+        raise ValueError("no tile summaries")
+    first = summaries[0].placement
+    shape = (first.raster_height, first.raster_width)
+    by_pos: dict[tuple[int, int], int] = {}
+    for i, s in enumerate(summaries):
+        p = s.placement
+        if (p.raster_height, p.raster_width) != shape:
+            raise ValueError("tile summaries come from rasters of different shapes")
+        if (p.row_off, p.col_off) in by_pos:
+            raise ValueError(f"two tiles at row {p.row_off}, column {p.col_off}")
+        by_pos[(p.row_off, p.col_off)] = i
+    rows = sorted({k[0] for k in by_pos})
+    cols = sorted({k[1] for k in by_pos})
+    if len(rows) * len(cols) != len(by_pos):
+        raise ValueError("tiles do not form a grid")
+    for r_i, r in enumerate(rows):
+        for c_i, c in enumerate(cols):
+            s = summaries[by_pos[(r, c)]]
+            next_r = rows[r_i + 1] if r_i + 1 < len(rows) else shape[0]
+            next_c = cols[c_i + 1] if c_i + 1 < len(cols) else shape[1]
+            if r_i == 0 and r != 0 or c_i == 0 and c != 0:
+                raise ValueError("tiles do not cover the raster")
+            if s.height != next_r - r or s.width != next_c - c:
+                raise ValueError(f"tile at row {r}, column {c} does not fit the grid")
+    return rows, cols, by_pos
+
+
+def decide_tiles(
+    summaries: Sequence[TileSummary], *, size: int, connectivity: int = 4
+) -> SieveDecision:
+    """Phase 2: merge regions across seams and settle every node globally.
+
+    ``summaries`` must cover the raster with a grid of tiles (rows of equal
+    height, columns of equal width), in any order; ``size`` and
+    ``connectivity`` must be those given to ``summarize_tile``.
+    """
+    size = _check_size(size)
+    conn8 = _check_connectivity(connectivity)
+    rows, cols, by_pos = _grid(summaries)
+    counts = np.array([s.node_value.shape[0] for s in summaries], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    total = int(offsets[-1])
+    value = np.concatenate([s.node_value for s in summaries] + [np.empty(0, np.int64)])
+    node_size = np.concatenate([s.node_size for s in summaries] + [np.empty(0, np.int64)])
+    parent = np.arange(total, dtype=np.int64)
+
+    def strip(positions: list[tuple[int, int]], side: str) -> np.ndarray:
+        # One side of a seam across the whole raster, as global node ids.
+        parts = []
+        for pos in positions:
+            i = by_pos[pos]
+            edge = getattr(summaries[i], side)
+            parts.append(np.where(edge >= 0, edge.astype(np.int64) + offsets[i], -1))
+        return np.concatenate(parts)
+
+    raster_w = summaries[0].placement.raster_width
+    seams = []  # (near strip, far strip, seam runs along a row, first row/column after it)
+    for r_i in range(1, len(rows)):
+        far = strip([(rows[r_i - 1], c) for c in cols], "bottom")
+        near = strip([(rows[r_i], c) for c in cols], "top")
+        seams.append((near, far, True, rows[r_i]))
+    for c_i in range(1, len(cols)):
+        far = strip([(r, cols[c_i - 1]) for r in rows], "right")
+        near = strip([(r, cols[c_i]) for r in rows], "left")
+        seams.append((near, far, False, cols[c_i]))
+    for near, far, _, _ in seams:
+        _seam_union(near, far, value, parent, conn8)
+    root = _roots(parent)
+    rsize = np.zeros(total, np.int64)
+    np.add.at(rsize, root, node_size)
+
+    src = [np.asarray(s.cand_src, np.int64) + offsets[i] for i, s in enumerate(summaries)]
+    dst = [
+        np.where(s.cand_dst >= 0, s.cand_dst.astype(np.int64) + offsets[i], -1)
+        for i, s in enumerate(summaries)
+    ]
+    csize = [s.cand_size for s in summaries]
+    ckey = [s.cand_key for s in summaries]
+    for near, far, across_rows, line in seams:
+        s_src, s_dst, s_key = _seam_contacts(
+            near, far, root, rsize, size, conn8, across_rows, line, raster_w
+        )
+        src.append(s_src)
+        dst.append(s_dst)
+        csize.append(np.full(s_src.shape[0], -1, np.int64))
+        ckey.append(s_key)
+    has, final = _resolve(
+        root,
+        value,
+        rsize,
+        size,
+        np.concatenate(src + [np.empty(0, np.int64)]),
+        np.concatenate(dst + [np.empty(0, np.int64)]),
+        np.concatenate(csize + [np.empty(0, np.int64)]),
+        np.concatenate(ckey + [np.empty(0, np.int64)]),
+    )
+    is_root = root == np.arange(total)
+    regions_changed = int(np.count_nonzero(is_root & has & (final != value) & (rsize < size)))
+    tiles = []
+    for i, s in enumerate(summaries):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        idx = np.flatnonzero(has[lo:hi]).astype(np.int32)
+        tiles.append(TileDecision(s.placement, hi - lo, idx, final[lo:hi][idx]))
+    return SieveDecision(tuple(tiles), regions_changed)
+
+
+@njit(cache=True, nogil=True)
+def _roots(parent):
+    root = np.empty(parent.shape[0], np.int64)
+    for i in range(parent.shape[0]):
+        root[i] = _find(parent, i)
+    return root
+
+
+# --------------------------------------------------------------------------
+# Tiled: phase 3.
+
+
+def rewrite_tile(
+    tile: np.ndarray,
+    decision: TileDecision,
+    *,
+    size: int,
+    connectivity: int = 4,
+    mask: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, SieveStats]:
+    """Phase 3: sieve one tile given the coordinator's decision for it.
+
+    ``tile``, ``mask``, ``size`` and ``connectivity`` must be those given to
+    ``summarize_tile``. Returns the tile's output and its share of the
+    statistics; the shares plus ``SieveDecision.regions_changed`` add up to the
+    raster's.
+    """
+    tile = _check_array(tile)
+    size = _check_size(size)
+    conn8 = _check_connectivity(connectivity)
+    out = _check_out(out, tile)
+    a = _analyse_tile(tile, mask, decision.placement, size, conn8)
+    if a.node_count != decision.node_count:
+        raise ValueError(
+            f"decision has {decision.node_count} nodes but the tile has {a.node_count}: "
+            "not the same tile, mask or parameters as in phase 1"
+        )
+    node_has = np.zeros(a.node_count, np.bool_)
+    node_value = np.zeros(a.node_count, np.int64)
+    node_has[decision.node_index] = True
+    node_value[decision.node_index] = decision.value
+    regions, pixels = _rewrite(tile, a, node_has, node_value, out)
+    return out, SieveStats(regions, pixels)
+
+
+def _run_tiles(
+    array: np.ndarray,
+    size: int,
+    tile_shape: tuple[int, int],
+    connectivity: int,
+    mask: np.ndarray | None,
+    out: np.ndarray,
+) -> SieveStats:
+    """Run the three phases over in-memory tiles, one thread per core."""
+    th, tw = tile_shape
+    h, w = array.shape
+    windows = [
+        (TilePlacement(r, c, h, w), (slice(r, min(r + th, h)), slice(c, min(c + tw, w))))
+        for r in range(0, h, th)
+        for c in range(0, w, tw)
+    ]
+    masks = [None if mask is None else mask[sl] for _, sl in windows]
+
+    def phase1(i: int) -> TileSummary:
+        p, sl = windows[i]
+        return summarize_tile(array[sl], p, size=size, connectivity=connectivity, mask=masks[i])
+
+    def phase3(i: int, decision: TileDecision) -> SieveStats:
+        sl = windows[i][1]
+        return rewrite_tile(
+            array[sl], decision, size=size, connectivity=connectivity, mask=masks[i], out=out[sl]
+        )[1]
+
+    # The kernels release the GIL, so threads give each core its own tile.
+    with ThreadPoolExecutor(max_workers=min(len(windows), os.cpu_count() or 1)) as pool:
+        summaries = list(pool.map(phase1, range(len(windows))))
+        decision = decide_tiles(summaries, size=size, connectivity=connectivity)
+        stats = SieveStats(decision.regions_changed, 0)
+        for tile_stats in pool.map(phase3, range(len(windows)), decision.tiles):
+            stats = stats + tile_stats
+    return stats
+
+
+def sieve_tiled(
+    array: np.ndarray,
+    size: int,
+    *,
+    tile_shape: tuple[int, int],
+    connectivity: int = 4,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sieve ``array`` through the three tiled phases, tiles held in memory.
+
+    The result equals ``sieve(array, size, ...)`` for every ``tile_shape``.
+    """
+    array = _check_array(array)
+    size = _check_size(size)
+    _check_connectivity(connectivity)
+    th, tw = (int(v) for v in tile_shape)
+    if th < 1 or tw < 1:
+        raise ValueError(f"tile_shape must be positive, got {tile_shape!r}")
+    mask = _check_mask(mask, array.shape)
+    out = np.empty_like(array)
+    if array.size:
+        _run_tiles(array, size, (th, tw), connectivity, mask, out)
+    return out
