@@ -170,7 +170,9 @@ def test_cancel_leaves_no_output(server, session_name, raster_stub):
     assert list((root / "cancelled").iterdir()) == []
 
 
-def test_killed_worker_fails_operation_and_next_one_succeeds(server, session_name, raster_stub):
+def test_killed_worker_fails_operation_and_next_one_succeeds(
+    server, session_name, raster_stub, red_nir
+):
     running, channel = server
     root = running.data_root.root
     operation = _start_long_job(raster_stub, session_name, root, "killed.tif")
@@ -217,4 +219,4 @@ def test_wait_operation_returns_at_its_timeout(server, session_name, raster_stub
     waited = stub.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout={"nanos": 1}))
     assert not waited.done
     stub.CancelOperation(lro.CancelOperationRequest(name=operation.name))
-    assert stub.WaitOperation(lro.WaitOperationRequest(name=operation.name)).done
+    assert stub.WaitOperation(lro.WaitOperationRequest(name=operation.name), timeout=120).done
