@@ -11,12 +11,9 @@ import logging
 import multiprocessing
 import os
 import threading
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 import psutil
-
-from rsgrpc.engine.errors import WorkerLostError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,12 +74,11 @@ class LocalProcessExecutor:
         return pool
 
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
+        # A broken pool raises BrokenProcessPool here or from the future;
+        # the job's loop handles both the same way (recover, then fail clearly).
         with self._lock:
             pool = self._pool
-        try:
-            return pool.submit(fn, *args)
-        except BrokenProcessPool as exc:
-            raise WorkerLostError("a worker process of this session died") from exc
+        return pool.submit(fn, *args)
 
     def pids(self) -> list[int]:
         with self._lock:
