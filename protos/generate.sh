@@ -5,6 +5,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$(dirname "$here")}
 cd "$here"
-python -m grpc_tools.protoc -I. -Ithird_party \
+python3 -m grpc_tools.protoc -I. -Ithird_party \
   --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" \
   rsgrpc/v1/*.proto
