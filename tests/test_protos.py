@@ -12,7 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The test extra installs grpcio-tools, mypy-protobuf and buf-bin beside this interpreter,
 # which need not be on PATH (CI calls .venv/bin/python directly).
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+}
 
 
 def test_committed_stubs_match_the_protos(tmp_path):
