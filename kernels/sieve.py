@@ -156,6 +156,25 @@ class TileSummary:
     cand_size: np.ndarray
     cand_key: np.ndarray
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the summary's arrays."""
+        return sum(
+            a.nbytes
+            for a in (
+                self.node_value,
+                self.node_size,
+                self.top,
+                self.bottom,
+                self.left,
+                self.right,
+                self.cand_src,
+                self.cand_dst,
+                self.cand_size,
+                self.cand_key,
+            )
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class TileDecision:

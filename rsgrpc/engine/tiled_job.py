@@ -14,6 +14,7 @@ from rsgrpc.engine.tiles import Tile
 
 # How often a job that waits for tiles looks at its cancel flag.
 _POLL_SECONDS = 0.1
+_END = object()
 
 
 def run_tiles(
@@ -40,8 +41,8 @@ def run_tiles(
             while (
                 not exhausted and len(pending) < in_flight and not operation.cancel_event.is_set()
             ):
-                tile = next(remaining, None)
-                if tile is None:
+                tile = next(remaining, _END)
+                if tile is _END:
                     exhausted = True
                     break
                 fn, args = task(tile)

@@ -14,11 +14,19 @@ from rsgrpc.engine.band_calc import (
     prepare_band_calc,
     run_band_calc,
 )
+from rsgrpc.engine.band_tool import BandInput, OutputTarget
 from rsgrpc.engine.errors import InvalidArgumentError, RsgrpcError
+from rsgrpc.engine.morphology import (
+    MorphologyOutput,
+    MorphologyRequest,
+    prepare_morphology,
+    run_morphology,
+)
 from rsgrpc.engine.operations import Operation, OperationStore
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile
 from rsgrpc.engine.session import Session, SessionRegistry
+from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
 from rsgrpc.engine.statistics import BandStatistics
 from rsgrpc.server.operation_servicer import operation_to_proto
 from rsgrpc.server.status import reports_errors
@@ -40,6 +48,18 @@ _CODECS = {
     raster_pb2.COMPRESSION_DEFLATE: "deflate",
     raster_pb2.COMPRESSION_ZSTD: "zstd",
     raster_pb2.COMPRESSION_LZW: "lzw",
+}
+_CONNECTIVITIES = {
+    raster_pb2.CONNECTIVITY_UNSPECIFIED: 4,
+    raster_pb2.CONNECTIVITY_4: 4,
+    raster_pb2.CONNECTIVITY_8: 8,
+}
+_FILTERS = {
+    raster_pb2.MORPHOLOGY_FILTER_UNSPECIFIED: "value_list",
+    raster_pb2.MORPHOLOGY_FILTER_VALUE_LIST: "value_list",
+    raster_pb2.MORPHOLOGY_FILTER_GREY: "grey",
+    raster_pb2.MORPHOLOGY_FILTER_GREY_CLOSING: "closing",
+    raster_pb2.MORPHOLOGY_FILTER_GREY_OPENING: "opening",
 }
 _LEVELS = {"deflate": range(1, 10), "zstd": range(1, 23)}
 
@@ -63,6 +83,44 @@ def output_profile(options: raster_pb2.OutputOptions) -> OutputProfile | None:
     if options.predictor not in (0, 1, 2, 3):
         raise InvalidArgumentError(f"predictor must be 0 to 3, got {options.predictor}")
     return OutputProfile(codec, options.level, options.predictor, options.cloud_optimized)
+
+
+def band_inputs(inputs) -> tuple[BandInput, ...]:
+    return tuple(BandInput(i.path, i.band or 1) for i in inputs)
+
+
+def output_target(output: raster_pb2.ToolOutput) -> OutputTarget:
+    return OutputTarget(
+        output.path, output.prefix, output.overwrite, output_profile(output.options)
+    )
+
+
+def morphology_request(tool: str, request) -> MorphologyRequest:
+    parameters = request.parameters
+    if parameters.filter not in _FILTERS:
+        raise InvalidArgumentError(f"unknown filter {parameters.filter}")
+    return MorphologyRequest(
+        tool=tool,
+        filter=_FILTERS[parameters.filter],
+        value_list=tuple(parameters.value_list),
+        size=parameters.size,
+        circular=parameters.circular_structure,
+        inputs=band_inputs(request.inputs),
+        target=output_target(request.output),
+    )
+
+
+def morphology_outputs_to_proto(
+    outputs: list[MorphologyOutput],
+) -> list[raster_pb2.MorphologyOutput]:
+    return [
+        raster_pb2.MorphologyOutput(
+            input=raster_pb2.RasterBand(path=o.input.path, band=o.input.band),
+            output_path=o.output_path,
+            pixels_changed=o.pixels_changed,
+        )
+        for o in outputs
+    ]
 
 
 def statistics_to_proto(stats: BandStatistics) -> raster_pb2.BandStatistics:
@@ -120,3 +178,56 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             )
 
         return self._start(session, "BandCalc", run)
+
+    @reports_errors
+    def Sieve(self, request, context):
+        session = self._registry.get(request.session)
+        if request.connectivity not in _CONNECTIVITIES:
+            raise InvalidArgumentError(
+                f"unknown connectivity {request.connectivity}; use CONNECTIVITY_4 or CONNECTIVITY_8"
+            )
+        sieve = SieveRequest(
+            inputs=band_inputs(request.inputs),
+            size=request.size,
+            connectivity=_CONNECTIVITIES[request.connectivity],
+            target=output_target(request.output),
+        )
+        job = prepare_sieve(sieve, self._data_root, session)
+
+        def run(session: Session, operation: Operation) -> raster_pb2.SieveResponse:
+            outputs = run_sieve(job, session, operation, DEFAULT_PROFILE)
+            return raster_pb2.SieveResponse(
+                outputs=[
+                    raster_pb2.SieveOutput(
+                        input=raster_pb2.RasterBand(path=o.input.path, band=o.input.band),
+                        output_path=o.output_path,
+                        regions_changed=o.regions_changed,
+                        pixels_changed=o.pixels_changed,
+                    )
+                    for o in outputs
+                ]
+            )
+
+        return self._start(session, "Sieve", run)
+
+    @reports_errors
+    def Dilate(self, request, context):
+        session = self._registry.get(request.session)
+        job = prepare_morphology(morphology_request("dilation", request), self._data_root, session)
+
+        def run(session: Session, operation: Operation) -> raster_pb2.DilateResponse:
+            outputs = run_morphology(job, session, operation, DEFAULT_PROFILE)
+            return raster_pb2.DilateResponse(outputs=morphology_outputs_to_proto(outputs))
+
+        return self._start(session, "Dilate", run)
+
+    @reports_errors
+    def Erode(self, request, context):
+        session = self._registry.get(request.session)
+        job = prepare_morphology(morphology_request("erosion", request), self._data_root, session)
+
+        def run(session: Session, operation: Operation) -> raster_pb2.ErodeResponse:
+            outputs = run_morphology(job, session, operation, DEFAULT_PROFILE)
+            return raster_pb2.ErodeResponse(outputs=morphology_outputs_to_proto(outputs))
+
+        return self._start(session, "Erode", run)

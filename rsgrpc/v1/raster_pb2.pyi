@@ -73,6 +73,66 @@ COMPRESSION_ZSTD: Compression.ValueType  # 3
 COMPRESSION_LZW: Compression.ValueType  # 4
 Global___Compression: _TypeAlias = Compression  # noqa: Y015
 
+class _Connectivity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConnectivityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Connectivity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONNECTIVITY_UNSPECIFIED: _Connectivity.ValueType  # 0
+    """4-connected (GDAL's and Remotior's default)."""
+    CONNECTIVITY_4: _Connectivity.ValueType  # 1
+    """Pixels touching by an edge."""
+    CONNECTIVITY_8: _Connectivity.ValueType  # 2
+    """Pixels touching by an edge or a corner."""
+
+class Connectivity(_Connectivity, metaclass=_ConnectivityEnumTypeWrapper):
+    """Pixel connectivity of regions."""
+
+CONNECTIVITY_UNSPECIFIED: Connectivity.ValueType  # 0
+"""4-connected (GDAL's and Remotior's default)."""
+CONNECTIVITY_4: Connectivity.ValueType  # 1
+"""Pixels touching by an edge."""
+CONNECTIVITY_8: Connectivity.ValueType  # 2
+"""Pixels touching by an edge or a corner."""
+Global___Connectivity: _TypeAlias = Connectivity  # noqa: Y015
+
+class _MorphologyFilter:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MorphologyFilterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MorphologyFilter.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MORPHOLOGY_FILTER_UNSPECIFIED: _MorphologyFilter.ValueType  # 0
+    """VALUE_LIST."""
+    MORPHOLOGY_FILTER_VALUE_LIST: _MorphologyFilter.ValueType  # 1
+    """Remotior's tool on the pixels whose value is in `value_list`."""
+    MORPHOLOGY_FILTER_GREY: _MorphologyFilter.ValueType  # 2
+    """Grey dilation (maximum) or erosion (minimum) over the footprint;
+    nodata is ignored and kept.
+    """
+    MORPHOLOGY_FILTER_GREY_CLOSING: _MorphologyFilter.ValueType  # 3
+    """Grey closing, dilation then erosion: Dilate only."""
+    MORPHOLOGY_FILTER_GREY_OPENING: _MorphologyFilter.ValueType  # 4
+    """Grey opening, erosion then dilation: Erode only."""
+
+class MorphologyFilter(_MorphologyFilter, metaclass=_MorphologyFilterEnumTypeWrapper):
+    """What dilation or erosion computes."""
+
+MORPHOLOGY_FILTER_UNSPECIFIED: MorphologyFilter.ValueType  # 0
+"""VALUE_LIST."""
+MORPHOLOGY_FILTER_VALUE_LIST: MorphologyFilter.ValueType  # 1
+"""Remotior's tool on the pixels whose value is in `value_list`."""
+MORPHOLOGY_FILTER_GREY: MorphologyFilter.ValueType  # 2
+"""Grey dilation (maximum) or erosion (minimum) over the footprint;
+nodata is ignored and kept.
+"""
+MORPHOLOGY_FILTER_GREY_CLOSING: MorphologyFilter.ValueType  # 3
+"""Grey closing, dilation then erosion: Dilate only."""
+MORPHOLOGY_FILTER_GREY_OPENING: MorphologyFilter.ValueType  # 4
+"""Grey opening, erosion then dilation: Erode only."""
+Global___MorphologyFilter: _TypeAlias = MorphologyFilter  # noqa: Y015
+
 @_typing.final
 class RasterInput(_message.Message):
     """One band of a raster, named for use in an expression."""
@@ -264,3 +324,377 @@ class BandCalcResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BandCalcResponse: _TypeAlias = BandCalcResponse  # noqa: Y015
+
+@_typing.final
+class RasterBand(_message.Message):
+    """One band of a raster that a tool reads."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    BAND_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path of a GeoTIFF, relative to the data root."""
+    band: _builtins.int
+    """Band number, 1-based; 0 means 1."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        band: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterBand: _TypeAlias = RasterBand  # noqa: Y015
+
+@_typing.final
+class ToolOutput(_message.Message):
+    """Where a tool that takes several bands writes its outputs.
+
+    With one input and a path ending in `.tif` or `.tiff`, that path is the
+    output. Otherwise the path is a directory (created when missing) and each
+    input's output is `{prefix}{input file stem}.tif` inside it, as in
+    Remotior's tools. Outputs keep the input's grid, data type and nodata.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """A file or directory path, relative to the data root."""
+    prefix: _builtins.str
+    """Prefix of output file names in a directory."""
+    overwrite: _builtins.bool
+    """Replace existing outputs."""
+    @_builtins.property
+    def options(self) -> Global___OutputOptions:
+        """Output encoding."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        overwrite: _builtins.bool = ...,
+        options: Global___OutputOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "overwrite", b"overwrite", "path", b"path", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolOutput: _TypeAlias = ToolOutput  # noqa: Y015
+
+@_typing.final
+class SieveRequest(_message.Message):
+    """Request for Sieve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    size: _builtins.int
+    """Regions of fewer pixels than this take the value of their largest
+    neighbouring region; at least 1.
+    """
+    connectivity: Global___Connectivity.ValueType
+    """Connectivity of regions and neighbours."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """Integer bands to sieve (uint8, int8, uint16, int16, uint32 or int32);
+        each gives one output.
+        """
+
+    @_builtins.property
+    def output(self) -> Global___ToolOutput:
+        """Where the outputs go."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        size: _builtins.int = ...,
+        connectivity: Global___Connectivity.ValueType = ...,
+        output: Global___ToolOutput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connectivity", b"connectivity", "inputs", b"inputs", "output", b"output", "session", b"session", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SieveRequest: _TypeAlias = SieveRequest  # noqa: Y015
+
+@_typing.final
+class SieveOutput(_message.Message):
+    """What a sieve did to one input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    REGIONS_CHANGED_FIELD_NUMBER: _builtins.int
+    PIXELS_CHANGED_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the output, relative to the data root."""
+    regions_changed: _builtins.int
+    """Regions whose value changed."""
+    pixels_changed: _builtins.int
+    """Pixels whose value changed."""
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The input band."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        output_path: _builtins.str = ...,
+        regions_changed: _builtins.int = ...,
+        pixels_changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output_path", b"output_path", "pixels_changed", b"pixels_changed", "regions_changed", b"regions_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SieveOutput: _TypeAlias = SieveOutput  # noqa: Y015
+
+@_typing.final
+class SieveResponse(_message.Message):
+    """Response of Sieve, one output per input in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SieveOutput]:
+        """The outputs."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___SieveOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SieveResponse: _TypeAlias = SieveResponse  # noqa: Y015
+
+@_typing.final
+class MorphologyParameters(_message.Message):
+    """Parameters shared by Dilate and Erode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    VALUE_LIST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CIRCULAR_STRUCTURE_FIELD_NUMBER: _builtins.int
+    filter: Global___MorphologyFilter.ValueType
+    """What to compute."""
+    size: _builtins.int
+    """Radius in pixels, at least 1: the window is `2*size+1` wide; value-list
+    erosion runs `size` steps of radius 1.
+    """
+    circular_structure: _builtins.bool
+    """Use a disk (a plus for radius 1) instead of a square."""
+    @_builtins.property
+    def value_list(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Values to dilate or erode, in order (for dilation, a later value wins
+        where several reach a pixel); required by VALUE_LIST, empty otherwise.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___MorphologyFilter.ValueType = ...,
+        value_list: _abc.Iterable[_builtins.float] | None = ...,
+        size: _builtins.int = ...,
+        circular_structure: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circular_structure", b"circular_structure", "filter", b"filter", "size", b"size", "value_list", b"value_list"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MorphologyParameters: _TypeAlias = MorphologyParameters  # noqa: Y015
+
+@_typing.final
+class DilateRequest(_message.Message):
+    """Request for Dilate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """Bands to dilate; each gives one output."""
+
+    @_builtins.property
+    def parameters(self) -> Global___MorphologyParameters:
+        """What to compute."""
+
+    @_builtins.property
+    def output(self) -> Global___ToolOutput:
+        """Where the outputs go."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___MorphologyParameters | None = ...,
+        output: Global___ToolOutput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DilateRequest: _TypeAlias = DilateRequest  # noqa: Y015
+
+@_typing.final
+class ErodeRequest(_message.Message):
+    """Request for Erode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """Bands to erode; each gives one output."""
+
+    @_builtins.property
+    def parameters(self) -> Global___MorphologyParameters:
+        """What to compute."""
+
+    @_builtins.property
+    def output(self) -> Global___ToolOutput:
+        """Where the outputs go."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___MorphologyParameters | None = ...,
+        output: Global___ToolOutput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErodeRequest: _TypeAlias = ErodeRequest  # noqa: Y015
+
+@_typing.final
+class MorphologyOutput(_message.Message):
+    """What dilation or erosion did to one input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    PIXELS_CHANGED_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the output, relative to the data root."""
+    pixels_changed: _builtins.int
+    """Pixels whose value changed."""
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The input band."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        output_path: _builtins.str = ...,
+        pixels_changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output_path", b"output_path", "pixels_changed", b"pixels_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MorphologyOutput: _TypeAlias = MorphologyOutput  # noqa: Y015
+
+@_typing.final
+class DilateResponse(_message.Message):
+    """Response of Dilate, one output per input in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___MorphologyOutput]:
+        """The outputs."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___MorphologyOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DilateResponse: _TypeAlias = DilateResponse  # noqa: Y015
+
+@_typing.final
+class ErodeResponse(_message.Message):
+    """Response of Erode, one output per input in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___MorphologyOutput]:
+        """The outputs."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___MorphologyOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErodeResponse: _TypeAlias = ErodeResponse  # noqa: Y015

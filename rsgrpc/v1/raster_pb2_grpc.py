@@ -43,6 +43,21 @@ class RasterServiceStub:
                 request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandCalcRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.Sieve = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/Sieve',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.SieveRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.Dilate = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/Dilate',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.DilateRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.Erode = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/Erode',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.ErodeRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class RasterServiceServicer:
@@ -58,12 +73,51 @@ class RasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sieve(self, request, context):
+        """Replace regions smaller than a threshold with their largest neighbour's
+        value (Remotior's `band_sieve`, GDAL's sieve filter pixel for pixel).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Dilate(self, request, context):
+        """Grow listed values into their neighbours (Remotior's `band_dilation`),
+        or a grey dilation (max filter) or closing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Erode(self, request, context):
+        """Shrink listed values into their neighbours (Remotior's `band_erosion`),
+        or a grey erosion (min filter) or opening.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'BandCalc': grpc.unary_unary_rpc_method_handler(
                     servicer.BandCalc,
                     request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandCalcRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'Sieve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sieve,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.SieveRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'Dilate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Dilate,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.DilateRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'Erode': grpc.unary_unary_rpc_method_handler(
+                    servicer.Erode,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.ErodeRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -96,6 +150,87 @@ class RasterService:
             target,
             '/rsgrpc.v1.RasterService/BandCalc',
             rsgrpc_dot_v1_dot_raster__pb2.BandCalcRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sieve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/Sieve',
+            rsgrpc_dot_v1_dot_raster__pb2.SieveRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Dilate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/Dilate',
+            rsgrpc_dot_v1_dot_raster__pb2.DilateRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Erode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/Erode',
+            rsgrpc_dot_v1_dot_raster__pb2.ErodeRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,

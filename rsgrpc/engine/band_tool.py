@@ -1,0 +1,175 @@
+"""What every one-band-in, one-band-out tool shares: its inputs, where its outputs go,
+and how its tiles are planned within a session's budget.
+
+Sieve, dilation and erosion take a list of bands and write one output per
+band, as Remotior's tools do: with one input and an output path ending in
+`.tif` or `.tiff`, that path is the output; otherwise the path is a directory
+and each output is `{prefix}{input file stem}.tif` inside it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
+from rsgrpc.engine.operations import Operation, Stage
+from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.raster_io import (
+    OUTPUT_BLOCK,
+    WORKER_GDAL_CACHE_BYTES,
+    WRITER_GDAL_CACHE_BYTES,
+    OutputProfile,
+    RasterInfo,
+    RasterWriter,
+    describe,
+)
+from rsgrpc.engine.session import Session
+from rsgrpc.engine.tiles import MemoryModel, TilePlan, plan_tiles
+
+MAX_BANDS = 64
+_FILE_SUFFIXES = (".tif", ".tiff")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+
+
+@dataclass(frozen=True)
+class BandInput:
+    """One band of a raster under the data root."""
+
+    path: str
+    band: int = 1
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where a tool writes: a file for one input, or a directory and a name prefix."""
+
+    path: str
+    prefix: str = ""
+    overwrite: bool = False
+    profile: OutputProfile | None = None
+
+
+@dataclass(frozen=True)
+class BandTask:
+    """One input band, described, and the output it becomes."""
+
+    input: BandInput
+    info: RasterInfo
+    output: Path
+    output_path: str  # as the client names it
+
+
+def resolve_output(data_root: DataRoot, client_path: str, *, overwrite: bool) -> Path:
+    """The output's real path under the data root; refuses an existing file unless
+    `overwrite`, and a directory always."""
+    output = data_root.resolve(client_path, field="output path")
+    if output.is_dir():
+        raise InvalidArgumentError(f"output {client_path!r} is a directory")
+    if output.exists() and not overwrite:
+        raise AlreadyExistsError(
+            f"output {client_path!r} exists; set overwrite to replace it",
+            metadata={"path": client_path},
+        )
+    return output
+
+
+def _output_paths(inputs: Sequence[BandInput], target: OutputTarget) -> list[str]:
+    if not target.path:
+        raise InvalidArgumentError("output path is empty")
+    if PurePosixPath(target.path).suffix.lower() in _FILE_SUFFIXES:
+        if len(inputs) > 1:
+            raise InvalidArgumentError(
+                f"output path {target.path!r} names a file, but there are {len(inputs)} "
+                "inputs; name a directory to get one output per input"
+            )
+        return [target.path]
+    if not _PREFIX.match(target.prefix):
+        raise InvalidArgumentError(
+            f"prefix {target.prefix!r} is not valid: up to 64 letters, digits, '_', '-' or '.'"
+        )
+    directory = target.path.rstrip("/")
+    paths = [f"{directory}/{target.prefix}{PurePosixPath(i.path).stem}.tif" for i in inputs]
+    for path in paths:
+        if paths.count(path) > 1:
+            raise InvalidArgumentError(
+                f"two inputs would both be written to {path!r}; use one call per input"
+            )
+    return paths
+
+
+def prepare_band_tasks(
+    inputs: Sequence[BandInput], target: OutputTarget, data_root: DataRoot
+) -> list[BandTask]:
+    """Check inputs and outputs completely before any work starts."""
+    if not inputs:
+        raise InvalidArgumentError("at least one input band is needed")
+    if len(inputs) > MAX_BANDS:
+        raise InvalidArgumentError(f"at most {MAX_BANDS} input bands per call")
+    tasks = []
+    for given, output_path in zip(inputs, _output_paths(inputs, target), strict=True):
+        band = given.band or 1
+        path = data_root.resolve(given.path, field="input path")
+        info = describe(path, band, client_path=given.path)
+        output = resolve_output(data_root, output_path, overwrite=target.overwrite)
+        tasks.append(BandTask(BandInput(given.path, band), info, output, output_path))
+    return tasks
+
+
+def plan_band_tiles(info: RasterInfo, model: MemoryModel, session: Session) -> TilePlan:
+    """Tiles for one band within the session's RAM budget, counting its workers' own
+    footprint and GDAL's caches; raises ResourceExhaustedError if even one tile does not fit."""
+    return plan_tiles(
+        info.shape,
+        [info.block_shape, (OUTPUT_BLOCK, OUTPUT_BLOCK)],
+        model,
+        budget_bytes=session.settings.available_ram_mib << 20,
+        workers=session.executor.workers,
+        fixed_bytes=session_fixed_bytes(session),
+    )
+
+
+def session_fixed_bytes(session: Session) -> int:
+    """What a session's job holds whatever its tiles: its workers' own footprint and
+    the GDAL block caches of the workers and the writer."""
+    executor = session.executor
+    return (
+        executor.footprint_bytes()
+        + WRITER_GDAL_CACHE_BYTES
+        + executor.workers * WORKER_GDAL_CACHE_BYTES
+    )
+
+
+def open_writer(task: BandTask, target: OutputTarget, default_profile: OutputProfile):
+    """The writer of a task's output: the input's grid, data type and nodata."""
+    info = task.info
+    return RasterWriter(
+        task.output,
+        width=info.width,
+        height=info.height,
+        dtype=info.dtype,
+        nodata=info.nodata,
+        crs=info.crs,
+        transform=info.transform,
+        profile=target.profile or default_profile,
+        overwrite=target.overwrite,
+    )
+
+
+class TileCounter:
+    """Reports a job's tiles and bytes, over all its bands and passes, on its operation."""
+
+    def __init__(self, operation: Operation, tiles_total: int) -> None:
+        self._operation = operation
+        self.done = self.read = self.written = 0
+        operation.update(stage=Stage.RUNNING, tiles_total=tiles_total)
+
+    def add(self, *, read: int = 0, written: int = 0) -> None:
+        self.done += 1
+        self.read += read
+        self.written += written
+        self._operation.update(
+            tiles_done=self.done, bytes_read=self.read, bytes_written=self.written
+        )

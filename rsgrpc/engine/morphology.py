@@ -1,0 +1,217 @@
+"""Dilation and erosion (value-list and grey, opening and closing) as tiled jobs.
+
+Each worker reads its tile with a halo of exactly the width the operation
+needs and computes the tile's pixels, so every tiling gives the result of
+one run on the whole raster (see `rsgrpc_kernels.morphology`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rsgrpc.engine.band_tool import (
+    BandInput,
+    BandTask,
+    OutputTarget,
+    TileCounter,
+    open_writer,
+    plan_band_tiles,
+    prepare_band_tasks,
+)
+from rsgrpc.engine.errors import InvalidArgumentError
+from rsgrpc.engine.operations import Operation, Stage
+from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.raster_io import OutputProfile, read_window
+from rsgrpc.engine.session import Session
+from rsgrpc.engine.tiled_job import run_tiles
+from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan
+
+# The radius above which a window is too large to be a sensible filter.
+MAX_SIZE = 512
+MAX_VALUES = 1024
+# Filters each tool offers: the kernel's operation for "grey", and the
+# composite that starts with the tool (closing dilates first, opening erodes).
+FILTERS = {
+    "dilation": ("value_list", "grey", "closing"),
+    "erosion": ("value_list", "grey", "opening"),
+}
+
+
+@dataclass(frozen=True)
+class MorphologyRequest:
+    """A dilation or erosion as the client asked for it."""
+
+    tool: str  # "dilation" or "erosion"
+    filter: str  # "value_list", "grey", "closing" or "opening"
+    value_list: tuple[float, ...]
+    size: int
+    circular: bool
+    inputs: tuple[BandInput, ...]
+    target: OutputTarget
+
+    @property
+    def kernel_operation(self) -> str:
+        """The grey filter's operation in the kernel's words."""
+        return self.tool if self.filter == "grey" else self.filter
+
+    @property
+    def halo(self) -> int:
+        """Pixels each side of a tile the result depends on (the kernel's halo_width)."""
+        return 2 * self.size if self.filter in ("opening", "closing") else self.size
+
+
+@dataclass(frozen=True)
+class MorphologyOutput:
+    """What the tool did to one input band."""
+
+    input: BandInput
+    output_path: str
+    pixels_changed: int
+
+
+@dataclass(frozen=True)
+class MorphologyJob:
+    """A validated dilation or erosion: its bands, their outputs and tile plans."""
+
+    request: MorphologyRequest
+    tasks: tuple[BandTask, ...]
+    plans: tuple[TilePlan, ...]
+
+
+def morphology_memory(dtype: str, halo: int) -> MemoryModel:
+    """Bytes per pixel of a tile's block: the block, two value buffers and the output,
+    and up to 8 bytes of rank or state buffers; the output tile waits in the job."""
+    item = np.dtype(dtype).itemsize
+    return MemoryModel(worker=4 * item + 8, result=item, halo=halo)
+
+
+def _check_parameters(request: MorphologyRequest) -> None:
+    if request.filter not in FILTERS[request.tool]:
+        allowed = ", ".join(FILTERS[request.tool])
+        raise InvalidArgumentError(
+            f"{request.tool} has no {request.filter} filter; use one of {allowed}",
+            metadata={"field": "filter"},
+        )
+    if not 1 <= request.size <= MAX_SIZE:
+        raise InvalidArgumentError(
+            f"size must be from 1 to {MAX_SIZE} pixels, got {request.size}",
+            metadata={"field": "size"},
+        )
+    if request.filter == "value_list":
+        if not request.value_list:
+            raise InvalidArgumentError(
+                f"value_list is empty; list the values to {request.tool[:-5]}e",
+                metadata={"field": "value_list"},
+            )
+        if len(request.value_list) > MAX_VALUES:
+            raise InvalidArgumentError(f"value_list holds more than {MAX_VALUES} values")
+        if any(math.isnan(v) for v in request.value_list):
+            raise InvalidArgumentError(
+                "value_list holds NaN, which is nodata and never changes",
+                metadata={"field": "value_list"},
+            )
+    elif request.value_list:
+        raise InvalidArgumentError(
+            f"the {request.filter} filter uses no value_list; leave it empty",
+            metadata={"field": "value_list"},
+        )
+
+
+def _check_band(task: BandTask) -> None:
+    dtype = np.dtype(task.info.dtype)
+    where = f"input {task.input.path!r} band {task.input.band}"
+    if dtype.kind not in "iuf":
+        raise InvalidArgumentError(f"{where} is {dtype.name}; integer or float bands only")
+    nodata = task.info.nodata
+    if dtype.kind in "iu" and nodata is not None:
+        limits = np.iinfo(dtype)
+        if not (
+            math.isfinite(nodata) and nodata == int(nodata) and limits.min <= nodata <= limits.max
+        ):
+            raise InvalidArgumentError(f"{where} has nodata {nodata}, not a value of {dtype.name}")
+
+
+def prepare_morphology(
+    request: MorphologyRequest, data_root: DataRoot, session: Session
+) -> MorphologyJob:
+    """Check a request completely and plan its tiles; raise what the client should see."""
+    _check_parameters(request)
+    tasks = prepare_band_tasks(request.inputs, request.target, data_root)
+    for task in tasks:
+        _check_band(task)
+    plans = tuple(
+        plan_band_tiles(t.info, morphology_memory(t.info.dtype, request.halo), session)
+        for t in tasks
+    )
+    return MorphologyJob(request, tuple(tasks), plans)
+
+
+def _filter_tile(request: MorphologyRequest, path: str, band: int, tile: Tile, shape, nodata):
+    """Runs in a worker: read the tile with its halo, compute the tile."""
+    from rsgrpc_kernels import morphology
+
+    block_tile, interior = tile.with_halo(request.halo, shape)
+    block = read_window(path, band, block_tile)
+    common = {"size": request.size, "circular": request.circular, "nodata": nodata}
+    if request.filter != "value_list":
+        out = morphology.grey_filter(
+            block, operation=request.kernel_operation, interior=interior, **common
+        )
+    elif request.tool == "dilation":
+        out = morphology.dilate(block, value_list=request.value_list, interior=interior, **common)
+    else:
+        out = morphology.erode(block, value_list=request.value_list, interior=interior, **common)
+    before = block[interior]
+    changed = out != before
+    if out.dtype.kind == "f":
+        changed &= ~(np.isnan(out) & np.isnan(before))
+    return tile, out, int(np.count_nonzero(changed)), block.nbytes
+
+
+def run_morphology(
+    job: MorphologyJob, session: Session, operation: Operation, default_profile: OutputProfile
+) -> list[MorphologyOutput]:
+    """The job: filter each band in turn, tiles in the session's workers, one writer."""
+    request = job.request
+    session.logger.info(
+        "%s: %s (%s) of %d band(s), size %d, %s",
+        operation.name,
+        request.tool,
+        request.filter,
+        len(job.tasks),
+        request.size,
+        "circular" if request.circular else "square",
+    )
+    counter = TileCounter(operation, sum(plan.tile_count for plan in job.plans))
+    outputs = []
+    for task, plan in zip(job.tasks, job.plans, strict=True):
+        info = task.info
+        changed = 0
+        operation.update(stage=Stage.RUNNING)
+        with open_writer(task, request.target, default_profile) as writer:
+
+            def consume(result, writer=writer) -> None:
+                nonlocal changed
+                tile, out, tile_changed, read = result
+                writer.write(tile, out)
+                changed += tile_changed
+                counter.add(read=read, written=out.nbytes)
+
+            run_tiles(
+                session.executor,
+                operation,
+                plan.tiles(),
+                lambda tile, info=info: (
+                    _filter_tile,
+                    (request, info.path, info.band, tile, info.shape, info.nodata),
+                ),
+                consume,
+                in_flight=plan.in_flight,
+            )
+            operation.update(stage=Stage.FINALIZING)
+            writer.commit()
+        outputs.append(MorphologyOutput(task.input, task.output_path, changed))
+    return outputs

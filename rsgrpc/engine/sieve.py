@@ -1,0 +1,260 @@
+"""Sieve as a tiled job in three passes, so that no process ever holds the raster.
+
+1. Each worker labels one tile and returns its summary: the regions that touch
+   the tile's seams or depend on them (see `rsgrpc_kernels.sieve`).
+2. One worker merges the summaries across seams and decides, for the whole
+   raster at once, which small regions take which value.
+3. Each worker labels its tile again, applies the decision and returns the
+   output tile, which the job's one writer writes.
+
+Memory. A worker in pass 1 or 3 holds its tile, its nodata mask, about 9
+bytes per pixel of labelling scratch and up to about 60 bytes per region
+(at most one region per pixel), and in pass 3 the output tile: the planner
+counts all of that per tile pixel. The summaries grow with the seams (one
+int32 per seam-edge pixel, and tens of bytes per region that crosses a seam
+or depends on one), not with the raster's area; after pass 1 the job checks
+that they, held once by the job and once by the pass-2 worker, fit the
+budget beside the workers' footprint, and stops with RESOURCE_EXHAUSTED
+otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rsgrpc.engine.band_tool import (
+    BandInput,
+    BandTask,
+    OutputTarget,
+    TileCounter,
+    open_writer,
+    plan_band_tiles,
+    prepare_band_tasks,
+    session_fixed_bytes,
+)
+from rsgrpc.engine.errors import InvalidArgumentError, ResourceExhaustedError
+from rsgrpc.engine.operations import Operation, Stage
+from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.raster_io import OutputProfile, read_window
+from rsgrpc.engine.session import Session
+from rsgrpc.engine.tiled_job import run_tiles
+from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan
+
+# What GDAL sieves; the kernel's SIEVE_DTYPES (tests keep the two equal).
+SIEVE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32")
+CONNECTIVITIES = (4, 8)
+# Labelling scratch and the per-region tables, per pixel at worst (see above).
+_SCRATCH_BYTES_PER_PIXEL = 9 + 60
+# The pass-2 worker's tables, per byte of summary.
+_DECISION_OVERHEAD = 3
+
+
+@dataclass(frozen=True)
+class SieveRequest:
+    """A sieve as the client asked for it."""
+
+    inputs: tuple[BandInput, ...]
+    size: int
+    connectivity: int
+    target: OutputTarget
+
+
+@dataclass(frozen=True)
+class SieveOutput:
+    """What the sieve did to one input band."""
+
+    input: BandInput
+    output_path: str
+    regions_changed: int
+    pixels_changed: int
+
+
+@dataclass(frozen=True)
+class SieveJob:
+    """A validated sieve: its bands, their outputs and their tile plans."""
+
+    request: SieveRequest
+    tasks: tuple[BandTask, ...]
+    plans: tuple[TilePlan, ...]
+
+
+def sieve_memory(dtype: str) -> MemoryModel:
+    """Bytes per tile pixel: input, mask, scratch and output in a worker; output waiting."""
+    item = np.dtype(dtype).itemsize
+    return MemoryModel(worker=2 * item + 1 + _SCRATCH_BYTES_PER_PIXEL, result=item)
+
+
+def prepare_sieve(request: SieveRequest, data_root: DataRoot, session: Session) -> SieveJob:
+    """Check a request completely and plan its tiles; raise what the client should see."""
+    if request.size < 1:
+        raise InvalidArgumentError(f"size must be at least 1 pixel, got {request.size}")
+    if request.connectivity not in CONNECTIVITIES:
+        raise InvalidArgumentError(
+            f"connectivity must be 4 or 8, got {request.connectivity}",
+            metadata={"field": "connectivity"},
+        )
+    tasks = prepare_band_tasks(request.inputs, request.target, data_root)
+    for task in tasks:
+        if task.info.dtype not in SIEVE_DTYPES:
+            raise InvalidArgumentError(
+                f"input {task.input.path!r} band {task.input.band} is {task.info.dtype}; "
+                f"sieve takes integer classes ({', '.join(SIEVE_DTYPES)})",
+                metadata={"path": task.input.path},
+            )
+    plans = tuple(plan_band_tiles(t.info, sieve_memory(t.info.dtype), session) for t in tasks)
+    return SieveJob(request, tuple(tasks), plans)
+
+
+def _valid_mask(tile: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    if nodata is None:
+        return None
+    return tile != nodata
+
+
+def _summarize(path: str, band: int, tile: Tile, shape, nodata, size: int, connectivity: int):
+    """Pass 1, in a worker."""
+    from rsgrpc_kernels.sieve import TilePlacement, summarize_tile
+
+    array = read_window(path, band, tile)
+    placement = TilePlacement(tile.row, tile.col, *shape)
+    summary = summarize_tile(
+        array,
+        placement,
+        size=size,
+        connectivity=connectivity,
+        mask=_valid_mask(array, nodata),
+    )
+    return tile, summary, array.nbytes
+
+
+def _decide(summaries: Sequence, size: int, connectivity: int):
+    """Pass 2, in a worker."""
+    from rsgrpc_kernels.sieve import decide_tiles
+
+    return decide_tiles(summaries, size=size, connectivity=connectivity)
+
+
+def _rewrite(path: str, band: int, tile: Tile, nodata, decision, size: int, connectivity: int):
+    """Pass 3, in a worker."""
+    from rsgrpc_kernels.sieve import rewrite_tile
+
+    array = read_window(path, band, tile)
+    out, stats = rewrite_tile(
+        array,
+        decision,
+        size=size,
+        connectivity=connectivity,
+        mask=_valid_mask(array, nodata),
+    )
+    return tile, out, stats, array.nbytes
+
+
+def _sieve_band(
+    job: SieveJob,
+    task: BandTask,
+    plan: TilePlan,
+    session: Session,
+    operation: Operation,
+    counter: TileCounter,
+    default_profile: OutputProfile,
+) -> SieveOutput:
+    request = job.request
+    info = task.info
+    size, connectivity = request.size, request.connectivity
+    executor = session.executor
+
+    operation.update(stage=Stage.RUNNING)
+    summaries: dict[Tile, object] = {}
+
+    def consume_summary(result) -> None:
+        tile, summary, read = result
+        summaries[tile] = summary
+        counter.add(read=read)
+
+    run_tiles(
+        executor,
+        operation,
+        plan.tiles(),
+        lambda tile: (
+            _summarize,
+            (info.path, info.band, tile, info.shape, info.nodata, size, connectivity),
+        ),
+        consume_summary,
+        in_flight=plan.in_flight,
+    )
+    tiles = list(plan.tiles())
+    ordered = [summaries.pop(tile) for tile in tiles]
+    held = sum(s.nbytes for s in ordered)
+    need = session_fixed_bytes(session) + held * (1 + _DECISION_OVERHEAD)
+    budget = session.settings.available_ram_mib << 20
+    if need > budget:
+        raise ResourceExhaustedError(
+            f"the sieve's seam summaries need about {-(-need >> 20)} MiB with the workers, "
+            f"over available_ram_mib {session.settings.available_ram_mib}",
+            metadata={"minimum_ram_mib": str(-(-need >> 20))},
+        )
+    session.logger.info(
+        "%s: %s summarised, %d KiB of seam summaries", operation.name, task.input.path, held >> 10
+    )
+
+    decisions: list = []
+    run_tiles(
+        executor,
+        operation,
+        [None],
+        lambda _: (_decide, (ordered, size, connectivity)),
+        decisions.append,
+        in_flight=1,
+    )
+    decision = decisions[0]
+    ordered.clear()  # sent to the worker; the job needs them no more
+    by_tile = dict(zip(tiles, decision.tiles, strict=True))
+
+    pixels = 0
+    regions = decision.regions_changed
+    with open_writer(task, request.target, default_profile) as writer:
+
+        def consume_tile(result) -> None:
+            nonlocal pixels, regions
+            tile, out, stats, read = result
+            writer.write(tile, out)
+            pixels += stats.pixels_changed
+            regions += stats.regions_changed
+            counter.add(read=read, written=out.nbytes)
+
+        run_tiles(
+            executor,
+            operation,
+            tiles,
+            lambda tile: (
+                _rewrite,
+                (info.path, info.band, tile, info.nodata, by_tile.pop(tile), size, connectivity),
+            ),
+            consume_tile,
+            in_flight=plan.in_flight,
+        )
+        operation.update(stage=Stage.FINALIZING)
+        writer.commit()
+    return SieveOutput(task.input, task.output_path, regions, pixels)
+
+
+def run_sieve(
+    job: SieveJob, session: Session, operation: Operation, default_profile: OutputProfile
+) -> list[SieveOutput]:
+    """The job: sieve each band in turn; each tile counts twice (passes 1 and 3)."""
+    request = job.request
+    session.logger.info(
+        "%s: sieve of %d band(s), size %d, %d-connected",
+        operation.name,
+        len(job.tasks),
+        request.size,
+        request.connectivity,
+    )
+    counter = TileCounter(operation, sum(2 * plan.tile_count for plan in job.plans))
+    return [
+        _sieve_band(job, task, plan, session, operation, counter, default_profile)
+        for task, plan in zip(job.tasks, job.plans, strict=True)
+    ]
