@@ -19,8 +19,8 @@ from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import DEFAULT_PROFILE
 from rsgrpc.engine.session import ServerLimits, SessionRegistry, SessionSettings
-from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
 from rsgrpc.engine.sieve import SIEVE_DTYPES as ENGINE_SIEVE_DTYPES
+from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
 from rsgrpc.engine.tiles import TilePlan
 from tests.conftest import write_geotiff
 
@@ -82,7 +82,10 @@ def test_engine_and_kernel_sieve_the_same_dtypes():
 
 
 def test_engine_halo_is_the_kernels(data_root):
-    for tool, filters in (("dilation", ("value_list", "grey", "closing")), ("erosion", ("opening",))):
+    for tool, filters in (
+        ("dilation", ("value_list", "grey", "closing")),
+        ("erosion", ("opening",)),
+    ):
         for name in filters:
             for size in (1, 3, 12):
                 request = MorphologyRequest(tool, name, (), size, False, (), OutputTarget("x"))
@@ -112,9 +115,11 @@ def test_sieve_any_tiling_equals_gdal(session, data_root, connectivity, edge):
         stats.pixels_changed,
     )
     assert result.pixels_changed == int(np.count_nonzero(got != classes)) > 0
-    assert operation.progress.tiles_done == operation.progress.tiles_total == 2 * job.plans[
-        0
-    ].tile_count
+    assert (
+        operation.progress.tiles_done
+        == operation.progress.tiles_total
+        == 2 * job.plans[0].tile_count
+    )
 
 
 MORPHOLOGY_CASES = {
@@ -159,5 +164,7 @@ def test_morphology_any_tiling_equals_the_whole_raster(session, data_root, case,
     expected = _untiled(tool, name, values, size, circular, array, nodata)
     got = _read(data_root, output)
     np.testing.assert_array_equal(got, expected)
-    changed = (got != array) & ~(np.isnan(got) & np.isnan(array) if got.dtype.kind == "f" else False)
+    changed = (got != array) & ~(
+        np.isnan(got) & np.isnan(array) if got.dtype.kind == "f" else False
+    )
     assert result.pixels_changed == int(np.count_nonzero(changed)) > 0
