@@ -1,4 +1,4 @@
-"""The `rsgrpc` command: serve, run band calc with a progress bar, check health."""
+"""The `rsgrpc` command: serve, run a tool with a progress bar, check health."""
 
 from __future__ import annotations
 
@@ -50,16 +50,34 @@ def _input(text: str) -> tuple[str, str, int]:
     return name, path, int(band)
 
 
-def _band_calc(args: argparse.Namespace) -> int:
-    names, paths, bands = zip(*args.input, strict=True) if args.input else ((), (), ())
+def _band(text: str) -> tuple[str, int]:
+    """PATH or PATH:BAND."""
+    path, sep, band = text.rpartition(":")
+    return (path, int(band)) if sep and band.isdigit() else (text, 1)
+
+
+def _session(args: argparse.Namespace) -> Session:
+    """A new session with the command's settings."""
     token = Path(args.token_file).read_text().strip() if args.token_file else None
-    with Session(
+    return Session(
         n_processes=args.processes,
         available_ram=args.ram,
         progress_callback=None if args.quiet else _progress_bar,
         target=args.target,
         token=token,
-    ) as session:
+    )
+
+
+def _failed(tool: str, result) -> int:
+    print(
+        f"{tool} failed: {result.extra.get('code')}: {result.extra.get('error')}", file=sys.stderr
+    )
+    return 1
+
+
+def _band_calc(args: argparse.Namespace) -> int:
+    names, paths, bands = zip(*args.input, strict=True) if args.input else ((), (), ())
+    with _session(args) as session:
         result = session.band_calc(
             input_raster_list=paths,
             input_name_list=names,
@@ -71,16 +89,42 @@ def _band_calc(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     if not result.check:
-        print(
-            f"band calc failed: {result.extra.get('code')}: {result.extra.get('error')}",
-            file=sys.stderr,
-        )
-        return 1
+        return _failed("band calc", result)
     stats = result.extra["response"].statistics
     print(
         f"{result.path}: {stats.valid_pixel_count} valid pixels, "
         f"min {stats.minimum:g}, max {stats.maximum:g}, mean {stats.mean:g}"
     )
+    return 0
+
+
+def _tool(args: argparse.Namespace) -> int:
+    common = {
+        "output_path": args.output,
+        "overwrite": args.overwrite,
+        "prefix": args.prefix,
+        "compression": args.compression,
+    }
+    with _session(args) as session:
+        if args.command == "sieve":
+            result = session.band_sieve(
+                args.input, args.size, connected=args.connectivity == 8, **common
+            )
+        else:
+            tool = session.band_dilation if args.command == "dilate" else session.band_erosion
+            result = tool(
+                args.input,
+                args.value,
+                args.size,
+                circular_structure=args.circular,
+                filter=args.filter,
+                **common,
+            )
+    if not result.check:
+        return _failed(args.command, result)
+    for output in result.extra["response"].outputs:
+        regions = f"{output.regions_changed} regions, " if args.command == "sieve" else ""
+        print(f"{output.output_path}: {regions}{output.pixels_changed} pixels changed")
     return 0
 
 
@@ -100,6 +144,14 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="127.0.0.1:50051")
+    parser.add_argument("--token-file", help="file holding the server's bearer token")
+    parser.add_argument("--processes", type=int, default=None)
+    parser.add_argument("--ram", type=int, default=None, help="available RAM in MiB")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rsgrpc.server.config import add_arguments
 
@@ -111,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     calc = commands.add_parser("band-calc", help="run band calc in a new session")
-    calc.add_argument("--target", default="127.0.0.1:50051")
-    calc.add_argument("--token-file", help="file holding the server's bearer token")
+    _add_session_arguments(calc)
     calc.add_argument("--expression", required=True)
     calc.add_argument(
         "--input",
@@ -126,10 +177,42 @@ def build_parser() -> argparse.ArgumentParser:
     calc.add_argument("--dtype", default="float32")
     calc.add_argument("--nodata", type=float, default=None)
     calc.add_argument("--overwrite", action="store_true")
-    calc.add_argument("--processes", type=int, default=None)
-    calc.add_argument("--ram", type=int, default=None, help="available RAM in MiB")
-    calc.add_argument("--quiet", action="store_true", help="no progress bar")
     calc.set_defaults(run=_band_calc)
+
+    for command, text in (
+        ("sieve", "replace regions smaller than --size pixels by their largest neighbour"),
+        ("dilate", "grow the --value classes (or a grey dilation) by --size pixels"),
+        ("erode", "shrink the --value classes (or a grey erosion) by --size pixels"),
+    ):
+        tool = commands.add_parser(command, help=f"{text}, in a new session")
+        _add_session_arguments(tool)
+        tool.add_argument(
+            "--input",
+            action="append",
+            type=_band,
+            required=True,
+            metavar="PATH[:BAND]",
+            help="an input band, relative to the data root; repeat for several",
+        )
+        tool.add_argument(
+            "--output",
+            required=True,
+            help="a .tif file for one input, else a directory for one output per input",
+        )
+        tool.add_argument("--prefix", default="", help="output file name prefix in a directory")
+        tool.add_argument("--size", type=int, required=True)
+        tool.add_argument("--overwrite", action="store_true")
+        tool.add_argument("--compression", choices=["none", "deflate", "zstd", "lzw"])
+        if command == "sieve":
+            tool.add_argument("--connectivity", type=int, choices=[4, 8], default=4)
+        else:
+            tool.add_argument("--value", type=float, action="append", default=[])
+            tool.add_argument("--circular", action="store_true", help="disk footprint")
+            composite = "closing" if command == "dilate" else "opening"
+            tool.add_argument(
+                "--filter", choices=["value_list", "grey", composite], default="value_list"
+            )
+        tool.set_defaults(run=_tool)
 
     check = commands.add_parser("health", help="exit 0 if the server is SERVING")
     check.add_argument("--target", default="127.0.0.1:50051")

@@ -47,7 +47,16 @@ _DATA_TYPES = {
     for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 }
 
+_FILTERS = {
+    "value_list": raster_pb2.MORPHOLOGY_FILTER_VALUE_LIST,
+    "grey": raster_pb2.MORPHOLOGY_FILTER_GREY,
+    "closing": raster_pb2.MORPHOLOGY_FILTER_GREY_CLOSING,
+    "opening": raster_pb2.MORPHOLOGY_FILTER_GREY_OPENING,
+}
+
 Progress = Callable[[operation_pb2.OperationMetadata], None]
+# An input band: a path under the data root (band 1), or a (path, band) pair.
+BandLike = str | tuple[str, int]
 
 
 @dataclass
@@ -66,6 +75,39 @@ def _data_type(name: str) -> int:
         return _DATA_TYPES[name.lower()]
     except KeyError:
         raise ValueError(f"unsupported output_datatype, got {name!r}") from None
+
+
+def _bands(input_bands: Sequence[BandLike] | BandLike) -> list[raster_pb2.RasterBand]:
+    if isinstance(input_bands, str | tuple):
+        input_bands = [input_bands]
+    bands = []
+    for item in input_bands:
+        path, band = (item, 1) if isinstance(item, str) else item
+        bands.append(raster_pb2.RasterBand(path=path, band=band))
+    return bands
+
+
+def _tool_output(
+    output_path: str | None, prefix: str, overwrite: bool, compression: str | None
+) -> raster_pb2.ToolOutput:
+    return raster_pb2.ToolOutput(
+        path=output_path or "",
+        prefix=prefix,
+        overwrite=overwrite,
+        options=_output_options(compression),
+    )
+
+
+def _output_options(compression: str | None) -> raster_pb2.OutputOptions:
+    if not compression:
+        return raster_pb2.OutputOptions()
+    return raster_pb2.OutputOptions(
+        compression=raster_pb2.Compression.Value(f"COMPRESSION_{compression.upper()}")
+    )
+
+
+def _output_paths(response: Any) -> list[str]:
+    return [o.output_path for o in response.outputs]
 
 
 def _error_extra(status_code: int, message: str, details: Sequence[Any]) -> dict[str, Any]:
@@ -225,7 +267,12 @@ class Session:
             lro.CancelOperationRequest(name=operation.name), metadata=self._metadata
         )
 
-    def _run(self, start: Callable[[], lro.Operation], response: Any) -> OutputManager:
+    def _run(
+        self,
+        start: Callable[[], lro.Operation],
+        response: Any,
+        paths: Callable[[Any], list[str]] = lambda r: [r.output_path],
+    ) -> OutputManager:
         try:
             operation = self.wait(start())
         except grpc.RpcError as error:
@@ -234,9 +281,8 @@ class Session:
             e = operation.error
             return OutputManager(check=False, extra=_error_extra(e.code, e.message, e.details))
         operation.response.Unpack(response)
-        return OutputManager(
-            path=response.output_path, paths=[response.output_path], extra={"response": response}
-        )
+        outputs = paths(response)
+        return OutputManager(path=outputs[0], paths=outputs, extra={"response": response})
 
     def band_calc(
         self,
@@ -264,14 +310,101 @@ class Session:
             output_path=output_path or "",
             overwrite=overwrite,
             output_data_type=_data_type(output_datatype or "float32"),
+            output_options=_output_options(compression),
         )
         if output_nodata is not None:
             request.output_nodata = output_nodata
-        if compression:
-            request.output_options.compression = raster_pb2.Compression.Value(
-                f"COMPRESSION_{compression.upper()}"
-            )
         return self._run(
             lambda: self._raster.BandCalc(request, metadata=self._metadata),
             raster_pb2.BandCalcResponse(),
+        )
+
+    def band_sieve(
+        self,
+        input_bands: Sequence[BandLike] | BandLike,
+        size: int,
+        output_path: str | None = None,
+        connected: bool | None = None,
+        overwrite: bool = False,
+        prefix: str = "",
+        compression: str | None = None,
+    ) -> OutputManager:
+        """Replace regions smaller than `size` pixels by their largest neighbour
+        (Remotior's `band_sieve`; `connected=True` means 8-connected)."""
+        request = raster_pb2.SieveRequest(
+            session=self.name,
+            inputs=_bands(input_bands),
+            size=size,
+            connectivity=raster_pb2.CONNECTIVITY_8 if connected else raster_pb2.CONNECTIVITY_4,
+            output=_tool_output(output_path, prefix, overwrite, compression),
+        )
+        return self._run(
+            lambda: self._raster.Sieve(request, metadata=self._metadata),
+            raster_pb2.SieveResponse(),
+            _output_paths,
+        )
+
+    def band_dilation(
+        self,
+        input_bands: Sequence[BandLike] | BandLike,
+        value_list: Sequence[float] | None,
+        size: int,
+        output_path: str | None = None,
+        overwrite: bool = False,
+        circular_structure: bool | None = None,
+        prefix: str = "",
+        filter: str = "value_list",
+        compression: str | None = None,
+    ) -> OutputManager:
+        """Grow the listed values by `size` pixels (Remotior's `band_dilation`);
+        `filter="grey"` or `"closing"` runs a grey dilation or closing instead."""
+        request = raster_pb2.DilateRequest(
+            session=self.name,
+            inputs=_bands(input_bands),
+            parameters=self._morphology(filter, value_list, size, circular_structure),
+            output=_tool_output(output_path, prefix, overwrite, compression),
+        )
+        return self._run(
+            lambda: self._raster.Dilate(request, metadata=self._metadata),
+            raster_pb2.DilateResponse(),
+            _output_paths,
+        )
+
+    def band_erosion(
+        self,
+        input_bands: Sequence[BandLike] | BandLike,
+        value_list: Sequence[float] | None,
+        size: int,
+        output_path: str | None = None,
+        overwrite: bool = False,
+        circular_structure: bool | None = None,
+        prefix: str = "",
+        filter: str = "value_list",
+        compression: str | None = None,
+    ) -> OutputManager:
+        """Shrink the listed values by `size` steps (Remotior's `band_erosion`);
+        `filter="grey"` or `"opening"` runs a grey erosion or opening instead."""
+        request = raster_pb2.ErodeRequest(
+            session=self.name,
+            inputs=_bands(input_bands),
+            parameters=self._morphology(filter, value_list, size, circular_structure),
+            output=_tool_output(output_path, prefix, overwrite, compression),
+        )
+        return self._run(
+            lambda: self._raster.Erode(request, metadata=self._metadata),
+            raster_pb2.ErodeResponse(),
+            _output_paths,
+        )
+
+    @staticmethod
+    def _morphology(
+        filter: str, value_list: Sequence[float] | None, size: int, circular: bool | None
+    ) -> raster_pb2.MorphologyParameters:
+        if filter not in _FILTERS:
+            raise ValueError(f"unsupported filter, got {filter!r}; use one of {list(_FILTERS)}")
+        return raster_pb2.MorphologyParameters(
+            filter=_FILTERS[filter],
+            value_list=list(value_list or []),
+            size=size,
+            circular_structure=bool(circular),
         )
