@@ -118,15 +118,18 @@ def prepare_band_tasks(
     return tasks
 
 
-def plan_band_tiles(info: RasterInfo, model: MemoryModel, session: Session) -> TilePlan:
+def plan_band_tiles(
+    info: RasterInfo, model: MemoryModel, session: Session, *, tiles_per_worker: int = 1
+) -> TilePlan:
     """Tiles for one band within the session's RAM budget, counting its workers' own
-    footprint and GDAL's caches; raises ResourceExhaustedError if even one tile does not fit."""
+    footprint and GDAL's caches, with `tiles_per_worker` tiles at once in each worker;
+    raises ResourceExhaustedError if even one tile does not fit."""
     return plan_tiles(
         info.shape,
         [info.block_shape, (OUTPUT_BLOCK, OUTPUT_BLOCK)],
         model,
         budget_bytes=session.settings.available_ram_mib << 20,
-        workers=session.executor.workers,
+        workers=session.executor.workers * tiles_per_worker,
         fixed_bytes=session_fixed_bytes(session),
     )
 

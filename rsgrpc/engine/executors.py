@@ -22,6 +22,8 @@ class Executor(Protocol):
     """What a job needs of whatever runs its tiles."""
 
     workers: int
+    # Cores each worker may use: numba's threads, or tiles run side by side.
+    threads_per_process: int
 
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future: ...
 
@@ -125,6 +127,7 @@ class DaskExecutor:
         self._client = Client(scheduler_address, set_as_default=False)
         self._executor = self._client.get_executor(pure=False)
         self.workers = workers
+        self.threads_per_process = 1
 
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
         return self._executor.submit(fn, *args)
