@@ -24,7 +24,6 @@ class Stage(enum.IntEnum):
     """Where a job is; the values match `OperationMetadata.Stage`."""
 
     QUEUED = 1
-    PLANNING = 2
     RUNNING = 3
     FINALIZING = 4
     DONE = 5

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rsgrpc/v1/operation.proto\x12\trsgrpc.v1\x1a#google/longrunning/operations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xdf\x03\n\x11OperationMetadata\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x31\n\x05stage\x18\x03 \x01(\x0e\x32\".rsgrpc.v1.OperationMetadata.Stage\x12\x12\n\ntiles_done\x18\x04 \x01(\x03\x12\x13\n\x0btiles_total\x18\x05 \x01(\x03\x12\x12\n\nbytes_read\x18\x06 \x01(\x03\x12\x15\n\rbytes_written\x18\x07 \x01(\x03\x12*\n\x07\x65lapsed\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x08\"}\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x12\n\x0eSTAGE_PLANNING\x10\x02\x12\x11\n\rSTAGE_RUNNING\x10\x03\x12\x14\n\x10STAGE_FINALIZING\x10\x04\x12\x0e\n\nSTAGE_DONE\x10\x05\x32l\n\x15OperationWatchService\x12S\n\x0eWatchOperation\x12 .rsgrpc.v1.WatchOperationRequest\x1a\x1d.google.longrunning.Operation0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rsgrpc/v1/operation.proto\x12\trsgrpc.v1\x1a#google/longrunning/operations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe1\x03\n\x11OperationMetadata\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x31\n\x05stage\x18\x03 \x01(\x0e\x32\".rsgrpc.v1.OperationMetadata.Stage\x12\x12\n\ntiles_done\x18\x04 \x01(\x03\x12\x13\n\x0btiles_total\x18\x05 \x01(\x03\x12\x12\n\nbytes_read\x18\x06 \x01(\x03\x12\x15\n\rbytes_written\x18\x07 \x01(\x03\x12*\n\x07\x65lapsed\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x08\"\x7f\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x11\n\rSTAGE_RUNNING\x10\x03\x12\x14\n\x10STAGE_FINALIZING\x10\x04\x12\x0e\n\nSTAGE_DONE\x10\x05\"\x04\x08\x02\x10\x02*\x0eSTAGE_PLANNING2l\n\x15OperationWatchService\x12S\n\x0eWatchOperation\x12 .rsgrpc.v1.WatchOperationRequest\x1a\x1d.google.longrunning.Operation0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHOPERATIONREQUEST']._serialized_start=142
   _globals['_WATCHOPERATIONREQUEST']._serialized_end=179
   _globals['_OPERATIONMETADATA']._serialized_start=182
-  _globals['_OPERATIONMETADATA']._serialized_end=661
+  _globals['_OPERATIONMETADATA']._serialized_end=663
   _globals['_OPERATIONMETADATA_STAGE']._serialized_start=536
-  _globals['_OPERATIONMETADATA_STAGE']._serialized_end=661
-  _globals['_OPERATIONWATCHSERVICE']._serialized_start=663
-  _globals['_OPERATIONWATCHSERVICE']._serialized_end=771
+  _globals['_OPERATIONMETADATA_STAGE']._serialized_end=663
+  _globals['_OPERATIONWATCHSERVICE']._serialized_start=665
+  _globals['_OPERATIONWATCHSERVICE']._serialized_end=773
 # @@protoc_insertion_point(module_scope)

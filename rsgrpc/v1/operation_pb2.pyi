@@ -56,8 +56,6 @@ class OperationMetadata(_message.Message):
         STAGE_UNSPECIFIED: OperationMetadata._Stage.ValueType  # 0
         STAGE_QUEUED: OperationMetadata._Stage.ValueType  # 1
         """Accepted, waiting for the session's workers."""
-        STAGE_PLANNING: OperationMetadata._Stage.ValueType  # 2
-        """Reading the inputs' metadata and planning tiles."""
         STAGE_RUNNING: OperationMetadata._Stage.ValueType  # 3
         """Processing tiles (or requests)."""
         STAGE_FINALIZING: OperationMetadata._Stage.ValueType  # 4
@@ -71,8 +69,6 @@ class OperationMetadata(_message.Message):
     STAGE_UNSPECIFIED: OperationMetadata.Stage.ValueType  # 0
     STAGE_QUEUED: OperationMetadata.Stage.ValueType  # 1
     """Accepted, waiting for the session's workers."""
-    STAGE_PLANNING: OperationMetadata.Stage.ValueType  # 2
-    """Reading the inputs' metadata and planning tiles."""
     STAGE_RUNNING: OperationMetadata.Stage.ValueType  # 3
     """Processing tiles (or requests)."""
     STAGE_FINALIZING: OperationMetadata.Stage.ValueType  # 4
