@@ -118,16 +118,12 @@ def prepare_sieve(request: SieveRequest, data_root: DataRoot, session: Session) 
     return SieveJob(request, tuple(tasks), plans)
 
 
-def _in_threads(fn, calls: list[tuple]) -> list:
-    """Runs in a worker: `fn(*args)` for each `args`, one thread each."""
-    if len(calls) == 1:
-        return [fn(*calls[0])]
-    with ThreadPoolExecutor(len(calls)) as threads:
-        return list(threads.map(lambda args: fn(*args), calls))
-
-
-def _batches(tiles: list[Tile], size: int) -> list[list[Tile]]:
-    return [tiles[i : i + size] for i in range(0, len(tiles), size)]
+def _in_threads(fn, items: list, common: tuple) -> list:
+    """Runs in a worker: `fn(item, *common)` for each item, one thread each."""
+    if len(items) == 1:
+        return [fn(items[0], *common)]
+    with ThreadPoolExecutor(len(items)) as threads:
+        return list(threads.map(lambda item: fn(item, *common), items))
 
 
 def _valid_mask(tile: np.ndarray, nodata: float | None) -> np.ndarray | None:
@@ -136,7 +132,7 @@ def _valid_mask(tile: np.ndarray, nodata: float | None) -> np.ndarray | None:
     return tile != nodata
 
 
-def _summarize(path: str, band: int, tile: Tile, shape, nodata, size: int, connectivity: int):
+def _summarize(tile: Tile, path: str, band: int, shape, nodata, size: int, connectivity: int):
     """Pass 1, in a worker."""
     from rsgrpc_kernels.sieve import TilePlacement, summarize_tile
 
@@ -159,10 +155,11 @@ def _decide(summaries: Sequence, size: int, connectivity: int):
     return decide_tiles(summaries, size=size, connectivity=connectivity)
 
 
-def _rewrite(path: str, band: int, tile: Tile, nodata, decision, size: int, connectivity: int):
-    """Pass 3, in a worker."""
+def _rewrite(item, path: str, band: int, nodata, size: int, connectivity: int):
+    """Pass 3, in a worker: `item` is a tile and its share of the decision."""
     from rsgrpc_kernels.sieve import rewrite_tile
 
+    tile, decision = item
     array = read_window(path, band, tile)
     out, stats = rewrite_tile(
         array,
@@ -189,32 +186,32 @@ def _sieve_band(
     executor = session.executor
 
     side_by_side = executor.threads_per_process
-    in_flight = max(1, plan.in_flight // side_by_side)
+
+    def run_pass(fn, items: list, common: tuple, consume) -> None:
+        # Each worker takes `side_by_side` items at once and runs them in threads.
+        run_tiles(
+            executor,
+            operation,
+            [items[i : i + side_by_side] for i in range(0, len(items), side_by_side)],
+            lambda batch: (_in_threads, (fn, batch, common)),
+            lambda results: [consume(result) for result in results],
+            in_flight=max(1, plan.in_flight // side_by_side),
+        )
+
     tiles = list(plan.tiles())
     operation.update(stage=Stage.RUNNING)
     summaries: dict[Tile, object] = {}
 
-    def consume_summaries(results) -> None:
-        for tile, summary, read in results:
-            summaries[tile] = summary
-            counter.add(read=read)
+    def consume_summary(result) -> None:
+        tile, summary, read = result
+        summaries[tile] = summary
+        counter.add(read=read)
 
-    run_tiles(
-        executor,
-        operation,
-        _batches(tiles, side_by_side),
-        lambda batch: (
-            _in_threads,
-            (
-                _summarize,
-                [
-                    (info.path, info.band, tile, info.shape, info.nodata, size, connectivity)
-                    for tile in batch
-                ],
-            ),
-        ),
-        consume_summaries,
-        in_flight=in_flight,
+    run_pass(
+        _summarize,
+        tiles,
+        (info.path, info.band, info.shape, info.nodata, size, connectivity),
+        consume_summary,
     )
     ordered = [summaries.pop(tile) for tile in tiles]
     held = sum(s.nbytes for s in ordered)
@@ -234,43 +231,31 @@ def _sieve_band(
     run_tiles(
         executor,
         operation,
-        [None],
-        lambda _: (_decide, (ordered, size, connectivity)),
+        [ordered],
+        lambda summaries: (_decide, (summaries, size, connectivity)),
         decisions.append,
         in_flight=1,
     )
-    decision = decisions[0]
     ordered.clear()  # sent to the worker; the job needs them no more
-    by_tile = dict(zip(tiles, decision.tiles, strict=True))
+    decision = decisions[0]
 
     pixels = 0
     regions = decision.regions_changed
     with open_writer(task, request.target, default_profile) as writer:
 
-        def consume_tiles(results) -> None:
+        def consume_tile(result) -> None:
             nonlocal pixels, regions
-            for tile, out, stats, read in results:
-                writer.write(tile, out)
-                pixels += stats.pixels_changed
-                regions += stats.regions_changed
-                counter.add(read=read, written=out.nbytes)
+            tile, out, stats, read = result
+            writer.write(tile, out)
+            pixels += stats.pixels_changed
+            regions += stats.regions_changed
+            counter.add(read=read, written=out.nbytes)
 
-        run_tiles(
-            executor,
-            operation,
-            _batches(tiles, side_by_side),
-            lambda batch: (
-                _in_threads,
-                (
-                    _rewrite,
-                    [
-                        (info.path, info.band, t, info.nodata, by_tile.pop(t), size, connectivity)
-                        for t in batch
-                    ],
-                ),
-            ),
-            consume_tiles,
-            in_flight=in_flight,
+        run_pass(
+            _rewrite,
+            list(zip(tiles, decision.tiles, strict=True)),
+            (info.path, info.band, info.nodata, size, connectivity),
+            consume_tile,
         )
         operation.update(stage=Stage.FINALIZING)
         writer.commit()

@@ -210,24 +210,20 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
 
         return self._start(session, "Sieve", run)
 
+    def _morphology(self, tool: str, method: str, request, response_type):
+        session = self._registry.get(request.session)
+        job = prepare_morphology(morphology_request(tool, request), self._data_root, session)
+
+        def run(session: Session, operation: Operation):
+            outputs = run_morphology(job, session, operation, DEFAULT_PROFILE)
+            return response_type(outputs=morphology_outputs_to_proto(outputs))
+
+        return self._start(session, method, run)
+
     @reports_errors
     def Dilate(self, request, context):
-        session = self._registry.get(request.session)
-        job = prepare_morphology(morphology_request("dilation", request), self._data_root, session)
-
-        def run(session: Session, operation: Operation) -> raster_pb2.DilateResponse:
-            outputs = run_morphology(job, session, operation, DEFAULT_PROFILE)
-            return raster_pb2.DilateResponse(outputs=morphology_outputs_to_proto(outputs))
-
-        return self._start(session, "Dilate", run)
+        return self._morphology("dilation", "Dilate", request, raster_pb2.DilateResponse)
 
     @reports_errors
     def Erode(self, request, context):
-        session = self._registry.get(request.session)
-        job = prepare_morphology(morphology_request("erosion", request), self._data_root, session)
-
-        def run(session: Session, operation: Operation) -> raster_pb2.ErodeResponse:
-            outputs = run_morphology(job, session, operation, DEFAULT_PROFILE)
-            return raster_pb2.ErodeResponse(outputs=morphology_outputs_to_proto(outputs))
-
-        return self._start(session, "Erode", run)
+        return self._morphology("erosion", "Erode", request, raster_pb2.ErodeResponse)
