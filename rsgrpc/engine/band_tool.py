@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Generic, TypeVar
 
 from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
 from rsgrpc.engine.operations import Operation, Stage
@@ -32,6 +33,7 @@ from rsgrpc.engine.tiles import MemoryModel, TilePlan, plan_tiles
 MAX_BANDS = 64
 _FILE_SUFFIXES = (".tif", ".tiff")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,15 @@ class BandTask:
     info: RasterInfo
     output: Path
     output_path: str  # as the client names it
+
+
+@dataclass(frozen=True)
+class BandJob(Generic[R]):
+    """A validated tool request: its bands, their outputs and their tile plans."""
+
+    request: R
+    tasks: tuple[BandTask, ...]
+    plans: tuple[TilePlan, ...]
 
 
 def resolve_output(data_root: DataRoot, client_path: str, *, overwrite: bool) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 
 from rsgrpc.engine.band_tool import (
     BandInput,
+    BandJob,
     BandTask,
     OutputTarget,
     TileCounter,
@@ -27,7 +28,7 @@ from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import OutputProfile, read_window
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiled_job import run_tiles
-from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan
+from rsgrpc.engine.tiles import MemoryModel, Tile
 
 # The radius above which a window is too large to be a sensible filter.
 MAX_SIZE = 512
@@ -70,15 +71,6 @@ class MorphologyOutput:
     input: BandInput
     output_path: str
     pixels_changed: int
-
-
-@dataclass(frozen=True)
-class MorphologyJob:
-    """A validated dilation or erosion: its bands, their outputs and tile plans."""
-
-    request: MorphologyRequest
-    tasks: tuple[BandTask, ...]
-    plans: tuple[TilePlan, ...]
 
 
 def morphology_memory(dtype: str, halo: int) -> MemoryModel:
@@ -136,7 +128,7 @@ def _check_band(task: BandTask) -> None:
 
 def prepare_morphology(
     request: MorphologyRequest, data_root: DataRoot, session: Session
-) -> MorphologyJob:
+) -> BandJob[MorphologyRequest]:
     """Check a request completely and plan its tiles; raise what the client should see."""
     _check_parameters(request)
     tasks = prepare_band_tasks(request.inputs, request.target, data_root)
@@ -146,7 +138,7 @@ def prepare_morphology(
         plan_band_tiles(t.info, morphology_memory(t.info.dtype, request.halo), session)
         for t in tasks
     )
-    return MorphologyJob(request, tuple(tasks), plans)
+    return BandJob[MorphologyRequest](request, tuple(tasks), plans)
 
 
 def _filter_tile(request: MorphologyRequest, path: str, band: int, tile: Tile, shape, nodata):
@@ -172,7 +164,10 @@ def _filter_tile(request: MorphologyRequest, path: str, band: int, tile: Tile, s
 
 
 def run_morphology(
-    job: MorphologyJob, session: Session, operation: Operation, default_profile: OutputProfile
+    job: BandJob[MorphologyRequest],
+    session: Session,
+    operation: Operation,
+    default_profile: OutputProfile,
 ) -> list[MorphologyOutput]:
     """The job: filter each band in turn, tiles in the session's workers, one writer."""
     request = job.request

@@ -33,6 +33,7 @@ import numpy as np
 
 from rsgrpc.engine.band_tool import (
     BandInput,
+    BandJob,
     BandTask,
     OutputTarget,
     TileCounter,
@@ -78,22 +79,15 @@ class SieveOutput:
     pixels_changed: int
 
 
-@dataclass(frozen=True)
-class SieveJob:
-    """A validated sieve: its bands, their outputs and their tile plans."""
-
-    request: SieveRequest
-    tasks: tuple[BandTask, ...]
-    plans: tuple[TilePlan, ...]
-
-
 def sieve_memory(dtype: str) -> MemoryModel:
     """Bytes per tile pixel: input, mask, scratch and output in a worker; output waiting."""
     item = np.dtype(dtype).itemsize
     return MemoryModel(worker=2 * item + 1 + _SCRATCH_BYTES_PER_PIXEL, result=item)
 
 
-def prepare_sieve(request: SieveRequest, data_root: DataRoot, session: Session) -> SieveJob:
+def prepare_sieve(
+    request: SieveRequest, data_root: DataRoot, session: Session
+) -> BandJob[SieveRequest]:
     """Check a request completely and plan its tiles; raise what the client should see."""
     if request.size < 1:
         raise InvalidArgumentError(f"size must be at least 1 pixel, got {request.size}")
@@ -115,7 +109,7 @@ def prepare_sieve(request: SieveRequest, data_root: DataRoot, session: Session) 
         plan_band_tiles(t.info, sieve_memory(t.info.dtype), session, tiles_per_worker=side_by_side)
         for t in tasks
     )
-    return SieveJob(request, tuple(tasks), plans)
+    return BandJob[SieveRequest](request, tuple(tasks), plans)
 
 
 def _in_threads(fn, items: list, common: tuple) -> list:
@@ -172,7 +166,7 @@ def _rewrite(item, path: str, band: int, nodata, size: int, connectivity: int):
 
 
 def _sieve_band(
-    job: SieveJob,
+    job: BandJob[SieveRequest],
     task: BandTask,
     plan: TilePlan,
     session: Session,
@@ -263,7 +257,10 @@ def _sieve_band(
 
 
 def run_sieve(
-    job: SieveJob, session: Session, operation: Operation, default_profile: OutputProfile
+    job: BandJob[SieveRequest],
+    session: Session,
+    operation: Operation,
+    default_profile: OutputProfile,
 ) -> list[SieveOutput]:
     """The job: sieve each band in turn; each tile counts twice (passes 1 and 3)."""
     request = job.request
