@@ -1,10 +1,15 @@
 """Band calc kernels: compile a parsed Expression to a numba kernel and run it on a tile.
 
-The kernel is built without ``eval``/``exec``: every node of the expression tree becomes a
-small ``@njit`` function that closes over its children's dispatchers (numba treats closed-over
-dispatchers and numbers as constants), and an outer ``@njit(parallel=True)`` loop runs the
-root over the rows of a tile. Nodes are compiled eagerly, children first, with explicit
-signatures; numba would otherwise compile a deep tree recursively and exhaust Python's stack.
+The kernel is built without ``eval``/``exec`` and without generating source: every node of the
+expression tree becomes a small scalar function that closes over its children's functions and
+its constants (numba treats closed-over functions and numbers as constants) and is declared
+``inline="always"``, so that numba inlines it into its parent. The kernel is one loop over the
+rows of C-contiguous tiles, with the whole tree fused into its body: it reads each input pixel
+once, widened to float64, tests each input's nodata, evaluates, casts and writes; then, while
+the row is still in cache, it takes the row's statistics in two vectorised passes. Only
+subtrees nested deeper than ``_MAX_INLINE_DEPTH`` are compiled apart and called, and the
+aggregations call shared reducers over a scratch vector. The kernel releases the GIL; large
+tiles are split into row ranges run by ``numba.get_num_threads()`` threads.
 
 Semantics (Remotior Sensus' band calc, made per pixel):
 
@@ -16,6 +21,8 @@ Semantics (Remotior Sensus' band calc, made per pixel):
   result whose truncation lies outside the dtype's range is nodata (never wrapped or clipped).
   Float32 outputs round to nearest; a finite float64 that overflows float32 is nodata.
 - ``nodata("name")`` is a constant of the compiled kernel (NaN when the input has none).
+- Statistics (``evaluate_with_statistics``) are those of the values as written, after the cast:
+  pixels that are NaN or equal to ``output_nodata`` are not valid, whoever made them so.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,6 +44,10 @@ from .expression import Binary, Call, Constant, Expression, Input, NodataOf, Nod
 DEFAULT_OUTPUT_DTYPE: Final = np.dtype(np.float32)
 DEFAULT_OUTPUT_NODATA: Final = -32768.0
 KERNEL_CACHE_SIZE: Final = 64
+# How deep node functions may nest when inlined into one another; see _inline.
+_MAX_INLINE_DEPTH: Final = 8
+# Below this many pixels per thread, a tile is not worth splitting among threads.
+_PIXELS_PER_THREAD: Final = 1 << 18
 
 OUTPUT_DTYPES: Final = frozenset(
     np.dtype(t)
@@ -61,6 +73,7 @@ _NODATA_VALUE: Final = 1
 _NODATA_NAN: Final = 2
 
 _JIT: Final = {"nogil": True, "error_model": "numpy"}
+_INLINE: Final = {"inline": "always", **_JIT}
 
 
 def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
@@ -77,85 +90,85 @@ def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
     return dtype
 
 
-# Scalar operations, module level so that every kernel shares their compiled code.
+# Scalar operations, inlined into every kernel that uses them (numba IR inlining).
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _add(x: float, y: float) -> float:
     return x + y
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _sub(x: float, y: float) -> float:
     return x - y
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _mul(x: float, y: float) -> float:
     return x * y
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _div(x: float, y: float) -> float:
     return x / y
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _floordiv(x: float, y: float) -> float:
     return x // y
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _mod(x: float, y: float) -> float:
     return x % y
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _pow(x: float, y: float) -> float:
     return math.pow(x, y)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _lt(x: float, y: float) -> float:
     return 1.0 if x < y else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _le(x: float, y: float) -> float:
     return 1.0 if x <= y else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _gt(x: float, y: float) -> float:
     return 1.0 if x > y else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _ge(x: float, y: float) -> float:
     return 1.0 if x >= y else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _eq(x: float, y: float) -> float:
     return 1.0 if x == y else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _ne(x: float, y: float) -> float:
     return 1.0 if x != y else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _and(x: float, y: float) -> float:
     return 1.0 if (x != 0.0 and y != 0.0) else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _or(x: float, y: float) -> float:
     return 1.0 if (x != 0.0 or y != 0.0) else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _minimum(x: float, y: float) -> float:
     if math.isnan(x):
         return x
@@ -164,7 +177,7 @@ def _minimum(x: float, y: float) -> float:
     return x if x <= y else y
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _maximum(x: float, y: float) -> float:
     if math.isnan(x):
         return x
@@ -173,72 +186,72 @@ def _maximum(x: float, y: float) -> float:
     return x if x >= y else y
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _neg(x: float) -> float:
     return -x
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _not(x: float) -> float:
     return 1.0 if x == 0.0 else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _isnan(x: float) -> float:
     return 1.0 if math.isnan(x) else 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _sqrt(x: float) -> float:
     return np.sqrt(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _log(x: float) -> float:
     return np.log(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _log10(x: float) -> float:
     return np.log10(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _exp(x: float) -> float:
     return np.exp(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _abs(x: float) -> float:
     return abs(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _sin(x: float) -> float:
     return np.sin(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _cos(x: float) -> float:
     return np.cos(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _tan(x: float) -> float:
     return np.tan(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _arcsin(x: float) -> float:
     return np.arcsin(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _arccos(x: float) -> float:
     return np.arccos(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_INLINE)
 def _arctan(x: float) -> float:
     return np.arctan(x)
 
@@ -416,8 +429,27 @@ class BandCalcKernel:
     key: Hashable
     input_dtypes: tuple[np.dtype, ...]
     output_dtype: np.dtype
-    run: Callable[..., None]
+    run: Callable[..., tuple[int, int, float, float, float, float]]
     scratch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TileStatistics:
+    """Statistics of the values written to one output tile, output nodata excluded.
+
+    Computed on each value as written (after the cast to the output dtype); a pixel is valid
+    when it is neither NaN nor equal to the output nodata, whether the kernel wrote nodata
+    there or the expression gave that value. ``sum_squared_deviations`` is the sum of squared
+    deviations from ``mean`` (M2 of Chan's parallel formula); with no valid pixel, minimum and
+    maximum are +inf and -inf, mean and M2 are 0.
+    """
+
+    valid_pixel_count: int
+    nodata_pixel_count: int
+    minimum: float
+    maximum: float
+    mean: float
+    sum_squared_deviations: float
 
 
 class _LRU:
@@ -455,6 +487,8 @@ class _LRU:
 
 
 _KERNELS: Final = _LRU(KERNEL_CACHE_SIZE)
+_POOLS: Final[dict[int, ThreadPoolExecutor]] = {}
+_POOLS_LOCK: Final = threading.Lock()
 
 
 def kernel_cache_info() -> dict[str, int]:
@@ -476,7 +510,8 @@ def compile_kernel(
 
     ``nodata_values`` gives the value of each ``nodata("name")`` the expression uses (None or
     missing: NaN). Kernels are cached by (canonical expression, input dtypes, output dtype,
-    those values) in a bounded LRU.
+    those values) in a bounded LRU. The inputs' own nodata values are arguments of the
+    kernel, not part of the key.
     """
     dtypes = tuple(np.dtype(d) for d in input_dtypes)
     if len(dtypes) != len(expression.input_names):
@@ -531,8 +566,35 @@ def evaluate(
 
     Notes
     -----
-    Memory: the output tile, plus one float64 scratch vector per row in flight when the
-    expression aggregates (its length is the total count of aggregated arguments).
+    Memory: the output tile, a C-contiguous copy of any input that is not C-contiguous (and of
+    ``out`` if it is not), and, when the expression aggregates, one float64 scratch vector per
+    chunk of rows in flight (its length is the total count of aggregated arguments).
+    """
+    out, count, _ = evaluate_with_statistics(
+        expression,
+        inputs,
+        nodata,
+        output_dtype=output_dtype,
+        output_nodata=output_nodata,
+        out=out,
+    )
+    return out, count
+
+
+def evaluate_with_statistics(
+    expression: Expression,
+    inputs: Sequence[np.ndarray],
+    nodata: Sequence[float | None] | Mapping[str, float | None],
+    *,
+    output_dtype: np.dtype | str | type = DEFAULT_OUTPUT_DTYPE,
+    output_nodata: float = DEFAULT_OUTPUT_NODATA,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, TileStatistics]:
+    """As ``evaluate``, and the statistics of the output tile, computed in the same pass.
+
+    Returns (output tile, nodata pixels written, statistics). The statistics count as nodata
+    every pixel equal to ``output_nodata``, including those where the expression itself gave
+    that value; the second item counts only the pixels the kernel set to nodata.
     """
     names = expression.input_names
     if len(inputs) != len(names):
@@ -548,7 +610,6 @@ def evaluate(
         if a.shape != shape:
             raise ValueError(f"input {name!r} has shape {a.shape}, expected {shape}")
     out_dtype = normalize_dtype(output_dtype)
-    info = _dtype_range(out_dtype)
     nodata_out = _check_output_nodata(output_nodata, out_dtype)
     if out is None:
         out = np.empty(shape, dtype=out_dtype)
@@ -562,13 +623,72 @@ def evaluate(
         out_dtype,
         {n: nodata_of.get(n) for n in expression.nodata_names},
     )
-    values = np.empty(len(arrays), dtype=np.float64)
-    kinds = np.empty(len(arrays), dtype=np.int8)
-    for k, (name, a) in enumerate(zip(names, arrays, strict=True)):
-        kinds[k], values[k] = _input_nodata(nodata_of.get(name), a.dtype)
-    counts = np.zeros(shape[0], dtype=np.int64)
-    kernel.run(arrays, values, kinds, out, nodata_out, info[0], info[1], counts)
-    return out, int(counts.sum())
+    tests = [_input_nodata(nodata_of.get(n), a.dtype) for n, a in zip(names, arrays, strict=True)]
+    nan_tests = tuple(kind == _NODATA_NAN for kind, _ in tests)
+    values = tuple(value if kind == _NODATA_VALUE else math.nan for kind, value in tests)
+    # The kernel is compiled for C-contiguous tiles: copy only what is not.
+    tiles = tuple(np.ascontiguousarray(a) for a in arrays)
+    target = out if out.flags.c_contiguous else np.empty(shape, dtype=out_dtype)
+
+    def run(rows: tuple[int, int]) -> tuple[int, int, int, int, float, float]:
+        return kernel.run(tiles, nan_tests, values, target, nodata_out, rows[0], rows[1])
+
+    parts = _map_row_ranges(run, shape[0], shape[1])
+    if target is not out:
+        out[...] = target
+    written = sum(p[0] for p in parts)
+    return out, written, _tile_statistics(parts, out.size, out_dtype)
+
+
+def _map_row_ranges(
+    run: Callable[[tuple[int, int]], tuple[int, int, int, int, float, float]],
+    rows: int,
+    cols: int,
+) -> list[tuple[int, int, int, int, float, float]]:
+    """``run`` over the tile's rows, split among numba's threads when the tile is large.
+
+    The kernel releases the GIL, so plain threads run it in parallel; this costs no compile
+    time, where a ``parallel=True`` kernel costs about 1.5 s more to compile.
+    """
+    threads = max(1, min(numba.get_num_threads(), (rows * cols) // _PIXELS_PER_THREAD, rows))
+    bounds = [rows * t // threads for t in range(threads + 1)]
+    ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+    if threads == 1:
+        return [run(ranges[0])]
+    return list(_thread_pool(threads).map(run, ranges))
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` kernel threads (numba's thread count is per calling
+    thread, so callers may differ; pools are kept, at most one per count)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="bandcalc")
+        return pool
+
+
+def _tile_statistics(
+    parts: Sequence[tuple[int, int, int, int, float, float]], size: int, dtype: np.dtype
+) -> TileStatistics:
+    """The statistics of row ranges combined with Chan's formula, as BandStatistics.combine."""
+    n = 0
+    low, high = _KEY_MAX, _KEY_MIN
+    mean = m2 = 0.0
+    for _, other, other_low, other_high, other_mean, other_m2 in parts:
+        if other == 0:
+            continue
+        merged = n + other
+        delta = other_mean - mean
+        mean += delta * other / merged
+        m2 += other_m2 + delta * delta * n * other / merged
+        n = merged
+        low, high = min(low, other_low), max(high, other_high)
+    if n == 0:
+        return TileStatistics(0, size, math.inf, -math.inf, 0.0, 0.0)
+    return TileStatistics(
+        n, size - n, _value_of_key(low, dtype), _value_of_key(high, dtype), mean, m2
+    )
 
 
 # Building
@@ -634,32 +754,62 @@ def _check_output_nodata(value: float, dtype: np.dtype) -> Any:
     return dtype.type(int(value))
 
 
-class _Compiler:
-    """Turns a tree into eagerly compiled ``@njit`` functions, children first."""
+def _inline(fn: Callable[..., Any], name: str) -> Any:
+    """A function compiled only where it is inlined into its caller (numba IR inlining).
 
-    def __init__(self, dtypes: tuple[np.dtype, ...], nodata_constants: dict[str, float]) -> None:
-        self.arrays_type = types.Tuple(
-            [types.Array(numba.from_dtype(d), 2, "A", readonly=False) for d in dtypes]
-        )
-        self.scratch_type = types.float64[::1]
-        self.sig = types.float64(self.arrays_type, types.intp, types.intp, self.scratch_type)
+    Numba names an inlined variable after every function it was inlined through, and LLVM
+    truncates names past 1024 characters, so names are kept short and nesting is bounded
+    (``_MAX_INLINE_DEPTH``); past that, equal truncated names would collide.
+    """
+    fn.__name__ = fn.__qualname__ = name
+    return numba.njit(**_INLINE)(fn)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A per-pixel function of ``(x, s)`` and how deep its inlined calls nest."""
+
+    fn: Any
+    depth: int
+
+
+class _Compiler:
+    """Turns a tree into per-pixel functions of ``(x, s)``, each inlined into its parent.
+
+    ``x`` is the tuple of the pixel's input values, already widened to float64; ``s`` is the
+    aggregations' scratch vector. The functions are closures over their children and
+    constants, never text, and are typed only inside the kernel that inlines them. A subtree
+    that nests deeper than ``_MAX_INLINE_DEPTH`` (long ``and`` chains, deep nesting) is
+    compiled on its own, eagerly, with an explicit signature, and called.
+    """
+
+    def __init__(self, count: int, nodata_constants: dict[str, float]) -> None:
+        self.sig = types.float64(types.UniTuple(types.float64, count), types.float64[::1])
         self.nodata_constants = nodata_constants
         self.scratch = 0
-        self.memo: dict[str, Any] = {}
+        self.memo: dict[str, _Part] = {}
 
-    def jit(self, fn: Callable[..., float]) -> Any:
-        return numba.njit(self.sig, **_JIT)(fn)
-
-    def node(self, node: Node) -> Any:
+    def node(self, node: Node) -> _Part:
         key = str(node)
-        # Equal subtrees share code, except aggregations, which own their scratch region.
+        # Equal subtrees share a function, except aggregations, which own their scratch region.
         if key in self.memo and not isinstance(node, Call):
             return self.memo[key]
-        fn = self._node(node)
-        self.memo[key] = fn
-        return fn
+        part = self._node(node)
+        if part.depth >= _MAX_INLINE_DEPTH:
+            part = self.compiled(part)
+        self.memo[key] = part
+        return part
 
-    def _node(self, node: Node) -> Any:
+    def compiled(self, part: _Part) -> _Part:
+        f = part.fn
+
+        def subtree(x, s):
+            return f(x, s)
+
+        subtree.__name__ = subtree.__qualname__ = "bc_subtree"
+        return _Part(numba.njit(self.sig, **_JIT)(subtree), 1)
+
+    def _node(self, node: Node) -> _Part:
         if isinstance(node, Constant):
             return self.constant(node.value)
         if isinstance(node, NodataOf):
@@ -675,33 +825,37 @@ class _Compiler:
             return self.call(node)
         raise TypeError(f"unknown node {node!r}")
 
-    def constant(self, value: float) -> Any:
+    def constant(self, value: float) -> _Part:
         c = float(value)
 
-        def constant(a, i, j, s):
+        def constant(x, s):
             return c
 
-        return self.jit(constant)
+        return _Part(_inline(constant, "c"), 1)
 
-    def load(self, k: int) -> Any:
-        def load(a, i, j, s):
-            return np.float64(a[k][i, j])
+    def load(self, k: int) -> _Part:
+        def load(x, s):
+            return x[k]
 
-        return self.jit(load)
+        return _Part(_inline(load, "ld"), 1)
 
-    def unary(self, op: Any, f: Any) -> Any:
-        def unary(a, i, j, s):
-            return op(f(a, i, j, s))
+    def unary(self, op: Any, f: _Part) -> _Part:
+        g = f.fn
 
-        return self.jit(unary)
+        def unary(x, s):
+            return op(g(x, s))
 
-    def binary(self, op: Any, f: Any, g: Any) -> Any:
-        def binary(a, i, j, s):
-            return op(f(a, i, j, s), g(a, i, j, s))
+        return _Part(_inline(unary, "u"), f.depth + 1)
 
-        return self.jit(binary)
+    def binary(self, op: Any, f: _Part, g: _Part) -> _Part:
+        left, right = f.fn, g.fn
 
-    def call(self, node: Call) -> Any:
+        def binary(x, s):
+            return op(left(x, s), right(x, s))
+
+        return _Part(_inline(binary, "b"), max(f.depth, g.depth) + 1)
+
+    def call(self, node: Call) -> _Part:
         name = node.function
         if name in _REDUCERS:
             return self.aggregate(node)
@@ -716,73 +870,104 @@ class _Compiler:
             x, lo, hi = args
             return self.binary(_minimum, self.binary(_maximum, x, lo), hi)
         if name == "where":
-            c, f, g = args
+            c, f, g = (a.fn for a in args)
 
-            def where(a, i, j, s):
-                if c(a, i, j, s) != 0.0:
-                    return f(a, i, j, s)
-                return g(a, i, j, s)
+            def where(x, s):
+                if c(x, s) != 0.0:
+                    return f(x, s)
+                return g(x, s)
 
-            return self.jit(where)
+            return _Part(_inline(where, "w"), max(a.depth for a in args) + 1)
         raise ValueError(f"unsupported function {name!r}")
 
-    def aggregate(self, node: Call) -> Any:
+    def aggregate(self, node: Call) -> _Part:
         children = [self.node(a) for a in node.args]
         off = self.scratch
         n = len(children)
         self.scratch += n
         q = 0.0 if node.q is None else float(node.q)
         reduce = _REDUCERS[node.function]
+        gathered = self.gather(children, off)
+        gather = gathered.fn
 
-        def gather_none(a, i, j, s):
-            return 0.0
-
-        gather = self.jit(gather_none)
-        for t, child in enumerate(children):
-            gather = self._gather_step(gather, child, off + t)
-
-        def aggregate(a, i, j, s):
-            gather(a, i, j, s)
+        def aggregate(x, s):
+            gather(x, s)
             return reduce(s, off, n, q)
 
-        return self.jit(aggregate)
+        return _Part(_inline(aggregate, "ag"), gathered.depth + 1)
 
-    def _gather_step(self, previous: Any, child: Any, slot: int) -> Any:
-        def gather(a, i, j, s):
-            previous(a, i, j, s)
-            s[slot] = child(a, i, j, s)
+    def gather(self, children: Sequence[_Part], slot: int) -> _Part:
+        """Store each child's value in the scratch vector from ``slot`` on (a balanced tree,
+        so that many arguments do not nest deeply)."""
+        if len(children) == 1:
+            child = children[0].fn
+
+            def gather_one(x, s):
+                s[slot] = child(x, s)
+                return 0.0
+
+            return _Part(_inline(gather_one, "g"), children[0].depth + 1)
+        half = len(children) // 2
+        first = self.gather(children[:half], slot)
+        second = self.gather(children[half:], slot + half)
+        f, g = first.fn, second.fn
+
+        def gather(x, s):
+            f(x, s)
+            g(x, s)
             return 0.0
 
-        return self.jit(gather)
-
-    def mask(self, count: int) -> Any:
-        """A function that says whether any input is nodata at (i, j)."""
-        sig = types.boolean(
-            self.arrays_type, types.intp, types.intp, types.float64[::1], types.int8[::1]
-        )
-
-        def mask_none(a, i, j, values, kinds):
-            return False
-
-        mask = numba.njit(sig, **_JIT)(mask_none)
-        for k in range(count):
-            mask = numba.njit(sig, **_JIT)(_mask_step(mask, k))
-        return mask
+        return _Part(_inline(gather, "gg"), max(first.depth, second.depth) + 1)
 
 
-def _mask_step(previous: Any, k: int) -> Callable[..., bool]:
-    def mask(a, i, j, values, kinds):
-        if previous(a, i, j, values, kinds):
+def _pixel_reader(first: int, stop: int) -> Any:
+    """A function of (arrays, i, j): the tuple of the pixel's values of inputs [first, stop),
+    widened to float64 (a balanced tree of concatenations)."""
+    if stop - first == 1:
+
+        def read_one(a, i, j):
+            return (np.float64(a[first][i, j]),)
+
+        return _inline(read_one, "r")
+    half = (first + stop) // 2
+    left, right = _pixel_reader(first, half), _pixel_reader(half, stop)
+
+    def read(a, i, j):
+        return left(a, i, j) + right(a, i, j)
+
+    return _inline(read, "rr")
+
+
+def _nodata_test(dtypes: tuple[np.dtype, ...], first: int, stop: int) -> Any:
+    """A function of (x, nan_tests, values): whether any input in [first, stop) is nodata.
+
+    Input ``k`` is nodata where ``x[k] == values[k]`` (a NaN value matches nothing, for an
+    input without nodata) or, for a float input whose ``nan_tests[k]`` is set, where ``x[k]`` is
+    NaN: branch-free per input, so that LLVM need not branch on a runtime constant.
+    """
+    if stop - first == 1:
+        k = first
+        if dtypes[k].kind != "f":  # an integer widened to float64 is never NaN
+
+            def is_nodata(x, nan_tests, values):
+                return x[k] == values[k]
+
+            return _inline(is_nodata, "nd")
+
+        def is_nodata_float(x, nan_tests, values):
+            v = x[k]
+            return (v == values[k]) | (nan_tests[k] & (v != v))
+
+        return _inline(is_nodata_float, "ndf")
+    half = (first + stop) // 2
+    left, right = _nodata_test(dtypes, first, half), _nodata_test(dtypes, half, stop)
+
+    def any_nodata(x, nan_tests, values):
+        if left(x, nan_tests, values):
             return True
-        kind = kinds[k]
-        if kind == _NODATA_NONE:
-            return False
-        v = np.float64(a[k][i, j])
-        if kind == _NODATA_NAN:
-            return math.isnan(v)
-        return v == values[k]
+        return right(x, nan_tests, values)
 
-    return mask
+    return _inline(any_nodata, "nds")
 
 
 def _build_kernel(
@@ -792,49 +977,86 @@ def _build_kernel(
     out_dtype: np.dtype,
     nodata_constants: dict[str, float],
 ) -> BandCalcKernel:
-    compiler = _Compiler(dtypes, nodata_constants)
-    root = compiler.node(expression.root)
-    mask = compiler.mask(len(dtypes))
+    count = len(dtypes)
+    compiler = _Compiler(count, nodata_constants)
+    root = compiler.node(expression.root).fn
+    read = _pixel_reader(0, count)
+    is_nodata = _nodata_test(dtypes, 0, count)
     scratch_size = max(compiler.scratch, 1)
     integer = out_dtype.kind != "f"
+    # numpy's astype truncates toward zero: a result fits when it lies strictly inside these.
+    below, above = _dtype_range(out_dtype)
+    below, above = below - 1.0, above + 1.0
     out_type = numba.from_dtype(out_dtype)
-    sig = types.void(
-        compiler.arrays_type,
-        types.float64[::1],
-        types.int8[::1],
-        types.Array(out_type, 2, "A"),
+    sig = types.Tuple(
+        (types.int64, types.int64, types.int64, types.int64, types.float64, types.float64)
+    )(
+        types.Tuple([types.Array(numba.from_dtype(d), 2, "C", readonly=True) for d in dtypes]),
+        types.UniTuple(types.boolean, count),
+        types.UniTuple(types.float64, count),
+        types.Array(out_type, 2, "C"),
         out_type,
-        types.float64,
-        types.float64,
-        types.int64[::1],
+        types.intp,
+        types.intp,
     )
 
-    def run(a, values, kinds, out, nodata, lo, hi, counts):
-        rows, cols = out.shape
-        for i in numba.prange(rows):
-            s = np.empty(scratch_size, dtype=np.float64)
-            written = 0
+    keys, key_shift, key_flip = _statistics_keys(out_dtype)
+
+    def run(a, nan_tests, values, out, nodata, first, stop):
+        cols = out.shape[1]
+        nodata64 = np.float64(nodata)
+        s = np.empty(scratch_size, dtype=np.float64)
+        written = 0
+        n = 0
+        low = _KEY_MAX
+        high = _KEY_MIN
+        origin = np.nan  # the first valid value: moments are taken about it
+        mean = 0.0  # about origin
+        m2 = 0.0
+        for i in range(first, stop):
+            row = out[i]
             for j in range(cols):
-                if mask(a, i, j, values, kinds):
-                    out[i, j] = nodata
+                x = read(a, i, j)
+                if is_nodata(x, nan_tests, values):
+                    row[j] = nodata
                     written += 1
                     continue
-                v = root(a, i, j, s)
+                v = root(x, s)
                 if integer:
-                    # numpy's astype truncates toward zero; refuse what would not fit.
-                    if v > lo - 1.0 and v < hi + 1.0:
-                        out[i, j] = v
+                    if v > below and v < above:
+                        row[j] = v
                     else:
-                        out[i, j] = nodata
+                        row[j] = nodata
                         written += 1
                 else:
-                    out[i, j] = v
-                    if not np.isfinite(out[i, j]):
-                        out[i, j] = nodata
+                    row[j] = v
+                    if not np.isfinite(row[j]):
+                        row[j] = nodata
                         written += 1
-            counts[i] = written
+            # The row is still in cache: its statistics, as written, in two passes, about
+            # the first valid value, so that a large mean costs no precision.
+            if np.isnan(origin):
+                origin = _first_valid(row, nodata64)
+                if np.isnan(origin):
+                    continue
+            row_n, total, row_low, row_high = _row_sums(
+                row, row.view(keys), nodata64, origin, key_shift, key_flip
+            )
+            if row_n == 0:
+                continue
+            row_mean = total / row_n
+            row_m2 = _row_squared_deviations(row, nodata64, origin, row_mean)
+            # Chan's formula, as BandStatistics.combine.
+            merged = n + row_n
+            delta = row_mean - mean
+            mean += delta * row_n / merged
+            m2 += row_m2 + delta * delta * n * row_n / merged
+            n = merged
+            low = min(low, row_low)
+            high = max(high, row_high)
+        return written, n, low, high, (origin + mean if n else 0.0), m2
 
-    runner = numba.njit(sig, parallel=True, **_JIT)(run)
+    runner = numba.njit(sig, **_JIT)(run)
     return BandCalcKernel(
         key=key,
         input_dtypes=dtypes,
@@ -842,3 +1064,74 @@ def _build_kernel(
         run=runner,
         scratch_size=scratch_size,
     )
+
+
+# Statistics of an output row, in passes that numba vectorises: validity is a comparison, not a
+# branch, and sums may be reassociated (this changes their rounding, never the pixels).
+# Minimum and maximum are taken over integer keys that order as the values do (a float's bits
+# with the magnitude bits flipped when negative), because LLVM vectorises integer min/max
+# reductions but not floating-point ones.
+
+_KEY_MAX: Final = np.int64(np.iinfo(np.int64).max)
+_KEY_MIN: Final = np.int64(np.iinfo(np.int64).min)
+# "reassoc" lets LLVM vectorise the sums; without "nsz" it may not rewrite (w - origin) - mean
+# as w - (origin + mean), which would undo the shift.
+_STATISTICS_JIT: Final = {**_JIT, "fastmath": {"reassoc", "contract"}}
+
+
+def _statistics_keys(dtype: np.dtype) -> tuple[np.dtype, int, int]:
+    """How to key an output row's values: the dtype to view it as, and the shift and mask
+    that flip a negative float's magnitude bits (for integers the key is the value)."""
+    if dtype == np.float32:
+        return np.dtype(np.int32), 31, 0x7FFFFFFF
+    if dtype == np.float64:
+        return np.dtype(np.int64), 63, 0x7FFFFFFFFFFFFFFF
+    return dtype, 0, 0
+
+
+def _value_of_key(key: int, dtype: np.dtype) -> float:
+    view, shift, flip = _statistics_keys(dtype)
+    if not flip:
+        return float(key)
+    bits = key ^ ((key >> shift) & flip)
+    return float(np.array([bits], dtype=view).view(dtype)[0])
+
+
+@numba.njit(**_STATISTICS_JIT)
+def _first_valid(row, nodata):
+    """The first value of an output row that is neither NaN nor nodata; NaN if none."""
+    for j in range(row.shape[0]):
+        w = np.float64(row[j])
+        if w == w and w != nodata:
+            return w
+    return np.nan
+
+
+@numba.njit(**_STATISTICS_JIT)
+def _row_sums(row, keys, nodata, origin, key_shift, key_flip):
+    """Valid count, sum about ``origin``, and the keys of the minimum and maximum of a row."""
+    n = 0
+    total = 0.0
+    low = _KEY_MAX
+    high = _KEY_MIN
+    for j in range(row.shape[0]):
+        w = np.float64(row[j])
+        valid = (w == w) & (w != nodata)
+        n += np.int64(valid)
+        total += (w - origin) if valid else 0.0
+        b = keys[j]
+        key = np.int64(b ^ ((b >> key_shift) & key_flip))
+        low = min(low, key if valid else _KEY_MAX)
+        high = max(high, key if valid else _KEY_MIN)
+    return n, total, low, high
+
+
+@numba.njit(**_STATISTICS_JIT)
+def _row_squared_deviations(row, nodata, origin, mean):
+    """The sum of squared deviations of a row's valid values from ``origin + mean``."""
+    m2 = 0.0
+    for j in range(row.shape[0]):
+        w = np.float64(row[j])
+        d = (w - origin) - mean
+        m2 += d * d if (w == w) & (w != nodata) else 0.0
+    return m2

@@ -1,8 +1,10 @@
 """Band calc kernels: pixel-for-pixel equality with numpy masked-array references."""
 
+import math
 import time
 import warnings
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from rsgrpc_kernels.bandcalc import (
     compile_kernel,
     evaluate,
+    evaluate_with_statistics,
     kernel_cache_info,
     normalize_dtype,
 )
@@ -237,6 +240,148 @@ def test_mismatched_tiles_are_refused():
         evaluate(e, [np.zeros((2, 2)), np.zeros((2, 3))], [None, None])
     with pytest.raises(ValueError, match="2 inputs"):
         evaluate(e, [np.zeros((2, 2))], [None])
+
+
+def _numpy_statistics(out, nodata):
+    """The reference: float64 copies of the valid pixels (not NaN, not equal to nodata)."""
+    valid = ~np.isnan(out) if out.dtype.kind == "f" else np.ones(out.shape, bool)
+    if not math.isnan(nodata):
+        valid &= out != nodata
+    values = out[valid].astype(np.float64)
+    return values, int(out.size - values.size)
+
+
+def _assert_statistics_match(stats, out, nodata):
+    values, nodata_count = _numpy_statistics(out, nodata)
+    assert stats.valid_pixel_count == values.size
+    assert stats.nodata_pixel_count == nodata_count
+    if values.size == 0:
+        assert (stats.minimum, stats.maximum) == (math.inf, -math.inf)
+        assert stats.mean == stats.sum_squared_deviations == 0.0
+        return
+    assert stats.minimum == values.min()
+    assert stats.maximum == values.max()
+    mean = values.mean()
+    assert stats.mean == pytest.approx(mean, rel=1e-12, abs=1e-12)
+    m2 = ((values - mean) ** 2).sum()
+    assert stats.sum_squared_deviations == pytest.approx(m2, rel=1e-12, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("output_dtype", "output_nodata"),
+    [
+        ("float32", -32768.0),
+        ("float32", math.nan),
+        ("float64", 0.0),
+        ("int16", -32768),
+        ("uint8", 0),
+        ("uint32", 4294967295),
+    ],
+)
+def test_statistics_from_the_kernel_equal_numpy_on_the_written_values(output_dtype, output_nodata):
+    rng = np.random.default_rng(41)
+    a = rng.uniform(-400.0, 400.0, (67, 129)).astype(np.float32)
+    b = rng.integers(0, 50, a.shape).astype(np.int16)
+    a[rng.random(a.shape) < 0.05] = -9999.0
+    a[3, :7] = np.nan
+    # Division by zero (inf, NaN), results outside the integer ranges, and, through
+    # where(b == 1, ...), results equal to the output nodata, which statistics exclude.
+    nodata_literal = "nan" if math.isnan(output_nodata) else repr(float(output_nodata))
+    e = parse_expression(f"where(b == 1, {nodata_literal}, a * 1000 / b)", ["a", "b"])
+    out, written, stats = evaluate_with_statistics(
+        e, [a, b], [-9999.0, 7], output_dtype=output_dtype, output_nodata=output_nodata
+    )
+    reference, _ = evaluate(
+        e, [a, b], [-9999.0, 7], output_dtype=output_dtype, output_nodata=output_nodata
+    )
+    np.testing.assert_array_equal(out, reference)
+    _assert_statistics_match(stats, out, float(output_nodata))
+    assert 0 < written <= stats.nodata_pixel_count
+
+
+def test_statistics_count_an_expression_value_equal_to_nodata_as_nodata():
+    a = np.array([[1.0, 2.0, 3.0, -5.0]], np.float32)
+    out, written, stats = evaluate_with_statistics(
+        parse_expression("where(a > 2, -5, a)", ["a"]), [a], [-5.0], output_nodata=-5.0
+    )
+    assert out.tolist() == [[1.0, 2.0, -5.0, -5.0]]
+    assert written == 1  # the nodata input; the -5 the expression gave is a value
+    assert (stats.valid_pixel_count, stats.nodata_pixel_count) == (2, 2)
+    assert (stats.minimum, stats.maximum, stats.mean) == (1.0, 2.0, 1.5)
+    assert stats.sum_squared_deviations == 0.5
+
+
+def test_statistics_of_an_all_nodata_tile_are_empty():
+    a = np.full((3, 4), 7, np.uint16)
+    _, written, stats = evaluate_with_statistics(parse_expression("a + 1", ["a"]), [a], [7])
+    assert written == 12
+    assert (stats.valid_pixel_count, stats.nodata_pixel_count) == (0, 12)
+    assert (stats.minimum, stats.maximum, stats.mean, stats.sum_squared_deviations) == (
+        math.inf,
+        -math.inf,
+        0.0,
+        0.0,
+    )
+
+
+def test_statistics_stay_accurate_for_a_large_mean_and_a_small_spread():
+    # Two-pass sums per row about the first valid value: no cancellation, no drift of the mean.
+    rng = np.random.default_rng(5)
+    a = (1e9 + rng.uniform(-1.0, 1.0, (300, 200))).astype(np.float64)
+    out, _, stats = evaluate_with_statistics(
+        parse_expression("a", ["a"]), [a], [None], output_dtype="float64"
+    )
+    _assert_statistics_match(stats, out, -32768.0)
+
+
+def test_tiles_split_among_threads_give_the_same_pixels_and_statistics():
+    rng = np.random.default_rng(9)
+    red = rng.integers(0, 3000, (1100, 600), dtype=np.uint16)
+    nir = rng.integers(0, 6000, (1100, 600), dtype=np.uint16)
+    e = parse_expression('("nir" - "red") / ("nir" + "red")', ["red", "nir"])
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one, one_written, one_stats = evaluate_with_statistics(e, [red, nir], [0, 0])
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        split, split_written, split_stats = evaluate_with_statistics(e, [red, nir], [0, 0])
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(split, one)
+    assert split_written == one_written
+    assert split_stats.valid_pixel_count == one_stats.valid_pixel_count
+    assert (split_stats.minimum, split_stats.maximum) == (one_stats.minimum, one_stats.maximum)
+    assert split_stats.mean == pytest.approx(one_stats.mean, rel=1e-12)
+    assert split_stats.sum_squared_deviations == pytest.approx(
+        one_stats.sum_squared_deviations, rel=1e-10
+    )
+    _assert_statistics_match(split_stats, split, -32768.0)
+
+
+def test_read_only_inputs_and_a_non_contiguous_out_are_handled():
+    a = _tile(33, shape=(6, 8))
+    a.setflags(write=False)
+    buffer = np.zeros((6, 16), np.float64)
+    out, _ = evaluate(
+        parse_expression("a * 2", ["a"]), [a], [None], output_dtype="float64", out=buffer[:, ::2]
+    )
+    np.testing.assert_array_equal(out, a.astype(np.float64) * 2)
+    np.testing.assert_array_equal(buffer[:, ::2], a.astype(np.float64) * 2)
+    assert not buffer[:, 1::2].any()
+
+
+def test_long_logical_chains_deeper_than_the_inlining_bound_match_numpy():
+    # 40 chained "and"s nest 40 deep in the tree: compiled in parts, same result.
+    a = _tile(34, shape=(9, 13), low=0.0, high=1.0)
+    b = _tile(35, shape=(9, 13), low=0.0, high=1.0)
+    terms = [f"({'a' if k % 2 else 'b'} > {k / 80})" for k in range(40)]
+    e = parse_expression(" and ".join(terms) + " or a > 0.9", ["a", "b"])
+    out, _ = evaluate(e, [a, b], [None, None], output_dtype="float64")
+    expected = np.ones(a.shape, bool)
+    for k in range(40):
+        expected &= (a if k % 2 else b).astype(np.float64) > k / 80
+    expected |= a.astype(np.float64) > 0.9
+    np.testing.assert_array_equal(out, expected.astype(np.float64))
 
 
 # Random arithmetic trees, evaluated by numpy from the test's own tree.

@@ -25,7 +25,7 @@ from rsgrpc.engine.raster_io import (
     read_window,
 )
 from rsgrpc.engine.session import Session
-from rsgrpc.engine.statistics import BandStatistics, tile_statistics
+from rsgrpc.engine.statistics import BandStatistics
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan, plan_tiles
 
@@ -147,11 +147,17 @@ def _check_nodata_fits(nodata: float, dtype: str) -> None:
 
 
 def band_calc_memory(job: BandCalcJob) -> MemoryModel:
-    """Bytes per pixel: a worker holds the input windows, the output tile, a float64
-    copy of its valid values and their squared deviations, and a mask; the coordinator holds output tiles."""
+    """Bytes per pixel of a tile, held at once.
+
+    A worker holds the input windows and the output tile while the kernel runs (the kernel
+    computes the statistics in the same pass, in a few scalars per row range: nothing per
+    pixel); then, while the result is pickled back to the coordinator, the output tile, a
+    bytes copy of it and the pickle's buffer (three outputs; the inputs are freed by then).
+    The coordinator holds output tiles waiting for the writer.
+    """
     inputs = sum(np.dtype(i.dtype).itemsize for i in job.infos)
     output = np.dtype(job.output_dtype).itemsize
-    return MemoryModel(worker=inputs + output + 17, result=output)
+    return MemoryModel(worker=max(inputs + output, 3 * output), result=output)
 
 
 def _evaluate_tile(
@@ -162,18 +168,26 @@ def _evaluate_tile(
     output_dtype: str,
     output_nodata: float,
 ) -> tuple[Tile, np.ndarray, BandStatistics, int]:
-    """Runs in a worker: read this tile's windows, evaluate, summarise."""
-    from rsgrpc_kernels.bandcalc import evaluate
+    """Runs in a worker: read this tile's windows, evaluate and summarise in one pass."""
+    from rsgrpc_kernels.bandcalc import evaluate_with_statistics
 
     arrays = [read_window(path, band, tile) for path, band in sources]
-    out, _ = evaluate(
+    out, _, stats = evaluate_with_statistics(
         expression,
         arrays,
         nodata,
         output_dtype=output_dtype,
         output_nodata=output_nodata,
     )
-    return tile, out, tile_statistics(out, output_nodata), sum(a.nbytes for a in arrays)
+    statistics = BandStatistics(
+        stats.valid_pixel_count,
+        stats.nodata_pixel_count,
+        stats.minimum,
+        stats.maximum,
+        stats.mean,
+        stats.sum_squared_deviations,
+    )
+    return tile, out, statistics, sum(a.nbytes for a in arrays)
 
 
 def plan_band_calc(job: BandCalcJob, session: Session) -> TilePlan:
