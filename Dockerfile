@@ -6,7 +6,9 @@
 # `--init` reaps any orphaned worker process; rsgrpc itself handles SIGTERM
 # (graceful shutdown within RSGRPC_GRACE_PERIOD_S, 30 s by default: give
 # `docker stop --time` at least that). Every `rsgrpc serve` flag can be set
-# with its RSGRPC_* environment variable, e.g. RSGRPC_MAX_RAM_MIB.
+# with its RSGRPC_* environment variable, e.g. RSGRPC_MAX_RAM_MIB; download
+# deployments with RSGRPC_DEPLOYMENTS (their cache goes under XDG_CACHE_HOME
+# unless the file names a cache_dir: mount a volume there to keep it).
 
 # Build stage: install the package and its dependencies into a virtualenv.
 # rasterio's wheels bundle GDAL, so no system GDAL is needed.
@@ -33,12 +35,13 @@ RUN groupadd --system --gid 10001 rsgrpc \
     && useradd --system --uid 10001 --gid rsgrpc --no-log-init \
         --home-dir /home/rsgrpc --create-home --shell /usr/sbin/nologin rsgrpc \
     && mkdir -p /data /tmp/rsgrpc /home/rsgrpc/.cache/numba \
-    && chown rsgrpc:rsgrpc /data /tmp/rsgrpc /home/rsgrpc/.cache/numba
+    && chown -R rsgrpc:rsgrpc /data /tmp/rsgrpc /home/rsgrpc/.cache
 
 COPY --from=builder /opt/venv /opt/venv
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    XDG_CACHE_HOME=/home/rsgrpc/.cache \
     NUMBA_CACHE_DIR=/home/rsgrpc/.cache/numba \
     RSGRPC_ADDRESS=0.0.0.0:50051 \
     RSGRPC_DATA_ROOT=/data \

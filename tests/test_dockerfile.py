@@ -128,10 +128,33 @@ def test_image_settings_agree(image):
     assert port in image.last("EXPOSE").split()
     assert env["RSGRPC_DATA_ROOT"] in _exec_form(image.last("VOLUME"))
     assert "NUMBA_CACHE_DIR" in env
+    # Every folder the server writes to exists in the image and belongs to its user.
+    setup = " ".join(image.all("RUN"))
+    for key in ("RSGRPC_DATA_ROOT", "RSGRPC_TEMP_ROOT", "XDG_CACHE_HOME", "NUMBA_CACHE_DIR"):
+        assert any(
+            env[key] == owned or env[key].startswith(owned + "/")
+            for owned in _chowned(setup, user)
+        ), f"{key}={env[key]} is not created and owned by the image's user"
     health = _healthcheck(image)
     assert health[health.index("--target") + 1] == f"127.0.0.1:{port}"
     assert _exec_form(image.last("ENTRYPOINT")) == ["rsgrpc"]
     assert _exec_form(image.last("CMD")) == ["serve"]
+
+
+def _chowned(setup: str, uid: str) -> list[str]:
+    """The paths the RUN text gives to the user whose id is `uid` (`useradd --uid`, `chown`)."""
+    commands = [shlex.split(command) for command in setup.split("&&")]
+    names = {uid}
+    for words in commands:
+        if words[:1] == ["useradd"] and words[words.index("--uid") + 1] == uid:
+            names.add(words[-1])
+    paths: list[str] = []
+    for words in commands:
+        if words[:1] == ["chown"]:
+            args = [w for w in words[1:] if not w.startswith("-")]
+            if args[0].split(":")[0] in names:
+                paths += args[1:]
+    return paths
 
 
 def _free_port() -> int:
@@ -184,6 +207,10 @@ def test_serve_health_and_graceful_sigterm(image, tmp_path):
         for arg in _healthcheck(image)
     ]
     assert f"127.0.0.1:{port}" in health, health
+    # With download deployments and no cache_dir, the cache goes under the image's cache home.
+    deployments = tmp_path / "deployments.toml"
+    deployments.write_text('[deployments.local]\nbase_url = "http://127.0.0.1:9"\n')
+    env["RSGRPC_DEPLOYMENTS"] = str(deployments)
     serve = _exec_form(image.last("ENTRYPOINT")) + _exec_form(image.last("CMD"))
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
@@ -194,6 +221,7 @@ def test_serve_health_and_graceful_sigterm(image, tmp_path):
         assert _healthy(_command(health, env), env, server, log), (
             f"`{' '.join(health)}` never exited 0:\n{log.read_text()}"
         )
+        assert (Path(env["XDG_CACHE_HOME"]) / "rsgrpc" / "download").is_dir()
         # The image's entry point also runs tools against its data root.
         values = np.arange(40 * 50, dtype=np.uint16).reshape(40, 50)
         write_geotiff(data_root / "in.tif", values, nodata=0)
