@@ -1,8 +1,9 @@
-"""The `rsgrpc` command: serve, run a tool with a progress bar, check health."""
+"""The `rsgrpc` command: serve, run a tool or a download with a progress bar, check health."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rsgrpc.client import Session, connect
-from rsgrpc.v1 import operation_pb2
+from rsgrpc.v1 import download_pb2, operation_pb2
 
 _STAGES = operation_pb2.OperationMetadata.Stage
 
@@ -128,6 +129,47 @@ def _tool(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_requests(path: str) -> list[dict]:
+    """The JSON file of requests: a list of objects (see `rsgrpc.client.download_item`)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            requests = json.load(file)
+    except OSError as error:
+        raise SystemExit(f"rsgrpc download: cannot read {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise SystemExit(f"rsgrpc download: {path} is not valid JSON: {error}") from None
+    if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
+        raise SystemExit(f"rsgrpc download: {path} must hold a JSON list of request objects")
+    return requests
+
+
+def _download(args: argparse.Namespace) -> int:
+    requests = _download_requests(args.requests)
+    with _session(args) as session:
+        try:
+            result = session.download(
+                requests,
+                deployment=args.deployment,
+                overwrite=args.overwrite,
+                redownload=args.redownload,
+            )
+        except ValueError as error:
+            print(f"rsgrpc download: {args.requests}: {error}", file=sys.stderr)
+            return 2
+    if "results" not in result.extra:
+        return _failed("download", result)
+    succeeded = download_pb2.DownloadItemResult.STATUS_SUCCEEDED
+    for item in result.extra["results"]:
+        status = download_pb2.DownloadItemResult.Status.Name(item.status).removeprefix("STATUS_")
+        if item.status == succeeded:
+            source = "from the cache" if item.cache_hit else f"{item.attempt_count} attempts"
+            print(f"{status} {item.output_path}: {item.size_bytes} bytes, {source}")
+        else:
+            code = next((c.name for c in grpc.StatusCode if c.value[0] == item.error.code), "")
+            print(f"{status} {item.output_path}: {code}: {item.error.message}")
+    return 0 if result.check else 1
+
+
 def _health(args: argparse.Namespace) -> int:
     channel = connect(args.target)
     try:
@@ -213,6 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
                 "--filter", choices=["value_list", "grey", composite], default="value_list"
             )
         tool.set_defaults(run=_tool)
+
+    download = commands.add_parser(
+        "download", help="download a batch of requests in a new session, with a progress bar"
+    )
+    _add_session_arguments(download)
+    download.add_argument(
+        "--deployment", required=True, help="a deployment of the server's configuration"
+    )
+    download.add_argument(
+        "--requests",
+        required=True,
+        metavar="FILE",
+        help="a JSON list of requests, each with uri and output_path, and optionally method, "
+        "headers, body and data_type",
+    )
+    download.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    download.add_argument(
+        "--redownload", action="store_true", help="send every request, ignoring the server's cache"
+    )
+    # A download runs in threads on the server; one worker process is all its session needs.
+    download.set_defaults(run=_download, processes=1)
 
     check = commands.add_parser("health", help="exit 0 if the server is SERVING")
     check.add_argument("--target", default="127.0.0.1:50051")

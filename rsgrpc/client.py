@@ -16,7 +16,8 @@ Paths are relative to the server's data root.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from rsgrpc.v1 import (
+    download_pb2,
+    download_pb2_grpc,
     operation_pb2,
     operation_pb2_grpc,
     raster_pb2,
@@ -53,6 +56,18 @@ _FILTERS = {
     "closing": raster_pb2.MORPHOLOGY_FILTER_GREY_CLOSING,
     "opening": raster_pb2.MORPHOLOGY_FILTER_GREY_OPENING,
 }
+_HTTP_METHODS = {"GET": download_pb2.HTTP_METHOD_GET, "POST": download_pb2.HTTP_METHOD_POST}
+_MIME_TYPES = {
+    **{
+        name.removeprefix("MIME_TYPE_").lower(): value
+        for name, value in download_pb2.MimeType.items()
+        if value != download_pb2.MIME_TYPE_UNSPECIFIED
+    },
+    "tif": download_pb2.MIME_TYPE_TIFF,
+    "jpg": download_pb2.MIME_TYPE_JPEG,
+    "gz": download_pb2.MIME_TYPE_GZIP,
+}
+_DOWNLOAD_KEYS = ("uri", "method", "headers", "body", "body_json", "data_type", "output_path")
 
 Progress = Callable[[operation_pb2.OperationMetadata], None]
 # An input band: a path under the data root (band 1), or a (path, band) pair.
@@ -148,6 +163,66 @@ def connect(
     if credentials is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, credentials, options=options)
+
+
+def download_item(spec: Mapping[str, Any] | download_pb2.DownloadItem) -> download_pb2.DownloadItem:
+    """A `DownloadItem` from a mapping of its fields, as a JSON file of requests holds them.
+
+    Keys: ``uri`` (a path under the deployment's base URL, or a URL under it),
+    ``output_path`` (relative to the data root), and optionally ``method`` (``"GET"`` or
+    ``"POST"``), ``headers``, ``body`` (a JSON object, sent exactly as ``json.dumps``
+    writes it) or ``body_json`` (JSON text), and ``data_type`` (``"tiff"``, ``"png"``,
+    ``"jpeg"``, ``"json"``, ...; by default taken from the output's extension).
+    """
+    if isinstance(spec, download_pb2.DownloadItem):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a download request is a mapping or a DownloadItem, got {spec!r}")
+    unknown = sorted(set(spec) - set(_DOWNLOAD_KEYS))
+    if unknown:
+        raise ValueError(f"unknown download request keys {unknown}; use {list(_DOWNLOAD_KEYS)}")
+    if "body" in spec and "body_json" in spec:
+        raise ValueError("give body or body_json, not both")
+    item = download_pb2.DownloadItem(
+        uri=spec.get("uri", ""),
+        headers=dict(spec.get("headers") or {}),
+        output_path=spec.get("output_path", ""),
+    )
+    if spec.get("method"):
+        method = str(spec["method"]).upper().removeprefix("HTTP_METHOD_")
+        if method not in _HTTP_METHODS:
+            raise ValueError(f"unsupported method, got {spec['method']!r}; use GET or POST")
+        item.method = _HTTP_METHODS[method]
+    if spec.get("data_type"):
+        data_type = str(spec["data_type"]).lower().removeprefix("mime_type_")
+        if data_type not in _MIME_TYPES:
+            raise ValueError(
+                f"unsupported data_type, got {spec['data_type']!r}; use one of {sorted(_MIME_TYPES)}"
+            )
+        item.data_type = _MIME_TYPES[data_type]
+    if "body" in spec:
+        item.body_json = json.dumps(spec["body"])
+    elif "body_json" in spec:
+        item.body_json = spec["body_json"]
+    return item
+
+
+def _download_output(response: download_pb2.DownloadResponse) -> OutputManager:
+    results = list(response.results)
+    succeeded = download_pb2.DownloadItemResult.STATUS_SUCCEEDED
+    saved = [r.output_path for r in results if r.status == succeeded]
+    extra: dict[str, Any] = {"response": response, "results": results}
+    failed = [r for r in results if r.status != succeeded]
+    if failed:
+        first = failed[0]
+        extra.update(_error_extra(first.error.code, first.error.message, first.error.details))
+        extra["error"] = (
+            f"{len(failed)} of {len(results)} requests failed; the first, "
+            f"{first.output_path!r}: {first.error.message}"
+        )
+    return OutputManager(
+        check=not failed, path=saved[0] if saved else None, paths=saved, extra=extra
+    )
 
 
 class Session:
@@ -358,16 +433,19 @@ class Session:
     ) -> OutputManager:
         """Grow the listed values by `size` pixels (Remotior's `band_dilation`);
         `filter="grey"` or `"closing"` runs a grey dilation or closing instead."""
-        request = raster_pb2.DilateRequest(
-            session=self.name,
-            inputs=_bands(input_bands),
-            parameters=self._morphology(filter, value_list, size, circular_structure),
-            output=_tool_output(output_path, prefix, overwrite, compression),
-        )
-        return self._run(
-            lambda: self._raster.Dilate(request, metadata=self._metadata),
+        return self._morphology(
+            "Dilate",
+            raster_pb2.DilateRequest,
             raster_pb2.DilateResponse(),
-            _output_paths,
+            input_bands,
+            value_list,
+            size,
+            output_path,
+            overwrite,
+            circular_structure,
+            prefix,
+            filter,
+            compression,
         )
 
     def band_erosion(
@@ -384,27 +462,86 @@ class Session:
     ) -> OutputManager:
         """Shrink the listed values by `size` steps (Remotior's `band_erosion`);
         `filter="grey"` or `"opening"` runs a grey erosion or opening instead."""
-        request = raster_pb2.ErodeRequest(
+        return self._morphology(
+            "Erode",
+            raster_pb2.ErodeRequest,
+            raster_pb2.ErodeResponse(),
+            input_bands,
+            value_list,
+            size,
+            output_path,
+            overwrite,
+            circular_structure,
+            prefix,
+            filter,
+            compression,
+        )
+
+    def _morphology(
+        self,
+        rpc: str,
+        request_type: Any,
+        response: Any,
+        input_bands: Sequence[BandLike] | BandLike,
+        value_list: Sequence[float] | None,
+        size: int,
+        output_path: str | None,
+        overwrite: bool,
+        circular_structure: bool | None,
+        prefix: str,
+        filter: str,
+        compression: str | None,
+    ) -> OutputManager:
+        if filter not in _FILTERS:
+            raise ValueError(f"unsupported filter, got {filter!r}; use one of {list(_FILTERS)}")
+        request = request_type(
             session=self.name,
             inputs=_bands(input_bands),
-            parameters=self._morphology(filter, value_list, size, circular_structure),
+            parameters=raster_pb2.MorphologyParameters(
+                filter=_FILTERS[filter],
+                value_list=list(value_list or []),
+                size=size,
+                circular_structure=bool(circular_structure),
+            ),
             output=_tool_output(output_path, prefix, overwrite, compression),
         )
         return self._run(
-            lambda: self._raster.Erode(request, metadata=self._metadata),
-            raster_pb2.ErodeResponse(),
+            lambda: getattr(self._raster, rpc)(request, metadata=self._metadata),
+            response,
             _output_paths,
         )
 
-    @staticmethod
-    def _morphology(
-        filter: str, value_list: Sequence[float] | None, size: int, circular: bool | None
-    ) -> raster_pb2.MorphologyParameters:
-        if filter not in _FILTERS:
-            raise ValueError(f"unsupported filter, got {filter!r}; use one of {list(_FILTERS)}")
-        return raster_pb2.MorphologyParameters(
-            filter=_FILTERS[filter],
-            value_list=list(value_list or []),
-            size=size,
-            circular_structure=bool(circular),
+    def download(
+        self,
+        download_requests: Sequence[Mapping[str, Any] | download_pb2.DownloadItem],
+        deployment: str,
+        overwrite: bool = False,
+        redownload: bool = False,
+    ) -> OutputManager:
+        """Download a batch from one of the server's deployments into the data root
+        (sentinelhub-py's `download`, run by the server with its credentials and cache).
+
+        Each request is a `DownloadItem` or a mapping (see `download_item`). ``check`` is
+        True when every request succeeded; ``paths`` lists the saved outputs;
+        ``extra["results"]`` holds one `DownloadItemResult` per request, in order (status,
+        output path, bytes, cache hit, attempts, error), and on failure ``extra`` also holds
+        the code and message of the first one. ``redownload`` bypasses the server's cache.
+        """
+        request = download_pb2.DownloadRequest(
+            session=self.name,
+            deployment=deployment,
+            items=[download_item(spec) for spec in download_requests],
+            overwrite=overwrite,
+            redownload=redownload,
         )
+        stub = download_pb2_grpc.DownloadServiceStub(self._channel)
+        try:
+            operation = self.wait(stub.Download(request, metadata=self._metadata))
+        except grpc.RpcError as error:
+            return OutputManager(check=False, extra=_rpc_error_extra(error))
+        if operation.HasField("error"):
+            e = operation.error
+            return OutputManager(check=False, extra=_error_extra(e.code, e.message, e.details))
+        response = download_pb2.DownloadResponse()
+        operation.response.Unpack(response)
+        return _download_output(response)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import rasterio
 import rasterio.features
 
-from tests.conftest import write_geotiff
+from tests.conftest import make_config, serving, write_geotiff
+from tests.download.fake_sentinelhub import CLIENT_ID, CLIENT_SECRET, PROCESS_PATH, FakeSentinelHub
 
 
 def _rsgrpc(*args: str) -> subprocess.CompletedProcess:
@@ -129,3 +132,96 @@ def test_tool_command_reports_bad_parameters(server):
     assert result.returncode == 1
     assert "dilate failed: INVALID_ARGUMENT: value_list is empty" in result.stderr
     assert not (running.data_root.root / "cli" / "never.tif").exists()
+
+
+@pytest.fixture(scope="module")
+def download_server(tmp_path_factory):
+    """A server with one deployment, a fake Sentinel Hub; yields it, the hub and a folder."""
+    folder = tmp_path_factory.mktemp("cli-download")
+    with FakeSentinelHub() as hub:
+        deployments = folder / "deployments.json"
+        deployments.write_text(
+            json.dumps(
+                {
+                    "cache_dir": "cache",
+                    "deployments": {
+                        "cli-hub": {
+                            "base_url": hub.base_url,
+                            "token_url": hub.token_url,
+                            "client_id": CLIENT_ID,
+                            "client_secret": CLIENT_SECRET,
+                            "retry": {"max_attempts": 1},
+                        }
+                    },
+                }
+            )
+        )
+        with serving(make_config(folder, deployments=str(deployments))) as (running, _):
+            yield running, hub, folder
+
+
+def _requests_file(folder, name: str, requests: list[dict]) -> str:
+    path = folder / name
+    path.write_text(json.dumps(requests))
+    return str(path)
+
+
+def test_download_command_saves_outputs_and_shows_progress(download_server):
+    running, hub, folder = download_server
+    requests = [
+        {
+            "uri": PROCESS_PATH,
+            "body": {"id": f"cli-{i}", "format": "tiff"},
+            "output_path": f"s2/{i}.tif",
+        }
+        for i in range(3)
+    ]
+    target = f"127.0.0.1:{running.port}"
+    args = ["download", "--target", target, "--deployment", "cli-hub"]
+    result = _rsgrpc(*args, "--requests", _requests_file(folder, "ok.json", requests))
+    assert result.returncode == 0, result.stderr
+    assert "[####" in result.stderr and "3/3" in result.stderr and "done" in result.stderr
+    for i in range(3):
+        saved = running.data_root.root / "s2" / f"{i}.tif"
+        assert saved.read_bytes() == hub.sent[f"cli-{i}"]
+        assert f"SUCCEEDED s2/{i}.tif: {saved.stat().st_size} bytes, 1 attempts" in result.stdout
+    again = _rsgrpc(
+        *args, "--overwrite", "--quiet", "--requests", _requests_file(folder, "ok.json", requests)
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("from the cache") == 3 and "[" not in again.stderr
+
+
+def test_download_command_reports_failed_requests_and_bad_input(download_server):
+    running, hub, folder = download_server
+    hub.faults["cli-missing"] = ["404"]
+    target = f"127.0.0.1:{running.port}"
+    requests = [
+        {
+            "uri": PROCESS_PATH,
+            "body": {"id": "cli-ok", "format": "tiff"},
+            "output_path": "f/ok.tif",
+        },
+        {"uri": PROCESS_PATH, "body": {"id": "cli-missing"}, "output_path": "f/missing.tif"},
+    ]
+    args = ["download", "--target", target, "--quiet"]
+    failed = _rsgrpc(
+        *args, "--deployment", "cli-hub", "--requests", _requests_file(folder, "f.json", requests)
+    )
+    assert failed.returncode == 1
+    assert "SUCCEEDED f/ok.tif" in failed.stdout
+    assert "FAILED f/missing.tif: NOT_FOUND: the server answered 404: injected 404" in failed.stdout
+    assert not (running.data_root.root / "f" / "missing.tif").exists()
+    unknown = _rsgrpc(
+        *args, "--deployment", "nope", "--requests", _requests_file(folder, "f.json", requests)
+    )
+    assert unknown.returncode == 1
+    assert "download failed: NOT_FOUND: deployment 'nope' is not configured" in unknown.stderr
+    outside = [{"uri": PROCESS_PATH, "output_path": "../x.tif"}]
+    denied = _rsgrpc(
+        *args, "--deployment", "cli-hub", "--requests", _requests_file(folder, "o.json", outside)
+    )
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
+    (folder / "bad.json").write_text('{"uri": "not a list"}')
+    bad = _rsgrpc(*args, "--deployment", "cli-hub", "--requests", str(folder / "bad.json"))
+    assert bad.returncode != 0 and "must hold a JSON list" in bad.stderr

@@ -22,10 +22,20 @@ from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.session import ServerLimits, Session, SessionRegistry
 from rsgrpc.server.auth import BearerTokenInterceptor
 from rsgrpc.server.config import MIB, ServerConfig, read_secret
+from rsgrpc.server.deployments import load_download_settings
+from rsgrpc.server.download_servicer import DownloadServicer
 from rsgrpc.server.operation_servicer import add_operation_services
 from rsgrpc.server.raster_servicer import RasterServicer
 from rsgrpc.server.session_servicer import SessionServicer
-from rsgrpc.v1 import operation_pb2, raster_pb2, raster_pb2_grpc, session_pb2, session_pb2_grpc
+from rsgrpc.v1 import (
+    download_pb2,
+    download_pb2_grpc,
+    operation_pb2,
+    raster_pb2,
+    raster_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,6 +44,7 @@ SERVICE_NAMES = (
     raster_pb2.DESCRIPTOR.services_by_name["RasterService"].full_name,
     operation_pb2.DESCRIPTOR.services_by_name["OperationWatchService"].full_name,
     lro.DESCRIPTOR.services_by_name["Operations"].full_name,
+    download_pb2.DESCRIPTOR.services_by_name["DownloadService"].full_name,
 )
 
 
@@ -108,6 +119,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     every session is closed (its workers stopped, its files removed).
     """
     data_root = DataRoot.at(config.data_root)
+    download_settings = load_download_settings(config.deployments)
     operations = OperationStore(max_running=config.max_operations)
     registry = SessionRegistry(
         ServerLimits(
@@ -135,6 +147,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     raster_pb2_grpc.add_RasterServiceServicer_to_server(
         RasterServicer(registry, operations, data_root), server
     )
+    download_servicer = DownloadServicer(registry, operations, data_root, download_settings)
+    download_pb2_grpc.add_DownloadServiceServicer_to_server(download_servicer, server)
     add_operation_services(operations, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -160,6 +174,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     finally:
         _shutdown(running, config.grace_period_s)
         sweeper.stopped.set()
+        download_servicer.close()
 
 
 def _shutdown(running: RunningServer, grace: float) -> None:

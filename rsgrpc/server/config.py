@@ -43,6 +43,7 @@ class ServerConfig:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # set for mutual TLS
     dask_scheduler: str = ""  # e.g. tcp://scheduler:8786; local processes when empty
+    deployments: str = ""  # a TOML or JSON file of download deployments (see README "Download")
     log_level: str = "INFO"
 
     @property

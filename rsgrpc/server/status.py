@@ -1,17 +1,30 @@
-"""The one table from engine errors to gRPC status codes, and the helpers that use it."""
+"""The tables from engine and download errors to gRPC status codes, and the helpers that use them."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from rsgrpc.download import (
+    AuthenticationError,
+    BadRequestError,
+    CacheCollisionError,
+    CacheWriteError,
+    DecodingError,
+    DownloadCancelledError,
+    DownloadError,
+    InvalidRequestError,
+    NotFoundError,
+    OutOfRequestsError,
+    ServerError,
+)
 from rsgrpc.engine import errors
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,6 +59,37 @@ def to_status_proto(error: errors.RsgrpcError) -> status_pb2.Status:
     return status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=[detail]
     )
+
+
+# The gRPC code of each way a request of a download batch can fail (reported per item, in
+# the operation's response); the error's `reason` is its ErrorInfo reason.
+_DOWNLOAD_CODES: Final[dict[type[DownloadError], int]] = {
+    InvalidRequestError: code_pb2.INVALID_ARGUMENT,
+    NotFoundError: code_pb2.NOT_FOUND,
+    BadRequestError: code_pb2.INVALID_ARGUMENT,
+    AuthenticationError: code_pb2.UNAUTHENTICATED,
+    OutOfRequestsError: code_pb2.RESOURCE_EXHAUSTED,
+    ServerError: code_pb2.UNAVAILABLE,
+    DownloadCancelledError: code_pb2.CANCELLED,
+    CacheCollisionError: code_pb2.FAILED_PRECONDITION,
+    DecodingError: code_pb2.DATA_LOSS,
+    CacheWriteError: code_pb2.INTERNAL,  # the server owns its cache folder
+}
+
+
+def download_error_status(error: DownloadError) -> status_pb2.Status:
+    """The google.rpc.Status of a failed request, with its ErrorInfo (and HTTP status)."""
+    code = code_pb2.UNKNOWN
+    for cls in type(error).__mro__:
+        if cls in _DOWNLOAD_CODES:
+            code = _DOWNLOAD_CODES[cls]
+            break
+    if isinstance(error, AuthenticationError) and error.status_code == 403:
+        code = code_pb2.PERMISSION_DENIED
+    metadata = {} if error.status_code is None else {"http_status": str(error.status_code)}
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
+    return status_pb2.Status(code=code, message=str(error), details=[detail])
 
 
 def abort(context: grpc.ServicerContext, error: errors.RsgrpcError) -> None:

@@ -1,0 +1,225 @@
+"""Download deployments as server configuration: a TOML or JSON file, secrets from it or the environment.
+
+A file names each deployment a client may use, and where the server caches answers::
+
+    cache_dir = "/var/cache/rsgrpc/download"   # optional; relative to this file
+                                               # (default ~/.cache/rsgrpc/download)
+
+    [deployments.sentinel-hub]
+    base_url = "https://services.sentinel-hub.com"
+    token_url = "https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token"
+    client_id = "my-client-id"
+    client_secret_env = "SH_CLIENT_SECRET"    # or client_secret = "..." in this file
+    requests_per_second = 5.0
+    burst = 5
+
+    [deployments.sentinel-hub.retry]
+    max_attempts = 4
+
+A deployment without credentials is fetched without an ``Authorization`` header. Secrets
+are never logged nor put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from rsgrpc.download import Deployment, RetryPolicy
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# The settings of a deployment a file may give, with the type each must have.
+_DEPLOYMENT_FIELDS: Final[Mapping[str, type]] = {
+    "base_url": str,
+    "token_url": str,
+    "client_id": str,
+    "client_secret": str,
+    "client_secret_env": str,
+    "requests_per_second": float,
+    "burst": int,
+    "processing_units_per_second": float,
+    "processing_units_burst": float,
+    "max_concurrent_requests": int,
+    "retry_after_unit": str,
+    "max_retry_after_seconds": float,
+    "connect_timeout_seconds": float,
+    "read_timeout_seconds": float,
+    "token_timeout_seconds": float,
+    "refresh_before_expiry_seconds": float,
+    "retry": dict,
+}
+_RETRY_FIELDS: Final[Mapping[str, type]] = {
+    "max_attempts": int,
+    "backoff_base_seconds": float,
+    "backoff_max_seconds": float,
+    "max_rate_limit_retries": int,
+}
+_TOP_LEVEL: Final = frozenset({"cache_dir", "deployments"})
+
+
+class DeploymentConfigError(ValueError):
+    """Raised when the deployments file cannot be read or says something invalid."""
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """The deployments clients may name, and the folder holding the server's download cache."""
+
+    deployments: Mapping[str, Deployment]
+    cache_dir: Path
+
+
+def default_cache_dir() -> Path:
+    """The user's cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``) + ``rsgrpc/download``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rsgrpc" / "download"
+
+
+def load_download_settings(
+    path: str | os.PathLike[str] | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> DownloadSettings:
+    """Read the deployments file at ``path`` (``.json`` is JSON, anything else TOML).
+
+    Without a path there are no deployments. ``environ`` (default ``os.environ``) supplies
+    the secrets named by ``client_secret_env``. The cache folder is created only when there
+    are deployments to fill it. Raises `DeploymentConfigError`.
+    """
+    environ = os.environ if environ is None else environ
+    if not path:
+        return DownloadSettings({}, default_cache_dir())
+    file = Path(path).expanduser()
+    document = _read(file)
+    where = str(file)
+    unknown = sorted(set(document) - _TOP_LEVEL)
+    if unknown:
+        raise DeploymentConfigError(
+            f"{where}: unknown settings {unknown}; expected {sorted(_TOP_LEVEL)}"
+        )
+    cache_dir = default_cache_dir()
+    if "cache_dir" in document:
+        given = document["cache_dir"]
+        if not isinstance(given, str) or not given:
+            raise DeploymentConfigError(f"{where}: cache_dir must be a non-empty string")
+        cache_dir = file.parent / Path(given).expanduser()
+    sections = document.get("deployments", {})
+    if not isinstance(sections, dict):
+        raise DeploymentConfigError(f"{where}: deployments must be a table of named deployments")
+    deployments = {
+        name: _deployment(name, values, f"{where}: deployment {name!r}", environ)
+        for name, values in sections.items()
+    }
+    if not deployments:
+        return DownloadSettings({}, cache_dir)
+    return DownloadSettings(deployments, _make_cache_dir(cache_dir, f"{where}: cache_dir"))
+
+
+def _read(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DeploymentConfigError(
+            f"cannot read the deployments file {file}: {error.strerror}"
+        ) from None
+    try:
+        document = json.loads(text) if file.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, RecursionError) as error:
+        # Parser messages give a position, never the text around it.
+        raise DeploymentConfigError(f"{file} is not valid: {error}") from None
+    if not isinstance(document, dict):
+        raise DeploymentConfigError(f"{file} must hold a table (an object) at the top")
+    return document
+
+
+def _make_cache_dir(folder: Path, what: str) -> Path:
+    resolved = folder.expanduser().resolve()
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DeploymentConfigError(
+            f"{what} {resolved} cannot be created: {error.strerror}"
+        ) from None
+    return resolved
+
+
+def _deployment(name: str, values: Any, where: str, environ: Mapping[str, str]) -> Deployment:
+    if not _NAME.match(name):
+        raise DeploymentConfigError(
+            f"{where}: a name has 1 to 63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if not isinstance(values, dict):
+        raise DeploymentConfigError(f"{where} must be a table of settings")
+    settings = _typed(values, _DEPLOYMENT_FIELDS, where)
+    retry_values = settings.pop("retry", {})
+    retry = _typed(retry_values, _RETRY_FIELDS, f"{where} retry")
+    if "base_url" not in settings:
+        raise DeploymentConfigError(f"{where}: base_url is required")
+    settings["base_url"] = _check_url(settings["base_url"], f"{where}: base_url", base=True)
+    secret_env = settings.pop("client_secret_env", None)
+    if secret_env is not None:
+        if "client_secret" in settings:
+            raise DeploymentConfigError(
+                f"{where}: give client_secret or client_secret_env, not both"
+            )
+        secret = environ.get(secret_env, "")
+        if not secret:
+            raise DeploymentConfigError(
+                f"{where}: the environment variable {secret_env!r} named by client_secret_env "
+                "is not set"
+            )
+        settings["client_secret"] = secret
+    has_id, has_secret = bool(settings.get("client_id")), bool(settings.get("client_secret"))
+    if has_id != has_secret:
+        raise DeploymentConfigError(
+            f"{where}: credentials need both client_id and a client secret, or neither"
+        )
+    if has_id:
+        if "token_url" not in settings:
+            raise DeploymentConfigError(f"{where}: token_url is required with credentials")
+        settings["token_url"] = _check_url(settings["token_url"], f"{where}: token_url")
+    try:
+        return Deployment(name=name, retry=RetryPolicy(**retry), **settings)
+    except ValueError as error:
+        # Deployment's messages name settings and numbers, never the secret.
+        raise DeploymentConfigError(f"{where}: {error}") from None
+
+
+def _typed(values: Any, fields: Mapping[str, type], where: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise DeploymentConfigError(f"{where} must be a table of settings")
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise DeploymentConfigError(f"{where}: unknown settings {unknown}")
+    typed: dict[str, Any] = {}
+    for key, value in values.items():
+        kind = fields[key]
+        # bool is an int in Python, but never a number in a configuration file.
+        if isinstance(value, bool) or not (
+            isinstance(value, kind) or (kind is float and isinstance(value, int))
+        ):
+            raise DeploymentConfigError(f"{where}: {key} must be of type {kind.__name__}")
+        typed[key] = float(value) if kind is float else value
+    return typed
+
+
+def _check_url(url: str, where: str, *, base: bool = False) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DeploymentConfigError(f"{where} must be an http or https URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise DeploymentConfigError(f"{where} must not hold credentials")
+    if base and (parts.query or parts.fragment):
+        raise DeploymentConfigError(f"{where} must not have a query or fragment")
+    try:
+        parts.port  # noqa: B018 - urllib checks the port only when it is read
+    except ValueError:
+        raise DeploymentConfigError(f"{where} has an invalid port") from None
+    return url.rstrip("/") if base else url

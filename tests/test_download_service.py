@@ -1,0 +1,735 @@
+"""DownloadService through a real gRPC channel against a fake Sentinel Hub on 127.0.0.1:
+batches as operations, the cache, failures per request, bad input, cancel, shared rate
+limits and secrets that never leak."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import rasterio
+from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro
+from google.rpc import code_pb2, error_details_pb2
+from grpc_status import rpc_status
+
+from rsgrpc.cli import build_parser
+from rsgrpc.client import Session as ClientSession
+from rsgrpc.download import forget_limiters
+from rsgrpc.server.deployments import (
+    DeploymentConfigError,
+    default_cache_dir,
+    load_download_settings,
+)
+from rsgrpc.v1 import (
+    download_pb2,
+    download_pb2_grpc,
+    operation_pb2,
+    operation_pb2_grpc,
+    raster_pb2,
+    session_pb2,
+    session_pb2_grpc,
+)
+from tests.conftest import make_config, serving
+from tests.download.fake_sentinelhub import CLIENT_ID, CLIENT_SECRET, PROCESS_PATH, FakeSentinelHub
+
+SECRET_ENV = "RSGRPC_TEST_DOWNLOAD_SECRET"
+# OAuth2 sessions are cached per (client id, base URL), as in sentinelhub-py: a deployment
+# whose credentials are refused needs a client id of its own.
+WRONG_SECRET = "wrong-Secret-Value-9"
+SUCCEEDED = download_pb2.DownloadItemResult.STATUS_SUCCEEDED
+FAILED = download_pb2.DownloadItemResult.STATUS_FAILED
+PATH = PROCESS_PATH.lstrip("/")  # "api/v1/process", relative to a deployment's base URL
+
+
+def _deployments_toml(hub: FakeSentinelHub, slow: FakeSentinelHub, paced: FakeSentinelHub) -> str:
+    fast_retry = """
+max_attempts = 2
+backoff_base_seconds = 0.01
+backoff_max_seconds = 0.05
+"""
+    return f"""
+cache_dir = "cache"
+
+[deployments.svc-fake]
+base_url = "{hub.base_url}"
+token_url = "{hub.token_url}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "{SECRET_ENV}"
+read_timeout_seconds = 2.0
+[deployments.svc-fake.retry]
+{fast_retry}
+
+[deployments.svc-wrong-secret]
+base_url = "{hub.base_url}"
+token_url = "{hub.token_url}"
+client_id = "unknown-client"
+client_secret = "{WRONG_SECRET}"
+[deployments.svc-wrong-secret.retry]
+{fast_retry}
+
+[deployments.svc-public]
+base_url = "{hub.base_url}"
+
+[deployments.svc-slow]
+base_url = "{slow.base_url}/api"
+token_url = "{slow.token_url}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "{SECRET_ENV}"
+max_concurrent_requests = 1
+
+[deployments.svc-paced]
+base_url = "{paced.base_url}"
+token_url = "{paced.token_url}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "{SECRET_ENV}"
+requests_per_second = 10.0
+burst = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def hubs():
+    with (
+        FakeSentinelHub() as hub,
+        FakeSentinelHub(latency=0.3) as slow,
+        FakeSentinelHub(requests_per_second=10.0, burst=3.0) as paced,
+    ):
+        yield hub, slow, paced
+
+
+@pytest.fixture(scope="module")
+def hub(hubs) -> FakeSentinelHub:
+    return hubs[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, hubs):
+    """A server whose deployments are the fake hubs (overrides conftest's `server`)."""
+    folder = tmp_path_factory.mktemp("download-server")
+    config_file = folder / "deployments.toml"
+    config_file.write_text(_deployments_toml(*hubs))
+    forget_limiters()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SECRET_ENV, CLIENT_SECRET)
+        with serving(make_config(folder, deployments=str(config_file))) as pair:
+            patch.delenv(SECRET_ENV)
+            yield pair
+    forget_limiters()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(server) -> Path:
+    return Path(server[0].data_root.root).parent / "cache"
+
+
+@pytest.fixture(scope="module")
+def stub(server) -> download_pb2_grpc.DownloadServiceStub:
+    return download_pb2_grpc.DownloadServiceStub(server[1])
+
+
+def _tiff(request_id: str, output: str, **fields) -> download_pb2.DownloadItem:
+    fields.setdefault("uri", PATH)
+    return download_pb2.DownloadItem(
+        body_json=json.dumps({"id": request_id, "format": "tiff"}), output_path=output, **fields
+    )
+
+
+def _watch(channel, operation) -> list[lro.Operation]:
+    stub = operation_pb2_grpc.OperationWatchServiceStub(channel)
+    return list(stub.WatchOperation(operation_pb2.WatchOperationRequest(name=operation.name)))
+
+
+def _metadata(operation) -> operation_pb2.OperationMetadata:
+    metadata = operation_pb2.OperationMetadata()
+    operation.metadata.Unpack(metadata)
+    return metadata
+
+
+def _response(operation) -> download_pb2.DownloadResponse:
+    assert operation.done and not operation.HasField("error"), operation.error
+    response = download_pb2.DownloadResponse()
+    operation.response.Unpack(response)
+    return response
+
+
+def _run(server, stub, session, items, deployment="svc-fake", **fields) -> lro.Operation:
+    operation = stub.Download(
+        download_pb2.DownloadRequest(session=session, deployment=deployment, items=items, **fields)
+    )
+    return _watch(server[1], operation)[-1]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_batch_runs_as_operation_with_progress_then_feeds_band_calc(
+    server, session_name, stub, hub, raster_stub
+):
+    running, channel = server
+    root = running.data_root.root
+    items = [
+        _tiff("batch-1", "dl/one.tif"),
+        _tiff("batch-2", "dl/two.tif", uri=hub.process_url),  # an absolute URL under the base
+        _tiff("batch-3", "dl/sub/three.tif", method=download_pb2.HTTP_METHOD_POST),
+    ]
+    operation = stub.Download(
+        download_pb2.DownloadRequest(session=session_name, deployment="svc-fake", items=items)
+    )
+    assert operation.name.startswith("operations/") and not operation.done
+    updates = _watch(channel, operation)
+    stages = [_metadata(u).stage for u in updates]
+    assert operation_pb2.OperationMetadata.STAGE_RUNNING in stages
+    final = _metadata(updates[-1])
+    sizes = [len(hub.sent[f"batch-{i}"]) for i in (1, 2, 3)]
+    assert (final.method, final.tiles_done, final.tiles_total) == ("Download", 3, 3)
+    assert final.bytes_read == final.bytes_written == sum(sizes)
+    results = _response(updates[-1]).results
+    assert [r.status for r in results] == [SUCCEEDED] * 3
+    assert [r.output_path for r in results] == ["dl/one.tif", "dl/two.tif", "dl/sub/three.tif"]
+    assert [r.size_bytes for r in results] == sizes
+    assert [(r.cache_hit, r.attempt_count, r.HasField("error")) for r in results] == [
+        (False, 1, False)
+    ] * 3
+    for i, path in zip((1, 2, 3), ("dl/one.tif", "dl/two.tif", "dl/sub/three.tif"), strict=True):
+        assert (root / path).read_bytes() == hub.sent[f"batch-{i}"]
+    assert not list(root.rglob("*.partial"))
+
+    # The downloaded GeoTIFF is an input of band calc in the same session.
+    calc = raster_stub.BandCalc(
+        raster_pb2.BandCalcRequest(
+            session=session_name,
+            expression='"green" * 2 + 1',
+            inputs=[raster_pb2.RasterInput(name="green", path="dl/one.tif", band=2)],
+            output_path="dl/green.tif",
+            output_data_type=raster_pb2.DATA_TYPE_INT32,
+        )
+    )
+    assert not _watch(channel, calc)[-1].HasField("error")
+    with (
+        rasterio.open(root / "dl" / "one.tif") as source,
+        rasterio.open(root / "dl" / "green.tif") as result,
+    ):
+        expected = source.read(2).astype(np.int32) * 2 + 1
+        np.testing.assert_array_equal(result.read(1), expected)
+        assert result.crs == source.crs and result.transform == source.transform
+
+
+def test_second_request_is_a_cache_hit_and_redownload_sends_it_again(
+    server, session_name, stub, hub, cache_dir
+):
+    root = server[0].data_root.root
+    first = _response(_run(server, stub, session_name, [_tiff("cached", "cache/a.tif")]))
+    sent = hub.stats.process_requests
+    second = _response(_run(server, stub, session_name, [_tiff("cached", "cache/b.tif")]))
+    assert hub.stats.process_requests == sent
+    assert (second.results[0].cache_hit, second.results[0].attempt_count) == (True, 0)
+    assert second.results[0].size_bytes == first.results[0].size_bytes
+    assert (root / "cache" / "b.tif").read_bytes() == hub.sent["cached"]
+    third = _response(
+        _run(server, stub, session_name, [_tiff("cached", "cache/c.tif")], redownload=True)
+    )
+    assert hub.stats.process_requests == sent + 1
+    assert (third.results[0].cache_hit, third.results[0].attempt_count) == (False, 1)
+    # sentinelhub-py's layout: md5 of {"url", "payload"} -> request.json + response.tiff.
+    payload = {"id": "cached", "format": "tiff"}
+    key = hashlib.md5(json.dumps({"url": hub.process_url, "payload": payload}).encode()).hexdigest()
+    stored = json.loads((cache_dir / key / "request.json").read_text())
+    assert stored["request"]["url"] == hub.process_url and stored["request"]["payload"] == payload
+    assert (cache_dir / key / "response.tiff").read_bytes() == hub.sent["cached"]
+
+
+def test_existing_output_is_replaced_only_with_overwrite(server, session_name, stub):
+    root = server[0].data_root.root
+    (root / "over").mkdir()
+    (root / "over" / "x.tif").write_bytes(b"old")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Download(
+            download_pb2.DownloadRequest(
+                session=session_name, deployment="svc-fake", items=[_tiff("over", "over/x.tif")]
+            )
+        )
+    assert caught.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert "overwrite" in caught.value.details()
+    final = _run(server, stub, session_name, [_tiff("over", "over/x.tif")], overwrite=True)
+    assert _response(final).results[0].status == SUCCEEDED
+    assert (root / "over" / "x.tif").read_bytes()[:4] == b"II*\x00"
+
+
+def _error_info(status) -> error_details_pb2.ErrorInfo:
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info
+
+
+def test_one_failure_does_not_hide_the_others(server, session_name, stub, hub):
+    root = server[0].data_root.root
+    hub.faults["missing"] = ["404"]
+    hub.faults["broken"] = ["500", "500"]
+    items = [
+        _tiff("fine", "mixed/fine.tif"),
+        _tiff("missing", "mixed/missing.tif"),
+        _tiff("broken", "mixed/broken.tif"),
+        # JSON saved as .tif: the answer is not what the output's extension says.
+        download_pb2.DownloadItem(
+            uri=PATH, body_json='{"id": "wrong", "format": "json"}', output_path="mixed/wrong.tif"
+        ),
+    ]
+    results = _response(_run(server, stub, session_name, items)).results
+    assert [r.status for r in results] == [SUCCEEDED, FAILED, FAILED, FAILED]
+    missing, broken, wrong = results[1].error, results[2].error, results[3].error
+    assert missing.code == code_pb2.NOT_FOUND and "injected 404" in missing.message
+    info = _error_info(missing)
+    assert (info.reason, info.domain, info.metadata["http_status"]) == (
+        "NOT_FOUND",
+        "rsgrpc.v1",
+        "404",
+    )
+    assert broken.code == code_pb2.UNAVAILABLE and "failed 2 times" in broken.message
+    assert results[2].attempt_count == 2
+    assert wrong.code == code_pb2.DATA_LOSS and "not a TIFF" in wrong.message
+    assert sorted(_files(root / "mixed")) == ["fine.tif"]
+
+
+def test_failures_are_written_to_the_session_log(server, session_name, stub, hub):
+    hub.faults["logged"] = ["404"]
+    _run(server, stub, session_name, [_tiff("logged", "log/x.tif")])
+    sessions = session_pb2_grpc.SessionServiceStub(server[1])
+    entries = sessions.ListLogEntries(
+        session_pb2.ListLogEntriesRequest(parent=session_name, page_size=1000)
+    ).log_entries
+    text = "\n".join(e.message for e in entries)
+    assert "requests to deployment svc-fake" in text
+    assert f"(POST {PROCESS_PATH}) failed: the server answered 404: injected 404" in text
+
+
+def test_a_deployment_without_credentials_sends_no_authorization(server, session_name, stub):
+    results = _response(
+        _run(server, stub, session_name, [_tiff("public", "public/x.tif")], "svc-public")
+    ).results
+    assert results[0].status == FAILED
+    assert results[0].error.code == code_pb2.UNAUTHENTICATED
+    assert "401" in results[0].error.message
+
+
+def test_refused_credentials_fail_each_request_as_unauthenticated(server, session_name, stub):
+    results = _response(
+        _run(server, stub, session_name, [_tiff("refused", "refused/x.tif")], "svc-wrong-secret")
+    ).results
+    assert results[0].status == FAILED
+    assert results[0].error.code == code_pb2.UNAUTHENTICATED
+    assert "refused the credentials" in results[0].error.message
+
+
+def test_uri_relative_to_a_base_path_stays_under_it(server, session_name, stub, hubs):
+    slow = hubs[1]
+    items = [
+        _tiff("based", "based/x.tif", uri="v1/process"),
+        _tiff("query", "based/q.tif", uri="/v1/process?note=a%20b"),  # encoded spaces are fine
+    ]
+    ok = _run(server, stub, session_name, items, "svc-slow")
+    assert [r.status for r in _response(ok).results] == [SUCCEEDED, SUCCEEDED]
+    for uri in ("../oauth/token", f"{slow.base_url}/oauth/token", "v1/%2e%2e/%2e%2e/oauth/token"):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Download(
+                download_pb2.DownloadRequest(
+                    session=session_name,
+                    deployment="svc-slow",
+                    items=[_tiff("based", "based/y.tif", uri=uri)],
+                )
+            )
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED, uri
+
+
+def _bad_requests(hub: FakeSentinelHub, session: str) -> list[tuple]:
+    def request(items=None, **fields):
+        fields.setdefault("session", session)
+        fields.setdefault("deployment", "svc-fake")
+        items = [_tiff("bad", "bad/x.tif")] if items is None else items
+        return download_pb2.DownloadRequest(items=items, **fields)
+
+    def item(**fields):
+        fields.setdefault("uri", PATH)
+        fields.setdefault("output_path", "bad/x.tif")
+        return request([download_pb2.DownloadItem(**fields)])
+
+    host_port = hub.base_url.removeprefix("http://")
+    return [
+        ("unknown deployment", request(deployment="nope"), "NOT_FOUND", "'nope' is not configured"),
+        ("no deployment", request(deployment=""), "INVALID_ARGUMENT", "deployment is empty"),
+        ("unknown session", request(session="sessions/nope"), "NOT_FOUND", "does not exist"),
+        ("empty batch", request([]), "INVALID_ARGUMENT", "no items"),
+        (
+            "too many items",
+            request([_tiff(str(i), f"bad/{i}.tif") for i in range(1001)]),
+            "INVALID_ARGUMENT",
+            "at most 1000",
+        ),
+        ("dotdot output", item(output_path="../x.tif"), "PERMISSION_DENIED", "'..'"),
+        ("absolute output", item(output_path="/tmp/x.tif"), "PERMISSION_DENIED", "absolute"),
+        ("symlink output", item(output_path="outside/x.tif"), "PERMISSION_DENIED", "outside"),
+        ("directory output", item(output_path="bad"), "INVALID_ARGUMENT", "is a directory"),
+        ("file as folder", item(output_path="bad/file/x.tif"), "INVALID_ARGUMENT", "is a file"),
+        (
+            "duplicate outputs",
+            request([_tiff("a", "bad/x.tif"), _tiff("b", "bad/x.tif")]),
+            "INVALID_ARGUMENT",
+            "also the output of items[0]",
+        ),
+        ("no uri", item(uri=""), "INVALID_ARGUMENT", "items[0].uri is empty"),
+        (
+            "other host",
+            item(uri="http://example.com/api/v1/process"),
+            "PERMISSION_DENIED",
+            "not on the deployment's host",
+        ),
+        ("other port", item(uri="http://127.0.0.1:9/api/v1/process"), "PERMISSION_DENIED", "host"),
+        ("other scheme", item(uri=f"https://{host_port}/x"), "PERMISSION_DENIED", "host"),
+        (
+            "protocol-relative",
+            item(uri="//example.com/api/v1/process"),
+            "PERMISSION_DENIED",
+            "host",
+        ),
+        ("file scheme", item(uri="file:///etc/passwd"), "PERMISSION_DENIED", "host"),
+        (
+            "userinfo",
+            item(uri=f"http://user:pw@{host_port}/api"),
+            "PERMISSION_DENIED",
+            "credentials",
+        ),
+        ("dotdot uri", item(uri="api/../oauth/token"), "PERMISSION_DENIED", "'..'"),
+        ("encoded dotdot", item(uri="api/%2E%2E/oauth/token"), "PERMISSION_DENIED", "'..'"),
+        ("space in uri", item(uri="api/v1 /process"), "INVALID_ARGUMENT", "not a valid URI"),
+        ("encoded backslash", item(uri="api/%5C..%5Cx"), "INVALID_ARGUMENT", "backslashes"),
+        ("fragment", item(uri="api/v1/process#x"), "INVALID_ARGUMENT", "fragment"),
+        ("bad json", item(body_json="{not json"), "INVALID_ARGUMENT", "not a valid JSON body"),
+        ("json array", item(body_json="[1, 2]"), "INVALID_ARGUMENT", "JSON object"),
+        ("json nan", item(body_json='{"a": NaN}'), "INVALID_ARGUMENT", "not a valid JSON body"),
+        ("json infinity", item(body_json='{"a": 1e999}'), "INVALID_ARGUMENT", "JSON body"),
+        ("deep json", item(body_json="[" * 100_000), "INVALID_ARGUMENT", "nested too deeply"),
+        (
+            "get with a body",
+            item(method=download_pb2.HTTP_METHOD_GET, body_json="{}"),
+            "INVALID_ARGUMENT",
+            "GET with a body",
+        ),
+        ("unknown method", item(method=9), "INVALID_ARGUMENT", "use GET or POST"),
+        ("unknown data type", item(data_type=99), "INVALID_ARGUMENT", "not a known MimeType"),
+        (
+            "authorization header",
+            item(headers={"Authorization": "Bearer mine"}),
+            "INVALID_ARGUMENT",
+            "set by the server",
+        ),
+        ("bad header name", item(headers={"a b": "c"}), "INVALID_ARGUMENT", "header name"),
+        ("header injection", item(headers={"X-A": "b\r\nX-B: c"}), "INVALID_ARGUMENT", "line"),
+    ]
+
+
+def test_bad_input_gets_a_clear_status_and_nothing_is_sent_or_written(
+    server, session_name, stub, hub, tmp_path
+):
+    running, channel = server
+    root = running.data_root.root
+    (root / "bad").mkdir(exist_ok=True)
+    (root / "bad" / "file").write_bytes(b"a file, not a folder")
+    (root / "outside").symlink_to(tmp_path, target_is_directory=True)
+    operations = lro_grpc.OperationsStub(channel)
+    before_files = _files(root)
+    before_operations = len(operations.ListOperations(lro.ListOperationsRequest()).operations)
+    sent = hub.stats.process_requests
+    for case, request, code, text in _bad_requests(hub, session_name):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Download(request)
+        error = caught.value
+        assert (error.code().name, case) == (code, case), error.details()
+        assert text in error.details(), (case, error.details())
+        status = rpc_status.from_call(error)
+        assert _error_info(status).domain == "rsgrpc.v1"
+    assert hub.stats.process_requests == sent
+    assert _files(root) == before_files
+    assert list(tmp_path.iterdir()) == []
+    after = len(operations.ListOperations(lro.ListOperationsRequest()).operations)
+    assert after == before_operations
+
+
+def test_cancel_stops_requests_not_started_and_leaves_no_files(
+    server, session_name, stub, hubs, cache_dir
+):
+    running, channel = server
+    slow = hubs[1]
+    root = running.data_root.root
+    sent = slow.stats.process_requests
+    items = [_tiff(f"cancel-{i}", f"cancelled/{i}.tif", uri="v1/process") for i in range(8)]
+    operation = stub.Download(
+        download_pb2.DownloadRequest(session=session_name, deployment="svc-slow", items=items)
+    )
+    deadline = time.monotonic() + 10
+    while slow.stats.process_requests == sent and time.monotonic() < deadline:
+        time.sleep(0.02)  # one request at a time, each taking 0.3 s at the hub
+    lro_grpc.OperationsStub(channel).CancelOperation(
+        lro.CancelOperationRequest(name=operation.name)
+    )
+    final = _watch(channel, operation)[-1]
+    assert final.error.code == code_pb2.CANCELLED
+    assert "no output was written" in final.error.message
+    started = slow.stats.process_requests - sent
+    assert 1 <= started <= 3
+    assert not (root / "cancelled").exists()
+    assert not list(root.rglob("*.partial"))
+    # What finished stays in the cache: running the batch again sends only the rest.
+    assert len(list(cache_dir.glob("*/response.tiff"))) >= started - 1
+
+
+def test_rate_limit_is_shared_by_every_session(server, session_name, stub, hubs):
+    running, channel = server
+    paced = hubs[2]
+    sessions = session_pb2_grpc.SessionServiceStub(channel)
+    other = sessions.CreateSession(
+        session_pb2.CreateSessionRequest(
+            session=session_pb2.Session(process_count=1, available_ram_mib=256)
+        )
+    ).name
+    try:
+        operations = [
+            stub.Download(
+                download_pb2.DownloadRequest(
+                    session=session,
+                    deployment="svc-paced",
+                    items=[_tiff(f"paced-{session}-{i}", f"paced/{n}-{i}.tif") for i in range(6)],
+                )
+            )
+            for n, session in enumerate((session_name, other))
+        ]
+        finals = [_watch(channel, operation)[-1] for operation in operations]
+    finally:
+        sessions.DeleteSession(session_pb2.DeleteSessionRequest(name=other))
+    for final in finals:
+        assert [r.status for r in _response(final).results] == [SUCCEEDED] * 6
+    # Twelve requests at 10 per second, whichever session sent them: the hub (10 per
+    # second, bursts of 3) never answered 429, and the requests took at least 1.1 s.
+    assert paced.stats.rate_limited == 0
+    times = [t for t, status, _ in paced.answers if status == 200]
+    assert len(times) == 12 and times[-1] - times[0] >= 1.0
+
+
+def _secrets(hub: FakeSentinelHub) -> list[bytes]:
+    with hub._lock:
+        tokens = list(hub._tokens)
+    assert tokens, "the hub issued no token"
+    return [s.encode() for s in (CLIENT_SECRET, WRONG_SECRET, "client-side-key", *tokens)]
+
+
+def test_secrets_never_appear_in_responses_logs_or_cache(
+    server, session_name, stub, hub, cache_dir, caplog
+):
+    running, channel = server
+    caplog.set_level(logging.DEBUG)
+    hub.faults["reauth"] = ["401"]  # a refused token: the session re-authenticates
+    hub.faults["secret-404"] = ["404"]
+    items = [
+        _tiff("secret-ok", "secret/ok.tif", headers={"X-Api-Key": "client-side-key"}),
+        _tiff("reauth", "secret/reauth.tif"),
+        _tiff("secret-404", "secret/missing.tif"),
+    ]
+    operation = stub.Download(
+        download_pb2.DownloadRequest(session=session_name, deployment="svc-fake", items=items)
+    )
+    updates = _watch(channel, operation)
+    assert [r.status for r in _response(updates[-1]).results] == [SUCCEEDED, SUCCEEDED, FAILED]
+    refused = _run(
+        server, stub, session_name, [_tiff("secret-x", "secret/x.tif")], "svc-wrong-secret"
+    )
+    operations = lro_grpc.OperationsStub(channel)
+    listed = operations.ListOperations(lro.ListOperationsRequest()).operations
+    sessions = session_pb2_grpc.SessionServiceStub(channel)
+    log = sessions.ListLogEntries(
+        session_pb2.ListLogEntriesRequest(parent=session_name, page_size=1000)
+    )
+    texts = [u.SerializeToString() for u in (*updates, refused, *listed)]
+    texts += [str(u).encode() for u in (*updates, refused)]
+    texts.append(log.SerializeToString())
+    texts += [record.getMessage().encode() for record in caplog.records]
+    texts += _files(cache_dir).values()
+    texts += _files(running.data_root.root).values()
+    session_logs = Path(running.registry.get(session_name).temporary_directory) / "session.log"
+    texts.append(session_logs.read_bytes())
+    assert any(b"re-authenticating" in t for t in texts)  # the logs were captured
+    for secret in _secrets(hub):
+        leaks = [t[:200] for t in texts if secret in t]
+        assert leaks == [], secret
+
+
+def test_python_client_downloads_with_progress(server, hub):
+    _, channel = server
+    progress: list[operation_pb2.OperationMetadata] = []
+    with ClientSession(
+        n_processes=1, available_ram=256, channel=channel, progress_callback=progress.append
+    ) as rs:
+        hub.faults["client-missing"] = ["404"]
+        out = rs.download(
+            [
+                {
+                    "uri": PATH,
+                    "method": "POST",
+                    "body": {"id": "client-1", "format": "tiff"},
+                    "output_path": "client/one.tif",
+                },
+                {
+                    "uri": PATH,
+                    "body": {"id": "client-2", "format": "png"},
+                    "output_path": "client/two.png",
+                    "data_type": "png",
+                },
+            ],
+            deployment="svc-fake",
+        )
+        assert out.check, out.extra
+        assert out.paths == ["client/one.tif", "client/two.png"]
+        assert [r.size_bytes for r in out.extra["results"]] == [
+            len(hub.sent["client-1"]),
+            len(hub.sent["client-2"]),
+        ]
+        assert progress[-1].tiles_done == progress[-1].tiles_total == 2
+        failed = rs.download(
+            [
+                {
+                    "uri": PATH,
+                    "body": {"id": "client-3", "format": "tiff"},
+                    "output_path": "client/3.tif",
+                },
+                {"uri": PATH, "body": {"id": "client-missing"}, "output_path": "client/4.tif"},
+            ],
+            deployment="svc-fake",
+        )
+        assert not failed.check and failed.paths == ["client/3.tif"]
+        assert failed.extra["code"] == "NOT_FOUND" and "1 of 2" in failed.extra["error"]
+        refused = rs.download([{"uri": PATH, "output_path": "client/5.tif"}], deployment="x")
+        assert not refused.check and refused.extra["code"] == "NOT_FOUND"
+        with pytest.raises(ValueError, match="unknown download request keys"):
+            rs.download([{"url": PATH}], deployment="svc-fake")
+
+
+def test_struct_bodies_send_whole_numbers_as_integers(server, session_name, stub, hub):
+    item = download_pb2.DownloadItem(uri=PATH, output_path="struct/x.tif")
+    item.body_struct.update({"id": "struct", "format": "tiff", "size": 64, "scale": 0.5})
+    results = _response(_run(server, stub, session_name, [item])).results
+    assert results[0].status == SUCCEEDED
+    # The cache key is sentinelhub-py's md5 of the exact JSON: integers stay integers.
+    payload = {"format": "tiff", "id": "struct", "scale": 0.5, "size": 64}
+    stored = [
+        json.loads(p.read_text())["request"]["payload"]
+        for p in (Path(server[0].data_root.root).parent / "cache").glob("*/request.json")
+    ]
+    assert payload in stored and isinstance(payload["size"], int)
+    assert any(isinstance(s.get("size"), int) and s.get("id") == "struct" for s in stored)
+
+
+# -- the deployments file ----------------------------------------------------------------
+
+
+def test_deployments_file_reads_toml_and_json_with_secrets_from_the_environment(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    toml = tmp_path / "d.toml"
+    toml.write_text(
+        """
+[deployments.sh]
+base_url = "https://services.example.com/"
+token_url = "https://services.example.com/oauth/token"
+client_id = "id"
+client_secret_env = "MY_SECRET"
+requests_per_second = 5
+burst = 3
+[deployments.sh.retry]
+max_attempts = 6
+"""
+    )
+    settings = load_download_settings(toml, environ={"MY_SECRET": "env-secret"})
+    sh = settings.deployments["sh"]
+    assert (sh.name, sh.base_url, sh.client_secret) == (
+        "sh",
+        "https://services.example.com",
+        "env-secret",
+    )
+    assert (sh.requests_per_second, sh.burst, sh.retry.max_attempts) == (5.0, 3, 6)
+    assert "env-secret" not in repr(sh)
+    assert settings.cache_dir == default_cache_dir() == tmp_path / "xdg" / "rsgrpc" / "download"
+    assert settings.cache_dir.is_dir()
+    as_json = tmp_path / "d.json"
+    as_json.write_text(
+        json.dumps(
+            {
+                "cache_dir": "here",
+                "deployments": {"open": {"base_url": "http://127.0.0.1:1"}},
+            }
+        )
+    )
+    settings = load_download_settings(as_json)
+    assert not settings.deployments["open"].has_credentials
+    assert settings.cache_dir == (tmp_path / "here").resolve() and settings.cache_dir.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[deployments.a]\nbase_url = "ftp://x"', "http or https URL"),
+        ('[deployments.a]\nbase_url = "https://u:p@x"', "must not hold credentials"),
+        ('[deployments.a]\nbase_url = "https://x"\nrate = 1', "unknown settings ['rate']"),
+        ('[deployments.a]\nbase_url = "https://x"\nburst = "2"', "burst must be of type int"),
+        ('[deployments.a]\nbase_url = "https://x"\nburst = 0', "burst must be at least 1"),
+        ('[deployments."a b"]\nbase_url = "https://x"', "a name has"),
+        ("[deployments.a]\ntoken_url = 'https://x'", "base_url is required"),
+        (
+            '[deployments.a]\nbase_url = "https://x"\nclient_id = "i"\n'
+            'client_secret = "SECRET-IN-FILE"',
+            "token_url is required",
+        ),
+        (
+            '[deployments.a]\nbase_url = "https://x"\ntoken_url = "https://x/t"\n'
+            'client_id = "i"\nclient_secret = "SECRET-IN-FILE"\nclient_secret_env = "E"',
+            "not both",
+        ),
+        (
+            '[deployments.a]\nbase_url = "https://x"\ntoken_url = "https://x/t"\n'
+            'client_id = "i"\nclient_secret_env = "UNSET_VARIABLE"',
+            "'UNSET_VARIABLE' named by client_secret_env is not set",
+        ),
+        (
+            '[deployments.a]\nbase_url = "https://x"\nclient_secret = "SECRET-IN-FILE"',
+            "both client_id and a client secret",
+        ),
+        (
+            '[deployments.a]\nbase_url = "https://x"\ntoken_url = "https://x/t"\n'
+            'client_id = "i"\nclient_secret = "SECRET-IN-FILE"\nrequests_per_second = -1',
+            "requests_per_second must be positive",
+        ),
+        ("deployment = 1", "unknown settings ['deployment']"),
+        ("[deployments.a\n", "is not valid"),
+    ],
+)
+def test_deployments_file_errors_are_clear_and_never_show_the_secret(
+    tmp_path, monkeypatch, text, message
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = tmp_path / "d.toml"
+    path.write_text(text)
+    with pytest.raises(DeploymentConfigError) as caught:
+        load_download_settings(path, environ={})
+    assert message in str(caught.value)
+    assert "SECRET-IN-FILE" not in str(caught.value)
+
+
+def test_serve_takes_deployments_from_a_flag_or_the_environment(monkeypatch):
+    assert build_parser().parse_args(["serve", "--deployments", "d.toml"]).deployments == "d.toml"
+    monkeypatch.setenv("RSGRPC_DEPLOYMENTS", "/etc/rsgrpc/deployments.toml")
+    assert build_parser().parse_args(["serve"]).deployments == "/etc/rsgrpc/deployments.toml"
