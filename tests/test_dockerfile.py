@@ -132,8 +132,7 @@ def test_image_settings_agree(image):
     setup = " ".join(image.all("RUN"))
     for key in ("RSGRPC_DATA_ROOT", "RSGRPC_TEMP_ROOT", "XDG_CACHE_HOME", "NUMBA_CACHE_DIR"):
         assert any(
-            env[key] == owned or env[key].startswith(owned + "/")
-            for owned in _chowned(setup, user)
+            env[key] == owned or env[key].startswith(owned + "/") for owned in _chowned(setup, user)
         ), f"{key}={env[key]} is not created and owned by the image's user"
     health = _healthcheck(image)
     assert health[health.index("--target") + 1] == f"127.0.0.1:{port}"
