@@ -17,8 +17,8 @@ exactly as ``rasterio.features.sieve`` (GDAL's ``GDALSieveFilter``) does:
 
 Tiled use runs in three phases so that no process holds the raster:
 
-1. ``summarize_tile`` (worker): label one tile and settle everything the tile
-   can settle by itself. A region that does not touch a seam (an edge of the tile
+1. ``settle_tile`` (worker): label one tile and settle everything the tile
+   can settle by itself, writing those values into the tile's output. A region that does not touch a seam (an edge of the tile
    shared with another tile) has its final size and all its neighbours in the
    tile; its chain is followed inside the tile until it ends at a large region,
    fails, or reaches a region whose fate depends on other tiles (a *node*). Only
@@ -27,18 +27,21 @@ Tiled use runs in three phases so that no process holds the raster:
    ("pending"), and large closed regions that a node's chain ends on. The
    summary holds node values and sizes, node ids along the seam edges, and for
    each small node its candidate neighbours with the scan-order key of their
-   first contact.
+   first contact. Beside the summary and the output, the tile keeps the list of
+   its pixels whose value waits for a node (``PendingPixels``): pixels of small
+   regions that touch a seam or whose chain ends on a node.
 2. ``decide_tiles`` (coordinator): merge open nodes across seams with
    union-find, add the contacts across seams, choose every small node's largest
    neighbour with GDAL's tie rule, follow the chains and return, per tile, the
    final value of each node that has one.
-3. ``rewrite_tile`` (worker): label the tile again (deterministically), redo the
-   local part and write the final values.
+3. ``finish_tile``: write the decided values into the waiting pixels of the
+   tile's output. No labelling: it costs a few operations per waiting pixel.
 
 Memory bound. A worker (phase 1 or 3) holds its tile and mask, about 9 bytes
 per tile pixel of scratch (labels, union-find parents, validity) and about 60
-bytes per region of the tile; a phase-3 worker also holds its decision (12
-bytes per settled node of the tile). A summary holds one int32 per pixel on the
+bytes per region of the tile, its output and its waiting pixels (12 bytes each,
+at most one per pixel); phase 3 holds one tile's output, waiting pixels and
+decision (12 bytes per settled node of the tile). A summary holds one int32 per pixel on the
 tile's seam edges, 17 bytes per node and 24 bytes per candidate; the
 coordinator holds all summaries plus about 50 bytes per node. Nodes are the
 open regions (at most one per seam-edge pixel), the pending regions (small
@@ -60,7 +63,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 import numpy as np
 from numba import njit
@@ -72,13 +75,15 @@ __all__ = [
     "SieveStats",
     "TileDecision",
     "TilePlacement",
+    "PendingPixels",
+    "SettledTile",
     "TileSummary",
     "decide_tiles",
-    "rewrite_tile",
+    "finish_tile",
+    "settle_tile",
     "sieve",
     "sieve_tiled",
     "sieve_with_stats",
-    "summarize_tile",
 ]
 
 SIEVE_DTYPES: Final = frozenset(
@@ -197,6 +202,54 @@ class SieveDecision:
 
     tiles: tuple[TileDecision, ...]
     regions_changed: int
+
+
+@dataclass(frozen=True, eq=False)
+class PendingPixels:
+    """The pixels of a settled tile whose value waits for phase 2, by region.
+
+    ``placement`` and ``node_count`` name the tile and its summary's node count, so
+    that phase 3 takes only the tile's own decision. ``pixel`` (int64) holds flat indices into the tile (row-major) and ``region``
+    (int32) the waiting region of each, an index into the region arrays:
+    ``region_node`` (int32), the node of the tile's summary whose decided value the
+    region takes; ``region_value`` (int64), its value now; ``region_size`` (int64),
+    its pixels; ``region_counted`` (bool), whether a change of it counts in the
+    tile's ``regions_changed`` (nodes are counted by phase 2 instead).
+    """
+
+    placement: TilePlacement
+    node_count: int
+    pixel: np.ndarray
+    region: np.ndarray
+    region_node: np.ndarray
+    region_value: np.ndarray
+    region_size: np.ndarray
+    region_counted: np.ndarray
+
+    ARRAYS: ClassVar[tuple[str, ...]] = (
+        "pixel",
+        "region",
+        "region_node",
+        "region_value",
+        "region_size",
+        "region_counted",
+    )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in self.ARRAYS)
+
+
+@dataclass(frozen=True, eq=False)
+class SettledTile:
+    """Phase-1 result for one tile: its summary for phase 2, its output with every
+    value the tile settles alone, the pixels that wait for phase 2, and the changes
+    made so far."""
+
+    summary: TileSummary
+    out: np.ndarray
+    pending: PendingPixels
+    stats: SieveStats
 
 
 # --------------------------------------------------------------------------
@@ -571,31 +624,65 @@ def _nodes(kind, term, size, threshold, best, best_key, oa, ob, ok):
 
 
 @njit(cache=True, nogil=True)
-def _final_values(kind, term, value, size, node_of, node_has, node_value):
-    """Per-region output value; also counts decided regions and pixels changed."""
+def _settle(kind, term, value, size, node_of, threshold):
+    """Each region's value once the tile has settled what it can alone, and the node
+    it waits for (-1: none); also the regions and pixels changed so far.
+
+    A small region waits when it touches a seam or is pending (its own node), or
+    when its chain ends on a node whose fate is not known here; a chain that ends on
+    a large region, closed or open (an open region of ``threshold`` pixels in the
+    tile is large in the raster), is settled now.
+    """
     n = kind.shape[0]
     final = value.copy()
+    wait = np.full(n, -1, np.int32)
     regions = 0
     pixels = 0
     for r in range(n):
         k = kind[r]
         if k == _BIG:
             continue
-        if k == _DECIDED:
-            t = term[r]
-            if t < 0:
-                continue
-            if kind[t] == _BIG:
-                final[r] = value[t]
-            elif node_has[node_of[t]]:
-                final[r] = node_value[node_of[t]]
-        elif node_has[node_of[r]]:
-            final[r] = node_value[node_of[r]]
-        if final[r] != value[r]:
-            pixels += size[r]
-            if k == _DECIDED:
+        if k == _OPEN:
+            if size[r] < threshold:
+                wait[r] = node_of[r]
+            continue
+        if k == _PENDING:
+            wait[r] = node_of[r]
+            continue
+        t = term[r]
+        if t < 0:
+            continue
+        if kind[t] == _BIG or (kind[t] == _OPEN and size[t] >= threshold):
+            final[r] = value[t]
+            if final[r] != value[r]:
                 regions += 1
-    return final, regions, pixels
+                pixels += size[r]
+        else:
+            wait[r] = node_of[t]
+    return final, wait, regions, pixels
+
+
+@njit(cache=True, nogil=True)
+def _waiting_pixels(labels, wait, waiting_index):
+    """Flat indices of the pixels whose region waits, and each one's waiting index."""
+    h, w = labels.shape
+    count = 0
+    for y in range(h):
+        for x in range(w):
+            lab = labels[y, x]
+            if lab >= 0 and wait[lab] >= 0:
+                count += 1
+    pixel = np.empty(count, np.int64)
+    region = np.empty(count, np.int32)
+    i = 0
+    for y in range(h):
+        for x in range(w):
+            lab = labels[y, x]
+            if lab >= 0 and wait[lab] >= 0:
+                pixel[i] = y * w + x
+                region[i] = waiting_index[lab]
+                i += 1
+    return pixel, region
 
 
 @njit(cache=True, nogil=True)
@@ -677,18 +764,27 @@ def _analyse_tile(
     )
 
 
-def _rewrite(
-    tile: np.ndarray,
-    a: _TileAnalysis,
-    node_has: np.ndarray,
-    node_value: np.ndarray,
-    out: np.ndarray,
-) -> tuple[int, int]:
-    final, regions, pixels = _final_values(
-        a.kind, a.term, a.value, a.size, a.node_of, node_has, node_value
-    )
+def _settle_output(
+    tile: np.ndarray, a: _TileAnalysis, placement: TilePlacement, size: int, out: np.ndarray
+) -> tuple[PendingPixels, SieveStats]:
+    """Write what the tile settles alone into ``out``; list the pixels that wait."""
+    final, wait, regions, pixels = _settle(a.kind, a.term, a.value, a.size, a.node_of, size)
     _write(tile, a.labels, final.astype(tile.dtype), out)
-    return int(regions), int(pixels)
+    waiting = np.flatnonzero(wait >= 0)
+    waiting_index = np.full(wait.shape[0], -1, np.int32)
+    waiting_index[waiting] = np.arange(waiting.size, dtype=np.int32)
+    pixel, region = _waiting_pixels(a.labels, wait, waiting_index)
+    pending = PendingPixels(
+        placement=placement,
+        node_count=a.node_count,
+        pixel=pixel,
+        region=region,
+        region_node=wait[waiting],
+        region_value=a.value[waiting],
+        region_size=a.size[waiting],
+        region_counted=a.kind[waiting] == _DECIDED,
+    )
+    return pending, SieveStats(int(regions), int(pixels))
 
 
 # --------------------------------------------------------------------------
@@ -755,10 +851,9 @@ def sieve_with_stats(
             array = array.copy()  # phase 3 of one tile must not see another's output
         return out, _run_tiles(array, size, _LARGE_ARRAY_TILE, connectivity, mask, out)
     a = _analyse_tile(array, mask, placement, size, conn8)
-    regions, pixels = _rewrite(
-        array, a, np.zeros(a.node_count, np.bool_), np.zeros(a.node_count, np.int64), out
-    )
-    return out, SieveStats(regions, pixels)
+    # Without seams every region settles in the tile: nothing waits.
+    _, stats = _settle_output(array, a, placement, size, out)
+    return out, stats
 
 
 def sieve(
@@ -777,19 +872,22 @@ def sieve(
 # Tiled: phase 1.
 
 
-def summarize_tile(
+def settle_tile(
     tile: np.ndarray,
     placement: TilePlacement,
     *,
     size: int,
     connectivity: int = 4,
     mask: np.ndarray | None = None,
-) -> TileSummary:
-    """Phase 1: label one tile and summarise what other tiles can affect."""
+) -> SettledTile:
+    """Phase 1: label one tile, settle what it can alone and summarise what other
+    tiles can affect."""
     tile = _check_array(tile)
     size = _check_size(size)
     conn8 = _check_connectivity(connectivity)
     a = _analyse_tile(tile, mask, placement, size, conn8)
+    out = np.empty_like(tile)
+    pending, stats = _settle_output(tile, a, placement, size, out)
     nodes = np.flatnonzero(a.node_of >= 0)
     empty = np.empty(0, np.int32)
 
@@ -802,7 +900,7 @@ def summarize_tile(
         return edge_nodes
 
     src, dst, csize, ckey = a.cand
-    return TileSummary(
+    summary = TileSummary(
         placement=placement,
         height=tile.shape[0],
         width=tile.shape[1],
@@ -817,6 +915,7 @@ def summarize_tile(
         cand_size=csize,
         cand_key=ckey,
     )
+    return SettledTile(summary, out, pending, stats)
 
 
 # --------------------------------------------------------------------------
@@ -1006,7 +1105,7 @@ def decide_tiles(
 
     ``summaries`` must cover the raster with a grid of tiles (rows of equal
     height, columns of equal width), in any order; ``size`` and
-    ``connectivity`` must be those given to ``summarize_tile``.
+    ``connectivity`` must be those given to ``settle_tile``.
     """
     size = _check_size(size)
     conn8 = _check_connectivity(connectivity)
@@ -1090,38 +1189,36 @@ def _roots(parent):
 # Tiled: phase 3.
 
 
-def rewrite_tile(
-    tile: np.ndarray,
-    decision: TileDecision,
-    *,
-    size: int,
-    connectivity: int = 4,
-    mask: np.ndarray | None = None,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, SieveStats]:
-    """Phase 3: sieve one tile given the coordinator's decision for it.
+def finish_tile(out: np.ndarray, pending: PendingPixels, decision: TileDecision) -> SieveStats:
+    """Phase 3: write the decided values into the waiting pixels of a settled tile.
 
-    ``tile``, ``mask``, ``size`` and ``connectivity`` must be those given to
-    ``summarize_tile``. Returns the tile's output and its share of the
-    statistics; the shares plus ``SieveDecision.regions_changed`` add up to the
-    raster's.
+    ``out`` and ``pending`` are the tile's ``SettledTile.out`` and ``.pending`` (``out``
+    is changed in place), ``decision`` its share of ``decide_tiles``. Returns the changes
+    made here; with the settled tiles' ``stats`` and ``SieveDecision.regions_changed``
+    they add up to the raster's.
     """
-    tile = _check_array(tile)
-    size = _check_size(size)
-    conn8 = _check_connectivity(connectivity)
-    out = _check_out(out, tile)
-    a = _analyse_tile(tile, mask, decision.placement, size, conn8)
-    if a.node_count != decision.node_count:
+    if (pending.placement, pending.node_count) != (decision.placement, decision.node_count):
         raise ValueError(
-            f"decision has {decision.node_count} nodes but the tile has {a.node_count}: "
-            "not the same tile, mask or parameters as in phase 1"
+            f"the decision is for the tile at {decision.placement} with "
+            f"{decision.node_count} nodes, not for this one at {pending.placement} with "
+            f"{pending.node_count}"
         )
-    node_has = np.zeros(a.node_count, np.bool_)
-    node_value = np.zeros(a.node_count, np.int64)
+    nodes = pending.region_node
+    node_has = np.zeros(decision.node_count, np.bool_)
+    node_value = np.zeros(decision.node_count, np.int64)
     node_has[decision.node_index] = True
     node_value[decision.node_index] = decision.value
-    regions, pixels = _rewrite(tile, a, node_has, node_value, out)
-    return out, SieveStats(regions, pixels)
+    value = np.where(node_has[nodes], node_value[nodes], pending.region_value)
+    changed = value != pending.region_value
+    if not changed.any():
+        return SieveStats(0, 0)
+    moved = changed[pending.region]
+    rows, cols = np.divmod(pending.pixel[moved], out.shape[1])
+    out[rows, cols] = value.astype(out.dtype)[pending.region[moved]]
+    return SieveStats(
+        int(np.count_nonzero(changed & pending.region_counted)),
+        int(pending.region_size[changed].sum()),
+    )
 
 
 def _run_tiles(
@@ -1142,23 +1239,18 @@ def _run_tiles(
     ]
     masks = [None if mask is None else mask[sl] for _, sl in windows]
 
-    def phase1(i: int) -> TileSummary:
+    def phase1(i: int) -> SettledTile:
         p, sl = windows[i]
-        return summarize_tile(array[sl], p, size=size, connectivity=connectivity, mask=masks[i])
-
-    def phase3(i: int, decision: TileDecision) -> SieveStats:
-        sl = windows[i][1]
-        return rewrite_tile(
-            array[sl], decision, size=size, connectivity=connectivity, mask=masks[i], out=out[sl]
-        )[1]
+        return settle_tile(array[sl], p, size=size, connectivity=connectivity, mask=masks[i])
 
     # The kernels release the GIL, so threads give each core its own tile.
     with ThreadPoolExecutor(max_workers=min(len(windows), os.cpu_count() or 1)) as pool:
-        summaries = list(pool.map(phase1, range(len(windows))))
-        decision = decide_tiles(summaries, size=size, connectivity=connectivity)
-        stats = SieveStats(decision.regions_changed, 0)
-        for tile_stats in pool.map(phase3, range(len(windows)), decision.tiles):
-            stats = stats + tile_stats
+        settled = list(pool.map(phase1, range(len(windows))))
+    decision = decide_tiles([t.summary for t in settled], size=size, connectivity=connectivity)
+    stats = SieveStats(decision.regions_changed, 0)
+    for (_, sl), tile, tile_decision in zip(windows, settled, decision.tiles, strict=True):
+        stats = stats + tile.stats + finish_tile(tile.out, tile.pending, tile_decision)
+        out[sl] = tile.out
     return stats
 
 

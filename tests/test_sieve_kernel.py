@@ -12,11 +12,11 @@ from rsgrpc_kernels.sieve import (
     SieveStats,
     TilePlacement,
     decide_tiles,
-    rewrite_tile,
+    finish_tile,
+    settle_tile,
     sieve,
     sieve_tiled,
     sieve_with_stats,
-    summarize_tile,
 )
 
 RASTERIO_DTYPES = ["uint8", "uint16", "int16", "int32"]
@@ -338,10 +338,10 @@ def run_phases(array, size, tile_shape, connectivity=4, mask=None):
         for r in range(0, h, th)
         for c in range(0, w, tw)
     ]
-    summaries = [
-        pickle.loads(
+    settled = {
+        p: pickle.loads(
             pickle.dumps(
-                summarize_tile(
+                settle_tile(
                     array[sl],
                     p,
                     size=size,
@@ -351,22 +351,16 @@ def run_phases(array, size, tile_shape, connectivity=4, mask=None):
             )
         )
         for p, sl in windows
-    ]
+    }
+    summaries = [t.summary for t in settled.values()]
     decision = decide_tiles(summaries[::-1], size=size, connectivity=connectivity)
     out = np.empty_like(array)
     stats = SieveStats(decision.regions_changed, 0)
     for tile_decision in pickle.loads(pickle.dumps(decision.tiles)):
         p = tile_decision.placement
-        sl = (slice(p.row_off, p.row_off + th), slice(p.col_off, p.col_off + tw))
-        _, tile_stats = rewrite_tile(
-            array[sl],
-            tile_decision,
-            size=size,
-            connectivity=connectivity,
-            mask=None if mask is None else mask[sl],
-            out=out[sl],
-        )
-        stats = stats + tile_stats
+        tile = settled[p]
+        stats = stats + tile.stats + finish_tile(tile.out, tile.pending, tile_decision)
+        out[p.row_off : p.row_off + th, p.col_off : p.col_off + tw] = tile.out
     return out, stats, summaries
 
 
@@ -392,17 +386,16 @@ def test_tile_summaries_stay_small_on_speckled_rasters():
 
 def test_decide_tiles_rejects_tiles_that_do_not_form_a_grid():
     array = speckled_classes((10, 10))
-    top = summarize_tile(array[:5], TilePlacement(0, 0, 10, 10), size=3)
+    top = settle_tile(array[:5], TilePlacement(0, 0, 10, 10), size=3).summary
     with pytest.raises(ValueError, match="do not cover|does not fit"):
         decide_tiles([top], size=3)
 
 
-def test_rewrite_tile_rejects_a_decision_for_another_tile():
+def test_finish_tile_rejects_a_decision_for_another_tile():
     array = speckled_classes((20, 20))
     place = [TilePlacement(0, 0, 20, 20), TilePlacement(0, 10, 20, 20)]
     tiles = [array[:, :10], array[:, 10:]]
-    summaries = [summarize_tile(t, p, size=4) for t, p in zip(tiles, place, strict=True)]
-    decision = decide_tiles(summaries, size=4)
-    if summaries[0].node_value.size != summaries[1].node_value.size:
-        with pytest.raises(ValueError, match="not the same tile"):
-            rewrite_tile(tiles[1], decision.tiles[0], size=4)
+    settled = [settle_tile(t, p, size=4) for t, p in zip(tiles, place, strict=True)]
+    decision = decide_tiles([t.summary for t in settled], size=4)
+    with pytest.raises(ValueError, match="not for this one"):
+        finish_tile(settled[1].out, settled[1].pending, decision.tiles[0])

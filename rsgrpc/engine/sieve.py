@@ -1,33 +1,40 @@
 """Sieve as a tiled job in three passes, so that no process ever holds the raster.
 
-1. Each worker labels one tile and returns its summary: the regions that touch
-   the tile's seams or depend on them (see `rsgrpc_kernels.sieve`).
+1. Each worker labels one tile, settles what the tile can settle alone and
+   returns the tile's output so far, the pixels still waiting (small regions
+   on a seam or whose chain leads to one) and its summary: the regions that
+   touch the tile's seams or depend on them (see `rsgrpc_kernels.sieve`). The
+   job keeps each output and its waiting pixels in a file in the session's
+   temporary directory until pass 3, and the summary in memory.
 2. One worker merges the summaries across seams and decides, for the whole
    raster at once, which small regions take which value.
-3. Each worker labels its tile again, applies the decision and returns the
-   output tile, which the job's one writer writes.
+3. The job reads each tile back, writes the decided values into its waiting
+   pixels and hands it to the one writer: no tile is labelled twice.
 
-Labelling a tile is sequential, so in passes 1 and 3 each worker takes as
-many tiles at once as it has cores (`threads_per_process`) and runs them in
-threads: the kernels release the GIL, so a session of one process still uses
-every core it is given.
+Labelling a tile is sequential, so in pass 1 each worker takes as many tiles
+at once as it has cores (`threads_per_process`) and runs them in threads: the
+kernels release the GIL, so a session of one process still uses every core
+it is given.
 
-Memory. A worker in pass 1 or 3 holds its tile, its nodata mask, about 9
-bytes per pixel of labelling scratch and up to about 60 bytes per region
-(at most one region per pixel), and in pass 3 the output tile: the planner
-counts all of that per tile pixel. The summaries grow with the seams (one
-int32 per seam-edge pixel, and tens of bytes per region that crosses a seam
-or depends on one), not with the raster's area; after pass 1 the job checks
-that they, held once by the job and once by the pass-2 worker, fit the
+Memory. A worker in pass 1 holds its tile, its nodata mask, about 9 bytes
+per pixel of labelling scratch, up to about 60 bytes per region (at most one
+region per pixel), the output tile and up to 12 bytes per waiting pixel: the
+planner counts all of that per tile pixel. The summaries grow with the seams
+(one int32 per seam-edge pixel, and tens of bytes per region that crosses a
+seam or depends on one), not with the raster's area; after pass 1 the job
+checks that they, held once by the job and once by the pass-2 worker, fit the
 budget beside the workers' footprint, and stops with RESOURCE_EXHAUSTED
-otherwise.
+otherwise. Disk: the settled tiles take as many bytes as the raster, plus the
+waiting pixels, in the session's temporary directory, removed as pass 3 goes.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +49,7 @@ from rsgrpc.engine.band_tool import (
     prepare_band_tasks,
     session_fixed_bytes,
 )
-from rsgrpc.engine.errors import InvalidArgumentError, ResourceExhaustedError
+from rsgrpc.engine.errors import CancelledError, InvalidArgumentError, ResourceExhaustedError
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import OutputProfile, read_window
@@ -55,6 +62,8 @@ SIEVE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32")
 CONNECTIVITIES = (4, 8)
 # Labelling scratch and the per-region tables, per pixel at worst (see above).
 _SCRATCH_BYTES_PER_PIXEL = 9 + 60
+# A waiting pixel: its index and its region's (see PendingPixels).
+_WAITING_BYTES_PER_PIXEL = 12
 # The pass-2 worker's tables, per byte of summary.
 _DECISION_OVERHEAD = 3
 
@@ -80,9 +89,11 @@ class SieveOutput:
 
 
 def sieve_memory(dtype: str) -> MemoryModel:
-    """Bytes per tile pixel: input, mask, scratch and output in a worker; output waiting."""
+    """Bytes per tile pixel: input, mask, scratch, output and waiting pixels in a worker;
+    output and waiting pixels on their way to the job."""
     item = np.dtype(dtype).itemsize
-    return MemoryModel(worker=2 * item + 1 + _SCRATCH_BYTES_PER_PIXEL, result=item)
+    settled = item + _WAITING_BYTES_PER_PIXEL
+    return MemoryModel(worker=item + 1 + _SCRATCH_BYTES_PER_PIXEL + settled, result=settled)
 
 
 def prepare_sieve(
@@ -126,20 +137,19 @@ def _valid_mask(tile: np.ndarray, nodata: float | None) -> np.ndarray | None:
     return tile != nodata
 
 
-def _summarize(tile: Tile, path: str, band: int, shape, nodata, size: int, connectivity: int):
+def _settle(tile: Tile, path: str, band: int, shape, nodata, size: int, connectivity: int):
     """Pass 1, in a worker."""
-    from rsgrpc_kernels.sieve import TilePlacement, summarize_tile
+    from rsgrpc_kernels.sieve import TilePlacement, settle_tile
 
     array = read_window(path, band, tile)
-    placement = TilePlacement(tile.row, tile.col, *shape)
-    summary = summarize_tile(
+    settled = settle_tile(
         array,
-        placement,
+        TilePlacement(tile.row, tile.col, *shape),
         size=size,
         connectivity=connectivity,
         mask=_valid_mask(array, nodata),
     )
-    return tile, summary, array.nbytes
+    return tile, settled, array.nbytes
 
 
 def _decide(summaries: Sequence, size: int, connectivity: int):
@@ -149,20 +159,30 @@ def _decide(summaries: Sequence, size: int, connectivity: int):
     return decide_tiles(summaries, size=size, connectivity=connectivity)
 
 
-def _rewrite(item, path: str, band: int, nodata, size: int, connectivity: int):
-    """Pass 3, in a worker: `item` is a tile and its share of the decision."""
-    from rsgrpc_kernels.sieve import rewrite_tile
+def _keep(path: Path, settled) -> None:
+    """Save a settled tile's output and waiting pixels until pass 3 (no pickles)."""
+    pending = settled.pending
+    arrays = {name: getattr(pending, name) for name in pending.ARRAYS}
+    placement = np.array(astuple(pending.placement), np.int64)
+    with open(path, "wb") as file:
+        np.savez(
+            file, out=settled.out, placement=placement, node_count=pending.node_count, **arrays
+        )
 
-    tile, decision = item
-    array = read_window(path, band, tile)
-    out, stats = rewrite_tile(
-        array,
-        decision,
-        size=size,
-        connectivity=connectivity,
-        mask=_valid_mask(array, nodata),
-    )
-    return tile, out, stats, array.nbytes
+
+def _finish(path: Path, decision) -> tuple[np.ndarray, object]:
+    """Pass 3, in the job: a kept tile with the decided values written in."""
+    from rsgrpc_kernels.sieve import PendingPixels, TilePlacement, finish_tile
+
+    with np.load(path) as kept:
+        out = kept["out"]
+        pending = PendingPixels(
+            TilePlacement(*(int(v) for v in kept["placement"])),
+            int(kept["node_count"]),
+            **{name: kept[name] for name in PendingPixels.ARRAYS},
+        )
+    path.unlink()
+    return out, finish_tile(out, pending, decision)
 
 
 def _sieve_band(
@@ -178,81 +198,79 @@ def _sieve_band(
     info = task.info
     size, connectivity = request.size, request.connectivity
     executor = session.executor
-
     side_by_side = executor.threads_per_process
+    tiles = list(plan.tiles())
+    operation.update(stage=Stage.RUNNING)
+    with tempfile.TemporaryDirectory(prefix="sieve-", dir=session.temporary_directory) as kept:
+        folder = Path(kept)
+        summaries: dict[Tile, object] = {}
+        regions = pixels = 0
 
-    def run_pass(fn, items: list, common: tuple, consume) -> None:
-        # Each worker takes `side_by_side` items at once and runs them in threads.
+        def consume_settled(results) -> None:
+            nonlocal regions, pixels
+            for tile, settled, read in results:
+                _keep(folder / f"{tile.row}-{tile.col}.npz", settled)
+                summaries[tile] = settled.summary
+                regions += settled.stats.regions_changed
+                pixels += settled.stats.pixels_changed
+                counter.add(read=read)
+
+        # Each worker takes `side_by_side` tiles at once and runs them in threads.
         run_tiles(
             executor,
             operation,
-            [items[i : i + side_by_side] for i in range(0, len(items), side_by_side)],
-            lambda batch: (_in_threads, (fn, batch, common)),
-            lambda results: [consume(result) for result in results],
+            [tiles[i : i + side_by_side] for i in range(0, len(tiles), side_by_side)],
+            lambda batch: (
+                _in_threads,
+                (
+                    _settle,
+                    batch,
+                    (info.path, info.band, info.shape, info.nodata, size, connectivity),
+                ),
+            ),
+            consume_settled,
             in_flight=max(1, plan.in_flight // side_by_side),
         )
-
-    tiles = list(plan.tiles())
-    operation.update(stage=Stage.RUNNING)
-    summaries: dict[Tile, object] = {}
-
-    def consume_summary(result) -> None:
-        tile, summary, read = result
-        summaries[tile] = summary
-        counter.add(read=read)
-
-    run_pass(
-        _summarize,
-        tiles,
-        (info.path, info.band, info.shape, info.nodata, size, connectivity),
-        consume_summary,
-    )
-    ordered = [summaries.pop(tile) for tile in tiles]
-    held = sum(s.nbytes for s in ordered)
-    need = session_fixed_bytes(session) + held * (1 + _DECISION_OVERHEAD)
-    budget = session.settings.available_ram_mib << 20
-    if need > budget:
-        raise ResourceExhaustedError(
-            f"the sieve's seam summaries need about {-(-need >> 20)} MiB with the workers, "
-            f"over available_ram_mib {session.settings.available_ram_mib}",
-            metadata={"minimum_ram_mib": str(-(-need >> 20))},
+        ordered = [summaries.pop(tile) for tile in tiles]
+        held = sum(s.nbytes for s in ordered)
+        need = session_fixed_bytes(session) + held * (1 + _DECISION_OVERHEAD)
+        budget = session.settings.available_ram_mib << 20
+        if need > budget:
+            raise ResourceExhaustedError(
+                f"the sieve's seam summaries need about {-(-need >> 20)} MiB with the workers, "
+                f"over available_ram_mib {session.settings.available_ram_mib}",
+                metadata={"minimum_ram_mib": str(-(-need >> 20))},
+            )
+        session.logger.info(
+            "%s: %s settled, %d KiB of seam summaries",
+            operation.name,
+            task.input.path,
+            held >> 10,
         )
-    session.logger.info(
-        "%s: %s summarised, %d KiB of seam summaries", operation.name, task.input.path, held >> 10
-    )
-
-    decisions: list = []
-    run_tiles(
-        executor,
-        operation,
-        [ordered],
-        lambda summaries: (_decide, (summaries, size, connectivity)),
-        decisions.append,
-        in_flight=1,
-    )
-    ordered.clear()  # sent to the worker; the job needs them no more
-    decision = decisions[0]
-
-    pixels = 0
-    regions = decision.regions_changed
-    with open_writer(task, request.target, default_profile) as writer:
-
-        def consume_tile(result) -> None:
-            nonlocal pixels, regions
-            tile, out, stats, read = result
-            writer.write(tile, out)
-            pixels += stats.pixels_changed
-            regions += stats.regions_changed
-            counter.add(read=read, written=out.nbytes)
-
-        run_pass(
-            _rewrite,
-            list(zip(tiles, decision.tiles, strict=True)),
-            (info.path, info.band, info.nodata, size, connectivity),
-            consume_tile,
+        decisions: list = []
+        run_tiles(
+            executor,
+            operation,
+            [ordered],
+            lambda summaries: (_decide, (summaries, size, connectivity)),
+            decisions.append,
+            in_flight=1,
         )
-        operation.update(stage=Stage.FINALIZING)
-        writer.commit()
+        ordered.clear()  # sent to the worker; the job needs them no more
+        decision = decisions[0]
+        regions += decision.regions_changed
+
+        with open_writer(task, request.target, default_profile) as writer:
+            for tile, tile_decision in zip(tiles, decision.tiles, strict=True):
+                if operation.cancel_event.is_set():
+                    raise CancelledError("the operation was cancelled")
+                out, stats = _finish(folder / f"{tile.row}-{tile.col}.npz", tile_decision)
+                writer.write(tile, out)
+                regions += stats.regions_changed
+                pixels += stats.pixels_changed
+                counter.add(written=out.nbytes)
+            operation.update(stage=Stage.FINALIZING)
+            writer.commit()
     return SieveOutput(task.input, task.output_path, regions, pixels)
 
 
