@@ -40,38 +40,42 @@ the repository.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-import platform
-import resource
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import rasterio
 from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from process_tree import (  # noqa: E402
+from harness import (  # noqa: E402
+    MIB,
     TreeMemory,
-    TreeMemorySampler,
-    tree_cpu_seconds,
-    tree_memory,
+    benchmark_parser,
+    clean_workdir,
+    machine,
+    machine_load,
+    make_once,
+    make_workdir,
+    measure_tree,
+    mib,
+    orbit_edge_mask,
+    pixel_hash,
+    rsgrpc_server,
+    scene_grid,
+    settle,
+    smooth_field,
+    timed,
+    timed_cpu,
 )
 
 from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile  # noqa: E402
 
-MIB = 1 << 20
 BLOCK = 512
 EXPRESSION = '("nir" - "red") / ("nir" + "red")'
 OUT_NODATA = -32768.0
@@ -88,37 +92,18 @@ TRANSFORM = rasterio.Affine(10.0, 0.0, 300000.0, 0.0, -10.0, 5000040.0)
 
 def _hash_noise(rows: np.ndarray, cols: np.ndarray, seed: int) -> np.ndarray:
     """Deterministic per-pixel noise in [-64, 63] from an integer hash of (row, col)."""
-    with np.errstate(over="ignore"):
-        h = (rows.astype(np.uint32) * np.uint32(0x9E3779B1)) ^ (
-            cols.astype(np.uint32) * np.uint32(0x85EBCA77)
-        )
-        h ^= np.uint32(seed)
-        h ^= h >> np.uint32(15)
-        h *= np.uint32(0x2C1B3C6D)
-        h ^= h >> np.uint32(12)
-    return (h & np.uint32(0x7F)).astype(np.int32) - 64
+    return (pixel_hash(rows, cols, seed, rounds=1) & np.uint32(0x7F)).astype(np.int32) - 64
 
 
 def _strip(row0: int, rows: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Red and nir for rows [row0, row0 + rows) of a size x size scene."""
-    y = np.arange(row0, row0 + rows, dtype=np.float32)[:, None]
-    x = np.arange(size, dtype=np.float32)[None, :]
-    scale = 10980.0 / size  # the same scene, whatever the size
-    y, x = y * scale, x * scale
-    veg = (
-        0.5
-        + 0.25 * np.sin(x / 350.0) * np.cos(y / 420.0)
-        + 0.15 * np.sin((x + y) / 1300.0)
-        + 0.08 * np.sin(x / 37.0 + y / 53.0)
-    )
-    veg = np.clip(veg, 0.0, 1.0)
-    iy, ix = np.broadcast_arrays(np.arange(row0, row0 + rows)[:, None], np.arange(size)[None, :])
+    y, x, iy, ix = scene_grid(row0, rows, size)
+    veg = np.clip(smooth_field(y, x), 0.0, 1.0)
     red = (300.0 + 2500.0 * (1.0 - veg)).astype(np.int32) + _hash_noise(iy, ix, 1)
     nir = (1500.0 + 3000.0 * veg).astype(np.int32) + _hash_noise(iy, ix, 2)
     # Outside the swath (an orbit edge) both bands are nodata; a strip of
     # red alone is nodata too, so the masks of the inputs differ.
-    edge = 0.8 * 10980.0 + 0.1 * 10980.0 * np.sin(y / 1500.0)
-    outside = np.broadcast_to(x > edge, red.shape)
+    outside = np.broadcast_to(orbit_edge_mask(y, x), red.shape)
     red[outside] = 0
     nir[outside] = 0
     red[((y > 3000) & (y < 3500) & (x > 1000) & (x < 4000))] = 0
@@ -127,11 +112,12 @@ def _strip(row0: int, rows: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def generate_inputs(folder: Path, size: int) -> tuple[Path, Path, float]:
     """The red and nir GeoTIFFs of a size x size scene; made once, reused after."""
-    folder.mkdir(parents=True, exist_ok=True)
     red_path, nir_path = folder / f"red_{size}.tif", folder / f"nir_{size}.tif"
-    if red_path.exists() and nir_path.exists():
-        return red_path, nir_path, 0.0
-    started = time.perf_counter()
+    seconds = make_once([red_path, nir_path], lambda red, nir: _write_inputs(red, nir, size))
+    return red_path, nir_path, seconds
+
+
+def _write_inputs(red_path: Path, nir_path: Path, size: int) -> None:
     meta = {
         "driver": "GTiff",
         "width": size,
@@ -148,12 +134,10 @@ def generate_inputs(folder: Path, size: int) -> tuple[Path, Path, float]:
         "predictor": 2,
         "num_threads": "ALL_CPUS",
     }
-    tmp_red = red_path.with_suffix(".partial.tif")
-    tmp_nir = nir_path.with_suffix(".partial.tif")
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-        rasterio.open(tmp_red, "w", **meta) as red_ds,
-        rasterio.open(tmp_nir, "w", **meta) as nir_ds,
+        rasterio.open(red_path, "w", **meta) as red_ds,
+        rasterio.open(nir_path, "w", **meta) as nir_ds,
     ):
         for row0 in range(0, size, BLOCK):
             rows = min(BLOCK, size - row0)
@@ -161,9 +145,6 @@ def generate_inputs(folder: Path, size: int) -> tuple[Path, Path, float]:
             window = Window(0, row0, size, rows)
             red_ds.write(red, 1, window=window)
             nir_ds.write(nir, 1, window=window)
-    os.replace(tmp_red, red_path)
-    os.replace(tmp_nir, nir_path)
-    return red_path, nir_path, time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------- baselines
@@ -303,7 +284,7 @@ def run_kernel_micro(size: int, repeats: int) -> None:
 
     def best(fn) -> float:
         fn()
-        return min(_timed(fn) for _ in range(repeats)) / pixels * 1e9
+        return min(timed(fn) for _ in range(repeats)) / pixels * 1e9
 
     runs = {
         "rsgrpc kernel, statistics included": lambda: evaluate_with_statistics(
@@ -319,7 +300,7 @@ def run_kernel_micro(size: int, repeats: int) -> None:
     }
     print(f"kernel only: NDVI of 2 x {size}x{size} uint16 -> float32, one thread, "
           f"best of {repeats}; machine: {machine()}")  # fmt: skip
-    print(f"machine load: {_machine_load()}")
+    print(f"machine load: {machine_load()}")
     times = {label: best(run) for label, run in runs.items()}
     if not np.array_equal(out, reference) or not np.array_equal(out, ndvi_masked(
         np.ma.masked_equal(red, 0), np.ma.masked_equal(nir, 0))):  # fmt: skip
@@ -339,60 +320,6 @@ def run_kernel_micro(size: int, repeats: int) -> None:
 # ---------------------------------------------------------------------------- ours
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def rsgrpc_server(workdir: Path, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`rsgrpc serve` as a subprocess on a free port; stopped with SIGTERM on exit."""
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "GDAL_NUM_THREADS"}
-    env["PYTHONUNBUFFERED"] = "1"
-    command = [
-        sys.executable, "-m", "rsgrpc.cli", "serve",
-        "--address", address,
-        "--data-root", str(workdir),
-        "--temp-root", str(workdir / "tmp"),
-        "--log-level", "WARNING",
-    ]  # fmt: skip
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_serving(address, process, log_path)
-        yield address, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited:\n{log_path.read_text()}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise RuntimeError(f"the server did not start:\n{log_path.read_text()}")
-
-
 @dataclass
 class OursRun:
     seconds: float
@@ -405,46 +332,24 @@ class OursRun:
 def run_ours(
     session, server_pid: int, red: str, nir: str, out: str, out_file: Path, compression: str | None
 ) -> OursRun:
-    idle = tree_memory(server_pid)
-    cpu_before = tree_cpu_seconds(server_pid)
-    sampler = TreeMemorySampler(server_pid, interval=0.05).start()
-    try:
-        started = time.perf_counter()
-        result = session.band_calc(
-            input_raster_list=[nir, red],
-            input_name_list=["nir", "red"],
-            expression_string=EXPRESSION,
-            output_path=out,
-            output_datatype=OUT_DTYPE,
-            output_nodata=OUT_NODATA,
-            overwrite=True,
-            compression=compression,
-        )
-        seconds = time.perf_counter() - started
-        cpu = tree_cpu_seconds(server_pid) - cpu_before
-    finally:
-        peak = sampler.stop()
-    if not result.check:
-        raise RuntimeError(f"band calc failed: {result.extra}")
-    return OursRun(seconds, cpu, out_file.stat().st_size, peak, idle)
+    run = measure_tree(
+        server_pid,
+        session.band_calc,
+        input_raster_list=[nir, red],
+        input_name_list=["nir", "red"],
+        expression_string=EXPRESSION,
+        output_path=out,
+        output_datatype=OUT_DTYPE,
+        output_nodata=OUT_NODATA,
+        overwrite=True,
+        compression=compression,
+    )
+    if not run.value.check:
+        raise RuntimeError(f"band calc failed: {run.value.extra}")
+    return OursRun(run.seconds, run.cpu, out_file.stat().st_size, run.peak, run.idle)
 
 
 # -------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    ram = psutil.virtual_memory().total / (1 << 30)
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {ram:.1f} GiB RAM, {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
-        f"rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}"
-    )
 
 
 def profile_name(profile: OutputProfile) -> str:
@@ -453,43 +358,6 @@ def profile_name(profile: OutputProfile) -> str:
         return "none"
     level = profile.level or "default"
     return f"{profile.compression} level {level} predictor {options['predictor']}"
-
-
-def _cpu_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _timed(fn, *args, **kwargs) -> float:
-    started = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - started
-
-
-def _timed_cpu(fn, *args, **kwargs) -> tuple[float, float]:
-    """Wall seconds and CPU seconds of this process (all its threads) for one call."""
-    cpu = _cpu_self()
-    wall = _timed(fn, *args, **kwargs)
-    return wall, _cpu_self() - cpu
-
-
-def _machine_load() -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    busy = psutil.cpu_percent(interval=1.0)
-    text = f"load average {load:.2f}, CPU busy {busy:.0f}% over 1 s before starting"
-    if busy > 10:
-        text += "  WARNING: the machine is not idle; wall times are inflated"
-    return text
-
-
-def _settle() -> None:
-    """Write back dirty pages between runs, so one run's writeback does not slow the next."""
-    if hasattr(os, "sync"):
-        os.sync()
-
-
-def _mib(n: float) -> str:
-    return f"{n / MIB:8.1f} MiB"
 
 
 def sweep_profiles() -> list[OutputProfile]:
@@ -526,12 +394,10 @@ def run_sweep(red: Path, nir: Path, folder: Path, crop: int, repeats: int) -> No
     print(f"  {'profile':<32} {'seconds':>8} {'MB/s raw':>9} {'size':>13} {'ratio':>6}")
     out = folder / "sweep.tif"
     for profile in sweep_profiles():
-        best = min(
-            _timed(run_floor, crop_red, crop_nir, out, profile, ndvi) for _ in range(repeats)
-        )
+        best = min(timed(run_floor, crop_red, crop_nir, out, profile, ndvi) for _ in range(repeats))
         size = out.stat().st_size
         print(f"  {profile_name(profile):<32} {best:8.3f} {raw / best / 1e6:9.0f} "
-              f"{_mib(size)} {raw / size:6.2f}")  # fmt: skip
+              f"{mib(size)} {raw / size:6.2f}")  # fmt: skip
     out.unlink()
 
 
@@ -539,14 +405,7 @@ def run_sweep(red: Path, nir: Path, folder: Path, crop: int, repeats: int) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where inputs and outputs go (default: a new temporary directory)",
-    )
-    parser.add_argument("--size", type=int, default=10980, help="raster edge in pixels")
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--ram",
         type=int,
@@ -576,26 +435,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     os.environ.pop("GDAL_NUM_THREADS", None)  # (a) runs without GDAL's threads
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rsgrpc-bench-"))
-    workdir = workdir.expanduser().resolve()
-    outputs = workdir / "outputs"
-    outputs.mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
+    workdir, outputs = make_workdir(args.workdir)
     total_started = time.perf_counter()
 
     print("rsgrpc band calc benchmark")
     print(f"machine:    {machine()}")
     print(f"workdir:    {workdir}")
-    load_before = _machine_load()
+    load_before = machine_load()
     print(f"machine load: {load_before}")
     print(f"expression: {EXPRESSION} -> {OUT_DTYPE}, nodata {OUT_NODATA:g}")
     red, nir, made = generate_inputs(workdir / "inputs", args.size)
     print(f"inputs:     2 x {args.size}x{args.size} uint16, tiled {BLOCK}, DEFLATE predictor 2, "
-          f"nodata 0; red {_mib(red.stat().st_size).strip()}, nir "
-          f"{_mib(nir.stat().st_size).strip()}; "
+          f"nodata 0; red {mib(red.stat().st_size).strip()}, nir "
+          f"{mib(nir.stat().st_size).strip()}; "
           + (f"generated in {made:.1f} s (hash noise, no RNG)" if made else "reused"))  # fmt: skip
     warm_red, warm_nir, _ = generate_inputs(workdir / "inputs", 1024)
-    _settle()
+    settle()
 
     profiles = {
         "deflate": OutputProfile("deflate"),  # GDAL's default level, predictor 3
@@ -618,11 +473,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 call = (run_floor, red, nir, out, profile, ndvi if name == FLOOR_NDVI else None)
                 kwargs = {}
-            times[name, key], cpus[name, key] = _timed_cpu(*call, **kwargs)
+            times[name, key], cpus[name, key] = timed_cpu(*call, **kwargs)
             sizes[name, key] = out.stat().st_size
-            _settle()
+            settle()
             print(f"  ({name:<2}) {key:<8} {times[name, key]:7.2f} s  "
-                  f"(CPU {cpus[name, key]:6.2f} s)  {_mib(sizes[name, key])}",
+                  f"(CPU {cpus[name, key]:6.2f} s)  {mib(sizes[name, key])}",
                   flush=True)  # fmt: skip
 
     # Ours, one fresh server per RAM setting.
@@ -647,10 +502,10 @@ def main(argv: list[str] | None = None) -> int:
                                    str(nir.relative_to(workdir)), out, workdir / out,
                                    compression)  # fmt: skip
                     ours[ram, key] = run
-                    _settle()
+                    settle()
                     pss = run.peak.pss_mib
                     print(f"  (ours ram {ram}) {key:<8} {run.seconds:7.2f} s  "
-                          f"(CPU {run.cpu:6.2f} s)  {_mib(run.size)}  "
+                          f"(CPU {run.cpu:6.2f} s)  {mib(run.size)}  "
                           f"peak RSS {run.peak.rss_mib:.0f} MiB, PSS "
                           f"{'n/a' if pss is None else f'{pss:.0f} MiB'}",
                           flush=True)  # fmt: skip
@@ -682,13 +537,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, label in labels.items():
             print(
                 f"  {label:<34} {times[name, key]:8.2f} {cpus[name, key]:8.2f} "
-                f"{_mib(sizes[name, key])}"
+                f"{mib(sizes[name, key])}"
             )
         for ram in args.ram:
             run = ours[ram, key]
             print(
                 f"  {f'ours, available_ram_mib {ram}':<34} {run.seconds:8.2f} {run.cpu:8.2f} "
-                f"{_mib(run.size)}"
+                f"{mib(run.size)}"
             )
         for ram in args.ram:
             s = ours[ram, key].seconds
@@ -721,11 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ours vs (a) on its output, max abs difference: {mismatch[ram]:g}")
     print(f"\ntotal runtime {time.perf_counter() - total_started:.0f} s")
 
-    if not args.keep:
-        for path in outputs.glob("*.tif"):
-            path.unlink()
-    if args.workdir is None and not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
+    clean_workdir(workdir, outputs, keep=args.keep, temporary=args.workdir is None)
     return 0
 
 

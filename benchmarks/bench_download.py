@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "download"))
 
 from download_helpers import deployment_for, process_request  # noqa: E402
 from fake_sentinelhub import CLIENT_ID, CLIENT_SECRET, FakeSentinelHub  # noqa: E402
+from harness import machine, timed_call  # noqa: E402
 
 from rsgrpc.download import SentinelHubDownloadClient, forget_limiters  # noqa: E402
 
@@ -58,12 +58,15 @@ def run_ours(server_options: dict, count: int, kind: str, client_options: dict) 
         requests_ = [process_request(hub, f"r{i}", kind) for i in range(count)]
         deployment = deployment_for(hub, read_timeout_seconds=30.0, **client_options)
         with SentinelHubDownloadClient(deployment=deployment) as client:
-            started = time.perf_counter()
-            results = client.download_results(requests_, max_threads=THREADS)
-            seconds = time.perf_counter() - started
-        failures = sum(not result.ok for result in results)
+            run = timed_call(client.download_results, requests_, max_threads=THREADS)
+        failures = sum(not result.ok for result in run.value)
         return Run(
-            "rsgrpc", count, seconds, hub.stats.rate_limited, hub.stats.connections_opened, failures
+            "rsgrpc",
+            count,
+            run.seconds,
+            hub.stats.rate_limited,
+            hub.stats.connections_opened,
+            failures,
         )
 
 
@@ -94,14 +97,12 @@ def run_sentinelhub(server_options: dict, count: int, kind: str) -> Run:
             for i in range(count)
         ]
         client = SHClient(config=config, raise_download_errors=False)
-        started = time.perf_counter()
-        data = client.download(requests_, max_threads=THREADS)
-        seconds = time.perf_counter() - started
-        failures = sum(item is None for item in data)
+        run = timed_call(client.download, requests_, max_threads=THREADS)
+        failures = sum(item is None for item in run.value)
         return Run(
             "sentinelhub-py",
             count,
-            seconds,
+            run.seconds,
             hub.stats.rate_limited,
             hub.stats.connections_opened,
             failures,
@@ -116,9 +117,7 @@ def main() -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}")
     print(f"threads per client: {THREADS}")
 
     count_a = 500 // scale

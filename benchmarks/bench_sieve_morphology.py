@@ -56,11 +56,7 @@ load. Outputs go under --workdir (a temporary directory by default).
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +71,22 @@ from harness import (  # noqa: E402
     MIB,
     OtherCpu,
     TreeRun,
+    benchmark_parser,
+    clean_workdir,
     machine,
     machine_load,
+    make_once,
+    make_workdir,
     measure_tree,
+    orbit_edge_mask,
     peak_rss_self,
+    pixel_hash,
     rsgrpc_server,
     rss_self,
     run_in_child,
+    scene_grid,
     settle,
+    smooth_field,
     timed_call,
 )
 
@@ -102,56 +106,32 @@ BASELINES = ("opencv", "scipy")
 # --------------------------------------------------------------------------- data
 
 
-def _hash(rows: np.ndarray, cols: np.ndarray, seed: int) -> np.ndarray:
-    """A deterministic uint32 hash of (row, col, seed)."""
-    with np.errstate(over="ignore"):
-        h = (rows.astype(np.uint32) * np.uint32(0x9E3779B1)) ^ (
-            cols.astype(np.uint32) * np.uint32(0x85EBCA77)
-        )
-        h ^= np.uint32(seed)
-        h ^= h >> np.uint32(15)
-        h *= np.uint32(0x2C1B3C6D)
-        h ^= h >> np.uint32(12)
-        h *= np.uint32(0x297A2D39)
-        h ^= h >> np.uint32(15)
-    return h
-
-
 def _strip(row0: int, rows: int, size: int) -> np.ndarray:
     """Classes of rows [row0, row0 + rows) of a size x size scene."""
-    scale = 10980.0 / size  # the same scene, whatever the size
-    y = np.arange(row0, row0 + rows, dtype=np.float32)[:, None] * scale
-    x = np.arange(size, dtype=np.float32)[None, :] * scale
-    field = (
-        0.5
-        + 0.25 * np.sin(x / 350.0) * np.cos(y / 420.0)
-        + 0.15 * np.sin((x + y) / 1300.0)
-        + 0.08 * np.sin(x / 37.0 + y / 53.0)
-    )
+    y, x, iy, ix = scene_grid(row0, rows, size)
+    field = smooth_field(y, x)
     classes = np.clip(1 + (field * CLASSES).astype(np.int32), 1, CLASSES).astype(np.uint8)
-    iy, ix = np.broadcast_arrays(np.arange(row0, row0 + rows)[:, None], np.arange(size)[None, :])
     # Speckle: single pixels (about 11 %) and 3 x 3 clumps (about 1 %), each of a
     # class from the hash (the underlying class again one time in six).
-    h = _hash(iy, ix, 7)
+    h = pixel_hash(iy, ix, 7)
     single = (h & np.uint32(0xFF)) < 28
-    clump = _hash(iy // 3, ix // 3, 11)
+    clump = pixel_hash(iy // 3, ix // 3, 11)
     clumped = (clump & np.uint32(0xFF)) < 3
     classes = np.where(single, 1 + (h >> np.uint32(8)) % CLASSES, classes)
     classes = np.where(clumped, 1 + (clump >> np.uint32(8)) % CLASSES, classes).astype(np.uint8)
     # Nodata: beyond an orbit edge, and an elliptic hole (a cloud mask).
-    edge = 0.8 * 10980.0 + 0.1 * 10980.0 * np.sin(y / 1500.0)
     hole = ((x - 3000.0) / 900.0) ** 2 + ((y - 6500.0) / 600.0) ** 2 < 1.0
-    classes[np.broadcast_to((x > edge) | hole, classes.shape)] = NODATA
+    classes[np.broadcast_to(orbit_edge_mask(y, x) | hole, classes.shape)] = NODATA
     return classes
 
 
 def generate_input(folder: Path, size: int) -> tuple[Path, Path, float]:
     """The class raster of a size x size scene (GeoTIFF and .npy); made once, reused."""
-    folder.mkdir(parents=True, exist_ok=True)
     tif, npy = folder / f"classes_{size}.tif", folder / f"classes_{size}.npy"
-    if tif.exists() and npy.exists():
-        return tif, npy, 0.0
-    started = time.perf_counter()
+    return tif, npy, make_once([tif, npy], lambda t, n: _write_input(t, n, size))
+
+
+def _write_input(tif: Path, npy: Path, size: int) -> None:
     meta = {
         "driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8",
         "nodata": NODATA, "crs": CRS, "transform": TRANSFORM, "tiled": True,
@@ -159,16 +139,12 @@ def generate_input(folder: Path, size: int) -> tuple[Path, Path, float]:
         "num_threads": "ALL_CPUS",
     }  # fmt: skip
     array = np.empty((size, size), np.uint8)
-    tmp = tif.with_suffix(".partial.tif")
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(tmp, "w", **meta) as dst:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(tif, "w", **meta) as dst:
         for row0 in range(0, size, BLOCK):
             rows = min(BLOCK, size - row0)
             array[row0 : row0 + rows] = _strip(row0, rows, size)
             dst.write(array[row0 : row0 + rows], 1, window=Window(0, row0, size, rows))
-    os.replace(tmp, tif)
-    np.save(npy.with_suffix(".partial.npy"), array)
-    os.replace(npy.with_suffix(".partial.npy"), npy)
-    return tif, npy, time.perf_counter() - started
+    np.save(npy, array)
 
 
 # ------------------------------------------------------------------ the operations
@@ -516,14 +492,7 @@ def _aim(ratio: float, aim: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where inputs and outputs go (default: a new temporary directory)",
-    )
-    parser.add_argument("--size", type=int, default=10980, help="raster edge in pixels")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--ram", type=int, default=1024, help="available_ram_mib of the session")
     parser.add_argument("--processes", type=int, default=2, help="session process count")
     parser.add_argument("--repeats", type=int, default=3, help="in-memory runs: best of this many")
@@ -543,10 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
     import scipy
 
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="rsgrpc-bench-"))).expanduser()
-    workdir = workdir.resolve()
-    outputs = workdir / "outputs"
-    outputs.mkdir(parents=True, exist_ok=True)
+    workdir, outputs = make_workdir(args.workdir)
     total_started = time.perf_counter()
     values = tuple(int(v) for v in args.values.split(","))
     shapes = [False, True] if args.circular else [False]
@@ -730,11 +696,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{idle.processes} processes")  # fmt: skip
     print(f"total runtime {time.perf_counter() - total_started:.0f} s")
 
-    if not args.keep:
-        for path in outputs.glob("*.tif"):
-            path.unlink()
-    if args.workdir is None and not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
+    clean_workdir(workdir, outputs, keep=args.keep, temporary=args.workdir is None)
     return 0
 
 

@@ -1,6 +1,7 @@
 """What the benchmarks share: the rsgrpc server as a subprocess, timed runs with
-their CPU seconds and peak memory, runs isolated in a fresh interpreter, and the
-report of the machine and its load.
+their CPU seconds and peak memory, runs isolated in a fresh interpreter, the
+report of the machine and its load, the synthetic scene their inputs are made
+from, and their common options and work folder.
 
     from harness import measure_tree, rsgrpc_server
 
@@ -17,16 +18,19 @@ in a child process is the child's exact high-water mark of resident memory.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,17 +56,25 @@ __all__ = [
     "Timed",
     "TreeRun",
     "TreeMemory",
+    "benchmark_parser",
+    "clean_workdir",
     "cpu_self",
     "free_port",
     "machine",
     "machine_load",
+    "make_once",
+    "make_workdir",
     "measure_tree",
     "mib",
+    "orbit_edge_mask",
     "peak_rss_self",
+    "pixel_hash",
     "rss_self",
     "rsgrpc_server",
     "run_in_child",
+    "scene_grid",
     "settle",
+    "smooth_field",
     "timed",
     "timed_call",
     "timed_cpu",
@@ -70,6 +82,62 @@ __all__ = [
 ]
 
 MIB = 1 << 20
+SCENE_EDGE = 10980  # pixels: a Sentinel-2 10 m tile, whatever size a benchmark makes
+
+
+# ------------------------------------------------------- options and the work folder
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc`` (a benchmark's docstring), with
+    the options every benchmark takes first: --workdir and --size."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where inputs and outputs go (default: a new temporary directory)",
+    )
+    parser.add_argument("--size", type=int, default=SCENE_EDGE, help="raster edge in pixels")
+    return parser
+
+
+def make_workdir(workdir: Path | None) -> tuple[Path, Path]:
+    """The work folder, absolute (``workdir``, or a new temporary directory when it is
+    None), and its ``outputs`` folder, made if missing."""
+    workdir = (workdir or Path(tempfile.mkdtemp(prefix="rsgrpc-bench-"))).expanduser()
+    workdir = workdir.resolve()
+    outputs = workdir / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    return workdir, outputs
+
+
+def clean_workdir(workdir: Path, outputs: Path, *, keep: bool, temporary: bool) -> None:
+    """Unless ``keep``: delete the GeoTIFFs in ``outputs``, and the whole ``workdir``
+    when it is ``temporary`` (made by ``make_workdir`` for want of --workdir)."""
+    if keep:
+        return
+    for path in outputs.glob("*.tif"):
+        path.unlink()
+    if temporary:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def make_once(paths: Sequence[Path], write: Callable[..., Any]) -> float:
+    """Make the files ``paths`` unless they all exist: ``write(*partials)`` writes them
+    under temporary names (``name.partial.ext``, in the same folders), then each is
+    renamed to its own, so that an interrupted run leaves nothing that looks complete.
+    Returns the seconds it took; 0.0 when the files were there to reuse."""
+    for folder in {path.parent for path in paths}:
+        folder.mkdir(parents=True, exist_ok=True)
+    if all(path.exists() for path in paths):
+        return 0.0
+    started = time.perf_counter()
+    partials = [path.with_suffix(".partial" + path.suffix) for path in paths]
+    write(*partials)
+    for partial, path in zip(partials, paths, strict=True):
+        os.replace(partial, path)
+    return time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------- the machine
@@ -153,6 +221,61 @@ def settle() -> None:
 def mib(n: float) -> str:
     """``n`` bytes in MiB, right-aligned in 8 characters plus the unit."""
     return f"{n / MIB:8.1f} MiB"
+
+
+# ---------------------------------------------------------------- the synthetic scene
+
+
+def scene_grid(
+    row0: int, rows: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows [row0, row0 + rows) of a size x size scene: ``y`` (rows x 1) and ``x``
+    (1 x size), float32, in pixels of the SCENE_EDGE x SCENE_EDGE scene (so that the
+    scene is the same whatever the size), and ``iy``, ``ix``, the integer row and
+    column of each pixel, both rows x size."""
+    scale = float(SCENE_EDGE) / size
+    y = np.arange(row0, row0 + rows, dtype=np.float32)[:, None] * scale
+    x = np.arange(size, dtype=np.float32)[None, :] * scale
+    iy, ix = np.broadcast_arrays(np.arange(row0, row0 + rows)[:, None], np.arange(size)[None, :])
+    return y, x, iy, ix
+
+
+def smooth_field(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A smooth field around 0.5 (within about 0.02 and 0.98) of the scene
+    coordinates from ``scene_grid``: broad waves and a finer ripple."""
+    return (
+        0.5
+        + 0.25 * np.sin(x / 350.0) * np.cos(y / 420.0)
+        + 0.15 * np.sin((x + y) / 1300.0)
+        + 0.08 * np.sin(x / 37.0 + y / 53.0)
+    )
+
+
+def orbit_edge_mask(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """True beyond an orbit edge (the swath's wavy right border, about the last
+    fifth of the scene): the pixels a satellite did not see."""
+    edge = 0.8 * SCENE_EDGE + 0.1 * SCENE_EDGE * np.sin(y / 1500.0)
+    return x > edge
+
+
+# A round of the hash: multiply, then xor with the high bits shifted down.
+_HASH_ROUNDS = ((0x2C1B3C6D, 12), (0x297A2D39, 15))
+
+
+def pixel_hash(rows: np.ndarray, cols: np.ndarray, seed: int, *, rounds: int = 2) -> np.ndarray:
+    """A deterministic uint32 hash of (row, col, seed), elementwise: per-pixel noise
+    without a random generator. ``rounds`` (1 or 2) of multiply and xor-shift after
+    the mix; the band calc benchmark's noise takes 1, as its inputs always have."""
+    with np.errstate(over="ignore"):
+        h = (rows.astype(np.uint32) * np.uint32(0x9E3779B1)) ^ (
+            cols.astype(np.uint32) * np.uint32(0x85EBCA77)
+        )
+        h ^= np.uint32(seed)
+        h ^= h >> np.uint32(15)
+        for multiplier, shift in _HASH_ROUNDS[:rounds]:
+            h *= np.uint32(multiplier)
+            h ^= h >> np.uint32(shift)
+    return h
 
 
 # ---------------------------------------------------------------------------- timing
