@@ -1,4 +1,5 @@
-"""Shared fixtures: a real server on a real port, a channel to it, and GeoTIFF makers."""
+"""Shared fixtures: a real server on a real port, a channel to it, GeoTIFF makers, and
+helpers to follow the operations the server runs."""
 
 from __future__ import annotations
 
@@ -6,19 +7,30 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
 import pytest
 import rasterio
+from google.longrunning import operations_proto_pb2 as lro
+from google.protobuf.message import Message
 from rasterio.transform import from_origin
 
 from rsgrpc.server.app import RunningServer, run_server
 from rsgrpc.server.config import ServerConfig
-from rsgrpc.v1 import raster_pb2_grpc, session_pb2, session_pb2_grpc
+from rsgrpc.v1 import (
+    operation_pb2,
+    operation_pb2_grpc,
+    raster_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500000.0, 4600000.0, 10.0, 10.0)
+
+ResponseT = TypeVar("ResponseT", bound=Message)
 
 
 def write_geotiff(
@@ -49,6 +61,59 @@ def write_geotiff(
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(array, 1)
     return path
+
+
+def write_speckled_classes(
+    path: Path,
+    *,
+    seed: int,
+    grid: tuple[int, int],
+    block: int,
+    classes: int,
+    speckle: int,
+    density: float,
+) -> np.ndarray:
+    """Write `grid` squares of `block` pixels, classes 1..`classes`, `density` of them `speckle`."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(1, classes + 1, grid, dtype=np.uint8)
+    array = np.kron(coarse, np.ones((block, block), np.uint8))
+    array[rng.random(array.shape) < density] = speckle
+    write_geotiff(path, array, nodata=0)
+    return array
+
+
+def operation_updates(channel: grpc.Channel, operation: lro.Operation) -> Iterator[lro.Operation]:
+    """The stream of updates OperationWatchService sends for `operation` until it is done."""
+    stub = operation_pb2_grpc.OperationWatchServiceStub(channel)
+    return stub.WatchOperation(operation_pb2.WatchOperationRequest(name=operation.name))
+
+
+def watch_operation(channel: grpc.Channel, operation: lro.Operation) -> list[lro.Operation]:
+    """Every update of `operation` until it is done: the last one is the finished operation."""
+    return list(operation_updates(channel, operation))
+
+
+def operation_metadata(operation: lro.Operation) -> operation_pb2.OperationMetadata:
+    """The OperationMetadata packed into one update of an operation."""
+    metadata = operation_pb2.OperationMetadata()
+    assert operation.metadata.Unpack(metadata)
+    return metadata
+
+
+def operation_response(operation: lro.Operation, response_type: type[ResponseT]) -> ResponseT:
+    """The response of an operation that must have finished without error, as `response_type`."""
+    assert operation.done and not operation.HasField("error"), operation.error
+    response = response_type()
+    assert operation.response.Unpack(response)
+    return response
+
+
+def watch_to_response(
+    channel: grpc.Channel, operation: lro.Operation, response_type: type[ResponseT]
+) -> tuple[list[lro.Operation], ResponseT]:
+    """Every update of `operation` and its response, asserting that it finished without error."""
+    updates = watch_operation(channel, operation)
+    return updates, operation_response(updates[-1], response_type)
 
 
 def make_config(tmp_path: Path, **overrides) -> ServerConfig:

@@ -13,19 +13,16 @@ from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from google.rpc import code_pb2
 
-from rsgrpc.v1 import operation_pb2, operation_pb2_grpc, raster_pb2
-from tests.conftest import CRS, TRANSFORM, write_geotiff
-
-
-def _watch(channel, operation) -> list[lro.Operation]:
-    stub = operation_pb2_grpc.OperationWatchServiceStub(channel)
-    return list(stub.WatchOperation(operation_pb2.WatchOperationRequest(name=operation.name)))
-
-
-def _metadata(operation) -> operation_pb2.OperationMetadata:
-    metadata = operation_pb2.OperationMetadata()
-    operation.metadata.Unpack(metadata)
-    return metadata
+from rsgrpc.v1 import operation_pb2, raster_pb2
+from tests.conftest import (
+    CRS,
+    TRANSFORM,
+    operation_metadata,
+    operation_updates,
+    watch_operation,
+    watch_to_response,
+    write_geotiff,
+)
 
 
 def _request(session, expression, inputs, output, **kwargs) -> raster_pb2.BandCalcRequest:
@@ -66,9 +63,7 @@ def test_ndvi_equals_numpy_masked_reference(server, session_name, raster_stub, r
         )
     )
     assert operation.name.startswith("operations/")
-    updates = _watch(channel, operation)
-    final = updates[-1]
-    assert final.done and not final.HasField("error"), final.error
+    _, response = watch_to_response(channel, operation, raster_pb2.BandCalcResponse)
     # Reference: numpy masked arrays in float64, cast to float32, -32768 where masked.
     r = np.ma.masked_equal(red.astype(np.float64), 0)
     n = np.ma.masked_equal(nir.astype(np.float64), 0)
@@ -83,8 +78,6 @@ def test_ndvi_equals_numpy_masked_reference(server, session_name, raster_stub, r
         assert ds.nodata == -32768
         assert ds.dtypes[0] == "float32"
     np.testing.assert_array_equal(got, expected)
-    response = raster_pb2.BandCalcResponse()
-    final.response.Unpack(response)
     assert response.output_path == "out/ndvi.tif"
     assert response.statistics.valid_pixel_count == int((~ndvi.mask).sum())
     assert response.statistics.minimum == pytest.approx(float(expected[~ndvi.mask].min()))
@@ -95,7 +88,7 @@ def test_watch_operation_streams_tile_progress(server, session_name, raster_stub
     operation = raster_stub.BandCalc(
         _request(session_name, "nir * 2", {"nir": "s2/nir.tif"}, "out/progress.tif")
     )
-    updates = [_metadata(op) for op in _watch(channel, operation)]
+    updates = [operation_metadata(op) for op in watch_operation(channel, operation)]
     done_counts = [m.tiles_done for m in updates]
     assert done_counts == sorted(done_counts)
     assert updates[-1].stage == operation_pb2.OperationMetadata.STAGE_DONE
@@ -130,7 +123,7 @@ def test_where_and_nodata_over_three_inputs_equals_reference(server, session_nam
             output_data_type=raster_pb2.DATA_TYPE_FLOAT32,
         )
     )
-    final = _watch(channel, operation)[-1]
+    final = watch_operation(channel, operation)[-1]
     assert not final.HasField("error"), final.error
     mask = (a == -9999) | np.isnan(b)
     af, bf, cf = (x.astype(np.float64) for x in (a, b, c))
@@ -156,16 +149,14 @@ def test_cancel_leaves_no_output(server, session_name, raster_stub):
     root = running.data_root.root
     operation = _start_long_job(raster_stub, session_name, root, "cancelled/out.tif")
     operations = lro_grpc.OperationsStub(channel)
-    for update in operation_pb2_grpc.OperationWatchServiceStub(channel).WatchOperation(
-        operation_pb2.WatchOperationRequest(name=operation.name)
-    ):
-        if _metadata(update).tiles_done >= 1:
+    for update in operation_updates(channel, operation):
+        if operation_metadata(update).tiles_done >= 1:
             operations.CancelOperation(lro.CancelOperationRequest(name=operation.name))
             break
     final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name))
     assert final.done
     assert final.error.code == code_pb2.CANCELLED
-    assert _metadata(final).cancel_requested
+    assert operation_metadata(final).cancel_requested
     assert not (root / "cancelled" / "out.tif").exists()
     assert list((root / "cancelled").iterdir()) == []
 
@@ -176,10 +167,8 @@ def test_killed_worker_fails_operation_and_next_one_succeeds(
     running, channel = server
     root = running.data_root.root
     operation = _start_long_job(raster_stub, session_name, root, "killed.tif")
-    for update in operation_pb2_grpc.OperationWatchServiceStub(channel).WatchOperation(
-        operation_pb2.WatchOperationRequest(name=operation.name)
-    ):
-        if _metadata(update).tiles_done >= 1:
+    for update in operation_updates(channel, operation):
+        if operation_metadata(update).tiles_done >= 1:
             break
     executor = running.registry.get(session_name).executor
     os.kill(executor.pids()[0], signal.SIGKILL)
@@ -194,7 +183,7 @@ def test_killed_worker_fails_operation_and_next_one_succeeds(
     again = raster_stub.BandCalc(
         _request(session_name, "nir + 1", {"nir": "s2/nir.tif"}, "after_kill.tif")
     )
-    assert not _watch(channel, again)[-1].HasField("error")
+    assert not watch_operation(channel, again)[-1].HasField("error")
     assert (root / "after_kill.tif").exists()
 
 

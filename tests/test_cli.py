@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import rasterio.features
 
-from tests.conftest import make_config, serving, write_geotiff
+from tests.conftest import make_config, serving, write_geotiff, write_speckled_classes
 from tests.download.fake_sentinelhub import CLIENT_ID, CLIENT_SECRET, PROCESS_PATH, FakeSentinelHub
 
 
@@ -83,10 +83,9 @@ def test_health_command_exits_one_when_nothing_listens():
 def test_sieve_dilate_and_erode_commands_write_their_outputs(server):
     running, _ = server
     root = running.data_root.root
-    rng = np.random.default_rng(2)
-    classes = np.kron(rng.integers(1, 4, (12, 10), dtype=np.uint8), np.ones((50, 50), np.uint8))
-    classes[rng.random(classes.shape) < 0.05] = 9
-    write_geotiff(root / "cli" / "lc.tif", classes, nodata=0)
+    classes = write_speckled_classes(
+        root / "cli" / "lc.tif", seed=2, grid=(12, 10), block=50, classes=3, speckle=9, density=0.05
+    )
     target = ["--target", f"127.0.0.1:{running.port}", "--processes", "1"]
     sieve = _rsgrpc("sieve", *target, "--input", "cli/lc.tif", "--size", "4", "--output", "cli/s")
     assert sieve.returncode == 0, sieve.stderr

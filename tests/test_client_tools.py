@@ -8,16 +8,15 @@ import rasterio.features
 from rsgrpc_kernels import morphology
 
 from rsgrpc.client import Session
-from tests.conftest import write_geotiff
+from tests.conftest import write_geotiff, write_speckled_classes
 
 
 def test_remotior_style_script_runs_the_three_tools(server):
     running, channel = server
     root = running.data_root.root
-    rng = np.random.default_rng(8)
-    classes = np.kron(rng.integers(1, 5, (10, 12), dtype=np.uint8), np.ones((40, 40), np.uint8))
-    classes[rng.random(classes.shape) < 0.08] = 7
-    write_geotiff(root / "rs" / "lc.tif", classes, nodata=0)
+    classes = write_speckled_classes(
+        root / "rs" / "lc.tif", seed=8, grid=(10, 12), block=40, classes=4, speckle=7, density=0.08
+    )
     write_geotiff(root / "rs" / "lc2.tif", classes[::-1].copy(), nodata=0)
 
     rs = Session(n_processes=2, available_ram=1024, channel=channel)

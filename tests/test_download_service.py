@@ -31,12 +31,17 @@ from rsgrpc.v1 import (
     download_pb2,
     download_pb2_grpc,
     operation_pb2,
-    operation_pb2_grpc,
     raster_pb2,
     session_pb2,
     session_pb2_grpc,
 )
-from tests.conftest import make_config, serving
+from tests.conftest import (
+    make_config,
+    operation_metadata,
+    operation_response,
+    serving,
+    watch_operation,
+)
 from tests.download.fake_sentinelhub import CLIENT_ID, CLIENT_SECRET, PROCESS_PATH, FakeSentinelHub
 
 SECRET_ENV = "RSGRPC_TEST_DOWNLOAD_SECRET"
@@ -141,29 +146,16 @@ def _tiff(request_id: str, output: str, **fields) -> download_pb2.DownloadItem:
     )
 
 
-def _watch(channel, operation) -> list[lro.Operation]:
-    stub = operation_pb2_grpc.OperationWatchServiceStub(channel)
-    return list(stub.WatchOperation(operation_pb2.WatchOperationRequest(name=operation.name)))
-
-
-def _metadata(operation) -> operation_pb2.OperationMetadata:
-    metadata = operation_pb2.OperationMetadata()
-    operation.metadata.Unpack(metadata)
-    return metadata
-
-
 def _response(operation) -> download_pb2.DownloadResponse:
-    assert operation.done and not operation.HasField("error"), operation.error
-    response = download_pb2.DownloadResponse()
-    operation.response.Unpack(response)
-    return response
+    """The DownloadResponse of a batch that must have finished without error."""
+    return operation_response(operation, download_pb2.DownloadResponse)
 
 
 def _run(server, stub, session, items, deployment="svc-fake", **fields) -> lro.Operation:
     operation = stub.Download(
         download_pb2.DownloadRequest(session=session, deployment=deployment, items=items, **fields)
     )
-    return _watch(server[1], operation)[-1]
+    return watch_operation(server[1], operation)[-1]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -184,10 +176,10 @@ def test_batch_runs_as_operation_with_progress_then_feeds_band_calc(
         download_pb2.DownloadRequest(session=session_name, deployment="svc-fake", items=items)
     )
     assert operation.name.startswith("operations/") and not operation.done
-    updates = _watch(channel, operation)
-    stages = [_metadata(u).stage for u in updates]
+    updates = watch_operation(channel, operation)
+    stages = [operation_metadata(u).stage for u in updates]
     assert operation_pb2.OperationMetadata.STAGE_RUNNING in stages
-    final = _metadata(updates[-1])
+    final = operation_metadata(updates[-1])
     sizes = [len(hub.sent[f"batch-{i}"]) for i in (1, 2, 3)]
     assert (final.method, final.tiles_done, final.tiles_total) == ("Download", 3, 3)
     assert final.bytes_read == final.bytes_written == sum(sizes)
@@ -212,7 +204,7 @@ def test_batch_runs_as_operation_with_progress_then_feeds_band_calc(
             output_data_type=raster_pb2.DATA_TYPE_INT32,
         )
     )
-    assert not _watch(channel, calc)[-1].HasField("error")
+    assert not watch_operation(channel, calc)[-1].HasField("error")
     with (
         rasterio.open(root / "dl" / "one.tif") as source,
         rasterio.open(root / "dl" / "green.tif") as result,
@@ -478,7 +470,7 @@ def test_cancel_stops_requests_not_started_and_leaves_no_files(
     lro_grpc.OperationsStub(channel).CancelOperation(
         lro.CancelOperationRequest(name=operation.name)
     )
-    final = _watch(channel, operation)[-1]
+    final = watch_operation(channel, operation)[-1]
     assert final.error.code == code_pb2.CANCELLED
     assert "no output was written" in final.error.message
     started = slow.stats.process_requests - sent
@@ -509,7 +501,7 @@ def test_rate_limit_is_shared_by_every_session(server, session_name, stub, hubs)
             )
             for n, session in enumerate((session_name, other))
         ]
-        finals = [_watch(channel, operation)[-1] for operation in operations]
+        finals = [watch_operation(channel, operation)[-1] for operation in operations]
     finally:
         sessions.DeleteSession(session_pb2.DeleteSessionRequest(name=other))
     for final in finals:
@@ -543,7 +535,7 @@ def test_secrets_never_appear_in_responses_logs_or_cache(
     operation = stub.Download(
         download_pb2.DownloadRequest(session=session_name, deployment="svc-fake", items=items)
     )
-    updates = _watch(channel, operation)
+    updates = watch_operation(channel, operation)
     assert [r.status for r in _response(updates[-1]).results] == [SUCCEEDED, SUCCEEDED, FAILED]
     refused = _run(
         server, stub, session_name, [_tiff("secret-x", "secret/x.tif")], "svc-wrong-secret"

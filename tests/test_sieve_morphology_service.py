@@ -13,30 +13,17 @@ from google.longrunning import operations_proto_pb2 as lro
 from google.rpc import code_pb2
 from rsgrpc_kernels import morphology
 
-from rsgrpc.v1 import operation_pb2, operation_pb2_grpc, raster_pb2
-from tests.conftest import CRS, TRANSFORM, write_geotiff
+from rsgrpc.v1 import raster_pb2
+from tests.conftest import (
+    CRS,
+    TRANSFORM,
+    operation_metadata,
+    operation_updates,
+    watch_to_response,
+    write_geotiff,
+)
 
 NODATA = 255
-
-
-def _watch(channel, operation) -> list:
-    stub = operation_pb2_grpc.OperationWatchServiceStub(channel)
-    return list(stub.WatchOperation(operation_pb2.WatchOperationRequest(name=operation.name)))
-
-
-def _metadata(operation) -> operation_pb2.OperationMetadata:
-    metadata = operation_pb2.OperationMetadata()
-    operation.metadata.Unpack(metadata)
-    return metadata
-
-
-def _finished(channel, operation, response_type):
-    updates = _watch(channel, operation)
-    final = updates[-1]
-    assert final.done and not final.HasField("error"), final.error
-    response = response_type()
-    assert final.response.Unpack(response)
-    return updates, response
 
 
 def _bands(*paths: str) -> list[raster_pb2.RasterBand]:
@@ -75,7 +62,7 @@ def test_sieve_equals_gdal_with_progress_and_counts(server, session_name, raster
             output=raster_pb2.ToolOutput(path="sieved/a8.tif"),
         )
     )
-    updates, response = _finished(channel, operation, raster_pb2.SieveResponse)
+    updates, response = watch_to_response(channel, operation, raster_pb2.SieveResponse)
     expected = rasterio.features.sieve(classes, 9, connectivity=8, mask=classes != NODATA)
     got, profile = _read(running.data_root.root, "sieved/a8.tif")
     np.testing.assert_array_equal(got, expected)
@@ -86,8 +73,8 @@ def test_sieve_equals_gdal_with_progress_and_counts(server, session_name, raster
     assert (output.input.path, output.input.band) == ("lc/a.tif", 1)
     assert output.pixels_changed == np.count_nonzero(got != classes) > 0
     assert 0 < output.regions_changed <= output.pixels_changed
-    done = [_metadata(u).tiles_done for u in updates]
-    assert done == sorted(done) and done[-1] == _metadata(updates[-1]).tiles_total > 2
+    done = [operation_metadata(u).tiles_done for u in updates]
+    assert done == sorted(done) and done[-1] == operation_metadata(updates[-1]).tiles_total > 2
 
 
 def test_one_output_per_input_in_a_directory_with_prefix(
@@ -102,7 +89,7 @@ def test_one_output_per_input_in_a_directory_with_prefix(
             output=raster_pb2.ToolOutput(path="dilated", prefix="dil_"),
         )
     )
-    _, response = _finished(channel, operation, raster_pb2.DilateResponse)
+    _, response = watch_to_response(channel, operation, raster_pb2.DilateResponse)
     assert [o.output_path for o in response.outputs] == ["dilated/dil_a.tif", "dilated/dil_b.tif"]
     root = running.data_root.root
     for source, output in ((classes, response.outputs[0]), (classes[::-1], response.outputs[1])):
@@ -163,7 +150,7 @@ def test_each_filter_equals_the_kernel_on_the_whole_raster(
             output=raster_pb2.ToolOutput(path=output, overwrite=True),
         )
     )
-    _finished(
+    watch_to_response(
         channel,
         operation,
         raster_pb2.DilateResponse if rpc == "Dilate" else raster_pb2.ErodeResponse,
@@ -186,10 +173,8 @@ def test_cancel_leaves_no_output(server, session_name, raster_stub):
         )
     )
     operations = lro_grpc.OperationsStub(channel)
-    for update in operation_pb2_grpc.OperationWatchServiceStub(channel).WatchOperation(
-        operation_pb2.WatchOperationRequest(name=operation.name)
-    ):
-        if _metadata(update).tiles_done >= 1:
+    for update in operation_updates(channel, operation):
+        if operation_metadata(update).tiles_done >= 1:
             operations.CancelOperation(lro.CancelOperationRequest(name=operation.name))
             break
     final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
