@@ -403,14 +403,30 @@ def _label(values, valid, conn8):
     return labels, n, value, size
 
 
-@njit(cache=True, nogil=True)
-def _analyse(labels, size, n, seams, threshold, conn8, row_off, col_off, raster_w):
-    """Classify regions and settle what the tile can settle by itself.
+# The neighbours of a pixel (dy, dx) and, for each, the pixel whose scan meets the
+# pair (the later one in raster order, at dy, dx from this one) and the step k of
+# that scan: GDAL's scan meets up (k=0), up-left (1), up-right (2), then left (3).
+_NEIGHBOURS_4: Final = np.array(
+    [(-1, 0, 0, 0, 0), (0, -1, 0, 0, 3), (0, 1, 0, 1, 3), (1, 0, 1, 0, 0)], np.int64
+)
+_NEIGHBOURS_8: Final = np.array(
+    [
+        (-1, 0, 0, 0, 0),
+        (-1, -1, 0, 0, 1),
+        (-1, 1, 0, 0, 2),
+        (0, -1, 0, 0, 3),
+        (0, 1, 0, 1, 3),
+        (1, 1, 1, 1, 1),
+        (1, 0, 1, 0, 0),
+        (1, -1, 1, -1, 2),
+    ],
+    np.int64,
+)
 
-    Returns kind, term (for _DECIDED regions: the region their chain ends on, or
-    _FAIL), best/best_key (largest closed neighbour and its first-contact key)
-    and the first contact of each small region with each open neighbour.
-    """
+
+@njit(cache=True, nogil=True)
+def _open_regions(labels, n, seams):
+    """Which regions touch a seam."""
     h, w = labels.shape
     is_open = np.zeros(n, np.bool_)
     if seams[0]:
@@ -429,87 +445,119 @@ def _analyse(labels, size, n, seams, threshold, conn8, row_off, col_off, raster_
         for y in range(h):
             if labels[y, w - 1] >= 0:
                 is_open[labels[y, w - 1]] = True
+    return is_open
 
-    small = size < threshold
-    last_open = np.full(n, -1, np.int32)
+
+@njit(cache=True, nogil=True)
+def _meet_neighbours(labels, size, is_open, threshold, neighbours, row_off, col_off, raster_w):
+    """Each small region's largest closed neighbour and its contacts with open ones.
+
+    GDAL's scan meets each pair of touching pixels once and updates both regions
+    (its CompareNeighbour); only small regions need their neighbours, so this
+    visits only their pixels, each with all its neighbours, and gives each meeting
+    the key of GDAL's scan: (raster index of the later pixel) * 4 + k. Meetings
+    come out of scan order, so where GDAL keeps the first, this keeps the smallest
+    key: the largest closed neighbour (on a tie, the one met first) in best and
+    best_key, and each contact with an open region as (small, open, key) in the
+    first ``count`` rows of the returned buffer, a contact repeated on the row of
+    the small region's previous one merged into it (other repeats remain).
+    """
+    h, w = labels.shape
+    n = size.shape[0]
     best = np.full(n, -1, np.int32)
     best_key = np.zeros(n, np.int64)
-    buf = np.empty((64, 3), np.int64)
-    nc = 0
-    # GDAL's scan: each pixel meets up (k=0), up-left (1), up-right (2), then
-    # left (3); each meeting updates both regions (GDAL's CompareNeighbour).
+    last_entry = np.full(n, -1, np.int64)
+    contacts = np.empty((1024, 3), np.int64)
+    count = 0
+    steps = neighbours.shape[0]
     for y in range(h):
-        row_key = (np.int64(row_off + y) * raster_w + col_off) * 4
         for x in range(w):
             a = labels[y, x]
-            if a < 0:
+            if a < 0 or size[a] >= threshold:
                 continue
-            for k in range(4):
-                if k == 0:
-                    if y == 0:
+            if count + steps > contacts.shape[0]:  # room for this pixel's contacts
+                grown = np.empty((2 * contacts.shape[0], 3), np.int64)
+                grown[:count] = contacts[:count]
+                contacts = grown
+            for t in range(steps):
+                yy = y + neighbours[t, 0]
+                xx = x + neighbours[t, 1]
+                if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                    continue
+                q = labels[yy, xx]
+                if q < 0 or q == a:
+                    continue
+                later_row = np.int64(row_off + y + neighbours[t, 2])
+                later_col = np.int64(col_off + x + neighbours[t, 3])
+                key = (later_row * raster_w + later_col) * 4 + neighbours[t, 4]
+                if is_open[q]:
+                    last = last_entry[a]
+                    if last >= 0 and contacts[last, 1] == q:
+                        if key < contacts[last, 2]:
+                            contacts[last, 2] = key
                         continue
-                    b = labels[y - 1, x]
-                elif k == 1:
-                    if not conn8 or y == 0 or x == 0:
-                        continue
-                    b = labels[y - 1, x - 1]
-                elif k == 2:
-                    if not conn8 or y == 0 or x == w - 1:
-                        continue
-                    b = labels[y - 1, x + 1]
-                else:
-                    if x == 0:
-                        continue
-                    b = labels[y, x - 1]
-                if b < 0 or b == a or not (small[a] or small[b]):
-                    continue  # large regions need no neighbour
-                key = row_key + 4 * x + k
-                for side in range(2):
-                    p = a if side == 0 else b
-                    q = b if side == 0 else a
-                    if not small[p]:
-                        continue
-                    if is_open[q]:
-                        if last_open[p] == q:
-                            continue  # a later contact with the same open region
-                        last_open[p] = q
-                        if nc == buf.shape[0]:
-                            grown = np.empty((2 * nc, 3), np.int64)
-                            grown[:nc] = buf
-                            buf = grown
-                        buf[nc, 0] = p
-                        buf[nc, 1] = q
-                        buf[nc, 2] = key
-                        nc += 1
-                    else:
-                        cur = best[p]
-                        if cur < 0 or size[cur] < size[q]:
-                            best[p] = q
-                            best_key[p] = key
+                    last_entry[a] = count
+                    contacts[count, 0] = a
+                    contacts[count, 1] = q
+                    contacts[count, 2] = key
+                    count += 1
+                    continue
+                cur = best[a]
+                if cur < 0 or size[q] > size[cur] or (size[q] == size[cur] and key < best_key[a]):
+                    best[a] = q
+                    best_key[a] = key
+    return best, best_key, contacts, count
 
-    # First contact of each (small region, open neighbour) pair: entries were
-    # appended in key order, so a stable sort by pair keeps the first in front.
-    pair = np.empty(nc, np.int64)
-    for i in range(nc):
-        pair[i] = buf[i, 0] * n + buf[i, 1]
-    order = np.argsort(pair, kind="mergesort")
-    oa = np.empty(nc, np.int32)
-    ob = np.empty(nc, np.int32)
-    ok = np.empty(nc, np.int64)
+
+@njit(cache=True, nogil=True)
+def _first_contacts(contacts, order, n):
+    """The first contact (smallest key) of each (small region, open region) pair,
+    given the contacts' order by pair."""
+    count = order.shape[0]
+    oa = np.empty(count, np.int32)
+    ob = np.empty(count, np.int32)
+    ok = np.empty(count, np.int64)
     m = 0
     last = -1
-    for i in range(nc):
+    for i in range(count):
         j = order[i]
-        if pair[j] != last:
-            last = pair[j]
-            oa[m] = buf[j, 0]
-            ob[m] = buf[j, 1]
-            ok[m] = buf[j, 2]
+        pair = contacts[j, 0] * n + contacts[j, 1]
+        if pair != last:
+            last = pair
+            oa[m] = contacts[j, 0]
+            ob[m] = contacts[j, 1]
+            ok[m] = contacts[j, 2]
             m += 1
-    oa = oa[:m]
-    ob = ob[:m]
-    ok = ok[:m]
+        elif contacts[j, 2] < ok[m - 1]:
+            ok[m - 1] = contacts[j, 2]
+    return oa[:m], ob[:m], ok[:m]
 
+
+def _analyse(labels, size, n, seams, threshold, conn8, row_off, col_off, raster_w):
+    """Classify regions and settle what the tile can settle by itself.
+
+    Returns kind, term (for _DECIDED regions: the region their chain ends on, or
+    _FAIL), best/best_key (largest closed neighbour and its first-contact key)
+    and the first contact of each small region with each open neighbour.
+    """
+    is_open = _open_regions(labels, n, seams)
+    neighbours = _NEIGHBOURS_8 if conn8 else _NEIGHBOURS_4
+    best, best_key, contacts, count = _meet_neighbours(
+        labels, size, is_open, threshold, neighbours, row_off, col_off, raster_w
+    )
+    contacts = contacts[:count]
+    # numpy's stable sort (radix and timsort) is fast on the nearly sorted pairs.
+    order = np.argsort(contacts[:, 0] * n + contacts[:, 1], kind="stable")
+    oa, ob, ok = _first_contacts(contacts, order, n)
+    kind, term = _settle_chains(is_open, size, threshold, best, best_key, oa, ob, ok)
+    return kind, term, best, best_key, oa, ob, ok
+
+
+@njit(cache=True, nogil=True)
+def _settle_chains(is_open, size, threshold, best, best_key, oa, ob, ok):
+    """Each region's kind, and where the chain of each decided region ends."""
+    n = size.shape[0]
+    m = oa.shape[0]
     kind = np.empty(n, np.int8)
     nxt = np.full(n, -1, np.int32)
     for r in range(n):
@@ -570,7 +618,7 @@ def _analyse(labels, size, n, seams, threshold, conn8, row_off, col_off, raster_
         for i in range(sp):
             term[path[i]] = res
             state[path[i]] = 2
-    return kind, term, best, best_key, oa, ob, ok
+    return kind, term
 
 
 @njit(cache=True, nogil=True)
