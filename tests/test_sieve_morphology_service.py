@@ -3,6 +3,8 @@ cancellation and bad parameters."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from google.longrunning import operations_proto_pb2 as lro
 from google.rpc import code_pb2
 from rsgrpc_kernels import morphology
 
-from rsgrpc.v1 import raster_pb2
+from rsgrpc.v1 import raster_pb2, session_pb2, session_pb2_grpc
 from tests.conftest import (
     CRS,
     TRANSFORM,
@@ -159,19 +161,37 @@ def test_each_filter_equals_the_kernel_on_the_whole_raster(
     np.testing.assert_array_equal(got, reference(classes))
 
 
-def test_cancel_leaves_no_output(server, session_name, raster_stub):
+CANCELLED_RUNS = {
+    # Erosion of size 60 is slow on every tile; the sieve is cancelled between its passes'
+    # tiles, while settled tiles wait in the session's temporary directory.
+    "Erode": lambda session: raster_pb2.ErodeRequest(
+        session=session,
+        inputs=_bands("big_classes.tif"),
+        parameters=raster_pb2.MorphologyParameters(value_list=[0, 1], size=60),
+        output=raster_pb2.ToolOutput(path="cancelled/out.tif"),
+    ),
+    "Sieve": lambda session: raster_pb2.SieveRequest(
+        session=session,
+        inputs=_bands("big_classes.tif"),
+        size=10,
+        output=raster_pb2.ToolOutput(path="cancelled/out.tif"),
+    ),
+}
+
+
+@pytest.mark.parametrize("method", CANCELLED_RUNS)
+def test_cancel_leaves_no_output_and_no_temporary_files(server, session_name, raster_stub, method):
     running, channel = server
     root = running.data_root.root
-    rng = np.random.default_rng(5)
-    write_geotiff(root / "big_classes.tif", rng.integers(0, 3, (3072, 3072), dtype=np.uint8))
-    operation = raster_stub.Erode(
-        raster_pb2.ErodeRequest(
-            session=session_name,
-            inputs=_bands("big_classes.tif"),
-            parameters=raster_pb2.MorphologyParameters(value_list=[0, 1], size=60),
-            output=raster_pb2.ToolOutput(path="cancelled/eroded.tif"),
-        )
+    if not (root / "big_classes.tif").exists():
+        rng = np.random.default_rng(5)
+        write_geotiff(root / "big_classes.tif", rng.integers(0, 3, (4096, 4096), dtype=np.uint8))
+    sessions = session_pb2_grpc.SessionServiceStub(channel)
+    temporary = Path(
+        sessions.GetSession(session_pb2.GetSessionRequest(name=session_name)).temporary_directory
     )
+    before = set(temporary.iterdir())
+    operation = getattr(raster_stub, method)(CANCELLED_RUNS[method](session_name))
     operations = lro_grpc.OperationsStub(channel)
     for update in operation_updates(channel, operation):
         if operation_metadata(update).tiles_done >= 1:
@@ -179,7 +199,8 @@ def test_cancel_leaves_no_output(server, session_name, raster_stub):
             break
     final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
     assert final.done and final.error.code == code_pb2.CANCELLED
-    assert list((root / "cancelled").iterdir()) == []
+    assert list(root.glob("cancelled/*")) == []
+    assert set(temporary.iterdir()) == before
 
 
 def _sieve(session, **fields):
