@@ -21,7 +21,7 @@ Semantics (Remotior Sensus' band calc, made per pixel):
   result whose truncation lies outside the dtype's range is nodata (never wrapped or clipped).
   Float32 outputs round to nearest; a finite float64 that overflows float32 is nodata.
 - ``nodata("name")`` is a constant of the compiled kernel (NaN when the input has none).
-- Statistics (``evaluate_with_statistics``) are those of the values as written, after the cast:
+- Statistics (``evaluate``) are those of the values as written, after the cast:
   pixels that are NaN or equal to ``output_nodata`` are not valid, whoever made them so.
 """
 
@@ -555,46 +555,23 @@ def evaluate(
     output_dtype: np.dtype | str | type = DEFAULT_OUTPUT_DTYPE,
     output_nodata: float = DEFAULT_OUTPUT_NODATA,
     out: np.ndarray | None = None,
-) -> tuple[np.ndarray, int]:
-    """Evaluate ``expression`` on one tile; return (output tile, nodata pixels written).
+) -> tuple[np.ndarray, int, TileStatistics]:
+    """Evaluate ``expression`` on one tile, and take the statistics of the result in the
+    same pass; return (output tile, nodata pixels written, statistics).
 
     ``inputs`` are 2-D tiles of equal shape in the order of ``expression.input_names``.
     ``nodata`` is either a sequence in that same order, or a mapping from input name to nodata
     value, which must be used when ``nodata("name")`` names an input whose pixels the
     expression does not read. ``out``, if given, must have the tile's shape and the output
-    dtype; it is filled and returned.
+    dtype; it is filled and returned. The statistics count as nodata every pixel equal to
+    ``output_nodata``, including those where the expression itself gave that value; the
+    second item counts only the pixels the kernel set to nodata.
 
     Notes
     -----
     Memory: the output tile, a C-contiguous copy of any input that is not C-contiguous (and of
     ``out`` if it is not), and, when the expression aggregates, one float64 scratch vector per
     chunk of rows in flight (its length is the total count of aggregated arguments).
-    """
-    out, count, _ = evaluate_with_statistics(
-        expression,
-        inputs,
-        nodata,
-        output_dtype=output_dtype,
-        output_nodata=output_nodata,
-        out=out,
-    )
-    return out, count
-
-
-def evaluate_with_statistics(
-    expression: Expression,
-    inputs: Sequence[np.ndarray],
-    nodata: Sequence[float | None] | Mapping[str, float | None],
-    *,
-    output_dtype: np.dtype | str | type = DEFAULT_OUTPUT_DTYPE,
-    output_nodata: float = DEFAULT_OUTPUT_NODATA,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, int, TileStatistics]:
-    """As ``evaluate``, and the statistics of the output tile, computed in the same pass.
-
-    Returns (output tile, nodata pixels written, statistics). The statistics count as nodata
-    every pixel equal to ``output_nodata``, including those where the expression itself gave
-    that value; the second item counts only the pixels the kernel set to nodata.
     """
     names = expression.input_names
     if len(inputs) != len(names):

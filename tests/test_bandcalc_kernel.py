@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from rsgrpc_kernels.bandcalc import (
     compile_kernel,
     evaluate,
-    evaluate_with_statistics,
     kernel_cache_info,
     normalize_dtype,
 )
@@ -45,7 +44,7 @@ def test_ndvi_equals_masked_numpy_reference():
     nir[1, :3] = np.nan
     red[2, 0] = nir[2, 0] = 0.0  # 0 / 0
     e = parse_expression('("nir" - "red") / ("nir" + "red")', ["red", "nir"])
-    out, count = evaluate(e, [red, nir], [-9999.0, np.nan])
+    out, count, _ = evaluate(e, [red, nir], [-9999.0, np.nan])
 
     r = np.ma.masked_equal(red.astype(np.float64), -9999.0)
     n = np.ma.masked_invalid(nir.astype(np.float64))
@@ -67,7 +66,7 @@ def test_multi_input_expression_equals_masked_numpy_reference():
         "+ clip(a, -1, 1) * isnan(b)"
     )
     e = parse_expression(text, ["a", "b", "c"])
-    out, count = evaluate(e, [a, b, c], [None, None, -1])
+    out, count, _ = evaluate(e, [a, b, c], [None, None, -1])
 
     a64 = np.ma.masked_array(a.astype(np.float64))
     b64 = np.ma.masked_array(b.astype(np.float64))
@@ -95,7 +94,7 @@ def test_remotior_aggregations_work_per_pixel_across_arguments_ignoring_nan():
     for k, function in reversed(list(enumerate(functions))):
         text = f"where(row == {k}, {function}({args}), {text})"
     e = parse_expression(text, ["a", "b", "c", "row"])
-    out, _ = evaluate(e, [*tiles, row], [None] * 4, output_dtype="Float64")
+    out, _, _ = evaluate(e, [*tiles, row], [None] * 4, output_dtype="Float64")
     stack = np.stack(tiles[:2] + [np.where(tiles[2] > 0, tiles[2], np.nan)])
     for k, function in enumerate(functions):
         expected = getattr(np, f"nan{function}")(stack, axis=0)[k]
@@ -107,7 +106,7 @@ def test_percentile_takes_q_last_and_interpolates_linearly():
     e = parse_expression(
         'percentile("a", "b", "c", "d", where("e" > 0, "e", nan), 37.5)', list("abcde")
     )
-    out, _ = evaluate(e, tiles, [None] * 5, output_dtype="float64")
+    out, _, _ = evaluate(e, tiles, [None] * 5, output_dtype="float64")
     stack = np.stack(tiles[:4] + [np.where(tiles[4] > 0, tiles[4], np.nan)])
     np.testing.assert_allclose(out, np.nanpercentile(stack, 37.5, axis=0), rtol=1e-15, atol=0)
 
@@ -115,7 +114,7 @@ def test_percentile_takes_q_last_and_interpolates_linearly():
 def test_aggregation_of_all_nan_is_nodata_except_sum():
     a = np.array([[1.0, -1.0]], np.float32)
     e = parse_expression("where(a > 0, max(nan, nan), sum(nan, nan))", ["a"])
-    out, count = evaluate(e, [a], [None])
+    out, count, _ = evaluate(e, [a], [None])
     assert out.tolist() == [[OUT_NODATA, 0.0]]
     assert count == 1
 
@@ -123,7 +122,7 @@ def test_aggregation_of_all_nan_is_nodata_except_sum():
 def test_integer_output_truncates_toward_zero_and_refuses_what_does_not_fit():
     a = np.array([[1.9, -1.9, 127.9, 128.0, -128.9, -129.0, np.nan, 5.0]], np.float64)
     e = parse_expression("a", ["a"])
-    out, count = evaluate(e, [a], [5.0], output_dtype="Int8", output_nodata=-128)
+    out, count, _ = evaluate(e, [a], [5.0], output_dtype="Int8", output_nodata=-128)
     assert out.dtype == np.int8
     assert out.tolist() == [[1, -1, 127, -128, -128, -128, -128, -128]]
     assert count == 4  # 128, -129, NaN, and the nodata input
@@ -131,20 +130,20 @@ def test_integer_output_truncates_toward_zero_and_refuses_what_does_not_fit():
 
 def test_float32_output_overflow_is_nodata():
     a = np.array([[1e300, 3e38, -1e39]], np.float64)
-    out, count = evaluate(parse_expression("a", ["a"]), [a], [None])
+    out, count, _ = evaluate(parse_expression("a", ["a"]), [a], [None])
     assert out.tolist() == [[OUT_NODATA, np.float32(3e38), OUT_NODATA]]
     assert count == 2
 
 
 def test_integer_input_nodata_compares_in_the_input_dtype():
     a = np.array([[0, 255, 7]], np.uint8)
-    out, count = evaluate(
+    out, count, _ = evaluate(
         parse_expression("a * 2", ["a"]), [a], [255], output_dtype="UInt16", output_nodata=0
     )
     assert out.tolist() == [[0, 0, 14]]
     assert count == 1
     # A nodata value no uint8 can hold marks nothing.
-    out, count = evaluate(
+    out, count, _ = evaluate(
         parse_expression("a * 2", ["a"]), [a], [-1], output_dtype="UInt16", output_nodata=0
     )
     assert out.tolist() == [[0, 510, 14]]
@@ -154,12 +153,12 @@ def test_integer_input_nodata_compares_in_the_input_dtype():
 def test_nodata_of_an_input_not_read_comes_from_a_mapping():
     a = np.array([[1.0, 2.0]], np.float32)
     e = parse_expression('where(a > 1, nodata("b"), a)', ["a", "b"])
-    out, _ = evaluate(e, [a], {"a": None, "b": 42.0})
+    out, _, _ = evaluate(e, [a], {"a": None, "b": 42.0})
     assert out.tolist() == [[1.0, 42.0]]
     with pytest.raises(ValueError, match="mapping"):
         evaluate(e, [a], [None])
     # Without a nodata value, nodata() is NaN, as in Remotior; NaN results are nodata.
-    out, count = evaluate(e, [a], {"a": None})
+    out, count, _ = evaluate(e, [a], {"a": None})
     assert out.tolist() == [[1.0, OUT_NODATA]]
     assert count == 1
 
@@ -167,7 +166,7 @@ def test_nodata_of_an_input_not_read_comes_from_a_mapping():
 def test_out_parameter_is_filled_and_returned():
     a = _tile(30, shape=(4, 6))
     buffer = np.empty((4, 6), np.float64)
-    out, _ = evaluate(
+    out, _, _ = evaluate(
         parse_expression("a + 1", ["a"]), [a], [None], output_dtype=np.float64, out=buffer
     )
     assert out is buffer
@@ -177,7 +176,7 @@ def test_out_parameter_is_filled_and_returned():
 def test_non_contiguous_tiles_are_read_correctly():
     a = _tile(31, shape=(10, 12))
     b = _tile(32, shape=(12, 10)).T
-    out, _ = evaluate(
+    out, _, _ = evaluate(
         parse_expression("a - b", ["a", "b"]), [a[:, :], b], [None, None], output_dtype="float64"
     )
     np.testing.assert_array_equal(out, a.astype(np.float64) - b)
@@ -288,10 +287,10 @@ def test_statistics_from_the_kernel_equal_numpy_on_the_written_values(output_dty
     # where(b == 1, ...), results equal to the output nodata, which statistics exclude.
     nodata_literal = "nan" if math.isnan(output_nodata) else repr(float(output_nodata))
     e = parse_expression(f"where(b == 1, {nodata_literal}, a * 1000 / b)", ["a", "b"])
-    out, written, stats = evaluate_with_statistics(
+    out, written, stats = evaluate(
         e, [a, b], [-9999.0, 7], output_dtype=output_dtype, output_nodata=output_nodata
     )
-    reference, _ = evaluate(
+    reference, _, _ = evaluate(
         e, [a, b], [-9999.0, 7], output_dtype=output_dtype, output_nodata=output_nodata
     )
     np.testing.assert_array_equal(out, reference)
@@ -301,7 +300,7 @@ def test_statistics_from_the_kernel_equal_numpy_on_the_written_values(output_dty
 
 def test_statistics_count_an_expression_value_equal_to_nodata_as_nodata():
     a = np.array([[1.0, 2.0, 3.0, -5.0]], np.float32)
-    out, written, stats = evaluate_with_statistics(
+    out, written, stats = evaluate(
         parse_expression("where(a > 2, -5, a)", ["a"]), [a], [-5.0], output_nodata=-5.0
     )
     assert out.tolist() == [[1.0, 2.0, -5.0, -5.0]]
@@ -313,7 +312,7 @@ def test_statistics_count_an_expression_value_equal_to_nodata_as_nodata():
 
 def test_statistics_of_an_all_nodata_tile_are_empty():
     a = np.full((3, 4), 7, np.uint16)
-    _, written, stats = evaluate_with_statistics(parse_expression("a + 1", ["a"]), [a], [7])
+    _, written, stats = evaluate(parse_expression("a + 1", ["a"]), [a], [7])
     assert written == 12
     assert (stats.valid_pixel_count, stats.nodata_pixel_count) == (0, 12)
     assert (stats.minimum, stats.maximum, stats.mean, stats.sum_squared_deviations) == (
@@ -328,9 +327,7 @@ def test_statistics_stay_accurate_for_a_large_mean_and_a_small_spread():
     # Two-pass sums per row about the first valid value: no cancellation, no drift of the mean.
     rng = np.random.default_rng(5)
     a = (1e9 + rng.uniform(-1.0, 1.0, (300, 200))).astype(np.float64)
-    out, _, stats = evaluate_with_statistics(
-        parse_expression("a", ["a"]), [a], [None], output_dtype="float64"
-    )
+    out, _, stats = evaluate(parse_expression("a", ["a"]), [a], [None], output_dtype="float64")
     _assert_statistics_match(stats, out, -32768.0)
 
 
@@ -342,9 +339,9 @@ def test_tiles_split_among_threads_give_the_same_pixels_and_statistics():
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one, one_written, one_stats = evaluate_with_statistics(e, [red, nir], [0, 0])
+        one, one_written, one_stats = evaluate(e, [red, nir], [0, 0])
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        split, split_written, split_stats = evaluate_with_statistics(e, [red, nir], [0, 0])
+        split, split_written, split_stats = evaluate(e, [red, nir], [0, 0])
     finally:
         numba.set_num_threads(threads)
     np.testing.assert_array_equal(split, one)
@@ -362,7 +359,7 @@ def test_read_only_inputs_and_a_non_contiguous_out_are_handled():
     a = _tile(33, shape=(6, 8))
     a.setflags(write=False)
     buffer = np.zeros((6, 16), np.float64)
-    out, _ = evaluate(
+    out, _, _ = evaluate(
         parse_expression("a * 2", ["a"]), [a], [None], output_dtype="float64", out=buffer[:, ::2]
     )
     np.testing.assert_array_equal(out, a.astype(np.float64) * 2)
@@ -376,7 +373,7 @@ def test_long_logical_chains_deeper_than_the_inlining_bound_match_numpy():
     b = _tile(35, shape=(9, 13), low=0.0, high=1.0)
     terms = [f"({'a' if k % 2 else 'b'} > {k / 80})" for k in range(40)]
     e = parse_expression(" and ".join(terms) + " or a > 0.9", ["a", "b"])
-    out, _ = evaluate(e, [a, b], [None, None], output_dtype="float64")
+    out, _, _ = evaluate(e, [a, b], [None, None], output_dtype="float64")
     expected = np.ones(a.shape, bool)
     for k in range(40):
         expected &= (a if k % 2 else b).astype(np.float64) > k / 80
@@ -473,7 +470,7 @@ def test_random_arithmetic_matches_numpy(tree):
         tiles, names = [_ENV["a"]], ("a",)
         e = parse_expression(f"{text} + 0 * a", _ENV_NAMES)
     names = e.input_names
-    out, count = evaluate(e, tiles, [None] * len(tiles), output_dtype="float64")
+    out, count, _ = evaluate(e, tiles, [None] * len(tiles), output_dtype="float64")
     env = {n: _ENV[n].astype(np.float64) for n in _ENV_NAMES}
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -169,10 +169,10 @@ def _evaluate_tile(
     output_nodata: float,
 ) -> tuple[Tile, np.ndarray, BandStatistics, int]:
     """Runs in a worker: read this tile's windows, evaluate and summarise in one pass."""
-    from rsgrpc_kernels.bandcalc import evaluate_with_statistics
+    from rsgrpc_kernels.bandcalc import evaluate
 
     arrays = [read_window(path, band, tile) for path, band in sources]
-    out, _, stats = evaluate_with_statistics(
+    out, _, stats = evaluate(
         expression,
         arrays,
         nodata,

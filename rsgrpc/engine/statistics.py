@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class BandStatistics:
@@ -54,23 +52,3 @@ class BandStatistics:
             mean,
             m2,
         )
-
-
-def tile_statistics(array: np.ndarray, nodata: float | None) -> BandStatistics:
-    """Statistics of one tile; pixels equal to `nodata` (or NaN) are not valid."""
-    valid = ~np.isnan(array) if array.dtype.kind == "f" else np.ones(array.shape, bool)
-    if nodata is not None and not math.isnan(nodata):
-        valid &= array != nodata
-    values = array[valid].astype(np.float64)
-    count = int(values.size)
-    if count == 0:
-        return BandStatistics(0, int(array.size), math.inf, -math.inf, 0.0, 0.0)
-    mean = float(values.mean())
-    return BandStatistics(
-        count,
-        int(array.size) - count,
-        float(values.min()),
-        float(values.max()),
-        mean,
-        float(((values - mean) ** 2).sum()),
-    )
