@@ -15,8 +15,8 @@ default level, and rsgrpc's DEFAULT_PROFILE):
 
 - ours  the rsgrpc server as a subprocess, a session of N processes and
         `available_ram_mib` from --ram (each value gets its own server), timed
-        from the BandCalc call to the operation done, with the peak memory of
-        the server's whole process tree sampled every 50 ms;
+        from the BandCalc call to the operation done, then run again for the
+        peak memory of the server's whole process tree, sampled every 50 ms;
 - (a)   one process, rasterio + numpy masked arrays, block by block, GDAL's
         NUM_THREADS not set;
 - (b)   as (a), with GDAL's threads (creation option num_threads=ALL_CPUS and

@@ -426,15 +426,16 @@ def ours_file(
             "filter": spec.filter,
         }
     events: list[tuple[float, int, int, int]] = []
-    started = [0.0]
+    started: list[float] = []  # of each call: the timed one, then the sampled one
 
     def progress(metadata) -> None:
-        events.append(
-            (time.perf_counter(), metadata.stage, metadata.tiles_done, metadata.tiles_total)
-        )
+        if len(started) == 1:  # the timeline of the timed call
+            events.append(
+                (time.perf_counter(), metadata.stage, metadata.tiles_done, metadata.tiles_total)
+            )
 
     def run_call():
-        started[0] = time.perf_counter()
+        started.append(time.perf_counter())
         return call(src, output_path=out, overwrite=True, **kwargs)
 
     session.progress_callback = progress
