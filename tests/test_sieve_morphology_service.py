@@ -3,6 +3,7 @@ cancellation and bad parameters."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import grpc
@@ -201,6 +202,42 @@ def test_cancel_leaves_no_output_and_no_temporary_files(server, session_name, ra
     assert final.done and final.error.code == code_pb2.CANCELLED
     assert list(root.glob("cancelled/*")) == []
     assert set(temporary.iterdir()) == before
+
+
+def test_a_full_temporary_directory_is_resource_exhausted_and_loses_nothing(
+    server, session_name, raster_stub, classes, monkeypatch
+):
+    running, channel = server
+    root = running.data_root.root
+    sessions = session_pb2_grpc.SessionServiceStub(channel)
+    temporary = Path(
+        sessions.GetSession(session_pb2.GetSessionRequest(name=session_name)).temporary_directory
+    )
+    before = set(temporary.iterdir())
+
+    def disk_full(file, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(temporary / "x.npz"))
+
+    # The server runs in this process: its sieve keeps settled tiles with numpy.savez.
+    monkeypatch.setattr(np, "savez", disk_full)
+    request = raster_pb2.SieveRequest(
+        session=session_name,
+        inputs=_bands("lc/a.tif"),
+        size=9,
+        output=raster_pb2.ToolOutput(path="full/out.tif"),
+    )
+    operations = lro_grpc.OperationsStub(channel)
+    operation = raster_stub.Sieve(request)
+    final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
+    assert final.error.code == code_pb2.RESOURCE_EXHAUSTED
+    assert "temporary directory is full" in final.error.message
+    assert str(temporary) not in final.error.message
+    assert list(root.glob("full/*")) == []
+    assert set(temporary.iterdir()) == before
+    monkeypatch.undo()
+    operation = raster_stub.Sieve(request)
+    final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
+    assert not final.HasField("error") and (root / "full" / "out.tif").is_file()
 
 
 def _sieve(session, **fields):

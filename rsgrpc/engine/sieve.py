@@ -30,6 +30,7 @@ waiting pixels, in the session's temporary directory, removed as pass 3 goes.
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,12 @@ from rsgrpc.engine.band_tool import (
     prepare_band_tasks,
     session_fixed_bytes,
 )
-from rsgrpc.engine.errors import CancelledError, InvalidArgumentError, ResourceExhaustedError
+from rsgrpc.engine.errors import (
+    CancelledError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    RsgrpcError,
+)
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import OutputProfile, read_window
@@ -160,14 +166,26 @@ def _decide(summaries: Sequence, size: int, connectivity: int):
 
 
 def _keep(path: Path, settled) -> None:
-    """Save a settled tile's output and waiting pixels until pass 3 (no pickles)."""
+    """Save a settled tile's output and waiting pixels until pass 3 (no pickles).
+
+    Raises ResourceExhaustedError when the session's temporary directory is full, and
+    RsgrpcError for any other failure, without naming the server's own paths.
+    """
     pending = settled.pending
     arrays = {name: getattr(pending, name) for name in pending.ARRAYS}
     placement = np.array(astuple(pending.placement), np.int64)
-    with open(path, "wb") as file:
-        np.savez(
-            file, out=settled.out, placement=placement, node_count=pending.node_count, **arrays
-        )
+    try:
+        with open(path, "wb") as file:
+            np.savez(
+                file, out=settled.out, placement=placement, node_count=pending.node_count, **arrays
+            )
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhaustedError(
+                "the session's temporary directory is full: the sieve keeps its settled "
+                "tiles there between passes (as many bytes as the raster)"
+            ) from None
+        raise RsgrpcError(f"could not keep a settled tile: {error.strerror}") from None
 
 
 def _finish(path: Path, decision) -> tuple[np.ndarray, object]:
