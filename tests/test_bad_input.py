@@ -7,6 +7,10 @@ import os
 import grpc
 import numpy as np
 import pytest
+import rasterio
+from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro
+from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rsgrpc.v1 import raster_pb2, session_pb2, session_pb2_grpc
@@ -130,6 +134,34 @@ def test_corrupt_input_is_invalid_argument(raster_stub, session_name):
         session_name,
         inputs={"a": "in/corrupt.tif", "b": "in/b.tif"},
     )
+
+
+def test_input_corrupt_past_its_header_fails_the_operation_with_data_loss(
+    server, raster_stub, session_name, inputs
+):
+    running, channel = server
+    data = np.random.default_rng(3).integers(1, 60000, (512, 512), dtype=np.uint16)
+    path = write_geotiff(inputs / "in" / "broken_block.tif", data, nodata=0)
+    with rasterio.open(path) as ds:  # the header stays good; one block's bytes do not
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        file.write(b"\xff" * 64)
+    operation = _call(
+        raster_stub,
+        session_name,
+        inputs={"a": "in/broken_block.tif", "b": "in/broken_block.tif"},
+        output="out/broken.tif",
+    )
+    final = lro_grpc.OperationsStub(channel).WaitOperation(
+        lro.WaitOperationRequest(name=operation.name, timeout=None)
+    )
+    assert final.error.code == code_pb2.DATA_LOSS, final.error
+    assert "broken_block.tif band 1" in final.error.message
+    assert "corrupt or truncated" in final.error.message
+    assert str(running.data_root.root) not in final.error.message
+    assert not (inputs / "out" / "broken.tif").exists()
+    assert not list((inputs / "out").glob(".broken.tif.*"))
 
 
 def test_inputs_on_different_grids_are_invalid_argument(raster_stub, session_name):

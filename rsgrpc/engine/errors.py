@@ -57,6 +57,12 @@ class FailedPreconditionError(RsgrpcError):
     reason = "FAILED_PRECONDITION"
 
 
+class DataLossError(RsgrpcError):
+    """Raised when an input's pixels cannot be read past its header (corrupt or truncated)."""
+
+    reason = "DATA_LOSS"
+
+
 class CancelledError(RsgrpcError):
     """Raised when a client cancelled the operation."""
 

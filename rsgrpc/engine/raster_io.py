@@ -20,7 +20,12 @@ import rasterio.shutil
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from rsgrpc.engine.errors import (
+    AlreadyExistsError,
+    DataLossError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from rsgrpc.engine.tiles import Tile
 
 MIB = 1 << 20
@@ -100,12 +105,24 @@ def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:
 
 
 def read_window(path: str, band: int, tile: Tile) -> np.ndarray:
-    """Read one band's window; workers call this for their own tiles."""
-    with (
-        rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES),
-        rasterio.open(path) as ds,
-    ):
-        return ds.read(band, window=Window(tile.col, tile.row, tile.width, tile.height))
+    """Read one band's window; workers call this for their own tiles.
+
+    Raises DataLossError, naming the file but not the server's folders, when the pixels
+    cannot be decoded: the header was read when the job was checked, so the data is
+    corrupt or truncated.
+    """
+    try:
+        with (
+            rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES),
+            rasterio.open(path) as ds,
+        ):
+            return ds.read(band, window=Window(tile.col, tile.row, tile.width, tile.height))
+    except RasterioError:
+        raise DataLossError(
+            f"{Path(path).name} band {band}: the pixels of rows {tile.row} to "
+            f"{tile.row + tile.height - 1}, columns {tile.col} to {tile.col + tile.width - 1} "
+            "cannot be read; the file is corrupt or truncated"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ STATUS_CODES: dict[type[errors.RsgrpcError], grpc.StatusCode] = {
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DataLossError: grpc.StatusCode.DATA_LOSS,
     errors.CancelledError: grpc.StatusCode.CANCELLED,
     errors.WorkerLostError: grpc.StatusCode.UNAVAILABLE,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
