@@ -70,8 +70,7 @@ from harness import (  # noqa: E402
     scene_grid,
     settle,
     smooth_field,
-    timed,
-    timed_cpu,
+    timed_call,
 )
 
 from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile  # noqa: E402
@@ -297,7 +296,7 @@ def run_kernel_micro(size: int, repeats: int) -> None:
 
     def best(fn) -> float:
         fn()
-        return min(timed(fn) for _ in range(repeats)) / pixels * 1e9
+        return min(timed_call(fn).seconds for _ in range(repeats)) / pixels * 1e9
 
     runs = {
         "rsgrpc kernel, statistics included": lambda: evaluate(
@@ -407,7 +406,10 @@ def run_sweep(red: Path, nir: Path, folder: Path, crop: int, repeats: int) -> No
     print(f"  {'profile':<32} {'seconds':>8} {'MB/s raw':>9} {'size':>13} {'ratio':>6}")
     out = folder / "sweep.tif"
     for profile in sweep_profiles():
-        best = min(timed(run_floor, crop_red, crop_nir, out, profile, ndvi) for _ in range(repeats))
+        best = min(
+            timed_call(run_floor, crop_red, crop_nir, out, profile, ndvi).seconds
+            for _ in range(repeats)
+        )
         size = out.stat().st_size
         print(f"  {profile_name(profile):<32} {best:8.3f} {raw / best / 1e6:9.0f} "
               f"{mib(size)} {raw / size:6.2f}")  # fmt: skip
@@ -486,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 call = (run_floor, red, nir, out, profile, ndvi if name == FLOOR_NDVI else None)
                 kwargs = {}
-            times[name, key], cpus[name, key] = timed_cpu(*call, **kwargs)
+            run = timed_call(*call, **kwargs)
+            times[name, key], cpus[name, key] = run.seconds, run.cpu
             sizes[name, key] = out.stat().st_size
             settle()
             print(f"  ({name:<2}) {key:<8} {times[name, key]:7.2f} s  "

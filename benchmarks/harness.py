@@ -75,9 +75,7 @@ __all__ = [
     "scene_grid",
     "settle",
     "smooth_field",
-    "timed",
     "timed_call",
-    "timed_cpu",
     "wait_serving",
 ]
 
@@ -324,17 +322,6 @@ def timed_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Timed:
     value = fn(*args, **kwargs)
     seconds = time.perf_counter() - started
     return Timed(value, seconds, cpu_self() - cpu)
-
-
-def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
-    """Wall seconds of one call."""
-    return timed_call(fn, *args, **kwargs).seconds
-
-
-def timed_cpu(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, float]:
-    """Wall seconds and CPU seconds of this process (all its threads) for one call."""
-    run = timed_call(fn, *args, **kwargs)
-    return run.seconds, run.cpu
 
 
 # --------------------------------------------------------- runs in a fresh interpreter

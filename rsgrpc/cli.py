@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grpc
+from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rsgrpc.client import Session, connect
@@ -165,7 +166,7 @@ def _download(args: argparse.Namespace) -> int:
             source = "from the cache" if item.cache_hit else f"{item.attempt_count} attempts"
             print(f"{status} {item.output_path}: {item.size_bytes} bytes, {source}")
         else:
-            code = next((c.name for c in grpc.StatusCode if c.value[0] == item.error.code), "")
+            code = code_pb2.Code.Name(item.error.code)
             print(f"{status} {item.output_path}: {code}: {item.error.message}")
     return 0 if result.check else 1
 

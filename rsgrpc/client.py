@@ -121,8 +121,12 @@ def _output_options(compression: str | None) -> raster_pb2.OutputOptions:
     )
 
 
-def _output_paths(response: Any) -> list[str]:
-    return [o.output_path for o in response.outputs]
+def _saved(paths: list[str], response: Any) -> OutputManager:
+    return OutputManager(path=paths[0], paths=paths, extra={"response": response})
+
+
+def _tool_outputs(response: Any) -> OutputManager:
+    return _saved([o.output_path for o in response.outputs], response)
 
 
 def _error_extra(status_code: int, message: str, details: Sequence[Any]) -> dict[str, Any]:
@@ -205,6 +209,19 @@ def download_item(spec: Mapping[str, Any] | download_pb2.DownloadItem) -> downlo
     elif "body_json" in spec:
         item.body_json = spec["body_json"]
     return item
+
+
+def _morphology(
+    filter: str, value_list: Sequence[float] | None, size: int, circular: bool | None
+) -> raster_pb2.MorphologyParameters:
+    if filter not in _FILTERS:
+        raise ValueError(f"unsupported filter, got {filter!r}; use one of {list(_FILTERS)}")
+    return raster_pb2.MorphologyParameters(
+        filter=_FILTERS[filter],
+        value_list=list(value_list or []),
+        size=size,
+        circular_structure=bool(circular),
+    )
 
 
 def _download_output(response: download_pb2.DownloadResponse) -> OutputManager:
@@ -346,8 +363,9 @@ class Session:
         self,
         start: Callable[[], lro.Operation],
         response: Any,
-        paths: Callable[[Any], list[str]] = lambda r: [r.output_path],
+        outcome: Callable[[Any], OutputManager] = lambda r: _saved([r.output_path], r),
     ) -> OutputManager:
+        """Start an operation, wait for it and turn its response into the tool's outcome."""
         try:
             operation = self.wait(start())
         except grpc.RpcError as error:
@@ -356,8 +374,7 @@ class Session:
             e = operation.error
             return OutputManager(check=False, extra=_error_extra(e.code, e.message, e.details))
         operation.response.Unpack(response)
-        outputs = paths(response)
-        return OutputManager(path=outputs[0], paths=outputs, extra={"response": response})
+        return outcome(response)
 
     def band_calc(
         self,
@@ -416,7 +433,7 @@ class Session:
         return self._run(
             lambda: self._raster.Sieve(request, metadata=self._metadata),
             raster_pb2.SieveResponse(),
-            _output_paths,
+            _tool_outputs,
         )
 
     def band_dilation(
@@ -433,19 +450,16 @@ class Session:
     ) -> OutputManager:
         """Grow the listed values by `size` pixels (Remotior's `band_dilation`);
         `filter="grey"` or `"closing"` runs a grey dilation or closing instead."""
-        return self._morphology(
-            "Dilate",
-            raster_pb2.DilateRequest,
+        request = raster_pb2.DilateRequest(
+            session=self.name,
+            inputs=_bands(input_bands),
+            parameters=_morphology(filter, value_list, size, circular_structure),
+            output=_tool_output(output_path, prefix, overwrite, compression),
+        )
+        return self._run(
+            lambda: self._raster.Dilate(request, metadata=self._metadata),
             raster_pb2.DilateResponse(),
-            input_bands,
-            value_list,
-            size,
-            output_path,
-            overwrite,
-            circular_structure,
-            prefix,
-            filter,
-            compression,
+            _tool_outputs,
         )
 
     def band_erosion(
@@ -462,53 +476,16 @@ class Session:
     ) -> OutputManager:
         """Shrink the listed values by `size` steps (Remotior's `band_erosion`);
         `filter="grey"` or `"opening"` runs a grey erosion or opening instead."""
-        return self._morphology(
-            "Erode",
-            raster_pb2.ErodeRequest,
-            raster_pb2.ErodeResponse(),
-            input_bands,
-            value_list,
-            size,
-            output_path,
-            overwrite,
-            circular_structure,
-            prefix,
-            filter,
-            compression,
-        )
-
-    def _morphology(
-        self,
-        rpc: str,
-        request_type: Any,
-        response: Any,
-        input_bands: Sequence[BandLike] | BandLike,
-        value_list: Sequence[float] | None,
-        size: int,
-        output_path: str | None,
-        overwrite: bool,
-        circular_structure: bool | None,
-        prefix: str,
-        filter: str,
-        compression: str | None,
-    ) -> OutputManager:
-        if filter not in _FILTERS:
-            raise ValueError(f"unsupported filter, got {filter!r}; use one of {list(_FILTERS)}")
-        request = request_type(
+        request = raster_pb2.ErodeRequest(
             session=self.name,
             inputs=_bands(input_bands),
-            parameters=raster_pb2.MorphologyParameters(
-                filter=_FILTERS[filter],
-                value_list=list(value_list or []),
-                size=size,
-                circular_structure=bool(circular_structure),
-            ),
+            parameters=_morphology(filter, value_list, size, circular_structure),
             output=_tool_output(output_path, prefix, overwrite, compression),
         )
         return self._run(
-            lambda: getattr(self._raster, rpc)(request, metadata=self._metadata),
-            response,
-            _output_paths,
+            lambda: self._raster.Erode(request, metadata=self._metadata),
+            raster_pb2.ErodeResponse(),
+            _tool_outputs,
         )
 
     def download(
@@ -535,13 +512,8 @@ class Session:
             redownload=redownload,
         )
         stub = download_pb2_grpc.DownloadServiceStub(self._channel)
-        try:
-            operation = self.wait(stub.Download(request, metadata=self._metadata))
-        except grpc.RpcError as error:
-            return OutputManager(check=False, extra=_rpc_error_extra(error))
-        if operation.HasField("error"):
-            e = operation.error
-            return OutputManager(check=False, extra=_error_extra(e.code, e.message, e.details))
-        response = download_pb2.DownloadResponse()
-        operation.response.Unpack(response)
-        return _download_output(response)
+        return self._run(
+            lambda: stub.Download(request, metadata=self._metadata),
+            download_pb2.DownloadResponse(),
+            _download_output,
+        )
