@@ -318,6 +318,31 @@ def test_erode_takes_most_frequent_neighbour_ties_to_lower():
     assert erode(a, value_list=[1, 4], size=1)[1, 1] == 6
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.float32, np.float64])
+def test_erode_counts_the_dtype_largest_value_like_any_other(dtype):
+    top = np.inf if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max
+    a = np.array([[top, top, 1], [7, 1, 1], [1, 7, 7]], dtype=dtype)
+    # Two neighbours of the largest value, three of 7: 7 wins.
+    assert erode(a, value_list=[1], size=1)[1, 1] == 7
+    a[2, 2] = top
+    # Three of the largest value, two of 7: the largest value wins.
+    assert erode(a, value_list=[1], size=1)[1, 1] == top
+    a[1, 2] = 7
+    # Three each: ties go to the lower value.
+    assert erode(a, value_list=[1], size=1)[1, 1] == 7
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("circular", [False, True])
+def test_erode_wide_rows_match_reference(dtype, circular):
+    # Rows of hundreds of pixels run the vector loops and their remainders.
+    rng = np.random.default_rng([DTYPES.index(dtype), int(circular)])
+    a = class_raster(rng, (23, 397), dtype)
+    for size in (1, 3):
+        got = erode(a, value_list=[3, 4], size=size, circular=circular, nodata=NODATA[dtype])
+        assert_same_pixels(got, ref_erode(a, [3, 4], size, circular, NODATA[dtype]))
+
+
 def test_erode_without_candidate_becomes_nodata():
     a = np.array([[1, 1, 1], [1, 1, 2], [1, 1, 1]], dtype=np.uint8)
     out = erode(a, value_list=[1, 2], size=1, nodata=0)
