@@ -340,6 +340,43 @@ def _union(parent, a, b):
     return rb
 
 
+# What joins a pixel to the ones already scanned (see _row_links).
+_VALID, _LEFT, _UP, _UP_LEFT, _UP_RIGHT = 1, 2, 4, 8, 16
+
+
+@njit(cache=True, nogil=True)
+def _row_links(values, valid, y, conn8, links):
+    """links[x]: 0 for a nodata pixel, else _VALID plus a bit for each scanned
+    neighbour of the same value (left, up, and up-left and up-right when 8-connected).
+
+    Every load is unconditional and the loop has no branch, so LLVM vectorises it
+    and the labelling scan that follows reads one byte a pixel.
+    """
+    w = values.shape[1]
+    v, m = values[y], valid[y]
+    for x in range(w):
+        links[x] = m[x]
+    one = np.uintp(1)
+    for i in range(np.uintp(max(w - 1, 0))):
+        x = i + one
+        same = m[x] & m[i] & (v[x] == v[i])
+        links[x] |= np.uint8(same) << 1
+    if y == 0:
+        return
+    u, mu = values[y - 1], valid[y - 1]
+    for i in range(np.uintp(w)):
+        same = m[i] & mu[i] & (v[i] == u[i])
+        links[i] |= np.uint8(same) << 2
+    if not conn8:
+        return
+    for i in range(np.uintp(max(w - 1, 0))):
+        x = i + one
+        up_left = m[x] & mu[i] & (v[x] == u[i])
+        up_right = m[i] & mu[x] & (v[i] == u[x])
+        links[x] |= np.uint8(up_left) << 3
+        links[i] |= np.uint8(up_right) << 4
+
+
 @njit(cache=True, nogil=True)
 def _label(values, valid, conn8):
     """Label regions (ids dense, in order of first pixel); also their value and size."""
@@ -347,36 +384,39 @@ def _label(values, valid, conn8):
     labels = np.empty((h, w), np.int32)
     parent = np.empty(h * w, np.int32)
     nprov = 0
+    links = np.empty(w, np.uint8)
     for y in range(h):
+        _row_links(values, valid, y, conn8, links)
+        row = labels[y]
+        above = labels[y - 1] if y > 0 else row
         for x in range(w):
-            if not valid[y, x]:
-                labels[y, x] = -1
+            link = links[x]
+            if link == 0:
+                row[x] = -1
                 continue
-            v = values[y, x]
             lab = -1
-            left = x > 0 and valid[y, x - 1] and values[y, x - 1] == v
-            up = y > 0 and valid[y - 1, x] and values[y - 1, x] == v
+            left = link & _LEFT
+            up = link & _UP
             if up:
-                lab = labels[y - 1, x]
+                lab = above[x]
                 # Up-left and up-right touch up, so they are already joined to it.
-                if left and labels[y, x - 1] != lab:
-                    lab = _union(parent, lab, labels[y, x - 1])
+                if left and row[x - 1] != lab:
+                    lab = _union(parent, lab, row[x - 1])
             elif left:
-                lab = labels[y, x - 1]
-            if conn8 and y > 0 and not up:
+                lab = row[x - 1]
+            elif link & _UP_LEFT:
                 # Up-left touches left, so it needs a union only when left differs.
-                if not left and x > 0 and valid[y - 1, x - 1] and values[y - 1, x - 1] == v:
-                    lab = labels[y - 1, x - 1]
-                if x < w - 1 and valid[y - 1, x + 1] and values[y - 1, x + 1] == v:
-                    if lab < 0:
-                        lab = labels[y - 1, x + 1]
-                    elif labels[y - 1, x + 1] != lab:
-                        lab = _union(parent, lab, labels[y - 1, x + 1])
+                lab = above[x - 1]
+            if not up and link & _UP_RIGHT:
+                if lab < 0:
+                    lab = above[x + 1]
+                elif above[x + 1] != lab:
+                    lab = _union(parent, lab, above[x + 1])
             if lab < 0:
                 lab = nprov
                 parent[nprov] = nprov
                 nprov += 1
-            labels[y, x] = lab
+            row[x] = lab
     # Parents always point to smaller labels, so one increasing pass turns
     # parent[] into dense ids: a root gets the next id, any other label copies
     # the id already given to its (smaller) parent. Roots are first pixels, so
@@ -389,17 +429,28 @@ def _label(values, valid, conn8):
             n += 1
         else:
             parent[i] = parent[p]
+    # Sizes (and each region's value) are taken a run of equal labels at a time:
+    # one increment per pixel would wait on the previous one's store whenever
+    # neighbours share a region.
     size = np.zeros(n, np.int64)
     value = np.zeros(n, np.int64)
     for y in range(h):
+        run_label = -1
+        run_start = 0
         for x in range(w):
             lab = labels[y, x]
             if lab >= 0:
                 lab = parent[lab]
                 labels[y, x] = lab
-                if size[lab] == 0:
-                    value[lab] = values[y, x]
-                size[lab] += 1
+            if lab != run_label:
+                if run_label >= 0:
+                    size[run_label] += x - run_start
+                    value[run_label] = values[y, run_start]
+                run_label = lab
+                run_start = x
+        if run_label >= 0:
+            size[run_label] += w - run_start
+            value[run_label] = values[y, run_start]
     return labels, n, value, size
 
 
@@ -711,38 +762,25 @@ def _settle(kind, term, value, size, node_of, threshold):
 
 
 @njit(cache=True, nogil=True)
-def _waiting_pixels(labels, wait, waiting_index):
-    """Flat indices of the pixels whose region waits, and each one's waiting index."""
-    h, w = labels.shape
-    count = 0
-    for y in range(h):
-        for x in range(w):
-            lab = labels[y, x]
-            if lab >= 0 and wait[lab] >= 0:
-                count += 1
-    pixel = np.empty(count, np.int64)
-    region = np.empty(count, np.int32)
+def _write(tile, labels, final, wait, waiting_index, waiting_count, out):
+    """One pass: ``out`` gets each region's final value (nodata its own), and the
+    pixels whose region waits are listed as flat indices with their waiting index."""
+    h, w = tile.shape
+    pixel = np.empty(waiting_count, np.int64)
+    region = np.empty(waiting_count, np.int32)
     i = 0
     for y in range(h):
         for x in range(w):
             lab = labels[y, x]
-            if lab >= 0 and wait[lab] >= 0:
+            if lab < 0:
+                out[y, x] = tile[y, x]
+                continue
+            out[y, x] = final[lab]
+            if wait[lab] >= 0:
                 pixel[i] = y * w + x
                 region[i] = waiting_index[lab]
                 i += 1
     return pixel, region
-
-
-@njit(cache=True, nogil=True)
-def _write(tile, labels, final, out):
-    h, w = tile.shape
-    for y in range(h):
-        for x in range(w):
-            lab = labels[y, x]
-            if lab >= 0:
-                out[y, x] = final[lab]
-            else:
-                out[y, x] = tile[y, x]
 
 
 # --------------------------------------------------------------------------
@@ -817,11 +855,18 @@ def _settle_output(
 ) -> tuple[PendingPixels, SieveStats]:
     """Write what the tile settles alone into ``out``; list the pixels that wait."""
     final, wait, regions, pixels = _settle(a.kind, a.term, a.value, a.size, a.node_of, size)
-    _write(tile, a.labels, final.astype(tile.dtype), out)
     waiting = np.flatnonzero(wait >= 0)
     waiting_index = np.full(wait.shape[0], -1, np.int32)
     waiting_index[waiting] = np.arange(waiting.size, dtype=np.int32)
-    pixel, region = _waiting_pixels(a.labels, wait, waiting_index)
+    pixel, region = _write(
+        tile,
+        a.labels,
+        final.astype(tile.dtype),
+        wait,
+        waiting_index,
+        int(a.size[waiting].sum()),
+        out,
+    )
     pending = PendingPixels(
         placement=placement,
         node_count=a.node_count,
