@@ -216,10 +216,10 @@ def test_a_full_temporary_directory_is_resource_exhausted_and_loses_nothing(
     before = set(temporary.iterdir())
 
     def disk_full(file, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(temporary / "x.npz"))
+        raise OSError(errno.ENOSPC, "No space left on device", str(temporary / "x.npy"))
 
-    # The server runs in this process: its sieve keeps settled tiles with numpy.savez.
-    monkeypatch.setattr(np, "savez", disk_full)
+    # The server runs in this process: its sieve keeps settled tiles with numpy.save.
+    monkeypatch.setattr(np, "save", disk_full)
     request = raster_pb2.SieveRequest(
         session=session_name,
         inputs=_bands("lc/a.tif"),

@@ -168,17 +168,17 @@ def _decide(summaries: Sequence, size: int, connectivity: int):
 def _keep(path: Path, settled) -> None:
     """Save a settled tile's output and waiting pixels until pass 3 (no pickles).
 
+    The arrays go one after another as .npy records: no zip, no checksum, so
+    writing and reading them back cost little more than the copy.
     Raises ResourceExhaustedError when the session's temporary directory is full, and
     RsgrpcError for any other failure, without naming the server's own paths.
     """
     pending = settled.pending
-    arrays = {name: getattr(pending, name) for name in pending.ARRAYS}
-    placement = np.array(astuple(pending.placement), np.int64)
+    header = np.array([*astuple(pending.placement), pending.node_count], np.int64)
     try:
         with open(path, "wb") as file:
-            np.savez(
-                file, out=settled.out, placement=placement, node_count=pending.node_count, **arrays
-            )
+            for array in (header, settled.out, *(getattr(pending, n) for n in pending.ARRAYS)):
+                np.save(file, array, allow_pickle=False)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ResourceExhaustedError(
@@ -192,14 +192,13 @@ def _finish(path: Path, decision) -> tuple[np.ndarray, object]:
     """Pass 3, in the job: a kept tile with the decided values written in."""
     from rsgrpc_kernels.sieve import PendingPixels, TilePlacement, finish_tile
 
-    with np.load(path) as kept:
-        out = kept["out"]
-        pending = PendingPixels(
-            TilePlacement(*(int(v) for v in kept["placement"])),
-            int(kept["node_count"]),
-            **{name: kept[name] for name in PendingPixels.ARRAYS},
-        )
+    with open(path, "rb") as file:
+        header = np.load(file)
+        out = np.load(file)
+        arrays = {name: np.load(file) for name in PendingPixels.ARRAYS}
     path.unlink()
+    *placement, node_count = (int(v) for v in header)
+    pending = PendingPixels(TilePlacement(*placement), node_count, **arrays)
     return out, finish_tile(out, pending, decision)
 
 
@@ -227,7 +226,7 @@ def _sieve_band(
         def consume_settled(results) -> None:
             nonlocal regions, pixels
             for tile, settled, read in results:
-                _keep(folder / f"{tile.row}-{tile.col}.npz", settled)
+                _keep(folder / f"{tile.row}-{tile.col}.npy", settled)
                 summaries[tile] = settled.summary
                 regions += settled.stats.regions_changed
                 pixels += settled.stats.pixels_changed
@@ -282,7 +281,7 @@ def _sieve_band(
             for tile, tile_decision in zip(tiles, decision.tiles, strict=True):
                 if operation.cancel_event.is_set():
                     raise CancelledError("the operation was cancelled")
-                out, stats = _finish(folder / f"{tile.row}-{tile.col}.npz", tile_decision)
+                out, stats = _finish(folder / f"{tile.row}-{tile.col}.npy", tile_decision)
                 writer.write(tile, out)
                 regions += stats.regions_changed
                 pixels += stats.pixels_changed
