@@ -292,8 +292,14 @@ def _check_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray |
 
 
 def _valid_pixels(array: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The pixels that are not nodata; a bool ``mask`` is used as it is, not copied."""
     mask = _check_mask(mask, array.shape)
-    valid = np.ones(array.shape, np.bool_) if mask is None else mask != 0
+    if mask is None:
+        valid = np.ones(array.shape, np.bool_)
+    elif mask.dtype == np.bool_ and array.dtype != np.int32:
+        return mask
+    else:
+        valid = mask != 0
     if array.dtype == np.int32:
         valid &= array != _GDAL_NODATA_MARKER
     return valid
