@@ -45,9 +45,11 @@ Tiling
     tile.
 
 Notes
-    Memory grows with the block: each call holds a few block-sized scratch
-    arrays (two value and two state buffers for erosion, reused across its
-    iterations). Work is split over rows with ``numba.prange``; every output
+    Memory grows with the block: erosion holds two value and two state
+    buffers of the block's size, reused across its iterations; value-list
+    dilation a code map of the block; the max and min filters, besides their
+    output, only scratch for a band of 256 (or ``8*size``) rows, which also
+    keeps it in the CPU's caches. Work is split over rows with ``numba.prange``; every output
     pixel is written by one thread from inputs no thread modifies, so results
     do not depend on the thread count.
 """
@@ -215,16 +217,14 @@ def grey_filter(
     rows, cols = block.shape
     if operation in ("dilation", "erosion"):
         take_max = operation == "dilation"
-        work = np.empty(block.shape, dtype=block.dtype)
-        _sanitise(block, has_nd, nd_value, lowest if take_max else highest, work)
-        out = _footprint_filter(work, t0, t1, u0, u1, size, circular, take_max)
+        nodata_as = (has_nd, nd_value, lowest if take_max else highest)
+        out = _footprint_filter(block, t0, t1, u0, u1, size, circular, take_max, nodata_as)
     else:
         first_max = operation == "closing"
-        work = np.empty(block.shape, dtype=block.dtype)
-        _sanitise(block, has_nd, nd_value, lowest if first_max else highest, work)
+        nodata_as = (has_nd, nd_value, lowest if first_max else highest)
         r0, r1 = max(t0 - size, 0), min(t1 + size, rows)
         c0, c1 = max(u0 - size, 0), min(u1 + size, cols)
-        middle = _footprint_filter(work, r0, r1, c0, c1, size, circular, first_max)
+        middle = _footprint_filter(block, r0, r1, c0, c1, size, circular, first_max, nodata_as)
         _mark_nodata(middle, block, r0, c0, has_nd, nd_value, highest if first_max else lowest)
         out = _footprint_filter(
             middle, t0 - r0, t1 - r0, u0 - c0, u1 - c0, size, circular, not first_max
@@ -396,6 +396,9 @@ def _code_pixels(
 
 # --- max / min filter over a footprint ---------------------------------------
 
+# Output rows a band of _footprint_filter works on: scratch of a few MB.
+_BAND_ROWS = 256
+
 
 def _footprint_filter(
     work: np.ndarray,
@@ -406,6 +409,7 @@ def _footprint_filter(
     size: int,
     circular: bool,
     take_max: bool,
+    nodata_as: tuple[bool, np.generic, np.generic] | None = None,
 ) -> np.ndarray:
     """Max or min of ``work`` over the footprint, for the pixels [r0:r1, c0:c1].
 
@@ -413,21 +417,34 @@ def _footprint_filter(
     footprint is a union of centred row segments; the running max over each
     distinct segment width is built by doubling (width a+b from width a with
     b <= a, two reads a pixel), then the rows of each width are combined.
+    ``nodata_as`` (has nodata, nodata, sentinel) makes nodata and NaN pixels
+    count as the sentinel. Output rows go a band at a time through scratch of
+    a band's height, so scratch stays small and in the CPU's caches.
     """
     rows, cols = work.shape
     widths = _row_half_widths(size, circular)
-    h0, h1 = max(r0 - size, 0), min(r1 + size, rows)
-    out = work[r0:r1, c0:c1].copy()
-    buffers = [np.empty((h1 - h0, cols), dtype=work.dtype) for _ in range(2)]
-    current, current_width = work[h0:h1], 0
-    for width in np.unique(widths).tolist():
-        while current_width < width:
-            target = buffers[0] if current is not buffers[0] else buffers[1]
-            step = 1 if current_width == 0 else min(width - current_width, current_width)
-            _widen_rows(current, target, current_width, step, take_max)
-            current, current_width = target, current_width + step
-        offsets = np.flatnonzero(widths == width).astype(np.int64) - size
-        _combine_rows(current, h0, out, r0, c0, offsets, take_max)
+    out = np.empty((r1 - r0, c1 - c0), dtype=work.dtype)
+    band = max(_BAND_ROWS, 8 * size)
+    scratch_rows = min(band, r1 - r0) + 2 * size
+    buffers = [np.empty((scratch_rows, cols), dtype=work.dtype) for _ in range(3)]
+    for s0 in range(r0, r1, band):
+        s1 = min(s0 + band, r1)
+        h0, h1 = max(s0 - size, 0), min(s1 + size, rows)
+        source = work[h0:h1]
+        if nodata_as is not None:
+            _sanitise(source, *nodata_as, buffers[2][: h1 - h0])
+            source = buffers[2][: h1 - h0]
+        target = out[s0 - r0 : s1 - r0]
+        target[:] = source[s0 - h0 : s1 - h0, c0:c1]
+        current, current_width, spare = source, 0, 0
+        for width in np.unique(widths).tolist():
+            while current_width < width:
+                widened = buffers[spare][: h1 - h0]
+                step = 1 if current_width == 0 else min(width - current_width, current_width)
+                _widen_rows(current, widened, current_width, step, take_max)
+                current, current_width, spare = widened, current_width + step, 1 - spare
+            offsets = np.flatnonzero(widths == width).astype(np.int64) - size
+            _combine_rows(current, h0, target, s0, c0, offsets, take_max)
     return out
 
 

@@ -265,6 +265,19 @@ def test_kernel_matches_reference_on_random_rasters(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", [1, 3, 12])
+def test_tall_rasters_match_reference(kind, size):
+    # Taller than several of the filter's row bands (256 rows, or 8 * size), and
+    # as tiles whose halo rows cross band edges.
+    rng = np.random.default_rng([size, KINDS.index(kind)])
+    a = class_raster(rng, (700, 29), np.int16)
+    kw = options(kind, [3, 1], size, size == 3, NODATA[np.int16])
+    expected = reference(kind, a, [3, 1], size, size == 3, NODATA[np.int16])
+    assert_same_pixels(run(kind, a, **kw), expected)
+    assert_same_pixels(run_tiled(kind, a, (300, 29), **kw), expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("circular", [False, True])
 def test_float_nan_is_nodata(kind, circular):
     rng = np.random.default_rng(7)
