@@ -1,4 +1,9 @@
-"""The `rsgrpc` command: serve, run a tool or a download with a progress bar, check health."""
+"""The `rsgrpc` command: serve, run a tool or a download with a progress bar, check health.
+
+The server's worker processes load this module as their main module (that is
+how spawned processes start), so at the top it imports only the standard
+library; each command imports the client or the server when it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,25 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
-from google.rpc import code_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from rsgrpc.client import Session, connect
-from rsgrpc.v1 import download_pb2, operation_pb2
-
-_STAGES = operation_pb2.OperationMetadata.Stage
+if TYPE_CHECKING:
+    from rsgrpc.client import Session
+    from rsgrpc.v1 import operation_pb2
 
 
 def _progress_bar(metadata: operation_pb2.OperationMetadata) -> None:
+    from rsgrpc.v1 import operation_pb2
+
+    stages = operation_pb2.OperationMetadata.Stage
     total = metadata.tiles_total or 1
     filled = int(30 * metadata.tiles_done / total)
-    stage = _STAGES.Name(metadata.stage).removeprefix("STAGE_").lower()
+    stage = stages.Name(metadata.stage).removeprefix("STAGE_").lower()
     sys.stderr.write(
         f"\r[{'#' * filled}{'.' * (30 - filled)}] {metadata.tiles_done}/{metadata.tiles_total}"
         f" {stage:<10} {metadata.elapsed.ToNanoseconds() / 1e9:6.1f}s"
     )
-    if metadata.stage == _STAGES.STAGE_DONE:
+    if metadata.stage == stages.STAGE_DONE:
         sys.stderr.write("\n")
     sys.stderr.flush()
 
@@ -60,6 +64,8 @@ def _band(text: str) -> tuple[str, int]:
 
 def _session(args: argparse.Namespace) -> Session:
     """A new session with the command's settings."""
+    from rsgrpc.client import Session
+
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     return Session(
         n_processes=args.processes,
@@ -145,6 +151,10 @@ def _download_requests(path: str) -> list[dict]:
 
 
 def _download(args: argparse.Namespace) -> int:
+    from google.rpc import code_pb2
+
+    from rsgrpc.v1 import download_pb2
+
     requests = _download_requests(args.requests)
     with _session(args) as session:
         try:
@@ -172,6 +182,11 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from rsgrpc.client import connect
+
     channel = connect(args.target)
     try:
         response = health_pb2_grpc.HealthStub(channel).Check(
