@@ -224,3 +224,15 @@ def test_download_command_reports_failed_requests_and_bad_input(download_server)
     (folder / "bad.json").write_text('{"uri": "not a list"}')
     bad = _rsgrpc(*args, "--deployment", "cli-hub", "--requests", str(folder / "bad.json"))
     assert bad.returncode != 0 and "must hold a JSON list" in bad.stderr
+
+
+def test_the_module_workers_load_as_main_imports_neither_grpc_nor_the_client():
+    # Spawned workers import the server's main module; it must stay light.
+    code = (
+        "import sys, rsgrpc.cli; "
+        "heavy = [m for m in ('grpc', 'google.protobuf', 'rsgrpc.client', 'numba') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
