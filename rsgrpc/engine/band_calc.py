@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 from rsgrpc_kernels.expression import Expression, ExpressionError, parse_expression
 
+from rsgrpc.engine.band_tool import session_fixed_bytes
 from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import (
     OUTPUT_BLOCK,
-    WORKER_GDAL_CACHE_BYTES,
-    WRITER_GDAL_CACHE_BYTES,
     OutputProfile,
     RasterInfo,
     RasterWriter,
@@ -193,19 +192,13 @@ def _evaluate_tile(
 def plan_band_calc(job: BandCalcJob, session: Session) -> TilePlan:
     """Tiles for this job within the session's RAM budget, counting its workers' own
     footprint and GDAL's caches; raises ResourceExhaustedError if even one tile does not fit."""
-    executor = session.executor
-    fixed = (
-        executor.footprint_bytes()
-        + WRITER_GDAL_CACHE_BYTES
-        + executor.workers * WORKER_GDAL_CACHE_BYTES
-    )
     return plan_tiles(
         job.infos[0].shape,
         [*(i.block_shape for i in job.infos), (OUTPUT_BLOCK, OUTPUT_BLOCK)],
         band_calc_memory(job),
         budget_bytes=session.settings.available_ram_mib << 20,
-        workers=executor.workers,
-        fixed_bytes=fixed,
+        workers=session.executor.workers,
+        fixed_bytes=session_fixed_bytes(session),
     )
 
 

@@ -31,6 +31,9 @@ from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiles import MemoryModel, TilePlan, plan_tiles
 
 MAX_BANDS = 64
+# The server process's own memory, which a job needs beside its workers: `rsgrpc
+# serve` holds 57 to 63 MiB (PSS) before its first session.
+_COORDINATOR_BYTES = 64 << 20
 _FILE_SUFFIXES = (".tif", ".tiff")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 R = TypeVar("R")
@@ -146,11 +149,13 @@ def plan_band_tiles(
 
 
 def session_fixed_bytes(session: Session) -> int:
-    """What a session's job holds whatever its tiles: its workers' own footprint and
-    the GDAL block caches of the workers and the writer."""
+    """What a session's job holds whatever its tiles: the server process it is
+    coordinated from, its workers' own footprint and the GDAL block caches of the
+    workers and the writer."""
     executor = session.executor
     return (
-        executor.footprint_bytes()
+        _COORDINATOR_BYTES
+        + executor.footprint_bytes()
         + WRITER_GDAL_CACHE_BYTES
         + executor.workers * WORKER_GDAL_CACHE_BYTES
     )
