@@ -190,8 +190,8 @@ def _evaluate_tile(
 
 
 def plan_band_calc(job: BandCalcJob, session: Session) -> TilePlan:
-    """Tiles for this job within the session's RAM budget, counting its workers' own
-    footprint and GDAL's caches; raises ResourceExhaustedError if even one tile does not fit."""
+    """Tiles for this job within the session's RAM budget, beside what every job holds
+    (`session_fixed_bytes`); raises ResourceExhaustedError if even one tile does not fit."""
     return plan_tiles(
         job.infos[0].shape,
         [*(i.block_shape for i in job.infos), (OUTPUT_BLOCK, OUTPUT_BLOCK)],
