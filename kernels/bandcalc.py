@@ -430,7 +430,6 @@ class BandCalcKernel:
     input_dtypes: tuple[np.dtype, ...]
     output_dtype: np.dtype
     run: Callable[..., tuple[int, int, float, float, float, float]]
-    scratch_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -1039,7 +1038,6 @@ def _build_kernel(
         input_dtypes=dtypes,
         output_dtype=out_dtype,
         run=runner,
-        scratch_size=scratch_size,
     )
 
 
