@@ -16,6 +16,7 @@ from google.longrunning import operations_proto_pb2 as lro
 from google.rpc import code_pb2
 from rsgrpc_kernels import morphology
 
+from rsgrpc.server import raster_servicer
 from rsgrpc.v1 import raster_pb2, session_pb2, session_pb2_grpc
 from tests.conftest import (
     CRS,
@@ -238,6 +239,47 @@ def test_a_full_temporary_directory_is_resource_exhausted_and_loses_nothing(
     operation = raster_stub.Sieve(request)
     final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
     assert not final.HasField("error") and (root / "full" / "out.tif").is_file()
+
+
+def test_an_unexpected_job_error_is_internal_and_names_no_server_path(
+    server, session_name, raster_stub, monkeypatch
+):
+    running, channel = server
+    secret = str(running.data_root.root / "private" / "state.bin")
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", secret)
+
+    # The server runs in this process: its sieve job fails as a bug would.
+    monkeypatch.setattr(raster_servicer, "run_sieve", broken)
+    operations = lro_grpc.OperationsStub(channel)
+    operation = raster_stub.Sieve(
+        raster_pb2.SieveRequest(
+            session=session_name,
+            inputs=_bands("lc/a.tif"),
+            size=9,
+            output=raster_pb2.ToolOutput(path="bug/out.tif"),
+        )
+    )
+    final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
+    assert final.error.code == code_pb2.INTERNAL
+    assert final.error.message == "internal error; see the server log"
+    log = session_pb2_grpc.SessionServiceStub(channel).ListLogEntries(
+        session_pb2.ListLogEntriesRequest(parent=session_name)
+    )
+    assert all(secret not in entry.message for entry in log.log_entries)
+    assert list(running.data_root.root.glob("bug/*")) == []
+    monkeypatch.undo()
+    operation = raster_stub.Sieve(
+        raster_pb2.SieveRequest(
+            session=session_name,
+            inputs=_bands("lc/a.tif"),
+            size=9,
+            output=raster_pb2.ToolOutput(path="bug/out.tif"),
+        )
+    )
+    final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
+    assert not final.HasField("error")
 
 
 def _sieve(session, **fields):

@@ -185,9 +185,14 @@ class Session:
             except RsgrpcError as exc:
                 operation.finish(error=exc)
                 self.logger.warning("%s %s failed: %s", operation.method, operation.name, exc)
-            except Exception as exc:
+            except Exception:
+                # The text of an unexpected error can name the server's own files:
+                # it goes to the server's log only.
                 _LOGGER.exception("job %s failed", operation.name)
-                operation.finish(error=RsgrpcError(f"internal error: {exc}"))
+                self.logger.warning(
+                    "%s %s failed: internal error", operation.method, operation.name
+                )
+                operation.finish(error=RsgrpcError("internal error; see the server log"))
             finally:
                 with self._lock:
                     self._active_jobs -= 1
