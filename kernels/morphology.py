@@ -49,9 +49,9 @@ Notes
     buffers of the block's size, reused across its iterations; value-list
     dilation a code map of the block; the max and min filters, besides their
     output, only scratch for a band of 256 (or ``8*size``) rows, which also
-    keeps it in the CPU's caches. Work is split over rows with ``numba.prange``; every output
-    pixel is written by one thread from inputs no thread modifies, so results
-    do not depend on the thread count.
+    keeps it in the CPU's caches. Work is split over rows with
+    ``numba.prange``; every output pixel is written by one thread from inputs
+    no thread modifies, so results do not depend on the thread count.
 """
 
 from __future__ import annotations
