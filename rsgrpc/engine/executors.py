@@ -29,6 +29,8 @@ class Executor(Protocol):
 
     def footprint_bytes(self) -> int: ...
 
+    def notice_dead_workers(self) -> None: ...
+
     def recover(self) -> None: ...
 
     def shutdown(self) -> None: ...
@@ -97,6 +99,29 @@ class LocalProcessExecutor:
             total += getattr(info, "pss", info.rss)
         return total
 
+    def notice_dead_workers(self) -> None:
+        """Break the pool if a worker died without the pool noticing.
+
+        A worker killed while it sends a result leaves half a message in the
+        pool's result pipe, and the pool's manager thread then waits for the
+        rest forever: it never marks the pool broken, and the job's futures
+        never end. Here the other workers are killed and this process's end of
+        the pipe closed, so that thread reads end-of-file, marks the pool
+        broken and fails every pending future; `recover` then starts new workers.
+        """
+        with self._lock:
+            pool = self._pool
+        processes = list((pool._processes or {}).values())
+        if all(p.exitcode is None for p in processes):
+            return
+        _LOGGER.warning("a worker died unseen by its pool; breaking the pool")
+        for process in processes:
+            if process.exitcode is None:
+                process.kill()
+        for process in processes:
+            process.join()
+        pool._result_queue._writer.close()
+
     def recover(self) -> None:
         """Replace a broken pool with a new one."""
         with self._lock:
@@ -135,6 +160,10 @@ class DaskExecutor:
     def footprint_bytes(self) -> int:
         # The cluster's workers belong to the cluster, not to this session.
         return 0
+
+    def notice_dead_workers(self) -> None:
+        # The scheduler notices lost workers and reschedules their tasks.
+        return None
 
     def recover(self) -> None:
         # The scheduler reschedules tasks of lost workers by itself.

@@ -54,6 +54,8 @@ def run_tiles(
             done, pending = concurrent.futures.wait(
                 pending, timeout=_POLL_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
             )
+            if not done:
+                executor.notice_dead_workers()
             for future in done:
                 consume(future.result())
     except BrokenProcessPool as exc:
