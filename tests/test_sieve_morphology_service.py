@@ -252,15 +252,14 @@ def test_an_unexpected_job_error_is_internal_and_names_no_server_path(
 
     # The server runs in this process: its sieve job fails as a bug would.
     monkeypatch.setattr(raster_servicer, "run_sieve", broken)
-    operations = lro_grpc.OperationsStub(channel)
-    operation = raster_stub.Sieve(
-        raster_pb2.SieveRequest(
-            session=session_name,
-            inputs=_bands("lc/a.tif"),
-            size=9,
-            output=raster_pb2.ToolOutput(path="bug/out.tif"),
-        )
+    request = raster_pb2.SieveRequest(
+        session=session_name,
+        inputs=_bands("lc/a.tif"),
+        size=9,
+        output=raster_pb2.ToolOutput(path="bug/out.tif"),
     )
+    operations = lro_grpc.OperationsStub(channel)
+    operation = raster_stub.Sieve(request)
     final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
     assert final.error.code == code_pb2.INTERNAL
     assert final.error.message == "internal error; see the server log"
@@ -270,14 +269,7 @@ def test_an_unexpected_job_error_is_internal_and_names_no_server_path(
     assert all(secret not in entry.message for entry in log.log_entries)
     assert list(running.data_root.root.glob("bug/*")) == []
     monkeypatch.undo()
-    operation = raster_stub.Sieve(
-        raster_pb2.SieveRequest(
-            session=session_name,
-            inputs=_bands("lc/a.tif"),
-            size=9,
-            output=raster_pb2.ToolOutput(path="bug/out.tif"),
-        )
-    )
+    operation = raster_stub.Sieve(request)
     final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
     assert not final.HasField("error")
 
