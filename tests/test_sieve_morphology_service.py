@@ -242,7 +242,7 @@ def test_a_full_temporary_directory_is_resource_exhausted_and_loses_nothing(
 
 
 def test_an_unexpected_job_error_is_internal_and_names_no_server_path(
-    server, session_name, raster_stub, monkeypatch
+    server, session_name, raster_stub, classes, monkeypatch
 ):
     running, channel = server
     secret = str(running.data_root.root / "private" / "state.bin")
