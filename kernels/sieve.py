@@ -348,14 +348,15 @@ def _union(parent, a, b):
     return rb
 
 
-# What joins a pixel to the ones already scanned (see _row_links).
-_VALID, _LEFT, _UP, _UP_LEFT, _UP_RIGHT = 1, 2, 4, 8, 16
+# What joins a pixel to the ones already scanned (see _row_links): bit 0 is set
+# for every valid pixel, and these for a scanned neighbour of the same value.
+_LEFT, _UP, _UP_LEFT, _UP_RIGHT = 2, 4, 8, 16
 
 
 @njit(cache=True, nogil=True)
 def _row_links(values, valid, y, conn8, links):
-    """links[x]: 0 for a nodata pixel, else _VALID plus a bit for each scanned
-    neighbour of the same value (left, up, and up-left and up-right when 8-connected).
+    """links[x]: 0 for a nodata pixel, else 1 plus a bit for each scanned neighbour
+    of the same value (left, up, and up-left and up-right when 8-connected).
 
     Every load is unconditional and the loop has no branch, so LLVM vectorises it
     and the labelling scan that follows reads one byte a pixel.
@@ -368,21 +369,21 @@ def _row_links(values, valid, y, conn8, links):
     for i in range(np.uintp(max(w - 1, 0))):
         x = i + one
         same = m[x] & m[i] & (v[x] == v[i])
-        links[x] |= np.uint8(same) << 1
+        links[x] |= same * _LEFT
     if y == 0:
         return
     u, mu = values[y - 1], valid[y - 1]
     for i in range(np.uintp(w)):
         same = m[i] & mu[i] & (v[i] == u[i])
-        links[i] |= np.uint8(same) << 2
+        links[i] |= same * _UP
     if not conn8:
         return
     for i in range(np.uintp(max(w - 1, 0))):
         x = i + one
         up_left = m[x] & mu[i] & (v[x] == u[i])
         up_right = m[i] & mu[x] & (v[i] == u[x])
-        links[x] |= np.uint8(up_left) << 3
-        links[i] |= np.uint8(up_right) << 4
+        links[x] |= up_left * _UP_LEFT
+        links[i] |= up_right * _UP_RIGHT
 
 
 @njit(cache=True, nogil=True)

@@ -23,6 +23,7 @@ from tests.conftest import (
     TRANSFORM,
     operation_metadata,
     operation_updates,
+    watch_operation,
     watch_to_response,
     write_geotiff,
 )
@@ -221,23 +222,15 @@ def test_a_full_temporary_directory_is_resource_exhausted_and_loses_nothing(
 
     # The server runs in this process: its sieve keeps settled tiles with numpy.save.
     monkeypatch.setattr(np, "save", disk_full)
-    request = raster_pb2.SieveRequest(
-        session=session_name,
-        inputs=_bands("lc/a.tif"),
-        size=9,
-        output=raster_pb2.ToolOutput(path="full/out.tif"),
-    )
-    operations = lro_grpc.OperationsStub(channel)
-    operation = raster_stub.Sieve(request)
-    final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
+    request = _sieve(session_name, size=9, output=raster_pb2.ToolOutput(path="full/out.tif"))
+    final = watch_operation(channel, raster_stub.Sieve(request))[-1]
     assert final.error.code == code_pb2.RESOURCE_EXHAUSTED
     assert "temporary directory is full" in final.error.message
     assert str(temporary) not in final.error.message
     assert list(root.glob("full/*")) == []
     assert set(temporary.iterdir()) == before
     monkeypatch.undo()
-    operation = raster_stub.Sieve(request)
-    final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
+    final = watch_operation(channel, raster_stub.Sieve(request))[-1]
     assert not final.HasField("error") and (root / "full" / "out.tif").is_file()
 
 
@@ -252,15 +245,8 @@ def test_an_unexpected_job_error_is_internal_and_names_no_server_path(
 
     # The server runs in this process: its sieve job fails as a bug would.
     monkeypatch.setattr(raster_servicer, "run_sieve", broken)
-    request = raster_pb2.SieveRequest(
-        session=session_name,
-        inputs=_bands("lc/a.tif"),
-        size=9,
-        output=raster_pb2.ToolOutput(path="bug/out.tif"),
-    )
-    operations = lro_grpc.OperationsStub(channel)
-    operation = raster_stub.Sieve(request)
-    final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
+    request = _sieve(session_name, size=9, output=raster_pb2.ToolOutput(path="bug/out.tif"))
+    final = watch_operation(channel, raster_stub.Sieve(request))[-1]
     assert final.error.code == code_pb2.INTERNAL
     assert final.error.message == "internal error; see the server log"
     log = session_pb2_grpc.SessionServiceStub(channel).ListLogEntries(
@@ -269,9 +255,7 @@ def test_an_unexpected_job_error_is_internal_and_names_no_server_path(
     assert all(secret not in entry.message for entry in log.log_entries)
     assert list(running.data_root.root.glob("bug/*")) == []
     monkeypatch.undo()
-    operation = raster_stub.Sieve(request)
-    final = operations.WaitOperation(lro.WaitOperationRequest(name=operation.name, timeout=None))
-    assert not final.HasField("error")
+    assert not watch_operation(channel, raster_stub.Sieve(request))[-1].HasField("error")
 
 
 def _sieve(session, **fields):
