@@ -39,6 +39,7 @@ from tests.conftest import (
     make_config,
     operation_metadata,
     operation_response,
+    operation_updates,
     serving,
     watch_operation,
 )
@@ -172,13 +173,18 @@ def test_batch_runs_as_operation_with_progress_then_feeds_band_calc(
         _tiff("batch-2", "dl/two.tif", uri=hub.process_url),  # an absolute URL under the base
         _tiff("batch-3", "dl/sub/three.tif", method=download_pb2.HTTP_METHOD_POST),
     ]
+    # The last item's answer waits until the watch has seen the batch running.
+    release = hub.hold("batch-3")
     operation = stub.Download(
         download_pb2.DownloadRequest(session=session_name, deployment="svc-fake", items=items)
     )
     assert operation.name.startswith("operations/") and not operation.done
-    updates = watch_operation(channel, operation)
-    stages = [operation_metadata(u).stage for u in updates]
-    assert operation_pb2.OperationMetadata.STAGE_RUNNING in stages
+    updates = []
+    for update in operation_updates(channel, operation):
+        updates.append(update)
+        if operation_metadata(update).stage == operation_pb2.OperationMetadata.STAGE_RUNNING:
+            release.set()
+    assert release.is_set()
     final = operation_metadata(updates[-1])
     sizes = [len(hub.sent[f"batch-{i}"]) for i in (1, 2, 3)]
     assert (final.method, final.tiles_done, final.tiles_total) == ("Download", 3, 3)

@@ -39,6 +39,8 @@ PROCESS_PATH = "/api/v1/process"
 RETRY_AFTER_KINDS = ("ms", "ms_decimal", "s", "s_decimal", "date", "missing")
 
 _TIFF_VARIANTS = 8
+# A held request whose event is never set is reset after this long, so a failing test ends.
+_HOLD_LIMIT_SECONDS = 60.0
 
 
 @dataclass
@@ -102,6 +104,8 @@ class FakeSentinelHub:
         # Faults are consumed one per attempt: {"<id>": ["500", "reset", ...]}.
         self.faults: dict[str, list[str]] = {}
         self.token_faults: list[str] = []
+        # Requests whose answer waits until their event is set: {"<id>": Event}.
+        self.holds: dict[str, threading.Event] = {}
         self.reject_all_tokens = False
         self.sent: dict[str, bytes] = {}
         # (monotonic time, status, Retry-After) of every processing answer, in order.
@@ -253,6 +257,13 @@ class FakeSentinelHub:
             if queue:
                 return queue.pop(0)
         return None
+
+    def hold(self, request_id: str) -> threading.Event:
+        """Keep the answers to ``request_id`` back until the returned event is set."""
+        event = threading.Event()
+        with self._lock:
+            self.holds[request_id] = event
+        return event
 
     def take_token_fault(self) -> str | None:
         with self._lock:
@@ -410,6 +421,11 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
         body, content_type = fake.body_for(payload)
+        with fake._lock:
+            held = fake.holds.get(request_id)
+        if held is not None and not held.wait(_HOLD_LIMIT_SECONDS):
+            self._reset()
+            return
         if fake.latency:
             time.sleep(fake.latency)
         if fault is not None and self._apply_fault(fault, body, content_type):
