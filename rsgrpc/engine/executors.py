@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from rsgrpc.engine.worker_heap import HeapGate, keep_freed_memory, run_task
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -36,11 +38,13 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _init_worker(threads: int) -> None:
-    """Runs once in each new worker: pin numba's threads, load the kernels."""
+def _init_worker(threads: int, holding: Any, trim_now: Any) -> None:
+    """Runs once in each new worker: pin numba's threads, keep freed memory for
+    the next tile (see `rsgrpc.engine.worker_heap`)."""
     import numba
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    keep_freed_memory(holding, trim_now)
 
 
 def _worker_pid() -> int:
@@ -63,14 +67,19 @@ class LocalProcessExecutor:
         self.workers = processes
         self.threads_per_process = threads_per_process
         self._lock = threading.Lock()
+        # Tasks submitted and not yet ended, of this pool or a broken one.
+        self._running_lock = threading.Lock()
+        self._running = 0
         self._pool = self._start()
 
     def _start(self) -> concurrent.futures.ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        self._heap = HeapGate(context)
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_init_worker,
-            initargs=(self.threads_per_process,),
+            initargs=(self.threads_per_process, self._heap.holding, self._heap.trim_now),
         )
         # Start every worker now, so the first job does not pay for it.
         futures = [pool.submit(_worker_pid) for _ in range(self.workers)]
@@ -82,14 +91,33 @@ class LocalProcessExecutor:
         # the job's loop handles both the same way (recover, then fail clearly).
         with self._lock:
             pool = self._pool
-        return pool.submit(fn, *args)
+        future = pool.submit(run_task, fn, *args)
+        with self._running_lock:
+            self._running += 1
+        future.add_done_callback(self._task_ended)
+        return future
+
+    def _task_ended(self, _future: concurrent.futures.Future) -> None:
+        # Called by the pool's thread, or by whoever cancels the future.
+        with self._running_lock:
+            self._running -= 1
 
     def pids(self) -> list[int]:
         with self._lock:
             return [p.pid for p in list(self._pool._processes.values())]
 
     def footprint_bytes(self) -> int:
-        """Memory the idle workers hold (proportional set size, shared pages split)."""
+        """Memory the workers hold (proportional set size, shared pages split).
+
+        When no task runs, the workers first give back the memory they kept
+        for their next tile, so that it is not counted as theirs.
+        """
+        with self._running_lock:
+            idle = self._running == 0
+        with self._lock:
+            heap = self._heap
+        if idle:
+            heap.give_back()
         total = 0
         for pid in self.pids():
             try:
