@@ -277,11 +277,21 @@ def _sieve_band(
         decision = decisions[0]
         regions += decision.regions_changed
 
-        with open_writer(task, request.target, default_profile) as writer:
-            for tile, tile_decision in zip(tiles, decision.tiles, strict=True):
+        # One thread reads back and finishes the next tile while this one is written.
+        with (
+            ThreadPoolExecutor(1) as finisher,
+            open_writer(task, request.target, default_profile) as writer,
+        ):
+            finished = (
+                finisher.submit(_finish, folder / f"{tile.row}-{tile.col}.npy", tile_decision)
+                for tile, tile_decision in zip(tiles, decision.tiles, strict=True)
+            )
+            upcoming = next(finished)
+            for tile in tiles:
                 if operation.cancel_event.is_set():
                     raise CancelledError("the operation was cancelled")
-                out, stats = _finish(folder / f"{tile.row}-{tile.col}.npy", tile_decision)
+                out, stats = upcoming.result()
+                upcoming = next(finished, None)
                 writer.write(tile, out)
                 regions += stats.regions_changed
                 pixels += stats.pixels_changed
