@@ -204,7 +204,9 @@ class RasterWriter:
         return self
 
     def write(self, tile: Tile, array: np.ndarray) -> None:
-        self._ds.write(array, 1, window=Window(tile.col, tile.row, tile.width, tile.height))
+        # As one band of a 3-D view: given a 2-D array, rasterio copies it into a new stack.
+        window = Window(tile.col, tile.row, tile.width, tile.height)
+        self._ds.write(array[np.newaxis], [1], window=window)
 
     def commit(self) -> int:
         """Close, and move the finished file to its path; returns its size in bytes."""
