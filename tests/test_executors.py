@@ -6,6 +6,7 @@ import os
 import signal
 import struct
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,5 +55,19 @@ def test_a_worker_killed_while_sending_a_result_fails_the_job_and_the_next_one_r
         )
         assert sorted(results) == [1, 4, 9]
         assert len(executor.pids()) == 2
+    finally:
+        executor.shutdown()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are Linux's")
+def test_results_come_back_through_a_pipe_that_holds_a_tile():
+    import fcntl
+
+    allowed = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    executor = LocalProcessExecutor(1, threads_per_process=1)
+    try:
+        reader = executor._pool._result_queue._reader
+        assert fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ) == min(allowed, 1 << 20)
+        assert executor.submit(_square, 3).result() == 9
     finally:
         executor.shutdown()
