@@ -4,7 +4,7 @@ A worker allocates and frees the same large arrays for every tile. glibc, left
 to itself, hands most of them back to the kernel as soon as they are freed
 (blocks above its mmap threshold, and the top of the heap above its trim
 threshold), so the next tile faults every page in again: measured on the
-10980² sieve benchmark, about 4,000 faults per 1536² tile and a fifth of the
+10980² sieve benchmark, about 4,300 faults per 1536² tile and a fifth of the
 kernel's time. So a worker keeps what it frees (mmap threshold at glibc's
 32 MiB ceiling, no automatic trim) and gives it all back with `malloc_trim`
 once it has been idle for `IDLE_SECONDS`, or at once when asked.
