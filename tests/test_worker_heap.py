@@ -14,8 +14,9 @@ _CHURN_MIB = 256
 _BLOCK_MIB = 16  # under glibc's 32 MiB mmap ceiling, as a tile's arrays are
 
 
-def _churn() -> int:
-    """Runs in a worker: allocate, touch and free _CHURN_MIB in blocks; its page faults."""
+def _churn() -> tuple[int, int]:
+    """Runs in a worker: allocate, touch and free _CHURN_MIB in blocks; returns its
+    page faults and the worker's RSS once the blocks are freed."""
     import resource
 
     import numpy as np
@@ -23,7 +24,8 @@ def _churn() -> int:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     blocks = [np.ones(_BLOCK_MIB << 20, np.uint8) for _ in range(_CHURN_MIB // _BLOCK_MIB)]
     del blocks
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return faults, psutil.Process().memory_info().rss
 
 
 @pytest.fixture
@@ -41,8 +43,8 @@ def _rss(executor: LocalProcessExecutor) -> int:
 def test_the_next_task_reuses_what_the_last_one_freed(executor):
     # Queued together, the second task starts as soon as the first ends.
     first, second = executor.submit(_churn), executor.submit(_churn)
-    faults = first.result(), second.result()
-    assert faults[0] > 1000  # a fault can map more than a page (huge pages)
+    faults = first.result()[0], second.result()[0]
+    assert faults[0] > 100  # a fault can map more than a page (huge pages)
     assert faults[1] < faults[0] // 10
 
 
@@ -54,8 +56,8 @@ def test_the_planner_never_counts_freed_memory(executor):
 
 def test_an_idle_worker_gives_freed_memory_back_by_itself(executor):
     idle = _rss(executor)
-    executor.submit(_churn).result()
-    assert _rss(executor) > idle + (_CHURN_MIB << 20) // 2  # kept for the next task
+    _, kept = executor.submit(_churn).result()
+    assert kept > idle + (_CHURN_MIB << 20) // 2  # kept for the next task
     deadline = time.monotonic() + IDLE_SECONDS + 10
     while _rss(executor) > idle + (_CHURN_MIB << 20) // 4 and time.monotonic() < deadline:
         time.sleep(0.05)
