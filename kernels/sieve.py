@@ -19,9 +19,8 @@ Tiled use runs in three phases so that no process holds the raster:
 
 1. ``settle_tile`` (worker): label one tile and settle everything the tile
    can settle by itself, writing those values into the tile's output. A
-   region that does not touch a seam (an edge of the tile
-   shared with another tile) has its final size and all its neighbours in the
-   tile; its chain is followed inside the tile until it ends at a large region,
+   region that does not touch a seam (an edge of the tile shared with another
+   tile) has its final size and all its neighbours in the tile; its chain is followed inside the tile until it ends at a large region,
    fails, or reaches a region whose fate depends on other tiles (a *node*). Only
    nodes travel: regions touching a seam ("open"), small closed regions whose
    largest neighbour cannot be chosen without the global size of seam regions
@@ -211,8 +210,8 @@ class PendingPixels:
 
     ``placement`` and ``node_count`` name the tile and its summary's node count, so
     that phase 3 takes only the tile's own decision. ``pixel`` (int64) holds flat
-    indices into the tile (row-major) and ``region``
-    (int32) the waiting region of each, an index into the region arrays:
+    indices into the tile (row-major) and ``region`` (int32) the waiting region
+    of each, an index into the region arrays:
     ``region_node`` (int32), the node of the tile's summary whose decided value the
     region takes; ``region_value`` (int64), its value now; ``region_size`` (int64),
     its pixels; ``region_counted`` (bool), whether a change of it counts in the

@@ -188,6 +188,11 @@ def _keep(path: Path, settled) -> None:
         raise RsgrpcError(f"could not keep a settled tile: {error.strerror}") from None
 
 
+def _kept(folder: Path, tile: Tile) -> Path:
+    """Where a settled tile waits between passes 1 and 3."""
+    return folder / f"{tile.row}-{tile.col}.npy"
+
+
 def _finish(path: Path, decision) -> tuple[np.ndarray, object]:
     """Pass 3, in the job: a kept tile with the decided values written in."""
     from rsgrpc_kernels.sieve import PendingPixels, TilePlacement, finish_tile
@@ -226,7 +231,7 @@ def _sieve_band(
         def consume_settled(results) -> None:
             nonlocal regions, pixels
             for tile, settled, read in results:
-                _keep(folder / f"{tile.row}-{tile.col}.npy", settled)
+                _keep(_kept(folder, tile), settled)
                 summaries[tile] = settled.summary
                 regions += settled.stats.regions_changed
                 pixels += settled.stats.pixels_changed
@@ -283,7 +288,7 @@ def _sieve_band(
             open_writer(task, request.target, default_profile) as writer,
         ):
             finished = (
-                finisher.submit(_finish, folder / f"{tile.row}-{tile.col}.npy", tile_decision)
+                finisher.submit(_finish, _kept(folder, tile), tile_decision)
                 for tile, tile_decision in zip(tiles, decision.tiles, strict=True)
             )
             upcoming = next(finished)
