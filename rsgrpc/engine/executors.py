@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import psutil
 
+from rsgrpc.engine.raster_io import keep_inputs_open
 from rsgrpc.engine.worker_heap import HeapGate, keep_freed_memory, run_task
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,12 +42,12 @@ class Executor(Protocol):
 
 
 def _init_worker(threads: int, holding: Any, trim_now: Any) -> None:
-    """Runs once in each new worker: pin numba's threads, keep freed memory for
-    the next tile (see `rsgrpc.engine.worker_heap`)."""
+    """Runs once in each new worker: pin numba's threads, keep freed memory and
+    open inputs for the next tile (see `rsgrpc.engine.worker_heap`)."""
     import numba
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    keep_freed_memory(holding, trim_now)
+    keep_freed_memory(holding, trim_now, keep_inputs_open())
 
 
 def _widen_result_pipe(pool: concurrent.futures.ProcessPoolExecutor) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ WORKER_GDAL_CACHE_BYTES = 16 * MIB
 # GDAL's threads before they are flushed.
 WRITER_GDAL_CACHE_BYTES = 64 * MIB
 OUTPUT_BLOCK = 512
+# How many input files a worker keeps open between tiles: a band calc reads up to 64.
+MAX_OPEN_INPUTS = 64
 
 
 @dataclass(frozen=True)
@@ -111,18 +114,72 @@ def read_window(path: str, band: int, tile: Tile) -> np.ndarray:
     cannot be decoded: the header was read when the job was checked, so the data is
     corrupt or truncated.
     """
+    window = Window(tile.col, tile.row, tile.width, tile.height)
     try:
-        with (
-            rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES),
-            rasterio.open(path) as ds,
-        ):
-            return ds.read(band, window=Window(tile.col, tile.row, tile.width, tile.height))
-    except RasterioError:
+        with rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES):
+            if _open_inputs is None:
+                with rasterio.open(path) as ds:
+                    return ds.read(band, window=window)
+            return _open_inputs.get(path).read(band, window=window)
+    except (RasterioError, OSError):  # OSError: the file is gone
+        if _open_inputs is not None:
+            _open_inputs.forget(path)
         raise DataLossError(
             f"{Path(path).name} band {band}: the pixels of rows {tile.row} to "
             f"{tile.row + tile.height - 1}, columns {tile.col} to {tile.col + tile.width - 1} "
             "cannot be read; the file is corrupt or truncated"
         ) from None
+
+
+class _OpenInputs:
+    """The inputs a worker keeps open between its tiles.
+
+    Opening a GeoTIFF reads its header and tile index again; on the band calc
+    benchmark (1024² tiles, two inputs) one worker spent 1.19 to 1.26 CPU-s on
+    its reads when it opened both inputs for every tile, and 0.97 to 0.99 s
+    with them kept open. A file is looked up by path and checked against its
+    inode, size and modification time on every read, so a file replaced or
+    rewritten between tiles is opened afresh.
+    """
+
+    def __init__(self) -> None:
+        self._open: OrderedDict[str, tuple[tuple[int, ...], rasterio.DatasetReader]] = OrderedDict()
+
+    def get(self, path: str) -> rasterio.DatasetReader:
+        st = os.stat(path)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        kept = self._open.get(path)
+        if kept is not None and kept[0] == identity:
+            self._open.move_to_end(path)
+            return kept[1]
+        self.forget(path)
+        ds = rasterio.open(path)
+        self._open[path] = (identity, ds)
+        while len(self._open) > MAX_OPEN_INPUTS:
+            self._open.popitem(last=False)[1][1].close()
+        return ds
+
+    def forget(self, path: str) -> None:
+        kept = self._open.pop(path, None)
+        if kept is not None:
+            kept[1].close()
+
+    def close_all(self) -> None:
+        while self._open:
+            self._open.popitem()[1][1].close()
+
+
+_open_inputs: _OpenInputs | None = None
+
+
+def keep_inputs_open() -> Callable[[], None]:
+    """Runs once in a pool worker: from now on `read_window` keeps its files open.
+
+    Returns what closes them; the worker calls it between jobs, when no task runs.
+    """
+    global _open_inputs
+    _open_inputs = _OpenInputs()
+    return _open_inputs.close_all
 
 
 @dataclass(frozen=True)

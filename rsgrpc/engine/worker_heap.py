@@ -1,4 +1,5 @@
-"""A worker's freed memory: kept while tiles come, given back between jobs.
+"""A worker's freed memory and open inputs: kept while tiles come, given back
+between jobs.
 
 A worker allocates and frees the same large arrays for every tile. glibc, left
 to itself, hands most of them back to the kernel as soon as they are freed
@@ -7,13 +8,14 @@ threshold), so the next tile faults every page in again: measured on the
 10980² sieve benchmark, about 4,300 faults per 1536² tile and a fifth of the
 kernel's time. So a worker keeps what it frees (mmap threshold at glibc's
 32 MiB ceiling, no automatic trim) and gives it all back with `malloc_trim`
-once it has been idle for `IDLE_SECONDS`, or at once when asked.
+once it has been idle for `IDLE_SECONDS`, or at once when asked. Its open
+input files (`raster_io.keep_inputs_open`) are closed at the same moment,
+before the trim, so that what they held goes back too.
 
 The tile planner counts the workers' present memory as fixed, so it must not
 see kept blocks: before it measures, `HeapGate.give_back` asks the idle
-workers to trim now and waits until none holds freed memory. Without glibc
-(musl, say) workers run as glibc would by default and the gate has nothing to
-wait for.
+workers to give back now and waits until none holds any. Without glibc (musl,
+say) workers allocate as glibc would by default and only close their inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ctypes
 import ctypes.util
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 # A worker idle this long gives its freed memory back by itself.
@@ -75,18 +78,22 @@ class HeapGate:
 
 
 class _Keeper:
-    """The worker's side: counts running tasks, trims once idle or when asked."""
+    """The worker's side: counts running tasks, gives back once idle or when asked."""
 
-    def __init__(self, libc: ctypes.CDLL, holding: Any, trim_now: Any) -> None:
+    def __init__(
+        self, libc: ctypes.CDLL | None, holding: Any, trim_now: Any, release: Callable[[], None]
+    ) -> None:
         self._libc = libc
+        self._release = release
         self._holding = holding
         self._trim_now = trim_now
         self._changed = threading.Condition()
         self._running = 0
         self._held = False
         self._last_end = 0.0
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _NO_AUTOMATIC_TRIM)
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _NO_AUTOMATIC_TRIM)
         threading.Thread(target=self._give_back_when_idle, name="heap", daemon=True).start()
 
     def run(self, fn: Any, args: tuple) -> Any:
@@ -116,7 +123,10 @@ class _Keeper:
                     asked or time.monotonic() >= self._last_end + IDLE_SECONDS
                 )
                 if idle and self._held:
-                    self._libc.malloc_trim(0)
+                    # No task can start meanwhile: run() waits for this lock.
+                    self._release()
+                    if self._libc is not None:
+                        self._libc.malloc_trim(0)
                     self._held = False
                     with self._holding.get_lock():
                         self._holding.value -= 1
@@ -125,12 +135,11 @@ class _Keeper:
 _keeper: _Keeper | None = None
 
 
-def keep_freed_memory(holding: Any, trim_now: Any) -> None:
-    """Runs once in each new worker, with its pool's `HeapGate` values."""
+def keep_freed_memory(holding: Any, trim_now: Any, release: Callable[[], None]) -> None:
+    """Runs once in each new worker, with its pool's `HeapGate` values and what
+    else to give back when idle."""
     global _keeper
-    libc = _glibc()
-    if libc is not None:
-        _keeper = _Keeper(libc, holding, trim_now)
+    _keeper = _Keeper(_glibc(), holding, trim_now, release)
 
 
 def run_task(fn: Any, /, *args: Any) -> Any:

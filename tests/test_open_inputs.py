@@ -1,0 +1,102 @@
+"""Workers keep their input files open between tiles, never read a stale file, and
+close them between jobs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from rsgrpc.engine.errors import DataLossError
+from rsgrpc.engine.executors import LocalProcessExecutor
+from rsgrpc.engine.raster_io import MAX_OPEN_INPUTS, read_window
+from rsgrpc.engine.tiles import Tile
+from rsgrpc.engine.worker_heap import IDLE_SECONDS
+from tests.conftest import write_geotiff
+
+_TILE = Tile(0, 0, 8, 8)
+
+
+def _read_and_list_open(paths: list[str], tile: Tile = _TILE) -> tuple[list[np.ndarray], list[str]]:
+    """Runs in a worker: read each path's tile; return them and the files it has open."""
+    arrays = [read_window(path, 1, tile) for path in paths]
+    return arrays, [f.path for f in psutil.Process().open_files()]
+
+
+@pytest.fixture
+def executor():
+    executor = LocalProcessExecutor(1, threads_per_process=1)
+    yield executor
+    executor.shutdown()
+
+
+def _open_in_worker(executor: LocalProcessExecutor) -> list[str]:
+    [pid] = executor.pids()
+    return [f.path for f in psutil.Process(pid).open_files()]
+
+
+def test_an_input_stays_open_for_the_next_tile_and_closes_when_idle(executor, tmp_path):
+    path = str(write_geotiff(tmp_path / "a.tif", np.full((8, 8), 3, np.uint8)))
+    # Queued together, the second task starts as soon as the first ends.
+    first = executor.submit(_read_and_list_open, [path])
+    second = executor.submit(_read_and_list_open, [path])
+    assert path in first.result()[1]
+    assert path in second.result()[1]
+    deadline = time.monotonic() + IDLE_SECONDS + 10
+    while path in _open_in_worker(executor) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path not in _open_in_worker(executor)
+
+
+def test_the_planner_measures_after_inputs_are_closed(executor, tmp_path):
+    path = str(write_geotiff(tmp_path / "a.tif", np.full((8, 8), 3, np.uint8)))
+    executor.submit(_read_and_list_open, [path]).result()
+    executor.footprint_bytes()
+    assert path not in _open_in_worker(executor)
+
+
+def test_a_file_replaced_between_tiles_is_read_afresh(executor, tmp_path):
+    path = tmp_path / "a.tif"
+    write_geotiff(path, np.full((8, 8), 3, np.uint8))
+    [before], _ = executor.submit(_read_and_list_open, [str(path)]).result()
+    write_geotiff(tmp_path / "b.tif", np.full((8, 8), 7, np.uint8))
+    os.replace(tmp_path / "b.tif", path)
+    [after], _ = executor.submit(_read_and_list_open, [str(path)]).result()
+    assert (before == 3).all() and (after == 7).all()
+
+
+def test_a_file_rewritten_in_place_between_tiles_is_read_afresh(executor, tmp_path):
+    path = tmp_path / "a.tif"
+    write_geotiff(path, np.full((8, 8), 3, np.uint8))
+    [before], _ = executor.submit(_read_and_list_open, [str(path)]).result()
+    write_geotiff(path, np.full((8, 8), 9, np.uint8))
+    [after], _ = executor.submit(_read_and_list_open, [str(path)]).result()
+    assert (before == 3).all() and (after == 9).all()
+
+
+def test_at_most_max_open_inputs_stay_open(executor, tmp_path):
+    paths = [
+        str(write_geotiff(tmp_path / f"{i}.tif", np.full((8, 8), i, np.uint8)))
+        for i in range(MAX_OPEN_INPUTS + 6)
+    ]
+    arrays, open_files = executor.submit(_read_and_list_open, paths).result()
+    assert [int(a[0, 0]) for a in arrays] == list(range(len(paths)))
+    assert len(set(paths) & set(open_files)) == MAX_OPEN_INPUTS
+    assert set(paths[-MAX_OPEN_INPUTS:]) <= set(open_files)
+
+
+def test_a_file_corrupted_between_tiles_fails_clearly_and_is_let_go(executor, tmp_path):
+    path = tmp_path / "a.tif"
+    write_geotiff(path, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64), block=16)
+    whole = Tile(0, 0, 64, 64)
+    executor.submit(_read_and_list_open, [str(path)], whole).result()
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xff" * (size // 2))
+    with pytest.raises(DataLossError, match="a.tif band 1"):
+        executor.submit(_read_and_list_open, [str(path)], whole).result()
+    assert str(path) not in _open_in_worker(executor)
