@@ -100,3 +100,23 @@ def test_a_file_corrupted_between_tiles_fails_clearly_and_is_let_go(executor, tm
     with pytest.raises(DataLossError, match="a.tif band 1"):
         executor.submit(_read_and_list_open, [str(path)], whole).result()
     assert str(path) not in _open_in_worker(executor)
+
+
+def _read_from_threads(path: str, tiles: list[Tile]) -> list[np.ndarray]:
+    """Runs in a worker: read tiles of one file from several threads at once, as the
+    sieve's side-by-side tiles do."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda tile: read_window(path, 1, tile), tiles))
+
+
+def test_threads_of_a_task_read_an_input_side_by_side(executor, tmp_path):
+    expected = np.random.default_rng(0).integers(0, 9999, (1024, 1024), dtype=np.uint16)
+    path = str(write_geotiff(tmp_path / "a.tif", expected, block=128))
+    tiles = [Tile(row, col, 512, 512) for row in (0, 512) for col in (0, 512)] * 40
+    executor.submit(_read_and_list_open, [path]).result()  # kept open by the worker
+    arrays = executor.submit(_read_from_threads, path, tiles).result()
+    for tile, array in zip(tiles, arrays, strict=True):
+        window = expected[tile.row : tile.row + 512, tile.col : tile.col + 512]
+        np.testing.assert_array_equal(array, window)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -117,12 +118,12 @@ def read_window(path: str, band: int, tile: Tile) -> np.ndarray:
     window = Window(tile.col, tile.row, tile.width, tile.height)
     try:
         with rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES):
-            if _open_inputs is None:
+            if not _keeps_inputs_open():
                 with rasterio.open(path) as ds:
                     return ds.read(band, window=window)
             return _open_inputs.get(path).read(band, window=window)
     except (RasterioError, OSError):  # OSError: the file is gone
-        if _open_inputs is not None:
+        if _keeps_inputs_open():
             _open_inputs.forget(path)
         raise DataLossError(
             f"{Path(path).name} band {band}: the pixels of rows {tile.row} to "
@@ -132,14 +133,15 @@ def read_window(path: str, band: int, tile: Tile) -> np.ndarray:
 
 
 class _OpenInputs:
-    """The inputs a worker keeps open between its tiles.
+    """The inputs a worker's main thread keeps open between its tiles.
 
     Opening a GeoTIFF reads its header and tile index again; on the band calc
     benchmark (1024² tiles, two inputs) one worker spent 1.19 to 1.26 CPU-s on
     its reads when it opened both inputs for every tile, and 0.97 to 0.99 s
     with them kept open. A file is looked up by path and checked against its
     inode, size and modification time on every read, so a file replaced or
-    rewritten between tiles is opened afresh.
+    rewritten between tiles is opened afresh. A dataset serves one thread at a
+    time, so other threads (the sieve's tiles side by side) open their own.
     """
 
     def __init__(self) -> None:
@@ -170,6 +172,10 @@ class _OpenInputs:
 
 
 _open_inputs: _OpenInputs | None = None
+
+
+def _keeps_inputs_open() -> bool:
+    return _open_inputs is not None and threading.current_thread() is threading.main_thread()
 
 
 def keep_inputs_open() -> Callable[[], None]:
