@@ -9,13 +9,14 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
-import os
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 import psutil
 
 from rsgrpc.engine.raster_io import keep_inputs_open
+from rsgrpc.engine.shared_results import can_map, lend_buffers, probe_buffer
 from rsgrpc.engine.worker_heap import HeapGate, keep_freed_memory, run_task
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,13 +42,21 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _init_worker(threads: int, holding: Any, trim_now: Any) -> None:
-    """Runs once in each new worker: pin numba's threads, keep freed memory and
-    open inputs for the next tile (see `rsgrpc.engine.worker_heap`)."""
+def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any) -> None:
+    """Runs once in each new worker: pin numba's threads; return large results
+    through shared buffers (`shared_results`); keep freed memory, open inputs and
+    free buffers for the next tile, and give them back between jobs (`worker_heap`)."""
     import numba
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    keep_freed_memory(holding, trim_now, keep_inputs_open())
+    lender = lend_buffers(lend)
+    close_inputs = keep_inputs_open()
+
+    def give_back() -> None:
+        close_inputs()
+        lender.close_free()
+
+    keep_freed_memory(holding, trim_now, give_back)
 
 
 def _widen_result_pipe(pool: concurrent.futures.ProcessPoolExecutor) -> None:
@@ -69,12 +78,13 @@ def _widen_result_pipe(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         pass
 
 
-def _worker_pid() -> int:
+def _warm_up() -> tuple[int, int]:
+    """Runs in a new worker: (pid, fd) of a buffer it lends results through."""
     import time
 
     # Long enough that every worker of a new pool receives one.
     time.sleep(0.05)
-    return os.getpid()
+    return probe_buffer()
 
 
 class LocalProcessExecutor:
@@ -97,16 +107,23 @@ class LocalProcessExecutor:
     def _start(self) -> concurrent.futures.ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
         self._heap = HeapGate(context)
+        lend = context.RawValue("b", 0)
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(self.threads_per_process, self._heap.holding, self._heap.trim_now),
+            initargs=(self.threads_per_process, self._heap.holding, self._heap.trim_now, lend),
         )
         _widen_result_pipe(pool)
         # Start every worker now, so the first job does not pay for it.
-        futures = [pool.submit(_worker_pid) for _ in range(self.workers)]
-        concurrent.futures.wait(futures)
+        futures = [pool.submit(_warm_up) for _ in range(self.workers)]
+        try:
+            buffers = [future.result() for future in futures]
+        except BrokenProcessPool:
+            return pool  # the first job fails clearly, and recover() starts anew
+        lend.value = all(can_map(pid, fd) for pid, fd in buffers)
+        if not lend.value:
+            _LOGGER.warning("workers cannot share result buffers here; results use the pipe")
         return pool
 
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
