@@ -96,7 +96,7 @@ def _worker_buffers(pid: int) -> int:
 
 
 def test_a_pool_that_cannot_map_its_workers_buffers_uses_the_pipe(monkeypatch):
-    monkeypatch.setattr(executors, "can_map", lambda pid, fd: False)
+    monkeypatch.setattr(executors, "can_map", lambda probe: False)
     executor = LocalProcessExecutor(1, threads_per_process=1)
     try:
         tile = executor.submit(_tile, 5.0).result()
@@ -109,5 +109,11 @@ def test_a_pool_that_cannot_map_its_workers_buffers_uses_the_pipe(monkeypatch):
 def test_this_machine_lets_a_pool_map_its_workers_buffers(executor):
     # What the pool checks when it starts, once more: if it failed here, every
     # other test above would pass through the pipe without saying so.
-    pid, fd = executor.submit(shared_results.probe_buffer).result()
-    assert shared_results.can_map(pid, fd)
+    probe = executor.submit(shared_results.probe_buffer).result()
+    assert shared_results.can_map(probe)
+
+
+def test_a_buffer_that_cannot_be_opened_is_not_used():
+    assert not shared_results.can_map(None)  # a system without memory files
+    gone = next(pid for pid in range(4_000_000, 4_001_000) if not psutil.pid_exists(pid))
+    assert not shared_results.can_map((gone, 3))

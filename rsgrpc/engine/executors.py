@@ -78,8 +78,8 @@ def _widen_result_pipe(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         pass
 
 
-def _warm_up() -> tuple[int, int]:
-    """Runs in a new worker: (pid, fd) of a buffer it lends results through."""
+def _warm_up() -> tuple[int, int] | None:
+    """Runs in a new worker: where to find a buffer it lends results through."""
     import time
 
     # Long enough that every worker of a new pool receives one.
@@ -118,10 +118,10 @@ class LocalProcessExecutor:
         # Start every worker now, so the first job does not pay for it.
         futures = [pool.submit(_warm_up) for _ in range(self.workers)]
         try:
-            buffers = [future.result() for future in futures]
+            probes = [future.result() for future in futures]
         except BrokenProcessPool:
             return pool  # the first job fails clearly, and recover() starts anew
-        lend.value = all(can_map(pid, fd) for pid, fd in buffers)
+        lend.value = all(can_map(probe) for probe in probes)
         if not lend.value:
             _LOGGER.warning("workers cannot share result buffers here; results use the pipe")
         return pool

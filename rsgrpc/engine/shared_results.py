@@ -11,15 +11,16 @@ very pages the worker wrote; when that array is freed, the buffer goes back to
 the worker, which reuses it for a later tile.
 
 A buffer's first byte says whether it is lent out. The worker sets it before
-sending; the job's process clears it with a `pwrite` after unmapping, so every
-read of the pixels has ended before the worker can see the buffer free. A
+sending; the job's process clears it with a `pwrite` as the array is freed, a
+system call after its last read of the pixels, so the worker cannot see the
+buffer free before those reads are done. A
 worker keeps at most `MAX_BUFFERS` buffers; past that, or for a smaller array,
 the array goes through the pipe as before. Free buffers are closed when the
 worker gives its memory back between jobs (`worker_heap`).
 
 A pool checks once, when it starts, that its process can open its workers'
-memory files (`/proc` may be missing or closed to it); if not, its workers
-never lend buffers. Pools of other kinds (Dask) never do either.
+memory files (`/proc` may be missing or closed to it, and `memfd_create` is
+Linux's); if not, its workers never lend buffers. Pools of other kinds (Dask) never do either.
 """
 
 from __future__ import annotations
@@ -112,11 +113,15 @@ class _Lender:
             for buffer in [b for b in self._buffers if b.free]:
                 self._drop(buffer)
 
-    def probe(self) -> tuple[int, int]:
-        """A buffer for the pool to check it can map: (pid, fd)."""
+    def probe(self) -> tuple[int, int] | None:
+        """A buffer for the pool to check it can map: (pid, fd); None if this system
+        has no memory files."""
         with self._lock:
             if not self._buffers:
-                self._buffers.append(_Buffer(_GRAIN))
+                try:
+                    self._buffers.append(_Buffer(_GRAIN))
+                except (AttributeError, OSError):
+                    return None
             return os.getpid(), self._buffers[0].fd
 
 
@@ -132,17 +137,19 @@ def lend_buffers(enabled: Any) -> _Lender:
     return _lender
 
 
-def probe_buffer() -> tuple[int, int]:
-    """Runs in a pool worker: where the pool can find one of its buffers."""
+def probe_buffer() -> tuple[int, int] | None:
+    """Runs in a pool worker: where the pool can find one of its buffers, if any."""
     if _lender is None:
         raise RuntimeError("lend_buffers() has not run in this worker")
     return _lender.probe()
 
 
-def can_map(pid: int, fd: int) -> bool:
-    """Whether this process can map a worker's buffer."""
+def can_map(probe: tuple[int, int] | None) -> bool:
+    """Whether this process can map a worker's buffer, from its `probe_buffer`."""
+    if probe is None:
+        return False
     try:
-        _give_back(_map(pid, fd, _GRAIN)[0])
+        _give_back(_map(*probe, _GRAIN)[0])
     except OSError:
         return False
     return True
