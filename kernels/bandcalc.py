@@ -939,9 +939,7 @@ def _nodata_test(dtypes: tuple[np.dtype, ...], first: int, stop: int) -> Any:
     left, right = _nodata_test(dtypes, first, half), _nodata_test(dtypes, half, stop)
 
     def any_nodata(x, nan_tests, values):
-        if left(x, nan_tests, values):
-            return True
-        return right(x, nan_tests, values)
+        return left(x, nan_tests, values) | right(x, nan_tests, values)
 
     return _inline(any_nodata, "nds")
 
@@ -960,6 +958,7 @@ def _build_kernel(
     is_nodata = _nodata_test(dtypes, 0, count)
     scratch_size = max(compiler.scratch, 1)
     integer = out_dtype.kind != "f"
+    out_float = np.float32 if out_dtype == np.float32 else np.float64
     # numpy's astype truncates toward zero: a result fits when it lies strictly inside these.
     below, above = _dtype_range(out_dtype)
     below, above = below - 1.0, above + 1.0
@@ -991,24 +990,28 @@ def _build_kernel(
         m2 = 0.0
         for i in range(first, stop):
             row = out[i]
-            for j in range(cols):
-                x = read(a, i, j)
-                if is_nodata(x, nan_tests, values):
-                    row[j] = nodata
-                    written += 1
-                    continue
-                v = root(x, s)
-                if integer:
+            if integer:
+                for j in range(cols):
+                    x = read(a, i, j)
+                    if is_nodata(x, nan_tests, values):
+                        row[j] = nodata
+                        written += 1
+                        continue
+                    v = root(x, s)
                     if v > below and v < above:
                         row[j] = v
                     else:
                         row[j] = nodata
                         written += 1
-                else:
-                    row[j] = v
-                    if not np.isfinite(row[j]):
-                        row[j] = nodata
-                        written += 1
+            else:
+                # Without a branch, so that LLVM can vectorise the row: every pixel is
+                # computed (the expression is pure and cannot raise) and then chosen.
+                for j in range(cols):
+                    x = read(a, i, j)
+                    v = out_float(root(x, s))
+                    valid = ~is_nodata(x, nan_tests, values) & np.isfinite(v)
+                    row[j] = v if valid else nodata
+                    written += np.int64(~valid)
             # The row is still in cache: its statistics, as written, in two passes, about
             # the first valid value, so that a large mean costs no precision.
             if np.isnan(origin):
