@@ -150,8 +150,9 @@ def band_calc_memory(job: BandCalcJob) -> MemoryModel:
 
     A worker holds the input windows and the output tile while the kernel runs (the kernel
     computes the statistics in the same pass, in a few scalars per row range: nothing per
-    pixel); then, while the result is pickled back to the coordinator, the output tile, a
-    bytes copy of it and the pickle's buffer (three outputs; the inputs are freed by then).
+    pixel); then, while the result goes back to the coordinator, the output tile and its
+    copy in a shared buffer, or, where results take the pipe, a bytes copy of it and the
+    pickle's buffer (three outputs, which the model counts; the inputs are freed by then).
     The coordinator holds output tiles waiting for the writer.
     """
     inputs = sum(np.dtype(i.dtype).itemsize for i in job.infos)

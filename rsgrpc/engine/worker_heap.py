@@ -1,5 +1,5 @@
-"""A worker's freed memory and open inputs: kept while tiles come, given back
-between jobs.
+"""A worker's freed memory, open inputs and result buffers: kept while tiles
+come, given back between jobs.
 
 A worker allocates and frees the same large arrays for every tile. glibc, left
 to itself, hands most of them back to the kernel as soon as they are freed
@@ -9,8 +9,9 @@ threshold), so the next tile faults every page in again: measured on the
 kernel's time. So a worker keeps what it frees (mmap threshold at glibc's
 32 MiB ceiling, no automatic trim) and gives it all back with `malloc_trim`
 once it has been idle for `IDLE_SECONDS`, or at once when asked. Its open
-input files (`raster_io.keep_inputs_open`) are closed at the same moment,
-before the trim, so that what they held goes back too.
+input files (`raster_io.keep_inputs_open`) and free result buffers
+(`shared_results`) are closed at the same moment, before the trim, so that
+what they held goes back too.
 
 The tile planner counts the workers' present memory as fixed, so it must not
 see kept blocks: before it measures, `HeapGate.give_back` asks the idle
