@@ -454,11 +454,13 @@ def measure_tree(
     *args: Any,
     interval: float = 0.05,
     repeats: int = 1,
+    between: Callable[[], Any] | None = None,
     **kwargs: Any,
 ) -> TreeRun:
     """Call ``fn(*args, **kwargs)`` in this process ``repeats`` times timed, keeping the
-    fastest, then once more while sampling the memory (RSS and PSS) of ``pid`` and its
-    descendants every ``interval`` seconds.
+    fastest (each followed by `settle`, then by ``between()`` if given: a baseline to
+    time in the same minutes), then once more while sampling the memory (RSS and PSS)
+    of ``pid`` and its descendants every ``interval`` seconds.
 
     The two are apart because sampling is not free for the processes sampled: reading a
     process's PSS walks its page tables under its memory-map lock, which stalls its page
@@ -476,6 +478,9 @@ def measure_tree(
         value = fn(*args, **kwargs)
         seconds = time.perf_counter() - started
         runs.append((seconds, tree_cpu_seconds(pid) - cpu_before, value))
+        settle()
+        if between is not None:
+            between()
     seconds, cpu, value = min(runs, key=lambda run: run[0])
     with TreeMemorySampler(pid, interval=interval) as sampler:
         fn(*args, **kwargs)
