@@ -386,6 +386,10 @@ def run_ours(
 # -------------------------------------------------------------------------- report
 
 
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MiB"
+
+
 def _all_runs(seconds) -> str:
     return f"  (runs: {', '.join(f'{s:.2f}' for s in seconds)} s)" if len(seconds) > 1 else ""
 
@@ -562,11 +566,10 @@ def main(argv: list[str] | None = None) -> int:
                                    compression, args.repeats, floor_again)  # fmt: skip
                     ours[ram, key] = run
                     settle()
-                    pss = run.peak.pss_mib
                     print(f"  (ours ram {ram}) {key:<8} {run.seconds:7.2f} s  "
                           f"(CPU {run.cpu:6.2f} s)  {mib(run.size)}  "
-                          f"peak RSS {run.peak.rss_mib:.0f} MiB, PSS "
-                          f"{'n/a' if pss is None else f'{pss:.0f} MiB'}"
+                          f"peak RSS {run.peak.rss_mib:.0f} MiB, PSS {_mib(run.peak.pss_mib)}, "
+                          f"resident set {_mib(run.peak.resident_mib)}"
                           f"{_all_runs(run.all_seconds)}",
                           flush=True)  # fmt: skip
                     paired_floor[ram, key] = min(floors)
@@ -619,17 +622,17 @@ def main(argv: list[str] | None = None) -> int:
         s = ours[ram, "default"].seconds
         print(f"  ram {ram}: b(deflate)/ours(default) {times['b', 'deflate'] / s:.2f}x; "
               f"size {ours[ram, 'default'].size / sizes['b', 'deflate']:.2f} of (b)'s")  # fmt: skip
-    print("\nPeak memory of the server's process tree (server + workers), sampled every 50 ms:")
+    print("\nPeak memory of the server's process tree (server + workers): RSS and PSS summed over"
+          " its processes every 50 ms; its resident set (each physical page once, as root)"
+          " as often as it can be read:")  # fmt: skip
     for ram in args.ram:
         for key in profiles:
             run = ours[ram, key]
-            pss = run.peak.pss_mib
-            idle_pss = run.idle.pss_mib
-            print(f"  ram {ram:>5} MiB, {key:<8}: peak RSS {run.peak.rss_mib:7.0f} MiB, "
-                  f"peak PSS {'n/a' if pss is None else f'{pss:7.0f} MiB'} "
-                  f"({'n/a' if pss is None else f'{100 * pss / ram:.0f}%'} of the budget); "
-                  f"idle before: RSS {run.idle.rss_mib:.0f}, PSS "
-                  f"{'n/a' if idle_pss is None else f'{idle_pss:.0f}'} MiB; "
+            resident = run.peak.resident_mib
+            print(f"  ram {ram:>5} MiB, {key:<8}: summed RSS {run.peak.rss_mib:4.0f} MiB, "
+                  f"PSS {_mib(run.peak.pss_mib)}, resident set {_mib(resident)}"
+                  f"{'' if resident is None else f' ({100 * resident / ram:.0f}% of the budget)'}; "
+                  f"idle before: RSS {run.idle.rss_mib:.0f} MiB, PSS {_mib(run.idle.pss_mib)}; "
                   f"{run.peak.processes} processes")  # fmt: skip
     for ram in args.ram:
         for line in plans[ram][-1:]:

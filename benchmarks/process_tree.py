@@ -9,14 +9,23 @@ descendants at that moment, the resident set size (RSS) and, where the
 platform reports it, the proportional set size (PSS: shared pages split
 between the processes that map them, so the sum does not count shared
 libraries once per worker). The peaks are the largest sums seen.
+
+Where this process may read physical page frames (Linux, as root), a second
+thread also takes the tree's resident set itself: the physical pages mapped by
+any of its processes, each counted once, from /proc/<pid>/pagemap. That is
+what summed RSS overstates (a library's pages once per process) and PSS
+approximates (it splits pages shared with processes outside the tree). One
+look takes 0.1 to 0.6 s, so it is sampled as often as that allows.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import psutil
 
 MIB = 1 << 20
@@ -29,6 +38,7 @@ class TreeMemory:
     rss: int = 0
     pss: int | None = None
     processes: int = 0
+    resident: int | None = None  # the tree's physical pages, each once (see tree_resident_set)
 
     @property
     def rss_mib(self) -> float:
@@ -37,6 +47,10 @@ class TreeMemory:
     @property
     def pss_mib(self) -> float | None:
         return None if self.pss is None else self.pss / MIB
+
+    @property
+    def resident_mib(self) -> float | None:
+        return None if self.resident is None else self.resident / MIB
 
 
 def tree_memory(pid: int, *, with_pss: bool = True) -> TreeMemory:
@@ -67,16 +81,18 @@ def tree_memory(pid: int, *, with_pss: bool = True) -> TreeMemory:
 
 
 class TreeMemorySampler:
-    """Samples a process tree's memory every `interval` seconds while active."""
+    """Samples a process tree's memory every `interval` seconds while active, and its
+    resident set as often as it can be read."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self.pid = pid
         self.interval = interval
         self.peak = TreeMemory()
         self.samples = 0
+        self.resident_samples = 0
         self._with_pss = True
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def _sample(self) -> None:
         now = tree_memory(self.pid, with_pss=self._with_pss)
@@ -90,6 +106,14 @@ class TreeMemorySampler:
         elif self.samples == 1 or self.peak.pss is not None:
             self.peak.pss = max(self.peak.pss or 0, now.pss)
 
+    def _sample_resident(self) -> bool:
+        now = tree_resident_set(self.pid)
+        if now is None:
+            return False
+        self.resident_samples += 1
+        self.peak.resident = max(self.peak.resident or 0, now)
+        return True
+
     def _run(self) -> None:
         while True:
             started = time.monotonic()
@@ -97,18 +121,28 @@ class TreeMemorySampler:
             if self._stop.wait(max(0.0, self.interval - (time.monotonic() - started))):
                 return
 
+    def _run_resident(self) -> None:
+        while self._sample_resident() and not self._stop.wait(self.interval):
+            pass
+
     def start(self) -> TreeMemorySampler:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=run, name="tree-memory", daemon=True)
+            for run in (self._run, self._run_resident)
+        ]
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> TreeMemory:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
         self._sample()  # one last look, after the job
+        if self.resident_samples:
+            self._sample_resident()
         return self.peak
 
     def __enter__(self) -> TreeMemorySampler:
@@ -116,6 +150,51 @@ class TreeMemorySampler:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+_PRESENT = np.uint64(1 << 63)
+_FRAME = np.uint64((1 << 55) - 1)
+
+
+def tree_resident_set(pid: int) -> int | None:
+    """Bytes of physical memory mapped by `pid` and its descendants, each page once;
+    None where page frames cannot be read (not Linux, or not root: the kernel then
+    reports every frame as 0)."""
+    try:
+        root = psutil.Process(pid)
+        pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
+    except psutil.Error:
+        return None
+    frames = []
+    for each in pids:
+        try:
+            frames.append(_frames(each))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a process that ended between listing and reading
+        except OSError:
+            return None
+    if not frames:
+        return None
+    every = np.unique(np.concatenate(frames))
+    if every.size and not every.any():
+        return None
+    return int(every[every != 0].size) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _frames(pid: int) -> np.ndarray:
+    """The physical frame numbers of a process's present pages."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    found = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb", 0) as pagemap:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if perms.startswith("---"):
+                continue  # reserved, never resident
+            low, high = (int(x, 16) for x in span.split("-"))
+            pagemap.seek(low // page * 8)
+            entries = np.frombuffer(pagemap.read((high - low) // page * 8), np.uint64)
+            found.append(entries[(entries & _PRESENT) != 0] & _FRAME)
+    return np.concatenate(found) if found else np.empty(0, np.uint64)
 
 
 def tree_cpu_seconds(pid: int) -> float:
