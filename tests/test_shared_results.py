@@ -20,7 +20,7 @@ _SIDE = 1024  # a float32 tile of 4 MiB
 
 
 def _tile(value: float, dtype: str = "float32", side: int = _SIDE) -> np.ndarray:
-    """Runs in a worker: a tile filled with `value`, and a strided view of one."""
+    """Runs in a worker: a tile filled with `value`, but one pixel `value + 1`."""
     tile = np.full((side, side), value, dtype)
     tile[0, 1] = value + 1
     return tile
