@@ -20,8 +20,9 @@ Tiled use runs in three phases so that no process holds the raster:
 1. ``settle_tile`` (worker): label one tile and settle everything the tile
    can settle by itself, writing those values into the tile's output. A
    region that does not touch a seam (an edge of the tile shared with another
-   tile) has its final size and all its neighbours in the tile; its chain is followed inside the tile until it ends at a large region,
-   fails, or reaches a region whose fate depends on other tiles (a *node*). Only
+   tile) has its final size and all its neighbours in the tile; its chain is
+   followed inside the tile until it ends at a large region, fails, or
+   reaches a region whose fate depends on other tiles (a *node*). Only
    nodes travel: regions touching a seam ("open"), small closed regions whose
    largest neighbour cannot be chosen without the global size of seam regions
    ("pending"), and large closed regions that a node's chain ends on. The

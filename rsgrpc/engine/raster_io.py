@@ -116,15 +116,16 @@ def read_window(path: str, band: int, tile: Tile) -> np.ndarray:
     corrupt or truncated.
     """
     window = Window(tile.col, tile.row, tile.width, tile.height)
+    kept = _open_inputs if threading.current_thread() is threading.main_thread() else None
     try:
         with rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES):
-            if not _keeps_inputs_open():
+            if kept is None:
                 with rasterio.open(path) as ds:
                     return ds.read(band, window=window)
-            return _open_inputs.get(path).read(band, window=window)
+            return kept.get(path).read(band, window=window)
     except (RasterioError, OSError):  # OSError: the file is gone
-        if _keeps_inputs_open():
-            _open_inputs.forget(path)
+        if kept is not None:
+            kept.forget(path)
         raise DataLossError(
             f"{Path(path).name} band {band}: the pixels of rows {tile.row} to "
             f"{tile.row + tile.height - 1}, columns {tile.col} to {tile.col + tile.width - 1} "
@@ -172,10 +173,6 @@ class _OpenInputs:
 
 
 _open_inputs: _OpenInputs | None = None
-
-
-def _keeps_inputs_open() -> bool:
-    return _open_inputs is not None and threading.current_thread() is threading.main_thread()
 
 
 def keep_inputs_open() -> Callable[[], None]:
