@@ -85,7 +85,8 @@ BLOCK = 512
 EXPRESSION = '("nir" - "red") / ("nir" + "red")'
 OUT_NODATA = -32768.0
 OUT_DTYPE = "float32"
-# The writer's block cache in rsgrpc; the baselines get the same.
+# GDAL's block cache in the baselines: room for GDAL's threads to encode the blocks
+# in flight.
 GDAL_CACHE_BYTES = 64 * MIB
 CRS = "EPSG:32633"
 FLOOR_NDVI = "c'"

@@ -17,7 +17,7 @@ from rsgrpc.engine.band_tool import BandInput, OutputTarget
 from rsgrpc.engine.morphology import MorphologyRequest, prepare_morphology, run_morphology
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.paths import DataRoot
-from rsgrpc.engine.raster_io import DEFAULT_PROFILE
+from rsgrpc.engine.raster_io import OutputProfile
 from rsgrpc.engine.session import ServerLimits, SessionRegistry, SessionSettings
 from rsgrpc.engine.sieve import SIEVE_DTYPES as ENGINE_SIEVE_DTYPES
 from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
@@ -25,7 +25,9 @@ from rsgrpc.engine.tiles import TilePlan
 from tests.conftest import write_geotiff
 
 SHAPE = (1100, 700)  # tiles of 1024 still cut it in two
-TILE_EDGES = (64, 257, 1024)
+# Tiles cover whole output blocks: with blocks of 64, tiles of any multiple of 64.
+PROFILE = OutputProfile("zstd", level=1, block_size=64)
+TILE_EDGES = (64, 320, 1024)
 NODATA = 255
 
 
@@ -100,9 +102,9 @@ def test_sieve_any_tiling_equals_gdal(session, data_root, connectivity, edge):
     request = SieveRequest(
         (BandInput("classes.tif"),), 12, connectivity, OutputTarget(output, overwrite=True)
     )
-    job = _with_tiles(prepare_sieve(request, data_root, session), edge)
+    job = _with_tiles(prepare_sieve(request, data_root, session, PROFILE), edge)
     operation = Operation(session.name, "Sieve")
-    [result] = run_sieve(job, session, operation, DEFAULT_PROFILE)
+    [result] = run_sieve(job, session, operation)
 
     classes = _read(data_root, "classes.tif")
     mask = classes != NODATA
@@ -156,8 +158,8 @@ def test_morphology_any_tiling_equals_the_whole_raster(session, data_root, case,
         (BandInput(source),),
         OutputTarget(output, overwrite=True),
     )
-    job = _with_tiles(prepare_morphology(request, data_root, session), edge)
-    [result] = run_morphology(job, session, Operation(session.name, tool), DEFAULT_PROFILE)
+    job = _with_tiles(prepare_morphology(request, data_root, session, PROFILE), edge)
+    [result] = run_morphology(job, session, Operation(session.name, tool))
 
     array = _read(data_root, source)
     nodata = None if array.dtype.kind == "f" else NODATA

@@ -15,16 +15,17 @@ from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import (
-    OUTPUT_BLOCK,
     OutputProfile,
     RasterInfo,
     RasterWriter,
     check_same_grid,
     describe,
+    encode_output_tile,
     read_window,
 )
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.statistics import BandStatistics
+from rsgrpc.engine.tiff_tiles import EncodedTile
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan, plan_tiles
 
@@ -150,10 +151,12 @@ def band_calc_memory(job: BandCalcJob) -> MemoryModel:
 
     A worker holds the input windows and the output tile while the kernel runs (the kernel
     computes the statistics in the same pass, in a few scalars per row range: nothing per
-    pixel); then, while the result goes back to the coordinator, the output tile and its
-    copy in a shared buffer, or, where results take the pipe, a bytes copy of it and the
-    pickle's buffer (three outputs, which the model counts; the inputs are freed by then).
-    The coordinator holds output tiles waiting for the writer.
+    pixel). Then the inputs are freed and the output is encoded: the output, GDAL's
+    encoding of it in memory and the copy taken of that (three outputs at most, which the
+    model counts; GDAL's block cache is counted with the workers' own). While the encoded
+    tile goes back to the coordinator, it and its copy in a shared buffer, or, where
+    results take the pipe, a bytes copy of it and the pickle's buffer. The coordinator
+    holds encoded tiles waiting for the writer, counted at the output's size.
     """
     inputs = sum(np.dtype(i.dtype).itemsize for i in job.infos)
     output = np.dtype(job.output_dtype).itemsize
@@ -167,11 +170,14 @@ def _evaluate_tile(
     tile: Tile,
     output_dtype: str,
     output_nodata: float,
-) -> tuple[Tile, np.ndarray, BandStatistics, int]:
-    """Runs in a worker: read this tile's windows, evaluate and summarise in one pass."""
+    profile: OutputProfile,
+) -> tuple[EncodedTile, BandStatistics, int]:
+    """Runs in a worker: read this tile's windows, evaluate and summarise in one pass,
+    encode the output."""
     from rsgrpc_kernels.bandcalc import evaluate
 
     arrays = [read_window(path, band, tile) for path, band in sources]
+    read = sum(a.nbytes for a in arrays)
     out, _, stats = evaluate(
         expression,
         arrays,
@@ -179,6 +185,7 @@ def _evaluate_tile(
         output_dtype=output_dtype,
         output_nodata=output_nodata,
     )
+    del arrays  # freed before the output is encoded
     statistics = BandStatistics(
         stats.valid_pixel_count,
         stats.nodata_pixel_count,
@@ -187,7 +194,7 @@ def _evaluate_tile(
         stats.mean,
         stats.sum_squared_deviations,
     )
-    return tile, out, statistics, sum(a.nbytes for a in arrays)
+    return encode_output_tile(out, tile, profile), statistics, read
 
 
 def plan_band_calc(job: BandCalcJob, session: Session) -> TilePlan:
@@ -195,8 +202,9 @@ def plan_band_calc(job: BandCalcJob, session: Session) -> TilePlan:
     (`session_fixed_bytes`); raises ResourceExhaustedError if even one tile does not fit."""
     return plan_tiles(
         job.infos[0].shape,
-        [*(i.block_shape for i in job.infos), (OUTPUT_BLOCK, OUTPUT_BLOCK)],
+        [i.block_shape for i in job.infos],
         band_calc_memory(job),
+        output_block=job.profile.block_size,
         budget_bytes=session.settings.available_ram_mib << 20,
         workers=session.executor.workers,
         fixed_bytes=session_fixed_bytes(session),
@@ -243,14 +251,15 @@ def run_band_calc(
                 tile,
                 job.output_dtype,
                 request.output_nodata,
+                job.profile,
             )
 
         def consume(result) -> None:
             nonlocal statistics, done, read, written
-            tile, array, tile_stats, tile_read = result
-            writer.write(tile, array)
+            encoded, tile_stats, tile_read = result
+            writer.write(encoded)
             statistics = statistics.combine(tile_stats)
-            done, read, written = done + 1, read + tile_read, written + array.nbytes
+            done, read, written = done + 1, read + tile_read, written + encoded.data.nbytes
             operation.update(tiles_done=done, bytes_read=read, bytes_written=written)
 
         run_tiles(executor, operation, plan.tiles(), task, consume, in_flight=plan.in_flight)

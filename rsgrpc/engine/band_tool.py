@@ -19,7 +19,6 @@ from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import (
-    OUTPUT_BLOCK,
     WORKER_GDAL_CACHE_BYTES,
     WRITER_GDAL_CACHE_BYTES,
     OutputProfile,
@@ -69,10 +68,12 @@ class BandTask:
 
 @dataclass(frozen=True)
 class BandJob(Generic[R]):
-    """A validated tool request: its bands, their outputs and their tile plans."""
+    """A validated tool request: its bands, their outputs, how they are encoded and
+    their tile plans."""
 
     request: R
     tasks: tuple[BandTask, ...]
+    profile: OutputProfile
     plans: tuple[TilePlan, ...]
 
 
@@ -133,15 +134,21 @@ def prepare_band_tasks(
 
 
 def plan_band_tiles(
-    info: RasterInfo, model: MemoryModel, session: Session, *, tiles_per_worker: int = 1
+    info: RasterInfo,
+    model: MemoryModel,
+    session: Session,
+    profile: OutputProfile,
+    *,
+    tiles_per_worker: int = 1,
 ) -> TilePlan:
     """Tiles for one band within the session's RAM budget, counting its workers' own
     footprint and GDAL's caches, with `tiles_per_worker` tiles at once in each worker;
     raises ResourceExhaustedError if even one tile does not fit."""
     return plan_tiles(
         info.shape,
-        [info.block_shape, (OUTPUT_BLOCK, OUTPUT_BLOCK)],
+        [info.block_shape],
         model,
+        output_block=profile.block_size,
         budget_bytes=session.settings.available_ram_mib << 20,
         workers=session.executor.workers * tiles_per_worker,
         fixed_bytes=session_fixed_bytes(session),
@@ -161,8 +168,9 @@ def session_fixed_bytes(session: Session) -> int:
     )
 
 
-def open_writer(task: BandTask, target: OutputTarget, default_profile: OutputProfile):
-    """The writer of a task's output: the input's grid, data type and nodata."""
+def open_writer(job: BandJob, task: BandTask) -> RasterWriter:
+    """The writer of a task's output: the input's grid, data type and nodata, the job's
+    encoding."""
     info = task.info
     return RasterWriter(
         task.output,
@@ -172,8 +180,8 @@ def open_writer(task: BandTask, target: OutputTarget, default_profile: OutputPro
         nodata=info.nodata,
         crs=info.crs,
         transform=info.transform,
-        profile=target.profile or default_profile,
-        overwrite=target.overwrite,
+        profile=job.profile,
+        overwrite=job.request.target.overwrite,
     )
 
 

@@ -25,7 +25,7 @@ from rsgrpc.engine.band_tool import (
 from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
-from rsgrpc.engine.raster_io import OutputProfile, read_window
+from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile, read_window
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile
@@ -75,7 +75,9 @@ class MorphologyOutput:
 
 def morphology_memory(dtype: str, halo: int) -> MemoryModel:
     """Bytes per pixel of a tile's block: the block, two value buffers and the output,
-    and up to 8 bytes of rank or state buffers; the output tile waits in the job."""
+    and up to 8 bytes of rank or state buffers (while the tile is encoded, the block,
+    the output, its encoding and the copy of it that goes back take no more); the
+    encoded tile, at most the output's size, waits in the job."""
     item = np.dtype(dtype).itemsize
     return MemoryModel(worker=4 * item + 8, result=item, halo=halo)
 
@@ -127,22 +129,34 @@ def _check_band(task: BandTask) -> None:
 
 
 def prepare_morphology(
-    request: MorphologyRequest, data_root: DataRoot, session: Session
+    request: MorphologyRequest,
+    data_root: DataRoot,
+    session: Session,
+    default_profile: OutputProfile,
 ) -> BandJob[MorphologyRequest]:
     """Check a request completely and plan its tiles; raise what the client should see."""
     _check_parameters(request)
     tasks = prepare_band_tasks(request.inputs, request.target, data_root)
     for task in tasks:
         _check_band(task)
+    profile = request.target.profile or default_profile
     plans = tuple(
-        plan_band_tiles(t.info, morphology_memory(t.info.dtype, request.halo), session)
+        plan_band_tiles(t.info, morphology_memory(t.info.dtype, request.halo), session, profile)
         for t in tasks
     )
-    return BandJob[MorphologyRequest](request, tuple(tasks), plans)
+    return BandJob[MorphologyRequest](request, tuple(tasks), profile, plans)
 
 
-def _filter_tile(request: MorphologyRequest, path: str, band: int, tile: Tile, shape, nodata):
-    """Runs in a worker: read the tile with its halo, compute the tile."""
+def _filter_tile(
+    request: MorphologyRequest,
+    profile: OutputProfile,
+    path: str,
+    band: int,
+    tile: Tile,
+    shape,
+    nodata,
+):
+    """Runs in a worker: read the tile with its halo, compute the tile, encode it."""
     from rsgrpc_kernels import morphology
 
     block_tile, interior = tile.with_halo(request.halo, shape)
@@ -160,14 +174,13 @@ def _filter_tile(request: MorphologyRequest, path: str, band: int, tile: Tile, s
     changed = out != before
     if out.dtype.kind == "f":
         changed &= ~(np.isnan(out) & np.isnan(before))
-    return tile, out, int(np.count_nonzero(changed)), block.nbytes
+    return encode_output_tile(out, tile, profile), int(np.count_nonzero(changed)), block.nbytes
 
 
 def run_morphology(
     job: BandJob[MorphologyRequest],
     session: Session,
     operation: Operation,
-    default_profile: OutputProfile,
 ) -> list[MorphologyOutput]:
     """The job: filter each band in turn, tiles in the session's workers, one writer."""
     request = job.request
@@ -186,14 +199,14 @@ def run_morphology(
         info = task.info
         changed = 0
         operation.update(stage=Stage.RUNNING)
-        with open_writer(task, request.target, default_profile) as writer:
+        with open_writer(job, task) as writer:
 
             def consume(result, writer=writer) -> None:
                 nonlocal changed
-                tile, out, tile_changed, read = result
-                writer.write(tile, out)
+                encoded, tile_changed, read = result
+                writer.write(encoded)
                 changed += tile_changed
-                counter.add(read=read, written=out.nbytes)
+                counter.add(read=read, written=encoded.data.nbytes)
 
             run_tiles(
                 session.executor,
@@ -201,7 +214,7 @@ def run_morphology(
                 plan.tiles(),
                 lambda tile, info=info: (
                     _filter_tile,
-                    (request, info.path, info.band, tile, info.shape, info.nodata),
+                    (request, job.profile, info.path, info.band, tile, info.shape, info.nodata),
                 ),
                 consume,
                 in_flight=plan.in_flight,

@@ -28,15 +28,16 @@ from rsgrpc.engine.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from rsgrpc.engine.tiff_tiles import BlockIndex, EncodedTile, blocks_across, encode_tile
 from rsgrpc.engine.tiles import Tile
 
 MIB = 1 << 20
 # GDAL's block cache in a worker: reads are block-aligned windows, so a
 # small cache loses nothing and keeps each worker's footprint predictable.
 WORKER_GDAL_CACHE_BYTES = 16 * MIB
-# The writer's block cache: enough for the tiles in flight to be encoded by
-# GDAL's threads before they are flushed.
-WRITER_GDAL_CACHE_BYTES = 64 * MIB
+# GDAL's block cache in the writer: it serves only the copy to a cloud-optimized
+# GeoTIFF at the end; tiles come encoded and are appended to the file as they are.
+WRITER_GDAL_CACHE_BYTES = 16 * MIB
 OUTPUT_BLOCK = 512
 # How many input files a worker keeps open between tiles: a band calc reads up to 64.
 MAX_OPEN_INPUTS = 64
@@ -193,16 +194,16 @@ class OutputProfile:
     level: int = 0  # 0: the codec's default
     predictor: int = 0  # 0: the profile's default for the dtype
     cloud_optimized: bool = False
+    block_size: int = OUTPUT_BLOCK  # edge of the output's square blocks, a multiple of 16
 
     CODECS = ("none", "deflate", "zstd", "lzw")
 
-    def creation_options(self, dtype: str) -> dict[str, object]:
+    def block_options(self, dtype: str) -> dict[str, object]:
+        """The GTiff creation options that decide the bytes of each block."""
         options: dict[str, object] = {
             "tiled": True,
-            "blockxsize": OUTPUT_BLOCK,
-            "blockysize": OUTPUT_BLOCK,
-            "bigtiff": "IF_SAFER",
-            "num_threads": "ALL_CPUS",
+            "blockxsize": self.block_size,
+            "blockysize": self.block_size,
         }
         if self.compression == "none":
             return options
@@ -213,16 +214,30 @@ class OutputProfile:
         options["predictor"] = predictor
         return options
 
+    def creation_options(self, dtype: str) -> dict[str, object]:
+        """The options for GDAL writing such a file itself, with its threads."""
+        return {**self.block_options(dtype), "bigtiff": "IF_SAFER", "num_threads": "ALL_CPUS"}
+
 
 # Chosen by benchmarks/bench_band_calc.py: see the README's "Output profile".
 DEFAULT_PROFILE = OutputProfile("zstd", level=1)
 
 
-class RasterWriter:
-    """The one writer of an output: tiles in any order, published whole or not at all.
+def encode_output_tile(array: np.ndarray, tile: Tile, profile: OutputProfile) -> EncodedTile:
+    """Encode a computed tile as its output blocks; workers call this for their own tiles."""
+    return encode_tile(
+        array, tile, profile.block_options(array.dtype.name), cache_bytes=WORKER_GDAL_CACHE_BYTES
+    )
 
-    Use as a context manager; call `commit()` when every tile is written.
-    Leaving the block without committing removes the temporary file.
+
+class RasterWriter:
+    """The one writer of an output: encoded tiles in any order, published whole or not at all.
+
+    The file is laid out by GDAL with no blocks (its header, georeferencing and an
+    empty block index); each encoded tile is appended to it and its blocks entered in
+    the index, which is written when the file is committed. Use as a context manager;
+    call `commit()` when every tile is written. Leaving the block without committing
+    removes the temporary file.
     """
 
     def __init__(
@@ -242,6 +257,9 @@ class RasterWriter:
         self.overwrite = overwrite
         self.profile = profile
         self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial.tif")
+        # Offsets in a classic TIFF are 32-bit. Compressed blocks can outgrow their
+        # pixels (LZW by up to half again), so BigTIFF past half of that.
+        raw_bytes = width * height * np.dtype(dtype).itemsize
         self._meta = {
             "driver": "GTiff",
             "width": width,
@@ -251,34 +269,75 @@ class RasterWriter:
             "nodata": nodata,
             "crs": crs or None,
             "transform": rasterio.Affine(*transform),
-            **profile.creation_options(dtype),
+            "bigtiff": "YES" if 2 * raw_bytes >= 1 << 32 else "NO",
+            "sparse_ok": True,
+            **profile.block_options(dtype),
         }
-        self._env = rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES)
-        self._ds = None
+        self._fd: int | None = None
+        self._blocks_across = blocks_across(width, profile.block_size)
+        self._index: BlockIndex | None = None
+        self._offsets = self._sizes = np.zeros(0, np.uint64)
+        self._end = 0
         self.bytes_written = 0
 
     def __enter__(self) -> RasterWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._env.__enter__()
-        self._ds = rasterio.open(self._tmp, "w", **self._meta)
+        rasterio.open(self._tmp, "w", **self._meta).close()
+        self._fd = os.open(self._tmp, os.O_RDWR | os.O_CLOEXEC)
+        self._index = BlockIndex.locate(self._read)
+        self._offsets = np.zeros(self._index.blocks, np.uint64)
+        self._sizes = np.zeros(self._index.blocks, np.uint64)
+        self._end = os.fstat(self._fd).st_size
         return self
 
-    def write(self, tile: Tile, array: np.ndarray) -> None:
-        # As one band of a 3-D view: given a 2-D array, rasterio copies it into a new stack.
-        window = Window(tile.col, tile.row, tile.width, tile.height)
-        self._ds.write(array[np.newaxis], [1], window=window)
+    def _read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def write(self, encoded: EncodedTile) -> None:
+        """Append a tile's encoded blocks and enter them in the index."""
+        tile, block = encoded.tile, self.profile.block_size
+        height, width = self._meta["height"], self._meta["width"]
+        if (
+            tile.row % block
+            or tile.col % block
+            or (tile.height % block and tile.row + tile.height != height)
+            or (tile.width % block and tile.col + tile.width != width)
+        ):
+            raise ValueError(f"{tile} is not aligned to the output's {block}-pixel blocks")
+        first_row, first_col = tile.row // block, tile.col // block
+        rows, cols = blocks_across(tile.height, block), blocks_across(tile.width, block)
+        if len(encoded.sizes) != rows * cols:
+            raise ValueError(f"{len(encoded.sizes)} encoded blocks for a tile of {rows * cols}")
+        view = memoryview(encoded.data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], self._end + done)
+        starts = self._end + np.cumsum((0, *encoded.sizes[:-1]), dtype=np.uint64)
+        for i, (start, size) in enumerate(zip(starts.tolist(), encoded.sizes, strict=True)):
+            index = (first_row + i // cols) * self._blocks_across + first_col + i % cols
+            self._offsets[index], self._sizes[index] = start, size
+        self._end += len(view)
 
     def commit(self) -> int:
-        """Close, and move the finished file to its path; returns its size in bytes."""
-        self._ds.close()
-        self._ds = None
+        """Write the block index, close, and move the finished file to its path; returns
+        its size in bytes."""
+        missing = int(np.count_nonzero(self._sizes == 0))
+        if missing:
+            raise RuntimeError(f"{missing} of the output's blocks were never written")
+        for position, data in self._index.packed(self._offsets, self._sizes):
+            os.pwrite(self._fd, data, position)
+        os.close(self._fd)
+        self._fd = None
         source = self._tmp
         if self.profile.cloud_optimized:
             cog = self._tmp.with_name(self._tmp.name + ".cog.tif")
             options = self.profile.creation_options(self._meta["dtype"])
             for key in ("tiled", "blockxsize", "blockysize"):
                 options.pop(key)
-            rasterio.shutil.copy(self._tmp, cog, driver="COG", blocksize=OUTPUT_BLOCK, **options)
+            with rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES):
+                rasterio.shutil.copy(
+                    self._tmp, cog, driver="COG", blocksize=self.profile.block_size, **options
+                )
             self._tmp.unlink()
             self._tmp = source = cog
         if self.overwrite:
@@ -296,11 +355,8 @@ class RasterWriter:
         return self.bytes_written
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._ds is not None:
-            with contextlib.suppress(Exception):
-                self._ds.close()
-            self._ds = None
-        self._env.__exit__(*exc_info)
-        for leftover in (self._tmp,):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()

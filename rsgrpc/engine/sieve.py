@@ -58,7 +58,7 @@ from rsgrpc.engine.errors import (
 )
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
-from rsgrpc.engine.raster_io import OutputProfile, read_window
+from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile, read_window
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan
@@ -103,7 +103,7 @@ def sieve_memory(dtype: str) -> MemoryModel:
 
 
 def prepare_sieve(
-    request: SieveRequest, data_root: DataRoot, session: Session
+    request: SieveRequest, data_root: DataRoot, session: Session, default_profile: OutputProfile
 ) -> BandJob[SieveRequest]:
     """Check a request completely and plan its tiles; raise what the client should see."""
     if request.size < 1:
@@ -122,11 +122,14 @@ def prepare_sieve(
                 metadata={"path": task.input.path},
             )
     side_by_side = session.executor.threads_per_process
+    profile = request.target.profile or default_profile
     plans = tuple(
-        plan_band_tiles(t.info, sieve_memory(t.info.dtype), session, tiles_per_worker=side_by_side)
+        plan_band_tiles(
+            t.info, sieve_memory(t.info.dtype), session, profile, tiles_per_worker=side_by_side
+        )
         for t in tasks
     )
-    return BandJob[SieveRequest](request, tuple(tasks), plans)
+    return BandJob[SieveRequest](request, tuple(tasks), profile, plans)
 
 
 def _in_threads(fn, items: list, common: tuple) -> list:
@@ -193,8 +196,8 @@ def _kept(folder: Path, tile: Tile) -> Path:
     return folder / f"{tile.row}-{tile.col}.npy"
 
 
-def _finish(path: Path, decision) -> tuple[np.ndarray, object]:
-    """Pass 3, in the job: a kept tile with the decided values written in."""
+def _finish(path: Path, tile: Tile, decision, profile: OutputProfile):
+    """Pass 3, in the job: a kept tile with the decided values written in, encoded."""
     from rsgrpc_kernels.sieve import PendingPixels, TilePlacement, finish_tile
 
     with open(path, "rb") as file:
@@ -204,7 +207,8 @@ def _finish(path: Path, decision) -> tuple[np.ndarray, object]:
     path.unlink()
     *placement, node_count = (int(v) for v in header)
     pending = PendingPixels(TilePlacement(*placement), node_count, **arrays)
-    return out, finish_tile(out, pending, decision)
+    stats = finish_tile(out, pending, decision)
+    return encode_output_tile(out, tile, profile), stats
 
 
 def _sieve_band(
@@ -214,7 +218,6 @@ def _sieve_band(
     session: Session,
     operation: Operation,
     counter: TileCounter,
-    default_profile: OutputProfile,
 ) -> SieveOutput:
     request = job.request
     info = task.info
@@ -282,35 +285,29 @@ def _sieve_band(
         decision = decisions[0]
         regions += decision.regions_changed
 
-        # One thread reads back and finishes the next tile while this one is written.
-        with (
-            ThreadPoolExecutor(1) as finisher,
-            open_writer(task, request.target, default_profile) as writer,
-        ):
+        # One thread reads back, finishes and encodes the next tile while this one is written.
+        with ThreadPoolExecutor(1) as finisher, open_writer(job, task) as writer:
             finished = (
-                finisher.submit(_finish, _kept(folder, tile), tile_decision)
+                finisher.submit(_finish, _kept(folder, tile), tile, tile_decision, job.profile)
                 for tile, tile_decision in zip(tiles, decision.tiles, strict=True)
             )
             upcoming = next(finished)
-            for tile in tiles:
+            for _ in tiles:
                 if operation.cancel_event.is_set():
                     raise CancelledError("the operation was cancelled")
-                out, stats = upcoming.result()
+                encoded, stats = upcoming.result()
                 upcoming = next(finished, None)
-                writer.write(tile, out)
+                writer.write(encoded)
                 regions += stats.regions_changed
                 pixels += stats.pixels_changed
-                counter.add(written=out.nbytes)
+                counter.add(written=encoded.data.nbytes)
             operation.update(stage=Stage.FINALIZING)
             writer.commit()
     return SieveOutput(task.input, task.output_path, regions, pixels)
 
 
 def run_sieve(
-    job: BandJob[SieveRequest],
-    session: Session,
-    operation: Operation,
-    default_profile: OutputProfile,
+    job: BandJob[SieveRequest], session: Session, operation: Operation
 ) -> list[SieveOutput]:
     """The job: sieve each band in turn; each tile counts twice (passes 1 and 3)."""
     request = job.request
@@ -323,6 +320,6 @@ def run_sieve(
     )
     counter = TileCounter(operation, sum(2 * plan.tile_count for plan in job.plans))
     return [
-        _sieve_band(job, task, plan, session, operation, counter, default_profile)
+        _sieve_band(job, task, plan, session, operation, counter)
         for task, plan in zip(job.tasks, job.plans, strict=True)
     ]

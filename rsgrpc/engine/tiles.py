@@ -84,17 +84,24 @@ class TilePlan:
         return math.ceil(rows / self.tile_height) * math.ceil(cols / self.tile_width)
 
 
-def _alignment(block_shapes: Sequence[tuple[int, int]], shape: tuple[int, int]) -> tuple[int, int]:
-    """The smallest tile edges aligned to every source block (and the output's)."""
+def _alignment(
+    block_shapes: Sequence[tuple[int, int]], output_block: int, shape: tuple[int, int]
+) -> tuple[int, int]:
+    """The smallest tile edges aligned to the output's blocks, and to every source
+    block where that keeps tiles small enough.
+
+    Output blocks are encoded where their tile is computed, so tiles always
+    cover whole output blocks; a source whose blocks do not fit in a tile of
+    useful size (strips one row high, whole rows wide, or odd sizes) is read
+    across its block edges instead.
+    """
     unit = []
     for axis in (0, 1):
-        step = 1
+        step = output_block
         for block in block_shapes:
-            step = math.lcm(step, max(1, block[axis]))
-        # Strip-organised sources (blocks one row high, or a whole row wide)
-        # would force huge units: fall back to the first block shape.
-        if step > _MAX_TILE_EDGE:
-            step = max(1, min(block_shapes[0][axis], _MAX_TILE_EDGE))
+            aligned = math.lcm(step, max(1, block[axis]))
+            if aligned <= _MAX_TILE_EDGE:
+                step = aligned
         unit.append(min(step, shape[axis]))
     return unit[0], unit[1]
 
@@ -104,11 +111,14 @@ def plan_tiles(
     block_shapes: Sequence[tuple[int, int]],
     model: MemoryModel,
     *,
+    output_block: int,
     budget_bytes: int,
     workers: int,
     fixed_bytes: int = 0,
 ) -> TilePlan:
-    """Choose the largest block-aligned tile whose job stays within `budget_bytes`.
+    """Choose the largest block-aligned tile whose job stays within `budget_bytes`:
+    aligned to the output's square blocks of `output_block` pixels, and to the
+    sources' `block_shapes` where it can be.
 
     The job holds, at its peak, `fixed_bytes` (the workers' own footprint and
     the writer's buffers), one tile with its halo in each worker, and up to
@@ -120,7 +130,7 @@ def plan_tiles(
     when even one block-aligned tile does not fit.
     """
     rows, cols = shape
-    unit_h, unit_w = _alignment(block_shapes, shape)
+    unit_h, unit_w = _alignment(block_shapes, output_block, shape)
     in_flight = 2 * workers
 
     def peak(tile_h: int, tile_w: int) -> int:

@@ -192,10 +192,10 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             connectivity=_CONNECTIVITIES[request.connectivity],
             target=output_target(request.output),
         )
-        job = prepare_sieve(sieve, self._data_root, session)
+        job = prepare_sieve(sieve, self._data_root, session, DEFAULT_PROFILE)
 
         def run(session: Session, operation: Operation) -> raster_pb2.SieveResponse:
-            outputs = run_sieve(job, session, operation, DEFAULT_PROFILE)
+            outputs = run_sieve(job, session, operation)
             return raster_pb2.SieveResponse(
                 outputs=[
                     raster_pb2.SieveOutput(
@@ -212,10 +212,12 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
 
     def _morphology(self, tool: str, method: str, request, response_type):
         session = self._registry.get(request.session)
-        job = prepare_morphology(morphology_request(tool, request), self._data_root, session)
+        job = prepare_morphology(
+            morphology_request(tool, request), self._data_root, session, DEFAULT_PROFILE
+        )
 
         def run(session: Session, operation: Operation):
-            outputs = run_morphology(job, session, operation, DEFAULT_PROFILE)
+            outputs = run_morphology(job, session, operation)
             return response_type(outputs=morphology_outputs_to_proto(outputs))
 
         return self._start(session, method, run)

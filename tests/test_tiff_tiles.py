@@ -1,0 +1,197 @@
+"""Tiles encoded apart and placed by the writer: the file reads back as the pixels given,
+with GDAL's own encoding of each block, in every codec, layout and tile order."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+
+from rsgrpc.engine.raster_io import OutputProfile, RasterWriter, encode_output_tile
+from rsgrpc.engine.tiff_tiles import BlockIndex
+from rsgrpc.engine.tiles import Tile
+
+TRANSFORM = (10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
+CRS = "EPSG:32633"
+
+
+def _pixels(shape, dtype) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    smooth = np.cumsum(rng.normal(0, 1, shape), axis=1)
+    return (smooth * 10).astype(dtype) if np.dtype(dtype).kind != "f" else smooth.astype(dtype)
+
+
+def _tiles(shape, edge) -> list[Tile]:
+    rows, cols = shape
+    return [
+        Tile(r, c, min(edge, rows - r), min(edge, cols - c))
+        for r in range(0, rows, edge)
+        for c in range(0, cols, edge)
+    ]
+
+
+def _write(path, pixels, profile, edge, *, nodata=None, order=1) -> None:
+    with RasterWriter(
+        path,
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        dtype=pixels.dtype.name,
+        nodata=nodata,
+        crs=CRS,
+        transform=TRANSFORM,
+        profile=profile,
+        overwrite=False,
+    ) as writer:
+        for tile in _tiles(pixels.shape, edge)[::order]:
+            writer.write(encode_output_tile(pixels[tile.slices()], tile, profile))
+        writer.commit()
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        OutputProfile("zstd", level=1),
+        OutputProfile("deflate"),
+        OutputProfile("lzw", predictor=1),
+        OutputProfile("none"),
+        OutputProfile("deflate", cloud_optimized=True),
+    ],
+    ids=lambda p: f"{p.compression}{'-cog' if p.cloud_optimized else ''}",
+)
+@pytest.mark.parametrize("dtype", ["float32", "int16", "uint8"])
+def test_encoded_tiles_read_back_as_written(tmp_path, profile, dtype):
+    profile = OutputProfile(
+        profile.compression, profile.level, profile.predictor, profile.cloud_optimized, 64
+    )
+    pixels = _pixels((300, 211), dtype)  # partial blocks at the right and bottom
+    path = tmp_path / "out.tif"
+    _write(path, pixels, profile, 128, nodata=0, order=-1)  # tiles in reverse order
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(ds.read(1), pixels)
+        assert ds.crs.to_string() == CRS
+        assert tuple(ds.transform)[:6] == TRANSFORM
+        assert ds.nodata == 0
+        assert ds.block_shapes == [(64, 64)]
+        assert ds.compression is None if profile.compression == "none" else ds.compression
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+def test_blocks_are_gdals_own_encoding(tmp_path):
+    """Each block holds the bytes GDAL's GTiff writer gives it, so readers see the
+    same file, block for block, as if GDAL had written it whole."""
+    profile = OutputProfile("deflate", level=6, block_size=64)
+    pixels = _pixels((200, 150), "float32")
+    ours, gdals = tmp_path / "ours.tif", tmp_path / "gdal.tif"
+    _write(ours, pixels, profile, 128)
+    with rasterio.open(
+        gdals,
+        "w",
+        driver="GTiff",
+        width=150,
+        height=200,
+        count=1,
+        dtype="float32",
+        crs=CRS,
+        transform=rasterio.Affine(*TRANSFORM),
+        **profile.block_options("float32"),
+    ) as ds:
+        ds.write(pixels, 1)
+
+    def blocks(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        index = BlockIndex.locate(lambda o, n: data[o : o + n])
+        offsets, sizes = index.read(lambda o, n: data[o : o + n])
+        return [data[o : o + s] for o, s in zip(offsets.tolist(), sizes.tolist(), strict=True)]
+
+    assert blocks(ours) == blocks(gdals)
+
+
+@pytest.mark.parametrize("layout", ["classic", "bigtiff", "big-endian"])
+def test_block_index_is_found_in_every_tiff_layout(tmp_path, layout):
+    path = tmp_path / "index.tif"
+    options = {"bigtiff": "YES"} if layout == "bigtiff" else {}
+    if layout == "big-endian":
+        options["endianness"] = "BIG"
+    pixels = _pixels((100, 40), "uint16")
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=40,
+        height=100,
+        count=1,
+        dtype="uint16",
+        tiled=True,
+        blockxsize=16,
+        blockysize=32,
+        compress="deflate",
+        **options,
+    ) as ds:
+        ds.write(pixels, 1)
+    data = path.read_bytes()
+    index = BlockIndex.locate(lambda o, n: data[o : o + n])
+    offsets, sizes = index.read(lambda o, n: data[o : o + n])
+    assert index.blocks == 4 * 3
+    with rasterio.open(path) as ds:
+        for i, (offset, size) in enumerate(zip(offsets.tolist(), sizes.tolist(), strict=True)):
+            row, col = divmod(i, 3)
+            assert offset == int(ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1))
+            assert size == int(ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=1))
+
+
+def test_one_block_raster_keeps_its_index_in_the_directory(tmp_path):
+    """One block's offset and size fit in their directory entries: written there."""
+    pixels = _pixels((30, 20), "float32")
+    path = tmp_path / "one.tif"
+    _write(path, pixels, OutputProfile("zstd", block_size=64), 64)
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(ds.read(1), pixels)
+
+
+def test_unaligned_tile_is_refused_and_nothing_is_left(tmp_path):
+    profile = OutputProfile("zstd", block_size=64)
+    pixels = _pixels((128, 128), "uint8")
+    path = tmp_path / "out.tif"
+    with (
+        pytest.raises(ValueError, match="not aligned"),
+        RasterWriter(
+            path,
+            width=128,
+            height=128,
+            dtype="uint8",
+            nodata=None,
+            crs=CRS,
+            transform=TRANSFORM,
+            profile=profile,
+            overwrite=False,
+        ) as writer,
+    ):
+        tile = Tile(32, 0, 64, 64)
+        writer.write(encode_output_tile(pixels[tile.slices()], tile, profile))
+    assert os.listdir(tmp_path) == []
+
+
+def test_commit_refuses_an_output_with_blocks_missing(tmp_path):
+    profile = OutputProfile("zstd", block_size=64)
+    pixels = _pixels((128, 128), "uint8")
+    with (
+        pytest.raises(RuntimeError, match="1 of the output's blocks"),
+        RasterWriter(
+            tmp_path / "out.tif",
+            width=128,
+            height=128,
+            dtype="uint8",
+            nodata=None,
+            crs=CRS,
+            transform=TRANSFORM,
+            profile=profile,
+            overwrite=False,
+        ) as writer,
+    ):
+        for tile in _tiles((128, 128), 64)[:3]:
+            writer.write(encode_output_tile(pixels[tile.slices()], tile, profile))
+        writer.commit()
+    assert os.listdir(tmp_path) == []
