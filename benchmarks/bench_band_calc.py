@@ -64,6 +64,7 @@ from harness import (  # noqa: E402
     TreeMemory,
     benchmark_parser,
     clean_workdir,
+    clear_output,
     machine,
     machine_load,
     make_once,
@@ -368,6 +369,7 @@ def run_ours(
         session.band_calc,
         repeats=repeats,
         between=between,
+        prepare=lambda: clear_output(out_file),
         input_raster_list=[nir, red],
         input_name_list=["nir", "red"],
         expression_string=EXPRESSION,
@@ -526,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 kwargs = {}
             runs = []
             for _ in range(1 if name in ("a", "b") else args.repeats):
+                clear_output(out)
                 runs.append(timed_call(*call, **kwargs))
                 settle()
             run = min(runs, key=lambda r: r.seconds)
@@ -558,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                     floors: list[float] = []
 
                     def floor_again(key=key, floors=floors) -> None:
+                        clear_output(outputs / f"cp_{key}.tif")
                         floors.append(timed_call(run_floor, red, nir, outputs / f"cp_{key}.tif",
                                                  profiles[key], ndvi).seconds)  # fmt: skip
                         settle()

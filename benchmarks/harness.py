@@ -216,6 +216,20 @@ def settle() -> None:
         os.sync()
 
 
+def clear_output(path: Path) -> None:
+    """Remove a run's previous output just before the run starts its clock, so that
+    every run writes into page-cache pages freed a moment before.
+
+    A VM that gives free memory back to its host (free page reporting) makes a page
+    left free for two seconds or more slow to touch again: writing 280 MiB into such
+    pages took 1.3 to 1.7 s of system time here, against 0.1 s into pages just freed.
+    A run that truncates its output as it opens it (GDAL's) would write into the pages
+    it just freed, and one that writes a new file beside the old and renames it over
+    (rsgrpc's, which never loses the old output to a failed run) into cold ones.
+    """
+    path.unlink(missing_ok=True)
+
+
 def mib(n: float) -> str:
     """``n`` bytes in MiB, right-aligned in 8 characters plus the unit."""
     return f"{n / MIB:8.1f} MiB"
@@ -455,12 +469,14 @@ def measure_tree(
     interval: float = 0.05,
     repeats: int = 1,
     between: Callable[[], Any] | None = None,
+    prepare: Callable[[], Any] | None = None,
     **kwargs: Any,
 ) -> TreeRun:
     """Call ``fn(*args, **kwargs)`` in this process ``repeats`` times timed, keeping the
     fastest (each followed by `settle`, then by ``between()`` if given: a baseline to
     time in the same minutes), then once more while sampling the memory (RSS and PSS)
-    of ``pid`` and its descendants every ``interval`` seconds.
+    of ``pid`` and its descendants every ``interval`` seconds. ``prepare()``, if given,
+    runs before each call, off the clock.
 
     The two are apart because sampling is not free for the processes sampled: reading a
     process's PSS walks its page tables under its memory-map lock, which stalls its page
@@ -473,6 +489,8 @@ def measure_tree(
     idle = tree_memory(pid)
     runs = []
     for _ in range(repeats):
+        if prepare is not None:
+            prepare()
         cpu_before = tree_cpu_seconds(pid)
         started = time.perf_counter()
         value = fn(*args, **kwargs)
@@ -482,6 +500,8 @@ def measure_tree(
         if between is not None:
             between()
     seconds, cpu, value = min(runs, key=lambda run: run[0])
+    if prepare is not None:
+        prepare()
     with TreeMemorySampler(pid, interval=interval) as sampler:
         fn(*args, **kwargs)
     return TreeRun(value, seconds, cpu, sampler.peak, idle, tuple(r[0] for r in runs))

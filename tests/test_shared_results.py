@@ -74,6 +74,18 @@ def test_a_buffer_is_reused_only_once_the_array_is_freed(executor):
     assert _worker_buffers(pid) <= lent  # reused, not new ones
 
 
+def test_buffers_do_not_pile_up_when_result_sizes_vary(executor):
+    """Encoded tiles differ in size: a buffer too small for the next one is closed, not
+    kept beside the new one."""
+    [pid] = executor.pids()
+    for side in (1024, 1200, 1400, 1600, 1800, 1100):
+        tile = executor.submit(_tile, 1.0, "float32", side).result()
+        assert _shared(tile) and tile.shape == (side, side)
+        del tile
+        gc.collect()
+    assert _worker_buffers(pid) == 1
+
+
 def test_past_max_buffers_results_come_through_the_pipe(executor):
     held = [executor.submit(_tile, float(i)).result() for i in range(MAX_BUFFERS + 3)]
     assert [_shared(t) for t in held] == [True] * MAX_BUFFERS + [False] * 3

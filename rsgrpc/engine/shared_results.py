@@ -15,8 +15,9 @@ sending; the job's process clears it with a `pwrite` as the array is freed, a
 system call after its last read of the pixels, so the worker cannot see the
 buffer free before those reads are done. A
 worker keeps at most `MAX_BUFFERS` buffers; past that, or for a smaller array,
-the array goes through the pipe as before. Free buffers are closed when the
-worker gives its memory back between jobs (`worker_heap`).
+the array goes through the pipe as before. A worker lends the smallest free
+buffer that fits and closes its other free ones, and closes them all when it
+gives its memory back between jobs (`worker_heap`).
 
 A pool checks once, when it starts, that its process can open its workers'
 memory files (`/proc` may be missing or closed to it, and `memfd_create` is
@@ -90,14 +91,20 @@ class _Lender:
         return _receive, (os.getpid(), buffer.fd, buffer.capacity, array.shape, array.dtype.str)
 
     def _free_buffer(self, nbytes: int) -> _Buffer | None:
+        """The smallest free buffer that fits, or a new one; the other free buffers are
+        closed, so that a worker holds only the buffers lent out and the one it fills
+        (results vary in size once encoded: buffers kept for sizes that no longer come
+        would pile up)."""
         free = [b for b in self._buffers if b.free]
         fitting = [b for b in free if b.capacity >= nbytes]
-        if fitting:
-            return min(fitting, key=lambda b: b.capacity)
+        chosen = min(fitting, key=lambda b: b.capacity) if fitting else None
+        for buffer in free:
+            if buffer is not chosen:
+                self._drop(buffer)
+        if chosen is not None:
+            return chosen
         if len(self._buffers) >= MAX_BUFFERS:
-            if not free:
-                return None
-            self._drop(free[0])
+            return None
         buffer = _Buffer(-(-nbytes // _GRAIN) * _GRAIN)
         self._buffers.append(buffer)
         return buffer
