@@ -75,6 +75,7 @@ from harness import (  # noqa: E402
     TreeRun,
     benchmark_parser,
     clean_workdir,
+    clear_output,
     machine,
     machine_load,
     make_once,
@@ -396,6 +397,7 @@ def case_gdal_file(tif: str, out: str, connectivity: int | None) -> dict[str, ob
                 dst.write(a, 1)
 
     rss_before = rss_self()
+    clear_output(Path(out))
     timed = timed_call(run)
     return {
         "seconds": timed.seconds,
@@ -428,7 +430,7 @@ def call_tool(session, spec: Morph | int, src: str, out: str):
 
 
 def ours_file(
-    session, server_pid: int, spec: Morph | int, src: str, out: str
+    session, server_pid: int, spec: Morph | int, src: str, out: str, out_file: Path
 ) -> tuple[TreeRun, str]:
     """One Sieve, Dilate or Erode on the server, from the call to the operation done,
     and its timeline from the progress updates (seconds from the call)."""
@@ -449,7 +451,7 @@ def ours_file(
 
     session.progress_callback = progress
     try:
-        run = measure_tree(server_pid, run_call)
+        run = measure_tree(server_pid, run_call, prepare=lambda: clear_output(out_file))
     finally:
         session.progress_callback = None
     if not run.value.check:
@@ -611,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"sieve{spec}" if isinstance(spec, int) else spec.key
                 out = outputs / f"ours_{name}.tif"
                 run, timelines[spec] = ours_file(
-                    session, server.pid, spec, src, str(out.relative_to(workdir))
+                    session, server.pid, spec, src, str(out.relative_to(workdir)), out
                 )
                 files[spec] = run
                 settle()
