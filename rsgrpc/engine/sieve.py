@@ -30,7 +30,10 @@ waiting pixels, in the session's temporary directory, removed as pass 3 goes.
 
 from __future__ import annotations
 
+import collections
 import errno
+import itertools
+import os
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -285,18 +288,21 @@ def _sieve_band(
         decision = decisions[0]
         regions += decision.regions_changed
 
-        # One thread reads back, finishes and encodes the next tile while this one is written.
-        with ThreadPoolExecutor(1) as finisher, open_writer(job, task) as writer:
+        # Threads, one per worker process (idle in this pass) up to one per core, read
+        # back, finish and encode the next tiles while this one is written: the plan's
+        # tiles in flight, at least twice the workers, cover them.
+        ahead = max(1, min(executor.workers, os.cpu_count() or 1))
+        with ThreadPoolExecutor(ahead) as finisher, open_writer(job, task) as writer:
             finished = (
                 finisher.submit(_finish, _kept(folder, tile), tile, tile_decision, job.profile)
                 for tile, tile_decision in zip(tiles, decision.tiles, strict=True)
             )
-            upcoming = next(finished)
-            for _ in tiles:
+            upcoming = collections.deque(itertools.islice(finished, ahead))
+            while upcoming:
                 if operation.cancel_event.is_set():
                     raise CancelledError("the operation was cancelled")
-                encoded, stats = upcoming.result()
-                upcoming = next(finished, None)
+                encoded, stats = upcoming.popleft().result()
+                upcoming.extend(itertools.islice(finished, 1))
                 writer.write(encoded)
                 regions += stats.regions_changed
                 pixels += stats.pixels_changed
