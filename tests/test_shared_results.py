@@ -81,9 +81,9 @@ def test_buffers_do_not_pile_up_when_result_sizes_vary(executor):
     for side in (1024, 1200, 1400, 1600, 1800, 1100):
         tile = executor.submit(_tile, 1.0, "float32", side).result()
         assert _shared(tile) and tile.shape == (side, side)
+        assert _worker_buffers(pid) == 1  # the one this tile is in
         del tile
         gc.collect()
-    assert _worker_buffers(pid) == 1
 
 
 def test_past_max_buffers_results_come_through_the_pipe(executor):
