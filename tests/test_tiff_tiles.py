@@ -49,6 +49,20 @@ def _write(path, pixels, profile, edge, *, nodata=None, order=1) -> None:
         writer.commit()
 
 
+def _write_with_gdal(path, pixels, **options) -> None:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        count=1,
+        dtype=pixels.dtype.name,
+        **options,
+    ) as ds:
+        ds.write(pixels, 1)
+
+
 @pytest.mark.parametrize(
     "profile",
     [
@@ -85,19 +99,13 @@ def test_blocks_are_gdals_own_encoding(tmp_path):
     pixels = _pixels((200, 150), "float32")
     ours, gdals = tmp_path / "ours.tif", tmp_path / "gdal.tif"
     _write(ours, pixels, profile, 128)
-    with rasterio.open(
+    _write_with_gdal(
         gdals,
-        "w",
-        driver="GTiff",
-        width=150,
-        height=200,
-        count=1,
-        dtype="float32",
+        pixels,
         crs=CRS,
         transform=rasterio.Affine(*TRANSFORM),
         **profile.block_options("float32"),
-    ) as ds:
-        ds.write(pixels, 1)
+    )
 
     def blocks(path):
         with open(path, "rb") as f:
@@ -116,21 +124,9 @@ def test_block_index_is_found_in_every_tiff_layout(tmp_path, layout):
     if layout == "big-endian":
         options["endianness"] = "BIG"
     pixels = _pixels((100, 40), "uint16")
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=40,
-        height=100,
-        count=1,
-        dtype="uint16",
-        tiled=True,
-        blockxsize=16,
-        blockysize=32,
-        compress="deflate",
-        **options,
-    ) as ds:
-        ds.write(pixels, 1)
+    _write_with_gdal(
+        path, pixels, tiled=True, blockxsize=16, blockysize=32, compress="deflate", **options
+    )
     data = path.read_bytes()
     index = BlockIndex.locate(lambda o, n: data[o : o + n])
     offsets, sizes = index.read(lambda o, n: data[o : o + n])
@@ -151,24 +147,26 @@ def test_one_block_raster_keeps_its_index_in_the_directory(tmp_path):
         np.testing.assert_array_equal(ds.read(1), pixels)
 
 
+def _writer(path, profile) -> RasterWriter:
+    """A writer of a 128 x 128 uint8 output."""
+    return RasterWriter(
+        path,
+        width=128,
+        height=128,
+        dtype="uint8",
+        nodata=None,
+        crs=CRS,
+        transform=TRANSFORM,
+        profile=profile,
+        overwrite=False,
+    )
+
+
 def test_unaligned_tile_is_refused_and_nothing_is_left(tmp_path):
     profile = OutputProfile("zstd", block_size=64)
     pixels = _pixels((128, 128), "uint8")
     path = tmp_path / "out.tif"
-    with (
-        pytest.raises(ValueError, match="not aligned"),
-        RasterWriter(
-            path,
-            width=128,
-            height=128,
-            dtype="uint8",
-            nodata=None,
-            crs=CRS,
-            transform=TRANSFORM,
-            profile=profile,
-            overwrite=False,
-        ) as writer,
-    ):
+    with pytest.raises(ValueError, match="not aligned"), _writer(path, profile) as writer:
         tile = Tile(32, 0, 64, 64)
         writer.write(encode_output_tile(pixels[tile.slices()], tile, profile))
     assert os.listdir(tmp_path) == []
@@ -179,17 +177,7 @@ def test_commit_refuses_an_output_with_blocks_missing(tmp_path):
     pixels = _pixels((128, 128), "uint8")
     with (
         pytest.raises(RuntimeError, match="1 of the output's blocks"),
-        RasterWriter(
-            tmp_path / "out.tif",
-            width=128,
-            height=128,
-            dtype="uint8",
-            nodata=None,
-            crs=CRS,
-            transform=TRANSFORM,
-            profile=profile,
-            overwrite=False,
-        ) as writer,
+        _writer(tmp_path / "out.tif", profile) as writer,
     ):
         for tile in _tiles((128, 128), 64)[:3]:
             writer.write(encode_output_tile(pixels[tile.slices()], tile, profile))

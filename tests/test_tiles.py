@@ -1,0 +1,45 @@
+"""The tile planner: tiles cover whole output blocks whatever the sources' blocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from rsgrpc.engine.tiles import MemoryModel, plan_tiles
+
+SHAPE = (10980, 10980)
+MODEL = MemoryModel(worker=12, result=4)
+
+
+def _plan(source_blocks, output_block=512, budget_mib=512):
+    return plan_tiles(
+        SHAPE,
+        source_blocks,
+        MODEL,
+        output_block=output_block,
+        budget_bytes=budget_mib << 20,
+        workers=2,
+        fixed_bytes=300 << 20,
+    )
+
+
+@pytest.mark.parametrize(
+    "source_blocks",
+    [[(512, 512)], [(256, 256)], [(1, 10980)], [(700, 700)], [(1024, 1024), (128, 10980)]],
+    ids=["512", "256", "strips", "odd-700", "mixed"],
+)
+def test_tiles_cover_whole_output_blocks(source_blocks):
+    plan = _plan(source_blocks)
+    for tile in plan.tiles():
+        assert tile.row % 512 == 0 and tile.col % 512 == 0
+        assert tile.height % 512 == 0 or tile.row + tile.height == SHAPE[0]
+        assert tile.width % 512 == 0 or tile.col + tile.width == SHAPE[1]
+
+
+def test_tiles_follow_source_blocks_where_they_can():
+    plan = _plan([(1024, 1024)], budget_mib=4096)
+    assert plan.tile_height % 1024 == 0 and plan.tile_width % 1024 == 0
+
+
+def test_a_smaller_output_block_gives_finer_tiles():
+    plan = _plan([(64, 64)], output_block=64, budget_mib=305)
+    assert plan.tile_height % 64 == 0 and plan.tile_height < 512
