@@ -9,7 +9,7 @@
 2. One worker merges the summaries across seams and decides, for the whole
    raster at once, which small regions take which value.
 3. The job reads each tile back, writes the decided values into its waiting
-   pixels and hands it to the one writer: no tile is labelled twice.
+   pixels, encodes it and hands it to the one writer: no tile is labelled twice.
 
 Labelling a tile is sequential, so in pass 1 each worker takes as many tiles
 at once as it has cores (`threads_per_process`) and runs them in threads: the
