@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from rsgrpc.engine.raster_io import OutputProfile, RasterWriter, encode_output_tile
+from rsgrpc.engine.raster_io import (
+    WRITE_PIECE_BYTES,
+    OutputProfile,
+    RasterWriter,
+    encode_output_tile,
+)
 from rsgrpc.engine.tiff_tiles import BlockIndex
 from rsgrpc.engine.tiles import Tile
 
@@ -90,6 +95,15 @@ def test_encoded_tiles_read_back_as_written(tmp_path, profile, dtype):
         assert ds.block_shapes == [(64, 64)]
         assert ds.compression is None if profile.compression == "none" else ds.compression
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+def test_a_tile_larger_than_one_write_is_written_whole(tmp_path):
+    pixels = _pixels((1024, 1024), "float32")  # 4 MiB, no compression: several writes
+    assert pixels.nbytes > 2 * WRITE_PIECE_BYTES
+    path = tmp_path / "big.tif"
+    _write(path, pixels, OutputProfile("none"), 1024)
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(ds.read(1), pixels)
 
 
 def test_blocks_are_gdals_own_encoding(tmp_path):
