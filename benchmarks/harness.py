@@ -218,14 +218,10 @@ def settle() -> None:
 
 def clear_output(path: Path) -> None:
     """Remove a run's previous output just before the run starts its clock, so that
-    every run writes into page-cache pages freed a moment before.
-
-    A VM that gives free memory back to its host (free page reporting) makes a page
-    left free for two seconds or more slow to touch again: writing 280 MiB into such
-    pages took 1.3 to 1.7 s of system time here, against 0.1 s into pages just freed.
-    A run that truncates its output as it opens it (GDAL's) would write into the pages
-    it just freed, and one that writes a new file beside the old and renames it over
-    (rsgrpc's, which never loses the old output to a failed run) into cold ones.
+    every run writes a new file, as rsgrpc always does: it writes beside the old
+    output and renames over it when done, so that a failed run never loses the old
+    one. A baseline that opened its old output for writing would instead truncate
+    it and reuse that file's page-cache pages at once.
     """
     path.unlink(missing_ok=True)
 
