@@ -220,8 +220,8 @@ def clear_output(path: Path) -> None:
     """Remove a run's previous output just before the run starts its clock, so that
     every run writes a new file, as rsgrpc always does: it writes beside the old
     output and renames over it when done, so that a failed run never loses the old
-    one. A baseline that opened its old output for writing would instead truncate
-    it and reuse that file's page-cache pages at once.
+    one, where a baseline that opened its old output for writing would truncate it
+    instead.
     """
     path.unlink(missing_ok=True)
 

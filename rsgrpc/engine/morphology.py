@@ -77,7 +77,7 @@ def morphology_memory(dtype: str, halo: int) -> MemoryModel:
     """Bytes per pixel of a tile's block: the block, two value buffers and the output,
     and up to 8 bytes of rank or state buffers (while the tile is encoded, the block,
     the output, its encoding and the copy of it that goes back take no more); the
-    encoded tile, at most the output's size, waits in the job."""
+    encoded tile waits in the job, counted at the output's size."""
     item = np.dtype(dtype).itemsize
     return MemoryModel(worker=4 * item + 8, result=item, halo=halo)
 
