@@ -165,6 +165,12 @@ def tree_resident_set(pid: int) -> int | None:
         pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
     except psutil.Error:
         return None
+    return resident_set(pids)
+
+
+def resident_set(pids: list[int]) -> int | None:
+    """Bytes of physical memory mapped by any of `pids`, each page once; None where
+    page frames cannot be read."""
     frames = []
     for each in pids:
         try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import struct
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rsgrpc.engine.errors import WorkerLostError
@@ -69,5 +72,55 @@ def test_results_come_back_through_a_pipe_that_holds_a_tile():
         reader = executor._pool._result_queue._reader
         assert fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ) == min(allowed, 1 << 20)
         assert executor.submit(_square, 3).result() == 9
+    finally:
+        executor.shutdown()
+
+
+def _benchmarks_process_tree():
+    """The benchmarks' memory measure, loaded from its file (benchmarks/ is no package)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "process_tree.py"
+    spec = importlib.util.spec_from_file_location("process_tree", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile_a_kernel() -> int:
+    """Runs in a worker: load numba and compile a function, as a job's first tile
+    does; returns the worker's pid."""
+    import numba
+
+    numba.njit(lambda x: x + 1)(1)
+    time.sleep(0.2)  # the other worker takes the next task meanwhile
+    return os.getpid()
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0,
+    reason="page frames are readable only by root, on Linux",
+)
+@pytest.mark.timeout(120)
+def test_the_workers_footprint_counts_every_physical_page_they_hold():
+    import numba
+
+    # This process maps numba's libraries too: proportional set size would give it a
+    # share of the workers' pages.
+    numba.njit(lambda x: x * 2)(1)
+    executor = LocalProcessExecutor(2, threads_per_process=1)
+    try:
+        compiled: set[int] = set()
+        for _ in range(10):
+            futures = [executor.submit(_compile_a_kernel) for _ in range(2)]
+            compiled |= {future.result() for future in futures}
+            if compiled == set(executor.pids()):
+                break
+        assert compiled == set(executor.pids())
+        footprint = executor.footprint_bytes()
+        resident = _benchmarks_process_tree().resident_set(executor.pids())
+        summed = sum(psutil.Process(pid).memory_info().rss for pid in executor.pids())
+        # Counted once, within what a page shared only with other processes can
+        # hide (a page one worker shares with no other worker and with the outside).
+        assert resident * 0.98 <= footprint <= summed
     finally:
         executor.shutdown()

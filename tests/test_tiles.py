@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rsgrpc.engine.errors import ResourceExhaustedError
 from rsgrpc.engine.tiles import MemoryModel, plan_tiles
 
 SHAPE = (10980, 10980)
@@ -43,3 +44,21 @@ def test_tiles_follow_source_blocks_where_they_can():
 def test_a_smaller_output_block_gives_finer_tiles():
     plan = _plan([(64, 64)], output_block=64, budget_mib=305)
     assert plan.tile_height % 64 == 0 and plan.tile_height < 512
+
+
+def test_fewer_tiles_wait_where_that_lets_a_larger_tile_fit():
+    # 1536-pixel tiles: 300 MiB fixed, 2 x 27 MiB in the workers and 9 MiB for each
+    # tile in flight: 390 MiB with four in flight, 381 MiB with three.
+    roomy = _plan([(512, 512)], budget_mib=390)
+    tight = _plan([(512, 512)], budget_mib=385)
+    assert (roomy.tile_height, roomy.in_flight) == (1536, 4)
+    assert (tight.tile_height, tight.in_flight) == (1536, 3)
+    assert tight.peak_bytes <= 385 << 20
+
+
+def test_the_minimum_named_is_a_budget_that_plans():
+    with pytest.raises(ResourceExhaustedError) as raised:
+        _plan([(512, 512)], budget_mib=305)
+    minimum = int(raised.value.metadata["minimum_ram_mib"])
+    plan = _plan([(512, 512)], budget_mib=minimum)
+    assert plan.peak_bytes <= minimum << 20

@@ -147,10 +147,16 @@ class LocalProcessExecutor:
             return [p.pid for p in list(self._pool._processes.values())]
 
     def footprint_bytes(self) -> int:
-        """Memory the workers hold (proportional set size, shared pages split).
+        """Memory the workers hold, each page once: the largest worker's resident set
+        and every other worker's own pages.
 
-        When no task runs, the workers first give back the memory they kept
-        for their next tile, so that it is not counted as theirs.
+        The workers run the same code, so what one maps from shared libraries the
+        others map too, and it is counted once, in full. Proportional set size
+        would split those pages with every process that maps them, the server and
+        any other Python on the machine, and undercount what the workers alone
+        hold: with two workers that had compiled a kernel, 294 MiB of PSS against
+        312 MiB of physical pages. When no task runs, the workers first give back
+        the memory they kept for their next tile, so that it is not counted as theirs.
         """
         with self._running_lock:
             idle = self._running == 0
@@ -158,14 +164,17 @@ class LocalProcessExecutor:
             heap = self._heap
         if idle:
             heap.give_back()
-        total = 0
+        held = []  # (resident set, own pages) of each worker
         for pid in self.pids():
             try:
                 info = psutil.Process(pid).memory_full_info()
             except (psutil.Error, OSError):
                 continue
-            total += getattr(info, "pss", info.rss)
-        return total
+            held.append((info.rss, getattr(info, "uss", info.rss)))
+        if not held:
+            return 0
+        held.sort()
+        return held[-1][0] + sum(own for _, own in held[:-1])
 
     def notice_dead_workers(self) -> None:
         """Break the pool if a worker died without the pool noticing.

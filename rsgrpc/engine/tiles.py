@@ -124,47 +124,57 @@ def plan_tiles(
 
     The job holds, at its peak, `fixed_bytes` (the workers' own footprint and
     the writer's buffers), one tile with its halo in each worker, and up to
-    `in_flight` finished tiles waiting for the writer. Tiles are no larger
-    than needed to give every worker several tiles, so progress stays fine
-    and the load balanced.
+    `in_flight` finished tiles waiting for the writer: two per worker, or as
+    few as one more than the workers (one queued while every worker computes)
+    where that lets a larger tile fit, since fewer, larger tiles cost less
+    per pixel. Tiles are no larger than needed to give every worker several
+    tiles, so progress stays fine and the load balanced.
 
     Raises ResourceExhaustedError naming the smallest budget that would work
     when even one block-aligned tile does not fit.
     """
     rows, cols = shape
     unit_h, unit_w = _alignment(block_shapes, output_block, shape)
-    in_flight = 2 * workers
+    fewest_in_flight = workers + 1
 
-    def peak(tile_h: int, tile_w: int) -> int:
+    def peak(tile_h: int, tile_w: int, in_flight: int) -> int:
         halo_h, halo_w = tile_h + 2 * model.halo, tile_w + 2 * model.halo
         per_worker = model.worker * halo_h * halo_w
         waiting = model.result * tile_h * tile_w * in_flight
         return int(fixed_bytes + workers * per_worker + waiting)
 
+    def most_in_flight(tile_h: int, tile_w: int) -> int | None:
+        """The most tiles that may be in flight beside tiles of this size, or None."""
+        for in_flight in range(2 * workers, fewest_in_flight - 1, -1):
+            if peak(tile_h, tile_w, in_flight) <= budget_bytes:
+                return in_flight
+        return None
+
     # Enough tiles that each worker gets about four.
     target_tiles = 4 * workers
-    best: tuple[int, int] | None = None
+    best: tuple[int, int, int] | None = None
     k = 1
     while True:
         tile_h = min(unit_h * k, rows)
         tile_w = min(unit_w * k, cols)
+        in_flight = most_in_flight(tile_h, tile_w)
         if best is not None and (
-            peak(tile_h, tile_w) > budget_bytes
+            in_flight is None
             or max(tile_h, tile_w) > _MAX_TILE_EDGE
             or math.ceil(rows / tile_h) * math.ceil(cols / tile_w) < target_tiles
         ):
             break
-        if best is None and peak(tile_h, tile_w) > budget_bytes:
-            need = peak(tile_h, tile_w)
+        if in_flight is None:
+            need = peak(tile_h, tile_w, fewest_in_flight)
             raise ResourceExhaustedError(
                 f"available_ram_mib {budget_bytes // MIB} is too small for one "
                 f"{tile_h}x{tile_w} tile with {workers} workers; the minimum is "
                 f"{math.ceil(need / MIB)} MiB",
                 metadata={"minimum_ram_mib": str(math.ceil(need / MIB))},
             )
-        best = (tile_h, tile_w)
+        best = (tile_h, tile_w, in_flight)
         if tile_h == rows and tile_w == cols:
             break
         k += 1
-    tile_h, tile_w = best
-    return TilePlan(shape, tile_h, tile_w, in_flight, peak(tile_h, tile_w))
+    tile_h, tile_w, in_flight = best
+    return TilePlan(shape, tile_h, tile_w, in_flight, peak(tile_h, tile_w, in_flight))
