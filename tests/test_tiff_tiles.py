@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from rsgrpc.engine.raster_io import (
-    WRITE_PIECE_BYTES,
-    OutputProfile,
-    RasterWriter,
-    encode_output_tile,
-)
+from rsgrpc.engine.appender import STAGE_BYTES
+from rsgrpc.engine.raster_io import OutputProfile, RasterWriter, encode_output_tile
 from rsgrpc.engine.tiff_tiles import BlockIndex
 from rsgrpc.engine.tiles import Tile
 
@@ -98,10 +94,10 @@ def test_encoded_tiles_read_back_as_written(tmp_path, profile, dtype):
 
 
 def test_a_tile_larger_than_one_write_is_written_whole(tmp_path):
-    pixels = _pixels((1024, 1024), "float32")  # 4 MiB, no compression: several writes
-    assert pixels.nbytes > 2 * WRITE_PIECE_BYTES
+    pixels = _pixels((1536, 1536), "float32")  # 9 MiB, no compression: several writes
+    assert pixels.nbytes > 2 * STAGE_BYTES
     path = tmp_path / "big.tif"
-    _write(path, pixels, OutputProfile("none"), 1024)
+    _write(path, pixels, OutputProfile("none"), 1536)
     with rasterio.open(path) as ds:
         np.testing.assert_array_equal(ds.read(1), pixels)
 

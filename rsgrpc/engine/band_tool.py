@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Generic, TypeVar
 
+from rsgrpc.engine.appender import STAGE_BYTES
 from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
@@ -157,13 +158,14 @@ def plan_band_tiles(
 
 def session_fixed_bytes(session: Session) -> int:
     """What a session's job holds whatever its tiles: the server process it is
-    coordinated from, its workers' own footprint and the GDAL block caches of the
-    workers and the writer."""
+    coordinated from, its workers' own footprint, the GDAL block caches of the
+    workers and the writer, and the writer's staging buffer."""
     executor = session.executor
     return (
         _COORDINATOR_BYTES
         + executor.footprint_bytes()
         + WRITER_GDAL_CACHE_BYTES
+        + STAGE_BYTES
         + executor.workers * WORKER_GDAL_CACHE_BYTES
     )
 

@@ -22,6 +22,7 @@ import rasterio.shutil
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from rsgrpc.engine.appender import FileAppender
 from rsgrpc.engine.errors import (
     AlreadyExistsError,
     DataLossError,
@@ -39,12 +40,6 @@ WORKER_GDAL_CACHE_BYTES = 16 * MIB
 # GeoTIFF at the end; tiles come encoded and are appended to the file as they are.
 WRITER_GDAL_CACHE_BYTES = 16 * MIB
 OUTPUT_BLOCK = 512
-# The writer's largest write. For a write of 2 MiB or more the kernel caches the
-# file in 2 MiB folios, taken from free memory that a VM may have given back to its
-# host, and slow to touch again: writing 280 MiB in 5 MiB pieces into a file whose
-# pages had been free for 3 s took 1.4 to 1.9 s of system time, in pieces of 1 MiB
-# or less 0.10 s.
-WRITE_PIECE_BYTES = 512 << 10
 # How many input files a worker keeps open between tiles: a band calc reads up to 64.
 MAX_OPEN_INPUTS = 64
 
@@ -240,8 +235,9 @@ class RasterWriter:
     """The one writer of an output: encoded tiles in any order, published whole or not at all.
 
     The file is laid out by GDAL with no blocks (its header, georeferencing and an
-    empty block index); each encoded tile is appended to it and its blocks entered in
-    the index, which is written when the file is committed. Use as a context manager;
+    empty block index); each encoded tile is appended to it (`FileAppender`, past the
+    page cache) and its blocks entered in the index, which is written when the file is
+    committed. Use as a context manager;
     call `commit()` when every tile is written. Leaving the block without committing
     removes the temporary file.
     """
@@ -280,6 +276,7 @@ class RasterWriter:
             **profile.block_options(dtype),
         }
         self._fd: int | None = None
+        self._appender: FileAppender | None = None
         self._blocks_across = blocks_across(width, profile.block_size)
         self._index: BlockIndex | None = None
         self._offsets = self._sizes = np.zeros(0, np.uint64)
@@ -293,7 +290,7 @@ class RasterWriter:
         self._index = BlockIndex.locate(self._read)
         self._offsets = np.zeros(self._index.blocks, np.uint64)
         self._sizes = np.zeros(self._index.blocks, np.uint64)
-        self._end = os.fstat(self._fd).st_size
+        self._appender = FileAppender(self._tmp, os.fstat(self._fd).st_size)
         return self
 
     def _read(self, offset: int, size: int) -> bytes:
@@ -314,15 +311,11 @@ class RasterWriter:
         rows, cols = blocks_across(tile.height, block), blocks_across(tile.width, block)
         if len(encoded.sizes) != rows * cols:
             raise ValueError(f"{len(encoded.sizes)} encoded blocks for a tile of {rows * cols}")
-        view = memoryview(encoded.data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done : done + WRITE_PIECE_BYTES], self._end + done)
-        starts = self._end + np.cumsum((0, *encoded.sizes[:-1]), dtype=np.uint64)
+        offset = self._appender.append(encoded.data)
+        starts = offset + np.cumsum((0, *encoded.sizes[:-1]), dtype=np.uint64)
         for i, (start, size) in enumerate(zip(starts.tolist(), encoded.sizes, strict=True)):
             index = (first_row + i // cols) * self._blocks_across + first_col + i % cols
             self._offsets[index], self._sizes[index] = start, size
-        self._end += len(view)
 
     def commit(self) -> int:
         """Write the block index, close, and move the finished file to its path; returns
@@ -330,6 +323,8 @@ class RasterWriter:
         missing = int(np.count_nonzero(self._sizes == 0))
         if missing:
             raise RuntimeError(f"{missing} of the output's blocks were never written")
+        self._appender.close()
+        self._appender = None
         for position, data in self._index.packed(self._offsets, self._sizes):
             os.pwrite(self._fd, data, position)
         os.close(self._fd)
@@ -361,6 +356,9 @@ class RasterWriter:
         return self.bytes_written
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._appender is not None:
+            self._appender.abandon()
+            self._appender = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
