@@ -1,4 +1,5 @@
-"""A session's worker pool when a worker dies at the worst moment."""
+"""A session's worker pool: when a worker dies at the worst moment, and the memory
+its workers are counted as holding."""
 
 from __future__ import annotations
 

@@ -237,9 +237,8 @@ class RasterWriter:
     The file is laid out by GDAL with no blocks (its header, georeferencing and an
     empty block index); each encoded tile is appended to it (`FileAppender`, past the
     page cache) and its blocks entered in the index, which is written when the file is
-    committed. Use as a context manager;
-    call `commit()` when every tile is written. Leaving the block without committing
-    removes the temporary file.
+    committed. Use as a context manager; call `commit()` when every tile is written.
+    Leaving the block without committing removes the temporary file.
     """
 
     def __init__(
