@@ -31,9 +31,10 @@ from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiles import MemoryModel, TilePlan, plan_tiles
 
 MAX_BANDS = 64
-# The server process's own memory, which a job needs beside its workers: `rsgrpc
-# serve` holds 57 to 63 MiB (PSS) before its first session.
-_COORDINATOR_BYTES = 64 << 20
+# The server's own memory, which a job needs beside its workers: after two band
+# calc jobs, `rsgrpc serve` and its resource tracker held 67 MiB of pages that no
+# worker maps (read from /proc/<pid>/pagemap).
+_COORDINATOR_BYTES = 72 << 20
 _FILE_SUFFIXES = (".tif", ".tiff")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 R = TypeVar("R")
