@@ -37,8 +37,13 @@ class ServerConfig:
     default_ram_mib: int = 1024
     grace_period_s: float = 30.0
     max_message_mib: int = 16
-    rpc_threads: int = 32
-    auth_token_file: str = ""  # a file holding the bearer token clients must send
+    max_raster_pixels: int = 2_500_000_000  # largest raster a job reads or writes (width x height)
+    max_output_mib: int = 65536  # largest output (uncompressed estimate) one job may write
+    min_free_disk_mib: int = 256  # disk left free beside a job's outputs and temporary files
+    max_waiters_per_session: int = 4096  # WatchOperation streams + WaitOperation calls at once
+    reuse_port: bool = False  # share the port with other processes (SO_REUSEPORT)
+    auth_token_file: str = ""  # lines of `NAME TOKEN`: clients send `authorization: Bearer TOKEN`
+    admin_identities: str = ""  # comma-separated identities that see every session and operation
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # set for mutual TLS
@@ -62,12 +67,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         env = f"RSGRPC_{field.name.upper()}"
         default = os.environ.get(env, getattr(defaults, field.name))
         kind = type(getattr(defaults, field.name))
+        parse = _boolean if kind is bool else kind
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
-            type=kind,
-            default=kind(default),
+            type=parse,
+            default=parse(default) if isinstance(default, str) else default,
             help=f"(env {env}; default {getattr(defaults, field.name)})",
         )
+
+
+def _boolean(text: str) -> bool:
+    """A flag's or environment variable's yes or no."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def from_arguments(args: argparse.Namespace) -> ServerConfig:
