@@ -60,6 +60,9 @@ class ServerLimits:
     max_sessions: int
     max_idle_timeout_s: float
     min_ram_mib: int = 64
+    max_raster_pixels: int = 2_500_000_000  # largest raster a job reads or writes
+    max_output_bytes: int = 64 << 30  # largest output one job may write (uncompressed)
+    min_free_disk_bytes: int = 256 << 20  # left free beside a job's outputs and temporary files
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,12 @@ class Session:
         *,
         temp_root: Path,
         make_executor: Callable[[SessionSettings], Executor],
+        limits: ServerLimits,
     ) -> None:
         self.id = session_id
         self.name = f"sessions/{session_id}"
         self.settings = settings
+        self.limits = limits
         self.create_time = self.update_time = time.time()
         self.closed = False
         self._make_executor = make_executor
@@ -306,7 +311,11 @@ class SessionRegistry:
             self._reserved[session_id] = settings
         try:
             session = Session(
-                session_id, settings, temp_root=self.temp_root, make_executor=self._make_executor
+                session_id,
+                settings,
+                temp_root=self.temp_root,
+                make_executor=self._make_executor,
+                limits=self.limits,
             )
         except Exception:
             with self._lock:
