@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -12,6 +13,7 @@ import pytest
 
 from rsgrpc.engine.errors import DataLossError
 from rsgrpc.engine.executors import LocalProcessExecutor
+from rsgrpc.engine.paths import DataPath, DataRoot
 from rsgrpc.engine.raster_io import MAX_OPEN_INPUTS, read_window
 from rsgrpc.engine.tiles import Tile
 from rsgrpc.engine.worker_heap import IDLE_SECONDS
@@ -20,9 +22,14 @@ from tests.conftest import write_geotiff
 _TILE = Tile(0, 0, 8, 8)
 
 
+def _source(path: str) -> DataPath:
+    """The file at `path` as a worker reads it: a path in a data root that is its folder."""
+    return DataRoot.at(Path(path).parent).path(Path(path).name, field="input")
+
+
 def _read_and_list_open(paths: list[str], tile: Tile = _TILE) -> tuple[list[np.ndarray], list[str]]:
     """Runs in a worker: read each path's tile; return them and the files it has open."""
-    arrays = [read_window(path, 1, tile) for path in paths]
+    arrays = [read_window(_source(path), 1, tile) for path in paths]
     return arrays, [f.path for f in psutil.Process().open_files()]
 
 
@@ -108,7 +115,7 @@ def _read_from_threads(path: str, tiles: list[Tile]) -> list[np.ndarray]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda tile: read_window(path, 1, tile), tiles))
+        return list(pool.map(lambda tile: read_window(_source(path), 1, tile), tiles))
 
 
 def test_threads_of_a_task_read_an_input_side_by_side(executor, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 
 from rsgrpc.engine.appender import STAGE_BYTES
+from rsgrpc.engine.paths import DataPath, DataRoot
 from rsgrpc.engine.raster_io import OutputProfile, RasterWriter, encode_output_tile
 from rsgrpc.engine.tiff_tiles import BlockIndex
 from rsgrpc.engine.tiles import Tile
@@ -33,9 +34,14 @@ def _tiles(shape, edge) -> list[Tile]:
     ]
 
 
+def _output(path) -> DataPath:
+    """`path` as a writer's output: a file in a data root that is its folder."""
+    return DataRoot.at(path.parent).path(path.name, field="output")
+
+
 def _write(path, pixels, profile, edge, *, nodata=None, order=1) -> None:
     with RasterWriter(
-        path,
+        _output(path),
         width=pixels.shape[1],
         height=pixels.shape[0],
         dtype=pixels.dtype.name,
@@ -44,6 +50,7 @@ def _write(path, pixels, profile, edge, *, nodata=None, order=1) -> None:
         transform=TRANSFORM,
         profile=profile,
         overwrite=False,
+        scratch_directory=path.parent,
     ) as writer:
         for tile in _tiles(pixels.shape, edge)[::order]:
             writer.write(encode_output_tile(pixels[tile.slices()], tile, profile))
@@ -160,7 +167,7 @@ def test_one_block_raster_keeps_its_index_in_the_directory(tmp_path):
 def _writer(path, profile) -> RasterWriter:
     """A writer of a 128 x 128 uint8 output."""
     return RasterWriter(
-        path,
+        _output(path),
         width=128,
         height=128,
         dtype="uint8",
@@ -169,6 +176,7 @@ def _writer(path, profile) -> RasterWriter:
         transform=TRANSFORM,
         profile=profile,
         overwrite=False,
+        scratch_directory=path.parent,
     )
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from rsgrpc_kernels.expression import Expression, ExpressionError, parse_expression
 
 from rsgrpc.engine.band_tool import session_fixed_bytes
-from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError
+from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.engine.operations import Operation, Stage
-from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.paths import DataPath, DataRoot
 from rsgrpc.engine.raster_io import (
     OutputProfile,
     RasterInfo,
@@ -71,7 +70,7 @@ class BandCalcJob:
     expression: Expression
     infos: tuple[RasterInfo, ...]  # in the order of expression.input_names
     nodata: dict[str, float | None]  # of every input the expression reads or names
-    output: Path
+    output: DataPath
     output_dtype: str
     profile: OutputProfile
 
@@ -102,20 +101,13 @@ def prepare_band_calc(
     described: dict[str, RasterInfo] = {}
     for name in dict.fromkeys(expression.input_names + expression.nodata_names):
         given = by_name[name]
-        path = data_root.resolve(given.path, field=f"input {name!r} path")
-        described[name] = describe(path, given.band or 1, client_path=given.path)
+        source = data_root.path(given.path, field=f"input {name!r} path")
+        described[name] = describe(source, given.band or 1)
     if not expression.input_names:
         raise InvalidArgumentError("the expression reads no input's pixels")
     infos = tuple(described[n] for n in expression.input_names)
     check_same_grid(infos, expression.input_names)
-    output = data_root.resolve(request.output_path, field="output_path")
-    if output.exists() and not request.overwrite:
-        raise AlreadyExistsError(
-            f"output {request.output_path!r} exists; set overwrite to replace it",
-            metadata={"path": request.output_path},
-        )
-    if output.is_dir():
-        raise InvalidArgumentError(f"output {request.output_path!r} is a directory")
+    output = data_root.output(request.output_path, field="output_path", overwrite=request.overwrite)
     nodata = {name: info.nodata for name, info in described.items()}
     return BandCalcJob(
         request,
@@ -241,6 +233,7 @@ def run_band_calc(
         transform=first.transform,
         profile=job.profile,
         overwrite=request.overwrite,
+        scratch_directory=session.temporary_directory,
     ) as writer:
 
         def task(tile: Tile):

@@ -199,7 +199,7 @@ def run_morphology(
         info = task.info
         changed = 0
         operation.update(stage=Stage.RUNNING)
-        with open_writer(job, task) as writer:
+        with open_writer(job, task, session) as writer:
 
             def consume(result, writer=writer) -> None:
                 nonlocal changed

@@ -1,13 +1,223 @@
-"""Confinement of client paths to the server's data root."""
+"""Confinement of client paths to the server's data root, at the moment of use.
+
+A client path is checked at the door for its form (relative, no '..', names of
+at most 255 bytes) and becomes a `DataPath`. Every reader and writer opens it
+again when it uses it, relative to a descriptor of the root, one component at
+a time with O_NOFOLLOW: a directory swapped for a symbolic link after the
+check cannot redirect a read or a write.
+
+Symbolic links are never followed, inside the root or out: a path that passes
+through one, or names one, is PERMISSION_DENIED. One rule with nothing to
+reason about (where a link leads, or led when the path was checked), and a
+client cannot make links through the API anyway.
+
+GDAL is handed the file this module opened, as `fd_path(fd)`, never a name to
+resolve again.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from rsgrpc.engine.errors import InvalidArgumentError, PermissionDeniedError
+from rsgrpc.engine.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RsgrpcError,
+)
 
-_MAX_PATH_LENGTH = 4096
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# Where an open descriptor has a name that leads to its file, not to a path.
+_FD_DIRECTORY = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+
+
+def fd_path(fd: int) -> str:
+    """A name of the file open as `fd`: opening it opens that file, whatever its path now."""
+    return f"{_FD_DIRECTORY}/{fd}"
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """A client path under a data root, checked for its form; opened afresh at each use.
+
+    `path` is as the client sees it (relative to the root, with '/'); `field` names it
+    in errors. Workers receive it as it is and open it themselves.
+    """
+
+    root: Path
+    path: str
+    field: str
+
+    def __str__(self) -> str:
+        return self.path
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return PurePosixPath(self.path).parts
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1]
+
+    def open_file(self) -> int:
+        """Open the regular file at this path for reading; returns its descriptor.
+
+        Raises NotFoundError if it does not exist, PermissionDeniedError if the path
+        passes through or names a symbolic link, InvalidArgumentError if it is not a
+        regular file (a directory, FIFO or device).
+        """
+        parent = self.open_parent(create=False)
+        try:
+            self._check_entry(parent, must_exist=True)
+            try:
+                fd = os.open(self.name, _FILE_FLAGS, dir_fd=parent)
+            except OSError as error:
+                raise self._refusal(error, parent, self.name, self.path) from None
+        finally:
+            os.close(parent)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since it was checked
+            os.close(fd)
+            raise InvalidArgumentError(
+                f"{self.field} {self.path!r} is not a regular file", metadata=self._metadata
+            )
+        return fd
+
+    def open_parent(self, *, create: bool) -> int:
+        """Open the directory that holds this path's last component; returns its descriptor.
+
+        With `create`, missing directories are made; without it, a missing one is
+        NotFoundError. Raises PermissionDeniedError for a symbolic link on the way and
+        InvalidArgumentError for a component that is not a directory.
+        """
+        fd = os.open(self.root, _DIRECTORY_FLAGS)
+        try:
+            for depth, part in enumerate(self.parts[:-1], start=1):
+                shown = "/".join(self.parts[:depth])
+                try:
+                    child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise NotFoundError(
+                            f"{self.field} {self.path!r}: directory {shown!r} does not exist",
+                            metadata=self._metadata,
+                        ) from None
+                    child = self._make_directory(fd, part, shown)
+                except OSError as error:
+                    raise self._refusal(error, fd, part, shown) from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def check_output(self, *, overwrite: bool) -> None:
+        """Refuse, as the client should hear it, an output that cannot be written here:
+        one inside a file or a link, one that is a directory or a link, or one that
+        exists when `overwrite` is off. Changes nothing: missing directories are made
+        only when the output is written."""
+        try:
+            parent = self.open_parent(create=False)
+        except NotFoundError:
+            return  # its directories are made when it is written
+        try:
+            self._check_entry(parent, must_exist=False, overwrite=overwrite)
+        finally:
+            os.close(parent)
+
+    def check_output_in(self, parent: int, *, overwrite: bool) -> None:
+        """`check_output` for the last component, in its directory open as `parent`."""
+        self._check_entry(parent, must_exist=False, overwrite=overwrite)
+
+    def _check_entry(self, parent: int, *, must_exist: bool, overwrite: bool = True) -> None:
+        try:
+            st = os.stat(self.name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            if must_exist:
+                raise NotFoundError(
+                    f"{self.field} {self.path!r} does not exist", metadata=self._metadata
+                ) from None
+            return
+        except OSError as error:
+            raise self._refusal(error, parent, self.name, self.path) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise self._link(self.path)
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidArgumentError(
+                f"{self.field} {self.path!r} is a directory", metadata=self._metadata
+            )
+        if must_exist and not stat.S_ISREG(st.st_mode):
+            raise InvalidArgumentError(
+                f"{self.field} {self.path!r} is not a regular file (a FIFO, socket or device)",
+                metadata=self._metadata,
+            )
+        if not must_exist and not overwrite:
+            raise AlreadyExistsError(
+                f"{self.field} {self.path!r} exists; set overwrite to replace it",
+                metadata={**self._metadata, "path": self.path},
+            )
+
+    def _make_directory(self, parent: int, part: str, shown: str) -> int:
+        try:
+            os.mkdir(part, 0o777, dir_fd=parent)
+        except FileExistsError:
+            pass  # made meanwhile: opened below like any other
+        except OSError as error:
+            raise self._refusal(error, parent, part, shown) from None
+        try:
+            return os.open(part, _DIRECTORY_FLAGS, dir_fd=parent)
+        except OSError as error:
+            raise self._refusal(error, parent, part, shown) from None
+
+    def _refusal(self, error: OSError, parent: int, part: str, shown: str) -> RsgrpcError:
+        """The client's error for `error`, met opening `part` (`shown` from the root)."""
+        if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+            try:
+                st = os.stat(part, dir_fd=parent, follow_symlinks=False)
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                return self._link(shown)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                return InvalidArgumentError(
+                    f"{self.field} {self.path!r}: {shown!r} is a file, not a directory",
+                    metadata=self._metadata,
+                )
+        if error.errno == errno.ENOENT:
+            return NotFoundError(
+                f"{self.field} {self.path!r} does not exist", metadata=self._metadata
+            )
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return PermissionDeniedError(
+                f"{self.field} {self.path!r}: the server may not open {shown!r}",
+                metadata=self._metadata,
+            )
+        if error.errno == errno.ENAMETOOLONG:
+            return InvalidArgumentError(
+                f"{self.field} {self.path!r} is too long for the file system",
+                metadata=self._metadata,
+            )
+        return RsgrpcError(f"{self.field} {self.path!r}: {shown!r}: {error.strerror}")
+
+    def _link(self, shown: str) -> PermissionDeniedError:
+        return PermissionDeniedError(
+            f"{self.field} {self.path!r}: {shown!r} is a symbolic link; links are not "
+            "followed, so that no path leads outside the data root",
+            metadata=self._metadata,
+        )
+
+    @property
+    def _metadata(self) -> dict[str, str]:
+        return {"field": self.field}
 
 
 @dataclass(frozen=True)
@@ -18,37 +228,62 @@ class DataRoot:
 
     @classmethod
     def at(cls, root: str | Path) -> DataRoot:
+        """The data root at `root`, made if missing; raises RuntimeError where open files
+        cannot be named by descriptor (`fd_path`), which confinement needs."""
         path = Path(root).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, _DIRECTORY_FLAGS)
+        try:
+            st, named = os.fstat(fd), os.stat(fd_path(fd))
+        except OSError as error:
+            raise RuntimeError(f"{_FD_DIRECTORY} is not usable: {error.strerror}") from None
+        finally:
+            os.close(fd)
+        if (st.st_dev, st.st_ino) != (named.st_dev, named.st_ino):
+            raise RuntimeError(f"{_FD_DIRECTORY} does not name open files")
         return cls(path)
 
-    def resolve(self, client_path: str, *, field: str = "path") -> Path:
-        """Return the real path of `client_path`, which is relative to the data root.
-
-        Absolute paths, `..` components, and symlinks whose target lies
-        outside the root are refused, whether or not the file exists.
-        """
+    def path(self, client_path: str, *, field: str = "path") -> DataPath:
+        """`client_path` checked for its form: relative, without '..', names of at most
+        255 bytes. Nothing is opened: each use opens it (`DataPath`)."""
+        metadata = {"field": field}
         if not client_path:
-            raise InvalidArgumentError(f"{field} is empty", metadata={"field": field})
-        if len(client_path) > _MAX_PATH_LENGTH or "\x00" in client_path:
-            raise InvalidArgumentError(f"{field} is not a valid path", metadata={"field": field})
+            raise InvalidArgumentError(f"{field} is empty", metadata=metadata)
+        shown = client_path if len(client_path) <= 200 else client_path[:200] + "..."
+        try:
+            size = len(client_path.encode())
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(f"{field} is not valid UTF-8", metadata=metadata) from None
+        if "\x00" in client_path:
+            raise InvalidArgumentError(
+                f"{field} {shown!r} holds a NUL character", metadata=metadata
+            )
+        if size > MAX_PATH_BYTES:
+            raise InvalidArgumentError(
+                f"{field} is {size} bytes long; paths are at most {MAX_PATH_BYTES}",
+                metadata=metadata,
+            )
         pure = PurePosixPath(client_path)
         if pure.is_absolute() or client_path.startswith("\\"):
             raise PermissionDeniedError(
-                f"{field} {client_path!r} is absolute; paths are relative to the data root",
-                metadata={"field": field},
+                f"{field} {shown!r} is absolute; paths are relative to the data root",
+                metadata=metadata,
             )
         if ".." in pure.parts:
-            raise PermissionDeniedError(
-                f"{field} {client_path!r} contains '..'", metadata={"field": field}
-            )
-        real = (self.root / pure).resolve()
-        if not real.is_relative_to(self.root):
-            raise PermissionDeniedError(
-                f"{field} {client_path!r} leads outside the data root", metadata={"field": field}
-            )
-        return real
+            raise PermissionDeniedError(f"{field} {shown!r} contains '..'", metadata=metadata)
+        if not pure.parts:
+            raise InvalidArgumentError(f"{field} {shown!r} names the data root", metadata=metadata)
+        for part in pure.parts:
+            if len(part.encode()) > MAX_NAME_BYTES:
+                raise InvalidArgumentError(
+                    f"{field} {shown!r} has a name of {len(part.encode())} bytes; "
+                    f"names are at most {MAX_NAME_BYTES}",
+                    metadata=metadata,
+                )
+        return DataPath(self.root, pure.as_posix(), field)
 
-    def relative(self, path: Path) -> str:
-        """Return `path` as a client sees it: relative to the data root, with '/'."""
-        return path.relative_to(self.root).as_posix()
+    def output(self, client_path: str, *, field: str = "output path", overwrite: bool) -> DataPath:
+        """An output's path, once checked writable (`DataPath.check_output`)."""
+        target = self.path(client_path, field=field)
+        target.check_output(overwrite=overwrite)
+        return target

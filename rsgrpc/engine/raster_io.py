@@ -2,7 +2,9 @@
 
 Every read of a window goes through `read_window`; every output goes through
 `RasterWriter`, which writes under a temporary name and moves the file into
-place only when it is complete.
+place only when it is complete. Files are opened through `rsgrpc.engine.paths`
+at the moment of use, and GDAL gets the opened file (`fd_path`), inputs with
+the GeoTIFF driver only (`open_geotiff`), under the options of `gdal_env`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +25,17 @@ from rasterio.windows import Window
 
 from rsgrpc.engine.appender import FileAppender
 from rsgrpc.engine.errors import (
-    AlreadyExistsError,
     DataLossError,
     InvalidArgumentError,
-    NotFoundError,
 )
+from rsgrpc.engine.gdal_env import confine_gdal
+from rsgrpc.engine.partial_output import PartialOutput
+from rsgrpc.engine.paths import DataPath, fd_path
 from rsgrpc.engine.tiff_tiles import BlockIndex, EncodedTile, blocks_across, encode_tile
 from rsgrpc.engine.tiles import Tile
+
+# Before GDAL registers its drivers or opens anything, in whatever process imports this.
+confine_gdal()
 
 MIB = 1 << 20
 # GDAL's block cache in a worker: a tile's blocks are read and encoded once each,
@@ -49,7 +54,7 @@ MAX_OPEN_INPUTS = 64
 class RasterInfo:
     """What the engine needs to know of one band of an input raster."""
 
-    path: str
+    path: DataPath
     band: int
     width: int
     height: int
@@ -64,33 +69,52 @@ class RasterInfo:
         return self.height, self.width
 
 
-def describe(path: Path, band: int, *, client_path: str) -> RasterInfo:
-    """Open `path` and describe band `band`; errors name `client_path`."""
-    if not path.exists():
-        raise NotFoundError(f"input {client_path!r} does not exist", metadata={"path": client_path})
+@contextlib.contextmanager
+def open_geotiff(source: DataPath) -> Iterator[rasterio.DatasetReader]:
+    """Open `source` with the GeoTIFF driver, and no other, as it is now under the root.
+
+    Raises InvalidArgumentError, naming the path as the client does, for a file that is
+    not a GeoTIFF (a VRT, a PNG named .tif, text, a broken header).
+    """
+    fd = source.open_file()
     try:
-        with rasterio.open(path) as ds:
-            if not 1 <= band <= ds.count:
-                raise InvalidArgumentError(
-                    f"input {client_path!r} has {ds.count} band(s); band {band} does not exist",
-                    metadata={"path": client_path},
-                )
-            return RasterInfo(
-                path=str(path),
-                band=band,
-                width=ds.width,
-                height=ds.height,
-                dtype=ds.dtypes[band - 1],
-                nodata=ds.nodatavals[band - 1],
-                crs=ds.crs.to_wkt() if ds.crs else "",
-                transform=tuple(ds.transform)[:6],
-                block_shape=tuple(ds.block_shapes[band - 1]),
-            )
-    except RasterioError as exc:
+        with _geotiff_at(fd, source) as ds:
+            yield ds
+    finally:
+        os.close(fd)
+
+
+def _geotiff_at(fd: int, source: DataPath) -> rasterio.DatasetReader:
+    """The GeoTIFF open as `fd`, read by GDAL through `fd_path`; `source` names it in errors."""
+    try:
+        return rasterio.open(fd_path(fd), driver="GTiff")
+    except RasterioError:
         raise InvalidArgumentError(
-            f"input {client_path!r} is not a readable raster: {exc}",
-            metadata={"path": client_path},
-        ) from exc
+            f"{source.field} {source.path!r} is not a readable raster: only GeoTIFF files are read",
+            metadata={"path": source.path},
+        ) from None
+
+
+def describe(source: DataPath, band: int) -> RasterInfo:
+    """Open `source` and describe band `band`."""
+    with open_geotiff(source) as ds:
+        if not 1 <= band <= ds.count:
+            raise InvalidArgumentError(
+                f"{source.field} {source.path!r} has {ds.count} band(s); "
+                f"band {band} does not exist",
+                metadata={"path": source.path},
+            )
+        return RasterInfo(
+            path=source,
+            band=band,
+            width=ds.width,
+            height=ds.height,
+            dtype=ds.dtypes[band - 1],
+            nodata=ds.nodatavals[band - 1],
+            crs=ds.crs.to_wkt() if ds.crs else "",
+            transform=tuple(ds.transform)[:6],
+            block_shape=tuple(ds.block_shapes[band - 1]),
+        )
 
 
 def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:
@@ -111,29 +135,42 @@ def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:
             raise InvalidArgumentError(f"inputs {first_name!r} and {name!r} differ in CRS")
 
 
-def read_window(path: str, band: int, tile: Tile) -> np.ndarray:
-    """Read one band's window; workers call this for their own tiles.
+def read_window(source: DataPath, band: int, tile: Tile) -> np.ndarray:
+    """Read one band's window; workers call this for their own tiles, opening `source`
+    under its root themselves.
 
-    Raises DataLossError, naming the file but not the server's folders, when the pixels
-    cannot be decoded: the header was read when the job was checked, so the data is
-    corrupt or truncated.
+    Raises DataLossError, naming the file as the client does, when the pixels cannot be
+    decoded: the header was read when the job was checked, so the data is corrupt or
+    truncated. A file that is gone, swapped for a link or for something else than a
+    GeoTIFF fails with the error its check at the door would have given.
     """
     window = Window(tile.col, tile.row, tile.width, tile.height)
     kept = _open_inputs if threading.current_thread() is threading.main_thread() else None
     try:
         with rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES):
             if kept is None:
-                with rasterio.open(path) as ds:
+                with open_geotiff(source) as ds:
                     return ds.read(band, window=window)
-            return kept.get(path).read(band, window=window)
-    except (RasterioError, OSError):  # OSError: the file is gone
+            return kept.get(source).read(band, window=window)
+    except RasterioError:
         if kept is not None:
-            kept.forget(path)
+            kept.forget(source)
         raise DataLossError(
-            f"{Path(path).name} band {band}: the pixels of rows {tile.row} to "
+            f"{source.path} band {band}: the pixels of rows {tile.row} to "
             f"{tile.row + tile.height - 1}, columns {tile.col} to {tile.col + tile.width - 1} "
             "cannot be read; the file is corrupt or truncated"
         ) from None
+
+
+@dataclass(frozen=True)
+class _KeptInput:
+    identity: tuple[int, ...]
+    fd: int
+    dataset: rasterio.DatasetReader
+
+    def close(self) -> None:
+        self.dataset.close()
+        os.close(self.fd)
 
 
 class _OpenInputs:
@@ -142,37 +179,44 @@ class _OpenInputs:
     Opening a GeoTIFF reads its header and tile index again; on the band calc
     benchmark (1024² tiles, two inputs) one worker spent 1.19 to 1.26 CPU-s on
     its reads when it opened both inputs for every tile, and 0.97 to 0.99 s
-    with them kept open. A file is looked up by path and checked against its
-    inode, size and modification time on every read, so a file replaced or
-    rewritten between tiles is opened afresh. A dataset serves one thread at a
-    time, so other threads (the sieve's tiles side by side) open their own.
+    with them kept open. Each read opens the path again under the root (a few
+    system calls) and compares the file's inode, size and modification time
+    with the kept one's, so a file replaced, rewritten or swapped between tiles
+    is opened afresh, or refused. A dataset serves one thread at a time, so
+    other threads (the sieve's tiles side by side) open their own.
     """
 
     def __init__(self) -> None:
-        self._open: OrderedDict[str, tuple[tuple[int, ...], rasterio.DatasetReader]] = OrderedDict()
+        self._open: OrderedDict[DataPath, _KeptInput] = OrderedDict()
 
-    def get(self, path: str) -> rasterio.DatasetReader:
-        st = os.stat(path)
+    def get(self, source: DataPath) -> rasterio.DatasetReader:
+        fd = source.open_file()
+        st = os.fstat(fd)
         identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        kept = self._open.get(path)
-        if kept is not None and kept[0] == identity:
-            self._open.move_to_end(path)
-            return kept[1]
-        self.forget(path)
-        ds = rasterio.open(path)
-        self._open[path] = (identity, ds)
+        kept = self._open.get(source)
+        if kept is not None and kept.identity == identity:
+            os.close(fd)
+            self._open.move_to_end(source)
+            return kept.dataset
+        self.forget(source)
+        try:
+            dataset = _geotiff_at(fd, source)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._open[source] = _KeptInput(identity, fd, dataset)
         while len(self._open) > MAX_OPEN_INPUTS:
-            self._open.popitem(last=False)[1][1].close()
-        return ds
+            self._open.popitem(last=False)[1].close()
+        return dataset
 
-    def forget(self, path: str) -> None:
-        kept = self._open.pop(path, None)
+    def forget(self, source: DataPath) -> None:
+        kept = self._open.pop(source, None)
         if kept is not None:
-            kept[1].close()
+            kept.close()
 
     def close_all(self) -> None:
         while self._open:
-            self._open.popitem()[1][1].close()
+            self._open.popitem()[1].close()
 
 
 _open_inputs: _OpenInputs | None = None
@@ -199,6 +243,55 @@ class OutputProfile:
     block_size: int = OUTPUT_BLOCK  # edge of the output's square blocks, a multiple of 16
 
     CODECS = ("none", "deflate", "zstd", "lzw")
+    # The levels a codec takes (0 is its default; LZW and no compression take none):
+    # GDAL clamps or ignores others without a word.
+    LEVELS = {"deflate": range(1, 10), "zstd": range(1, 23)}
+    PREDICTORS = {1: "none", 2: "horizontal", 3: "floating point"}
+
+    def __post_init__(self) -> None:
+        """Refuse a codec, level or predictor GDAL would refuse or silently ignore."""
+        if self.compression not in self.CODECS:
+            raise InvalidArgumentError(
+                f"compression {self.compression!r} is not one of {', '.join(self.CODECS)}",
+                metadata={"field": "compression"},
+            )
+        levels = self.LEVELS.get(self.compression)
+        if self.level and (levels is None or self.level not in levels):
+            allowed = (
+                f"use {levels.start} to {levels.stop - 1}, or 0 for its default"
+                if levels
+                else "it takes no level; leave level 0"
+            )
+            raise InvalidArgumentError(
+                f"level {self.level} is not valid for {self.compression}: {allowed}",
+                metadata={"field": "level"},
+            )
+        if self.predictor and self.predictor not in self.PREDICTORS:
+            raise InvalidArgumentError(
+                f"predictor must be 0 (the default for the data type), 1 (none), "
+                f"2 (horizontal) or 3 (floating point), got {self.predictor}",
+                metadata={"field": "predictor"},
+            )
+        if self.predictor > 1 and self.compression == "none":
+            raise InvalidArgumentError(
+                f"predictor {self.predictor} ({self.PREDICTORS[self.predictor]}) works "
+                "only with compression; with none, leave predictor 0",
+                metadata={"field": "predictor"},
+            )
+        if self.block_size < 16 or self.block_size % 16:
+            raise InvalidArgumentError(
+                f"block size must be a positive multiple of 16, got {self.block_size}"
+            )
+
+    def check_dtype(self, dtype: str, *, output: str) -> None:
+        """Refuse a predictor that `output`'s data type cannot take: GDAL's floating-point
+        predictor is for float32 and float64 only."""
+        if self.predictor == 3 and np.dtype(dtype).kind != "f":
+            raise InvalidArgumentError(
+                f"predictor 3 (floating point) is for float32 and float64 outputs; output "
+                f"{output!r} is {dtype}: use 2 (horizontal), 1 (none) or 0 (the default)",
+                metadata={"field": "predictor", "path": output},
+            )
 
     def block_options(self, dtype: str) -> dict[str, object]:
         """The GTiff creation options that decide the bytes of each block."""
@@ -238,13 +331,15 @@ class RasterWriter:
     The file is laid out by GDAL with no blocks (its header, georeferencing and an
     empty block index); each encoded tile is appended to it (`FileAppender`, past the
     page cache) and its blocks entered in the index, which is written when the file is
-    committed. Use as a context manager; call `commit()` when every tile is written.
-    Leaving the block without committing removes the temporary file.
+    committed. It is written as a `PartialOutput` of `output`: opened under the data
+    root when the writer is entered, moved into place by `commit()`, removed if the
+    block is left without committing. A cloud-optimized copy takes its overviews'
+    temporary files in `scratch_directory`, a folder of the server's own.
     """
 
     def __init__(
         self,
-        path: Path,
+        output: DataPath,
         *,
         width: int,
         height: int,
@@ -254,11 +349,12 @@ class RasterWriter:
         transform: Sequence[float],
         profile: OutputProfile,
         overwrite: bool,
+        scratch_directory: Path,
     ) -> None:
-        self.path = path
-        self.overwrite = overwrite
+        self.output = output
         self.profile = profile
-        self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial.tif")
+        self._scratch = scratch_directory
+        self._partial = PartialOutput(output, overwrite=overwrite)
         # Offsets in a classic TIFF are 32-bit. Compressed blocks can outgrow their
         # pixels (LZW by up to half again), so BigTIFF past half of that.
         raw_bytes = width * height * np.dtype(dtype).itemsize
@@ -275,26 +371,28 @@ class RasterWriter:
             "sparse_ok": True,
             **profile.block_options(dtype),
         }
-        self._fd: int | None = None
         self._appender: FileAppender | None = None
         self._blocks_across = blocks_across(width, profile.block_size)
         self._index: BlockIndex | None = None
         self._offsets = self._sizes = np.zeros(0, np.uint64)
-        self._end = 0
         self.bytes_written = 0
 
     def __enter__(self) -> RasterWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        rasterio.open(self._tmp, "w", **self._meta).close()
-        self._fd = os.open(self._tmp, os.O_RDWR | os.O_CLOEXEC)
-        self._index = BlockIndex.locate(self._read)
-        self._offsets = np.zeros(self._index.blocks, np.uint64)
-        self._sizes = np.zeros(self._index.blocks, np.uint64)
-        self._appender = FileAppender(self._tmp, os.fstat(self._fd).st_size)
+        self._partial.__enter__()
+        try:
+            fd = self._partial.fd
+            rasterio.open(fd_path(fd), "w", **self._meta).close()
+            self._index = BlockIndex.locate(self._read)
+            self._offsets = np.zeros(self._index.blocks, np.uint64)
+            self._sizes = np.zeros(self._index.blocks, np.uint64)
+            self._appender = FileAppender(fd_path(fd), os.fstat(fd).st_size)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def _read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._fd, size, offset)
+        return os.pread(self._partial.fd, size, offset)
 
     def write(self, encoded: EncodedTile) -> None:
         """Append a tile's encoded blocks and enter them in the index."""
@@ -318,49 +416,41 @@ class RasterWriter:
             self._offsets[index], self._sizes[index] = start, size
 
     def commit(self) -> int:
-        """Write the block index, close, and move the finished file to its path; returns
-        its size in bytes."""
+        """Write the block index and move the finished file to its path; returns its size
+        in bytes."""
         missing = int(np.count_nonzero(self._sizes == 0))
         if missing:
             raise RuntimeError(f"{missing} of the output's blocks were never written")
         self._appender.close()
         self._appender = None
         for position, data in self._index.packed(self._offsets, self._sizes):
-            os.pwrite(self._fd, data, position)
-        os.close(self._fd)
-        self._fd = None
-        source = self._tmp
+            os.pwrite(self._partial.fd, data, position)
         if self.profile.cloud_optimized:
-            cog = self._tmp.with_name(self._tmp.name + ".cog.tif")
-            options = self.profile.creation_options(self._meta["dtype"])
-            for key in ("tiled", "blockxsize", "blockysize"):
-                options.pop(key)
-            with rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES):
-                rasterio.shutil.copy(
-                    self._tmp, cog, driver="COG", blocksize=self.profile.block_size, **options
-                )
-            self._tmp.unlink()
-            self._tmp = source = cog
-        if self.overwrite:
-            os.replace(source, self.path)
-        else:
-            # link() refuses to replace, so an output created meanwhile is kept.
-            try:
-                os.link(source, self.path)
-            except FileExistsError as exc:
-                raise AlreadyExistsError(
-                    f"output {self.path.name!r} appeared while the job ran; overwrite is off"
-                ) from exc
-            source.unlink()
-        self.bytes_written = self.path.stat().st_size
+            self._copy_cloud_optimized()
+        self.bytes_written = self._partial.publish()
         return self.bytes_written
+
+    def _copy_cloud_optimized(self) -> None:
+        """Rewrite the file as a cloud-optimized GeoTIFF, in a new temporary file."""
+        options = self.profile.creation_options(self._meta["dtype"])
+        for key in ("tiled", "blockxsize", "blockysize"):
+            options.pop(key)
+        tiled = self._partial.restart()
+        try:
+            # GDAL makes the overviews' temporary files in CPL_TMPDIR, not beside the output.
+            with rasterio.Env(GDAL_CACHEMAX=WRITER_GDAL_CACHE_BYTES, CPL_TMPDIR=str(self._scratch)):
+                rasterio.shutil.copy(
+                    fd_path(tiled),
+                    fd_path(self._partial.fd),
+                    driver="COG",
+                    blocksize=self.profile.block_size,
+                    **options,
+                )
+        finally:
+            os.close(tiled)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._appender is not None:
             self._appender.abandon()
             self._appender = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+        self._partial.__exit__()

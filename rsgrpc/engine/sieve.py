@@ -292,7 +292,7 @@ def _sieve_band(
         # back, finish and encode the next tiles while this one is written: the plan's
         # tiles in flight, at least twice the workers, cover them.
         ahead = max(1, min(executor.workers, os.cpu_count() or 1))
-        with ThreadPoolExecutor(ahead) as finisher, open_writer(job, task) as writer:
+        with ThreadPoolExecutor(ahead) as finisher, open_writer(job, task, session) as writer:
             finished = (
                 finisher.submit(_finish, _kept(folder, tile), tile, tile_decision, job.profile)
                 for tile, tile_decision in zip(tiles, decision.tiles, strict=True)

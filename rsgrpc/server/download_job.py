@@ -2,7 +2,8 @@
 
 Answers go to the cache first (sentinelhub-py's layout, written atomically by the download
 library). Only when every request has ended, and the batch was not cancelled, is each good
-answer copied next to its output under a temporary name and renamed into place, so a
+answer copied next to its output under a temporary name and renamed into place
+(`PartialOutput`: opened under the data root at that moment, no link followed), so a
 cancelled or failed request never leaves a file under the data root, whole or partial.
 """
 
@@ -11,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import urllib.parse
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,8 +28,10 @@ from rsgrpc.download import (
     DownloadStatus,
     MimeType,
 )
-from rsgrpc.engine.errors import AlreadyExistsError, CancelledError, RsgrpcError
+from rsgrpc.engine.errors import CancelledError, RsgrpcError
 from rsgrpc.engine.operations import Operation, Stage
+from rsgrpc.engine.partial_output import PartialOutput
+from rsgrpc.engine.paths import DataPath
 
 # What the first bytes of a file of each checked format may be.
 _SIGNATURES: Final[dict[MimeType, tuple[bytes, ...]]] = {
@@ -50,7 +51,7 @@ class PlannedDownload:
     folder) and where its answer goes."""
 
     request: DownloadRequest
-    output: Path  # resolved under the data root
+    output: DataPath  # checked under the data root, opened when the answer is saved
     output_path: str  # as the client wrote it
 
 
@@ -156,9 +157,9 @@ def _save_outputs(
 ) -> list[DownloadOutcome]:
     """Check and stage every good answer beside its output, then rename them all into place."""
     outcomes = [_outcome(item, result) for item, result in zip(planned, results, strict=True)]
-    staged: list[tuple[int, Path]] = []
     written = 0
-    try:
+    with contextlib.ExitStack() as staged_files:
+        staged: list[tuple[int, PartialOutput]] = []
         for index, (item, result) in enumerate(zip(planned, results, strict=True)):
             if not result.ok or result.output_path is None:
                 continue
@@ -166,10 +167,17 @@ def _save_outputs(
                 raise _cancelled(len(results), len(results))
             try:
                 check_format(Path(result.output_path), item.request.data_type)
-                staged.append((index, _stage(Path(result.output_path), item.output)))
+                partial = staged_files.enter_context(
+                    PartialOutput(item.output, overwrite=overwrite)
+                )
+                _copy(Path(result.output_path), partial.fd)
             except DecodingError as error:
                 outcomes[index] = _failed(outcomes[index], error)
                 log.warning("%s: %s: %s", operation.name, item.output_path, error)
+                continue
+            except RsgrpcError as error:
+                outcomes[index] = _failed(outcomes[index], error)
+                log.warning("%s: %s", operation.name, error)
                 continue
             except OSError as error:
                 # strerror, not the error itself: that names the server's own paths.
@@ -177,21 +185,17 @@ def _save_outputs(
                 outcomes[index] = _failed(outcomes[index], failure)
                 log.error("%s: %s", operation.name, failure)
                 continue
+            staged.append((index, partial))
             written += result.size_bytes
             operation.update(bytes_written=written)
         if operation.cancel_event.is_set():
             raise _cancelled(len(results), len(results))
-        for index, temporary in staged:
-            item = planned[index]
+        for index, partial in staged:
             try:
-                _commit(temporary, item, overwrite=overwrite)
+                partial.publish()
             except RsgrpcError as error:
                 outcomes[index] = _failed(outcomes[index], error)
                 log.warning("%s: %s", operation.name, error)
-    finally:
-        for _, temporary in staged:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
     return outcomes
 
 
@@ -219,31 +223,7 @@ def check_format(path: Path, data_type: MimeType) -> None:
         )
 
 
-def _stage(source: Path, output: Path) -> Path:
-    """Copy ``source`` to a hidden temporary file beside ``output``; return its path."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex}.partial")
-    try:
-        shutil.copyfile(source, temporary)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-    return temporary
-
-
-def _commit(temporary: Path, item: PlannedDownload, *, overwrite: bool) -> None:
-    """Move a staged answer to its output; the caller removes what is left of ``temporary``."""
-    try:
-        if overwrite:
-            os.replace(temporary, item.output)
-        else:
-            # link() refuses to replace, so an output created while the batch ran is kept.
-            os.link(temporary, item.output)
-    except FileExistsError:
-        raise AlreadyExistsError(
-            f"output {item.output_path!r} appeared while the download ran; overwrite is off",
-            metadata={"path": item.output_path},
-        ) from None
-    except OSError as error:
-        raise RsgrpcError(f"could not save {item.output_path!r}: {error.strerror}") from None
+def _copy(source: Path, fd: int) -> None:
+    """Copy the cached answer at ``source`` into the file open as ``fd``."""
+    with source.open("rb") as reader, open(fd, "wb", closefd=False) as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)

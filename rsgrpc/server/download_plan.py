@@ -7,14 +7,14 @@ import json
 import re
 import urllib.parse
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 from google.protobuf import json_format
 
 from rsgrpc.download import Deployment, DownloadRequest, MimeType, RequestType
 from rsgrpc.engine import errors
-from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.paths import DataPath, DataRoot
 from rsgrpc.server.download_job import PlannedDownload
 from rsgrpc.v1 import download_pb2
 
@@ -176,10 +176,10 @@ def _integral_numbers(value: Any) -> Any:
     return value
 
 
-def _data_type(item: download_pb2.DownloadItem, output: Path, field: str) -> MimeType:
+def _data_type(item: download_pb2.DownloadItem, output: DataPath, field: str) -> MimeType:
     if item.data_type == download_pb2.MIME_TYPE_UNSPECIFIED:
         try:
-            return MimeType.from_string(output.suffix.removeprefix("."))
+            return MimeType.from_string(PurePosixPath(output.path).suffix.removeprefix("."))
         except ValueError:
             return MimeType.RAW
     if item.data_type not in _MIME_TYPES:
@@ -205,7 +205,7 @@ def plan_download(
             f"the batch has {len(request.items)} items; at most {MAX_ITEMS} are allowed"
         )
     planned: list[PlannedDownload] = []
-    outputs: dict[Path, int] = {}
+    outputs: dict[str, int] = {}
     for index, item in enumerate(request.items):
         field = f"items[{index}]"
         url = resolve_uri(item.uri, deployment.base_url, field=f"{field}.uri")
@@ -223,31 +223,16 @@ def plan_download(
                 f"{field} is a GET with a body; use POST", metadata={"field": field}
             )
         headers = _headers(item.headers, f"{field}.headers")
-        output = data_root.resolve(item.output_path, field=f"{field}.output_path")
-        if output in outputs:
+        output = data_root.output(
+            item.output_path, field=f"{field}.output_path", overwrite=request.overwrite
+        )
+        if output.path in outputs:
             raise errors.InvalidArgumentError(
                 f"{field}.output_path {item.output_path!r} is also the output of "
-                f"items[{outputs[output]}]",
+                f"items[{outputs[output.path]}]",
                 metadata={"field": field},
             )
-        outputs[output] = index
-        if output.is_dir():
-            raise errors.InvalidArgumentError(
-                f"{field}.output_path {item.output_path!r} is a directory",
-                metadata={"field": field},
-            )
-        folder = next(parent for parent in output.parents if parent.exists())
-        if not folder.is_dir():
-            raise errors.InvalidArgumentError(
-                f"{field}.output_path {item.output_path!r} is inside "
-                f"{data_root.relative(folder)!r}, which is a file",
-                metadata={"field": field},
-            )
-        if output.exists() and not request.overwrite:
-            raise errors.AlreadyExistsError(
-                f"{field}.output_path {item.output_path!r} exists; set overwrite to replace it",
-                metadata={"field": field, "path": item.output_path},
-            )
+        outputs[output.path] = index
         planned.append(
             PlannedDownload(
                 request=DownloadRequest(

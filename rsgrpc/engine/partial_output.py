@@ -1,0 +1,113 @@
+"""An output being written: a locked temporary file beside it, published whole or removed.
+
+Every output under the data root (a tool's raster, a downloaded answer) is
+written through `PartialOutput`. Its directory is opened under the root when
+writing starts (`DataPath.open_parent`, no link followed), and the file is
+made, renamed and removed relative to that open directory: a directory swapped
+for a link while the job waited cannot redirect any of it. The temporary file
+is named by `rsgrpc.engine.instance.partial_name` and holds an exclusive
+`flock` from its creation until it is renamed or removed, so a starting server
+can tell what a dead instance left from work in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+
+from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError, RsgrpcError
+from rsgrpc.engine.instance import partial_name
+from rsgrpc.engine.paths import DataPath
+
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class PartialOutput:
+    """The temporary file of `target`, open as `fd` for reading and writing.
+
+    Use as a context manager: entering opens the output's directory (making the
+    missing ones), checks the output again (`DataPath.check_output_in`) and creates
+    the file; `publish()` moves it to its name; leaving without publishing removes it.
+    """
+
+    def __init__(self, target: DataPath, *, overwrite: bool) -> None:
+        self.target = target
+        self.overwrite = overwrite
+        self.fd = -1
+        self._directory: int | None = None
+        self._name: str | None = None
+
+    def __enter__(self) -> PartialOutput:
+        self._directory = self.target.open_parent(create=True)
+        try:
+            self.target.check_output_in(self._directory, overwrite=self.overwrite)
+            self.fd, self._name = self._create()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _create(self) -> tuple[int, str]:
+        name = partial_name(self.target.name)
+        fd = os.open(name, _CREATE_FLAGS, 0o666, dir_fd=self._directory)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd, name
+
+    def restart(self) -> int:
+        """Start the output again in a new temporary file; returns the descriptor of the
+        previous one, whose name is already gone: the caller reads it, then closes it."""
+        previous, previous_name = self.fd, self._name
+        self.fd, self._name = self._create()
+        os.unlink(previous_name, dir_fd=self._directory)
+        return previous
+
+    def publish(self) -> int:
+        """Move the finished file to its name; returns its size in bytes.
+
+        With overwrite off, an output made meanwhile is kept: AlreadyExistsError.
+        """
+        directory, name, target = self._directory, self._name, self.target
+        try:
+            if self.overwrite:
+                os.replace(name, target.name, src_dir_fd=directory, dst_dir_fd=directory)
+            else:
+                # link() refuses to replace, so an output created meanwhile is kept.
+                os.link(
+                    name,
+                    target.name,
+                    src_dir_fd=directory,
+                    dst_dir_fd=directory,
+                    follow_symlinks=False,
+                )
+                os.unlink(name, dir_fd=directory)
+        except FileExistsError:
+            raise AlreadyExistsError(
+                f"{target.field} {target.path!r} appeared while the job ran; overwrite is off",
+                metadata={"path": target.path},
+            ) from None
+        except OSError as error:
+            if error.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise InvalidArgumentError(
+                    f"{target.field} {target.path!r} became a directory while the job ran",
+                    metadata={"path": target.path},
+                ) from None
+            raise RsgrpcError(
+                f"{target.field} {target.path!r} could not be put in place: {error.strerror}"
+            ) from None
+        self._name = None
+        return os.fstat(self.fd).st_size
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name, dir_fd=self._directory)
+            self._name = None
+        # Closed after the name is gone, so the lock covers the file's whole life.
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self._directory is not None:
+            os.close(self._directory)
+            self._directory = None
