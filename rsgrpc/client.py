@@ -325,16 +325,26 @@ class Session:
                 return entries
             token = page.next_page_token
 
-    def close(self, log_path: str | None = None) -> None:
-        """Close the session (Remotior's `close`), keeping its log at `log_path` if given."""
+    def close(self, log_path: str | None = None, *, overwrite_log: bool = False) -> None:
+        """Close the session (Remotior's `close`), keeping its log at `log_path` if given.
+
+        An existing file at `log_path` is kept, and the call fails with ALREADY_EXISTS,
+        unless `overwrite_log`. When the log cannot be kept the session stays open, and
+        so does this object's channel: close again with another path.
+        """
         try:
             self._sessions.DeleteSession(
-                session_pb2.DeleteSessionRequest(name=self.name, log_path=log_path or ""),
+                session_pb2.DeleteSessionRequest(
+                    name=self.name, log_path=log_path or "", overwrite_log=overwrite_log
+                ),
                 metadata=self._metadata,
             )
-        finally:
-            if self._owns_channel:
+        except grpc.RpcError:
+            if not log_path and self._owns_channel:
                 self._channel.close()
+            raise
+        if self._owns_channel:
+            self._channel.close()
 
     def __enter__(self) -> Session:
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import re
@@ -32,6 +33,8 @@ from rsgrpc.engine.errors import (
 )
 from rsgrpc.engine.executors import DaskExecutor, Executor, LocalProcessExecutor
 from rsgrpc.engine.operations import Operation
+from rsgrpc.engine.partial_output import PartialOutput
+from rsgrpc.engine.paths import DataPath
 
 _LOGGER = logging.getLogger(__name__)
 _ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
@@ -205,8 +208,9 @@ class Session:
 
         self._jobs.submit(run)
 
-    def close(self, log_path: Path | None = None) -> None:
-        """Stop the jobs' queue and workers; keep the log at `log_path`; remove the files."""
+    def close(self, log: PartialOutput | None = None) -> None:
+        """Stop the jobs' queue and workers; keep the log in `log`, published at its path;
+        remove the files, whether or not the log could be kept."""
         with self._lock:
             if self.closed:
                 return
@@ -215,10 +219,16 @@ class Session:
         self.executor.shutdown()
         self.logger.info("session closed")
         self._file.close()
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.temporary_directory / "session.log", log_path)
-        self._remove_files()
+        try:
+            if log is not None:
+                with (
+                    open(self.temporary_directory / "session.log", "rb") as source,
+                    open(log.fd, "wb", closefd=False) as kept,
+                ):
+                    shutil.copyfileobj(source, kept)
+                log.publish()
+        finally:
+            self._remove_files()
 
     def _remove_files(self) -> None:
         for handler in (self._ring, self._file):
@@ -356,17 +366,30 @@ class SessionRegistry:
             raise
         return session
 
-    def delete(self, name: str, log_path: Path | None = None) -> None:
+    def delete(
+        self, name: str, log_path: DataPath | None = None, *, overwrite_log: bool = False
+    ) -> None:
+        """Close a session, keeping its log at `log_path` if given.
+
+        The log's file is made (its directories too) before anything else: when it
+        cannot be (an existing file without `overwrite_log`, a path through a link or a
+        file), the call fails and the session is left as it was. Once the session is
+        closing, it closes completely, whatever happens to the log.
+        """
         session = self.get(name)
-        with self._lock:
-            self._sessions.pop(session.id, None)
-        try:
-            if self._on_close:
-                self._on_close(session)
-            session.close(log_path)
-        finally:
+        with contextlib.ExitStack() as opened:
+            log = None
+            if log_path is not None:
+                log = opened.enter_context(PartialOutput(log_path, overwrite=overwrite_log))
             with self._lock:
-                self._reserved.pop(session.id, None)
+                self._sessions.pop(session.id, None)
+            try:
+                if self._on_close:
+                    self._on_close(session)
+                session.close(log)
+            finally:
+                with self._lock:
+                    self._reserved.pop(session.id, None)
         _LOGGER.info("closed %s", session.name)
 
     def expire_idle(self, now: float | None = None) -> list[str]:

@@ -142,11 +142,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     @reports_errors
     def DeleteSession(self, request, context):
         log_path = (
-            self._data_root.resolve(request.log_path, field="log_path")
-            if request.log_path
-            else None
+            self._data_root.path(request.log_path, field="log_path") if request.log_path else None
         )
-        self._registry.delete(request.name, log_path)
+        self._registry.delete(request.name, log_path, overwrite_log=request.overwrite_log)
         return empty_pb2.Empty()
 
     @reports_errors

@@ -293,19 +293,26 @@ class DeleteSessionRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
+    OVERWRITE_LOG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`sessions/{session}`."""
     log_path: _builtins.str
-    """Optional path under the data root where the session's log is kept."""
+    """Optional path under the data root where the session's log is kept. An
+    existing file there is ALREADY_EXISTS unless `overwrite_log` is set; a
+    path that cannot be written fails the call with the session left open.
+    """
+    overwrite_log: _builtins.bool
+    """Replace an existing file at `log_path`."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         log_path: _builtins.str = ...,
+        overwrite_log: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_path", b"log_path", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_path", b"log_path", "name", b"name", "overwrite_log", b"overwrite_log"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
