@@ -1,7 +1,10 @@
 """Where tiles run: a session's warm pool of local processes, or a Dask cluster.
 
 Both give `submit(fn, *args) -> concurrent.futures.Future`, so a job has one
-code path whatever runs it.
+code path whatever runs it. Neither lets a job wait forever: a local pool
+notices a worker that died, busy or idle, and starts new workers; a Dask
+executor notices that its scheduler is gone; starting and stopping workers
+take a bounded time; and local workers exit when the server process is gone.
 """
 
 from __future__ import annotations
@@ -9,12 +12,15 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 import psutil
 
+from rsgrpc.engine.errors import UnavailableError
 from rsgrpc.engine.raster_io import keep_inputs_open
 from rsgrpc.engine.shared_results import can_map, lend_buffers, probe_buffer
 from rsgrpc.engine.worker_heap import HeapGate, keep_freed_memory, run_task
@@ -22,6 +28,14 @@ from rsgrpc.engine.worker_heap import HeapGate, keep_freed_memory, run_task
 _LOGGER = logging.getLogger(__name__)
 # What the pipe that brings results back may hold (see _widen_result_pipe).
 _RESULT_PIPE_BYTES = 1 << 20
+# How long new workers may take to start (spawn, imports) on a loaded machine.
+START_SECONDS = 120.0
+# How long stopping workers waits for them to end by themselves before killing them.
+STOP_SECONDS = 2.0
+# How often a worker checks that the server that started it is still there.
+PARENT_POLL_SECONDS = 0.5
+# How long connecting to a Dask scheduler, or closing that connection, may take.
+DASK_CONNECT_SECONDS = 10.0
 
 
 class Executor(Protocol):
@@ -35,17 +49,23 @@ class Executor(Protocol):
 
     def footprint_bytes(self) -> int: ...
 
-    def notice_dead_workers(self) -> None: ...
+    def notice_dead_workers(self) -> None:
+        """Make the futures of lost workers fail now; a job calls it while it waits.
+
+        Raises UnavailableError when the executor lost what runs its tiles as a
+        whole (a Dask scheduler)."""
 
     def recover(self) -> None: ...
 
     def shutdown(self) -> None: ...
 
 
-def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any) -> None:
-    """Runs once in each new worker: pin numba's threads; return large results
-    through shared buffers (`shared_results`); keep freed memory, open inputs and
-    free buffers for the next tile, and give them back between jobs (`worker_heap`)."""
+def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pid: int) -> None:
+    """Runs once in each new worker: exit when the server is gone; pin numba's
+    threads; return large results through shared buffers (`shared_results`); keep
+    freed memory, open inputs and free buffers for the next tile, and give them
+    back between jobs (`worker_heap`)."""
+    _exit_with_server(server_pid)
     import numba
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
@@ -57,6 +77,25 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any) -> None:
         lender.close_free()
 
     keep_freed_memory(holding, trim_now, give_back)
+
+
+def _exit_with_server(server_pid: int) -> None:
+    """End this worker soon after the server that started it ends, however it ends.
+
+    A parent-death signal (PR_SET_PDEATHSIG) would fire when the server's thread
+    that started the worker ends, and pools start workers from whichever thread
+    submits; so a thread watches the worker's parent instead: once the server is
+    gone, the worker is some other process's child. Its end also closes its copy of
+    the pipe that keeps multiprocessing's resource tracker alive, which then
+    exits too, once the server and every worker are gone.
+    """
+
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
 
 
 def _widen_result_pipe(pool: concurrent.futures.ProcessPoolExecutor) -> None:
@@ -90,50 +129,85 @@ def _warm_up() -> tuple[int, int] | None:
 class LocalProcessExecutor:
     """A warm pool of spawned worker processes owned by one session.
 
-    Processes are spawned (never forked: the parent runs gRPC's threads).
-    When a worker dies, the pool is broken; `recover` replaces it, so the
-    next job runs on fresh workers.
+    Processes are spawned (never forked: the parent runs gRPC's threads). A
+    worker that dies while no task runs is replaced before the next task, which
+    never sees it; one that dies while tasks run breaks the pool and fails those
+    tasks, and `recover` then starts new workers for the next job.
     """
 
     def __init__(self, processes: int, *, threads_per_process: int) -> None:
         self.workers = processes
         self.threads_per_process = threads_per_process
+        # Lock order: _lock, then _running_lock.
         self._lock = threading.Lock()
         # Tasks submitted and not yet ended, of this pool or a broken one.
         self._running_lock = threading.Lock()
         self._running = 0
+        self._closed = False
         self._pool = self._start()
 
     def _start(self) -> concurrent.futures.ProcessPoolExecutor:
+        """A new pool whose workers have all started, or UnavailableError."""
         context = multiprocessing.get_context("spawn")
-        self._heap = HeapGate(context)
+        heap = HeapGate(context)
         lend = context.RawValue("b", 0)
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(self.threads_per_process, self._heap.holding, self._heap.trim_now, lend),
+            initargs=(self.threads_per_process, heap.holding, heap.trim_now, lend, os.getpid()),
         )
         _widen_result_pipe(pool)
         # Start every worker now, so the first job does not pay for it.
         futures = [pool.submit(_warm_up) for _ in range(self.workers)]
+        _, starting = concurrent.futures.wait(futures, timeout=START_SECONDS)
         try:
+            if starting:
+                raise UnavailableError(
+                    f"the session's {self.workers} worker processes did not start within "
+                    f"{START_SECONDS:.0f} s"
+                )
             probes = [future.result() for future in futures]
         except BrokenProcessPool:
-            return pool  # the first job fails clearly, and recover() starts anew
+            _stop_pool(pool)
+            raise UnavailableError(
+                "a worker process of the session died as it started; see the server log"
+            ) from None
+        except BaseException:
+            _stop_pool(pool)
+            raise
+        self._heap = heap
         lend.value = all(can_map(probe) for probe in probes)
         if not lend.value:
             _LOGGER.warning("workers cannot share result buffers here; results use the pipe")
         return pool
 
-    def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
-        # A broken pool raises BrokenProcessPool here or from the future;
-        # the job's loop handles both the same way (recover, then fail clearly).
-        with self._lock:
-            pool = self._pool
-        future = pool.submit(run_task, fn, *args)
+    def _replace_if_died_idle(self) -> None:
+        """Start new workers if one died while no task ran. Called under _lock."""
         with self._running_lock:
-            self._running += 1
+            idle = self._running == 0
+        if idle and not _alive(self._pool):
+            _LOGGER.warning(
+                "a worker process died while its session was idle; starting %d new workers",
+                self.workers,
+            )
+            self._replace()
+
+    def _replace(self) -> None:
+        """Stop the pool's workers and start new ones. Called under _lock."""
+        _stop_pool(self._pool)
+        self._pool = self._start()
+
+    def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
+        # A pool broken while tasks run raises BrokenProcessPool here or from the
+        # future; the job's loop handles both the same way (recover, fail clearly).
+        with self._lock:
+            if self._closed:
+                raise UnavailableError("the session's workers have been stopped")
+            self._replace_if_died_idle()
+            future = self._pool.submit(run_task, fn, *args)
+            with self._running_lock:
+                self._running += 1
         future.add_done_callback(self._task_ended)
         return future
 
@@ -144,7 +218,7 @@ class LocalProcessExecutor:
 
     def pids(self) -> list[int]:
         with self._lock:
-            return [p.pid for p in list(self._pool._processes.values())]
+            return [p.pid for p in list((self._pool._processes or {}).values())]
 
     def footprint_bytes(self) -> int:
         """Memory the workers hold, each page once: the largest worker's resident set
@@ -156,11 +230,14 @@ class LocalProcessExecutor:
         any other Python on the machine, and undercount what the workers alone
         hold: with two workers that had compiled a kernel, 294 MiB of PSS against
         312 MiB of physical pages. When no task runs, the workers first give back
-        the memory they kept for their next tile, so that it is not counted as theirs.
+        the memory they kept for their next tile, so that it is not counted as theirs
+        (and a worker that died meanwhile is replaced first, so that it is not waited for).
         """
-        with self._running_lock:
-            idle = self._running == 0
         with self._lock:
+            if not self._closed:
+                self._replace_if_died_idle()
+            with self._running_lock:
+                idle = self._running == 0
             heap = self._heap
         if idle:
             heap.give_back()
@@ -192,60 +269,138 @@ class LocalProcessExecutor:
         if all(p.exitcode is None for p in processes):
             return
         _LOGGER.warning("a worker died unseen by its pool; breaking the pool")
-        for process in processes:
-            if process.exitcode is None:
-                process.kill()
-        for process in processes:
-            process.join()
+        _kill(processes)
         pool._result_queue._writer.close()
 
     def recover(self) -> None:
-        """Replace a broken pool with a new one."""
+        """Replace a broken pool with a new one (UnavailableError if the new one
+        cannot start; the next job tries again)."""
         with self._lock:
-            old = self._pool
-            broken = getattr(old, "_broken", False)
-            if not broken:
+            if self._closed or _alive(self._pool):
                 return
             _LOGGER.warning("worker pool broken; starting %d new workers", self.workers)
-            old.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._start()
+            self._replace()
 
     def shutdown(self) -> None:
+        """Stop the workers: those still busy after `STOP_SECONDS` are killed."""
         with self._lock:
+            self._closed = True
             pool = self._pool
-        pool.shutdown(wait=True, cancel_futures=True)
+        _stop_pool(pool)
+
+
+def _alive(pool: concurrent.futures.ProcessPoolExecutor) -> bool:
+    """Whether a pool can run tasks: not broken, and every worker running."""
+    processes = list((pool._processes or {}).values())
+    return not getattr(pool, "_broken", False) and all(p.exitcode is None for p in processes)
+
+
+def _kill(processes: list) -> None:
+    for process in processes:
+        if process.exitcode is None:
+            process.kill()
+    for process in processes:
+        process.join(STOP_SECONDS)
+
+
+def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop a pool within a few seconds, whatever state it is in: idle workers are
+    asked to exit, those still busy after `STOP_SECONDS` are killed, and the pool's
+    manager thread is unblocked if it waits for a result that cannot come."""
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + STOP_SECONDS
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    stuck = [p.pid for p in processes if p.exitcode is None]
+    if stuck:
+        _LOGGER.warning("worker processes %s did not stop in time; killing them", stuck)
+        _kill(processes)
+    manager = pool._executor_manager_thread
+    if manager is not None:
+        manager.join(STOP_SECONDS)
+        if manager.is_alive():
+            # Waiting for the rest of a result from a worker that died sending it.
+            pool._result_queue._writer.close()
+            manager.join(STOP_SECONDS)
 
 
 class DaskExecutor:
     """Tiles on a Dask distributed cluster, through its concurrent.futures executor.
 
     Workers read their own windows, so the paths must be reachable from every
-    worker (shared storage, or GDAL's /vsis3/ and friends).
+    worker (shared storage, or GDAL's /vsis3/ and friends). When the scheduler
+    goes away, Dask's client cancels every future it had and tries to reconnect
+    for a while: tasks fail with UnavailableError at once (never waiting for a
+    reconnection), and once the client has given up, the next task connects anew.
     """
 
     def __init__(self, scheduler_address: str, *, workers: int) -> None:
-        from distributed import Client
-
-        self._client = Client(scheduler_address, set_as_default=False)
-        self._executor = self._client.get_executor(pure=False)
         self.workers = workers
         self.threads_per_process = 1
+        self._address = scheduler_address
+        self._lock = threading.Lock()
+        self._closed = False
+        self._client = self._connect()
+        self._executor = self._client.get_executor(pure=False)
+
+    def _connect(self) -> Any:
+        from distributed import Client
+
+        try:
+            return Client(self._address, set_as_default=False, timeout=DASK_CONNECT_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            _LOGGER.warning("cannot connect to the Dask scheduler at %s: %s", self._address, exc)
+            raise UnavailableError(
+                f"the Dask scheduler did not answer within {DASK_CONNECT_SECONDS:.0f} s"
+            ) from None
+
+    def _live_executor(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise UnavailableError("the session's Dask client has been closed")
+            status = self._client.status
+            if status == "running":
+                return self._executor
+            if status in ("connecting", "newly-created"):
+                raise UnavailableError(
+                    "the connection to the Dask scheduler was lost; it is being re-established"
+                )
+            _LOGGER.warning("the Dask client is %s; connecting to %s anew", status, self._address)
+            _close_client(self._client)
+            self._client = self._connect()
+            self._executor = self._client.get_executor(pure=False)
+            return self._executor
 
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
-        return self._executor.submit(fn, *args)
+        return self._live_executor().submit(fn, *args)
 
     def footprint_bytes(self) -> int:
         # The cluster's workers belong to the cluster, not to this session.
         return 0
 
     def notice_dead_workers(self) -> None:
-        # The scheduler notices lost workers and reschedules their tasks.
-        return None
+        # The scheduler notices lost workers and reschedules their tasks; losing the
+        # scheduler itself cancels every future of the client.
+        with self._lock:
+            status = self._client.status
+        if status != "running":
+            _LOGGER.warning("lost the Dask scheduler at %s (client %s)", self._address, status)
+            raise UnavailableError("the connection to the Dask scheduler was lost during the job")
 
     def recover(self) -> None:
         # The scheduler reschedules tasks of lost workers by itself.
         return None
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False)
-        self._client.close()
+        with self._lock:
+            self._closed = True
+            self._executor.shutdown(wait=False)
+            _close_client(self._client)
+
+
+def _close_client(client: Any) -> None:
+    try:
+        client.close(timeout=DASK_CONNECT_SECONDS)
+    except Exception:  # closing a client whose scheduler is gone may time out
+        _LOGGER.warning("closing the Dask client failed", exc_info=True)

@@ -32,6 +32,7 @@ from rsgrpc.engine.errors import (
     RsgrpcError,
 )
 from rsgrpc.engine.executors import DaskExecutor, Executor, LocalProcessExecutor
+from rsgrpc.engine.instance import InstanceFolder
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath
@@ -40,6 +41,8 @@ _LOGGER = logging.getLogger(__name__)
 _ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,32}$")
 LOG_RECORDS_KEPT = 10_000
+# How long closing a session waits for its jobs to end, before and after stopping its workers.
+JOBS_STOP_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class Session:
         self._make_executor = make_executor
         self._lock = threading.Lock()
         self._active_jobs = 0
+        self._jobs_ended = threading.Condition(self._lock)
         self.temporary_directory = Path(
             tempfile.mkdtemp(prefix=f"{settings.directory_prefix}{session_id}_", dir=temp_root)
         )
@@ -204,9 +208,15 @@ class Session:
             finally:
                 with self._lock:
                     self._active_jobs -= 1
+                    self._jobs_ended.notify_all()
                 self.touch()
 
         self._jobs.submit(run)
+
+    def _wait_for_jobs(self, seconds: float) -> bool:
+        """Wait until no job is queued or running, at most `seconds`; whether none is."""
+        with self._lock:
+            return self._jobs_ended.wait_for(lambda: self._active_jobs == 0, seconds)
 
     def close(self, log: PartialOutput | None = None) -> None:
         """Stop the jobs' queue and workers; keep the log in `log`, published at its path;
@@ -215,8 +225,13 @@ class Session:
             if self.closed:
                 return
             self.closed = True
-        self._jobs.shutdown(wait=True, cancel_futures=False)
+        # Its operations were cancelled: queued jobs end at once, running ones at their
+        # next tile; a job still running after that ends when its workers are stopped.
+        self._jobs.shutdown(wait=False, cancel_futures=False)
+        self._wait_for_jobs(JOBS_STOP_SECONDS)
         self.executor.shutdown()
+        if not self._wait_for_jobs(JOBS_STOP_SECONDS):
+            _LOGGER.warning("%s: a job was still running when the session closed", self.name)
         self.logger.info("session closed")
         self._file.close()
         try:
@@ -257,7 +272,8 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._reserved: dict[str, SessionSettings] = {}
-        temp_root.mkdir(parents=True, exist_ok=True)
+        # Where sessions' temporary directories go: this instance's locked folder.
+        self.instance_folder = InstanceFolder(temp_root)
 
     def _make_executor(self, settings: SessionSettings) -> Executor:
         if self.dask_scheduler:
@@ -323,7 +339,7 @@ class SessionRegistry:
             session = Session(
                 session_id,
                 settings,
-                temp_root=self.temp_root,
+                temp_root=self.instance_folder.path,
                 make_executor=self._make_executor,
                 limits=self.limits,
             )
@@ -405,8 +421,11 @@ class SessionRegistry:
         return [s.name for s in expired]
 
     def close_all(self) -> None:
+        """Close every session, then remove this instance's temporary folder: the
+        registry's last call."""
         for session in self.list():
             try:
                 self.delete(session.name)
             except NotFoundError:
                 pass
+        self.instance_folder.close()

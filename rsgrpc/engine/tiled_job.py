@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from rsgrpc.engine.errors import CancelledError, WorkerLostError
+from rsgrpc.engine.errors import CancelledError, RsgrpcError, UnavailableError, WorkerLostError
 from rsgrpc.engine.executors import Executor
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.tiles import Tile
 
-# How often a job that waits for tiles looks at its cancel flag.
+_LOGGER = logging.getLogger(__name__)
+# How often a job that waits for tiles looks at its cancel flag and its workers.
 _POLL_SECONDS = 0.1
+# How long a job that stops early waits for its running tiles to end.
+DRAIN_SECONDS = 60.0
 _END = object()
 
 
@@ -31,7 +36,9 @@ def run_tiles(
     At most `in_flight` tiles are submitted or waiting; each result goes to
     `consume` in the job's thread as it arrives. On cancel, tiles not yet
     started are dropped and CancelledError is raised once the running ones
-    end. A dead worker raises WorkerLostError after the pool is rebuilt.
+    end. A dead worker raises WorkerLostError after the pool is rebuilt; a lost
+    Dask scheduler raises UnavailableError. No wait is unbounded: while nothing
+    ends, the executor is asked every `_POLL_SECONDS` whether its workers live.
     """
     pending: set[concurrent.futures.Future] = set()
     remaining = iter(tiles)
@@ -57,7 +64,7 @@ def run_tiles(
             if not done:
                 executor.notice_dead_workers()
             for future in done:
-                consume(future.result())
+                consume(_result(future, executor, operation))
     except BrokenProcessPool as exc:
         executor.recover()
         raise WorkerLostError(
@@ -65,6 +72,37 @@ def run_tiles(
             "the session's workers were restarted"
         ) from exc
     finally:
-        for future in pending:
-            future.cancel()
-        concurrent.futures.wait(pending)
+        _drain(executor, pending)
+
+
+def _result(future: concurrent.futures.Future, executor: Executor, operation: Operation) -> Any:
+    try:
+        return future.result()
+    except concurrent.futures.CancelledError:
+        # Only the job cancels its tiles, and only once it stops: this one was
+        # cancelled by the session closing, or by a cluster that lost it.
+        if operation.cancel_event.is_set():
+            raise CancelledError("the operation was cancelled") from None
+        executor.notice_dead_workers()
+        raise UnavailableError("a tile of this operation was dropped by its workers") from None
+
+
+def _drain(executor: Executor, pending: set[concurrent.futures.Future]) -> None:
+    """Cancel the tiles not started; wait for the running ones while their workers
+    live, at most `DRAIN_SECONDS` (past that, their results are dropped as they come)."""
+    for future in pending:
+        future.cancel()
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while pending:
+        _, pending = concurrent.futures.wait(pending, timeout=_POLL_SECONDS)
+        if not pending:
+            return
+        try:
+            executor.notice_dead_workers()
+        except RsgrpcError:
+            return  # what runs the tiles is gone: they will not end
+        if time.monotonic() >= deadline:
+            _LOGGER.warning(
+                "%d tiles still running %.0f s after their job stopped", len(pending), DRAIN_SECONDS
+            )
+            return

@@ -17,6 +17,12 @@ The tile planner counts the workers' present memory as fixed, so it must not
 see kept blocks: before it measures, `HeapGate.give_back` asks the idle
 workers to give back now and waits until none holds any. Without glibc (musl,
 say) workers allocate as glibc would by default and only close their inputs.
+
+A worker can be killed at any instruction, so the gate shares nothing a dead
+worker could leave locked: the count of workers holding memory is a semaphore
+(its changes are atomic, no lock is taken to make them) and the request to give
+back is a flag the workers poll, not a multiprocessing Event, whose `set`
+waits forever for a sleeper that died.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ IDLE_SECONDS = 0.2
 # How long the planner waits for idle workers to give memory back.
 _GIVE_BACK_TIMEOUT_SECONDS = 2.0
 _POLL_SECONDS = 0.002
+# How often an idle worker looks at the request to give back now.
+_ASKED_POLL_SECONDS = 0.005
 # mallopt's parameters (malloc.h), and glibc's ceiling for the mmap threshold on 64-bit.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -56,26 +64,33 @@ class HeapGate:
 
     def __init__(self, context: Any) -> None:
         # How many workers hold freed memory, and the parent's request to give it back.
-        self.holding = context.Value("i", 0)
-        self.trim_now = context.Event()
+        self.holding = context.Semaphore(0)
+        self.trim_now = context.RawValue("b", 0)
         self._lock = threading.Lock()
+
+    def _holders(self) -> int:
+        try:
+            return self.holding.get_value()
+        except NotImplementedError:  # macOS has no sem_getvalue: do not wait
+            return 0
 
     def give_back(self) -> None:
         """Ask idle workers to give freed memory back; wait until none holds any.
 
         Call it only when no task runs (a busy worker keeps its memory until its
-        task ends); gives up after a while rather than hang the caller.
+        task ends); gives up after a while rather than hang the caller (a worker
+        that died holding memory never gives it back).
         """
         with self._lock:
-            if self.holding.value == 0:
+            if self._holders() == 0:
                 return
-            self.trim_now.set()
+            self.trim_now.value = 1
             try:
                 deadline = time.monotonic() + _GIVE_BACK_TIMEOUT_SECONDS
-                while self.holding.value > 0 and time.monotonic() < deadline:
+                while self._holders() > 0 and time.monotonic() < deadline:
                     time.sleep(_POLL_SECONDS)
             finally:
-                self.trim_now.clear()
+                self.trim_now.value = 0
 
 
 class _Keeper:
@@ -102,8 +117,7 @@ class _Keeper:
             self._running += 1
             if not self._held:
                 self._held = True
-                with self._holding.get_lock():
-                    self._holding.value += 1
+                self._holding.release()
         try:
             return fn(*args)
         finally:
@@ -112,13 +126,23 @@ class _Keeper:
                 self._last_end = time.monotonic()
                 self._changed.notify()
 
+    def _asked_within(self, seconds: float) -> bool:
+        """Whether the parent asks for memory back within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while not self._trim_now.value:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, _ASKED_POLL_SECONDS))
+        return True
+
     def _give_back_when_idle(self) -> None:
         while True:
             with self._changed:
                 while self._running or not self._held:
                     self._changed.wait()
                 wait = self._last_end + IDLE_SECONDS - time.monotonic()
-            asked = self._trim_now.wait(wait) if wait > 0 else False
+            asked = self._asked_within(wait)
             with self._changed:
                 idle = not self._running and (
                     asked or time.monotonic() >= self._last_end + IDLE_SECONDS
@@ -129,8 +153,7 @@ class _Keeper:
                     if self._libc is not None:
                         self._libc.malloc_trim(0)
                     self._held = False
-                    with self._holding.get_lock():
-                        self._holding.value -= 1
+                    self._holding.acquire(block=False)  # this worker's own release
 
 
 _keeper: _Keeper | None = None
