@@ -51,7 +51,10 @@ class PartialOutput:
 
     def _create(self) -> tuple[int, str]:
         name = partial_name(self.target.name)
-        fd = os.open(name, _CREATE_FLAGS, 0o666, dir_fd=self._directory)
+        try:
+            fd = os.open(name, _CREATE_FLAGS, 0o666, dir_fd=self._directory)
+        except OSError as error:
+            raise self.target.refusal(error, self._directory, name, self.target.path) from None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd, name
 

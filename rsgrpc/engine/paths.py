@@ -25,9 +25,11 @@ from pathlib import Path, PurePosixPath
 
 from rsgrpc.engine.errors import (
     AlreadyExistsError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     RsgrpcError,
 )
 
@@ -81,7 +83,7 @@ class DataPath:
             try:
                 fd = os.open(self.name, _FILE_FLAGS, dir_fd=parent)
             except OSError as error:
-                raise self._refusal(error, parent, self.name, self.path) from None
+                raise self.refusal(error, parent, self.name, self.path) from None
         finally:
             os.close(parent)
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since it was checked
@@ -112,7 +114,7 @@ class DataPath:
                         ) from None
                     child = self._make_directory(fd, part, shown)
                 except OSError as error:
-                    raise self._refusal(error, fd, part, shown) from None
+                    raise self.refusal(error, fd, part, shown) from None
                 os.close(fd)
                 fd = child
         except BaseException:
@@ -148,7 +150,7 @@ class DataPath:
                 ) from None
             return
         except OSError as error:
-            raise self._refusal(error, parent, self.name, self.path) from None
+            raise self.refusal(error, parent, self.name, self.path) from None
         if stat.S_ISLNK(st.st_mode):
             raise self._link(self.path)
         if stat.S_ISDIR(st.st_mode):
@@ -172,13 +174,13 @@ class DataPath:
         except FileExistsError:
             pass  # made meanwhile: opened below like any other
         except OSError as error:
-            raise self._refusal(error, parent, part, shown) from None
+            raise self.refusal(error, parent, part, shown) from None
         try:
             return os.open(part, _DIRECTORY_FLAGS, dir_fd=parent)
         except OSError as error:
-            raise self._refusal(error, parent, part, shown) from None
+            raise self.refusal(error, parent, part, shown) from None
 
-    def _refusal(self, error: OSError, parent: int, part: str, shown: str) -> RsgrpcError:
+    def refusal(self, error: OSError, parent: int, part: str, shown: str) -> RsgrpcError:
         """The client's error for `error`, met opening `part` (`shown` from the root)."""
         if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
             try:
@@ -205,6 +207,14 @@ class DataPath:
             return InvalidArgumentError(
                 f"{self.field} {self.path!r} is too long for the file system",
                 metadata=self._metadata,
+            )
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ResourceExhaustedError(
+                f"{self.field} {self.path!r}: the data root's disk is full", metadata=self._metadata
+            )
+        if error.errno == errno.EROFS:
+            return FailedPreconditionError(
+                f"{self.field} {self.path!r}: the data root is read-only", metadata=self._metadata
             )
         return RsgrpcError(f"{self.field} {self.path!r}: {shown!r}: {error.strerror}")
 
