@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from rsgrpc_kernels.expression import Expression, ExpressionError, parse_expression
 
-from rsgrpc.engine.band_tool import session_fixed_bytes
+from rsgrpc.engine.band_tool import is_value_of, plan_band_tiles
 from rsgrpc.engine.errors import InvalidArgumentError
+from rsgrpc.engine.limits import PlannedOutput, check_job_limits
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataPath, DataRoot
 from rsgrpc.engine.raster_io import (
@@ -26,7 +27,7 @@ from rsgrpc.engine.session import Session
 from rsgrpc.engine.statistics import BandStatistics
 from rsgrpc.engine.tiff_tiles import EncodedTile
 from rsgrpc.engine.tiled_job import run_tiles
-from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan, plan_tiles
+from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan
 
 MAX_INPUTS = 64
 _NAME_LIMIT = 64
@@ -129,12 +130,11 @@ def _output_dtype(name: str) -> str:
 
 
 def _check_nodata_fits(nodata: float, dtype: str) -> None:
-    if np.dtype(dtype).kind == "f":
-        return
-    limits = np.iinfo(dtype)
-    if math.isnan(nodata) or not limits.min <= nodata <= limits.max or nodata != int(nodata):
+    if not is_value_of(nodata, dtype):
+        floats_only = "" if math.isfinite(nodata) else " (NaN and infinities: floats only)"
         raise InvalidArgumentError(
-            f"output nodata {nodata:g} does not fit the output data type {dtype}"
+            f"output nodata {nodata:g} does not fit the output data type {dtype}{floats_only}",
+            metadata={"field": "output_nodata"},
         )
 
 
@@ -190,23 +190,28 @@ def _evaluate_tile(
 
 
 def plan_band_calc(job: BandCalcJob, session: Session) -> TilePlan:
-    """Tiles for this job within the session's RAM budget, beside what every job holds
-    (`session_fixed_bytes`); raises ResourceExhaustedError if even one tile does not fit."""
-    return plan_tiles(
-        job.infos[0].shape,
-        [i.block_shape for i in job.infos],
-        band_calc_memory(job),
-        output_block=job.profile.block_size,
-        budget_bytes=session.settings.available_ram_mib << 20,
-        workers=session.executor.workers,
-        fixed_bytes=session_fixed_bytes(session),
-    )
+    """Check the job against the server's limits and plan its tiles within the
+    session's RAM budget (`plan_band_tiles`); raises ResourceExhaustedError if it
+    goes over a limit or even one tile does not fit."""
+    job.profile.check_dtype(job.output_dtype, output=job.request.output_path)
+    check_job_limits(_planned_output(job), job.profile, session)
+    return plan_band_tiles(job.infos, band_calc_memory(job), session, job.profile)
+
+
+def _planned_output(job: BandCalcJob) -> list[PlannedOutput]:
+    """The output as the server's limits see it: on the grid of the inputs read, the
+    first of which errors name."""
+    read_first = job.expression.input_names[0]
+    source = next(i.path for i in job.request.inputs if i.name == read_first)
+    return [PlannedOutput(job.output, job.infos[0].shape, job.output_dtype, source)]
 
 
 def run_band_calc(
     job: BandCalcJob, plan: TilePlan, session: Session, operation: Operation
 ) -> BandCalcResult:
     """The job: evaluate the planned tiles in the session's workers, write the output."""
+    # The disk may have filled while the job waited in the session's queue.
+    check_job_limits(_planned_output(job), job.profile, session)
     first = job.infos[0]
     executor = session.executor
     session.logger.info(

@@ -9,11 +9,14 @@ and each output is `{prefix}{input file stem}.tif` inside it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Generic, TypeVar
+
+import numpy as np
 
 from rsgrpc.engine.appender import STAGE_BYTES
 from rsgrpc.engine.errors import InvalidArgumentError
@@ -185,6 +188,16 @@ def _shared_bytes(workers: int) -> int:
         + STAGE_BYTES
         + workers * WORKER_GDAL_CACHE_BYTES
     )
+
+
+def is_value_of(value: float, dtype: str) -> bool:
+    """Whether a pixel of `dtype` can hold `value` (NaN and infinities only in floats;
+    in integers, whole numbers in the type's range)."""
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return not math.isfinite(value) or abs(value) <= float(np.finfo(dtype).max)
+    limits = np.iinfo(dtype)
+    return math.isfinite(value) and value == int(value) and limits.min <= value <= limits.max
 
 
 def planned_outputs(tasks: Sequence[BandTask]) -> list[PlannedOutput]:

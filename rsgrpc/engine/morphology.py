@@ -18,11 +18,14 @@ from rsgrpc.engine.band_tool import (
     BandTask,
     OutputTarget,
     TileCounter,
+    is_value_of,
     open_writer,
     plan_band_tiles,
+    planned_outputs,
     prepare_band_tasks,
 )
 from rsgrpc.engine.errors import InvalidArgumentError
+from rsgrpc.engine.limits import check_job_limits
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile, read_window
@@ -114,18 +117,22 @@ def _check_parameters(request: MorphologyRequest) -> None:
         )
 
 
-def _check_band(task: BandTask) -> None:
+def _check_band(task: BandTask, request: MorphologyRequest) -> None:
     dtype = np.dtype(task.info.dtype)
     where = f"input {task.input.path!r} band {task.input.band}"
     if dtype.kind not in "iuf":
         raise InvalidArgumentError(f"{where} is {dtype.name}; integer or float bands only")
     nodata = task.info.nodata
-    if dtype.kind in "iu" and nodata is not None:
-        limits = np.iinfo(dtype)
-        if not (
-            math.isfinite(nodata) and nodata == int(nodata) and limits.min <= nodata <= limits.max
-        ):
-            raise InvalidArgumentError(f"{where} has nodata {nodata}, not a value of {dtype.name}")
+    if dtype.kind in "iu" and nodata is not None and not is_value_of(nodata, dtype.name):
+        raise InvalidArgumentError(f"{where} has nodata {nodata}, not a value of {dtype.name}")
+    # A value no pixel can hold would be dropped without a word: say so instead.
+    strangers = [v for v in request.value_list if not is_value_of(v, dtype.name)]
+    if strangers:
+        raise InvalidArgumentError(
+            f"value_list holds {', '.join(f'{v:g}' for v in strangers[:5])}, not a value of "
+            f"{where}, which is {dtype.name}",
+            metadata={"field": "value_list", "path": task.input.path},
+        )
 
 
 def prepare_morphology(
@@ -137,11 +144,13 @@ def prepare_morphology(
     """Check a request completely and plan its tiles; raise what the client should see."""
     _check_parameters(request)
     tasks = prepare_band_tasks(request.inputs, request.target, data_root)
-    for task in tasks:
-        _check_band(task)
     profile = request.target.profile or default_profile
+    for task in tasks:
+        _check_band(task, request)
+        profile.check_dtype(task.info.dtype, output=task.output_path)
+    check_job_limits(planned_outputs(tasks), profile, session)
     plans = tuple(
-        plan_band_tiles(t.info, morphology_memory(t.info.dtype, request.halo), session, profile)
+        plan_band_tiles([t.info], morphology_memory(t.info.dtype, request.halo), session, profile)
         for t in tasks
     )
     return BandJob[MorphologyRequest](request, tuple(tasks), profile, plans)
@@ -193,6 +202,8 @@ def run_morphology(
         request.size,
         "circular" if request.circular else "square",
     )
+    # The disk may have filled while the job waited in the session's queue.
+    check_job_limits(planned_outputs(job.tasks), job.profile, session)
     counter = TileCounter(operation, sum(plan.tile_count for plan in job.plans))
     outputs = []
     for task, plan in zip(job.tasks, job.plans, strict=True):

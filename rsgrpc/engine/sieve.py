@@ -50,6 +50,7 @@ from rsgrpc.engine.band_tool import (
     TileCounter,
     open_writer,
     plan_band_tiles,
+    planned_outputs,
     prepare_band_tasks,
     session_fixed_bytes,
 )
@@ -59,6 +60,7 @@ from rsgrpc.engine.errors import (
     ResourceExhaustedError,
     RsgrpcError,
 )
+from rsgrpc.engine.limits import check_job_limits, uncompressed_bytes
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile, read_window
@@ -124,15 +126,32 @@ def prepare_sieve(
                 f"sieve takes integer classes ({', '.join(SIEVE_DTYPES)})",
                 metadata={"path": task.input.path},
             )
-    side_by_side = session.executor.threads_per_process
     profile = request.target.profile or default_profile
+    for task in tasks:
+        profile.check_dtype(task.info.dtype, output=task.output_path)
+    check_sieve_limits(tasks, profile, session)
+    side_by_side = session.executor.threads_per_process
     plans = tuple(
         plan_band_tiles(
-            t.info, sieve_memory(t.info.dtype), session, profile, tiles_per_worker=side_by_side
+            [t.info], sieve_memory(t.info.dtype), session, profile, tiles_per_worker=side_by_side
         )
         for t in tasks
     )
     return BandJob[SieveRequest](request, tuple(tasks), profile, plans)
+
+
+def check_sieve_limits(tasks: Sequence[BandTask], profile: OutputProfile, session: Session) -> None:
+    """The server's limits (`check_job_limits`), with the settled tiles the sieve keeps
+    in the session's temporary directory: as many bytes as the largest band, since
+    bands are sieved in turn. The waiting pixels kept beside them are not counted:
+    they are the few small regions on seams, and a disk that fills anyway fails the
+    job with RESOURCE_EXHAUSTED and loses nothing (see `_keep`)."""
+    check_job_limits(
+        planned_outputs(tasks),
+        profile,
+        session,
+        temporary_bytes=max(uncompressed_bytes(t.info.shape, t.info.dtype) for t in tasks),
+    )
 
 
 def _in_threads(fn, items: list, common: tuple) -> list:
@@ -324,6 +343,7 @@ def run_sieve(
         request.size,
         request.connectivity,
     )
+    check_sieve_limits(job.tasks, job.profile, session)  # the disk may have filled meanwhile
     counter = TileCounter(operation, sum(2 * plan.tile_count for plan in job.plans))
     return [
         _sieve_band(job, task, plan, session, operation, counter)

@@ -117,6 +117,7 @@ def plan_tiles(
     budget_bytes: int,
     workers: int,
     fixed_bytes: int = 0,
+    held_bytes: int = 0,
 ) -> TilePlan:
     """Choose the largest block-aligned tile whose job stays within `budget_bytes`:
     aligned to the output's square blocks of `output_block` pixels, and to the
@@ -130,15 +131,36 @@ def plan_tiles(
     per pixel. Tiles are no larger than needed to give every worker several
     tiles, so progress stays fine and the load balanced.
 
+    `fixed_bytes` is what the memory model says the job holds whatever its
+    tiles: whether the job fits at all, and the minimum budget named when it
+    does not, depend on it and on the request alone, so the same request gets
+    the same answer whatever ran before. `held_bytes`, what is measured held
+    now, sizes the tiles instead where it is larger and a tile still fits
+    beside it. A halo is counted only where it lies inside the raster.
+
     Raises ResourceExhaustedError naming the smallest budget that would work
     when even one block-aligned tile does not fit.
     """
+    if held_bytes > fixed_bytes:
+        try:
+            return plan_tiles(
+                shape,
+                block_shapes,
+                model,
+                output_block=output_block,
+                budget_bytes=budget_bytes,
+                workers=workers,
+                fixed_bytes=held_bytes,
+            )
+        except ResourceExhaustedError:
+            pass  # the model decides, below
     rows, cols = shape
     unit_h, unit_w = _alignment(block_shapes, output_block, shape)
     fewest_in_flight = workers + 1
 
     def peak(tile_h: int, tile_w: int, in_flight: int) -> int:
-        halo_h, halo_w = tile_h + 2 * model.halo, tile_w + 2 * model.halo
+        halo_h = min(tile_h + 2 * model.halo, rows)
+        halo_w = min(tile_w + 2 * model.halo, cols)
         per_worker = model.worker * halo_h * halo_w
         waiting = model.result * tile_h * tile_w * in_flight
         return int(fixed_bytes + workers * per_worker + waiting)
