@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -181,16 +182,48 @@ def _download(args: argparse.Namespace) -> int:
     return 0 if result.check else 1
 
 
+def _client_credentials(args: argparse.Namespace, command: str):
+    """TLS credentials from the connection flags, or None for a plaintext channel."""
+    import grpc
+
+    if not (args.tls_ca_file or args.tls_cert_file or args.tls_key_file):
+        return None
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        raise SystemExit(f"rsgrpc {command}: give --tls-cert-file and --tls-key-file together")
+    contents = {}
+    for flag in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(args, flag)
+        try:
+            contents[flag] = Path(path).read_bytes() if path else None
+        except OSError as error:
+            raise SystemExit(f"rsgrpc {command}: cannot read {path}: {error.strerror}") from None
+    return grpc.ssl_channel_credentials(
+        root_certificates=contents["tls_ca_file"],
+        private_key=contents["tls_key_file"],
+        certificate_chain=contents["tls_cert_file"],
+    )
+
+
 def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from rsgrpc.client import connect
 
-    channel = connect(args.target)
+    credentials = _client_credentials(args, "health")
+    options = (
+        [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    )
+    metadata = ()
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+        metadata = (("authorization", f"Bearer {token}"),)
+    channel = connect(args.target, credentials=credentials, options=options)
     try:
         response = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            health_pb2.HealthCheckRequest(service=args.service),
+            timeout=args.timeout,
+            metadata=metadata,
         )
     except grpc.RpcError as error:
         print(f"unhealthy: {error.code().name}: {error.details()}", file=sys.stderr)
@@ -200,6 +233,23 @@ def _health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--target and how to reach it: TLS files and a token, each defaulting to its
+    RSGRPC_CLIENT_* environment variable (so that a container's health check has them)."""
+    parser.add_argument("--target", default="127.0.0.1:50051")
+    for flag, text in (
+        ("tls-ca-file", "PEM certificates that signed the server's; turns TLS on"),
+        ("tls-cert-file", "PEM client certificate, for mutual TLS (with --tls-key-file)"),
+        ("tls-key-file", "PEM private key of the client certificate"),
+        ("tls-server-name", "the name the server's certificate holds, if not the target's host"),
+        ("token-file", "file holding the bearer token to send"),
+    ):
+        env = f"RSGRPC_CLIENT_{flag.replace('-', '_').upper()}"
+        parser.add_argument(
+            f"--{flag}", default=os.environ.get(env, ""), help=f"{text} (env {env})"
+        )
 
 
 def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
@@ -294,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(run=_download, processes=1)
 
     check = commands.add_parser("health", help="exit 0 if the server is SERVING")
-    check.add_argument("--target", default="127.0.0.1:50051")
+    _add_connection_arguments(check)
     check.add_argument("--service", default="", help="a service name; empty for the server")
     check.add_argument("--timeout", type=float, default=5.0)
     check.set_defaults(run=_health)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.server
+import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +23,8 @@ from rasterio.transform import from_origin
 from rsgrpc.server.app import RunningServer, run_server
 from rsgrpc.server.config import ServerConfig
 from rsgrpc.v1 import (
+    download_pb2,
+    download_pb2_grpc,
     operation_pb2,
     operation_pb2_grpc,
     raster_pb2_grpc,
@@ -161,3 +166,87 @@ def session_name(server) -> str:
 @pytest.fixture
 def raster_stub(server) -> raster_pb2_grpc.RasterServiceStub:
     return raster_pb2_grpc.RasterServiceStub(server[1])
+
+
+class _HeldHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with a small JSON body once `release` is set."""
+
+    release: threading.Event
+
+    def do_GET(self) -> None:
+        # Bounded, so that a test that fails before releasing does not leave it waiting.
+        self.release.wait(120)
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def held_http_server() -> Iterator[tuple[str, threading.Event]]:
+    """A local HTTP server whose answers wait until the yielded event is set: a download
+    from it is an operation that stays running, without using the CPU."""
+    release = threading.Event()
+    handler = type("Handler", (_HeldHandler,), {"release": release})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", release
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def held_deployment(tmp_path: Path, base_url: str) -> str:
+    """A deployments file naming `held`, a deployment at `base_url`; its path."""
+    path = tmp_path / "held-deployments.json"
+    path.write_text(
+        json.dumps(
+            {
+                "cache_dir": str(tmp_path / "held-cache"),
+                "deployments": {"held": {"base_url": base_url, "read_timeout_seconds": 300}},
+            }
+        )
+    )
+    return str(path)
+
+
+def create_session(channel: grpc.Channel, *, metadata=(), process_count: int = 1) -> str:
+    """A new session's name."""
+    return (
+        session_pb2_grpc.SessionServiceStub(channel)
+        .CreateSession(
+            session_pb2.CreateSessionRequest(
+                session=session_pb2.Session(process_count=process_count, available_ram_mib=256)
+            ),
+            metadata=metadata,
+            timeout=60,
+        )
+        .name
+    )
+
+
+def start_held_download(
+    channel: grpc.Channel, session: str, output_path: str = "held.json", *, metadata=()
+) -> lro.Operation:
+    """An operation of `session` that runs until its held HTTP server is released."""
+    return download_pb2_grpc.DownloadServiceStub(channel).Download(
+        download_pb2.DownloadRequest(
+            session=session,
+            deployment="held",
+            items=[download_pb2.DownloadItem(uri="hold", output_path=output_path)],
+            redownload=True,
+            overwrite=True,
+        ),
+        metadata=metadata,
+        timeout=60,
+    )

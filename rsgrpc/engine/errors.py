@@ -7,6 +7,8 @@ either. The server maps each class to a gRPC status code in one table
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Mapping
 
 
@@ -79,3 +81,12 @@ class UnavailableError(RsgrpcError):
     """Raised when the server is shutting down."""
 
     reason = "SHUTTING_DOWN"
+
+
+def internal_error(logger: logging.Logger, what: str) -> RsgrpcError:
+    """Log the exception being handled (a bug) under a new request id; return the error
+    that clients see (INTERNAL), which names only the id: the exception's own text can
+    name the server's files."""
+    request_id = uuid.uuid4().hex[:12]
+    logger.exception("%s failed: request id %s", what, request_id)
+    return RsgrpcError(f"internal error, request id {request_id}; see the server log")

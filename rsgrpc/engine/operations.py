@@ -1,4 +1,10 @@
-"""Long-running operations: their progress, outcome, cancellation and watchers."""
+"""Long-running operations: their progress, outcome, cancellation and watchers.
+
+Jobs change an operation from their own threads. Who waits for a change
+registers a listener (`add_listener`), called from the changing thread after
+each change: the server's event loop hands the news to itself with
+`loop.call_soon_threadsafe`, so that a waiting client costs no thread.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,18 +50,20 @@ class Progress:
 class Operation:
     """One job. Its state changes only through its methods, under its lock.
 
-    `version` grows at each change, so a watcher can wait for the next one.
+    `version` grows at each change.
     """
 
-    def __init__(self, session: str, method: str) -> None:
+    def __init__(self, session: str, method: str, *, owner: str) -> None:
         self.name = f"operations/{uuid.uuid4().hex}"
         self.session = session
         self.method = method
+        self.owner = owner  # the identity that owns its session
         self.create_time = time.time()
         self.start_monotonic = time.monotonic()
         self.end_time: float | None = None
         self.cancel_event = threading.Event()
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
         self.version = 0
         self.progress = Progress()
         self.result: Any = None
@@ -68,16 +77,37 @@ class Operation:
     def elapsed(self) -> float:
         return time.monotonic() - self.start_monotonic
 
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every change from now on, in the thread that made it.
+
+        It must be quick and must not raise: a loop's `call_soon_threadsafe`.
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            self._listeners.remove(listener)
+
+    def _changed_now(self) -> list[Callable[[], None]]:
+        """Count a change; return the listeners to call.
+
+        Called under the lock; the listeners are called after it is released, so
+        that a listener never runs under this operation's lock.
+        """
+        self.version += 1
+        return list(self._listeners)
+
     def update(self, **changes: Any) -> None:
-        with self._changed:
+        with self._lock:
             if self.done:
                 return
             self.progress = replace(self.progress, **changes)
-            self.version += 1
-            self._changed.notify_all()
+            listeners = self._changed_now()
+        _call(listeners)
 
     def finish(self, *, result: Any = None, error: RsgrpcError | None = None) -> None:
-        with self._changed:
+        with self._lock:
             if self.done:
                 return
             if error is None and self.cancel_event.is_set():
@@ -85,26 +115,21 @@ class Operation:
             self.result, self.error = (None, error) if error else (result, None)
             self.end_time = time.time()
             self.progress = replace(self.progress, stage=Stage.DONE)
-            self.version += 1
-            self._changed.notify_all()
+            listeners = self._changed_now()
+        _call(listeners)
 
     def cancel(self) -> None:
-        with self._changed:
+        with self._lock:
             if self.done:
                 return
             self.cancel_event.set()
-            self.version += 1
-            self._changed.notify_all()
+            listeners = self._changed_now()
+        _call(listeners)
 
-    def wait_change(self, seen_version: int, timeout: float | None) -> int:
-        """Wait until the version passes `seen_version` (or timeout); return the version."""
-        with self._changed:
-            self._changed.wait_for(lambda: self.version > seen_version, timeout)
-            return self.version
 
-    def wait_done(self, timeout: float | None) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: self.done, timeout)
+def _call(listeners: list[Callable[[], None]]) -> None:
+    for listener in listeners:
+        listener()
 
 
 class OperationStore:
@@ -125,7 +150,7 @@ class OperationStore:
         """Refuse new operations from now on (the server is shutting down)."""
         self.closed = True
 
-    def add(self, session: str, method: str) -> Operation:
+    def add(self, session: str, method: str, *, owner: str) -> Operation:
         with self._lock:
             if self.closed:
                 raise UnavailableError("the server is shutting down")
@@ -134,27 +159,31 @@ class OperationStore:
                 raise ResourceExhaustedError(
                     f"the server runs {running} operations, its limit; try again later"
                 )
-            operation = Operation(session, method)
+            operation = Operation(session, method, owner=owner)
             self._operations[operation.name] = operation
             finished = [name for name, op in self._operations.items() if op.done]
             for name in finished[: max(0, len(self._operations) - self.max_kept)]:
                 del self._operations[name]
             return operation
 
-    def get(self, name: str) -> Operation:
+    def get(self, name: str, *, owner: str | None = None) -> Operation:
+        """The operation called `name`; with `owner`, one of another owner is NOT_FOUND too."""
         with self._lock:
             operation = self._operations.get(name)
-        if operation is None:
+        if operation is None or owner not in (None, operation.owner):
             raise NotFoundError(f"operation {name!r} does not exist", metadata={"name": name})
         return operation
 
-    def list(self, *, session: str | None = None) -> list[Operation]:
+    def list(self, *, session: str | None = None, owner: str | None = None) -> list[Operation]:
+        """The operations in creation order, of `session` and of `owner` where given."""
         with self._lock:
             operations = list(self._operations.values())
-        return [op for op in operations if session is None or op.session == session]
+        return [
+            op for op in operations if session in (None, op.session) and owner in (None, op.owner)
+        ]
 
-    def delete(self, name: str) -> None:
-        operation = self.get(name)
+    def delete(self, name: str, *, owner: str | None = None) -> None:
+        operation = self.get(name, owner=owner)
         if not operation.done:
             raise FailedPreconditionError(
                 f"operation {name!r} is still running; cancel it first", metadata={"name": name}

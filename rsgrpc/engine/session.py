@@ -30,6 +30,7 @@ from rsgrpc.engine.errors import (
     NotFoundError,
     ResourceExhaustedError,
     RsgrpcError,
+    internal_error,
 )
 from rsgrpc.engine.executors import DaskExecutor, Executor, LocalProcessExecutor
 from rsgrpc.engine.instance import InstanceFolder
@@ -106,9 +107,11 @@ class Session:
         temp_root: Path,
         make_executor: Callable[[SessionSettings], Executor],
         limits: ServerLimits,
+        owner: str,
     ) -> None:
         self.id = session_id
         self.name = f"sessions/{session_id}"
+        self.owner = owner  # the identity that created it; others see it only as an admin
         self.settings = settings
         self.limits = limits
         self.create_time = self.update_time = time.time()
@@ -198,13 +201,9 @@ class Session:
                 operation.finish(error=exc)
                 self.logger.warning("%s %s failed: %s", operation.method, operation.name, exc)
             except Exception:
-                # The text of an unexpected error can name the server's own files:
-                # it goes to the server's log only.
-                _LOGGER.exception("job %s failed", operation.name)
-                self.logger.warning(
-                    "%s %s failed: internal error", operation.method, operation.name
-                )
-                operation.finish(error=RsgrpcError("internal error; see the server log"))
+                error = internal_error(_LOGGER, f"job {operation.name}")
+                self.logger.warning("%s %s failed: %s", operation.method, operation.name, error)
+                operation.finish(error=error)
             finally:
                 with self._lock:
                     self._active_jobs -= 1
@@ -323,7 +322,7 @@ class SessionRegistry:
                 f"the server's sessions would use {ram} MiB; its total is {self.limits.ram_mib} MiB"
             )
 
-    def create(self, settings: SessionSettings, session_id: str = "") -> Session:
+    def create(self, settings: SessionSettings, session_id: str = "", *, owner: str) -> Session:
         settings = self.validate(settings)
         if session_id and not _ID.match(session_id):
             raise InvalidArgumentError(
@@ -342,6 +341,7 @@ class SessionRegistry:
                 temp_root=self.instance_folder.path,
                 make_executor=self._make_executor,
                 limits=self.limits,
+                owner=owner,
             )
         except Exception:
             with self._lock:
@@ -352,17 +352,21 @@ class SessionRegistry:
         _LOGGER.info("created %s", session.name)
         return session
 
-    def get(self, name: str) -> Session:
+    def get(self, name: str, *, owner: str | None = None) -> Session:
+        """The session called `name`; with `owner`, a session of another owner is
+        NOT_FOUND too, so that others cannot learn that it exists."""
         session_id = name.removeprefix("sessions/")
         with self._lock:
             session = self._sessions.get(session_id) if name.startswith("sessions/") else None
-        if session is None:
+        if session is None or owner not in (None, session.owner):
             raise NotFoundError(f"session {name!r} does not exist", metadata={"name": name})
         return session
 
-    def list(self) -> list[Session]:
+    def list(self, *, owner: str | None = None) -> list[Session]:
+        """The sessions in creation order: all of them, or those of `owner`."""
         with self._lock:
-            return sorted(self._sessions.values(), key=lambda s: s.create_time)
+            sessions = [s for s in self._sessions.values() if owner in (None, s.owner)]
+        return sorted(sessions, key=lambda s: s.create_time)
 
     def update(self, name: str, changes: Mapping[str, Any]) -> Session:
         session = self.get(name)

@@ -1,15 +1,23 @@
-"""The server: wiring of services, health and reflection, start-up and graceful shutdown."""
+"""The server: wiring of services, health and reflection, start-up and graceful shutdown.
+
+It is served with `grpc.aio` on an event loop in a thread of its own: a call that waits
+(WaitOperation, WatchOperation) holds no thread, and health answers under any load.
+Engine calls that block (reading headers, starting or stopping workers) run in a
+bounded pool of threads, the loop's default executor.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from google.longrunning import operations_proto_pb2 as lro
@@ -17,16 +25,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rsgrpc.engine.errors import UnavailableError
+from rsgrpc.engine.leftovers import remove_leftovers_in_background
 from rsgrpc.engine.operations import OperationStore
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.session import ServerLimits, Session, SessionRegistry
-from rsgrpc.server.auth import BearerTokenInterceptor
-from rsgrpc.server.config import MIB, ServerConfig, read_secret
+from rsgrpc.server.auth import Authenticator, IdentityInterceptor, read_tokens
+from rsgrpc.server.config import MIB, ServerConfig
 from rsgrpc.server.deployments import load_download_settings
 from rsgrpc.server.download_servicer import DownloadServicer
-from rsgrpc.server.operation_servicer import add_operation_services
+from rsgrpc.server.operation_servicer import Waiters, add_operation_services, wakened_by
 from rsgrpc.server.raster_servicer import RasterServicer
 from rsgrpc.server.session_servicer import SessionServicer
+from rsgrpc.server.status import refusing_handler
 from rsgrpc.v1 import (
     download_pb2,
     download_pb2_grpc,
@@ -38,6 +48,7 @@ from rsgrpc.v1 import (
 )
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SERVICE_NAMES = (
     session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
@@ -46,6 +57,14 @@ SERVICE_NAMES = (
     lro.DESCRIPTOR.services_by_name["Operations"].full_name,
     download_pb2.DESCRIPTOR.services_by_name["DownloadService"].full_name,
 )
+_HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
+_MAX_PENDING_CALLS = 16_384
+# Bounds of the steps of a shutdown past the grace period, so that it always ends.
+_CLOSE_SESSIONS_TIMEOUT_S = 5.0
+_STOP_SERVER_GRACE_S = 1.0
+_START_TIMEOUT_S = 60.0
+# `serve` ends the process this long after the grace period, whatever still runs.
+EXIT_MARGIN_S = 10.0
 
 
 def _channel_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -53,6 +72,12 @@ def _channel_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
+        # A second server on the same port would take half the connections.
+        ("grpc.so_reuseport", int(config.reuse_port)),
+        # Calls wait here until the event loop takes them; gRPC's default of 1,000 cancels
+        # part of a burst of a few thousand WatchOperation calls.
+        ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * _MAX_PENDING_CALLS),
         # Let clients keep a long WatchOperation or WaitOperation alive with
         # pings, without the server answering GOAWAY "too_many_pings".
         ("grpc.keepalive_time_ms", 60_000),
@@ -76,16 +101,81 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair])
 
 
+def _authenticator(config: ServerConfig) -> Authenticator | None:
+    """Who may call, or None when every caller is anonymous."""
+    tokens = read_tokens(config.auth_token_file) if config.auth_token_file else {}
+    if not tokens and not config.tls_client_ca_file:
+        return None
+    admins = [name.strip() for name in config.admin_identities.split(",") if name.strip()]
+    return Authenticator(tokens=tokens, certificates=bool(config.tls_client_ca_file), admins=admins)
+
+
+class _Door(grpc.aio.ServerInterceptor):
+    """Once the server is stopping, every call but a health check gets UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if (
+            self.stopping
+            and handler is not None
+            and not handler_call_details.method.startswith(_HEALTH_PREFIX)
+        ):
+            return refusing_handler(
+                handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down"
+            )
+        return handler
+
+
 @dataclass
 class RunningServer:
     """A started server: its port and the parts tests and the CLI need."""
 
     port: int
-    server: grpc.Server
+    server: grpc.aio.Server
     registry: SessionRegistry
     operations: OperationStore
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
     data_root: DataRoot
+
+
+class _EventLoopThread:
+    """An asyncio event loop running in a daemon thread; other threads hand it coroutines.
+
+    Its default executor, which `asyncio.to_thread` uses, is the bounded pool of
+    threads for blocking calls.
+    """
+
+    def __init__(self, blocking_threads: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(
+            futures.ThreadPoolExecutor(blocking_threads, thread_name_prefix="rpc-blocking")
+        )
+        self._thread = threading.Thread(target=self.loop.run_forever, name="rpc-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `coroutine` on the loop; wait at most `timeout` seconds for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the loop; a blocking call still running is left to its (daemon-less) fate,
+        without being waited for."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            _LOGGER.error("the event loop did not stop within %.0f s", timeout)
+            return
+        executor = self.loop._default_executor  # noqa: SLF001 - set in __init__
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        self.loop.close()
 
 
 class _Sweeper(threading.Thread):
@@ -110,16 +200,28 @@ def _cancel_operations_of(operations: OperationStore, session: Session) -> None:
         operation.cancel()
 
 
+@dataclass
+class _Served:
+    """What the loop serves, and what stopping it needs."""
+
+    running: RunningServer
+    door: _Door
+    waiters: Waiters
+
+
 @contextlib.contextmanager
 def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     """Start a server; yield it with its bound port; shut it down gracefully on exit.
 
-    Shutting down: health turns NOT_SERVING, new operations are refused,
-    running ones get `grace_period_s` to finish and are then cancelled, and
-    every session is closed (its workers stopped, its files removed).
+    Shutting down: health turns NOT_SERVING and every new call but a health check gets
+    UNAVAILABLE; running operations get `grace_period_s` to finish and are then
+    cancelled; calls still waiting on them get UNAVAILABLE; every session is closed
+    (its workers stopped, its files removed). Each step is bounded in time.
     """
     data_root = DataRoot.at(config.data_root)
     download_settings = load_download_settings(config.deployments)
+    authenticator = _authenticator(config)
+    credentials = _credentials(config)
     operations = OperationStore(max_running=config.max_operations)
     registry = SessionRegistry(
         ServerLimits(
@@ -135,74 +237,160 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         dask_scheduler=config.dask_scheduler or None,
         on_close=lambda session: _cancel_operations_of(operations, session),
     )
-    interceptors = []
-    if config.auth_token_file:
-        interceptors.append(BearerTokenInterceptor(read_secret(config.auth_token_file)))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
-        interceptors=interceptors,
-        options=_channel_options(config),
-        maximum_concurrent_rpcs=config.rpc_threads * 4,
-    )
-    session_pb2_grpc.add_SessionServiceServicer_to_server(
-        SessionServicer(registry, config, data_root), server
-    )
-    raster_pb2_grpc.add_RasterServiceServicer_to_server(
-        RasterServicer(registry, operations, data_root), server
-    )
     download_servicer = DownloadServicer(registry, operations, data_root, download_settings)
-    download_pb2_grpc.add_DownloadServiceServicer_to_server(download_servicer, server)
-    add_operation_services(operations, server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    credentials = _credentials(config)
-    if credentials is None:
-        port = server.add_insecure_port(config.address)
-    else:
-        port = server.add_secure_port(config.address, credentials)
-    if port == 0:
-        raise OSError(f"cannot bind {config.address}")
-    sweeper = _Sweeper(registry, config.session_sweep_interval_s)
-    server.start()
-    sweeper.start()
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _LOGGER.info("serving on port %d, data root %s", port, data_root.root)
-    running = RunningServer(port, server, registry, operations, health_servicer, data_root)
+
+    async def start() -> _Served:
+        door = _Door()
+        interceptors: list[grpc.aio.ServerInterceptor] = [door]
+        if authenticator is not None:
+            interceptors.append(IdentityInterceptor(authenticator))
+        server = grpc.aio.server(interceptors=interceptors, options=_channel_options(config))
+        session_pb2_grpc.add_SessionServiceServicer_to_server(
+            SessionServicer(registry, config, data_root), server
+        )
+        raster_pb2_grpc.add_RasterServiceServicer_to_server(
+            RasterServicer(registry, operations, data_root), server
+        )
+        download_pb2_grpc.add_DownloadServiceServicer_to_server(download_servicer, server)
+        waiters = Waiters(config.max_waiters_per_session)
+        add_operation_services(operations, waiters, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        port = _bind(server, config.address, credentials)
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        running = RunningServer(port, server, registry, operations, health_servicer, data_root)
+        return _Served(running, door, waiters)
+
+    loop_thread = _EventLoopThread(config.blocking_threads)
     try:
-        yield running
-    finally:
-        _shutdown(running, config.grace_period_s)
-        sweeper.stopped.set()
+        served = loop_thread.run(start(), _START_TIMEOUT_S)
+    except BaseException:
+        loop_thread.stop(_STOP_SERVER_GRACE_S)
         download_servicer.close()
+        raise
+    sweeper = _Sweeper(registry, config.session_sweep_interval_s)
+    sweeper.start()
+    remove_leftovers_in_background(data_root.root, registry.temp_root)
+    _LOGGER.info("serving on port %d, data root %s", served.running.port, data_root.root)
+    try:
+        yield served.running
+    finally:
+        sweeper.stopped.set()
+        try:
+            loop_thread.run(_shut_down(served, config.grace_period_s), _shutdown_bound(config))
+        except futures.TimeoutError:
+            _LOGGER.error("shutting down took longer than %.0f s", _shutdown_bound(config))
+        loop_thread.stop(_STOP_SERVER_GRACE_S)
+        download_servicer.close()
+        _LOGGER.info("server stopped")
 
 
-def _shutdown(running: RunningServer, grace: float) -> None:
-    running.health.enter_graceful_shutdown()
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        port, cause = 0, exc
+    else:
+        cause = None
+    if port == 0:
+        raise OSError(
+            f"cannot listen on {address}: is another server using the port? "
+            "(--reuse-port lets several servers share it)"
+        ) from cause
+    return port
+
+
+def _shutdown_bound(config: ServerConfig) -> float:
+    return config.grace_period_s + _CLOSE_SESSIONS_TIMEOUT_S + _STOP_SERVER_GRACE_S + 1.0
+
+
+async def _shut_down(served: _Served, grace: float) -> None:
+    running = served.running
+    served.door.stopping = True
+    await running.health.enter_graceful_shutdown()
     running.operations.close()
-    deadline = time.monotonic() + grace
-    for operation in running.operations.list():
-        operation.wait_done(max(0.0, deadline - time.monotonic()))
+    await _wait_done(running.operations, grace)
+    # Waiting calls end UNAVAILABLE before their operations are cancelled, not CANCELLED.
+    served.waiters.close()
     for operation in running.operations.list():
         if not operation.done:
             _LOGGER.warning("cancelling %s at shutdown", operation.name)
             operation.cancel()
-    running.registry.close_all()
+    await _in_own_thread(running.registry.close_all, "closing sessions", _CLOSE_SESSIONS_TIMEOUT_S)
     for operation in running.operations.list():
         operation.finish(error=UnavailableError("the server shut down"))
-    running.server.stop(grace=min(grace, 5.0)).wait()
-    _LOGGER.info("server stopped")
+    await running.server.stop(grace=_STOP_SERVER_GRACE_S)
+
+
+async def _wait_done(operations: OperationStore, timeout: float) -> None:
+    """Wait until every operation is done, at most `timeout` seconds."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            for operation in operations.list():
+                with wakened_by(operation) as changed:
+                    while not operation.done:
+                        await changed.wait()
+                        changed.clear()
+
+
+async def _in_own_thread(call: Callable[[], None], what: str, timeout: float) -> None:
+    """Run `call` in a daemon thread of its own (the blocking pool may be full); wait for
+    it at most `timeout` seconds, and leave it running past that."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def run() -> None:
+        try:
+            call()
+        except Exception:
+            _LOGGER.exception("%s failed", what)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(finished.set_result, None)
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    try:
+        await asyncio.wait_for(finished, timeout)
+    except TimeoutError:
+        _LOGGER.error("%s did not finish within %.0f s; going on", what, timeout)
 
 
 def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    The process ends at most EXIT_MARGIN_S after the grace period whatever still runs:
+    a last-resort watchdog exits it (status 1), with a log line, if a thread hangs.
+    """
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with run_server(config) as running:
-        print(f"rsgrpc serving on port {running.port}", flush=True)
-        stop.wait()
-        _LOGGER.info("signal received; shutting down within %.0f s", config.grace_period_s)
+    try:
+        with run_server(config) as running:
+            print(f"rsgrpc serving on port {running.port}", flush=True)
+            stop.wait()
+            _LOGGER.info("signal received; shutting down within %.0f s", config.grace_period_s)
+            _start_watchdog(config.grace_period_s + EXIT_MARGIN_S)
+    except (OSError, ValueError) as exc:  # a port taken, a missing or malformed file
+        raise SystemExit(f"rsgrpc serve: {exc}") from None
+
+
+def _start_watchdog(deadline_s: float) -> None:
+    def expire() -> None:
+        _LOGGER.critical(
+            "the process is still running %.0f s after shutdown began; exiting now", deadline_s
+        )
+        logging.shutdown()
+        os._exit(1)
+
+    watchdog = threading.Timer(deadline_s, expire)
+    watchdog.name = "shutdown-watchdog"
+    watchdog.daemon = True
+    watchdog.start()

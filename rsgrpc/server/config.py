@@ -37,7 +37,7 @@ class ServerConfig:
     default_ram_mib: int = 1024
     grace_period_s: float = 30.0
     max_message_mib: int = 16
-    rpc_threads: int = 32
+    blocking_threads: int = 32  # threads for RPCs' blocking work: file headers, worker start/stop
     max_raster_pixels: int = 2_500_000_000  # largest raster a job reads or writes (width x height)
     max_output_mib: int = 65536  # largest output (uncompressed estimate) one job may write
     min_free_disk_mib: int = 256  # disk left free beside a job's outputs and temporary files

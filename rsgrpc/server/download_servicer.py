@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Final
 
@@ -16,10 +17,11 @@ from rsgrpc.engine import errors
 from rsgrpc.engine.operations import Operation, OperationStore
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.session import Session, SessionRegistry
+from rsgrpc.server.auth import Caller, current_caller
 from rsgrpc.server.deployments import DownloadSettings
 from rsgrpc.server.download_job import DownloadOutcome, run_download_batch
 from rsgrpc.server.download_plan import plan_download
-from rsgrpc.server.operation_servicer import operation_to_proto
+from rsgrpc.server.operation_servicer import start_operation
 from rsgrpc.server.status import download_error_status, reports_errors, to_status_proto
 from rsgrpc.v1 import download_pb2, download_pb2_grpc
 
@@ -97,8 +99,12 @@ class DownloadServicer(download_pb2_grpc.DownloadServiceServicer):
             return client
 
     @reports_errors
-    def Download(self, request, context):
-        session = self._registry.get(request.session)
+    async def Download(self, request, context):
+        # Checking the batch resolves its outputs on disk: in a blocking thread.
+        return await asyncio.to_thread(self._download, request, current_caller())
+
+    def _download(self, request, caller: Caller):
+        session = self._registry.get(request.session, owner=caller.owner)
         deployment = self._deployment(request.deployment)
         planned = plan_download(request, deployment, self._data_root, self._settings.cache_dir)
         client = self._client(deployment, request.redownload)
@@ -110,10 +116,4 @@ class DownloadServicer(download_pb2_grpc.DownloadServiceServicer):
             )
             return download_pb2.DownloadResponse(results=[outcome_to_proto(o) for o in outcomes])
 
-        operation = self._store.add(session.name, "Download")
-        try:
-            session.submit(operation, run)
-        except errors.RsgrpcError as exc:
-            operation.finish(error=exc)
-            raise
-        return operation_to_proto(operation)
+        return start_operation(self._store, session, "Download", run)

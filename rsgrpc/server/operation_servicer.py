@@ -1,25 +1,39 @@
-"""google.longrunning.Operations and WatchOperation over the server's operation store."""
+"""google.longrunning.Operations and WatchOperation over the server's operation store.
+
+WaitOperation and WatchOperation wait on the event loop, woken by the operation's
+listeners, so a waiting client holds no thread; at most `max_waiters_per_session`
+of them wait on one session's operations at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import empty_pb2, message, timestamp_pb2
 
-from rsgrpc.engine.errors import InvalidArgumentError, RsgrpcError
+from rsgrpc.engine.errors import (
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    RsgrpcError,
+    UnavailableError,
+)
 from rsgrpc.engine.operations import Operation, OperationStore
-from rsgrpc.server.status import abort, reports_errors, to_status_proto
+from rsgrpc.engine.session import Session
+from rsgrpc.server.auth import current_caller
+from rsgrpc.server.status import reports_errors, to_status_proto
 from rsgrpc.v1 import operation_pb2, operation_pb2_grpc
 
 _FILTER = re.compile(r'^\s*session\s*=\s*"(sessions/[^"]+)"\s*$')
 _MAX_PAGE = 1000
 # A WaitOperation with no timeout waits at most this long (AIP-151 lets the server choose).
 _MAX_WAIT_SECONDS = 300.0
-# A watch wakes at least this often to notice a client that went away.
-_WATCH_POLL_SECONDS = 1.0
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -55,18 +69,105 @@ def operation_to_proto(operation: Operation) -> lro.Operation:
     return proto
 
 
+def start_operation(
+    store: OperationStore,
+    session: Session,
+    method: str,
+    job: Callable[[Session, Operation], Any],
+):
+    """Queue `job` on `session` as a new operation of the session's owner; return it as sent."""
+    operation = store.add(session.name, method, owner=session.owner)
+    try:
+        session.submit(operation, job)
+    except RsgrpcError as exc:
+        operation.finish(error=exc)
+        raise
+    return operation_to_proto(operation)
+
+
+@contextlib.contextmanager
+def wakened_by(operation: Operation) -> Iterator[asyncio.Event]:
+    """An event of the running loop, set at each change of `operation` while in the block."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def listener() -> None:
+        # Called from the thread that changed the operation.
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(changed.set)
+
+    operation.add_listener(listener)
+    try:
+        yield changed
+    finally:
+        operation.remove_listener(listener)
+
+
+class Waiters:
+    """The calls waiting on operations (WaitOperation, WatchOperation), at most `limit` on one
+    session's operations at once; `close` ends them all with UNAVAILABLE.
+
+    Used on the event loop only, so it needs no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_session: dict[str, set[asyncio.Event]] = {}
+        self.closed = False
+
+    def count(self, session: str) -> int:
+        return len(self._by_session.get(session, ()))
+
+    @contextlib.contextmanager
+    def waiting(self, operation: Operation) -> Iterator[asyncio.Event]:
+        """Count a waiting call in the block; the event is set when the operation changes
+        and when the server closes (the waiter then calls `check_open`)."""
+        self.check_open()
+        waiting = self._by_session.setdefault(operation.session, set())
+        if len(waiting) >= self.limit:
+            raise ResourceExhaustedError(
+                f"{operation.session} has {len(waiting)} calls waiting on its operations "
+                f"(WaitOperation and WatchOperation), the server's limit of {self.limit} "
+                "per session; wait for one to end",
+                metadata={"session": operation.session, "limit": str(self.limit)},
+            )
+        with wakened_by(operation) as changed:
+            waiting.add(changed)
+            try:
+                yield changed
+            finally:
+                waiting.discard(changed)
+                if not waiting:
+                    del self._by_session[operation.session]
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise UnavailableError("the server is shutting down")
+
+    def close(self) -> None:
+        """Wake every waiting call, which then ends with UNAVAILABLE; refuse new ones."""
+        self.closed = True
+        for waiting in self._by_session.values():
+            for changed in waiting:
+                changed.set()
+
+
 class OperationsServicer(lro_grpc.OperationsServicer):
-    """The standard methods, as AIP-151 describes them."""
+    """The standard methods, as AIP-151 describes them; each caller sees its own operations."""
 
-    def __init__(self, store: OperationStore) -> None:
+    def __init__(self, store: OperationStore, waiters: Waiters) -> None:
         self._store = store
+        self._waiters = waiters
+
+    def _get(self, name: str) -> Operation:
+        return self._store.get(name, owner=current_caller().owner)
 
     @reports_errors
-    def GetOperation(self, request, context):
-        return operation_to_proto(self._store.get(request.name))
+    async def GetOperation(self, request, context):
+        return operation_to_proto(self._get(request.name))
 
     @reports_errors
-    def ListOperations(self, request, context):
+    async def ListOperations(self, request, context):
         session = None
         if request.filter:
             match = _FILTER.match(request.filter)
@@ -82,7 +183,7 @@ class OperationsServicer(lro_grpc.OperationsServicer):
         except ValueError as exc:
             raise InvalidArgumentError("page_token is not valid") from exc
         size = min(request.page_size or _MAX_PAGE, _MAX_PAGE)
-        operations = self._store.list(session=session)
+        operations = self._store.list(session=session, owner=current_caller().owner)
         page = operations[start : start + size]
         token = str(start + size) if start + size < len(operations) else ""
         return lro.ListOperationsResponse(
@@ -90,53 +191,59 @@ class OperationsServicer(lro_grpc.OperationsServicer):
         )
 
     @reports_errors
-    def DeleteOperation(self, request, context):
-        self._store.delete(request.name)
+    async def DeleteOperation(self, request, context):
+        self._store.delete(request.name, owner=current_caller().owner)
         return empty_pb2.Empty()
 
     @reports_errors
-    def CancelOperation(self, request, context):
-        self._store.get(request.name).cancel()
+    async def CancelOperation(self, request, context):
+        self._get(request.name).cancel()
         return empty_pb2.Empty()
 
     @reports_errors
-    def WaitOperation(self, request, context):
-        operation = self._store.get(request.name)
+    async def WaitOperation(self, request, context):
+        operation = self._get(request.name)
         limit = _MAX_WAIT_SECONDS
         if request.HasField("timeout"):
             limit = min(request.timeout.ToNanoseconds() / 1e9, limit)
         remaining = context.time_remaining()
         if remaining is not None:
             limit = min(limit, max(remaining - 0.05, 0.0))
-        operation.wait_done(limit)
+        with self._waiters.waiting(operation) as changed, contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                while not operation.done:
+                    await changed.wait()
+                    changed.clear()
+                    self._waiters.check_open()
         return operation_to_proto(operation)
 
 
 class OperationWatchServicer(operation_pb2_grpc.OperationWatchServiceServicer):
     """Streams an operation at each change until it is done."""
 
-    def __init__(self, store: OperationStore) -> None:
+    def __init__(self, store: OperationStore, waiters: Waiters) -> None:
         self._store = store
+        self._waiters = waiters
 
-    def WatchOperation(self, request, context):
-        try:
-            operation = self._store.get(request.name)
-        except RsgrpcError as exc:
-            abort(context, exc)
-        seen = -1
-        while context.is_active():
-            version = operation.wait_change(seen, _WATCH_POLL_SECONDS)
-            if version == seen:
-                continue
-            seen = version
-            proto = operation_to_proto(operation)
-            yield proto
-            if proto.done:
-                return
+    @reports_errors
+    async def WatchOperation(self, request, context):
+        operation = self._store.get(request.name, owner=current_caller().owner)
+        with self._waiters.waiting(operation) as changed:
+            while True:
+                # Cleared before the snapshot: a change after it sets the event again.
+                changed.clear()
+                proto = operation_to_proto(operation)
+                yield proto
+                if proto.done:
+                    return
+                await changed.wait()
+                self._waiters.check_open()
 
 
-def add_operation_services(store: OperationStore, server: grpc.Server) -> None:
-    lro_grpc.add_OperationsServicer_to_server(OperationsServicer(store), server)
+def add_operation_services(
+    store: OperationStore, waiters: Waiters, server: grpc.aio.Server
+) -> None:
+    lro_grpc.add_OperationsServicer_to_server(OperationsServicer(store, waiters), server)
     operation_pb2_grpc.add_OperationWatchServiceServicer_to_server(
-        OperationWatchServicer(store), server
+        OperationWatchServicer(store, waiters), server
     )

@@ -1,10 +1,13 @@
-"""RasterService: validate a tool's request at the door, then run it as an operation."""
+"""RasterService: validate a tool's request at the door, then run it as an operation.
+
+Checking a request reads its inputs' headers: each RPC does it in the server's pool
+of blocking threads, never on its event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable
-from typing import Any
 
 from rsgrpc.engine.band_calc import (
     BandCalcRequest,
@@ -15,7 +18,7 @@ from rsgrpc.engine.band_calc import (
     run_band_calc,
 )
 from rsgrpc.engine.band_tool import BandInput, OutputTarget
-from rsgrpc.engine.errors import InvalidArgumentError, RsgrpcError
+from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.engine.morphology import (
     MorphologyOutput,
     MorphologyRequest,
@@ -28,7 +31,8 @@ from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile
 from rsgrpc.engine.session import Session, SessionRegistry
 from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
 from rsgrpc.engine.statistics import BandStatistics
-from rsgrpc.server.operation_servicer import operation_to_proto
+from rsgrpc.server.auth import Caller, current_caller
+from rsgrpc.server.operation_servicer import start_operation
 from rsgrpc.server.status import reports_errors
 from rsgrpc.v1 import raster_pb2, raster_pb2_grpc
 
@@ -143,18 +147,15 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
         self._store = store
         self._data_root = data_root
 
-    def _start(self, session: Session, method: str, job: Callable[[Session, Operation], Any]):
-        operation = self._store.add(session.name, method)
-        try:
-            session.submit(operation, job)
-        except RsgrpcError as exc:
-            operation.finish(error=exc)
-            raise
-        return operation_to_proto(operation)
+    def _session(self, name: str, caller: Caller) -> Session:
+        return self._registry.get(name, owner=caller.owner)
 
     @reports_errors
-    def BandCalc(self, request, context):
-        session = self._registry.get(request.session)
+    async def BandCalc(self, request, context):
+        return await asyncio.to_thread(self._band_calc, request, current_caller())
+
+    def _band_calc(self, request, caller: Caller):
+        session = self._session(request.session, caller)
         if request.output_data_type not in _DTYPES:
             raise InvalidArgumentError(f"unknown output_data_type {request.output_data_type}")
         calc = BandCalcRequest(
@@ -177,11 +178,14 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
                 output_path=result.output_path, statistics=statistics_to_proto(result.statistics)
             )
 
-        return self._start(session, "BandCalc", run)
+        return start_operation(self._store, session, "BandCalc", run)
 
     @reports_errors
-    def Sieve(self, request, context):
-        session = self._registry.get(request.session)
+    async def Sieve(self, request, context):
+        return await asyncio.to_thread(self._sieve, request, current_caller())
+
+    def _sieve(self, request, caller: Caller):
+        session = self._session(request.session, caller)
         if request.connectivity not in _CONNECTIVITIES:
             raise InvalidArgumentError(
                 f"unknown connectivity {request.connectivity}; use CONNECTIVITY_4 or CONNECTIVITY_8"
@@ -208,10 +212,10 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
                 ]
             )
 
-        return self._start(session, "Sieve", run)
+        return start_operation(self._store, session, "Sieve", run)
 
-    def _morphology(self, tool: str, method: str, request, response_type):
-        session = self._registry.get(request.session)
+    def _morphology(self, tool: str, method: str, request, response_type, caller: Caller):
+        session = self._session(request.session, caller)
         job = prepare_morphology(
             morphology_request(tool, request), self._data_root, session, DEFAULT_PROFILE
         )
@@ -220,12 +224,26 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             outputs = run_morphology(job, session, operation)
             return response_type(outputs=morphology_outputs_to_proto(outputs))
 
-        return self._start(session, method, run)
+        return start_operation(self._store, session, method, run)
 
     @reports_errors
-    def Dilate(self, request, context):
-        return self._morphology("dilation", "Dilate", request, raster_pb2.DilateResponse)
+    async def Dilate(self, request, context):
+        return await asyncio.to_thread(
+            self._morphology,
+            "dilation",
+            "Dilate",
+            request,
+            raster_pb2.DilateResponse,
+            current_caller(),
+        )
 
     @reports_errors
-    def Erode(self, request, context):
-        return self._morphology("erosion", "Erode", request, raster_pb2.ErodeResponse)
+    async def Erode(self, request, context):
+        return await asyncio.to_thread(
+            self._morphology,
+            "erosion",
+            "Erode",
+            request,
+            raster_pb2.ErodeResponse,
+            current_caller(),
+        )

@@ -1,7 +1,13 @@
-"""SessionService: create, read, list, update and close sessions; read their logs."""
+"""SessionService: create, read, list, update and close sessions; read their logs.
+
+Each caller sees and acts on its own sessions only (an admin on all). Creating,
+updating and closing a session start or stop processes: they run in the server's
+pool of blocking threads, never on its event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -9,6 +15,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.session import Session, SessionRegistry, SessionSettings
+from rsgrpc.server.auth import current_caller
 from rsgrpc.server.config import ServerConfig
 from rsgrpc.server.status import reports_errors
 from rsgrpc.v1 import session_pb2, session_pb2_grpc
@@ -87,7 +94,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self._data_root = data_root
 
     @reports_errors
-    def CreateSession(self, request, context):
+    async def CreateSession(self, request, context):
         given = request.session
         settings = SessionSettings(
             process_count=given.process_count or self._config.process_count_default,
@@ -101,16 +108,25 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 else self._config.session_idle_timeout_s
             ),
         )
-        return session_to_proto(self._registry.create(settings, request.session_id))
+        session = await asyncio.to_thread(
+            self._registry.create,
+            settings,
+            request.session_id,
+            owner=current_caller().identity,
+        )
+        return session_to_proto(session)
+
+    def _get(self, name: str) -> Session:
+        return self._registry.get(name, owner=current_caller().owner)
 
     @reports_errors
-    def GetSession(self, request, context):
-        return session_to_proto(self._registry.get(request.name))
+    async def GetSession(self, request, context):
+        return session_to_proto(self._get(request.name))
 
     @reports_errors
-    def ListSessions(self, request, context):
+    async def ListSessions(self, request, context):
         start, size = _page(request.page_size, request.page_token)
-        sessions = self._registry.list()
+        sessions = self._registry.list(owner=current_caller().owner)
         page = sessions[start : start + size]
         token = str(start + size) if start + size < len(sessions) else ""
         return session_pb2.ListSessionsResponse(
@@ -118,7 +134,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         )
 
     @reports_errors
-    def UpdateSession(self, request, context):
+    async def UpdateSession(self, request, context):
         given = request.session
         # AIP-134: without a mask, every field the client populated is updated.
         paths = list(request.update_mask.paths) or [
@@ -137,19 +153,24 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 changes["idle_timeout_s"] = given.idle_timeout.ToNanoseconds() / 1e9
             else:
                 changes[_UPDATABLE[path]] = getattr(given, path)
-        return session_to_proto(self._registry.update(given.name, changes))
+        session = self._get(given.name)
+        return session_to_proto(
+            await asyncio.to_thread(self._registry.update, session.name, changes)
+        )
 
     @reports_errors
-    def DeleteSession(self, request, context):
-        log_path = (
-            self._data_root.path(request.log_path, field="log_path") if request.log_path else None
-        )
-        self._registry.delete(request.name, log_path, overwrite_log=request.overwrite_log)
+    async def DeleteSession(self, request, context):
+        session = self._get(request.name)
+        await asyncio.to_thread(self._delete, session, request.log_path, request.overwrite_log)
         return empty_pb2.Empty()
 
+    def _delete(self, session: Session, log_path: str, overwrite_log: bool) -> None:
+        kept = self._data_root.path(log_path, field="log_path") if log_path else None
+        self._registry.delete(session.name, kept, overwrite_log=overwrite_log)
+
     @reports_errors
-    def ListLogEntries(self, request, context):
-        session = self._registry.get(request.parent)
+    async def ListLogEntries(self, request, context):
+        session = self._get(request.parent)
         start, size = _page(request.page_size, request.page_token)
         records = session.log_records(start, size)
         next_start = records[-1].sequence + 1 if records else start

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -93,28 +94,67 @@ def download_error_status(error: DownloadError) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=str(error), details=[detail])
 
 
-def abort(context: grpc.ServicerContext, error: errors.RsgrpcError) -> None:
+async def abort(context: grpc.aio.ServicerContext, error: errors.RsgrpcError) -> NoReturn:
     """End the RPC with the error's status code, message and ErrorInfo (raises)."""
-    context.abort_with_status(rpc_status.to_status(to_status_proto(error)))
+    await context.abort_with_status(rpc_status.to_status(to_status_proto(error)))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover - it raises
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def reports_errors(method: F) -> F:
-    """Turn engine errors raised by a servicer method into gRPC statuses.
+    """Turn engine errors raised by an async servicer method (or stream) into gRPC statuses.
 
-    Anything else is a bug: logged with its traceback, reported as INTERNAL.
+    Anything else is a bug: logged with its traceback under a request id, reported as
+    INTERNAL naming the id.
     """
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for response in method(self, request, context):
+                    yield response
+            except errors.RsgrpcError as exc:
+                await abort(context, exc)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                await abort(context, errors.internal_error(_LOGGER, method.__qualname__))
+
+        return stream  # type: ignore[return-value]
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except errors.RsgrpcError as exc:
-            abort(context, exc)
+            await abort(context, exc)
+        except grpc.aio.AbortError:
+            raise
         except Exception:
-            _LOGGER.exception("%s failed", method.__qualname__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            await abort(context, errors.internal_error(_LOGGER, method.__qualname__))
 
-    return wrapper  # type: ignore[return-value]
+    return unary  # type: ignore[return-value]
+
+
+def refusing_handler(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that ends every call with `code` and `message`."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - abort raises
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
