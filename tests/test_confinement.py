@@ -3,6 +3,7 @@ become: formats, sidecars, links swapped in while a job waits, and honest path e
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 from pathlib import Path
@@ -17,7 +18,9 @@ from google.rpc import code_pb2
 
 from rsgrpc.engine.executors import LocalProcessExecutor
 from rsgrpc.engine.gdal_env import GDAL_OPTIONS, gdal_options_in_force
-from rsgrpc.engine.instance import PARTIAL_SUFFIX
+from rsgrpc.engine.instance import INSTANCE_ID, PARTIAL_SUFFIX, partial_instance
+from rsgrpc.engine.partial_output import PartialOutput
+from rsgrpc.engine.paths import DataRoot
 from rsgrpc.v1 import raster_pb2, session_pb2, session_pb2_grpc
 from tests.conftest import watch_operation, watch_to_response, write_geotiff
 
@@ -444,3 +447,26 @@ def test_a_log_path_that_cannot_be_written_fails_and_leaves_the_session_open(
     assert list(tmp_path.iterdir()) == []
     stub.DeleteSession(session_pb2.DeleteSessionRequest(name=created.name))
     assert not Path(created.temporary_directory).exists()
+
+
+# The partial file of an output.
+
+
+def test_a_partial_output_is_locked_from_creation_until_it_is_published(tmp_path):
+    target = DataRoot.at(tmp_path).path("deep/out.tif", field="output")
+    with PartialOutput(target, overwrite=False) as partial:
+        [name] = os.listdir(tmp_path / "deep")
+        assert partial_instance(name) == INSTANCE_ID
+        with open(tmp_path / "deep" / name, "rb") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(partial.fd, b"done")
+        assert partial.publish() == 4
+    assert os.listdir(tmp_path / "deep") == ["out.tif"]
+    assert (tmp_path / "deep" / "out.tif").read_bytes() == b"done"
+
+
+def test_a_partial_output_left_unpublished_is_removed(tmp_path):
+    target = DataRoot.at(tmp_path).path("out.tif", field="output")
+    with pytest.raises(RuntimeError), PartialOutput(target, overwrite=False):
+        raise RuntimeError("the job failed")
+    assert os.listdir(tmp_path) == []
