@@ -319,6 +319,29 @@ def test_the_minimum_ram_named_depends_on_the_request_alone_and_is_enough(limite
         (running.data_root.root / "out" / path).unlink()
 
 
+def test_a_halo_wider_than_the_raster_costs_no_more_memory_than_the_raster(limited):
+    running, channel = limited
+    stub = raster_pb2_grpc.RasterServiceStub(channel)
+    name = _session(channel, ram_mib=64)
+    try:
+        narrow = _minimum(running, lambda: stub.Dilate(_morphology("Dilate", name, value_list=[3])))
+        widest = _minimum(
+            running,
+            lambda: stub.Dilate(
+                _morphology(
+                    "Dilate", name, size=512, filter=raster_pb2.MORPHOLOGY_FILTER_GREY_CLOSING
+                )
+            ),
+        )
+    finally:
+        session_pb2_grpc.SessionServiceStub(channel).DeleteSession(
+            session_pb2.DeleteSessionRequest(name=name)
+        )
+    # A closing of radius 512 reads 1024 pixels each side of a tile, all outside this
+    # 64 x 64 raster: each worker holds the raster, as for a radius of 1.
+    assert widest == narrow
+
+
 # --- parameters the output cannot take ------------------------------------------------
 
 _DEFLATE = raster_pb2.COMPRESSION_DEFLATE
