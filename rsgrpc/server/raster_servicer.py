@@ -65,7 +65,6 @@ _FILTERS = {
     raster_pb2.MORPHOLOGY_FILTER_GREY_CLOSING: "closing",
     raster_pb2.MORPHOLOGY_FILTER_GREY_OPENING: "opening",
 }
-_LEVELS = {"deflate": range(1, 10), "zstd": range(1, 23)}
 
 
 def output_profile(options: raster_pb2.OutputOptions) -> OutputProfile | None:
@@ -82,10 +81,7 @@ def output_profile(options: raster_pb2.OutputOptions) -> OutputProfile | None:
     codec = _CODECS.get(options.compression)
     if codec is None:
         raise InvalidArgumentError(f"unknown compression {options.compression}")
-    if options.level and options.level not in _LEVELS.get(codec, ()):
-        raise InvalidArgumentError(f"level {options.level} is not valid for {codec}")
-    if options.predictor not in (0, 1, 2, 3):
-        raise InvalidArgumentError(f"predictor must be 0 to 3, got {options.predictor}")
+    # OutputProfile refuses a level or predictor the codec does not take.
     return OutputProfile(codec, options.level, options.predictor, options.cloud_optimized)
 
 
