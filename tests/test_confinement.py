@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import stat
 from pathlib import Path
 
 import grpc
@@ -341,7 +342,7 @@ def test_inputs_that_are_not_regular_files_are_invalid_argument_without_waiting(
     raster_stub, session_name, root, tmp_path
 ):
     special = root / "special"
-    special.mkdir()
+    special.mkdir(exist_ok=True)
     os.mkfifo(special / "fifo.tif")  # opening it to read would wait for a writer
     unix = socket.socket(socket.AF_UNIX)
     try:
@@ -364,6 +365,45 @@ def test_inputs_that_are_not_regular_files_are_invalid_argument_without_waiting(
     finally:
         unix.close()
     assert not list(root.rglob(f"*{PARTIAL_SUFFIX}"))
+
+
+def test_an_input_that_is_a_device_is_invalid_argument(raster_stub, session_name, root):
+    device = root / "special" / "null.tif"
+    device.parent.mkdir(exist_ok=True)
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # what /dev/null is
+    except PermissionError:
+        pytest.skip("making a device file needs CAP_MKNOD")
+    _refused(
+        INVALID,
+        "'special/null.tif' is not a regular file",
+        root,
+        _band_calc,
+        raster_stub,
+        session_name,
+        inputs={"a": "special/null.tif"},
+    )
+
+
+def test_a_sieve_output_named_past_255_bytes_by_its_prefix_is_invalid_argument(
+    raster_stub, session_name, root
+):
+    stem = "s" * 240
+    write_geotiff(root / "classes" / f"{stem}.tif", np.ones((16, 16), np.uint8))
+    before = _files(root)
+    _refused(
+        INVALID,
+        "names are at most 255",
+        root,
+        raster_stub.Sieve,
+        raster_pb2.SieveRequest(
+            session=session_name,
+            inputs=[raster_pb2.RasterBand(path=f"classes/{stem}.tif")],
+            size=2,
+            output=raster_pb2.ToolOutput(path="sieved", prefix="p" * 20),
+        ),
+    )
+    assert _files(root) == before
 
 
 def test_an_input_under_a_file_is_invalid_argument(raster_stub, session_name, root):
