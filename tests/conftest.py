@@ -177,11 +177,14 @@ class _HeldHandler(http.server.BaseHTTPRequestHandler):
         # Bounded, so that a test that fails before releasing does not leave it waiting.
         self.release.wait(120)
         body = b'{"ok": true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (a server process that a test ended)
 
     def log_message(self, *args) -> None:
         return None
