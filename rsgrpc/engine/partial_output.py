@@ -50,13 +50,22 @@ class PartialOutput:
         return self
 
     def _create(self) -> tuple[int, str]:
-        name = partial_name(self.target.name)
-        try:
-            fd = os.open(name, _CREATE_FLAGS, 0o666, dir_fd=self._directory)
-        except OSError as error:
-            raise self.target.refusal(error, self._directory, name, self.target.path) from None
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd, name
+        # Made, then locked: a server sweeping the folder in between may take the file
+        # for a dead instance's and remove it, so the name is checked once locked.
+        while True:
+            name = partial_name(self.target.name)
+            try:
+                fd = os.open(name, _CREATE_FLAGS, 0o666, dir_fd=self._directory)
+            except OSError as error:
+                raise self.target.refusal(error, self._directory, name, self.target.path) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                named = os.stat(name, dir_fd=self._directory, follow_symlinks=False)
+            except (BlockingIOError, FileNotFoundError):
+                named = None  # a sweep holds it or has removed it: start again
+            if named is not None and os.path.samestat(named, os.fstat(fd)):
+                return fd, name
+            os.close(fd)
 
     def restart(self) -> int:
         """Start the output again in a new temporary file; returns the descriptor of the
