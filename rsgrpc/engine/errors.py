@@ -83,6 +83,13 @@ class UnavailableError(RsgrpcError):
     reason = "SHUTTING_DOWN"
 
 
+class WorkersUnavailableError(UnavailableError):
+    """Raised when what runs a session's tiles cannot run them now: its worker processes
+    do not start, or its Dask scheduler cannot be reached."""
+
+    reason = "WORKERS_UNAVAILABLE"
+
+
 def internal_error(logger: logging.Logger, what: str) -> RsgrpcError:
     """Log the exception being handled (a bug) under a new request id; return the error
     that clients see (INTERNAL), which names only the id: the exception's own text can

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from rsgrpc.engine.errors import UnavailableError
+from rsgrpc.engine.errors import WorkersUnavailableError
 from rsgrpc.engine.raster_io import keep_inputs_open
 from rsgrpc.engine.shared_results import can_map, lend_buffers, probe_buffer
 from rsgrpc.engine.worker_heap import HeapGate, keep_freed_memory, run_task
@@ -52,7 +52,7 @@ class Executor(Protocol):
     def notice_dead_workers(self) -> None:
         """Make the futures of lost workers fail now; a job calls it while it waits.
 
-        Raises UnavailableError when the executor lost what runs its tiles as a
+        Raises WorkersUnavailableError when the executor lost what runs its tiles as a
         whole (a Dask scheduler)."""
 
     def recover(self) -> None: ...
@@ -147,7 +147,7 @@ class LocalProcessExecutor:
         self._pool = self._start()
 
     def _start(self) -> concurrent.futures.ProcessPoolExecutor:
-        """A new pool whose workers have all started, or UnavailableError."""
+        """A new pool whose workers have all started, or WorkersUnavailableError."""
         context = multiprocessing.get_context("spawn")
         heap = HeapGate(context)
         lend = context.RawValue("b", 0)
@@ -163,14 +163,14 @@ class LocalProcessExecutor:
         _, starting = concurrent.futures.wait(futures, timeout=START_SECONDS)
         try:
             if starting:
-                raise UnavailableError(
+                raise WorkersUnavailableError(
                     f"the session's {self.workers} worker processes did not start within "
                     f"{START_SECONDS:.0f} s"
                 )
             probes = [future.result() for future in futures]
         except BrokenProcessPool:
             _stop_pool(pool)
-            raise UnavailableError(
+            raise WorkersUnavailableError(
                 "a worker process of the session died as it started; see the server log"
             ) from None
         except BaseException:
@@ -203,7 +203,7 @@ class LocalProcessExecutor:
         # future; the job's loop handles both the same way (recover, fail clearly).
         with self._lock:
             if self._closed:
-                raise UnavailableError("the session's workers have been stopped")
+                raise WorkersUnavailableError("the session's workers have been stopped")
             self._replace_if_died_idle()
             future = self._pool.submit(run_task, fn, *args)
             with self._running_lock:
@@ -273,7 +273,7 @@ class LocalProcessExecutor:
         pool._result_queue._writer.close()
 
     def recover(self) -> None:
-        """Replace a broken pool with a new one (UnavailableError if the new one
+        """Replace a broken pool with a new one (WorkersUnavailableError if the new one
         cannot start; the next job tries again)."""
         with self._lock:
             if self._closed or _alive(self._pool):
@@ -331,7 +331,7 @@ class DaskExecutor:
     Workers read their own windows, so the paths must be reachable from every
     worker (shared storage, or GDAL's /vsis3/ and friends). When the scheduler
     goes away, Dask's client cancels every future it had and tries to reconnect
-    for a while: tasks fail with UnavailableError at once (never waiting for a
+    for a while: tasks fail with WorkersUnavailableError at once (never waiting for a
     reconnection), and once the client has given up, the next task connects anew.
     """
 
@@ -351,19 +351,19 @@ class DaskExecutor:
             return Client(self._address, set_as_default=False, timeout=DASK_CONNECT_SECONDS)
         except (OSError, TimeoutError) as exc:
             _LOGGER.warning("cannot connect to the Dask scheduler at %s: %s", self._address, exc)
-            raise UnavailableError(
+            raise WorkersUnavailableError(
                 f"the Dask scheduler did not answer within {DASK_CONNECT_SECONDS:.0f} s"
             ) from None
 
     def _live_executor(self) -> Any:
         with self._lock:
             if self._closed:
-                raise UnavailableError("the session's Dask client has been closed")
+                raise WorkersUnavailableError("the session's Dask client has been closed")
             status = self._client.status
             if status == "running":
                 return self._executor
             if status in ("connecting", "newly-created"):
-                raise UnavailableError(
+                raise WorkersUnavailableError(
                     "the connection to the Dask scheduler was lost; it is being re-established"
                 )
             _LOGGER.warning("the Dask client is %s; connecting to %s anew", status, self._address)
@@ -386,7 +386,9 @@ class DaskExecutor:
             status = self._client.status
         if status != "running":
             _LOGGER.warning("lost the Dask scheduler at %s (client %s)", self._address, status)
-            raise UnavailableError("the connection to the Dask scheduler was lost during the job")
+            raise WorkersUnavailableError(
+                "the connection to the Dask scheduler was lost during the job"
+            )
 
     def recover(self) -> None:
         # The scheduler reschedules tasks of lost workers by itself.

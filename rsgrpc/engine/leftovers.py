@@ -48,12 +48,11 @@ def _remove_leftovers(data_root: Path, temp_root: Path) -> None:
     except Exception:
         _LOGGER.exception("removing what dead server instances left failed")
         return
-    if partials or folders:
-        _LOGGER.info(
-            "removed %d partial outputs and %d temporary folders that dead server instances left",
-            partials,
-            folders,
-        )
+    _LOGGER.info(
+        "leftovers of dead server instances: %d partial outputs and %d temporary folders removed",
+        partials,
+        folders,
+    )
 
 
 def _remove_dead_folders(temp_root: Path) -> int:

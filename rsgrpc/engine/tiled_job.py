@@ -9,7 +9,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from rsgrpc.engine.errors import CancelledError, RsgrpcError, UnavailableError, WorkerLostError
+from rsgrpc.engine.errors import (
+    CancelledError,
+    RsgrpcError,
+    WorkerLostError,
+    WorkersUnavailableError,
+)
 from rsgrpc.engine.executors import Executor
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.tiles import Tile
@@ -37,7 +42,7 @@ def run_tiles(
     `consume` in the job's thread as it arrives. On cancel, tiles not yet
     started are dropped and CancelledError is raised once the running ones
     end. A dead worker raises WorkerLostError after the pool is rebuilt; a lost
-    Dask scheduler raises UnavailableError. No wait is unbounded: while nothing
+    Dask scheduler raises WorkersUnavailableError. No wait is unbounded: while nothing
     ends, the executor is asked every `_POLL_SECONDS` whether its workers live.
     """
     pending: set[concurrent.futures.Future] = set()
@@ -84,7 +89,9 @@ def _result(future: concurrent.futures.Future, executor: Executor, operation: Op
         if operation.cancel_event.is_set():
             raise CancelledError("the operation was cancelled") from None
         executor.notice_dead_workers()
-        raise UnavailableError("a tile of this operation was dropped by its workers") from None
+        raise WorkersUnavailableError(
+            "a tile of this operation was dropped by its workers"
+        ) from None
 
 
 def _drain(executor: Executor, pending: set[concurrent.futures.Future]) -> None:

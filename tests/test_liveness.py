@@ -1,0 +1,247 @@
+"""Nothing waits forever: workers that die or freeze, idle or busy, and a Dask scheduler
+that goes away, each fail at most the job they were running, with UNAVAILABLE."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+from google.rpc import code_pb2
+
+from rsgrpc.engine.executors import LocalProcessExecutor
+from rsgrpc.v1 import raster_pb2, raster_pb2_grpc, session_pb2, session_pb2_grpc
+from tests.conftest import (
+    make_config,
+    operation_metadata,
+    operation_updates,
+    serving,
+    watch_operation,
+    write_geotiff,
+)
+
+# Bound of the waits for a process to be gone or a scheduler to start.
+_WAIT_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving(make_config(tmp_path_factory.mktemp("liveness"))) as (running, channel):
+        _write_inputs(running.data_root.root)
+        yield running, channel
+
+
+def _write_inputs(root) -> None:
+    rng = np.random.default_rng(3)
+    write_geotiff(root / "small.tif", rng.normal(size=(300, 300)).astype(np.float32))
+    write_geotiff(root / "big.tif", rng.integers(1, 5, (4000, 4000), dtype=np.uint8), nodata=0)
+
+
+def _create_session(channel: grpc.Channel) -> str:
+    request = session_pb2.CreateSessionRequest(
+        session=session_pb2.Session(process_count=2, available_ram_mib=640)
+    )
+    return session_pb2_grpc.SessionServiceStub(channel).CreateSession(request).name
+
+
+@contextlib.contextmanager
+def _session(channel: grpc.Channel) -> Iterator[str]:
+    """A session of two processes, deleted at the end."""
+    name = _create_session(channel)
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(grpc.RpcError):
+            session_pb2_grpc.SessionServiceStub(channel).DeleteSession(
+                session_pb2.DeleteSessionRequest(name=name)
+            )
+
+
+def _band_calc(channel: grpc.Channel, session: str, output: str):
+    """Run a small band calc to its end; returns the finished operation."""
+    operation = raster_pb2_grpc.RasterServiceStub(channel).BandCalc(
+        raster_pb2.BandCalcRequest(
+            session=session,
+            expression="a * 2",
+            inputs=[raster_pb2.RasterInput(name="a", path="small.tif")],
+            output_path=output,
+        )
+    )
+    return watch_operation(channel, operation)[-1]
+
+
+def _start_sieve(channel: grpc.Channel, session: str, output: str):
+    """Start a sieve of `big.tif` in many tiles; returns the operation."""
+    return raster_pb2_grpc.RasterServiceStub(channel).Sieve(
+        raster_pb2.SieveRequest(
+            session=session,
+            inputs=[raster_pb2.RasterBand(path="big.tif")],
+            size=20,
+            output=raster_pb2.ToolOutput(path=output),
+        )
+    )
+
+
+def _kill_during_pass_one(channel: grpc.Channel, operation, kill) -> list:
+    """Follow the sieve's updates; call `kill()` once its first pass has done a tile.
+    Returns every update until the operation is done."""
+    updates, killed = [], False
+    for update in operation_updates(channel, operation):
+        updates.append(update)
+        metadata = operation_metadata(update)
+        if not killed and 1 <= metadata.tiles_done < metadata.tiles_total // 2:
+            kill()
+            killed = True
+    assert killed, "the sieve ended before anything was killed"
+    return updates
+
+
+def _wait_gone(pid: int) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(_WAIT_SECONDS)
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_killed_while_its_session_is_idle_is_replaced_and_the_next_job_runs(server):
+    running, channel = server
+    with _session(channel) as session:
+        assert not _band_calc(channel, session, "idle/first.tif").HasField("error")
+        executor = running.registry.get(session).executor
+        victim = executor.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        _wait_gone(victim)
+        done = _band_calc(channel, session, "idle/second.tif")
+        pids = executor.pids()
+    assert not done.HasField("error"), done.error
+    assert (running.data_root.root / "idle" / "second.tif").exists()
+    assert len(pids) == 2 and victim not in pids
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_killed_during_a_job_fails_it_unavailable_and_the_next_job_runs(server):
+    running, channel = server
+    with _session(channel) as session:
+        executor = running.registry.get(session).executor
+        victim = executor.pids()[0]
+        operation = _start_sieve(channel, session, "busy/sieved.tif")
+        kill = functools.partial(os.kill, victim, signal.SIGKILL)
+        failed = _kill_during_pass_one(channel, operation, kill)[-1]
+        done = _band_calc(channel, session, "busy/next.tif")
+        pids = executor.pids()
+    assert failed.error.code == code_pb2.UNAVAILABLE
+    assert "worker process died" in failed.error.message
+    assert [p.name for p in (running.data_root.root / "busy").iterdir()] == ["next.tif"]
+    assert not done.HasField("error"), done.error
+    assert victim not in pids
+
+
+@pytest.mark.timeout(300)
+def test_deleting_a_session_whose_worker_is_frozen_kills_the_worker(server):
+    running, channel = server
+    session = _create_session(channel)
+    frozen, other = running.registry.get(session).executor.pids()
+    os.kill(frozen, signal.SIGSTOP)  # alive, but answers nothing, SIGTERM included
+    try:
+        session_pb2_grpc.SessionServiceStub(channel).DeleteSession(
+            session_pb2.DeleteSessionRequest(name=session)
+        )
+        _wait_gone(frozen)
+        _wait_gone(other)
+        assert not psutil.pid_exists(frozen) and not psutil.pid_exists(other)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGKILL)
+
+
+def _sleep_forever() -> None:
+    time.sleep(3600)
+
+
+@pytest.mark.timeout(120)
+def test_stopping_a_pool_kills_a_worker_stuck_in_a_task():
+    executor = LocalProcessExecutor(1, threads_per_process=1)
+    [pid] = executor.pids()
+    future = executor.submit(_sleep_forever)
+    while not future.running():
+        time.sleep(0.01)
+    executor.shutdown()
+    _wait_gone(pid)
+    assert not psutil.pid_exists(pid)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _process(*args: str) -> Iterator[subprocess.Popen]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + _WAIT_SECONDS
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+@pytest.mark.timeout(600)
+def test_a_dask_scheduler_killed_during_a_job_fails_it_unavailable(tmp_path):
+    pytest.importorskip("distributed")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler_args = ("distributed.cli.dask_scheduler", "--host", "127.0.0.1")
+    worker_args = ("distributed.cli.dask_worker", address, "--no-nanny", "--nthreads", "2")
+    with (
+        _process(*scheduler_args, "--port", str(port), "--no-dashboard") as scheduler,
+        _process(*worker_args, "--no-dashboard"),
+    ):
+        _wait_for_port(port)
+        with serving(make_config(tmp_path, dask_scheduler=address)) as (running, channel):
+            _write_inputs(running.data_root.root)
+            session = _create_session(channel)  # closed with the server
+            operation = _start_sieve(channel, session, "dask/sieved.tif")
+            updates = _kill_during_pass_one(channel, operation, scheduler.kill)
+            failed = updates[-1]
+            assert failed.error.code == code_pb2.UNAVAILABLE
+            assert "Dask scheduler" in failed.error.message
+            assert not list((running.data_root.root / "dask").glob("*"))
+            # The session stays, and says why it cannot run a job now.
+            refused = _band_calc(channel, session, "dask/next.tif")
+            assert refused.error.code == code_pb2.UNAVAILABLE
+            assert "Dask scheduler" in refused.error.message
+
+
+@pytest.mark.timeout(120)
+def test_a_session_on_an_unreachable_dask_scheduler_is_unavailable(tmp_path):
+    pytest.importorskip("distributed")
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    with (
+        serving(make_config(tmp_path, dask_scheduler=address)) as (_, channel),
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        _create_session(channel)
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "Dask scheduler" in caught.value.details()
