@@ -62,3 +62,25 @@ def test_the_minimum_named_is_a_budget_that_plans():
     minimum = int(raised.value.metadata["minimum_ram_mib"])
     plan = _plan([(512, 512)], budget_mib=minimum)
     assert plan.peak_bytes <= minimum << 20
+
+
+def test_memory_held_beyond_the_model_shrinks_tiles_but_never_refuses():
+    def plan(held_mib: int):
+        return plan_tiles(
+            SHAPE,
+            [(512, 512)],
+            MODEL,
+            output_block=512,
+            budget_bytes=390 << 20,
+            workers=2,
+            fixed_bytes=300 << 20,
+            held_bytes=held_mib << 20,
+        )
+
+    assert plan(0).tile_height == 1536
+    # 60 MiB more held than the model counts: smaller tiles fit beside it.
+    shrunk = plan(360)
+    assert shrunk.tile_height < 1536
+    assert shrunk.peak_bytes <= 390 << 20
+    # More held than the budget: the model alone decides, and the job still plans.
+    assert plan(400) == plan(0)
