@@ -84,14 +84,15 @@ def _options_and_drivers() -> tuple[dict[str, str | None], list[str]]:
         return gdal_options_in_force(), sorted(env.drivers())
 
 
-def test_gdal_options_hold_in_a_worker_process():
+def test_gdal_options_hold_in_the_server_and_in_a_worker_process(server):
     executor = LocalProcessExecutor(1, threads_per_process=1)
     try:
-        options, drivers = executor.submit(_options_and_drivers).result()
+        in_worker = executor.submit(_options_and_drivers).result()
     finally:
         executor.shutdown()
-    assert options == GDAL_OPTIONS
-    assert "GTiff" in drivers and "VRT" not in drivers
+    for options, drivers in (in_worker, _options_and_drivers()):  # the server runs here
+        assert options == GDAL_OPTIONS
+        assert "GTiff" in drivers and "VRT" not in drivers
 
 
 def _vrt(source: str) -> str:

@@ -100,7 +100,12 @@ class DataPath:
         NotFoundError. Raises PermissionDeniedError for a symbolic link on the way and
         InvalidArgumentError for a component that is not a directory.
         """
-        fd = os.open(self.root, _DIRECTORY_FLAGS)
+        try:
+            fd = os.open(self.root, _DIRECTORY_FLAGS)
+        except OSError:
+            raise FailedPreconditionError(
+                "the server's data root is not available", metadata=self._metadata
+            ) from None
         try:
             for depth, part in enumerate(self.parts[:-1], start=1):
                 shown = "/".join(self.parts[:depth])
