@@ -53,6 +53,11 @@ WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 50051
 
+# With TLS on (RSGRPC_TLS_CERT_FILE, RSGRPC_TLS_KEY_FILE), the health check reads its own
+# options from the environment too: RSGRPC_CLIENT_TLS_CA_FILE (the CA of the server's
+# certificate), RSGRPC_CLIENT_TLS_SERVER_NAME (if that certificate does not name
+# 127.0.0.1), and with mutual TLS (RSGRPC_TLS_CLIENT_CA_FILE) a client certificate and
+# key the server's client CA signed: RSGRPC_CLIENT_TLS_CERT_FILE, RSGRPC_CLIENT_TLS_KEY_FILE.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["rsgrpc", "health", "--target", "127.0.0.1:50051"]
 

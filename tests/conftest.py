@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import http.server
+import ipaddress
 import json
 import threading
 from collections.abc import Iterator
@@ -16,6 +18,10 @@ import grpc
 import numpy as np
 import pytest
 import rasterio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf.message import Message
 from rasterio.transform import from_origin
@@ -253,3 +259,67 @@ def start_held_download(
         metadata=metadata,
         timeout=60,
     )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rsgrpc tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _certificate(subject: str, issuer: tuple | None, *, server: bool = False):
+    """A key and a certificate for `subject`, signed by `issuer` (key, certificate) or
+    self-signed as a CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer[1].subject if issuer else _name(subject))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    certificate = builder.sign(issuer[0] if issuer else key, hashes.SHA256())
+    return key, certificate
+
+
+def _pem(key, certificate) -> tuple[bytes, bytes]:
+    return (
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        certificate.public_bytes(serialization.Encoding.PEM),
+    )
+
+
+def make_pki(folder: Path, clients: tuple[str, ...]) -> dict[str, tuple[Path, Path]]:
+    """Key and certificate files (PEM) in `folder`: a CA's, a server's for localhost and
+    127.0.0.1, and one per client, whose subject's common name is the client's name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = _certificate("rsgrpc test CA", None)
+    files = {}
+    for name, pair in {
+        "ca": ca,
+        "server": _certificate("localhost", ca, server=True),
+        **{client: _certificate(client, ca) for client in clients},
+    }.items():
+        key, cert = _pem(*pair)
+        (folder / f"{name}.key").write_bytes(key)
+        (folder / f"{name}.pem").write_bytes(cert)
+        files[name] = (folder / f"{name}.key", folder / f"{name}.pem")
+    return files

@@ -25,7 +25,7 @@ import pytest
 
 from rsgrpc.server.config import ServerConfig
 from rsgrpc.v1 import session_pb2, session_pb2_grpc
-from tests.conftest import write_geotiff
+from tests.conftest import make_pki, write_geotiff
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -184,6 +184,17 @@ def _command(args: list[str], env: dict[str, str]) -> list[str]:
     return [found, *args[1:]]
 
 
+def _local_healthcheck(image: Stage, port: int) -> list[str]:
+    """The image's HEALTHCHECK command, aimed at `port` instead of the image's."""
+    image_port = _env(image)["RSGRPC_ADDRESS"].rpartition(":")[2]
+    health = [
+        f"127.0.0.1:{port}" if arg == f"127.0.0.1:{image_port}" else arg
+        for arg in _healthcheck(image)
+    ]
+    assert f"127.0.0.1:{port}" in health, health
+    return health
+
+
 def _healthy(command: list[str], env: dict[str, str], server: subprocess.Popen, log: Path) -> bool:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -200,12 +211,7 @@ def test_serve_health_and_graceful_sigterm(image, tmp_path):
     data_root = Path(env["RSGRPC_DATA_ROOT"])
     temp_root = Path(env["RSGRPC_TEMP_ROOT"])
     grace = float(env.get("RSGRPC_GRACE_PERIOD_S", ServerConfig().grace_period_s))
-    image_port = _env(image)["RSGRPC_ADDRESS"].rpartition(":")[2]
-    health = [
-        f"127.0.0.1:{port}" if arg == f"127.0.0.1:{image_port}" else arg
-        for arg in _healthcheck(image)
-    ]
-    assert f"127.0.0.1:{port}" in health, health
+    health = _local_healthcheck(image, port)
     # With download deployments and no cache_dir, the cache goes under the image's cache home.
     deployments = tmp_path / "deployments.toml"
     deployments.write_text('[deployments.local]\nbase_url = "http://127.0.0.1:9"\n')
@@ -258,7 +264,7 @@ def test_serve_health_and_graceful_sigterm(image, tmp_path):
                 ),
                 timeout=60,
             )
-        assert Path(created.temporary_directory).parent == temp_root.resolve()
+        assert Path(created.temporary_directory).is_relative_to(temp_root.resolve())
         assert Path(created.temporary_directory).is_dir()
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=grace + 10)
@@ -269,3 +275,44 @@ def test_serve_health_and_graceful_sigterm(image, tmp_path):
     assert code == 0, log.read_text()
     # ...and none is left after it.
     assert list(temp_root.iterdir()) == [], log.read_text()
+
+
+def test_healthcheck_passes_with_mutual_tls_given_in_the_environment(image, tmp_path):
+    pki = make_pki(tmp_path / "pki", clients=("prober",))
+    port = _free_port()
+    env = _local_env(image, tmp_path / "image", f"127.0.0.1:{port}")
+    env.update(
+        RSGRPC_TLS_CERT_FILE=str(pki["server"][1]),
+        RSGRPC_TLS_KEY_FILE=str(pki["server"][0]),
+        RSGRPC_TLS_CLIENT_CA_FILE=str(pki["ca"][1]),
+    )
+    # The health check's options, as a deployment sets them in the container's environment.
+    probe_env = {
+        **env,
+        "RSGRPC_CLIENT_TLS_CA_FILE": str(pki["ca"][1]),
+        "RSGRPC_CLIENT_TLS_CERT_FILE": str(pki["prober"][1]),
+        "RSGRPC_CLIENT_TLS_KEY_FILE": str(pki["prober"][0]),
+    }
+    health = _local_healthcheck(image, port)
+    serve = _exec_form(image.last("ENTRYPOINT")) + _exec_form(image.last("CMD"))
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            _command(serve, env),
+            env=env,
+            cwd=env["RSGRPC_DATA_ROOT"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert _healthy(_command(health, probe_env), probe_env, server, log), log.read_text()
+        # Without them the same command fails: the server does speak mutual TLS.
+        plain = subprocess.run(_command(health, env), env=env, capture_output=True, timeout=30)
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert plain.returncode == 1
+    assert code == 0, log.read_text()

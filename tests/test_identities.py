@@ -4,8 +4,6 @@ admin on all; health needs no identity."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +11,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +29,7 @@ from tests.conftest import (
     held_deployment,
     held_http_server,
     make_config,
+    make_pki,
     serving,
     start_held_download,
     write_geotiff,
@@ -216,71 +211,12 @@ def test_serve_exits_with_the_token_file_problem(tmp_path):
     assert "line 1: expected NAME TOKEN" in result.stderr
 
 
-# mTLS: a CA made here signs the server's certificate and one per client.
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rsgrpc tests"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _certificate(subject: str, issuer: tuple | None, *, server: bool = False):
-    """A key and a certificate for `subject`, signed by `issuer` (key, certificate) or
-    self-signed as a CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer[1].subject if issuer else _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    certificate = builder.sign(issuer[0] if issuer else key, hashes.SHA256())
-    return key, certificate
-
-
-def _pem(key, certificate) -> tuple[bytes, bytes]:
-    return (
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        certificate.public_bytes(serialization.Encoding.PEM),
-    )
+# mTLS: a CA made by the test signs the server's certificate and one per client.
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """Key and certificate files: the CA's, the server's, and clients alice, bob and carol."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca = _certificate("rsgrpc test CA", None)
-    files = {}
-    for name, pair in {
-        "ca": ca,
-        "server": _certificate("localhost", ca, server=True),
-        **{client: _certificate(client, ca) for client in ("alice", "bob", "carol")},
-    }.items():
-        key, cert = _pem(*pair)
-        (folder / f"{name}.key").write_bytes(key)
-        (folder / f"{name}.pem").write_bytes(cert)
-        files[name] = (folder / f"{name}.key", folder / f"{name}.pem")
-    return files
+    return make_pki(tmp_path_factory.mktemp("pki"), clients=("alice", "bob", "carol"))
 
 
 def _tls_config(tmp_path: Path, pki, **overrides):
