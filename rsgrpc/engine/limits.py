@@ -117,6 +117,7 @@ def output_disk_bytes(shape: tuple[int, int], dtype: str, profile: OutputProfile
     LZW by up to half again on noise, so an uncompressed size (half again for LZW)
     bounds every file. A cloud-optimized output is copied, with overviews (a third
     more), from the finished tiled file, and both are on disk until the copy ends.
+    An output that replaces a file counts in full: both are on disk until the rename.
     """
     bound = uncompressed_bytes(shape, dtype)
     if profile.compression == "lzw":
