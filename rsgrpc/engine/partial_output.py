@@ -16,8 +16,15 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
+from pathlib import Path
 
-from rsgrpc.engine.errors import AlreadyExistsError, InvalidArgumentError, RsgrpcError
+from rsgrpc.engine.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    RsgrpcError,
+)
 from rsgrpc.engine.instance import partial_name
 from rsgrpc.engine.paths import DataPath
 
@@ -74,6 +81,23 @@ class PartialOutput:
         self.fd, self._name = self._create()
         os.unlink(previous_name, dir_fd=self._directory)
         return previous
+
+    def copy_from(self, source: Path) -> None:
+        """Write the bytes of `source`, a file of the server's own, into this output.
+
+        A full disk is ResourceExhaustedError; errors never name `source`.
+        """
+        try:
+            with source.open("rb") as reader, open(self.fd, "wb", closefd=False) as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ResourceExhaustedError(
+                    f"{self.target.field} {self.target.path!r}: the data root's disk is full"
+                ) from None
+            raise RsgrpcError(
+                f"{self.target.field} {self.target.path!r} could not be written: {error.strerror}"
+            ) from None
 
     def publish(self) -> int:
         """Move the finished file to its name; returns its size in bytes.

@@ -235,11 +235,7 @@ class Session:
         self._file.close()
         try:
             if log is not None:
-                with (
-                    open(self.temporary_directory / "session.log", "rb") as source,
-                    open(log.fd, "wb", closefd=False) as kept,
-                ):
-                    shutil.copyfileobj(source, kept)
+                log.copy_from(self.temporary_directory / "session.log")
                 log.publish()
         finally:
             self._remove_files()

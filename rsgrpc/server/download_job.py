@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -170,7 +169,7 @@ def _save_outputs(
                 partial = staged_files.enter_context(
                     PartialOutput(item.output, overwrite=overwrite)
                 )
-                _copy(Path(result.output_path), partial.fd)
+                partial.copy_from(Path(result.output_path))
             except DecodingError as error:
                 outcomes[index] = _failed(outcomes[index], error)
                 log.warning("%s: %s: %s", operation.name, item.output_path, error)
@@ -221,9 +220,3 @@ def check_format(path: Path, data_type: MimeType) -> None:
         raise DecodingError(
             f"the answer is not a {data_type.name} file (it starts with {head[:12]!r})"
         )
-
-
-def _copy(source: Path, fd: int) -> None:
-    """Copy the cached answer at ``source`` into the file open as ``fd``."""
-    with source.open("rb") as reader, open(fd, "wb", closefd=False) as writer:
-        shutil.copyfileobj(reader, writer, 1 << 20)
