@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 from rsgrpc.cli import build_parser
 from rsgrpc.client import Session as ClientSession
 from rsgrpc.download import forget_limiters
+from rsgrpc.engine.instance import PARTIAL_SUFFIX
 from rsgrpc.server.deployments import (
     DeploymentConfigError,
     default_cache_dir,
@@ -198,7 +199,7 @@ def test_batch_runs_as_operation_with_progress_then_feeds_band_calc(
     ] * 3
     for i, path in zip((1, 2, 3), ("dl/one.tif", "dl/two.tif", "dl/sub/three.tif"), strict=True):
         assert (root / path).read_bytes() == hub.sent[f"batch-{i}"]
-    assert not list(root.rglob("*.partial"))
+    assert not list(root.rglob(f"*{PARTIAL_SUFFIX}"))
 
     # The downloaded GeoTIFF is an input of band calc in the same session.
     calc = raster_stub.BandCalc(
@@ -482,9 +483,35 @@ def test_cancel_stops_requests_not_started_and_leaves_no_files(
     started = slow.stats.process_requests - sent
     assert 1 <= started <= 3
     assert not (root / "cancelled").exists()
-    assert not list(root.rglob("*.partial"))
+    assert not list(root.rglob(f"*{PARTIAL_SUFFIX}"))
     # What finished stays in the cache: running the batch again sends only the rest.
     assert len(list(cache_dir.glob("*/response.tiff"))) >= started - 1
+
+
+def test_an_output_folder_swapped_for_a_link_while_the_batch_runs_gets_no_answer(
+    server, session_name, stub, hubs, tmp_path
+):
+    running, channel = server
+    slow = hubs[1]
+    root = running.data_root.root
+    (root / "swapped" / "out").mkdir(parents=True)
+    sent = slow.stats.process_requests
+    items = [_tiff(f"swap-{i}", f"swapped/out/{i}.tif", uri="v1/process") for i in range(6)]
+    operation = stub.Download(
+        download_pb2.DownloadRequest(session=session_name, deployment="svc-slow", items=items)
+    )
+    (root / "swapped" / "out").rename(root / "swapped" / "moved")
+    (root / "swapped" / "out").symlink_to(tmp_path, target_is_directory=True)
+    # One request at a time, 0.3 s each: answers were still coming when the folder moved.
+    assert slow.stats.process_requests - sent < len(items)
+    final = _response(watch_operation(channel, operation)[-1])
+    for result in final.results:
+        assert result.status == FAILED
+        assert result.error.code == code_pb2.PERMISSION_DENIED, result.error.message
+        assert "symbolic link" in result.error.message
+        assert str(root) not in result.error.message
+    assert list(tmp_path.iterdir()) == []
+    assert list((root / "swapped" / "moved").iterdir()) == []
 
 
 def test_rate_limit_is_shared_by_every_session(server, session_name, stub, hubs):
