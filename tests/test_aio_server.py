@@ -4,7 +4,10 @@ meanwhile, waiting calls are capped per session, and shutdown answers UNAVAILABL
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
+import traceback
 
 import grpc
 import psutil
@@ -13,7 +16,15 @@ from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rsgrpc.v1 import operation_pb2, operation_pb2_grpc, raster_pb2, raster_pb2_grpc
+from rsgrpc.server import session_servicer
+from rsgrpc.v1 import (
+    operation_pb2,
+    operation_pb2_grpc,
+    raster_pb2,
+    raster_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 from tests.conftest import (
     create_session,
     held_deployment,
@@ -170,3 +181,29 @@ def test_shutdown_answers_unavailable_to_waiting_and_new_calls(tmp_path):
     for refused in [*refusals.values(), waited.value, watched.value]:
         assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
         assert "shutting down" in refused.details()
+
+
+def test_a_bug_is_internal_naming_a_request_id_that_the_server_log_holds(
+    tmp_path, monkeypatch, caplog
+):
+    secret = str(tmp_path / "server-side" / "state.bin")
+
+    def broken(session):
+        raise OSError(5, "Input/output error", secret)
+
+    with serving(make_config(tmp_path)) as (_, channel), caplog.at_level(logging.ERROR):
+        name = create_session(channel)
+        # The server runs in this process: GetSession fails as a bug would.
+        monkeypatch.setattr(session_servicer, "session_to_proto", broken)
+        with pytest.raises(grpc.RpcError) as failed:
+            session_pb2_grpc.SessionServiceStub(channel).GetSession(
+                session_pb2.GetSessionRequest(name=name)
+            )
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    match = re.fullmatch(
+        r"internal error, request id ([0-9a-f]{12}); see the server log", failed.value.details()
+    )
+    assert match, failed.value.details()
+    logged = [r for r in caplog.records if match.group(1) in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert secret in "".join(traceback.format_exception(*logged[0].exc_info))
