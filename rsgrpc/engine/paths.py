@@ -17,6 +17,7 @@ resolve again.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -55,7 +56,7 @@ class DataPath:
     in errors. Workers receive it as it is and open it themselves.
     """
 
-    root: Path
+    root: Path = dataclasses.field(repr=False)  # the server's own path: never in a message
     path: str
     field: str
 
