@@ -1,15 +1,15 @@
 """Band calc kernels: compile a parsed Expression to a numba kernel and run it on a tile.
 
-The kernel is built without ``eval``/``exec`` and without generating source: every node of the
-expression tree becomes a small scalar function that closes over its children's functions and
-its constants (numba treats closed-over functions and numbers as constants) and is declared
-``inline="always"``, so that numba inlines it into its parent. The kernel is one loop over the
-rows of C-contiguous tiles, with the whole tree fused into its body: it reads each input pixel
-once, widened to float64, tests each input's nodata, evaluates, casts and writes; then, while
-the row is still in cache, it takes the row's statistics in two vectorised passes. Only
-subtrees nested deeper than ``_MAX_INLINE_DEPTH`` are compiled apart and called, and the
-aggregations call shared reducers over a scratch vector. The kernel releases the GIL; large
-tiles are split into row ranges run by ``numba.get_num_threads()`` threads.
+The kernel is built without ``eval``/``exec`` and without generating source. It is one loop
+over the rows of C-contiguous tiles, with the whole expression fused into its body: it reads
+each input pixel once, widened to float64, tests each input's nodata, evaluates, casts and
+writes; then, while the row is still in cache, it takes the row's statistics in two vectorised
+passes. The per-pixel parts are numba intrinsics that emit LLVM IR from the tree, node by node:
+straight-line calls to the compiled scalar operations below, which LLVM inlines. So compile
+time grows with the size of the expression alone (a chain of 500 terms is 499 calls in a row,
+not 499 levels of nesting), and every expression the parser accepts compiles in bounded time.
+The aggregations call shared reducers over a scratch vector. The kernel releases the GIL;
+large tiles are split into row ranges run by ``numba.get_num_threads()`` threads.
 
 Semantics (Remotior Sensus' band calc, made per pixel):
 
@@ -38,14 +38,25 @@ from typing import Any, Final
 import numba
 import numpy as np
 from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .expression import Binary, Call, Constant, Expression, Input, NodataOf, Node, Unary
+from .expression import (
+    Binary,
+    Call,
+    Chain,
+    Comparison,
+    Constant,
+    Expression,
+    Input,
+    NodataOf,
+    Node,
+    Unary,
+)
 
 DEFAULT_OUTPUT_DTYPE: Final = np.dtype(np.float32)
 DEFAULT_OUTPUT_NODATA: Final = -32768.0
 KERNEL_CACHE_SIZE: Final = 64
-# How deep node functions may nest when inlined into one another; see _inline.
-_MAX_INLINE_DEPTH: Final = 8
 # Below this many pixels per thread, a tile is not worth splitting among threads.
 _PIXELS_PER_THREAD: Final = 1 << 18
 
@@ -73,7 +84,9 @@ _NODATA_VALUE: Final = 1
 _NODATA_NAN: Final = 2
 
 _JIT: Final = {"nogil": True, "error_model": "numpy"}
-_INLINE: Final = {"inline": "always", **_JIT}
+# The reducers allocate nothing: without reference counting, the scratch vector they are handed
+# costs no atomic increment per pixel once they are inlined into a kernel.
+_REDUCER_JIT: Final = {**_JIT, "_nrt": False}
 
 
 def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
@@ -90,85 +103,25 @@ def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
     return dtype
 
 
-# Scalar operations, inlined into every kernel that uses them (numba IR inlining).
+# Scalar operations, called by the code the expression emits (LLVM inlines them).
 
 
-@numba.njit(**_INLINE)
-def _add(x: float, y: float) -> float:
-    return x + y
-
-
-@numba.njit(**_INLINE)
-def _sub(x: float, y: float) -> float:
-    return x - y
-
-
-@numba.njit(**_INLINE)
-def _mul(x: float, y: float) -> float:
-    return x * y
-
-
-@numba.njit(**_INLINE)
-def _div(x: float, y: float) -> float:
-    return x / y
-
-
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _floordiv(x: float, y: float) -> float:
     return x // y
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _mod(x: float, y: float) -> float:
     return x % y
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _pow(x: float, y: float) -> float:
     return math.pow(x, y)
 
 
-@numba.njit(**_INLINE)
-def _lt(x: float, y: float) -> float:
-    return 1.0 if x < y else 0.0
-
-
-@numba.njit(**_INLINE)
-def _le(x: float, y: float) -> float:
-    return 1.0 if x <= y else 0.0
-
-
-@numba.njit(**_INLINE)
-def _gt(x: float, y: float) -> float:
-    return 1.0 if x > y else 0.0
-
-
-@numba.njit(**_INLINE)
-def _ge(x: float, y: float) -> float:
-    return 1.0 if x >= y else 0.0
-
-
-@numba.njit(**_INLINE)
-def _eq(x: float, y: float) -> float:
-    return 1.0 if x == y else 0.0
-
-
-@numba.njit(**_INLINE)
-def _ne(x: float, y: float) -> float:
-    return 1.0 if x != y else 0.0
-
-
-@numba.njit(**_INLINE)
-def _and(x: float, y: float) -> float:
-    return 1.0 if (x != 0.0 and y != 0.0) else 0.0
-
-
-@numba.njit(**_INLINE)
-def _or(x: float, y: float) -> float:
-    return 1.0 if (x != 0.0 or y != 0.0) else 0.0
-
-
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _minimum(x: float, y: float) -> float:
     if math.isnan(x):
         return x
@@ -177,7 +130,7 @@ def _minimum(x: float, y: float) -> float:
     return x if x <= y else y
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _maximum(x: float, y: float) -> float:
     if math.isnan(x):
         return x
@@ -186,72 +139,57 @@ def _maximum(x: float, y: float) -> float:
     return x if x >= y else y
 
 
-@numba.njit(**_INLINE)
-def _neg(x: float) -> float:
-    return -x
-
-
-@numba.njit(**_INLINE)
-def _not(x: float) -> float:
-    return 1.0 if x == 0.0 else 0.0
-
-
-@numba.njit(**_INLINE)
-def _isnan(x: float) -> float:
-    return 1.0 if math.isnan(x) else 0.0
-
-
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _sqrt(x: float) -> float:
     return np.sqrt(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _log(x: float) -> float:
     return np.log(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _log10(x: float) -> float:
     return np.log10(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _exp(x: float) -> float:
     return np.exp(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _abs(x: float) -> float:
     return abs(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _sin(x: float) -> float:
     return np.sin(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _cos(x: float) -> float:
     return np.cos(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _tan(x: float) -> float:
     return np.tan(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _arcsin(x: float) -> float:
     return np.arcsin(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _arccos(x: float) -> float:
     return np.arccos(x)
 
 
-@numba.njit(**_INLINE)
+@numba.njit(**_JIT)
 def _arctan(x: float) -> float:
     return np.arctan(x)
 
@@ -259,7 +197,7 @@ def _arctan(x: float) -> float:
 # Aggregations over scratch[off:off + n], NaN ignored as numpy's nan* functions ignore it.
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _compact(s: np.ndarray, off: int, n: int) -> int:
     """Move the non-NaN values of the region to its front, in order; return their count."""
     k = 0
@@ -271,7 +209,7 @@ def _compact(s: np.ndarray, off: int, n: int) -> int:
     return k
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _sort(s: np.ndarray, off: int, k: int) -> None:
     for t in range(1, k):
         v = s[off + t]
@@ -282,7 +220,7 @@ def _sort(s: np.ndarray, off: int, k: int) -> None:
         s[off + u + 1] = v
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _nanmin(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     if k == 0:
@@ -294,7 +232,7 @@ def _nanmin(s: np.ndarray, off: int, n: int, q: float) -> float:
     return r
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _nanmax(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     if k == 0:
@@ -306,7 +244,7 @@ def _nanmax(s: np.ndarray, off: int, n: int, q: float) -> float:
     return r
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _nansum(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     r = 0.0
@@ -315,7 +253,7 @@ def _nansum(s: np.ndarray, off: int, n: int, q: float) -> float:
     return r
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _nanmean(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     if k == 0:
@@ -326,7 +264,7 @@ def _nanmean(s: np.ndarray, off: int, n: int, q: float) -> float:
     return r / k
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _nanstd(s: np.ndarray, off: int, n: int, q: float) -> float:
     # Population standard deviation (numpy's ddof=0), summed in order as numpy does per pixel.
     k = _compact(s, off, n)
@@ -343,7 +281,7 @@ def _nanstd(s: np.ndarray, off: int, n: int, q: float) -> float:
     return math.sqrt(squares / k)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _lerp(a: float, b: float, t: float) -> float:
     # numpy's _lerp: the form that is exact at the nearer end.
     d = b - a
@@ -352,7 +290,7 @@ def _lerp(a: float, b: float, t: float) -> float:
     return a + d * t
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _nanpercentile(s: np.ndarray, off: int, n: int, q: float) -> float:
     # numpy's default "linear" method: virtual index q/100 * (k - 1), interpolated.
     k = _compact(s, off, n)
@@ -366,7 +304,7 @@ def _nanpercentile(s: np.ndarray, off: int, n: int, q: float) -> float:
     return _lerp(s[off + lo], s[off + hi], index - below)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_REDUCER_JIT)
 def _nanmedian(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     if k == 0:
@@ -378,26 +316,20 @@ def _nanmedian(s: np.ndarray, off: int, n: int, q: float) -> float:
     return (s[off + h - 1] + s[off + h]) / 2.0
 
 
-_BINARY: Final = {
-    "+": _add,
-    "-": _sub,
-    "*": _mul,
-    "/": _div,
-    "//": _floordiv,
-    "%": _mod,
-    "**": _pow,
-    "<": _lt,
-    "<=": _le,
-    ">": _gt,
-    ">=": _ge,
-    "==": _eq,
-    "!=": _ne,
-    "and": _and,
-    "or": _or,
+# Operators that are one IEEE instruction or two: (LLVM builder method, comparison).
+_ARITHMETIC: Final = {"+": "fadd", "-": "fsub", "*": "fmul", "/": "fdiv"}
+# As Python compares floats: ordered, except "!=", which NaN satisfies.
+_COMPARISONS: Final = {
+    "<": ("fcmp_ordered", "<"),
+    "<=": ("fcmp_ordered", "<="),
+    ">": ("fcmp_ordered", ">"),
+    ">=": ("fcmp_ordered", ">="),
+    "==": ("fcmp_ordered", "=="),
+    "!=": ("fcmp_unordered", "!="),
 }
+# Operators and functions that are calls to the compiled scalar operations above.
+_BINARY: Final = {"//": _floordiv, "%": _mod, "**": _pow, "minimum": _minimum, "maximum": _maximum}
 _UNARY: Final = {
-    "-": _neg,
-    "not": _not,
     "sqrt": _sqrt,
     "log": _log,
     "log10": _log10,
@@ -409,7 +341,6 @@ _UNARY: Final = {
     "arcsin": _arcsin,
     "arccos": _arccos,
     "arctan": _arctan,
-    "isnan": _isnan,
 }
 _REDUCERS: Final = {
     "min": _nanmin,
@@ -604,10 +535,13 @@ def evaluate(
     values = tuple(value if kind == _NODATA_VALUE else math.nan for kind, value in tests)
     # The kernel is compiled for C-contiguous tiles: copy only what is not.
     tiles = tuple(np.ascontiguousarray(a) for a in arrays)
+    # The kernel reads the tiles by address (a tuple of arrays costs seconds to compile when
+    # there are many); ``tiles`` keeps them alive until it returns.
+    addresses = tuple(t.ctypes.data for t in tiles)
     target = out if out.flags.c_contiguous else np.empty(shape, dtype=out_dtype)
 
     def run(rows: tuple[int, int]) -> tuple[int, int, int, int, float, float]:
-        return kernel.run(tiles, nan_tests, values, target, nodata_out, rows[0], rows[1])
+        return kernel.run(addresses, nan_tests, values, target, nodata_out, rows[0], rows[1])
 
     parts = _map_row_ranges(run, shape[0], shape[1])
     if target is not out:
@@ -730,218 +664,243 @@ def _check_output_nodata(value: float, dtype: np.dtype) -> Any:
     return dtype.type(int(value))
 
 
-def _inline(fn: Callable[..., Any], name: str) -> Any:
-    """A function compiled only where it is inlined into its caller (numba IR inlining).
+# Building: the expression, the pixel reader and the nodata test are emitted as LLVM IR by numba
+# intrinsics, straight into the kernel's loop.
 
-    Numba names an inlined variable after every function it was inlined through, and LLVM
-    truncates names past 1024 characters, so names are kept short and nesting is bounded
-    (``_MAX_INLINE_DEPTH``); past that, equal truncated names would collide.
-    """
-    fn.__name__ = fn.__qualname__ = name
-    return numba.njit(**_INLINE)(fn)
+_UNARY_SIGNATURE: Final = types.float64(types.float64)
+_BINARY_SIGNATURE: Final = types.float64(types.float64, types.float64)
+_REDUCER_SIGNATURE: Final = types.float64(types.float64[::1], types.intp, types.intp, types.float64)
 
 
-@dataclass(frozen=True, slots=True)
-class _Part:
-    """A per-pixel function of ``(x, s)`` and how deep its inlined calls nest."""
+class _Emitter:
+    """Emits an expression tree as LLVM IR in the kernel being compiled, for one pixel.
 
-    fn: Any
-    depth: int
+    The code is straight-line: arithmetic, comparisons and logic are IEEE instructions, as numba
+    emits them for the same Python operators; the other operators and functions are calls to
+    the compiled scalar operations above, inlined; a chain is a sequence of such steps;
+    ``where`` is a select (both sides are pure, so computing both changes no pixel); an
+    aggregation stores its arguments in the scratch vector and calls its reducer. Nothing is
+    nested but the tree's own nesting, so compile time grows with the tree's size only.
 
-
-class _Compiler:
-    """Turns a tree into per-pixel functions of ``(x, s)``, each inlined into its parent.
-
-    ``x`` is the tuple of the pixel's input values, already widened to float64; ``s`` is the
-    aggregations' scratch vector. The functions are closures over their children and
-    constants, never text, and are typed only inside the kernel that inlines them. A subtree
-    that nests deeper than ``_MAX_INLINE_DEPTH`` (long ``and`` chains, deep nesting) is
-    compiled on its own, eagerly, with an explicit signature, and called.
+    ``x`` is the LLVM tuple of the pixel's input values, widened to float64; ``scratch`` is the
+    aggregations' float64 vector.
     """
 
-    def __init__(self, count: int, nodata_constants: dict[str, float]) -> None:
-        self.sig = types.float64(types.UniTuple(types.float64, count), types.float64[::1])
+    def __init__(
+        self,
+        context: Any,
+        builder: Any,
+        x: Any,
+        scratch: Any,
+        scratch_type: types.Array,
+        nodata_constants: dict[str, float],
+    ) -> None:
+        self.context = context
+        self.builder = builder
+        self.x = x
+        self.scratch = scratch
+        self.scratch_data = context.make_array(scratch_type)(context, builder, value=scratch).data
         self.nodata_constants = nodata_constants
-        self.scratch = 0
-        self.memo: dict[str, _Part] = {}
+        self.slot = 0
+        self.linked: set[Any] = set()
 
-    def node(self, node: Node) -> _Part:
-        key = str(node)
-        # Equal subtrees share a function, except aggregations, which own their scratch region.
-        if key in self.memo and not isinstance(node, Call):
-            return self.memo[key]
-        part = self._node(node)
-        if part.depth >= _MAX_INLINE_DEPTH:
-            part = self.compiled(part)
-        self.memo[key] = part
-        return part
-
-    def compiled(self, part: _Part) -> _Part:
-        f = part.fn
-
-        def subtree(x, s):
-            return f(x, s)
-
-        subtree.__name__ = subtree.__qualname__ = "bc_subtree"
-        return _Part(numba.njit(self.sig, **_JIT)(subtree), 1)
-
-    def _node(self, node: Node) -> _Part:
+    def value(self, node: Node) -> Any:
+        """The LLVM value of ``node`` at this pixel."""
         if isinstance(node, Constant):
             return self.constant(node.value)
         if isinstance(node, NodataOf):
             return self.constant(self.nodata_constants[node.name])
         if isinstance(node, Input):
-            return self.load(node.index)
+            return self.builder.extract_value(self.x, node.index)
         if isinstance(node, Unary):
-            child = self.node(node.operand)
-            return child if node.op == "+" else self.unary(_UNARY[node.op], child)
+            return self.unary(node.op, self.value(node.operand))
         if isinstance(node, Binary):
-            return self.binary(_BINARY[node.op], self.node(node.left), self.node(node.right))
+            return self.binary(node.op, self.value(node.left), self.value(node.right))
+        if isinstance(node, Chain):
+            result = self.value(node.first)
+            for op, term in node.steps:
+                result = self.binary(op, result, self.value(term))
+            return result
+        if isinstance(node, Comparison):
+            left = self.value(node.first)
+            result = None
+            for op, term in node.steps:
+                right = self.value(term)
+                pair = self.binary(op, left, right)
+                result = pair if result is None else self.binary("and", result, pair)
+                left = right
+            return result
         if isinstance(node, Call):
             return self.call(node)
         raise TypeError(f"unknown node {node!r}")
 
-    def constant(self, value: float) -> _Part:
-        c = float(value)
+    def constant(self, value: float) -> Any:
+        return self.context.get_constant(types.float64, float(value))
 
-        def constant(x, s):
-            return c
+    def truth(self, bit: Any) -> Any:
+        """1.0 where ``bit`` is set, else 0.0."""
+        return self.builder.select(bit, self.constant(1.0), self.constant(0.0))
 
-        return _Part(_inline(constant, "c"), 1)
+    def nonzero(self, value: Any) -> Any:
+        return self.builder.fcmp_unordered("!=", value, self.constant(0.0))
 
-    def load(self, k: int) -> _Part:
-        def load(x, s):
-            return x[k]
+    def unary(self, op: str, operand: Any) -> Any:
+        if op == "+":
+            return operand
+        if op == "-":
+            return self.builder.fneg(operand)
+        if op == "not":
+            return self.truth(self.builder.fcmp_ordered("==", operand, self.constant(0.0)))
+        if op == "isnan":
+            return self.truth(self.builder.fcmp_unordered("uno", operand, operand))
+        return self.invoke(_UNARY[op], _UNARY_SIGNATURE, [operand])
 
-        return _Part(_inline(load, "ld"), 1)
+    def binary(self, op: str, left: Any, right: Any) -> Any:
+        if op in _ARITHMETIC:
+            return getattr(self.builder, _ARITHMETIC[op])(left, right)
+        if op in _COMPARISONS:
+            method, comparison = _COMPARISONS[op]
+            return self.truth(getattr(self.builder, method)(comparison, left, right))
+        if op == "and":
+            return self.truth(self.builder.and_(self.nonzero(left), self.nonzero(right)))
+        if op == "or":
+            return self.truth(self.builder.or_(self.nonzero(left), self.nonzero(right)))
+        return self.invoke(_BINARY[op], _BINARY_SIGNATURE, [left, right])
 
-    def unary(self, op: Any, f: _Part) -> _Part:
-        g = f.fn
-
-        def unary(x, s):
-            return op(g(x, s))
-
-        return _Part(_inline(unary, "u"), f.depth + 1)
-
-    def binary(self, op: Any, f: _Part, g: _Part) -> _Part:
-        left, right = f.fn, g.fn
-
-        def binary(x, s):
-            return op(left(x, s), right(x, s))
-
-        return _Part(_inline(binary, "b"), max(f.depth, g.depth) + 1)
-
-    def call(self, node: Call) -> _Part:
+    def call(self, node: Call) -> Any:
         name = node.function
         if name in _REDUCERS:
             return self.aggregate(node)
-        args = [self.node(a) for a in node.args]
-        if name in _UNARY:
-            return self.unary(_UNARY[name], args[0])
-        if name == "minimum":
-            return self.binary(_minimum, args[0], args[1])
-        if name == "maximum":
-            return self.binary(_maximum, args[0], args[1])
+        args = [self.value(a) for a in node.args]
         if name == "clip":  # numpy's clip: minimum(maximum(x, lo), hi)
             x, lo, hi = args
-            return self.binary(_minimum, self.binary(_maximum, x, lo), hi)
+            return self.binary("minimum", self.binary("maximum", x, lo), hi)
         if name == "where":
-            c, f, g = (a.fn for a in args)
+            condition, when_true, when_false = args
+            return self.builder.select(self.nonzero(condition), when_true, when_false)
+        if len(args) == 1:
+            return self.unary(name, args[0])
+        return self.binary(name, args[0], args[1])
 
-            def where(x, s):
-                if c(x, s) != 0.0:
-                    return f(x, s)
-                return g(x, s)
+    def aggregate(self, node: Call) -> Any:
+        values = [self.value(a) for a in node.args]
+        offset = self.slot
+        self.slot += len(values)
+        for t, v in enumerate(values):
+            at = self.context.get_constant(types.intp, offset + t)
+            self.builder.store(v, self.builder.gep(self.scratch_data, [at]))
+        args = [
+            self.scratch,
+            self.context.get_constant(types.intp, offset),
+            self.context.get_constant(types.intp, len(values)),
+            self.constant(0.0 if node.q is None else node.q),
+        ]
+        return self.invoke(_REDUCERS[node.function], _REDUCER_SIGNATURE, args)
 
-            return _Part(_inline(where, "w"), max(a.depth for a in args) + 1)
-        raise ValueError(f"unsupported function {name!r}")
+    def invoke(self, function: Any, signature: Any, args: list[Any]) -> Any:
+        """A call to a compiled scalar operation (compiled here on first use, once a process).
 
-    def aggregate(self, node: Call) -> _Part:
-        children = [self.node(a) for a in node.args]
-        off = self.scratch
-        n = len(children)
-        self.scratch += n
-        q = 0.0 if node.q is None else float(node.q)
-        reduce = _REDUCERS[node.function]
-        gathered = self.gather(children, off)
-        gather = gathered.fn
-
-        def aggregate(x, s):
-            gather(x, s)
-            return reduce(s, off, n, q)
-
-        return _Part(_inline(aggregate, "ag"), gathered.depth + 1)
-
-    def gather(self, children: Sequence[_Part], slot: int) -> _Part:
-        """Store each child's value in the scratch vector from ``slot`` on (a balanced tree,
-        so that many arguments do not nest deeply)."""
-        if len(children) == 1:
-            child = children[0].fn
-
-            def gather_one(x, s):
-                s[slot] = child(x, s)
-                return 0.0
-
-            return _Part(_inline(gather_one, "g"), children[0].depth + 1)
-        half = len(children) // 2
-        first = self.gather(children[:half], slot)
-        second = self.gather(children[half:], slot + half)
-        f, g = first.fn, second.fn
-
-        def gather(x, s):
-            f(x, s)
-            g(x, s)
-            return 0.0
-
-        return _Part(_inline(gather, "gg"), max(first.depth, second.depth) + 1)
+        The operations cannot raise (numpy's error model, no bounds checks), so the call's
+        status is not tested: each call is one instruction, inlined.
+        """
+        compiled = function.overloads.get(signature.args)
+        if compiled is None:
+            function.compile(signature)
+            compiled = function.overloads[signature.args]
+        if function not in self.linked:
+            self.linked.add(function)
+            self.context.add_linking_libs([compiled.library])
+        callee = self.context.declare_function(self.builder.module, compiled.fndesc)
+        # Inlined, a reducer sees its constant offset and count, as written in the text.
+        _, result = self.context.call_conv.call_function(
+            self.builder, callee, signature.return_type, signature.args, args, ("alwaysinline",)
+        )
+        return result
 
 
-def _pixel_reader(first: int, stop: int) -> Any:
-    """A function of (arrays, i, j): the tuple of the pixel's values of inputs [first, stop),
-    widened to float64 (a balanced tree of concatenations)."""
-    if stop - first == 1:
-
-        def read_one(a, i, j):
-            return (np.float64(a[first][i, j]),)
-
-        return _inline(read_one, "r")
-    half = (first + stop) // 2
-    left, right = _pixel_reader(first, half), _pixel_reader(half, stop)
-
-    def read(a, i, j):
-        return left(a, i, j) + right(a, i, j)
-
-    return _inline(read, "rr")
+def _scratch_size(node: Node) -> int:
+    """How many float64 slots the aggregations of ``node`` take, each its own region."""
+    own = len(node.args) if isinstance(node, Call) and node.function in _REDUCERS else 0
+    return own + sum(_scratch_size(child) for child in _children(node))
 
 
-def _nodata_test(dtypes: tuple[np.dtype, ...], first: int, stop: int) -> Any:
-    """A function of (x, nan_tests, values): whether any input in [first, stop) is nodata.
+def _children(node: Node) -> tuple[Node, ...]:
+    if isinstance(node, Unary):
+        return (node.operand,)
+    if isinstance(node, Binary):
+        return (node.left, node.right)
+    if isinstance(node, Chain | Comparison):
+        return (node.first, *(term for _, term in node.steps))
+    if isinstance(node, Call):
+        return node.args
+    return ()
+
+
+def _expression_evaluator(root: Node, nodata_constants: dict[str, float]) -> Any:
+    """An intrinsic ``(x, scratch) -> float64``: the expression at one pixel."""
+
+    @intrinsic
+    def evaluate_pixel(typingctx: Any, x: Any, scratch: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            emitter = _Emitter(
+                context, builder, args[0], args[1], signature.args[1], nodata_constants
+            )
+            return emitter.value(root)
+
+        return types.float64(x, scratch), codegen
+
+    return evaluate_pixel
+
+
+def _pixel_reader(dtypes: tuple[np.dtype, ...]) -> Any:
+    """An intrinsic ``(addresses, index) -> (float64, ...)``: element ``index`` of each
+    C-contiguous input tile, whose data starts at ``addresses[k]``, widened as ``np.float64``
+    widens it."""
+    pixel = types.UniTuple(types.float64, len(dtypes))
+    elements = [numba.from_dtype(d) for d in dtypes]
+
+    @intrinsic
+    def read_pixel(typingctx: Any, addresses: Any, index: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            at = context.cast(builder, args[1], signature.args[1], types.intp)
+            values = []
+            for k, element in enumerate(elements):
+                data_type = context.get_data_type(element).as_pointer()
+                data = builder.inttoptr(builder.extract_value(args[0], k), data_type)
+                value = context.unpack_value(builder, element, builder.gep(data, [at]))
+                values.append(context.cast(builder, value, element, types.float64))
+            return context.make_tuple(builder, pixel, values)
+
+        return pixel(addresses, index), codegen
+
+    return read_pixel
+
+
+def _nodata_test(dtypes: tuple[np.dtype, ...]) -> Any:
+    """An intrinsic ``(x, nan_tests, values) -> bool``: whether any input is nodata here.
 
     Input ``k`` is nodata where ``x[k] == values[k]`` (a NaN value matches nothing, for an
     input without nodata) or, for a float input whose ``nan_tests[k]`` is set, where ``x[k]`` is
-    NaN: branch-free per input, so that LLVM need not branch on a runtime constant.
+    NaN: branch-free, so that LLVM need not branch on a runtime constant.
     """
-    if stop - first == 1:
-        k = first
-        if dtypes[k].kind != "f":  # an integer widened to float64 is never NaN
 
-            def is_nodata(x, nan_tests, values):
-                return x[k] == values[k]
+    @intrinsic
+    def is_nodata(typingctx: Any, x: Any, nan_tests: Any, values: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            pixel, tests, nodata = args
+            found = cgutils.false_bit
+            for k, dtype in enumerate(dtypes):
+                v = builder.extract_value(pixel, k)
+                hit = builder.fcmp_ordered("==", v, builder.extract_value(nodata, k))
+                if dtype.kind == "f":  # an integer widened to float64 is never NaN
+                    nan = builder.fcmp_unordered("uno", v, v)
+                    hit = builder.or_(hit, builder.and_(builder.extract_value(tests, k), nan))
+                found = builder.or_(found, hit)
+            return found
 
-            return _inline(is_nodata, "nd")
+        return types.boolean(x, nan_tests, values), codegen
 
-        def is_nodata_float(x, nan_tests, values):
-            v = x[k]
-            return (v == values[k]) | (nan_tests[k] & (v != v))
-
-        return _inline(is_nodata_float, "ndf")
-    half = (first + stop) // 2
-    left, right = _nodata_test(dtypes, first, half), _nodata_test(dtypes, half, stop)
-
-    def any_nodata(x, nan_tests, values):
-        return left(x, nan_tests, values) | right(x, nan_tests, values)
-
-    return _inline(any_nodata, "nds")
+    return is_nodata
 
 
 def _build_kernel(
@@ -952,11 +911,10 @@ def _build_kernel(
     nodata_constants: dict[str, float],
 ) -> BandCalcKernel:
     count = len(dtypes)
-    compiler = _Compiler(count, nodata_constants)
-    root = compiler.node(expression.root).fn
-    read = _pixel_reader(0, count)
-    is_nodata = _nodata_test(dtypes, 0, count)
-    scratch_size = max(compiler.scratch, 1)
+    root = _expression_evaluator(expression.root, nodata_constants)
+    read = _pixel_reader(dtypes)
+    is_nodata = _nodata_test(dtypes)
+    scratch_size = max(_scratch_size(expression.root), 1)
     integer = out_dtype.kind != "f"
     out_float = np.float32 if out_dtype == np.float32 else np.float64
     # numpy's astype truncates toward zero: a result fits when it lies strictly inside these.
@@ -966,7 +924,7 @@ def _build_kernel(
     sig = types.Tuple(
         (types.int64, types.int64, types.int64, types.int64, types.float64, types.float64)
     )(
-        types.Tuple([types.Array(numba.from_dtype(d), 2, "C", readonly=True) for d in dtypes]),
+        types.UniTuple(types.intp, count),
         types.UniTuple(types.boolean, count),
         types.UniTuple(types.float64, count),
         types.Array(out_type, 2, "C"),
@@ -977,7 +935,7 @@ def _build_kernel(
 
     keys, key_shift, key_flip = _statistics_keys(out_dtype)
 
-    def run(a, nan_tests, values, out, nodata, first, stop):
+    def run(addresses, nan_tests, values, out, nodata, first, stop):
         cols = out.shape[1]
         nodata64 = np.float64(nodata)
         s = np.empty(scratch_size, dtype=np.float64)
@@ -992,7 +950,7 @@ def _build_kernel(
             row = out[i]
             if integer:
                 for j in range(cols):
-                    x = read(a, i, j)
+                    x = read(addresses, i * cols + j)
                     if is_nodata(x, nan_tests, values):
                         row[j] = nodata
                         written += 1
@@ -1007,7 +965,7 @@ def _build_kernel(
                 # Without a branch, so that LLVM can vectorise the row: every pixel is
                 # computed (the expression is pure and cannot raise) and then chosen.
                 for j in range(cols):
-                    x = read(a, i, j)
+                    x = read(addresses, i * cols + j)
                     v = out_float(root(x, s))
                     valid = ~is_nodata(x, nan_tests, values) & np.isfinite(v)
                     row[j] = v if valid else nodata

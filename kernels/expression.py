@@ -17,6 +17,13 @@ The language is Remotior Sensus' band calc language, made safe:
   numpy's ``nan*`` functions do: ``min max sum median mean std`` (``std`` is the population
   standard deviation) and ``percentile(a, b, ..., q)`` with ``q`` in [0, 100] last, linear
   interpolation. Remotior's list form ``max(["a", "b"], axis=0)`` is accepted too.
+
+Limits keep parsing and compiling bounded: the text's length, its nesting depth and its size.
+Depth counts nesting the writer made (brackets, function calls, unary operators, operands of
+other operators); a run of operators of one precedence level, ``a + b - c + ...``,
+``a * b / c``, ``a & b and c`` or ``a | b or c``, is one level however long, and is kept as one
+``Chain`` node rather than as a nest of binary nodes. Size counts inputs, numbers, operators and
+calls.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Final
 
 MAX_TEXT_LENGTH: Final = 10_000
 MAX_DEPTH: Final = 64
-MAX_NODES: Final = 500
+MAX_NODES: Final = 2_000
 MAX_EXPONENT: Final = 1024.0
 MAX_ARGUMENTS: Final = 64
 
@@ -66,6 +73,14 @@ _BINARY_OPS: Final = {
     ast.BitAnd: "and",
     ast.BitOr: "or",
 }
+# Operators that Python groups left to right at one precedence level; a run of them is a Chain.
+CHAIN_GROUPS: Final = (
+    frozenset({"+", "-"}),
+    frozenset({"*", "/", "//", "%"}),
+    frozenset({"and"}),
+    frozenset({"or"}),
+)
+_GROUP_OF: Final = {op: group for group in CHAIN_GROUPS for op in group}
 _COMPARE_OPS: Final = {
     ast.Lt: "<",
     ast.LtE: "<=",
@@ -141,12 +156,43 @@ class Unary:
 
 @dataclass(frozen=True, slots=True)
 class Binary:
-    op: str  # arithmetic, comparison, "and", "or"
+    """``left ** right``, the one binary operator that neither chains nor compares."""
+
+    op: str  # "**"
     left: Node
     right: Node
 
     def __str__(self) -> str:
         return f"({self.left} {self.op} {self.right})"
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """``first op1 term1 op2 term2 ...``: 1 where every adjacent pair compares true, else 0.
+
+    Each operand appears once, so a chained comparison costs what its text costs.
+    """
+
+    first: Node
+    steps: tuple[tuple[str, Node], ...]
+
+    def __str__(self) -> str:
+        return "(" + str(self.first) + "".join(f" {op} {term}" for op, term in self.steps) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Operators of one precedence level applied left to right, as Python groups them:
+    ``first op1 term1 op2 term2 ...`` is ``((first op1 term1) op2 term2) ...``.
+
+    The operators of a chain all belong to one of ``CHAIN_GROUPS``.
+    """
+
+    first: Node
+    steps: tuple[tuple[str, Node], ...]
+
+    def __str__(self) -> str:
+        return "(" + str(self.first) + "".join(f" {op} {term}" for op, term in self.steps) + ")"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +209,7 @@ class Call:
         return f"{self.function}({args}{q})"
 
 
-Node = Constant | Input | NodataOf | Unary | Binary | Call
+Node = Constant | Input | NodataOf | Unary | Binary | Comparison | Chain | Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +259,12 @@ def parse_expression(text: str, input_names: Sequence[str]) -> Expression:
         raise ExpressionError(
             f"syntax error: {err.msg}", text, shift + _syntax_error_offset(stripped, err)
         ) from None
-    except (MemoryError, RecursionError):
+    except (MemoryError, RecursionError):  # Python's parser recurses once per level
         raise ExpressionError(
-            f"expression nests more than {MAX_DEPTH} levels deep", text, shift
+            f"expression nests more than {MAX_DEPTH} levels deep "
+            f"or has more than {MAX_NODES} terms",
+            text,
+            shift,
         ) from None
     except ValueError as err:  # e.g. an integer literal of more than 4300 digits
         raise ExpressionError(f"invalid literal: {err}", text, shift) from None
@@ -326,9 +375,9 @@ class _Builder:
     def build(self, node: ast.AST, depth: int) -> Node:
         if depth > MAX_DEPTH:
             raise self.fail(f"expression nests more than {MAX_DEPTH} levels deep", node)
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise self.fail(f"expression has more than {MAX_NODES} terms", node)
+        if _chain_operator(node) is not None:
+            return self.chain(node, depth)  # type: ignore[arg-type]
+        self.count(self.pos(node))
         if isinstance(node, ast.Constant):
             return self.constant(node)
         if isinstance(node, ast.Name):
@@ -340,13 +389,6 @@ class _Builder:
             if op is None:
                 raise self.fail(f"operator {_describe(node.op)} is not allowed", node)
             return Unary(op, self.build(node.operand, depth + 1))
-        if isinstance(node, ast.BoolOp):
-            op = _BOOL_OPS[type(node.op)]
-            values = [self.build(v, depth + 1) for v in node.values]
-            result = values[0]
-            for v in values[1:]:
-                result = Binary(op, result, v)
-            return result
         if isinstance(node, ast.Compare):
             return self.compare(node, depth)
         if isinstance(node, ast.Call):
@@ -355,6 +397,43 @@ class _Builder:
             at = self.end_pos(node) - len(node.attr)
             raise ExpressionError("attribute access is not allowed", self.text, at)
         raise self.fail(f"{_describe(node)} is not allowed", node)
+
+    def count(self, position: int) -> None:
+        """Count one node (input, number, operator or call) of the expression."""
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise ExpressionError(
+                f"expression has more than {MAX_NODES} terms "
+                "(inputs, numbers, operators and calls)",
+                self.text,
+                position,
+            )
+
+    def chain(self, node: ast.BinOp | ast.BoolOp, depth: int) -> Node:
+        """A run of operators of one precedence level: one level of depth, however long.
+
+        Python nests such a run to the left, one node per operator; it is walked down that
+        spine in a loop, so that its length costs no recursion.
+        """
+        group = _GROUP_OF[_chain_operator(node)]  # type: ignore[index]
+        pending: list[tuple[str, ast.AST, int]] = []  # (operator, right operand, position)
+        spine: ast.AST = node
+        while (op := _chain_operator(spine)) is not None and _GROUP_OF[op] is group:
+            if isinstance(spine, ast.BoolOp):
+                values = spine.values
+                for left, right in reversed(list(zip(values, values[1:], strict=False))):
+                    pending.append((op, right, self.operator_pos(left, right)))
+                spine = values[0]
+            else:
+                assert isinstance(spine, ast.BinOp)
+                pending.append((op, spine.right, self.operator_pos(spine.left, spine.right)))
+                spine = spine.left
+        first = self.build(spine, depth + 1)
+        steps = []
+        for op, right, at in reversed(pending):
+            self.count(at)
+            steps.append((op, self.build(right, depth + 1)))
+        return Chain(first, tuple(steps))
 
     def constant(self, node: ast.Constant) -> Node:
         value = node.value
@@ -393,8 +472,7 @@ class _Builder:
                 self.text,
                 self.operator_pos(node.left, node.right),
             )
-        if op == "**":
-            self.check_exponent(node.right)
+        self.check_exponent(node.right)  # every allowed operator but "**" makes a Chain
         return Binary(op, self.build(node.left, depth + 1), self.build(node.right, depth + 1))
 
     def check_exponent(self, exponent: ast.AST) -> None:
@@ -408,7 +486,8 @@ class _Builder:
             )
 
     def compare(self, node: ast.Compare, depth: int) -> Node:
-        operands = [self.build(node.left, depth + 1)]
+        first = self.build(node.left, depth + 1)
+        steps = []
         previous = node.left
         for op, right in zip(node.ops, node.comparators, strict=True):
             if type(op) not in _COMPARE_OPS:
@@ -417,14 +496,9 @@ class _Builder:
                     self.text,
                     self.operator_pos(previous, right),
                 )
-            operands.append(self.build(right, depth + 1))
+            steps.append((_COMPARE_OPS[type(op)], self.build(right, depth + 1)))
             previous = right
-        result: Node | None = None
-        for i, op in enumerate(node.ops):
-            pair = Binary(_COMPARE_OPS[type(op)], operands[i], operands[i + 1])
-            result = pair if result is None else Binary("and", result, pair)
-        assert result is not None
-        return result
+        return Comparison(first, tuple(steps))
 
     def call(self, node: ast.Call, depth: int) -> Node:
         if not isinstance(node.func, ast.Name):
@@ -498,6 +572,16 @@ class _Builder:
         return Call(fname, tuple(self.build(v, depth + 1) for v in values), q)
 
 
+def _chain_operator(node: ast.AST) -> str | None:
+    """Our name of the operator of ``node`` when it is one that chains, else None."""
+    if isinstance(node, ast.BoolOp):
+        return _BOOL_OPS[type(node.op)]
+    if isinstance(node, ast.BinOp):
+        op = _BINARY_OPS.get(type(node.op))
+        return op if op in _GROUP_OF else None
+    return None
+
+
 def _line_spans(text: str) -> list[tuple[int, int]]:
     starts = _line_starts(text)
     ends = [*starts[1:], len(text)]
@@ -566,6 +650,12 @@ def _reindex(node: Node, index: dict[str, int]) -> Node:
         return Unary(node.op, _reindex(node.operand, index))
     if isinstance(node, Binary):
         return Binary(node.op, _reindex(node.left, index), _reindex(node.right, index))
+    if isinstance(node, Chain):
+        steps = tuple((op, _reindex(term, index)) for op, term in node.steps)
+        return Chain(_reindex(node.first, index), steps)
+    if isinstance(node, Comparison):
+        steps = tuple((op, _reindex(term, index)) for op, term in node.steps)
+        return Comparison(_reindex(node.first, index), steps)
     if isinstance(node, Call):
         return Call(node.function, tuple(_reindex(a, index) for a in node.args), node.q)
     return node

@@ -5,9 +5,11 @@ import math
 import pytest
 from rsgrpc_kernels.expression import (
     MAX_DEPTH,
+    MAX_NODES,
     MAX_TEXT_LENGTH,
-    Binary,
     Call,
+    Chain,
+    Comparison,
     Constant,
     ExpressionError,
     Input,
@@ -28,7 +30,8 @@ def test_quoted_and_bare_names_are_the_same_input():
 def test_input_names_are_the_used_inputs_in_caller_order():
     e = parse_expression('"swir" + "red" * "swir"', NAMES)
     assert e.input_names == ("red", "swir")
-    assert e.root == Binary("+", Input("swir", 1), Binary("*", Input("red", 0), Input("swir", 1)))
+    product = Chain(Input("red", 0), (("*", Input("swir", 1)),))
+    assert e.root == Chain(Input("swir", 1), (("+", product),))
 
 
 def test_quoted_names_may_be_any_text():
@@ -40,7 +43,7 @@ def test_nodata_reads_metadata_not_pixels():
     e = parse_expression('where("nir" == nodata("red"), 0, "nir")', NAMES)
     assert e.input_names == ("nir",)
     assert e.nodata_names == ("red",)
-    assert e.root.args[0] == Binary("==", Input("nir", 0), NodataOf("red"))
+    assert e.root.args[0] == Comparison(Input("nir", 0), (("==", NodataOf("red")),))
 
 
 def test_canonical_form_ignores_names_and_spacing():
@@ -49,13 +52,9 @@ def test_canonical_form_ignores_names_and_spacing():
     assert a.canonical == b.canonical
 
 
-def test_chained_comparison_becomes_a_conjunction():
+def test_chained_comparison_keeps_each_operand_once():
     e = parse_expression("0 < red <= 1", NAMES)
-    assert e.root == Binary(
-        "and",
-        Binary("<", Constant(0.0), Input("red", 0)),
-        Binary("<=", Input("red", 0), Constant(1.0)),
-    )
+    assert e.root == Comparison(Constant(0.0), (("<", Input("red", 0)), ("<=", Constant(1.0))))
 
 
 def test_bitwise_and_logical_operators_mean_the_same():
@@ -184,12 +183,87 @@ def test_text_longer_than_the_bound_is_refused():
 
 
 def test_too_many_terms_are_refused():
-    term = "red"
-    for _ in range(9):  # a balanced tree of 512 leaves, shallow but large
-        term = f"({term} + {term})"
+    term = "r"
+    for _ in range(10):  # a balanced tree of 1024 leaves, shallow but large
+        term = f"({term}+{term})"
     with pytest.raises(ExpressionError) as info:
-        parse_expression(term, NAMES)
-    assert "terms" in str(info.value)
+        parse_expression(term, ["r"])
+    assert f"more than {MAX_NODES} terms" in str(info.value)
+
+
+def test_a_long_sum_is_one_level_deep():
+    e = parse_expression(" + ".join(["red"] * 500), NAMES)
+    assert isinstance(e.root, Chain)
+    assert e.root.steps == (("+", Input("red", 0)),) * 499
+
+
+def test_operators_of_one_precedence_level_make_one_chain():
+    e = parse_expression("red + nir - swir + 1 - red", NAMES)
+    assert e.root.first == Input("red", 0)
+    assert [op for op, _ in e.root.steps] == ["+", "-", "+", "-"]
+    e = parse_expression("red * nir / swir // 2 % 3", NAMES)
+    assert [op for op, _ in e.root.steps] == ["*", "/", "//", "%"]
+    # "&" and "and" mean the same, and so do "|" and "or": one chain each.
+    e = parse_expression("(red > 0) & (nir > 0) and (swir > 0)", NAMES)
+    assert [op for op, _ in e.root.steps] == ["and", "and"]
+    e = parse_expression("(red > 0) | (nir > 0) or (swir > 0)", NAMES)
+    assert [op for op, _ in e.root.steps] == ["or", "or"]
+
+
+def test_a_chain_inside_another_keeps_its_grouping():
+    e = parse_expression("red - (nir - swir) * 2", NAMES)
+    assert e.canonical == "($0 - (($1 - $2) * 2.0))"
+
+
+@pytest.mark.parametrize("operator", ["+", "-", "*", "/", "and", "or", "&", "|"])
+def test_chains_as_long_as_the_size_limit_allows_are_accepted(operator):
+    terms = (MAX_NODES + 1) // 2  # terms + operators = MAX_NODES
+    e = parse_expression(f" {operator} ".join(["red"] * terms), NAMES)
+    assert len(e.root.steps) == terms - 1
+    with pytest.raises(ExpressionError) as info:
+        parse_expression(f" {operator} ".join(["red"] * (terms + 1)), NAMES)
+    assert f"more than {MAX_NODES} terms" in str(info.value)
+
+
+def test_size_limit_error_points_at_the_first_term_past_it():
+    text = "1 + " * (MAX_NODES // 2) + "red"  # the operator before "red" is term MAX_NODES
+    with pytest.raises(ExpressionError) as info:
+        parse_expression(text, NAMES)
+    assert info.value.position == text.index("red")
+    parse_expression(text[: -len(" + red")], NAMES)  # two terms fewer is fine
+
+
+def test_function_nesting_up_to_the_limit_is_accepted():
+    # The outermost call is level 1 and the input inside MAX_DEPTH - 1 calls is the last level.
+    depth = MAX_DEPTH - 1
+    e = parse_expression("sqrt(" * depth + "red" + ")" * depth, NAMES)
+    assert str(e.root).count("sqrt") == depth
+
+
+def test_function_nesting_past_the_limit_says_where_and_what_the_limit_is():
+    depth = MAX_DEPTH
+    text = "sqrt(" * depth + "red" + ")" * depth
+    with pytest.raises(ExpressionError) as info:
+        parse_expression(text, NAMES)
+    assert info.value.position == text.index("red")
+    assert f"nests more than {MAX_DEPTH} levels deep" in str(info.value)
+
+
+def test_nested_where_past_the_limit_is_refused():
+    text = "red"
+    for k in range(MAX_DEPTH):
+        text = f"where(nir > {k}, {k}, {text})"
+    with pytest.raises(ExpressionError) as info:
+        parse_expression(text, NAMES)
+    assert f"more than {MAX_DEPTH} levels" in str(info.value)
+
+
+def test_chained_comparisons_nested_in_their_middle_operands_stay_linear():
+    text = "red"
+    for _ in range(30):
+        text = f"red < ({text}) < nir"
+    e = parse_expression(text, NAMES)
+    assert len(e.canonical) < 50 * len(text)
 
 
 def test_huge_integer_literal_is_refused():
