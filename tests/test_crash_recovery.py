@@ -68,7 +68,7 @@ def _wait_for_log(server: _Server, text: str) -> str:
 
 
 @contextlib.contextmanager
-def _rsgrpc_serve(data_root: Path, temp_root: Path, log: Path) -> Iterator[_Server]:
+def _rsgrpc_serve(data_root: Path, temp_root: Path, log: Path, *flags: str) -> Iterator[_Server]:
     """`rsgrpc serve` in a process of its own, as a deployment starts it."""
     port = _free_port()
     with open(log, "w") as out:
@@ -88,6 +88,7 @@ def _rsgrpc_serve(data_root: Path, temp_root: Path, log: Path) -> Iterator[_Serv
                 "2",
                 "--max-ram-mib",
                 "4096",
+                *flags,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -106,18 +107,12 @@ def _rsgrpc_serve(data_root: Path, temp_root: Path, log: Path) -> Iterator[_Serv
                 process.wait()
 
 
-def _long_sieve(channel: grpc.Channel, output: str):
-    """Start a sieve of `big.tif` with a small budget (many tiles) on a new session of
-    two processes; returns the operation."""
-    session = session_pb2_grpc.SessionServiceStub(channel).CreateSession(
-        session_pb2.CreateSessionRequest(
-            session=session_pb2.Session(process_count=2, available_ram_mib=640)
-        )
-    )
+def _start_sieve(channel: grpc.Channel, session: str, output: str):
+    """Start a sieve of `big.tif` in many tiles; returns the operation."""
     return raster_pb2_grpc.RasterServiceStub(channel).Sieve(
         raster_pb2.SieveRequest(
-            session=session.name,
-            inputs=[raster_pb2.RasterBand(path="big.tif", band=1)],
+            session=session,
+            inputs=[raster_pb2.RasterBand(path="big.tif")],
             size=20,
             output=raster_pb2.ToolOutput(path=output),
         )
@@ -160,7 +155,12 @@ def killed(roots, tmp_path_factory) -> _Killed:
     log = tmp_path_factory.mktemp("logs") / "killed.log"
     with _rsgrpc_serve(data_root, temp_root, log) as server:
         channel = server.channel()
-        operation = _long_sieve(channel, "sieved/big.tif")
+        session = session_pb2_grpc.SessionServiceStub(channel).CreateSession(
+            session_pb2.CreateSessionRequest(
+                session=session_pb2.Session(process_count=2, available_ram_mib=640)
+            )
+        )
+        operation = _start_sieve(channel, session.name, "sieved/big.tif")
         # Pass 3 writes the output: each tile counts once in pass 1 and once in pass 3.
         for update in operation_updates(channel, operation):
             metadata = operation_metadata(update)
@@ -225,3 +225,40 @@ def test_a_starting_server_leaves_a_live_servers_partial_output_and_folder(tmp_p
             assert "0 partial outputs and 0 temporary folders removed" in summary
             assert partial.exists() and folder.exists()
             assert any(folder.rglob("session.log"))
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_during_a_job_after_an_idle_worker_was_killed_ends_the_server_cleanly(
+    roots, tmp_path
+):
+    data_root, _ = roots
+    temp_root = tmp_path / "tmp"
+    log = tmp_path / "server.log"
+    with _rsgrpc_serve(data_root, temp_root, log, "--grace-period-s", "1") as server:
+        channel = server.channel()
+        sessions = session_pb2_grpc.SessionServiceStub(channel)
+        session = sessions.CreateSession(
+            session_pb2.CreateSessionRequest(
+                session=session_pb2.Session(process_count=2, available_ram_mib=640)
+            )
+        )
+        [idle, _] = [
+            p
+            for p in psutil.Process(server.process.pid).children()
+            if "spawn_main" in " ".join(p.cmdline())
+        ]
+        idle.kill()
+        idle.wait(_GONE_SECONDS)
+        operation = _start_sieve(channel, session.name, "sigterm/sieved.tif")
+        for update in operation_updates(channel, operation):
+            assert not update.HasField("error"), update.error
+            if operation_metadata(update).tiles_done >= 1:
+                break
+        descendants = psutil.Process(server.process.pid).children(recursive=True)
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=_START_SECONDS)
+        channel.close()
+    assert code == 0, log.read_text()
+    assert _instance_folders(temp_root) == [] and _partials(data_root) == []
+    _, alive = psutil.wait_procs(descendants, timeout=_GONE_SECONDS)
+    assert alive == []

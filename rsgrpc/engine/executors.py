@@ -169,6 +169,8 @@ class LocalProcessExecutor:
                 )
             probes = [future.result() for future in futures]
         except BrokenProcessPool:
+            codes = [p.exitcode for p in (pool._processes or {}).values()]
+            _LOGGER.error("a new worker process died as it started (exit codes %s)", codes)
             _stop_pool(pool)
             raise WorkersUnavailableError(
                 "a worker process of the session died as it started; see the server log"
