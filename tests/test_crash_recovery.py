@@ -262,3 +262,26 @@ def test_sigterm_during_a_job_after_an_idle_worker_was_killed_ends_the_server_cl
     assert _instance_folders(temp_root) == [] and _partials(data_root) == []
     _, alive = psutil.wait_procs(descendants, timeout=_GONE_SECONDS)
     assert alive == []
+
+
+@pytest.mark.timeout(300)
+def test_a_starting_server_follows_no_link_out_of_its_roots(tmp_path):
+    data_root, temp_root, outside = tmp_path / "data", tmp_path / "tmp", tmp_path / "outside"
+    dead = ".x.tif.0123456789abcdef.01234567.partial.tif"  # unlocked: a dead instance's
+    for folder in (data_root / "sub", outside / "folder"):
+        folder.mkdir(parents=True)
+        (folder / dead).write_bytes(b"partial")
+    (data_root / "link").symlink_to(outside / "folder", target_is_directory=True)
+    (data_root / ".y.tif.0123456789abcdef.89abcdef.partial.tif").symlink_to(
+        outside / "folder" / dead
+    )
+    temp_root.mkdir()
+    (temp_root / "rsgrpc-instance-0123456789abcdef.01234567").symlink_to(
+        outside, target_is_directory=True
+    )
+    with _rsgrpc_serve(data_root, temp_root, tmp_path / "server.log") as server:
+        summary = _wait_for_log(server, _SWEEP_LINE)
+    assert "1 partial outputs and 0 temporary folders removed" in summary
+    assert not (data_root / "sub" / dead).exists()
+    assert (outside / "folder" / dead).read_bytes() == b"partial"
+    assert (data_root / ".y.tif.0123456789abcdef.89abcdef.partial.tif").is_symlink()
