@@ -119,8 +119,6 @@ def _widen_result_pipe(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 
 def _warm_up() -> tuple[int, int] | None:
     """Runs in a new worker: where to find a buffer it lends results through."""
-    import time
-
     # Long enough that every worker of a new pool receives one.
     time.sleep(0.05)
     return probe_buffer()
@@ -331,7 +329,7 @@ class DaskExecutor:
     """Tiles on a Dask distributed cluster, through its concurrent.futures executor.
 
     Workers read their own windows, so the paths must be reachable from every
-    worker (shared storage, or GDAL's /vsis3/ and friends). When the scheduler
+    worker (storage shared at the same path). When the scheduler
     goes away, Dask's client cancels every future it had and tries to reconnect
     for a while: tasks fail with WorkersUnavailableError at once (never waiting for a
     reconnection), and once the client has given up, the next task connects anew.
