@@ -154,9 +154,10 @@ class _EventLoopThread:
 
     def __init__(self, blocking_threads: int) -> None:
         self.loop = asyncio.new_event_loop()
-        self.loop.set_default_executor(
-            futures.ThreadPoolExecutor(blocking_threads, thread_name_prefix="rpc-blocking")
+        self._blocking = futures.ThreadPoolExecutor(
+            blocking_threads, thread_name_prefix="rpc-blocking"
         )
+        self.loop.set_default_executor(self._blocking)
         self._thread = threading.Thread(target=self.loop.run_forever, name="rpc-loop", daemon=True)
         self._thread.start()
 
@@ -165,16 +166,14 @@ class _EventLoopThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def stop(self, timeout: float) -> None:
-        """Stop the loop; a blocking call still running is left to its (daemon-less) fate,
-        without being waited for."""
+        """Stop the loop and close it; blocking calls still queued are dropped, and one
+        still running is not waited for."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+        self._blocking.shutdown(wait=False, cancel_futures=True)
         if self._thread.is_alive():
             _LOGGER.error("the event loop did not stop within %.0f s", timeout)
             return
-        executor = self.loop._default_executor  # noqa: SLF001 - set in __init__
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
         self.loop.close()
 
 
