@@ -115,9 +115,6 @@ class Waiters:
         self._by_session: dict[str, set[asyncio.Event]] = {}
         self.closed = False
 
-    def count(self, session: str) -> int:
-        return len(self._by_session.get(session, ()))
-
     @contextlib.contextmanager
     def waiting(self, operation: Operation) -> Iterator[asyncio.Event]:
         """Count a waiting call in the block; the event is set when the operation changes
