@@ -8,8 +8,11 @@ of them wait on one session's operations at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import random
 import re
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +37,10 @@ _FILTER = re.compile(r'^\s*session\s*=\s*"(sessions/[^"]+)"\s*$')
 _MAX_PAGE = 1000
 # A WaitOperation with no timeout waits at most this long (AIP-151 lets the server choose).
 _MAX_WAIT_SECONDS = 300.0
+# How many watch messages a second the server spreads its watchers' updates over: a change
+# seen by 2,000 watchers is sent within 0.5 s, not in one burst that holds the event loop
+# (and health checks) for the time of 2,000 writes.
+_WATCH_MESSAGES_PER_SECOND = 4000.0
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -107,12 +114,16 @@ class Waiters:
     """The calls waiting on operations (WaitOperation, WatchOperation), at most `limit` on one
     session's operations at once; `close` ends them all with UNAVAILABLE.
 
-    Used on the event loop only, so it needs no lock.
+    The waiters of one operation share one listener: a change costs one hand-over to the
+    event loop, however many wait. Used on the event loop only, so it needs no lock.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._by_session: dict[str, set[asyncio.Event]] = {}
+        self._per_session: collections.Counter[str] = collections.Counter()
+        self._by_operation: dict[Operation, set[asyncio.Event]] = {}
+        self._listeners: dict[Operation, Callable[[], None]] = {}
+        self._count = 0
         self.closed = False
 
     @contextlib.contextmanager
@@ -120,22 +131,38 @@ class Waiters:
         """Count a waiting call in the block; the event is set when the operation changes
         and when the server closes (the waiter then calls `check_open`)."""
         self.check_open()
-        waiting = self._by_session.setdefault(operation.session, set())
-        if len(waiting) >= self.limit:
+        session = operation.session
+        if self._per_session[session] >= self.limit:
             raise ResourceExhaustedError(
-                f"{operation.session} has {len(waiting)} calls waiting on its operations "
+                f"{session} has {self._per_session[session]} calls waiting on its operations "
                 f"(WaitOperation and WatchOperation), the server's limit of {self.limit} "
                 "per session; wait for one to end",
-                metadata={"session": operation.session, "limit": str(self.limit)},
+                metadata={"session": session, "limit": str(self.limit)},
             )
-        with wakened_by(operation) as changed:
-            waiting.add(changed)
-            try:
-                yield changed
-            finally:
-                waiting.discard(changed)
-                if not waiting:
-                    del self._by_session[operation.session]
+        changed = asyncio.Event()
+        events = self._by_operation.get(operation)
+        if events is None:
+            events = self._by_operation[operation] = set()
+            self._listeners[operation] = _wake_all_on_change(operation, events)
+        events.add(changed)
+        self._per_session[session] += 1
+        self._count += 1
+        try:
+            yield changed
+        finally:
+            self._count -= 1
+            self._per_session[session] -= 1
+            if not self._per_session[session]:
+                del self._per_session[session]
+            events.discard(changed)
+            if not events:
+                del self._by_operation[operation]
+                operation.remove_listener(self._listeners.pop(operation))
+
+    def spread(self) -> float:
+        """A random delay before a watcher sends a change, so that the watchers of one
+        change send at about `_WATCH_MESSAGES_PER_SECOND` together (none for a few)."""
+        return random.uniform(0.0, self._count / _WATCH_MESSAGES_PER_SECOND)
 
     def check_open(self) -> None:
         if self.closed:
@@ -144,9 +171,27 @@ class Waiters:
     def close(self) -> None:
         """Wake every waiting call, which then ends with UNAVAILABLE; refuse new ones."""
         self.closed = True
-        for waiting in self._by_session.values():
-            for changed in waiting:
+        for events in self._by_operation.values():
+            for changed in events:
                 changed.set()
+
+
+def _wake_all_on_change(operation: Operation, events: set[asyncio.Event]) -> Callable[[], None]:
+    """Add to `operation` a listener that sets every event of `events` on the running loop;
+    return it."""
+    loop = asyncio.get_running_loop()
+
+    def wake_all() -> None:
+        for changed in events:
+            changed.set()
+
+    def listener() -> None:
+        # Called from the thread that changed the operation.
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(wake_all)
+
+    operation.add_listener(listener)
+    return listener
 
 
 class OperationsServicer(lro_grpc.OperationsServicer):
@@ -216,11 +261,26 @@ class OperationsServicer(lro_grpc.OperationsServicer):
 
 
 class OperationWatchServicer(operation_pb2_grpc.OperationWatchServiceServicer):
-    """Streams an operation at each change until it is done."""
+    """Streams an operation at each change until it is done.
+
+    The watchers of one operation share one message per change: a change wakes them all
+    at once, and building the message for each would hold the event loop that long.
+    """
 
     def __init__(self, store: OperationStore, waiters: Waiters) -> None:
         self._store = store
         self._waiters = waiters
+        self._latest: weakref.WeakKeyDictionary[Operation, tuple[int, lro.Operation]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _snapshot(self, operation: Operation) -> lro.Operation:
+        # The version is read first: the message then shows that change or a later one.
+        version = operation.version
+        latest = self._latest.get(operation)
+        if latest is None or latest[0] != version:
+            latest = self._latest[operation] = (version, operation_to_proto(operation))
+        return latest[1]
 
     @reports_errors
     async def WatchOperation(self, request, context):
@@ -229,11 +289,13 @@ class OperationWatchServicer(operation_pb2_grpc.OperationWatchServiceServicer):
             while True:
                 # Cleared before the snapshot: a change after it sets the event again.
                 changed.clear()
-                proto = operation_to_proto(operation)
+                proto = self._snapshot(operation)
                 yield proto
                 if proto.done:
                     return
                 await changed.wait()
+                self._waiters.check_open()
+                await asyncio.sleep(self._waiters.spread())
                 self._waiters.check_open()
 
 
