@@ -129,10 +129,9 @@ def test_waiting_calls_past_the_session_limit_get_resource_exhausted(tmp_path):
 
 
 def test_shutdown_answers_unavailable_to_waiting_and_new_calls(tmp_path):
-    with held_http_server() as (url, _release):
-        config = make_config(
-            tmp_path, deployments=held_deployment(tmp_path, url), grace_period_s=2.0
-        )
+    with held_http_server() as (url, release):
+        # The grace period (5 s) leaves time for the new calls below.
+        config = make_config(tmp_path, deployments=held_deployment(tmp_path, url))
         context = serving(config)
         running, channel = context.__enter__()
         session = create_session(channel)
@@ -174,6 +173,7 @@ def test_shutdown_answers_unavailable_to_waiting_and_new_calls(tmp_path):
                 waiting.result(timeout=60)
             with pytest.raises(grpc.RpcError) as watched:
                 next(watching)
+            release.set()  # the cancelled job can now end, and its session close
         finally:
             stopping.join()
             client.close()
