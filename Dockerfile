@@ -4,8 +4,8 @@
 #   docker run --init -p 50051:50051 -v "$PWD/data:/data" rsgrpc
 #
 # `--init` reaps any orphaned worker process; rsgrpc itself handles SIGTERM
-# (graceful shutdown within RSGRPC_GRACE_PERIOD_S, 30 s by default: give
-# `docker stop --time` at least that). Every `rsgrpc serve` flag can be set
+# (graceful shutdown within RSGRPC_GRACE_PERIOD_S, 30 s by default, and an
+# exit at most 10 s later: give `docker stop --time` at least their sum). Every `rsgrpc serve` flag can be set
 # with its RSGRPC_* environment variable, e.g. RSGRPC_MAX_RAM_MIB; download
 # deployments with RSGRPC_DEPLOYMENTS (their cache goes under XDG_CACHE_HOME
 # unless the file names a cache_dir: mount a volume there to keep it).
