@@ -8,6 +8,8 @@ passes. The per-pixel parts are numba intrinsics that emit LLVM IR from the tree
 straight-line calls to the compiled scalar operations below, which LLVM inlines. So compile
 time grows with the size of the expression alone (a chain of 500 terms is 499 calls in a row,
 not 499 levels of nesting), and every expression the parser accepts compiles in bounded time.
+Over many inputs the expression is a function of its own that the loop calls (see
+``_FUSED_INPUTS``).
 The aggregations call shared reducers over a scratch vector. The kernel releases the GIL;
 large tiles are split into row ranges run by ``numba.get_num_threads()`` threads.
 
@@ -37,6 +39,7 @@ from typing import Any, Final
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -119,24 +122,6 @@ def _mod(x: float, y: float) -> float:
 @numba.njit(**_JIT)
 def _pow(x: float, y: float) -> float:
     return math.pow(x, y)
-
-
-@numba.njit(**_JIT)
-def _minimum(x: float, y: float) -> float:
-    if math.isnan(x):
-        return x
-    if math.isnan(y):
-        return y
-    return x if x <= y else y
-
-
-@numba.njit(**_JIT)
-def _maximum(x: float, y: float) -> float:
-    if math.isnan(x):
-        return x
-    if math.isnan(y):
-        return y
-    return x if x >= y else y
 
 
 @numba.njit(**_JIT)
@@ -328,7 +313,9 @@ _COMPARISONS: Final = {
     "!=": ("fcmp_unordered", "!="),
 }
 # Operators and functions that are calls to the compiled scalar operations above.
-_BINARY: Final = {"//": _floordiv, "%": _mod, "**": _pow, "minimum": _minimum, "maximum": _maximum}
+_BINARY: Final = {"//": _floordiv, "%": _mod, "**": _pow}
+# numpy's minimum and maximum: NaN propagates (the first NaN), else the lesser or greater.
+_EXTREMES: Final = {"minimum": "<=", "maximum": ">="}
 _UNARY: Final = {
     "sqrt": _sqrt,
     "log": _log,
@@ -351,6 +338,10 @@ _REDUCERS: Final = {
     "median": _nanmedian,
     "percentile": _nanpercentile,
 }
+# Operations whose inlined body costs LLVM tens of times what a node costs (branches, loops):
+# inlined only a few times per kernel; see _Emitter.inlining.
+_LARGE: Final = frozenset({_floordiv, _mod, *_REDUCERS.values()})
+_INLINED_LARGE_CALLS: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,6 +658,12 @@ def _check_output_nodata(value: float, dtype: np.dtype) -> Any:
 # Building: the expression, the pixel reader and the nodata test are emitted as LLVM IR by numba
 # intrinsics, straight into the kernel's loop.
 
+# Up to this many inputs the expression is fused into the kernel's loop, which LLVM vectorises.
+# Past it, a vectorised loop over so many input streams costs LLVM seconds (mostly register
+# allocation: 64 inputs and 2,000 terms took 5 s), so the expression becomes a function of its
+# own, called per pixel: at most about a second to compile, and a job over that many rasters
+# is bound by reading them.
+_FUSED_INPUTS: Final = 16
 _UNARY_SIGNATURE: Final = types.float64(types.float64)
 _BINARY_SIGNATURE: Final = types.float64(types.float64, types.float64)
 _REDUCER_SIGNATURE: Final = types.float64(types.float64[::1], types.intp, types.intp, types.float64)
@@ -675,12 +672,13 @@ _REDUCER_SIGNATURE: Final = types.float64(types.float64[::1], types.intp, types.
 class _Emitter:
     """Emits an expression tree as LLVM IR in the kernel being compiled, for one pixel.
 
-    The code is straight-line: arithmetic, comparisons and logic are IEEE instructions, as numba
-    emits them for the same Python operators; the other operators and functions are calls to
-    the compiled scalar operations above, inlined; a chain is a sequence of such steps;
-    ``where`` is a select (both sides are pure, so computing both changes no pixel); an
-    aggregation stores its arguments in the scratch vector and calls its reducer. Nothing is
-    nested but the tree's own nesting, so compile time grows with the tree's size only.
+    The code is straight-line: arithmetic, comparisons, logic, minimum and maximum are IEEE
+    instructions and selects, as numba emits them for the same Python code; the other
+    operators and functions are calls to the compiled scalar operations above (see
+    ``inlining``); a chain is a sequence of such steps; ``where`` is a select (both sides are
+    pure, so computing both changes no pixel); an aggregation stores its arguments in the
+    scratch vector and calls its reducer. Nothing is nested but the tree's own nesting, so
+    compile time grows with the tree's size only.
 
     ``x`` is the LLVM tuple of the pixel's input values, widened to float64; ``scratch`` is the
     aggregations' float64 vector.
@@ -702,6 +700,7 @@ class _Emitter:
         self.scratch_data = context.make_array(scratch_type)(context, builder, value=scratch).data
         self.nodata_constants = nodata_constants
         self.slot = 0
+        self.large_calls = 0
         self.linked: set[Any] = set()
 
     def value(self, node: Node) -> Any:
@@ -765,6 +764,11 @@ class _Emitter:
             return self.truth(self.builder.and_(self.nonzero(left), self.nonzero(right)))
         if op == "or":
             return self.truth(self.builder.or_(self.nonzero(left), self.nonzero(right)))
+        if op in _EXTREMES:
+            b = self.builder
+            chosen = b.select(b.fcmp_ordered(_EXTREMES[op], left, right), left, right)
+            chosen = b.select(b.fcmp_unordered("uno", right, right), right, chosen)
+            return b.select(b.fcmp_unordered("uno", left, left), left, chosen)
         return self.invoke(_BINARY[op], _BINARY_SIGNATURE, [left, right])
 
     def call(self, node: Call) -> Any:
@@ -811,11 +815,25 @@ class _Emitter:
             self.linked.add(function)
             self.context.add_linking_libs([compiled.library])
         callee = self.context.declare_function(self.builder.module, compiled.fndesc)
-        # Inlined, a reducer sees its constant offset and count, as written in the text.
         _, result = self.context.call_conv.call_function(
-            self.builder, callee, signature.return_type, signature.args, args, ("alwaysinline",)
+            self.builder,
+            callee,
+            signature.return_type,
+            signature.args,
+            args,
+            self.inlining(function),
         )
         return result
+
+    def inlining(self, function: Any) -> tuple[str, ...]:
+        """How to call ``function``: small operations as LLVM decides (it inlines them); of the
+        large ones (``_LARGE``), the first ``_INLINED_LARGE_CALLS`` inlined, so that a reducer
+        sees its constant offset and count, and the rest called, so that LLVM's work stays
+        bounded."""
+        if function not in _LARGE:
+            return ()
+        self.large_calls += 1
+        return ("alwaysinline",) if self.large_calls <= _INLINED_LARGE_CALLS else ("noinline",)
 
 
 def _scratch_size(node: Node) -> int:
@@ -836,16 +854,36 @@ def _children(node: Node) -> tuple[Node, ...]:
     return ()
 
 
-def _expression_evaluator(root: Node, nodata_constants: dict[str, float]) -> Any:
-    """An intrinsic ``(x, scratch) -> float64``: the expression at one pixel."""
+def _expression_evaluator(root: Node, nodata_constants: dict[str, float], fused: bool) -> Any:
+    """An intrinsic ``(x, scratch) -> float64``: the expression at one pixel.
+
+    ``fused``: emitted into the kernel's loop, which LLVM then vectorises; otherwise emitted as
+    a function of its own that the loop calls (see ``_FUSED_INPUTS``).
+    """
 
     @intrinsic
     def evaluate_pixel(typingctx: Any, x: Any, scratch: Any) -> Any:
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            emitter = _Emitter(
-                context, builder, args[0], args[1], signature.args[1], nodata_constants
+            if fused:
+                emitter = _Emitter(
+                    context, builder, args[0], args[1], signature.args[1], nodata_constants
+                )
+                return emitter.value(root)
+            arguments = [context.get_value_type(t) for t in signature.args]
+            function = ir.Function(
+                builder.module,
+                ir.FunctionType(context.get_value_type(types.float64), arguments),
+                name=builder.module.get_unique_name("band_calc_pixel"),
             )
-            return emitter.value(root)
+            function.linkage = "internal"
+            function.attributes.add("noinline")
+            body = ir.IRBuilder(function.append_basic_block("entry"))
+            x_value, scratch_value = function.args
+            emitter = _Emitter(
+                context, body, x_value, scratch_value, signature.args[1], nodata_constants
+            )
+            body.ret(emitter.value(root))
+            return builder.call(function, list(args))
 
         return types.float64(x, scratch), codegen
 
@@ -911,7 +949,7 @@ def _build_kernel(
     nodata_constants: dict[str, float],
 ) -> BandCalcKernel:
     count = len(dtypes)
-    root = _expression_evaluator(expression.root, nodata_constants)
+    root = _expression_evaluator(expression.root, nodata_constants, count <= _FUSED_INPUTS)
     read = _pixel_reader(dtypes)
     is_nodata = _nodata_test(dtypes)
     scratch_size = max(_scratch_size(expression.root), 1)
