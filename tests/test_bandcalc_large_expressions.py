@@ -5,6 +5,7 @@ import operator
 
 import numpy as np
 import pytest
+from rsgrpc_kernels import bandcalc
 from rsgrpc_kernels.bandcalc import evaluate
 from rsgrpc_kernels.expression import MAX_ARGUMENTS, MAX_DEPTH, MAX_NODES, parse_expression
 
@@ -168,3 +169,28 @@ def test_chained_comparisons_nested_in_their_middle_operands_equal_numpy():
     e = parse_expression(text, ["a", "b"])
     out, _, _ = evaluate(e, [a, b], [None, None], output_dtype="float64")
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("count", [bandcalc._FUSED_INPUTS, bandcalc._FUSED_INPUTS + 1])
+def test_expressions_fused_into_the_loop_or_called_from_it_give_the_same_pixels(count):
+    names = [f"b{k}" for k in range(count)]
+    tiles = _tiles(count, seed=8)
+    tiles[1][2, 3] = -1.0  # nodata of input 1
+    args = ", ".join(names)
+    e = parse_expression(
+        f"median({args}) + where(b0 > 1, b2 // 0.3, b3 % 0.7) + " + " * ".join(names), names
+    )
+    out, count_written, _ = evaluate(
+        e, tiles, [None, -1.0] + [None] * (count - 2), output_dtype="float64"
+    )
+    wide = [t.astype(np.float64) for t in tiles]
+    expected = np.median(np.stack(wide), axis=0) + np.where(
+        wide[0] > 1, wide[2] // 0.3, wide[3] % 0.7
+    )
+    product = wide[0]
+    for w in wide[1:]:
+        product = product * w
+    expected = expected + product
+    expected[2, 3] = OUT_NODATA
+    np.testing.assert_array_equal(out, expected)
+    assert count_written == 1

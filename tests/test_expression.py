@@ -233,6 +233,13 @@ def test_size_limit_error_points_at_the_first_term_past_it():
     parse_expression(text[: -len(" + red")], NAMES)  # two terms fewer is fine
 
 
+def test_a_chain_too_long_for_pythons_parser_is_refused_as_too_many_terms():
+    text = "r+" * 4_999 + "r"  # within the text limit; Python's parser may give up first
+    with pytest.raises(ExpressionError) as info:
+        parse_expression(text, ["r"])
+    assert f"more than {MAX_NODES} terms" in str(info.value)
+
+
 def test_function_nesting_up_to_the_limit_is_accepted():
     # The outermost call is level 1 and the input inside MAX_DEPTH - 1 calls is the last level.
     depth = MAX_DEPTH - 1
