@@ -5,13 +5,13 @@ over the rows of C-contiguous tiles, with the whole expression fused into its bo
 each input pixel once, widened to float64, tests each input's nodata, evaluates, casts and
 writes; then, while the row is still in cache, it takes the row's statistics in two vectorised
 passes. The per-pixel parts are numba intrinsics that emit LLVM IR from the tree, node by node:
-straight-line calls to the compiled scalar operations below, which LLVM inlines. So compile
-time grows with the size of the expression alone (a chain of 500 terms is 499 calls in a row,
-not 499 levels of nesting), and every expression the parser accepts compiles in bounded time.
-Over many inputs the expression is a function of its own that the loop calls (see
-``_FUSED_INPUTS``).
-The aggregations call shared reducers over a scratch vector. The kernel releases the GIL;
-large tiles are split into row ranges run by ``numba.get_num_threads()`` threads.
+straight-line IEEE instructions, and calls to the compiled scalar operations below for the
+rest. So compile time grows with the size of the expression alone (a chain of 500 terms is 499
+instructions in a row, not 499 levels of nesting), and every expression the parser accepts
+compiles in bounded time (about 1.7 s at most on a 2-core machine). Over more than
+``_FUSED_INPUTS`` inputs the expression is a function of its own that the loop calls. The
+aggregations call shared reducers over a scratch vector. The kernel releases the GIL; large
+tiles are split into row ranges run by ``numba.get_num_threads()`` threads.
 
 Semantics (Remotior Sensus' band calc, made per pixel):
 
@@ -805,7 +805,7 @@ class _Emitter:
         """A call to a compiled scalar operation (compiled here on first use, once a process).
 
         The operations cannot raise (numpy's error model, no bounds checks), so the call's
-        status is not tested: each call is one instruction, inlined.
+        status is not tested, and nothing but the call is emitted.
         """
         compiled = function.overloads.get(signature.args)
         if compiled is None:
