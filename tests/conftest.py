@@ -235,7 +235,7 @@ def create_session(channel: grpc.Channel, *, metadata=(), process_count: int = 1
         session_pb2_grpc.SessionServiceStub(channel)
         .CreateSession(
             session_pb2.CreateSessionRequest(
-                session=session_pb2.Session(process_count=process_count, available_ram_mib=256)
+                session=session_pb2.Session(process_count=process_count, available_ram_mib=512)
             ),
             metadata=metadata,
             timeout=60,

@@ -10,6 +10,7 @@ import threading
 import traceback
 
 import grpc
+import numpy as np
 import psutil
 import pytest
 from google.longrunning import operations_pb2_grpc as lro_grpc
@@ -32,6 +33,8 @@ from tests.conftest import (
     make_config,
     serving,
     start_held_download,
+    watch_operation,
+    write_geotiff,
 )
 
 WATCHERS = 2000
@@ -101,6 +104,16 @@ def test_waiting_calls_past_the_session_limit_get_resource_exhausted(tmp_path):
         with serving(config) as (running, channel):
             full = create_session(channel)
             other = create_session(channel)
+            write_geotiff(running.data_root.root / "a.tif", np.ones((8, 8), np.uint8))
+            finished = raster_pb2_grpc.RasterServiceStub(channel).BandCalc(
+                raster_pb2.BandCalcRequest(
+                    session=full,
+                    expression="a + 1",
+                    inputs=[raster_pb2.RasterInput(name="a", path="a.tif")],
+                    output_path="b.tif",
+                )
+            )
+            assert watch_operation(channel, finished)[-1].done
             held = start_held_download(channel, full, "full.json")
             elsewhere = start_held_download(channel, other, "other.json")
             watch = operation_pb2_grpc.OperationWatchServiceStub(channel)
@@ -112,20 +125,38 @@ def test_waiting_calls_past_the_session_limit_get_resource_exhausted(tmp_path):
                 next(watch.WatchOperation(_watch(held.name)))
             with pytest.raises(grpc.RpcError) as refused_wait:
                 operations.WaitOperation(_wait(held.name))
+            # A finished operation is answered at once: nothing waits.
+            assert operations.WaitOperation(_wait(finished.name)).done
+            assert [u.done for u in watch.WatchOperation(_watch(finished.name))] == [True]
             # The limit is per session: another session's operation can still be watched.
             other_watch = watch.WatchOperation(_watch(elsewhere.name))
             assert not next(other_watch).done
+            # A waiting call that ends makes room for another.
+            holders.pop().cancel()
+            admitted, first = _admitted_watch(watch, held.name)
+            assert not first.done
             release.set()
-            assert [list(h)[-1].done for h in holders] == [True] * 3
+            assert [list(h)[-1].done for h in [*holders, admitted]] == [True] * 3
             assert list(other_watch)[-1].done
-            # Once they ended, the session's operations can be waited on again.
-            assert operations.WaitOperation(_wait(held.name)).done
 
     for refused in (refused_watch.value, refused_wait.value):
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert full in refused.details()
         assert "3 calls waiting" in refused.details()
         assert "limit of 3" in refused.details()
+
+
+def _admitted_watch(watch, name: str):
+    """A watch of `name` and its first update, once the server admits one (a cancelled
+    call frees its place as soon as the server sees the cancellation)."""
+    for _ in range(500):
+        call = watch.WatchOperation(_watch(name))
+        try:
+            return call, next(call)
+        except grpc.RpcError as refused:
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+        threading.Event().wait(0.02)
+    raise AssertionError(f"no watch of {name} was admitted")
 
 
 def test_shutdown_answers_unavailable_to_waiting_and_new_calls(tmp_path):

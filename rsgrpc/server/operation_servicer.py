@@ -251,6 +251,8 @@ class OperationsServicer(lro_grpc.OperationsServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             limit = min(limit, max(remaining - 0.05, 0.0))
+        if operation.done:  # nothing to wait for: not counted against the limit
+            return operation_to_proto(operation)
         with self._waiters.waiting(operation) as changed, contextlib.suppress(TimeoutError):
             async with asyncio.timeout(limit):
                 while not operation.done:
@@ -285,6 +287,9 @@ class OperationWatchServicer(operation_pb2_grpc.OperationWatchServiceServicer):
     @reports_errors
     async def WatchOperation(self, request, context):
         operation = self._store.get(request.name, owner=current_caller().owner)
+        if operation.done:  # one message and the end: not counted against the limit
+            yield self._snapshot(operation)
+            return
         with self._waiters.waiting(operation) as changed:
             while True:
                 # Cleared before the snapshot: a change after it sets the event again.
