@@ -302,7 +302,7 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
     if port == 0:
         raise OSError(
             f"cannot listen on {address}: is another server using the port? "
-            "(--reuse-port lets several servers share it)"
+            "(--reuse-port true lets several servers share it)"
         ) from cause
     return port
 
