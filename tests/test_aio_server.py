@@ -15,7 +15,9 @@ import psutil
 import pytest
 from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from rsgrpc.server import session_servicer
 from rsgrpc.v1 import (
@@ -212,6 +214,9 @@ def test_shutdown_answers_unavailable_to_waiting_and_new_calls(tmp_path):
     for refused in [*refusals.values(), waited.value, watched.value]:
         assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
         assert "shutting down" in refused.details()
+        info = error_details_pb2.ErrorInfo()
+        assert rpc_status.from_call(refused).details[0].Unpack(info)
+        assert info.reason == "SHUTTING_DOWN"
 
 
 def test_a_bug_is_internal_naming_a_request_id_that_the_server_log_holds(

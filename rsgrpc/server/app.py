@@ -127,9 +127,7 @@ class _Door(grpc.aio.ServerInterceptor):
             and handler is not None
             and not handler_call_details.method.startswith(_HEALTH_PREFIX)
         ):
-            return refusing_handler(
-                handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down"
-            )
+            return refusing_handler(handler, UnavailableError("the server is shutting down"))
         return handler
 
 

@@ -140,15 +140,15 @@ def reports_errors(method: F) -> F:
 
 
 def refusing_handler(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+    handler: grpc.RpcMethodHandler, error: errors.RsgrpcError
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that ends every call with `code` and `message`."""
+    """A handler of the same kind as `handler` that ends every call with `error`."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, message)
+        await abort(context, error)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, message)
+        await abort(context, error)
         yield  # pragma: no cover - abort raises
 
     if handler.request_streaming and handler.response_streaming:
