@@ -115,7 +115,8 @@ class Waiters:
     session's operations at once; `close` ends them all with UNAVAILABLE.
 
     The waiters of one operation share one listener: a change costs one hand-over to the
-    event loop, however many wait. Used on the event loop only, so it needs no lock.
+    event loop, however many wait, and wakes only those it concerns (a WaitOperation only
+    when the operation is done). Used on the event loop only, so it needs no lock.
     """
 
     def __init__(self, limit: int) -> None:
@@ -123,13 +124,15 @@ class Waiters:
         self._per_session: collections.Counter[str] = collections.Counter()
         self._by_operation: dict[Operation, set[asyncio.Event]] = {}
         self._listeners: dict[Operation, Callable[[], None]] = {}
+        self._until_done: set[asyncio.Event] = set()
         self._count = 0
         self.closed = False
 
     @contextlib.contextmanager
-    def waiting(self, operation: Operation) -> Iterator[asyncio.Event]:
+    def waiting(self, operation: Operation, *, until_done: bool) -> Iterator[asyncio.Event]:
         """Count a waiting call in the block; the event is set when the operation changes
-        and when the server closes (the waiter then calls `check_open`)."""
+        (`until_done`: when it is done) and when the server closes (the waiter then calls
+        `check_open`)."""
         self.check_open()
         session = operation.session
         if self._per_session[session] >= self.limit:
@@ -143,8 +146,10 @@ class Waiters:
         events = self._by_operation.get(operation)
         if events is None:
             events = self._by_operation[operation] = set()
-            self._listeners[operation] = _wake_all_on_change(operation, events)
+            self._listeners[operation] = self._wake_on_change(operation, events)
         events.add(changed)
+        if until_done:
+            self._until_done.add(changed)
         self._per_session[session] += 1
         self._count += 1
         try:
@@ -155,6 +160,7 @@ class Waiters:
             if not self._per_session[session]:
                 del self._per_session[session]
             events.discard(changed)
+            self._until_done.discard(changed)
             if not events:
                 del self._by_operation[operation]
                 operation.remove_listener(self._listeners.pop(operation))
@@ -175,23 +181,26 @@ class Waiters:
             for changed in events:
                 changed.set()
 
+    def _wake_on_change(
+        self, operation: Operation, events: set[asyncio.Event]
+    ) -> Callable[[], None]:
+        """Add to `operation` a listener that sets, on the running loop, the events of
+        `events` that its change concerns; return it."""
+        loop = asyncio.get_running_loop()
 
-def _wake_all_on_change(operation: Operation, events: set[asyncio.Event]) -> Callable[[], None]:
-    """Add to `operation` a listener that sets every event of `events` on the running loop;
-    return it."""
-    loop = asyncio.get_running_loop()
+        def wake() -> None:
+            done = operation.done
+            for changed in events:
+                if done or changed not in self._until_done:
+                    changed.set()
 
-    def wake_all() -> None:
-        for changed in events:
-            changed.set()
+        def listener() -> None:
+            # Called from the thread that changed the operation.
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(wake)
 
-    def listener() -> None:
-        # Called from the thread that changed the operation.
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
-            loop.call_soon_threadsafe(wake_all)
-
-    operation.add_listener(listener)
-    return listener
+        operation.add_listener(listener)
+        return listener
 
 
 class OperationsServicer(lro_grpc.OperationsServicer):
@@ -253,7 +262,8 @@ class OperationsServicer(lro_grpc.OperationsServicer):
             limit = min(limit, max(remaining - 0.05, 0.0))
         if operation.done:  # nothing to wait for: not counted against the limit
             return operation_to_proto(operation)
-        with self._waiters.waiting(operation) as changed, contextlib.suppress(TimeoutError):
+        waiting = self._waiters.waiting(operation, until_done=True)
+        with waiting as changed, contextlib.suppress(TimeoutError):
             async with asyncio.timeout(limit):
                 while not operation.done:
                     await changed.wait()
@@ -290,7 +300,7 @@ class OperationWatchServicer(operation_pb2_grpc.OperationWatchServiceServicer):
         if operation.done:  # one message and the end: not counted against the limit
             yield self._snapshot(operation)
             return
-        with self._waiters.waiting(operation) as changed:
+        with self._waiters.waiting(operation, until_done=False) as changed:
             while True:
                 # Cleared before the snapshot: a change after it sets the event again.
                 changed.clear()
