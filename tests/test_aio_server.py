@@ -33,6 +33,7 @@ from tests.conftest import (
     held_deployment,
     held_http_server,
     make_config,
+    operation_metadata,
     serving,
     start_held_download,
     watch_operation,
@@ -96,6 +97,41 @@ async def _last_update(call):
     while (update := await call.read()) is not grpc.aio.EOF:
         last = update
     return last
+
+
+def test_watchers_of_a_running_job_each_see_its_progress_in_order_and_its_end(tmp_path):
+    with serving(make_config(tmp_path)) as (running, channel):
+        values = np.arange(2048 * 2048, dtype=np.float32).reshape(2048, 2048)
+        write_geotiff(running.data_root.root / "big.tif", values, block=256)
+        session = create_session(channel)
+
+        async def watch_job():
+            target = f"127.0.0.1:{running.port}"
+            async with grpc.aio.insecure_channel(target) as aio_channel:
+                job = await raster_pb2_grpc.RasterServiceStub(aio_channel).BandCalc(
+                    raster_pb2.BandCalcRequest(
+                        session=session,
+                        expression="x * 2",
+                        inputs=[raster_pb2.RasterInput(name="x", path="big.tif")],
+                        output_path="twice.tif",
+                    )
+                )
+                stub = operation_pb2_grpc.OperationWatchServiceStub(aio_channel)
+                calls = [stub.WatchOperation(_watch(job.name)) for _ in range(500)]
+                return await asyncio.gather(*(_all_updates(call) for call in calls))
+
+        seen = asyncio.run(watch_job())
+
+    for updates in seen:
+        metadata = [operation_metadata(update) for update in updates]
+        assert updates[-1].done and not updates[-1].HasField("error")
+        assert [m.tiles_done for m in metadata] == sorted(m.tiles_done for m in metadata)
+        assert [m.stage for m in metadata] == sorted(m.stage for m in metadata)
+        assert metadata[-1].tiles_done == metadata[-1].tiles_total > 1
+
+
+async def _all_updates(call) -> list:
+    return [update async for update in call]
 
 
 def test_waiting_calls_past_the_session_limit_get_resource_exhausted(tmp_path):
