@@ -43,7 +43,7 @@ def test_a_worker_killed_while_sending_a_result_fails_the_job_and_the_next_one_r
         with pytest.raises(WorkerLostError, match="worker process died"):
             run_tiles(
                 executor,
-                Operation("sessions/test", "Test"),
+                Operation("sessions/test", "Test", owner="anonymous"),
                 [0],
                 lambda _: (_die_halfway_through_a_result, ()),
                 results.append,
@@ -51,7 +51,7 @@ def test_a_worker_killed_while_sending_a_result_fails_the_job_and_the_next_one_r
             )
         run_tiles(
             executor,
-            Operation("sessions/test", "Test"),
+            Operation("sessions/test", "Test", owner="anonymous"),
             [1, 2, 3],
             lambda value: (_square, (value,)),
             results.append,

@@ -61,7 +61,8 @@ def session(request, tmp_path_factory):
     session = registry.create(
         SessionSettings(
             process_count=request.param, available_ram_mib=2048, log_level=logging.WARNING
-        )
+        ),
+        owner="anonymous",
     )
     yield session
     registry.close_all()
@@ -103,7 +104,7 @@ def test_sieve_any_tiling_equals_gdal(session, data_root, connectivity, edge):
         (BandInput("classes.tif"),), 12, connectivity, OutputTarget(output, overwrite=True)
     )
     job = _with_tiles(prepare_sieve(request, data_root, session, PROFILE), edge)
-    operation = Operation(session.name, "Sieve")
+    operation = Operation(session.name, "Sieve", owner=session.owner)
     [result] = run_sieve(job, session, operation)
 
     classes = _read(data_root, "classes.tif")
@@ -159,7 +160,7 @@ def test_morphology_any_tiling_equals_the_whole_raster(session, data_root, case,
         OutputTarget(output, overwrite=True),
     )
     job = _with_tiles(prepare_morphology(request, data_root, session, PROFILE), edge)
-    [result] = run_morphology(job, session, Operation(session.name, tool))
+    [result] = run_morphology(job, session, Operation(session.name, tool, owner=session.owner))
 
     array = _read(data_root, source)
     nodata = None if array.dtype.kind == "f" else NODATA

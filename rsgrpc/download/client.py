@@ -275,8 +275,10 @@ class DownloadClient:
                     try:
                         cache.write_cached(response)
                     except OSError as error:
+                        # strerror, not the error itself: that names the server's cache folder.
                         raise CacheWriteError(
-                            f"could not write the answer to the cache: {error}", url=request.url
+                            f"could not write the answer to the cache: {error.strerror}",
+                            url=request.url,
                         ) from None
             else:
                 _LOGGER.debug("Read %s from the cache", output_path)
