@@ -33,6 +33,7 @@ from rsgrpc.v1 import (
     download_pb2_grpc,
     operation_pb2,
     operation_pb2_grpc,
+    raster_pb2,
     raster_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
@@ -194,6 +195,18 @@ class _HeldHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         return None
+
+
+def start_sieve(channel: grpc.Channel, session: str, output: str, *, path: str = "big.tif"):
+    """Start a sieve (threshold 20) of `path` into `output`; returns the operation."""
+    return raster_pb2_grpc.RasterServiceStub(channel).Sieve(
+        raster_pb2.SieveRequest(
+            session=session,
+            inputs=[raster_pb2.RasterBand(path=path)],
+            size=20,
+            output=raster_pb2.ToolOutput(path=output),
+        )
+    )
 
 
 @contextlib.contextmanager

@@ -21,12 +21,13 @@ import pytest
 
 from rsgrpc.engine.instance import folder_instance, partial_instance
 from rsgrpc.engine.partial_output import PartialOutput
-from rsgrpc.v1 import raster_pb2, raster_pb2_grpc, session_pb2, session_pb2_grpc
+from rsgrpc.v1 import session_pb2, session_pb2_grpc
 from tests.conftest import (
     make_config,
     operation_metadata,
     operation_updates,
     serving,
+    start_sieve,
     write_geotiff,
 )
 
@@ -107,18 +108,6 @@ def _rsgrpc_serve(data_root: Path, temp_root: Path, log: Path, *flags: str) -> I
                 process.wait()
 
 
-def _start_sieve(channel: grpc.Channel, session: str, output: str):
-    """Start a sieve of `big.tif` in many tiles; returns the operation."""
-    return raster_pb2_grpc.RasterServiceStub(channel).Sieve(
-        raster_pb2.SieveRequest(
-            session=session,
-            inputs=[raster_pb2.RasterBand(path="big.tif")],
-            size=20,
-            output=raster_pb2.ToolOutput(path=output),
-        )
-    )
-
-
 def _partials(data_root: Path) -> list[Path]:
     return [p for p in data_root.rglob("*") if partial_instance(p.name)]
 
@@ -160,7 +149,7 @@ def killed(roots, tmp_path_factory) -> _Killed:
                 session=session_pb2.Session(process_count=2, available_ram_mib=640)
             )
         )
-        operation = _start_sieve(channel, session.name, "sieved/big.tif")
+        operation = start_sieve(channel, session.name, "sieved/big.tif")
         # Pass 3 writes the output: each tile counts once in pass 1 and once in pass 3.
         for update in operation_updates(channel, operation):
             metadata = operation_metadata(update)
@@ -249,7 +238,7 @@ def test_sigterm_during_a_job_after_an_idle_worker_was_killed_ends_the_server_cl
         ]
         idle.kill()
         idle.wait(_GONE_SECONDS)
-        operation = _start_sieve(channel, session.name, "sigterm/sieved.tif")
+        operation = start_sieve(channel, session.name, "sigterm/sieved.tif")
         for update in operation_updates(channel, operation):
             assert not update.HasField("error"), update.error
             if operation_metadata(update).tiles_done >= 1:

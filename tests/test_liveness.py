@@ -26,6 +26,7 @@ from tests.conftest import (
     operation_metadata,
     operation_updates,
     serving,
+    start_sieve,
     watch_operation,
     write_geotiff,
 )
@@ -80,18 +81,6 @@ def _band_calc(channel: grpc.Channel, session: str, output: str):
     return watch_operation(channel, operation)[-1]
 
 
-def _start_sieve(channel: grpc.Channel, session: str, output: str):
-    """Start a sieve of `big.tif` in many tiles; returns the operation."""
-    return raster_pb2_grpc.RasterServiceStub(channel).Sieve(
-        raster_pb2.SieveRequest(
-            session=session,
-            inputs=[raster_pb2.RasterBand(path="big.tif")],
-            size=20,
-            output=raster_pb2.ToolOutput(path=output),
-        )
-    )
-
-
 def _kill_during_pass_one(channel: grpc.Channel, operation, kill) -> list:
     """Follow the sieve's updates; call `kill()` once its first pass has done a tile.
     Returns every update until the operation is done."""
@@ -133,7 +122,7 @@ def test_a_worker_killed_during_a_job_fails_it_unavailable_and_the_next_job_runs
     with _session(channel) as session:
         executor = running.registry.get(session).executor
         victim = executor.pids()[0]
-        operation = _start_sieve(channel, session, "busy/sieved.tif")
+        operation = start_sieve(channel, session, "busy/sieved.tif")
         kill = functools.partial(os.kill, victim, signal.SIGKILL)
         failed = _kill_during_pass_one(channel, operation, kill)[-1]
         done = _band_calc(channel, session, "busy/next.tif")
@@ -222,7 +211,7 @@ def test_a_dask_scheduler_killed_during_a_job_fails_it_unavailable(tmp_path):
         with serving(make_config(tmp_path, dask_scheduler=address)) as (running, channel):
             _write_inputs(running.data_root.root)
             session = _create_session(channel)  # closed with the server
-            operation = _start_sieve(channel, session, "dask/sieved.tif")
+            operation = start_sieve(channel, session, "dask/sieved.tif")
             updates = _kill_during_pass_one(channel, operation, scheduler.kill)
             failed = updates[-1]
             assert failed.error.code == code_pb2.UNAVAILABLE
