@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ram",
         type=int,
         nargs="+",
-        default=[512, 2048],
+        default=[640, 2048],
         help="available_ram_mib of the session; one server per value",
     )
     parser.add_argument("--processes", type=int, default=2, help="session process count")
