@@ -109,72 +109,72 @@ def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
 # Scalar operations, called by the code the expression emits (LLVM inlines them).
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _floordiv(x: float, y: float) -> float:
     return x // y
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _mod(x: float, y: float) -> float:
     return x % y
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _pow(x: float, y: float) -> float:
     return math.pow(x, y)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _sqrt(x: float) -> float:
     return np.sqrt(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _log(x: float) -> float:
     return np.log(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _log10(x: float) -> float:
     return np.log10(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _exp(x: float) -> float:
     return np.exp(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _abs(x: float) -> float:
     return abs(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _sin(x: float) -> float:
     return np.sin(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _cos(x: float) -> float:
     return np.cos(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _tan(x: float) -> float:
     return np.tan(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _arcsin(x: float) -> float:
     return np.arcsin(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _arccos(x: float) -> float:
     return np.arccos(x)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, **_JIT)
 def _arctan(x: float) -> float:
     return np.arctan(x)
 
@@ -182,7 +182,7 @@ def _arctan(x: float) -> float:
 # Aggregations over scratch[off:off + n], NaN ignored as numpy's nan* functions ignore it.
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _compact(s: np.ndarray, off: int, n: int) -> int:
     """Move the non-NaN values of the region to its front, in order; return their count."""
     k = 0
@@ -194,7 +194,7 @@ def _compact(s: np.ndarray, off: int, n: int) -> int:
     return k
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _sort(s: np.ndarray, off: int, k: int) -> None:
     for t in range(1, k):
         v = s[off + t]
@@ -205,7 +205,7 @@ def _sort(s: np.ndarray, off: int, k: int) -> None:
         s[off + u + 1] = v
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _nanmin(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     if k == 0:
@@ -217,7 +217,7 @@ def _nanmin(s: np.ndarray, off: int, n: int, q: float) -> float:
     return r
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _nanmax(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     if k == 0:
@@ -229,7 +229,7 @@ def _nanmax(s: np.ndarray, off: int, n: int, q: float) -> float:
     return r
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _nansum(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     r = 0.0
@@ -238,7 +238,7 @@ def _nansum(s: np.ndarray, off: int, n: int, q: float) -> float:
     return r
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _nanmean(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     if k == 0:
@@ -249,7 +249,7 @@ def _nanmean(s: np.ndarray, off: int, n: int, q: float) -> float:
     return r / k
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _nanstd(s: np.ndarray, off: int, n: int, q: float) -> float:
     # Population standard deviation (numpy's ddof=0), summed in order as numpy does per pixel.
     k = _compact(s, off, n)
@@ -266,7 +266,7 @@ def _nanstd(s: np.ndarray, off: int, n: int, q: float) -> float:
     return math.sqrt(squares / k)
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _lerp(a: float, b: float, t: float) -> float:
     # numpy's _lerp: the form that is exact at the nearer end.
     d = b - a
@@ -275,7 +275,7 @@ def _lerp(a: float, b: float, t: float) -> float:
     return a + d * t
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _nanpercentile(s: np.ndarray, off: int, n: int, q: float) -> float:
     # numpy's default "linear" method: virtual index q/100 * (k - 1), interpolated.
     k = _compact(s, off, n)
@@ -289,7 +289,7 @@ def _nanpercentile(s: np.ndarray, off: int, n: int, q: float) -> float:
     return _lerp(s[off + lo], s[off + hi], index - below)
 
 
-@numba.njit(**_REDUCER_JIT)
+@numba.njit(cache=True, **_REDUCER_JIT)
 def _nanmedian(s: np.ndarray, off: int, n: int, q: float) -> float:
     k = _compact(s, off, n)
     if k == 0:
@@ -1071,7 +1071,7 @@ def _value_of_key(key: int, dtype: np.dtype) -> float:
     return float(np.array([bits], dtype=view).view(dtype)[0])
 
 
-@numba.njit(**_STATISTICS_JIT)
+@numba.njit(cache=True, **_STATISTICS_JIT)
 def _first_valid(row, nodata):
     """The first value of an output row that is neither NaN nor nodata; NaN if none."""
     for j in range(row.shape[0]):
@@ -1081,7 +1081,7 @@ def _first_valid(row, nodata):
     return np.nan
 
 
-@numba.njit(**_STATISTICS_JIT)
+@numba.njit(cache=True, **_STATISTICS_JIT)
 def _row_sums(row, keys, nodata, origin, key_shift, key_flip):
     """Valid count, sum about ``origin``, and the keys of the minimum and maximum of a row."""
     n = 0
@@ -1100,7 +1100,7 @@ def _row_sums(row, keys, nodata, origin, key_shift, key_flip):
     return n, total, low, high
 
 
-@numba.njit(**_STATISTICS_JIT)
+@numba.njit(cache=True, **_STATISTICS_JIT)
 def _row_squared_deviations(row, nodata, origin, mean):
     """The sum of squared deviations of a row's valid values from ``origin + mean``."""
     m2 = 0.0

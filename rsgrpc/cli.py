@@ -1,4 +1,5 @@
-"""The `rsgrpc` command: serve, run a tool or a download with a progress bar, check health.
+"""The `rsgrpc` command: serve, compile the kernels ahead, run a tool or a download with a
+progress bar, check health.
 
 The server's worker processes load this module as their main module (that is
 how spawned processes start), so at the top it imports only the standard
@@ -45,6 +46,51 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     serve(config)
+    return 0
+
+
+def _warm(args: argparse.Namespace) -> int:
+    """Compile every fixed kernel into the kernel cache (or load it, where already there)."""
+    import time
+    from collections import Counter
+
+    from rsgrpc.engine.kernel_cache import use_kernel_cache_dir, write_manifest
+
+    started = time.perf_counter()
+    folder = use_kernel_cache_dir(args.kernel_cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    # numba reads NUMBA_CACHE_DIR when it is first imported: here, after it is set.
+    from rsgrpc_kernels.warm import fixed_kernels, warm_cases
+
+    cases = [c for c in warm_cases() if not args.only or any(t in c.name for t in args.only)]
+    if not cases:
+        print(f"rsgrpc warm: no case matches {args.only}", file=sys.stderr)
+        return 2
+    kernels = fixed_kernels().values()
+
+    def counts() -> Counter[str]:
+        return Counter(
+            compiled=sum(sum(k.stats.cache_misses.values()) for k in kernels),
+            loaded=sum(sum(k.stats.cache_hits.values()) for k in kernels),
+        )
+
+    by_tool: dict[str, Counter[str]] = {}
+    seconds: Counter[str] = Counter()
+    for case in cases:
+        before, began = counts(), time.perf_counter()
+        case.run()
+        seconds[case.tool] += time.perf_counter() - began
+        tool = by_tool.setdefault(case.tool, Counter())
+        tool.update(counts() - before)
+        tool["cases"] += 1
+    for name, tool in by_tool.items():
+        print(
+            f"{name:<10} {tool['cases']:4d} cases  {tool['compiled']:4d} kernels compiled "
+            f"{tool['loaded']:4d} loaded  {seconds[name]:7.1f} s"
+        )
+    if not args.only:
+        write_manifest(folder, len(cases))
+    print(f"warmed {len(cases)} cases into {folder} in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -261,7 +307,7 @@ def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rsgrpc.server.config import add_arguments
+    from rsgrpc.server.config import ServerConfig, add_arguments
 
     parser = argparse.ArgumentParser(prog="rsgrpc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     add_arguments(serve)
     serve.set_defaults(run=_serve)
+
+    warm = commands.add_parser(
+        "warm", help="compile every kernel into the kernel cache, so no request waits for one"
+    )
+    warm.add_argument(
+        "--kernel-cache-dir",
+        type=Path,
+        default=Path(os.environ.get("RSGRPC_KERNEL_CACHE_DIR") or ServerConfig.kernel_cache_dir),
+        help="the server's --kernel-cache-dir (env RSGRPC_KERNEL_CACHE_DIR)",
+    )
+    warm.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="warm only the signatures whose name holds TEXT (e.g. 'sieve uint8'); repeatable",
+    )
+    warm.set_defaults(run=_warm)
 
     calc = commands.add_parser("band-calc", help="run band calc in a new session")
     _add_session_arguments(calc)

@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rsgrpc.engine.errors import UnavailableError
+from rsgrpc.engine.kernel_cache import report_kernel_cache, use_kernel_cache_dir
 from rsgrpc.engine.leftovers import remove_leftovers_in_background
 from rsgrpc.engine.operations import OperationStore
 from rsgrpc.engine.paths import DataRoot
@@ -216,6 +217,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     (its workers stopped, its files removed). Each step is bounded in time.
     """
     data_root = DataRoot.at(config.data_root)
+    # Before any worker is spawned: workers inherit the environment, and numba reads it.
+    report_kernel_cache(use_kernel_cache_dir(config.kernel_cache_dir))
     download_settings = load_download_settings(config.deployments)
     authenticator = _authenticator(config)
     credentials = _credentials(config)

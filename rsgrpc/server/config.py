@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from rsgrpc.engine.kernel_cache import default_kernel_cache_dir
+
 MIB = 1 << 20
 
 
@@ -26,6 +28,7 @@ class ServerConfig:
     address: str = "127.0.0.1:50051"
     data_root: Path = Path("data")
     temp_root: Path = Path(tempfile.gettempdir()) / "rsgrpc"
+    kernel_cache_dir: Path = default_kernel_cache_dir()  # compiled kernels (`rsgrpc warm`)
     max_processes: int = os.cpu_count() or 1
     max_ram_mib: int = 0  # 0: three quarters of the machine's memory
     max_sessions: int = 16

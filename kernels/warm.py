@@ -1,0 +1,167 @@
+"""The fixed kernels and the signatures the engine calls them with, declared once.
+
+``rsgrpc warm`` runs every case below so that numba compiles each fixed kernel (``cache=True``)
+into its disk cache; a worker then loads them instead of compiling on a request. A case calls a
+public function on a small tile exactly as the engine does (C-contiguous tiles of one dtype,
+the same options), so it compiles the signatures a job needs and no other. A band-calc
+expression's own kernel is compiled per expression and is not cached; the fixed operations it
+calls (scalar operations, aggregations, row statistics) are, for every output dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+
+from . import bandcalc, morphology, sieve
+from .expression import parse_expression
+
+# Every dtype a band of a morphology job can have (GDAL's integer and float types).
+MORPHOLOGY_DTYPES: Final = (
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+)
+# An expression that calls every scalar operation and every aggregation once.
+_EVERY_OPERATION: Final = (
+    "sqrt(abs(a)) + log(abs(a) + 1) + log10(abs(b) + 1) + exp(a / 1000) + sin(a) + cos(b)"
+    " + tan(a) + arcsin(a / 1000) + arccos(b / 1000) + arctan(a) + a // (b + 1) + a % (b + 1)"
+    " + a ** 2 + min(a, b) + max(a, b) + sum(a, b) + mean(a, b) + median(a, b) + std(a, b)"
+    " + percentile(a, b, 90)"
+)
+_TILE: Final = 8  # a warm tile's side: values matter to the kernels' types, not its size
+
+
+@dataclass(frozen=True)
+class WarmCase:
+    """One call of a tool's kernels with one signature: ``run()`` compiles or loads them."""
+
+    tool: str  # sieve, dilation, erosion, grey, band-calc
+    dtype: str
+    options: str  # what else selects a signature, as text
+    run: Callable[[], np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return f"{self.tool} {self.dtype} {self.options}".rstrip()
+
+
+def warm_cases() -> tuple[WarmCase, ...]:
+    """Every fixed kernel with every signature the engine uses, tool by tool."""
+    return (*_sieve_cases(), *_morphology_cases(), *_band_calc_cases())
+
+
+def fixed_kernels() -> dict[str, Dispatcher]:
+    """The numba functions the cases compile, by module and name (``sieve._label``)."""
+    found = {}
+    for module in (sieve, morphology, bandcalc):
+        for name, value in vars(module).items():
+            if isinstance(value, Dispatcher):
+                found[f"{module.__name__.rsplit('.', 1)[-1]}.{name}"] = value
+    return found
+
+
+def _classes(dtype: str) -> np.ndarray:
+    """A small tile of a few classes with small regions, so that every phase has work."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 4, (_TILE, _TILE)).astype(dtype)
+
+
+def _sieve_cases() -> Iterator[WarmCase]:
+    # Connectivity and the mask's presence select no new signature; both are run, so that the
+    # cache holds whatever each path compiles.
+    for dtype in sorted(d.name for d in sieve.SIEVE_DTYPES):
+        for connectivity in sorted(sieve.SIEVE_CONNECTIVITIES):
+            for masked in (False, True):
+                yield WarmCase(
+                    "sieve",
+                    dtype,
+                    f"connectivity {connectivity}{' masked' if masked else ''}",
+                    lambda d=dtype, c=connectivity, m=masked: _sieve_in_tiles(d, c, m),
+                )
+
+
+def _sieve_in_tiles(dtype: str, connectivity: int, masked: bool) -> np.ndarray:
+    """The three phases on four tiles, as the engine runs them (each tile its own array)."""
+    array = _classes(dtype)
+    half = _TILE // 2
+    corners = [(r, c) for r in (0, half) for c in (0, half)]
+    settled = []
+    for r, c in corners:
+        tile = np.ascontiguousarray(array[r : r + half, c : c + half])
+        mask = tile != 3 if masked else None
+        placement = sieve.TilePlacement(r, c, _TILE, _TILE)
+        settled.append(
+            sieve.settle_tile(tile, placement, size=3, connectivity=connectivity, mask=mask)
+        )
+    decision = sieve.decide_tiles([t.summary for t in settled], size=3, connectivity=connectivity)
+    out = np.empty_like(array)
+    for (r, c), tile, tile_decision in zip(corners, settled, decision.tiles, strict=True):
+        sieve.finish_tile(tile.out, tile.pending, tile_decision)
+        out[r : r + half, c : c + half] = tile.out
+    return out
+
+
+def _morphology_cases() -> Iterator[WarmCase]:
+    interior = (slice(2, _TILE - 2), slice(2, _TILE - 2))
+    for dtype in MORPHOLOGY_DTYPES:
+        for circular in (False, True):
+            shape = "circular" if circular else "square"
+            for nodata in (None, 3):
+                options = f"{shape} nodata {nodata}"
+                common = {"size": 2, "circular": circular, "nodata": nodata, "interior": interior}
+                # More than 254 listed values take wider ranks (see morphology.dilate).
+                for listed in ([1, 2], list(range(300))):
+                    yield WarmCase(
+                        "dilation",
+                        dtype,
+                        f"{options} {len(listed)} values",
+                        lambda d=dtype, v=listed, k=common: morphology.dilate(
+                            _classes(d), value_list=v, **k
+                        ),
+                    )
+                yield WarmCase(
+                    "erosion",
+                    dtype,
+                    options,
+                    lambda d=dtype, k=common: morphology.erode(_classes(d), value_list=[1], **k),
+                )
+                for operation in sorted(morphology.OPERATIONS):
+                    yield WarmCase(
+                        "grey",
+                        dtype,
+                        f"{operation} {options}",
+                        lambda d=dtype, o=operation, k=common: morphology.grey_filter(
+                            _classes(d), operation=o, **k
+                        ),
+                    )
+
+
+def _band_calc_cases() -> Iterator[WarmCase]:
+    expression = parse_expression(_EVERY_OPERATION, ["a", "b"])
+    for dtype in sorted(d.name for d in bandcalc.OUTPUT_DTYPES):
+        yield WarmCase(
+            "band-calc",
+            dtype,
+            "every operation",
+            lambda d=dtype: _band_calc(expression, d),
+        )
+
+
+def _band_calc(expression, dtype: str) -> np.ndarray:
+    a = np.arange(_TILE * _TILE, dtype=np.float32).reshape(_TILE, _TILE)
+    out, _, _ = bandcalc.evaluate(
+        expression, [a, a[::-1].copy()], [None, None], output_dtype=dtype, output_nodata=0
+    )
+    return out
