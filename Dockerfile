@@ -34,7 +34,7 @@ FROM python:3.11-slim
 RUN groupadd --system --gid 10001 rsgrpc \
     && useradd --system --uid 10001 --gid rsgrpc --no-log-init \
         --home-dir /home/rsgrpc --create-home --shell /usr/sbin/nologin rsgrpc \
-    && mkdir -p /data /tmp/rsgrpc /home/rsgrpc/.cache/numba \
+    && mkdir -p /data /tmp/rsgrpc /home/rsgrpc/.cache/rsgrpc/kernels \
     && chown -R rsgrpc:rsgrpc /data /tmp/rsgrpc /home/rsgrpc/.cache
 
 COPY --from=builder /opt/venv /opt/venv
@@ -42,13 +42,17 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/home/rsgrpc/.cache \
-    NUMBA_CACHE_DIR=/home/rsgrpc/.cache/numba \
+    RSGRPC_KERNEL_CACHE_DIR=/home/rsgrpc/.cache/rsgrpc/kernels \
     RSGRPC_ADDRESS=0.0.0.0:50051 \
     RSGRPC_DATA_ROOT=/data \
     RSGRPC_TEMP_ROOT=/tmp/rsgrpc
 
 # Numeric, so that Kubernetes can check runAsNonRoot.
 USER 10001:10001
+# Compile every kernel into the server's kernel cache, as the user the server runs as, so that no
+# request waits for a compile. A host with another CPU than the build's compiles on first use
+# (the server's log says so): run `rsgrpc warm` there, or mount a volume on the cache.
+RUN ["rsgrpc", "warm"]
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 50051

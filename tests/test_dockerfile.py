@@ -127,10 +127,15 @@ def test_image_settings_agree(image):
     assert env["RSGRPC_ADDRESS"] == f"0.0.0.0:{port}"
     assert port in image.last("EXPOSE").split()
     assert env["RSGRPC_DATA_ROOT"] in _exec_form(image.last("VOLUME"))
-    assert "NUMBA_CACHE_DIR" in env
+    assert "RSGRPC_KERNEL_CACHE_DIR" in env
     # Every folder the server writes to exists in the image and belongs to its user.
-    setup = " ".join(image.all("RUN"))
-    for key in ("RSGRPC_DATA_ROOT", "RSGRPC_TEMP_ROOT", "XDG_CACHE_HOME", "NUMBA_CACHE_DIR"):
+    setup = " ".join(args for args in image.all("RUN") if not args.startswith("["))
+    for key in (
+        "RSGRPC_DATA_ROOT",
+        "RSGRPC_TEMP_ROOT",
+        "XDG_CACHE_HOME",
+        "RSGRPC_KERNEL_CACHE_DIR",
+    ):
         assert any(
             env[key] == owned or env[key].startswith(owned + "/") for owned in _chowned(setup, user)
         ), f"{key}={env[key]} is not created and owned by the image's user"
@@ -138,6 +143,34 @@ def test_image_settings_agree(image):
     assert health[health.index("--target") + 1] == f"127.0.0.1:{port}"
     assert _exec_form(image.last("ENTRYPOINT")) == ["rsgrpc"]
     assert _exec_form(image.last("CMD")) == ["serve"]
+
+
+def _warm_step(image: Stage) -> list[str]:
+    """The build's `rsgrpc warm`, which must run as the image's user (after its USER)."""
+    user = max(i for i, (kw, _) in enumerate(image.instructions) if kw == "USER")
+    warms = [
+        (i, _exec_form(args))
+        for i, (kw, args) in enumerate(image.instructions)
+        if kw == "RUN" and args.startswith("[") and _exec_form(args)[:2] == ["rsgrpc", "warm"]
+    ]
+    assert len(warms) == 1, "the image should run `rsgrpc warm` once at build time"
+    index, command = warms[0]
+    assert index > user, "`rsgrpc warm` must run as the image's user, after its USER"
+    return command
+
+
+def test_the_build_warms_the_kernel_cache_the_server_uses(image, tmp_path):
+    env = _local_env(image, tmp_path / "image", "127.0.0.1:0")
+    cache = Path(env["RSGRPC_KERNEL_CACHE_DIR"])
+    # The image's command as it runs at build time, for one signature (the whole warm takes
+    # minutes; tests/test_kernel_cache.py shows what a warmed cache gives).
+    command = [*_warm_step(image), "--only", "grey uint8 dilation square nodata None"]
+    result = subprocess.run(
+        _command(command, env), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"into {cache.resolve()} in" in result.stdout
+    assert list(cache.rglob("*.nbi")), "no kernel was cached where the server looks"
 
 
 def _chowned(setup: str, uid: str) -> list[str]:
