@@ -1,4 +1,4 @@
-"""Where tiles run: a session's warm pool of local processes, or a Dask cluster.
+"""Where tiles run: a warm pool of local processes lent to a session, or a Dask cluster.
 
 Both give `submit(fn, *args) -> concurrent.futures.Future`, so a job has one
 code path whatever runs it. Neither lets a job wait forever: a local pool
@@ -36,6 +36,12 @@ STOP_SECONDS = 2.0
 PARENT_POLL_SECONDS = 0.5
 # How long connecting to a Dask scheduler, or closing that connection, may take.
 DASK_CONNECT_SECONDS = 10.0
+# How long each idle worker of a pool taken back from a session has to answer.
+ANSWER_SECONDS = 2.0
+# States of a worker that lives but cannot run a task.
+_NOT_RUNNING = frozenset(
+    (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+)
 
 
 class Executor(Protocol):
@@ -124,8 +130,15 @@ def _warm_up() -> tuple[int, int] | None:
     return probe_buffer()
 
 
+def _answer() -> int:
+    """Runs in a worker: its pid, after long enough that every idle worker takes one."""
+    time.sleep(0.05)
+    return os.getpid()
+
+
 class LocalProcessExecutor:
-    """A warm pool of spawned worker processes owned by one session.
+    """A warm pool of spawned worker processes, held by one session at a time (the
+    server's `worker_stock` lends it and takes it back).
 
     Processes are spawned (never forked: the parent runs gRPC's threads). A
     worker that dies while no task runs is replaced before the next task, which
@@ -252,6 +265,53 @@ class LocalProcessExecutor:
             return 0
         held.sort()
         return held[-1][0] + sum(own for _, own in held[:-1])
+
+    def idle_and_alive(self) -> bool:
+        """Whether the pool is open and not broken, no task runs, and every worker
+        lives and is not stopped (a frozen worker would hang the next tile)."""
+        with self._lock:
+            with self._running_lock:
+                idle = self._running == 0
+            if self._closed or not idle or not _alive(self._pool):
+                return False
+            processes = list((self._pool._processes or {}).values())
+        for process in processes:
+            try:
+                status = psutil.Process(process.pid).status()
+            except psutil.Error:
+                return False
+            if status in _NOT_RUNNING:
+                return False
+        return True
+
+    def prepare_for_reuse(self) -> bool:
+        """Make the workers ready for another session; whether they are.
+
+        They are when the pool is `idle_and_alive`, every worker answers within
+        `ANSWER_SECONDS`, and each has given back what it kept for its last job:
+        freed memory, open inputs and free result buffers (`worker_heap`). Nothing
+        else of a job stays in a worker: tasks carry their paths and settings.
+        """
+        if not self.idle_and_alive():
+            return False
+        with self._lock:
+            pool, heap = self._pool, self._heap
+            expected = {p.pid for p in (pool._processes or {}).values()}
+        try:
+            answers = [pool.submit(_answer) for _ in range(self.workers)]
+        except (BrokenProcessPool, RuntimeError):
+            return False
+        _, late = concurrent.futures.wait(answers, timeout=ANSWER_SECONDS)
+        if late:
+            return False
+        try:
+            # One answer from each worker: a worker that answers twice stood in for one
+            # that could not take its task.
+            if {answer.result() for answer in answers} != expected:
+                return False
+        except BrokenProcessPool:
+            return False
+        return heap.give_back()
 
     def notice_dead_workers(self) -> None:
         """Break the pool if a worker died without the pool noticing.

@@ -1,8 +1,10 @@
-"""Sessions: each owns warm workers, a temporary directory, a log and a job queue.
+"""Sessions: each owns a temporary directory, a log and a job queue, and holds warm
+workers lent by the server.
 
 Like Remotior Sensus' `Session`, but one per client and many at once, with
 no module state: everything a session holds hangs off its object, and the
-registry admits sessions within the server's totals.
+registry admits sessions within the server's totals. Local workers come from the
+registry's `WorkerStock` and go back to it when the session closes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from rsgrpc.engine.instance import InstanceFolder
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath
+from rsgrpc.engine.worker_stock import PoolShape, WorkerStock
 
 _LOGGER = logging.getLogger(__name__)
 _ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
@@ -106,6 +109,7 @@ class Session:
         *,
         temp_root: Path,
         make_executor: Callable[[SessionSettings], Executor],
+        release_executor: Callable[[Executor], None],
         limits: ServerLimits,
         owner: str,
     ) -> None:
@@ -117,6 +121,7 @@ class Session:
         self.create_time = self.update_time = time.time()
         self.closed = False
         self._make_executor = make_executor
+        self._release_executor = release_executor
         self._lock = threading.Lock()
         self._active_jobs = 0
         self._jobs_ended = threading.Condition(self._lock)
@@ -176,8 +181,15 @@ class Session:
             old, self.settings = self.settings, settings
             self._apply_log_settings()
             if settings.process_count != old.process_count:
-                self.executor.shutdown()
-                self.executor = self._make_executor(settings)
+                self._release_executor(self.executor)
+                try:
+                    self.executor = self._make_executor(settings)
+                except Exception:
+                    # Back to the old size: most often its own workers, from the stock.
+                    self.settings = old
+                    self._apply_log_settings()
+                    self.executor = self._make_executor(old)
+                    raise
         self.touch()
         self.logger.info("session settings changed")
 
@@ -218,8 +230,9 @@ class Session:
             return self._jobs_ended.wait_for(lambda: self._active_jobs == 0, seconds)
 
     def close(self, log: PartialOutput | None = None) -> None:
-        """Stop the jobs' queue and workers; keep the log in `log`, published at its path;
-        remove the files, whether or not the log could be kept."""
+        """Stop the jobs' queue; give the workers back (stop them if a job still runs);
+        keep the log in `log`, published at its path; remove the files, whether or not
+        the log could be kept."""
         with self._lock:
             if self.closed:
                 return
@@ -227,10 +240,15 @@ class Session:
         # Its operations were cancelled: queued jobs end at once, running ones at their
         # next tile; a job still running after that ends when its workers are stopped.
         self._jobs.shutdown(wait=False, cancel_futures=False)
-        self._wait_for_jobs(JOBS_STOP_SECONDS)
-        self.executor.shutdown()
-        if not self._wait_for_jobs(JOBS_STOP_SECONDS):
-            _LOGGER.warning("%s: a job was still running when the session closed", self.name)
+        if self._wait_for_jobs(JOBS_STOP_SECONDS):
+            # No job runs, and none can start: the workers may serve another session.
+            self._release_executor(self.executor)
+        else:
+            # Stopped first, so that the job cannot reach them after they are given back.
+            self.executor.shutdown()
+            self._release_executor(self.executor)
+            if not self._wait_for_jobs(JOBS_STOP_SECONDS):
+                _LOGGER.warning("%s: a job was still running when the session closed", self.name)
         self.logger.info("session closed")
         self._file.close()
         try:
@@ -250,7 +268,8 @@ class Session:
 
 
 class SessionRegistry:
-    """The server's sessions, admitted within its totals, expired when idle."""
+    """The server's sessions, admitted within its totals, expired when idle; and the
+    spare local workers it lends them, which count against the same process total."""
 
     def __init__(
         self,
@@ -269,15 +288,24 @@ class SessionRegistry:
         self._reserved: dict[str, SessionSettings] = {}
         # Where sessions' temporary directories go: this instance's locked folder.
         self.instance_folder = InstanceFolder(temp_root)
+        self.stock = WorkerStock(limits.process_count)
 
     def _make_executor(self, settings: SessionSettings) -> Executor:
         if self.dask_scheduler:
             return DaskExecutor(self.dask_scheduler, workers=settings.process_count)
-        cores = os.cpu_count() or 1
-        return LocalProcessExecutor(
-            settings.process_count,
-            threads_per_process=max(1, cores // settings.process_count),
-        )
+        return self.stock.lend(_pool_shape(settings.process_count))
+
+    def _release_executor(self, executor: Executor) -> None:
+        if isinstance(executor, LocalProcessExecutor):
+            self.stock.take_back(executor)
+        else:
+            executor.shutdown()
+
+    def stock_spare_workers(self, process_count: int) -> None:
+        """Start, in the background, spare workers for a session of `process_count`
+        processes (none for Dask sessions, whose workers are the cluster's)."""
+        if not self.dask_scheduler:
+            self.stock.start_spare(_pool_shape(process_count))
 
     def validate(self, settings: SessionSettings) -> SessionSettings:
         limits = self.limits
@@ -336,6 +364,7 @@ class SessionRegistry:
                 settings,
                 temp_root=self.instance_folder.path,
                 make_executor=self._make_executor,
+                release_executor=self._release_executor,
                 limits=self.limits,
                 owner=owner,
             )
@@ -421,11 +450,18 @@ class SessionRegistry:
         return [s.name for s in expired]
 
     def close_all(self) -> None:
-        """Close every session, then remove this instance's temporary folder: the
-        registry's last call."""
+        """Stop the spare workers, close every session (its workers are stopped, not
+        kept), then remove this instance's temporary folder: the registry's last call."""
+        self.stock.close()
         for session in self.list():
             try:
                 self.delete(session.name)
             except NotFoundError:
                 pass
         self.instance_folder.close()
+
+
+def _pool_shape(process_count: int) -> PoolShape:
+    """Local workers for a session of `process_count` processes, sharing the cores."""
+    cores = os.cpu_count() or 1
+    return PoolShape(process_count, threads_per_process=max(1, cores // process_count))

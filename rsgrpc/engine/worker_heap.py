@@ -74,8 +74,9 @@ class HeapGate:
         except NotImplementedError:  # macOS has no sem_getvalue: do not wait
             return 0
 
-    def give_back(self) -> None:
+    def give_back(self) -> bool:
         """Ask idle workers to give freed memory back; wait until none holds any.
+        Returns whether none holds any.
 
         Call it only when no task runs (a busy worker keeps its memory until its
         task ends); gives up after a while rather than hang the caller (a worker
@@ -83,7 +84,7 @@ class HeapGate:
         """
         with self._lock:
             if self._holders() == 0:
-                return
+                return True
             self.trim_now.value = 1
             try:
                 deadline = time.monotonic() + _GIVE_BACK_TIMEOUT_SECONDS
@@ -91,6 +92,7 @@ class HeapGate:
                     time.sleep(_POLL_SECONDS)
             finally:
                 self.trim_now.value = 0
+            return self._holders() == 0
 
 
 class _Keeper:

@@ -276,6 +276,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     sweeper = _Sweeper(registry, config.session_sweep_interval_s)
     sweeper.start()
     remove_leftovers_in_background(data_root.root, registry.temp_root)
+    # Warm workers for the first session, started beside serving: health does not wait.
+    registry.stock_spare_workers(config.process_count_default)
     _LOGGER.info("serving on port %d, data root %s", served.running.port, data_root.root)
     try:
         yield served.running
