@@ -18,7 +18,7 @@ import numpy as np
 from numba.core.dispatcher import Dispatcher
 
 from . import bandcalc, morphology, sieve
-from .expression import parse_expression
+from .expression import Expression, parse_expression
 
 # Every dtype a band of a morphology job can have (GDAL's integer and float types).
 MORPHOLOGY_DTYPES: Final = (
@@ -159,7 +159,7 @@ def _band_calc_cases() -> Iterator[WarmCase]:
         )
 
 
-def _band_calc(expression, dtype: str) -> np.ndarray:
+def _band_calc(expression: Expression, dtype: str) -> np.ndarray:
     a = np.arange(_TILE * _TILE, dtype=np.float32).reshape(_TILE, _TILE)
     out, _, _ = bandcalc.evaluate(
         expression, [a, a[::-1].copy()], [None, None], output_dtype=dtype, output_nodata=0
