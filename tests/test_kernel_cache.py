@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rsgrpc.engine.kernel_cache import MANIFEST_NAME, stale_reason
+from rsgrpc.engine.kernel_cache import MANIFEST_NAME, stale_reason, write_manifest
 from rsgrpc.v1 import session_pb2, session_pb2_grpc
 from tests.conftest import make_config, serving
 
@@ -118,10 +118,14 @@ def test_an_empty_cache_compiles_and_gives_the_same_pixels(warmed, tmp_path):
     assert compiled["digests"] == loaded["digests"]
 
 
-def test_a_full_warm_is_recorded_and_anything_else_is_stale(tmp_path):
+def test_a_cache_is_stale_unless_warmed_for_this_numba_python_cpu_and_kernels(tmp_path):
     assert stale_reason(tmp_path) == "`rsgrpc warm` has not filled it"
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"fingerprint": {"numba": "0.1"}}))
-    assert "another numba" in stale_reason(tmp_path)
+    write_manifest(tmp_path, cases=1)
+    assert stale_reason(tmp_path) is None
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    manifest["fingerprint"]["numba"] = "0.1"
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert stale_reason(tmp_path) == "it was warmed for another numba"
 
 
 def _worker_cache_dir() -> tuple[str, str]:
