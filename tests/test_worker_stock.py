@@ -112,7 +112,7 @@ def test_a_closed_sessions_workers_serve_the_next_session_with_its_inputs_closed
     _double(running, channel, first, "first.tif")
     _delete(channel, first)
     assert sorted(_spare_pids(running, 2)) == pids
-    inputs = str(running.data_root.root / "a.tif")
+    inputs = os.path.realpath(running.data_root.root / "a.tif")
     for pid in pids:
         assert inputs not in [f.path for f in psutil.Process(pid).open_files()]
     second = _create(channel)
