@@ -9,10 +9,12 @@ library; each command imports the client or the server when it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,18 +111,23 @@ def _band(text: str) -> tuple[str, int]:
     return (path, int(band)) if sep and band.isdigit() else (text, 1)
 
 
-def _session(args: argparse.Namespace) -> Session:
-    """A new session with the command's settings."""
+@contextlib.contextmanager
+def _session(args: argparse.Namespace) -> Iterator[Session]:
+    """A new session with the command's settings, closed with its channel on exit."""
     from rsgrpc.client import Session
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
-    return Session(
-        n_processes=args.processes,
-        available_ram=args.ram,
-        progress_callback=None if args.quiet else _progress_bar,
-        target=args.target,
-        token=token,
-    )
+    channel, token = _connect(args)
+    try:
+        with Session(
+            n_processes=args.processes,
+            available_ram=args.ram,
+            progress_callback=None if args.quiet else _progress_bar,
+            channel=channel,
+            token=token,
+        ) as session:
+            yield session
+    finally:
+        channel.close()
 
 
 def _failed(tool: str, result) -> int:
@@ -228,6 +235,26 @@ def _download(args: argparse.Namespace) -> int:
     return 0 if result.check else 1
 
 
+def _connect(args: argparse.Namespace):
+    """A channel to `--target` as the connection flags say (TLS or plaintext), and the
+    bearer token to send, or None."""
+    from rsgrpc.client import connect
+
+    credentials = _client_credentials(args, args.command)
+    options = (
+        [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    )
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as error:
+            raise SystemExit(
+                f"rsgrpc {args.command}: cannot read {args.token_file}: {error.strerror}"
+            ) from None
+    return connect(args.target, credentials=credentials, options=options), token
+
+
 def _client_credentials(args: argparse.Namespace, command: str):
     """TLS credentials from the connection flags, or None for a plaintext channel."""
     import grpc
@@ -254,17 +281,8 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from rsgrpc.client import connect
-
-    credentials = _client_credentials(args, "health")
-    options = (
-        [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
-    )
-    metadata = ()
-    if args.token_file:
-        token = Path(args.token_file).read_text().strip()
-        metadata = (("authorization", f"Bearer {token}"),)
-    channel = connect(args.target, credentials=credentials, options=options)
+    channel, token = _connect(args)
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     try:
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=args.service),
@@ -299,8 +317,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="127.0.0.1:50051")
-    parser.add_argument("--token-file", help="file holding the server's bearer token")
+    _add_connection_arguments(parser)
     parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--ram", type=int, default=None, help="available RAM in MiB")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import rasterio
 from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -298,3 +299,21 @@ def test_health_command_checks_an_mtls_server_with_the_client_options(tmp_path, 
     assert plaintext.returncode == 1 and "unhealthy: UNAVAILABLE" in plaintext.stderr
     assert half.returncode != 0
     assert "give --tls-cert-file and --tls-key-file together" in half.stderr
+
+
+def test_tool_commands_reach_an_mtls_server_with_the_client_options(tmp_path, pki):
+    with run_server(_tls_config(tmp_path, pki)) as running:
+        root = running.data_root.root
+        write_geotiff(root / "a.tif", np.arange(64, dtype=np.uint8).reshape(8, 8))
+        target = ["--target", f"127.0.0.1:{running.port}", "--quiet", "--processes", "1"]
+        client = ["--tls-ca-file", str(pki["ca"][1]), "--tls-cert-file", str(pki["bob"][1])]
+        client += ["--tls-key-file", str(pki["bob"][0])]
+        calc = [sys.executable, "-m", "rsgrpc.cli", "band-calc", *target]
+        calc += ["--expression", "a * 2", "--input", "a=a.tif", "--output", "doubled.tif"]
+        ran = subprocess.run(calc + client, capture_output=True, text=True, timeout=120)
+        plaintext = subprocess.run(calc, capture_output=True, text=True, timeout=120)
+        with rasterio.open(root / "doubled.tif") as ds:
+            doubled = ds.read(1)
+    assert ran.returncode == 0, ran.stderr
+    assert np.array_equal(doubled, np.arange(64, dtype=np.float32).reshape(8, 8) * 2)
+    assert plaintext.returncode != 0
