@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import numba
 import numpy as np
@@ -44,6 +44,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .block_program import INPUT_DTYPE_CODES, Program, assemble, run_program
 from .expression import (
     Binary,
     Call,
@@ -55,6 +56,23 @@ from .expression import (
     NodataOf,
     Node,
     Unary,
+)
+from .row_statistics import (
+    KEY_MAX,
+    KEY_MIN,
+    first_valid,
+    row_squared_deviations,
+    row_sums,
+    statistics_keys,
+    value_of_key,
+)
+from .scalar_ops import (
+    BINARY_OPERATIONS,
+    JIT,
+    REDUCERS,
+    UNARY_OPERATIONS,
+    floordiv,
+    mod,
 )
 
 DEFAULT_OUTPUT_DTYPE: Final = np.dtype(np.float32)
@@ -86,11 +104,6 @@ _NODATA_NONE: Final = 0
 _NODATA_VALUE: Final = 1
 _NODATA_NAN: Final = 2
 
-_JIT: Final = {"nogil": True, "error_model": "numpy"}
-# The reducers allocate nothing: without reference counting, the scratch vector they are handed
-# costs no atomic increment per pixel once they are inlined into a kernel.
-_REDUCER_JIT: Final = {**_JIT, "_nrt": False}
-
 
 def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
     """The numpy dtype for an output dtype given as numpy or GDAL/Remotior name ("Float32")."""
@@ -106,201 +119,6 @@ def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
     return dtype
 
 
-# Scalar operations, called by the code the expression emits (LLVM inlines them).
-
-
-@numba.njit(cache=True, **_JIT)
-def _floordiv(x: float, y: float) -> float:
-    return x // y
-
-
-@numba.njit(cache=True, **_JIT)
-def _mod(x: float, y: float) -> float:
-    return x % y
-
-
-@numba.njit(cache=True, **_JIT)
-def _pow(x: float, y: float) -> float:
-    return math.pow(x, y)
-
-
-@numba.njit(cache=True, **_JIT)
-def _sqrt(x: float) -> float:
-    return np.sqrt(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _log(x: float) -> float:
-    return np.log(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _log10(x: float) -> float:
-    return np.log10(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _exp(x: float) -> float:
-    return np.exp(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _abs(x: float) -> float:
-    return abs(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _sin(x: float) -> float:
-    return np.sin(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _cos(x: float) -> float:
-    return np.cos(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _tan(x: float) -> float:
-    return np.tan(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _arcsin(x: float) -> float:
-    return np.arcsin(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _arccos(x: float) -> float:
-    return np.arccos(x)
-
-
-@numba.njit(cache=True, **_JIT)
-def _arctan(x: float) -> float:
-    return np.arctan(x)
-
-
-# Aggregations over scratch[off:off + n], NaN ignored as numpy's nan* functions ignore it.
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _compact(s: np.ndarray, off: int, n: int) -> int:
-    """Move the non-NaN values of the region to its front, in order; return their count."""
-    k = 0
-    for t in range(n):
-        v = s[off + t]
-        if not math.isnan(v):
-            s[off + k] = v
-            k += 1
-    return k
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _sort(s: np.ndarray, off: int, k: int) -> None:
-    for t in range(1, k):
-        v = s[off + t]
-        u = t - 1
-        while u >= 0 and s[off + u] > v:
-            s[off + u + 1] = s[off + u]
-            u -= 1
-        s[off + u + 1] = v
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _nanmin(s: np.ndarray, off: int, n: int, q: float) -> float:
-    k = _compact(s, off, n)
-    if k == 0:
-        return np.nan
-    r = s[off]
-    for t in range(1, k):
-        if s[off + t] < r:
-            r = s[off + t]
-    return r
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _nanmax(s: np.ndarray, off: int, n: int, q: float) -> float:
-    k = _compact(s, off, n)
-    if k == 0:
-        return np.nan
-    r = s[off]
-    for t in range(1, k):
-        if s[off + t] > r:
-            r = s[off + t]
-    return r
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _nansum(s: np.ndarray, off: int, n: int, q: float) -> float:
-    k = _compact(s, off, n)
-    r = 0.0
-    for t in range(k):
-        r += s[off + t]
-    return r
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _nanmean(s: np.ndarray, off: int, n: int, q: float) -> float:
-    k = _compact(s, off, n)
-    if k == 0:
-        return np.nan
-    r = 0.0
-    for t in range(k):
-        r += s[off + t]
-    return r / k
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _nanstd(s: np.ndarray, off: int, n: int, q: float) -> float:
-    # Population standard deviation (numpy's ddof=0), summed in order as numpy does per pixel.
-    k = _compact(s, off, n)
-    if k == 0:
-        return np.nan
-    total = 0.0
-    for t in range(k):
-        total += s[off + t]
-    mean = total / k
-    squares = 0.0
-    for t in range(k):
-        d = s[off + t] - mean
-        squares += d * d
-    return math.sqrt(squares / k)
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _lerp(a: float, b: float, t: float) -> float:
-    # numpy's _lerp: the form that is exact at the nearer end.
-    d = b - a
-    if t >= 0.5:
-        return b - d * (1.0 - t)
-    return a + d * t
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _nanpercentile(s: np.ndarray, off: int, n: int, q: float) -> float:
-    # numpy's default "linear" method: virtual index q/100 * (k - 1), interpolated.
-    k = _compact(s, off, n)
-    if k == 0:
-        return np.nan
-    _sort(s, off, k)
-    index = (q / 100.0) * (k - 1)
-    below = math.floor(index)
-    lo = int(below)
-    hi = min(lo + 1, k - 1)
-    return _lerp(s[off + lo], s[off + hi], index - below)
-
-
-@numba.njit(cache=True, **_REDUCER_JIT)
-def _nanmedian(s: np.ndarray, off: int, n: int, q: float) -> float:
-    k = _compact(s, off, n)
-    if k == 0:
-        return np.nan
-    _sort(s, off, k)
-    h = k // 2
-    if k % 2 == 1:
-        return s[off + h]
-    return (s[off + h - 1] + s[off + h]) / 2.0
-
-
 # Operators that are one IEEE instruction or two: (LLVM builder method, comparison).
 _ARITHMETIC: Final = {"+": "fadd", "-": "fsub", "*": "fmul", "/": "fdiv"}
 # As Python compares floats: ordered, except "!=", which NaN satisfies.
@@ -312,35 +130,11 @@ _COMPARISONS: Final = {
     "==": ("fcmp_ordered", "=="),
     "!=": ("fcmp_unordered", "!="),
 }
-# Operators and functions that are calls to the compiled scalar operations above.
-_BINARY: Final = {"//": _floordiv, "%": _mod, "**": _pow}
 # numpy's minimum and maximum: NaN propagates (the first NaN), else the lesser or greater.
 _EXTREMES: Final = {"minimum": "<=", "maximum": ">="}
-_UNARY: Final = {
-    "sqrt": _sqrt,
-    "log": _log,
-    "log10": _log10,
-    "exp": _exp,
-    "abs": _abs,
-    "sin": _sin,
-    "cos": _cos,
-    "tan": _tan,
-    "arcsin": _arcsin,
-    "arccos": _arccos,
-    "arctan": _arctan,
-}
-_REDUCERS: Final = {
-    "min": _nanmin,
-    "max": _nanmax,
-    "sum": _nansum,
-    "mean": _nanmean,
-    "std": _nanstd,
-    "median": _nanmedian,
-    "percentile": _nanpercentile,
-}
 # Operations whose inlined body costs LLVM tens of times what a node costs (branches, loops):
 # inlined only a few times per kernel; see _Emitter.inlining.
-_LARGE: Final = frozenset({_floordiv, _mod, *_REDUCERS.values()})
+_LARGE: Final = frozenset({floordiv, mod, *REDUCERS.values()})
 _INLINED_LARGE_CALLS: Final = 8
 
 
@@ -373,25 +167,28 @@ class TileStatistics:
     sum_squared_deviations: float
 
 
-class _LRU:
+V = TypeVar("V")
+
+
+class _LRU(Generic[V]):
     """A bounded, thread-safe least-recently-used map."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._data: OrderedDict[Hashable, BandCalcKernel] = OrderedDict()
+        self._data: OrderedDict[Hashable, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> BandCalcKernel | None:
+    def get(self, key: Hashable) -> V | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key: Hashable, value: BandCalcKernel) -> BandCalcKernel:
+    def put(self, key: Hashable, value: V) -> V:
         with self._lock:
             existing = self._data.get(key)
-            if existing is not None:  # another thread compiled it first: share one kernel
+            if existing is not None:  # another thread made it first: share one
                 self._data.move_to_end(key)
                 return existing
             self._data[key] = value
@@ -407,7 +204,8 @@ class _LRU:
             self._data.clear()
 
 
-_KERNELS: Final = _LRU(KERNEL_CACHE_SIZE)
+_KERNELS: Final[_LRU[BandCalcKernel]] = _LRU(KERNEL_CACHE_SIZE)
+_PROGRAMS: Final[_LRU[Program]] = _LRU(KERNEL_CACHE_SIZE)
 _POOLS: Final[dict[int, ThreadPoolExecutor]] = {}
 _POOLS_LOCK: Final = threading.Lock()
 
@@ -427,13 +225,44 @@ def compile_kernel(
     output_dtype: np.dtype | str | type = DEFAULT_OUTPUT_DTYPE,
     nodata_values: Mapping[str, float | None] | None = None,
 ) -> BandCalcKernel:
-    """The kernel for ``expression`` on inputs of ``input_dtypes``, from the cache if there.
+    """The fused kernel for ``expression`` on inputs of ``input_dtypes``, from the cache if
+    there.
 
     ``nodata_values`` gives the value of each ``nodata("name")`` the expression uses (None or
     missing: NaN). Kernels are cached by (canonical expression, input dtypes, output dtype,
     those values) in a bounded LRU. The inputs' own nodata values are arguments of the
     kernel, not part of the key.
     """
+    signature = _signature(expression, input_dtypes, output_dtype, nodata_values)
+    kernel = _KERNELS.get(signature.key)
+    if kernel is not None:
+        return kernel
+    kernel = _build_kernel(
+        signature.key,
+        expression,
+        signature.input_dtypes,
+        signature.output_dtype,
+        signature.nodata_constants,
+    )
+    return _KERNELS.put(signature.key, kernel)
+
+
+@dataclass(frozen=True, slots=True)
+class _Signature:
+    """What selects a fused kernel: its cache key and the values it is built from."""
+
+    key: Hashable
+    input_dtypes: tuple[np.dtype, ...]
+    output_dtype: np.dtype
+    nodata_constants: dict[str, float]
+
+
+def _signature(
+    expression: Expression,
+    input_dtypes: Sequence[np.dtype | str | type],
+    output_dtype: np.dtype | str | type,
+    nodata_values: Mapping[str, float | None] | None,
+) -> _Signature:
     dtypes = tuple(np.dtype(d) for d in input_dtypes)
     if len(dtypes) != len(expression.input_names):
         raise ValueError(
@@ -455,17 +284,19 @@ def compile_kernel(
         tuple(d.str for d in dtypes),
         out_dtype.str,
     )
-    kernel = _KERNELS.get(key)
-    if kernel is not None:
-        return kernel
-    kernel = _build_kernel(
-        key,
-        expression,
-        dtypes,
-        out_dtype,
-        dict(zip(expression.nodata_names, constants, strict=True)),
+    return _Signature(
+        key, dtypes, out_dtype, dict(zip(expression.nodata_names, constants, strict=True))
     )
-    return _KERNELS.put(key, kernel)
+
+
+def _program(expression: Expression, signature: _Signature) -> Program:
+    """The block program of ``expression``, from the cache if there (it depends on neither
+    dtype, so one serves every signature)."""
+    key = signature.key[:3]
+    program = _PROGRAMS.get(key)
+    if program is None:
+        program = _PROGRAMS.put(key, assemble(expression, signature.nodata_constants))
+    return program
 
 
 def evaluate(
@@ -476,6 +307,7 @@ def evaluate(
     output_dtype: np.dtype | str | type = DEFAULT_OUTPUT_DTYPE,
     output_nodata: float = DEFAULT_OUTPUT_NODATA,
     out: np.ndarray | None = None,
+    method: str = "auto",
 ) -> tuple[np.ndarray, int, TileStatistics]:
     """Evaluate ``expression`` on one tile, and take the statistics of the result in the
     same pass; return (output tile, nodata pixels written, statistics).
@@ -515,7 +347,7 @@ def evaluate(
         raise ValueError(
             f"out must have shape {shape} and dtype {out_dtype!s}, got {out.shape} {out.dtype!s}"
         )
-    kernel = compile_kernel(
+    signature = _signature(
         expression,
         [a.dtype for a in arrays],
         out_dtype,
@@ -524,15 +356,34 @@ def evaluate(
     tests = [_input_nodata(nodata_of.get(n), a.dtype) for n, a in zip(names, arrays, strict=True)]
     nan_tests = tuple(kind == _NODATA_NAN for kind, _ in tests)
     values = tuple(value if kind == _NODATA_VALUE else math.nan for kind, value in tests)
-    # The kernel is compiled for C-contiguous tiles: copy only what is not.
+    # The kernels are compiled for C-contiguous tiles: copy only what is not.
     tiles = tuple(np.ascontiguousarray(a) for a in arrays)
-    # The kernel reads the tiles by address (a tuple of arrays costs seconds to compile when
-    # there are many); ``tiles`` keeps them alive until it returns.
+    # The kernels read the tiles by address (a tuple of arrays costs seconds to compile when
+    # there are many); ``tiles`` keeps them alive until they return.
     addresses = tuple(t.ctypes.data for t in tiles)
     target = out if out.flags.c_contiguous else np.empty(shape, dtype=out_dtype)
+    if method not in ("auto", "program", "fused"):
+        raise ValueError(f"method must be auto, program or fused, got {method!r}")
+    kernel = None if method == "program" else _KERNELS.get(signature.key)
+    if kernel is None and method == "fused":
+        kernel = compile_kernel(expression, signature.input_dtypes, out_dtype, nodata_of)
 
-    def run(rows: tuple[int, int]) -> tuple[int, int, int, int, float, float]:
-        return kernel.run(addresses, nan_tests, values, target, nodata_out, rows[0], rows[1])
+    if kernel is not None:
+
+        def run(rows: tuple[int, int]) -> tuple[int, int, int, int, float, float]:
+            return kernel.run(addresses, nan_tests, values, target, nodata_out, rows[0], rows[1])
+
+    else:
+        program = _program(expression, signature)
+        program_inputs = (
+            np.array(addresses, dtype=np.int64),
+            np.array([INPUT_DTYPE_CODES[d] for d in signature.input_dtypes], dtype=np.int64),
+            np.array(nan_tests, dtype=np.bool_),
+            np.array(values, dtype=np.float64),
+        )
+
+        def run(rows: tuple[int, int]) -> tuple[int, int, int, int, float, float]:
+            return run_program(program, *program_inputs, target, nodata_out, rows[0], rows[1])
 
     parts = _map_row_ranges(run, shape[0], shape[1])
     if target is not out:
@@ -574,7 +425,7 @@ def _tile_statistics(
 ) -> TileStatistics:
     """The statistics of row ranges combined with Chan's formula, as BandStatistics.combine."""
     n = 0
-    low, high = _KEY_MAX, _KEY_MIN
+    low, high = KEY_MAX, KEY_MIN
     mean = m2 = 0.0
     for _, other, other_low, other_high, other_mean, other_m2 in parts:
         if other == 0:
@@ -588,7 +439,7 @@ def _tile_statistics(
     if n == 0:
         return TileStatistics(0, size, math.inf, -math.inf, 0.0, 0.0)
     return TileStatistics(
-        n, size - n, _value_of_key(low, dtype), _value_of_key(high, dtype), mean, m2
+        n, size - n, value_of_key(low, dtype), value_of_key(high, dtype), mean, m2
     )
 
 
@@ -674,7 +525,7 @@ class _Emitter:
 
     The code is straight-line: arithmetic, comparisons, logic, minimum and maximum are IEEE
     instructions and selects, as numba emits them for the same Python code; the other
-    operators and functions are calls to the compiled scalar operations above (see
+    operators and functions are calls to the compiled scalar operations of ``scalar_ops`` (see
     ``inlining``); a chain is a sequence of such steps; ``where`` is a select (both sides are
     pure, so computing both changes no pixel); an aggregation stores its arguments in the
     scratch vector and calls its reducer. Nothing is nested but the tree's own nesting, so
@@ -752,7 +603,7 @@ class _Emitter:
             return self.truth(self.builder.fcmp_ordered("==", operand, self.constant(0.0)))
         if op == "isnan":
             return self.truth(self.builder.fcmp_unordered("uno", operand, operand))
-        return self.invoke(_UNARY[op], _UNARY_SIGNATURE, [operand])
+        return self.invoke(UNARY_OPERATIONS[op], _UNARY_SIGNATURE, [operand])
 
     def binary(self, op: str, left: Any, right: Any) -> Any:
         if op in _ARITHMETIC:
@@ -769,11 +620,11 @@ class _Emitter:
             chosen = b.select(b.fcmp_ordered(_EXTREMES[op], left, right), left, right)
             chosen = b.select(b.fcmp_unordered("uno", right, right), right, chosen)
             return b.select(b.fcmp_unordered("uno", left, left), left, chosen)
-        return self.invoke(_BINARY[op], _BINARY_SIGNATURE, [left, right])
+        return self.invoke(BINARY_OPERATIONS[op], _BINARY_SIGNATURE, [left, right])
 
     def call(self, node: Call) -> Any:
         name = node.function
-        if name in _REDUCERS:
+        if name in REDUCERS:
             return self.aggregate(node)
         args = [self.value(a) for a in node.args]
         if name == "clip":  # numpy's clip: minimum(maximum(x, lo), hi)
@@ -799,7 +650,7 @@ class _Emitter:
             self.context.get_constant(types.intp, len(values)),
             self.constant(0.0 if node.q is None else node.q),
         ]
-        return self.invoke(_REDUCERS[node.function], _REDUCER_SIGNATURE, args)
+        return self.invoke(REDUCERS[node.function], _REDUCER_SIGNATURE, args)
 
     def invoke(self, function: Any, signature: Any, args: list[Any]) -> Any:
         """A call to a compiled scalar operation (compiled here on first use, once a process).
@@ -838,7 +689,7 @@ class _Emitter:
 
 def _scratch_size(node: Node) -> int:
     """How many float64 slots the aggregations of ``node`` take, each its own region."""
-    own = len(node.args) if isinstance(node, Call) and node.function in _REDUCERS else 0
+    own = len(node.args) if isinstance(node, Call) and node.function in REDUCERS else 0
     return own + sum(_scratch_size(child) for child in _children(node))
 
 
@@ -971,7 +822,7 @@ def _build_kernel(
         types.intp,
     )
 
-    keys, key_shift, key_flip = _statistics_keys(out_dtype)
+    keys, key_shift, key_flip = statistics_keys(out_dtype)
 
     def run(addresses, nan_tests, values, out, nodata, first, stop):
         cols = out.shape[1]
@@ -979,8 +830,8 @@ def _build_kernel(
         s = np.empty(scratch_size, dtype=np.float64)
         written = 0
         n = 0
-        low = _KEY_MAX
-        high = _KEY_MIN
+        low = KEY_MAX
+        high = KEY_MIN
         origin = np.nan  # the first valid value: moments are taken about it
         mean = 0.0  # about origin
         m2 = 0.0
@@ -1011,16 +862,16 @@ def _build_kernel(
             # The row is still in cache: its statistics, as written, in two passes, about
             # the first valid value, so that a large mean costs no precision.
             if np.isnan(origin):
-                origin = _first_valid(row, nodata64)
+                origin = first_valid(row, nodata64)
                 if np.isnan(origin):
                     continue
-            row_n, total, row_low, row_high = _row_sums(
+            row_n, total, row_low, row_high = row_sums(
                 row, row.view(keys), nodata64, origin, key_shift, key_flip
             )
             if row_n == 0:
                 continue
             row_mean = total / row_n
-            row_m2 = _row_squared_deviations(row, nodata64, origin, row_mean)
+            row_m2 = row_squared_deviations(row, nodata64, origin, row_mean)
             # Chan's formula, as BandStatistics.combine.
             merged = n + row_n
             delta = row_mean - mean
@@ -1031,81 +882,10 @@ def _build_kernel(
             high = max(high, row_high)
         return written, n, low, high, (origin + mean if n else 0.0), m2
 
-    runner = numba.njit(sig, **_JIT)(run)
+    runner = numba.njit(sig, **JIT)(run)
     return BandCalcKernel(
         key=key,
         input_dtypes=dtypes,
         output_dtype=out_dtype,
         run=runner,
     )
-
-
-# Statistics of an output row, in passes that numba vectorises: validity is a comparison, not a
-# branch, and sums may be reassociated (this changes their rounding, never the pixels).
-# Minimum and maximum are taken over integer keys that order as the values do (a float's bits
-# with the magnitude bits flipped when negative), because LLVM vectorises integer min/max
-# reductions but not floating-point ones.
-
-_KEY_MAX: Final = np.int64(np.iinfo(np.int64).max)
-_KEY_MIN: Final = np.int64(np.iinfo(np.int64).min)
-# "reassoc" lets LLVM vectorise the sums; without "nsz" it may not rewrite (w - origin) - mean
-# as w - (origin + mean), which would undo the shift.
-_STATISTICS_JIT: Final = {**_JIT, "fastmath": {"reassoc", "contract"}}
-
-
-def _statistics_keys(dtype: np.dtype) -> tuple[np.dtype, int, int]:
-    """How to key an output row's values: the dtype to view it as, and the shift and mask
-    that flip a negative float's magnitude bits (for integers the key is the value)."""
-    if dtype == np.float32:
-        return np.dtype(np.int32), 31, 0x7FFFFFFF
-    if dtype == np.float64:
-        return np.dtype(np.int64), 63, 0x7FFFFFFFFFFFFFFF
-    return dtype, 0, 0
-
-
-def _value_of_key(key: int, dtype: np.dtype) -> float:
-    view, shift, flip = _statistics_keys(dtype)
-    if not flip:
-        return float(key)
-    bits = key ^ ((key >> shift) & flip)
-    return float(np.array([bits], dtype=view).view(dtype)[0])
-
-
-@numba.njit(cache=True, **_STATISTICS_JIT)
-def _first_valid(row, nodata):
-    """The first value of an output row that is neither NaN nor nodata; NaN if none."""
-    for j in range(row.shape[0]):
-        w = np.float64(row[j])
-        if w == w and w != nodata:
-            return w
-    return np.nan
-
-
-@numba.njit(cache=True, **_STATISTICS_JIT)
-def _row_sums(row, keys, nodata, origin, key_shift, key_flip):
-    """Valid count, sum about ``origin``, and the keys of the minimum and maximum of a row."""
-    n = 0
-    total = 0.0
-    low = _KEY_MAX
-    high = _KEY_MIN
-    for j in range(row.shape[0]):
-        w = np.float64(row[j])
-        valid = (w == w) & (w != nodata)
-        n += np.int64(valid)
-        total += (w - origin) if valid else 0.0
-        b = keys[j]
-        key = np.int64(b ^ ((b >> key_shift) & key_flip))
-        low = min(low, key if valid else _KEY_MAX)
-        high = max(high, key if valid else _KEY_MIN)
-    return n, total, low, high
-
-
-@numba.njit(cache=True, **_STATISTICS_JIT)
-def _row_squared_deviations(row, nodata, origin, mean):
-    """The sum of squared deviations of a row's valid values from ``origin + mean``."""
-    m2 = 0.0
-    for j in range(row.shape[0]):
-        w = np.float64(row[j])
-        d = (w - origin) - mean
-        m2 += d * d if (w == w) & (w != nodata) else 0.0
-    return m2

@@ -4,8 +4,9 @@
 into its disk cache; a worker then loads them instead of compiling on a request. A case calls a
 public function on a small tile exactly as the engine does (C-contiguous tiles of one dtype,
 the same options), so it compiles the signatures a job needs and no other. A band-calc
-expression's own kernel is compiled per expression and is not cached; the fixed operations it
-calls (scalar operations, aggregations, row statistics) are, for every output dtype.
+expression runs as a block program (``block_program``): its fixed kernel is cached for every
+output dtype, so a new expression compiles nothing; the fused kernel that ``bandcalc`` can build
+for one expression is not cached, but the fixed operations it calls are.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Final
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from . import bandcalc, morphology, sieve
+from . import bandcalc, block_program, morphology, row_statistics, scalar_ops, sieve
 from .expression import Expression, parse_expression
 
 # Every dtype a band of a morphology job can have (GDAL's integer and float types).
@@ -65,7 +66,7 @@ def warm_cases() -> tuple[WarmCase, ...]:
 def fixed_kernels() -> dict[str, Dispatcher]:
     """The numba functions the cases compile, by module and name (``sieve._label``)."""
     found = {}
-    for module in (sieve, morphology, bandcalc):
+    for module in (sieve, morphology, bandcalc, block_program, scalar_ops, row_statistics):
         for name, value in vars(module).items():
             if isinstance(value, Dispatcher):
                 found[f"{module.__name__.rsplit('.', 1)[-1]}.{name}"] = value
@@ -151,17 +152,28 @@ def _morphology_cases() -> Iterator[WarmCase]:
 def _band_calc_cases() -> Iterator[WarmCase]:
     expression = parse_expression(_EVERY_OPERATION, ["a", "b"])
     for dtype in sorted(d.name for d in bandcalc.OUTPUT_DTYPES):
-        yield WarmCase(
-            "band-calc",
-            dtype,
-            "every operation",
-            lambda d=dtype: _band_calc(expression, d),
-        )
+        for method in ("program", "fused"):
+            yield WarmCase(
+                "band-calc",
+                dtype,
+                f"every operation, {method}",
+                lambda d=dtype, m=method: _band_calc(expression, d, m),
+            )
 
 
-def _band_calc(expression: Expression, dtype: str) -> np.ndarray:
+def _band_calc(expression: Expression, dtype: str, method: str) -> np.ndarray:
+    """Inputs of every dtype take one path of the program's kernel each (no new signature)."""
     a = np.arange(_TILE * _TILE, dtype=np.float32).reshape(_TILE, _TILE)
-    out, _, _ = bandcalc.evaluate(
-        expression, [a, a[::-1].copy()], [None, None], output_dtype=dtype, output_nodata=0
-    )
+    out = np.empty(a.shape, dtype=dtype)
+    for input_dtype in block_program.INPUT_DTYPE_CODES:
+        tiles = [a.astype(input_dtype), a[::-1].astype(input_dtype)]
+        bandcalc.evaluate(
+            expression,
+            tiles,
+            [None, 3],
+            output_dtype=dtype,
+            output_nodata=0,
+            out=out,
+            method=method,
+        )
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import http.server
 import ipaddress
 import json
@@ -336,3 +337,15 @@ def make_pki(folder: Path, clients: tuple[str, ...]) -> dict[str, tuple[Path, Pa
         (folder / f"{name}.pem").write_bytes(cert)
         files[name] = (folder / f"{name}.key", folder / f"{name}.pem")
     return files
+
+
+@pytest.fixture(params=["program", "fused"])
+def band_calc_method(request, monkeypatch):
+    """Runs a kernel test both ways an expression is evaluated, the block program that serves
+    new expressions and the fused kernel, each against the test's own reference: the module's
+    ``evaluate`` is bound to one method."""
+    from rsgrpc_kernels import bandcalc
+
+    evaluate = functools.partial(bandcalc.evaluate, method=request.param)
+    monkeypatch.setattr(request.module, "evaluate", evaluate)
+    return request.param

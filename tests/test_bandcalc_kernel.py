@@ -17,6 +17,9 @@ from rsgrpc_kernels.bandcalc import (
 )
 from rsgrpc_kernels.expression import parse_expression
 
+# Every test runs with both ways of evaluating an expression (see conftest.band_calc_method).
+pytestmark = pytest.mark.usefixtures("band_calc_method")
+
 OUT_NODATA = -32768.0
 
 
@@ -455,7 +458,11 @@ _ENV = {
 }
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(_trees(_ENV_NAMES))
 def test_random_arithmetic_matches_numpy(tree):
     text = _text(tree)

@@ -9,6 +9,9 @@ from rsgrpc_kernels import bandcalc
 from rsgrpc_kernels.bandcalc import evaluate
 from rsgrpc_kernels.expression import MAX_ARGUMENTS, MAX_DEPTH, MAX_NODES, parse_expression
 
+# Every test runs with both ways of evaluating an expression (see conftest.band_calc_method).
+pytestmark = pytest.mark.usefixtures("band_calc_method")
+
 OUT_NODATA = -32768.0
 # The band calc service takes at most this many inputs.
 MANY_INPUTS = 64

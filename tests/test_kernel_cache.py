@@ -21,13 +21,15 @@ from rsgrpc.v1 import session_pb2, session_pb2_grpc
 from tests.conftest import make_config, serving
 
 # One signature of each tool: the sieve's three phases, dilation, erosion, a grey filter that
-# runs both the max and the min filter, and band calc with every scalar operation and aggregation.
+# runs both the max and the min filter, and band calc with every scalar operation and aggregation
+# (as a block program, and through the fused kernel's fixed operations).
 SUBSET = (
     "sieve uint8 connectivity 4 masked",
     "dilation uint8 square nodata 3 2 values",
     "erosion uint8 square nodata 3",
     "grey uint8 closing square nodata 3",
-    "band-calc float32 every operation",
+    "band-calc float32 every operation, program",
+    "band-calc float32 every operation, fused",
 )
 
 # Runs the subset's cases in a new process and reports each kernel's cache statistics and a
@@ -46,6 +48,24 @@ stats = {
     for name, k in fixed_kernels().items()
 }
 print(json.dumps({"digests": digests, "stats": stats}))
+"""
+
+
+# Evaluates expressions no warm case uses, on inputs of several dtypes, as a job does; reports
+# what numba compiled (its compile counter) and how many fused kernels were built.
+_NEW_EXPRESSIONS = """
+import json
+import numpy as np
+from rsgrpc_kernels import bandcalc
+from rsgrpc_kernels.expression import parse_expression
+from rsgrpc_kernels.warm import fixed_kernels
+a = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+b = np.flipud(a).astype(np.float64)
+for text in ["(a - b) / (a + b)", "where(a > 100, sqrt(a * b), median(a, b, 7)) * 2.5"]:
+    e = parse_expression(text, ["a", "b"])
+    bandcalc.evaluate(e, [a, b], [0, None], output_dtype="float32")
+misses = {n: sum(k.stats.cache_misses.values()) for n, k in fixed_kernels().items()}
+print(json.dumps({"misses": misses, "fused": bandcalc.kernel_cache_info()["size"]}))
 """
 
 
@@ -108,6 +128,22 @@ def test_a_new_process_loads_every_kernel_from_a_warmed_cache(warmed):
     # Every kernel the cases ran came from the cache, one load per signature.
     assert sum(hits for hits, _, _ in stats.values()) > 0
     assert {name: s for name, s in stats.items() if s[0] != s[2]} == {}
+
+
+def test_a_new_expression_compiles_nothing_in_a_process_started_after_warm(warmed):
+    cache, _ = warmed
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    result = subprocess.run(
+        [sys.executable, "-c", _NEW_EXPRESSIONS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {name: m for name, m in report["misses"].items() if m} == {}
+    assert report["fused"] == 0
 
 
 def test_an_empty_cache_compiles_and_gives_the_same_pixels(warmed, tmp_path):
