@@ -1,15 +1,21 @@
 """Rate-limited, multithreaded OAuth2 download client for Sentinel Hub-style APIs, with a disk cache.
 
-Usable without gRPC. Names follow sentinelhub-py's ``sentinelhub.download`` so its users can switch.
+Usable without gRPC. Names, signatures and decoded results follow sentinelhub-py's
+(``SHConfig``, ``DownloadRequest``, ``MimeType``, ``DownloadClient``,
+``SentinelHubDownloadClient``, its exceptions and warnings), so its download code runs with
+the import changed.
 """
 
 from .cache import redact_headers
-from .client import DownloadClient, ProgressCallback
+from .client import ProgressCallback
+from .config import SHConfig
 from .decoding import decode_data
 from .deployment import Deployment, RetryPolicy
 from .errors import (
     AuthenticationError,
+    AwsDownloadFailedException,
     BadRequestError,
+    BaseSentinelHubException,
     CacheCollisionError,
     CacheWriteError,
     DecodingError,
@@ -18,23 +24,31 @@ from .errors import (
     DownloadFailedException,
     DownloadFailedWarning,
     HashedNameCollisionException,
+    ImageDecodingError,
     InvalidRequestError,
+    MissingDataInRequestException,
     NotFoundError,
     OutOfRequestsError,
     OutOfRequestsException,
     ServerError,
+    SHDeprecationWarning,
+    SHRateLimitWarning,
+    SHRuntimeWarning,
+    SHUserWarning,
 )
 from .rate_limit import RateLimiter, RateLimiterStats, forget_limiters, limiter_for
 from .request import DownloadRequest, MimeType, RequestType
 from .response import DownloadResponse
 from .result import DownloadResult, DownloadStatus
 from .retry_after import parse_retry_after
-from .sentinelhub_client import SentinelHubDownloadClient
+from .sentinelhub_client import DownloadClient, SentinelHubDownloadClient
 from .session import SentinelHubSession
 
 __all__ = [
     "AuthenticationError",
+    "AwsDownloadFailedException",
     "BadRequestError",
+    "BaseSentinelHubException",
     "CacheCollisionError",
     "CacheWriteError",
     "DecodingError",
@@ -49,8 +63,10 @@ __all__ = [
     "DownloadResult",
     "DownloadStatus",
     "HashedNameCollisionException",
+    "ImageDecodingError",
     "InvalidRequestError",
     "MimeType",
+    "MissingDataInRequestException",
     "NotFoundError",
     "OutOfRequestsError",
     "OutOfRequestsException",
@@ -59,6 +75,11 @@ __all__ = [
     "RateLimiterStats",
     "RequestType",
     "RetryPolicy",
+    "SHConfig",
+    "SHDeprecationWarning",
+    "SHRateLimitWarning",
+    "SHRuntimeWarning",
+    "SHUserWarning",
     "SentinelHubDownloadClient",
     "SentinelHubSession",
     "ServerError",

@@ -1,26 +1,117 @@
-"""Errors of the download client: one root, one subclass per way a download can fail.
+"""Errors and warnings of the download client, under sentinelhub-py's names.
 
-Each class carries a stable ``reason`` (an ``ErrorInfo`` reason for a service
-front-end) and the gRPC status a front-end is expected to map it to, named in
-its docstring. Messages never include credentials or tokens.
+sentinelhub-py's exception and warning classes are declared here by the same names. When
+sentinelhub-py is installed each one subclasses its namesake, so ``except
+sentinelhub.DownloadFailedException`` catches our failures too; without it they stand alone.
+
+Our own errors hang below `DownloadError` (itself a `DownloadFailedException`): one subclass
+per way a download can fail, each with a stable ``reason`` (an ``ErrorInfo`` reason for a
+service front-end) and the gRPC status a front-end is expected to map it to, named in its
+docstring. Messages never include credentials or tokens.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
 
-class DownloadError(Exception):
-    """Raised when a download request fails; the root of every download error."""
+try:
+    from sentinelhub import exceptions as _sentinelhub
+except ImportError:
+    _sentinelhub = None
+
+
+def _theirs(name: str) -> tuple[type, ...]:
+    """sentinelhub-py's class of that name as an extra base, when it is installed."""
+    if _sentinelhub is None:
+        return ()
+    found = getattr(_sentinelhub, name, None)
+    return (found,) if isinstance(found, type) else ()
+
+
+class BaseSentinelHubException(*_theirs("BaseSentinelHubException"), Exception):  # type: ignore[misc]
+    """Raised by nothing itself; the root of sentinelhub-py's exceptions."""
+
+
+class DownloadFailedException(  # type: ignore[misc]
+    BaseSentinelHubException, *_theirs("DownloadFailedException")
+):
+    """Raised when a download fails (sentinelhub-py's general download error)."""
+
+    def __init__(self, msg: str, *, request_exception: Any | None = None) -> None:
+        Exception.__init__(self, msg)
+        self.request_exception = request_exception
+
+
+class OutOfRequestsException(DownloadFailedException, *_theirs("OutOfRequestsException")):  # type: ignore[misc]
+    """Raised when the account is out of requests or processing units."""
+
+
+class AwsDownloadFailedException(  # type: ignore[misc]
+    DownloadFailedException, *_theirs("AwsDownloadFailedException")
+):
+    """Raised when a file is missing on AWS (kept for sentinelhub-py's name)."""
+
+
+class ImageDecodingError(BaseSentinelHubException, *_theirs("ImageDecodingError")):  # type: ignore[misc]
+    """Raised when downloaded data cannot be decoded."""
+
+
+class MissingDataInRequestException(  # type: ignore[misc]
+    BaseSentinelHubException, *_theirs("MissingDataInRequestException")
+):
+    """Raised when an answer lacks the data it was expected to hold (``get_json_dict``)."""
+
+
+class HashedNameCollisionException(  # type: ignore[misc]
+    BaseSentinelHubException, *_theirs("HashedNameCollisionException")
+):
+    """Raised when two different requests hash to the same cache folder."""
+
+
+class SHDeprecationWarning(*_theirs("SHDeprecationWarning"), DeprecationWarning):  # type: ignore[misc]
+    """Warned when a deprecated form of a call is used."""
+
+
+class SHUserWarning(*_theirs("SHUserWarning"), UserWarning):  # type: ignore[misc]
+    """Warned when a call is likely not what the user meant."""
+
+
+class SHRuntimeWarning(*_theirs("SHRuntimeWarning"), RuntimeWarning):  # type: ignore[misc]
+    """Warned when something went wrong at run time without stopping the call."""
+
+
+class SHRateLimitWarning(SHRuntimeWarning, *_theirs("SHRateLimitWarning")):  # type: ignore[misc]
+    """Warned when the service answers that the rate limit was hit."""
+
+
+class DownloadFailedWarning(SHRuntimeWarning):
+    """Warned instead of raising when a client is made with ``raise_download_errors=False``
+    (sentinelhub-py warns an ``SHRuntimeWarning``, which this is)."""
+
+
+# sentinelhub-py shows its runtime warnings every time and the others once per place.
+warnings.simplefilter("default", SHDeprecationWarning)
+warnings.simplefilter("default", SHUserWarning)
+warnings.simplefilter("always", SHRuntimeWarning)
+
+
+class DownloadError(DownloadFailedException):
+    """Raised when a download request fails; the root of this library's download errors."""
 
     reason = "DOWNLOAD_FAILED"
 
-    def __init__(self, message: str, *, url: str | None = None, status_code: int | None = None):
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status_code: int | None = None,
+        request_exception: Any | None = None,
+    ):
+        super().__init__(message, request_exception=request_exception)
         self.url = url
         self.status_code = status_code
-
-
-# sentinelhub-py's name for the root error, kept so its users can switch.
-DownloadFailedException = DownloadError
 
 
 class InvalidRequestError(DownloadError, ValueError):
@@ -48,14 +139,10 @@ class AuthenticationError(DownloadError):
     reason = "AUTHENTICATION_FAILED"
 
 
-class OutOfRequestsError(DownloadError):
+class OutOfRequestsError(DownloadError, OutOfRequestsException):
     """Raised when 429 answers exhaust the retry budget (RESOURCE_EXHAUSTED)."""
 
     reason = "RATE_LIMIT_RETRIES_EXHAUSTED"
-
-
-# sentinelhub-py's name.
-OutOfRequestsException = OutOfRequestsError
 
 
 class ServerError(DownloadError):
@@ -70,18 +157,14 @@ class DownloadCancelledError(DownloadError):
     reason = "CANCELLED"
 
 
-class CacheCollisionError(DownloadError):
+class CacheCollisionError(DownloadError, HashedNameCollisionException):
     """Raised when a cached ``request.json`` describes a different request than the one
     hashed to its folder (FAILED_PRECONDITION)."""
 
     reason = "CACHE_COLLISION"
 
 
-# sentinelhub-py's name.
-HashedNameCollisionException = CacheCollisionError
-
-
-class DecodingError(DownloadError, ValueError):
+class DecodingError(DownloadError, ImageDecodingError, ValueError):
     """Raised when downloaded or cached bytes cannot be decoded as the expected type (DATA_LOSS)."""
 
     reason = "DECODING_FAILED"
@@ -92,7 +175,3 @@ class CacheWriteError(DownloadError, OSError):
     server owns the folder, else FAILED_PRECONDITION)."""
 
     reason = "CACHE_WRITE_FAILED"
-
-
-class DownloadFailedWarning(RuntimeWarning):
-    """Warned instead of raising when a client is made with ``raise_download_errors=False``."""

@@ -9,15 +9,28 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import mimetypes
 import os
+import platform
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, SHRuntimeWarning
 
 
-class RequestType(Enum):
+class _AcceptsForeignMembers:
+    """Lets ``MimeType(x)`` and ``RequestType(x)`` take sentinelhub-py's members by value."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, Enum) and value.value in cls._value2member_map_:  # type: ignore[attr-defined]
+            return cls._value2member_map_[value.value]  # type: ignore[attr-defined]
+        return None
+
+
+class RequestType(_AcceptsForeignMembers, Enum):
     """HTTP method of a request."""
 
     GET = "GET"
@@ -27,8 +40,11 @@ class RequestType(Enum):
     PATCH = "PATCH"
 
 
-class MimeType(Enum):
-    """Expected format of a response; the value is the cache file extension."""
+class MimeType(_AcceptsForeignMembers, Enum):
+    """Expected format of a response; the value is the cache file extension.
+
+    The members and helpers are sentinelhub-py's, with the same answers.
+    """
 
     TIFF = "tiff"
     PNG = "png"
@@ -57,39 +73,69 @@ class MimeType(Enum):
 
     @staticmethod
     def from_string(mime_type_str: str) -> MimeType:
-        """Parse a Content-Type (``image/tiff; charset=...``) or an extension (``tif``)."""
-        text = mime_type_str.split(";", 1)[0].strip().lower()
-        if text in _CONTENT_TYPES:
-            return _CONTENT_TYPES[text]
-        text = text.rsplit("/", 1)[-1].removeprefix("x-")
-        if text in MimeType._value2member_map_:
-            return MimeType(text)
-        if text in _ALIASES:
-            return _ALIASES[text]
-        raise ValueError(f"unsupported data format, got {mime_type_str!r}")
+        """The format named by a media type (``image/tiff``) or a file extension (``tif``).
+
+        Media types are read through `mimetypes` as sentinelhub-py reads them. Parameters
+        (``; charset=utf-8``) and upper-case extensions, which sentinelhub-py refuses, are
+        accepted.
+        """
+        text = mime_type_str.split(";", 1)[0].strip()
+        guessed = mimetypes.guess_extension(text)
+        text = guessed.strip(".") if guessed else text.split("/")[-1]
+        for candidate in (text, text.lower()):
+            if MimeType.has_value(candidate):
+                return MimeType(candidate)
+            if candidate in _ALIASES:
+                return _ALIASES[candidate]
+        raise ValueError(f"Data format {text} is not supported")
+
+    def is_image_format(self) -> bool:
+        """Whether this is an image format: TIFF, PNG, JPEG or JPEG 2000."""
+        return self in _IMAGE_FORMATS
+
+    def is_api_format(self) -> bool:
+        """Whether Sentinel Hub's Process API can answer in this format."""
+        return self in _API_FORMATS
+
+    def is_tiff_format(self) -> bool:
+        """Whether this is TIFF."""
+        return self is MimeType.TIFF
+
+    @classmethod
+    def has_value(cls, value: str) -> bool:
+        """Whether a member has the value ``value``."""
+        return value in cls._value2member_map_
+
+    def get_string(self) -> str:
+        """The media type of this format (``image/tiff``); raw data is ``raw``.
+
+        Raises KeyError where `mimetypes` knows no media type for the extension, as
+        sentinelhub-py does.
+        """
+        if self is MimeType.JP2:
+            return "image/jpeg2000"
+        if self is MimeType.XML:
+            return "text/xml"
+        if self is MimeType.RAW:
+            return self.value
+        return mimetypes.types_map["." + self.value]
+
+    def matches_extension(self, path: str) -> bool:
+        """Whether ``path`` ends with this format's extension."""
+        return path.endswith(f".{self.extension}")
+
+    def get_expected_max_value(self) -> float | int:
+        """The largest value an image of this format holds; ValueError for other formats."""
+        try:
+            return _MAX_VALUES[self]
+        except KeyError:
+            raise ValueError(f"Type {self} is not supported by this method") from None
 
 
-_CONTENT_TYPES = {
-    "image/tiff": MimeType.TIFF,
-    "image/png": MimeType.PNG,
-    "image/jpeg": MimeType.JPG,
-    "image/jp2": MimeType.JP2,
-    "application/json": MimeType.JSON,
-    "application/geo+json": MimeType.GEOJSON,
-    "text/plain": MimeType.TXT,
-    "text/csv": MimeType.CSV,
-    "application/xml": MimeType.XML,
-    "text/xml": MimeType.XML,
-    "application/zip": MimeType.ZIP,
-    "application/x-tar": MimeType.TAR,
-    "application/octet-stream": MimeType.RAW,
-}
 _ALIASES = {"tif": MimeType.TIFF, "jpeg": MimeType.JPG, "hdf5": MimeType.HDF, "h5": MimeType.HDF}
-
-
-def _enum_value(value: Any) -> Any:
-    # Accept sentinelhub-py's enums as well as ours and plain strings.
-    return getattr(value, "value", value)
+_IMAGE_FORMATS = frozenset({MimeType.TIFF, MimeType.PNG, MimeType.JP2, MimeType.JPG})
+_API_FORMATS = frozenset({MimeType.JPG, MimeType.PNG, MimeType.TIFF, MimeType.JSON})
+_MAX_VALUES = {MimeType.TIFF: 65535, MimeType.PNG: 255, MimeType.JPG: 255, MimeType.JP2: 10000}
 
 
 @dataclass
@@ -113,8 +159,8 @@ class DownloadRequest:
     extra_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.request_type = RequestType(_enum_value(self.request_type))
-        self.data_type = MimeType(_enum_value(self.data_type))
+        self.request_type = RequestType(self.request_type)
+        self.data_type = MimeType(self.data_type)
         if self.headers is None:
             self.headers = {}
 
@@ -180,4 +226,22 @@ class DownloadRequest:
         request_path, response_path = self.get_relative_paths()
         if request_path is not None:
             request_path = os.path.join(self.data_folder, request_path)
-        return request_path, os.path.join(self.data_folder, response_path)
+        response_path = os.path.join(self.data_folder, response_path)
+        _warn_if_name_too_long(response_path)
+        return request_path, response_path
+
+
+def _warn_if_name_too_long(path: str) -> None:
+    """Warn, as sentinelhub-py does, when saving under ``path`` would likely fail."""
+    if len(path) > 255 and platform.system() == "Windows":
+        problem = "File path"
+    elif len(os.path.basename(path)) > 255:
+        problem = "Filename of"
+    else:
+        return
+    warnings.warn(
+        f"{problem} {path} is longer than 255 characters, which might cause an error while "
+        "saving on disk",
+        category=SHRuntimeWarning,
+        stacklevel=3,
+    )
