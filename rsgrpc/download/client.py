@@ -3,32 +3,43 @@
 Every request ends as a `DownloadResult`: downloaded, read from the cache, failed with a
 `DownloadError` saying why, or cancelled. Attempts are paced by the deployment's shared
 `RateLimiter`; a 429 pauses the whole deployment for its ``Retry-After``; 5xx answers,
-connection resets and timeouts are retried with exponential backoff and full jitter;
-other 4xx answers fail at once.
+connection resets, timeouts and broken answers are retried with exponential backoff and
+full jitter; other 4xx answers fail at once. Every wait ends at the caller's deadline.
+
+Bodies stream to a temporary file as they arrive (memory per request stays bounded, however
+large the answer), beside the cache entry they become. Each answer is checked before it is
+kept (`validation`: its length against Content-Length, and that it decodes as its type);
+only then is it renamed into the cache. A cache entry that does not check out is dropped
+and fetched again. Error texts and log lines are redacted (`redaction`): whatever an
+upstream echoes, no token or secret leaves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import requests
 
-from . import cache
+from . import cache, validation
 from .deployment import Deployment
 from .errors import (
     AuthenticationError,
     BadRequestError,
     CacheWriteError,
+    DecodingError,
     DownloadCancelledError,
     DownloadError,
     DownloadFailedWarning,
@@ -36,11 +47,13 @@ from .errors import (
     OutOfRequestsError,
     ServerError,
 )
-from .rate_limit import RateLimiter, limiter_for
+from .rate_limit import RateLimiter, check_deadline, limiter_for, wait_or_cancel
+from .redaction import redact, register_secret
 from .request import DownloadRequest, MimeType, RequestType
-from .response import DownloadResponse
+from .response import DownloadResponse, header_value, response_type_of
 from .result import DownloadResult, DownloadStatus
 from .retry_after import parse_retry_after
+from .session import deadline_scope
 from .transport import pooled_http_session
 
 _LOGGER = logging.getLogger(__name__)
@@ -55,6 +68,10 @@ _TRANSIENT_EXCEPTIONS = (
     requests.exceptions.ContentDecodingError,
 )
 _MAX_ERROR_TEXT = 300
+# How much of an error answer is read to find its message.
+_MAX_ERROR_BODY = 64 << 10
+# Bodies are written to disk in pieces of this size: the memory a request holds.
+_PIECE_BYTES = 1 << 20
 
 
 class _Counters:
@@ -67,13 +84,76 @@ class _Counters:
         self.rate_limited = 0
 
 
+class _Answer:
+    """A body being received into a temporary file, with its answer's metadata."""
+
+    def __init__(
+        self,
+        path: str,
+        descriptor: int,
+        headers: dict[str, Any],
+        status_code: int,
+        elapsed: float,
+        in_cache: bool,
+    ):
+        self.in_cache = in_cache
+        self.path = path
+        self.descriptor = descriptor
+        self.headers = headers
+        self.status_code = status_code
+        self.elapsed = elapsed
+        self.size = 0
+        self.committed = False
+
+    @classmethod
+    def start(cls, request: DownloadRequest, response: requests.Response) -> _Answer:
+        _, response_path = request.get_storage_paths()
+        try:
+            in_cache = request.save_response and response_path is not None
+            if in_cache:
+                descriptor, path = cache.partial_file(response_path)  # type: ignore[arg-type]
+            else:
+                descriptor, path = tempfile.mkstemp(prefix=".rsgrpc-download-", suffix=".part")
+        except OSError as error:
+            raise CacheWriteError(
+                f"could not write the answer to the cache: {error.strerror}", url=request.url
+            ) from None
+        return cls(
+            path,
+            descriptor,
+            dict(response.headers),
+            response.status_code,
+            response.elapsed.total_seconds(),
+            in_cache,
+        )
+
+    def close_file(self) -> None:
+        if self.descriptor >= 0:
+            os.close(self.descriptor)
+            self.descriptor = -1
+
+    def discard(self) -> None:
+        """Close the file, and remove it unless it went into the cache."""
+        self.close_file()
+        if self.committed:
+            return
+        if self.in_cache:
+            cache.remove_partial(self.path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
 class DownloadClient:
     """Downloads batches of `DownloadRequest` with threads, retries, rate limits and a disk cache.
 
     ``deployment`` supplies rate limits, retry policy and timeouts; clients naming the same
     deployment share one rate limiter. Without one, the client gets a private limiter with no
     rate (429 answers still pause it). ``config`` accepts a sentinelhub-py ``SHConfig``
-    instead. ``default_retry_time`` (seconds) is the pause after a 429 without ``Retry-After``.
+    instead. ``default_retry_time`` (seconds) is the pause after a 429 without ``Retry-After``
+    (default: the deployment's ``default_retry_after_seconds``). ``cache_max_bytes`` caps
+    each data folder the client caches in, evicting the least recently used answers
+    (default: the deployment's ``cache_max_bytes``; None: no cap).
 
     A client is thread-safe and keeps its connections open between batches: reuse it, and
     `close` it (or use it as a context manager) when done.
@@ -86,15 +166,26 @@ class DownloadClient:
         raise_download_errors: bool = True,
         config: Any | None = None,
         deployment: Deployment | None = None,
-        default_retry_time: float = 30.0,
+        default_retry_time: float | None = None,
+        cache_max_bytes: int | None = None,
     ):
         self.redownload = redownload
         self.raise_download_errors = raise_download_errors
-        self.default_retry_time = float(default_retry_time)
         if deployment is None and config is not None:
             deployment = Deployment.from_sh_config(config)
         self._shared_limiter = deployment is not None
         self.deployment = deployment if deployment is not None else Deployment(name="")
+        register_secret(self.deployment.client_secret)
+        self.default_retry_time = float(
+            self.deployment.default_retry_after_seconds
+            if default_retry_time is None
+            else default_retry_time
+        )
+        if cache_max_bytes is not None and cache_max_bytes < 1:
+            raise ValueError(f"cache_max_bytes must be at least 1, got {cache_max_bytes}")
+        self.cache_max_bytes = (
+            self.deployment.cache_max_bytes if cache_max_bytes is None else cache_max_bytes
+        )
         self._limiter = self._make_limiter()
         self._http_lock = threading.Lock()
         self._http: requests.Session | None = None
@@ -148,6 +239,7 @@ class DownloadClient:
         *,
         progress_callback: ProgressCallback | None = None,
         cancel_event: threading.Event | None = None,
+        timeout: float | None = None,
     ) -> list[Any]:
         """Download the requests and return their data in request order (sentinelhub-py's API).
 
@@ -166,6 +258,7 @@ class DownloadClient:
             show_progress=show_progress,
             progress_callback=progress_callback,
             cancel_event=cancel_event,
+            timeout=timeout,
         )
         for result in results:
             if result.error is None:
@@ -185,6 +278,7 @@ class DownloadClient:
         show_progress: bool = False,
         progress_callback: ProgressCallback | None = None,
         cancel_event: threading.Event | None = None,
+        timeout: float | None = None,
     ) -> list[DownloadResult]:
         """Run every request and return one `DownloadResult` each, in request order; never raises
         for a request's failure.
@@ -193,7 +287,12 @@ class DownloadClient:
         thread, in completion order. ``cancel_event`` is checked before each request and each
         attempt starts and while waiting; requests not yet started end as CANCELLED.
         ``max_threads`` defaults to ``min(32, cpu_count + 4)`` and sizes the connection pool.
+        ``timeout`` (seconds) is the batch's deadline: no wait of any request (rate limit,
+        429 pause, backoff, token outage) goes past it; a request that would have to fails
+        with `DeadlineExceededError`. The batch's cache entries are safe from eviction
+        while it runs.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         batch = list(download_requests)
         results: list[DownloadResult | None] = [None] * len(batch)
         if not batch:
@@ -204,9 +303,14 @@ class DownloadClient:
         threads = max(1, min(threads, len(batch)))
         http = self._http_session(threads)
         done = 0
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="download") as executor:
+        with (
+            cache.pinned(_response_paths(batch)),
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="download") as executor,
+        ):
             futures = {
-                executor.submit(self._run_one, index, item, decode_data, http, cancel_event): index
+                executor.submit(
+                    self._run_one, index, item, decode_data, http, cancel_event, deadline
+                ): index
                 for index, item in enumerate(batch)
             }
             for future in as_completed(futures):
@@ -236,6 +340,7 @@ class DownloadClient:
         decode_data: bool,
         http: requests.Session,
         cancel_event: threading.Event | None,
+        deadline: float | None = None,
     ) -> DownloadResult:
         started = time.monotonic()
         counters = _Counters()
@@ -262,40 +367,95 @@ class DownloadClient:
             request.raise_if_invalid()
             if not (request.save_response or request.return_data):
                 return finish(DownloadStatus.SUCCEEDED)
-            response, cache_hit = None, False
             if not self.redownload and cache.is_cached(request):
-                if not request.return_data:
-                    size = os.path.getsize(output_path) if output_path else 0
-                    return finish(DownloadStatus.SUCCEEDED, cache_hit=True, size_bytes=size)
-                response = self._read_cache(request)
-                cache_hit = response is not None
-            if response is None:
-                response = self._execute_download(request, http, counters, cancel_event)
+                hit = self._cache_hit(request, decode_data)
+                if hit is not None:
+                    size, data = hit
+                    return finish(
+                        DownloadStatus.SUCCEEDED, cache_hit=True, size_bytes=size, data=data
+                    )
+            answer = self._execute_download(request, http, counters, cancel_event, deadline)
+            try:
+                path = answer.path
                 if request.save_response:
-                    try:
-                        cache.write_cached(response)
-                    except OSError as error:
-                        # strerror, not the error itself: that names the server's cache folder.
-                        raise CacheWriteError(
-                            f"could not write the answer to the cache: {error.strerror}",
-                            url=request.url,
-                        ) from None
-            else:
-                _LOGGER.debug("Read %s from the cache", output_path)
-            data: Any = None
-            if request.return_data:
-                data = response.decode() if decode_data else response
-            return finish(
-                DownloadStatus.SUCCEEDED,
-                cache_hit=cache_hit,
-                size_bytes=len(response.content),
-                data=data,
-            )
+                    path = self._commit(request, answer)
+                data: Any = None
+                if request.return_data:
+                    with open(path, "rb") as file:
+                        content = file.read()
+                    response = DownloadResponse(
+                        request=request,
+                        content=content,
+                        headers=answer.headers,
+                        status_code=answer.status_code,
+                        elapsed=answer.elapsed,
+                    )
+                    data = response.decode() if decode_data else response
+            finally:
+                answer.discard()
+            return finish(DownloadStatus.SUCCEEDED, size_bytes=answer.size, data=data)
         except DownloadCancelledError as error:
+            _redact_error(error)
             return finish(DownloadStatus.CANCELLED, error=error)
         except DownloadError as error:
+            _redact_error(error)
             _LOGGER.debug("Request %d failed: %s", index, error)
             return finish(DownloadStatus.FAILED, error=error)
+
+    def _cache_hit(self, request: DownloadRequest, decode_data: bool) -> tuple[int, Any] | None:
+        """The size and data of a sound cache entry of ``request``; an entry that does not
+        check out (cut short, undecodable, unreadable) is dropped and None returned."""
+        _, response_path = request.get_storage_paths()
+        assert response_path is not None
+        try:
+            info = cache.read_cached_info(request)
+            headers = info.get("headers") or {}
+            size = os.path.getsize(response_path)
+            if not _content_encoded(headers):
+                validation.check_length(
+                    size, _text_or_none(header_value(headers, "Content-Length")), url=request.url
+                )
+            validation.check_file(
+                response_path, response_type_of(request, headers), url=request.url
+            )
+            data: Any = None
+            if request.return_data:
+                with open(response_path, "rb") as file:
+                    content = file.read()
+                response = cache.response_from_info(request, content, info)
+                data = response.decode() if decode_data else response
+        except (validation.IncompleteAnswerError, DecodingError, OSError, ValueError) as error:
+            # Not ours (ours are checked before they are kept), or damaged since: fetch again.
+            _LOGGER.warning(
+                "Dropping a cache entry that does not check out for %s: %s",
+                _described(request),
+                redact(error),
+            )
+            cache.drop_cached(request)
+            return None
+        cache.touch(response_path)
+        _LOGGER.debug("Read %s from the cache", response_path)
+        return size, data
+
+    def _commit(self, request: DownloadRequest, answer: _Answer) -> str:
+        """Put a checked answer in the cache; returns its response path."""
+        try:
+            path = cache.commit_cached(
+                request,
+                answer.path,
+                headers=answer.headers,
+                status_code=answer.status_code,
+                elapsed=answer.elapsed,
+            )
+        except OSError as error:
+            # strerror, not the error itself: that names the server's cache folder.
+            raise CacheWriteError(
+                f"could not write the answer to the cache: {error.strerror}", url=request.url
+            ) from None
+        answer.committed = True
+        if self.cache_max_bytes is not None and request.data_folder is not None:
+            cache.evict(request.data_folder, self.cache_max_bytes, keep=[path])
+        return path
 
     @staticmethod
     def _read_cache(request: DownloadRequest) -> DownloadResponse | None:
@@ -303,7 +463,9 @@ class DownloadClient:
             return cache.read_cached(request)
         except (OSError, ValueError) as error:
             # Unreadable entries (not ours: ours are complete) are downloaded again and replaced.
-            _LOGGER.warning("Ignoring an unreadable cache entry for %s: %s", request.url, error)
+            _LOGGER.warning(
+                "Ignoring an unreadable cache entry for %s: %s", _described(request), redact(error)
+            )
             return None
 
     def _prepare_headers(self, request: DownloadRequest) -> tuple[dict[str, Any], str | None]:
@@ -320,7 +482,10 @@ class DownloadClient:
         http: requests.Session,
         counters: _Counters,
         cancel_event: threading.Event | None,
-    ) -> DownloadResponse:
+        deadline: float | None = None,
+    ) -> _Answer:
+        """Send ``request`` until it gives a checked answer, streamed into a temporary file
+        (beside its cache entry when it has one); raises `DownloadError` once retries end."""
         deployment = self.deployment
         retry = deployment.retry
         timeout = (deployment.connect_timeout_seconds, deployment.read_timeout_seconds)
@@ -328,13 +493,16 @@ class DownloadClient:
         transient_failures = 0
         reauthenticated = False
         while True:
-            response: requests.Response | None = None
             failure = ""
+            broken: DownloadError | None = None
+            status: int | None = None
             # The token first: waiting for it inside a rate slot would bunch requests together.
-            headers, access_token = self._prepare_headers(request)
-            with self._limiter.slot(cancel_event) as reserved_units:
+            with deadline_scope(deadline):
+                headers, access_token = self._prepare_headers(request)
+            _register_credentials(headers)
+            with self._limiter.slot(cancel_event, deadline) as reserved_units:
                 counters.attempts += 1
-                _LOGGER.debug("Sending %s %s (attempt %d)", method, request.url, counters.attempts)
+                _LOGGER.debug("Sending %s (attempt %d)", _described(request), counters.attempts)
                 try:
                     response = http.request(
                         method,
@@ -342,29 +510,45 @@ class DownloadClient:
                         json=request.post_values,
                         headers=headers,
                         timeout=timeout,
+                        stream=True,
                     )
-                    content = response.content
                 except _TRANSIENT_EXCEPTIONS as error:
-                    response = None
                     failure = _describe_exception(error)
-            if response is not None:
-                self._settle_units(response, reserved_units)
-                status = response.status_code
-                if status < 400:
-                    return DownloadResponse(
-                        request=request,
-                        content=content,
-                        headers=dict(response.headers),
-                        status_code=status,
-                        elapsed=response.elapsed.total_seconds(),
-                    )
+                else:
+                    with response:
+                        self._settle_units(response, reserved_units)
+                        status = response.status_code
+                        if status < 400:
+                            answer = _Answer.start(request, response)
+                            try:
+                                self._receive(request, response, answer, cancel_event, deadline)
+                            except (validation.IncompleteAnswerError, DecodingError) as error:
+                                broken = error
+                                failure = str(error)
+                            except BaseException:
+                                answer.discard()
+                                raise
+                            else:
+                                return answer
+                            answer.discard()
+                        else:
+                            error_text = _error_text(response)
+            if status is not None and status >= 400:
                 if status == 429:
                     counters.rate_limited += 1
                     wait = parse_retry_after(
-                        response.headers.get("Retry-After"), deployment.retry_after_unit
+                        response.headers.get("Retry-After"),
+                        deployment.retry_after_unit,
+                        integer_unit=deployment.integer_retry_after_unit,
+                        max_seconds=deployment.max_retry_after_seconds,
                     )
                     wait = self.default_retry_time if wait is None else wait
-                    self._limiter.pause(min(wait, deployment.max_retry_after_seconds))
+                    if counters.rate_limited > 1:
+                        # A 429 again after waiting what the server said: wait longer each
+                        # time, in case its Retry-After is in a unit other than it seemed.
+                        wait = max(wait, retry.backoff_seconds(counters.rate_limited - 1, 1.0))
+                    wait = min(wait, deployment.max_retry_after_seconds)
+                    self._limiter.pause(wait)
                     if counters.rate_limited > retry.max_rate_limit_retries:
                         raise OutOfRequestsError(
                             f"still rate limited after {retry.max_rate_limit_retries} retries",
@@ -375,38 +559,70 @@ class DownloadClient:
                     continue
                 if status == 401 and access_token is not None and not reauthenticated:
                     reauthenticated = True
-                    self._on_unauthorized(access_token)
+                    with deadline_scope(deadline):
+                        self._on_unauthorized(access_token)
                     continue
                 if status in (401, 403):
                     raise AuthenticationError(
-                        f"the server answered {status}: {_error_text(response)}",
+                        f"the server answered {status}: {error_text}",
                         url=request.url,
                         status_code=status,
                     )
                 if status < 500:
                     error_class = NotFoundError if status == 404 else BadRequestError
                     raise error_class(
-                        f"the server answered {status}: {_error_text(response)}",
+                        f"the server answered {status}: {error_text}",
                         url=request.url,
                         status_code=status,
                     )
-                failure = f"HTTP {status}: {_error_text(response)}"
+                failure = f"HTTP {status}: {error_text}"
             transient_failures += 1
             if transient_failures >= retry.max_attempts:
-                raise ServerError(
-                    f"failed {transient_failures} times, last with {failure}",
-                    url=request.url,
-                    status_code=response.status_code if response is not None else None,
-                )
+                message = f"failed {transient_failures} times, last with {failure}"
+                if broken is not None:
+                    raise type(broken)(message, url=request.url, status_code=status)
+                raise ServerError(message, url=request.url, status_code=status)
             delay = retry.backoff_seconds(transient_failures, self._random.random())
             _LOGGER.debug("Attempt failed with %s; retrying in %.3f s", failure, delay)
-            if cancel_event is not None:
-                if cancel_event.wait(delay):
-                    raise DownloadCancelledError(
-                        "cancelled while waiting to retry", url=request.url
-                    )
-            elif delay > 0:
-                time.sleep(delay)
+            wait_or_cancel(delay, cancel_event, deadline, "waiting to retry")
+
+    def _receive(
+        self,
+        request: DownloadRequest,
+        response: requests.Response,
+        answer: _Answer,
+        cancel_event: threading.Event | None,
+        deadline: float | None,
+    ) -> None:
+        """Stream the body of ``response`` into ``answer``'s file, then check it."""
+        announced = _text_or_none(response.headers.get("Content-Length"))
+        try:
+            with open(answer.descriptor, "wb", closefd=False) as file:
+                for piece in response.iter_content(_PIECE_BYTES):
+                    file.write(piece)
+                    answer.size += len(piece)
+                    if cancel_event is not None and cancel_event.is_set():
+                        raise DownloadCancelledError(
+                            "cancelled while the answer arrived", url=request.url
+                        )
+                    check_deadline(deadline, 0.0, "the answer arrived")
+        except _TRANSIENT_EXCEPTIONS as error:
+            of = f" of {announced}" if announced is not None else ""
+            raise validation.IncompleteAnswerError(
+                f"the answer was cut short after {answer.size}{of} bytes "
+                f"({_describe_exception(error)})",
+                url=request.url,
+            ) from None
+        except OSError as error:
+            raise CacheWriteError(
+                f"could not write the answer to disk: {error.strerror}", url=request.url
+            ) from None
+        answer.close_file()
+        if not _content_encoded(response.headers):
+            validation.check_length(answer.size, announced, url=request.url)
+        validation.check_file(
+            answer.path, response_type_of(request, answer.headers), url=request.url
+        )
 
     def _settle_units(self, response: requests.Response, reserved_units: float) -> None:
         spent = response.headers.get(UNITS_SPENT_HEADER)
@@ -453,16 +669,68 @@ def _describe_exception(error: Exception) -> str:
 
 
 def _error_text(response: requests.Response) -> str:
-    """The server's own message: Sentinel Hub's ``error.message`` or the start of the body."""
+    """The server's own message, redacted: Sentinel Hub's ``error.message`` or the start of
+    the body (at most the first 64 KiB are read)."""
+    raw = b""
     try:
-        body = response.json()
+        for piece in response.iter_content(16 << 10):
+            raw += piece
+            if len(raw) >= _MAX_ERROR_BODY:
+                break
+    except _TRANSIENT_EXCEPTIONS:
+        pass
+    text = raw.decode(response.encoding or "utf-8", errors="replace")
+    try:
+        body = json.loads(text)
     except ValueError:
         body = None
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:_MAX_ERROR_TEXT]
+            return redact(error["message"])[:_MAX_ERROR_TEXT]
         if isinstance(error, str):
-            return error[:_MAX_ERROR_TEXT]
-    text = response.text.strip()
+            return redact(error)[:_MAX_ERROR_TEXT]
+    text = redact(text.strip())
     return json.dumps(text[:_MAX_ERROR_TEXT]) if text else response.reason or "no message"
+
+
+def _redact_error(error: DownloadError) -> None:
+    """Make ``error``'s message safe to show, whatever went into it."""
+    error.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in error.args)
+    if error.url:
+        error.url = redact(error.url)
+
+
+def _register_credentials(headers: Mapping[str, Any]) -> None:
+    """Remember the credentials ``headers`` carry so that no text can show them."""
+    for name, value in headers.items():
+        lowered = str(name).lower()
+        if any(part in lowered for part in ("authorization", "token", "key", "secret")):
+            text = str(value)
+            register_secret(text)
+            register_secret(text.split(" ", 1)[-1])
+
+
+def _response_paths(batch: list[Any]) -> list[str]:
+    paths = []
+    for item in batch:
+        with contextlib.suppress(Exception):
+            _, path = DownloadRequest.coerce(item).get_storage_paths()
+            if path:
+                paths.append(path)
+    return paths
+
+
+def _described(request: DownloadRequest) -> str:
+    """Method and path of a request: the query may hold anything, so it is left out."""
+    return f"{request.request_type.value} {urllib.parse.urlsplit(request.url or '').path}"
+
+
+def _content_encoded(headers: Mapping[str, Any]) -> bool:
+    """Whether the body was sent compressed (Content-Length then counts compressed bytes)."""
+    encoding = header_value(dict(headers), "Content-Encoding")
+    return bool(encoding) and str(encoding).strip().lower() != "identity"
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

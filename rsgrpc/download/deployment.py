@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
-RETRY_AFTER_UNITS: Final = frozenset({"milliseconds", "seconds"})
+from .retry_after import RETRY_AFTER_UNITS, RetryAfterUnit
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,17 @@ class Deployment:
     - ``processing_units_per_second`` and ``processing_units_burst``: the same for processing
       units, charged from the ``X-ProcessingUnits-Spent`` answers.
     - ``max_concurrent_requests``: requests in flight at once, separate from the rate.
-    - ``retry_after_unit``: how a numeric ``Retry-After`` is read; Sentinel Hub sends
-      milliseconds, plain HTTP sends seconds. HTTP dates are always understood.
+    - ``retry_after_unit``: how a numeric ``Retry-After`` is read: ``"auto"`` (the value's
+      form decides where it can; whole numbers are milliseconds for a deployment with
+      OAuth2 credentials, as Sentinel Hub sends, else seconds, as HTTP says), or
+      ``"milliseconds"`` / ``"seconds"`` to force it. HTTP dates are always understood.
     - ``max_retry_after_seconds``: a ``Retry-After`` longer than this is capped.
+    - ``default_retry_after_seconds``: the pause after a 429 without a usable ``Retry-After``.
+    - ``token_retry_budget_seconds``: how long a token endpoint outage is ridden out (the
+      default outlasts a 60 s outage), with jittered backoff between attempts growing from
+      the retry policy's base to ``token_backoff_max_seconds``.
+    - ``cache_max_bytes``: the size the cache folder is kept under by evicting the least
+      recently used answers (None: no cap).
     - timeouts in seconds for connecting and for reading every answer, the token call included.
     - ``refresh_before_expiry_seconds``: how early tokens are refreshed.
     """
@@ -77,8 +85,12 @@ class Deployment:
     processing_units_per_second: float | None = None
     processing_units_burst: float = 1.0
     max_concurrent_requests: int | None = None
-    retry_after_unit: Literal["milliseconds", "seconds"] = "milliseconds"
+    retry_after_unit: RetryAfterUnit = "auto"
     max_retry_after_seconds: float = 600.0
+    default_retry_after_seconds: float = 30.0
+    token_retry_budget_seconds: float = 90.0
+    token_backoff_max_seconds: float = 8.0
+    cache_max_bytes: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 120.0
@@ -108,10 +120,26 @@ class Deployment:
         for name in ("connect_timeout_seconds", "read_timeout_seconds", "token_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in (
+            "max_retry_after_seconds",
+            "default_retry_after_seconds",
+            "token_retry_budget_seconds",
+            "token_backoff_max_seconds",
+        ):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be zero or more and finite, got {value}")
+        if self.cache_max_bytes is not None and self.cache_max_bytes < 1:
+            raise ValueError(f"cache_max_bytes must be at least 1, got {self.cache_max_bytes}")
 
     @property
     def has_credentials(self) -> bool:
         return bool(self.client_id and self.client_secret and self.token_url)
+
+    @property
+    def integer_retry_after_unit(self) -> Literal["milliseconds", "seconds"]:
+        """How a whole-number ``Retry-After`` is read when the unit is ``"auto"``."""
+        return "milliseconds" if self.has_credentials else "seconds"
 
     @classmethod
     def from_sh_config(cls, config: Any, **overrides: Any) -> Deployment:

@@ -8,6 +8,10 @@ Rates use the generic cell rate algorithm: a request reserves the earliest time 
 start, under the lock, then sleeps outside it, so waiting threads never stall each other
 and never wake up together. A pause invalidates every reservation made before it.
 
+Every wait here, and every retry wait of the client and the OAuth2 session, ends at the
+caller's deadline (a `time.monotonic` moment): a wait that would outlast it raises
+`DeadlineExceededError` at once rather than sleeping in vain.
+
 Lock order: ``RateLimiter._lock`` is a leaf; the concurrency semaphore is taken before
 it and never while holding it. ``_REGISTRY_LOCK`` is taken before ``RateLimiter._lock``.
 """
@@ -21,7 +25,41 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .deployment import Deployment
-from .errors import DownloadCancelledError
+from .errors import DownloadCancelledError, ServerError
+
+
+class DeadlineExceededError(ServerError):
+    """Raised when a request cannot end before the caller's deadline: a rate-limit pause, a
+    retry's backoff or a token endpoint outage would outlast it (DEADLINE_EXCEEDED)."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
+def check_deadline(
+    deadline: float | None, wait: float, what: str, now: float | None = None
+) -> None:
+    """Raise `DeadlineExceededError` if waiting ``wait`` seconds from ``now`` passes ``deadline``."""
+    if deadline is None:
+        return
+    current = time.monotonic() if now is None else now
+    if current + wait > deadline:
+        left = max(0.0, deadline - current)
+        raise DeadlineExceededError(
+            f"the deadline would pass while {what} ({wait:.3f} s to wait, {left:.3f} s left)"
+        )
+
+
+def wait_or_cancel(
+    seconds: float, cancel_event: threading.Event | None, deadline: float | None, what: str
+) -> None:
+    """Sleep ``seconds`` unless that passes ``deadline``; raise `DownloadCancelledError` if
+    ``cancel_event`` is set meanwhile."""
+    check_deadline(deadline, seconds, what)
+    if cancel_event is not None:
+        if cancel_event.wait(seconds):
+            raise DownloadCancelledError(f"cancelled while {what}")
+    elif seconds > 0:
+        time.sleep(seconds)
 
 
 class _Bucket:
@@ -131,24 +169,28 @@ class RateLimiter:
         return self._unit_estimate
 
     @contextlib.contextmanager
-    def slot(self, cancel_event: threading.Event | None = None) -> Iterator[float]:
+    def slot(
+        self, cancel_event: threading.Event | None = None, deadline: float | None = None
+    ) -> Iterator[float]:
         """Wait for a concurrency slot and a rate slot, then hold the concurrency slot.
 
         Yields the processing units reserved for the request (pass them to `settle_units`).
-        Raises `DownloadCancelledError` if ``cancel_event`` is set while waiting.
+        Raises `DownloadCancelledError` if ``cancel_event`` is set while waiting, and
+        `DeadlineExceededError` if the wait would outlast ``deadline``.
         """
         semaphore = self._semaphore
         if semaphore is not None:
             while not semaphore.acquire(timeout=0.1):
                 if cancel_event is not None and cancel_event.is_set():
                     raise DownloadCancelledError("cancelled while waiting for a concurrency slot")
+                check_deadline(deadline, 0.0, "waiting for a concurrency slot")
         try:
-            yield self._wait_for_rate(cancel_event)
+            yield self._wait_for_rate(cancel_event, deadline)
         finally:
             if semaphore is not None:
                 semaphore.release()
 
-    def _wait_for_rate(self, cancel_event: threading.Event | None) -> float:
+    def _wait_for_rate(self, cancel_event: threading.Event | None, deadline: float | None) -> float:
         while True:
             with self._lock:
                 now = time.monotonic()
@@ -159,6 +201,8 @@ class RateLimiter:
                     start = self._requests.earliest(start, 1.0)
                 if self._units is not None:
                     start = self._units.earliest(start, cost)
+                # Nothing is reserved for a request that could not start in time.
+                check_deadline(deadline, start - now, "waiting for the rate limit", now)
                 if self._requests is not None:
                     self._requests.commit(start, 1.0)
                 if self._units is not None:

@@ -22,15 +22,7 @@ class DownloadResponse:
     @property
     def response_type(self) -> MimeType:
         """The request's data type, or the one the Content-Type names when the request says RAW."""
-        if self.request.data_type is not MimeType.RAW:
-            return self.request.data_type
-        content_type = _header(self.headers, "Content-Type")
-        if content_type:
-            try:
-                return MimeType.from_string(content_type)
-            except ValueError:
-                return MimeType.RAW
-        return MimeType.RAW
+        return response_type_of(self.request, self.headers)
 
     def decode(self) -> Any:
         """The content as Python data (see `decoding.decode_data`)."""
@@ -41,6 +33,24 @@ class DownloadResponse:
         values = {item.name: getattr(self, item.name) for item in fields(self)}
         values.update(params)
         return DownloadResponse(**values)
+
+
+def response_type_of(request: DownloadRequest, headers: dict[str, Any]) -> MimeType:
+    """The type an answer to ``request`` with ``headers`` is decoded (and checked) as."""
+    if request.data_type is not MimeType.RAW:
+        return request.data_type
+    content_type = _header(headers, "Content-Type")
+    if content_type:
+        try:
+            return MimeType.from_string(str(content_type))
+        except ValueError:
+            return MimeType.RAW
+    return MimeType.RAW
+
+
+def header_value(headers: dict[str, Any], name: str) -> Any:
+    """The value of header ``name`` in ``headers``, whatever its case; None if absent."""
+    return _header(headers, name)
 
 
 def _header(headers: dict[str, Any], name: str) -> Any:

@@ -4,29 +4,91 @@ The token is refreshed ahead of its expiry by one thread while every other threa
 using the token it has; threads block only when the token has actually expired. A 401
 makes the session re-authenticate once for the token that was refused.
 
-Lock order: ``_refresh_lock`` only; it is never held while taking another lock.
+A token endpoint outage (5xx, 429, resets, timeouts) is ridden out with jittered
+exponential backoff for up to the deployment's ``token_retry_budget_seconds``, and never
+past the caller's deadline (`deadline_scope`). One fetch runs per (token URL, client id)
+in the process; when it fails, every thread that was waiting for it fails with it rather
+than starting an outage's wait over again. Every token and the client secret are
+registered for redaction (`rsgrpc.download.redaction`).
+
+Lock order: ``_refresh_lock`` before a fetch lock of ``_FETCH_LOCKS``; ``_FETCH_REGISTRY``
+is a leaf.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import json
 import logging
 import random
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import requests
 from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
 
 from .deployment import Deployment
 from .errors import AuthenticationError, DownloadError, ServerError
+from .rate_limit import DeadlineExceededError, check_deadline
+from .redaction import redact, register_secret
 from .retry_after import parse_retry_after
 from .transport import pooled_http_session
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Where the token backoff reads the time and sleeps (tests pass a faster one)."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class _SystemClock:
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+
+
+SYSTEM_CLOCK: Clock = _SystemClock()
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "rsgrpc_download_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[None]:
+    """Token fetches in this thread give up at ``deadline`` (a `time.monotonic` moment)."""
+    token = _DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+_FETCH_REGISTRY = threading.Lock()
+_FETCH_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+# The last failed fetch per (token URL, client id): when it ended, and its error.
+_FETCH_FAILURES: dict[tuple[str, str], tuple[float, DownloadError]] = {}
+
+
+def _fetch_lock(key: tuple[str, str]) -> threading.Lock:
+    with _FETCH_REGISTRY:
+        return _FETCH_LOCKS.setdefault(key, threading.Lock())
+
+
+def _acquire(lock: threading.Lock, deadline: float | None, what: str) -> None:
+    if deadline is None:
+        lock.acquire()
+        return
+    if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise DeadlineExceededError(f"the deadline passed while {what}")
+
 
 # A token this close to expiry is treated as expired: a request sent with it may arrive late.
 _EXPIRY_MARGIN_SECONDS = 1.0
@@ -52,6 +114,7 @@ class SentinelHubSession:
         config: Deployment | Any | None = None,
         refresh_before_expiry: float | None = DEFAULT_SECONDS_BEFORE_EXPIRY,
         *,
+        clock: Clock | None = None,
         _token: dict[str, Any] | None = None,
     ):
         if config is None:
@@ -61,6 +124,10 @@ class SentinelHubSession:
         else:
             deployment = Deployment.from_sh_config(config)
         self.deployment = deployment
+        self.clock = SYSTEM_CLOCK if clock is None else clock
+        register_secret(deployment.client_secret)
+        if _token is not None:
+            register_secret(str(_token.get("access_token", "")))
         if (
             isinstance(config, Deployment)
             and refresh_before_expiry == self.DEFAULT_SECONDS_BEFORE_EXPIRY
@@ -96,10 +163,13 @@ class SentinelHubSession:
         state = self.__dict__.copy()
         for name in ("_refresh_lock", "_http", "_random"):
             del state[name]
+        if state.get("clock") is SYSTEM_CLOCK:
+            state["clock"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.clock = SYSTEM_CLOCK if self.clock is None else self.clock
         self._refresh_lock = threading.Lock()
         self._http = None
         self._random = random.Random()
@@ -124,10 +194,13 @@ class SentinelHubSession:
                 finally:
                     self._refresh_lock.release()
             return self._token
-        with self._refresh_lock:
+        _acquire(self._refresh_lock, _DEADLINE.get(), "waiting for a token")
+        try:
             if self._token["expires_at"] - time.time() <= _EXPIRY_MARGIN_SECONDS:
                 self._token = self._fetch_token()
             return self._token
+        finally:
+            self._refresh_lock.release()
 
     @property
     def session_headers(self) -> dict[str, str]:
@@ -155,16 +228,23 @@ class SentinelHubSession:
                 "the token was refused and this session cannot refresh it",
                 status_code=401,
             )
-        with self._refresh_lock:
+        _acquire(self._refresh_lock, _DEADLINE.get(), "waiting for a token")
+        try:
             if self._token.get("access_token") == refused_access_token:
                 _LOGGER.info(
                     "Token refused for deployment %s; re-authenticating", self.deployment.name
                 )
                 self._token = self._fetch_token()
+        finally:
+            self._refresh_lock.release()
 
     def _refresh_ahead(self) -> None:
         try:
-            self._token = self._fetch_token()
+            # Retried for at most half the token's remaining life: it is still valid, so
+            # a longer outage is ridden out when it has expired.
+            remaining = self._token["expires_at"] - time.time() - _EXPIRY_MARGIN_SECONDS
+            budget = min(self.deployment.token_retry_budget_seconds, max(0.0, remaining / 2))
+            self._token = self._fetch_token(budget_seconds=budget)
         except DownloadError as error:
             # Keep the still-valid token; try again a little later.
             self._next_refresh_attempt = (
@@ -176,20 +256,81 @@ class SentinelHubSession:
                 error,
             )
 
-    def _fetch_token(self) -> dict[str, Any]:
-        """Client-credentials grant with timeouts; 5xx, 429 and network errors are retried."""
+    def _fetch_token(self, budget_seconds: float | None = None) -> dict[str, Any]:
+        """A new token, fetched by one thread of the process per (token URL, client id);
+        ``budget_seconds`` (default the deployment's) bounds the retries."""
         deployment = self.deployment
+        key = (deployment.token_url, deployment.client_id)
+        deadline = _DEADLINE.get()
+        waiting_since = time.monotonic()
+        lock = _fetch_lock(key)
+        _acquire(lock, deadline, "waiting for the token endpoint")
+        try:
+            failure = _FETCH_FAILURES.get(key)
+            if failure is not None and failure[0] >= waiting_since:
+                # The fetch this thread waited for failed: so does this one, at once.
+                error = failure[1]
+                raise type(error)(str(error), url=error.url, status_code=error.status_code)
+            try:
+                token = self._fetch_token_now(deadline, budget_seconds)
+            except (ServerError, AuthenticationError) as error:
+                if budget_seconds is None and not isinstance(error, DeadlineExceededError):
+                    _FETCH_FAILURES[key] = (time.monotonic(), error)
+                raise
+            _FETCH_FAILURES.pop(key, None)
+            return token
+        finally:
+            lock.release()
+
+    def _token_backoff(self, attempt: int) -> float:
+        """Equal-jitter wait after the ``attempt``-th failed token request (1-based)."""
+        deployment = self.deployment
+        ceiling = min(
+            deployment.token_backoff_max_seconds,
+            deployment.retry.backoff_base_seconds * 2 ** min(attempt - 1, 60),
+        )
+        return ceiling * (0.5 + 0.5 * self._random.random())
+
+    def _fetch_token_now(
+        self, deadline: float | None, budget_seconds: float | None
+    ) -> dict[str, Any]:
+        """Client-credentials grant with timeouts; 5xx, 429 and network errors are retried
+        with backoff within the deployment's token budget and the caller's deadline."""
+        deployment = self.deployment
+        clock = self.clock
         oauth_client = BackendApplicationClient(client_id=deployment.client_id)
         body = oauth_client.prepare_request_body(
             include_client_id=True, client_secret=deployment.client_secret
         )
         if self._http is None:
             self._http = pooled_http_session(1)
-        retry = deployment.retry
+        budget = deployment.token_retry_budget_seconds if budget_seconds is None else budget_seconds
+        began = clock.monotonic()
+        give_up = began + budget
         last_reason = ""
-        for attempt in range(1, retry.max_attempts + 1):
-            if attempt > 1:
-                time.sleep(retry.backoff_seconds(attempt - 1, self._random.random()))
+        attempt = 0
+        pause = 0.0
+        while True:
+            if attempt:
+                delay = max(self._token_backoff(attempt), pause)
+                now = clock.monotonic()
+                if now + delay > give_up:
+                    raise ServerError(
+                        f"the token endpoint failed {attempt} times in {now - began:.1f} s "
+                        f"(the budget is {budget:g} s), "
+                        f"last with {last_reason}",
+                        url=deployment.token_url,
+                    )
+                if deadline is not None:
+                    check_deadline(
+                        deadline,
+                        delay,
+                        f"riding out a token endpoint outage (last {last_reason})",
+                    )
+                _LOGGER.debug("Token request failed (%s); retrying in %.3f s", last_reason, delay)
+                clock.sleep(delay)
+            attempt += 1
+            pause = 0.0
             started = time.time()
             try:
                 response = self._http.post(
@@ -204,22 +345,28 @@ class SentinelHubSession:
                 text = response.text
             except _TRANSIENT_EXCEPTIONS as error:
                 last_reason = type(error).__name__
-                _LOGGER.debug("Token request failed (%s), attempt %d", last_reason, attempt)
                 continue
             status = response.status_code
             if status >= 500 or status == 429:
                 last_reason = f"HTTP {status}"
                 if status == 429:
                     wait = parse_retry_after(
-                        response.headers.get("Retry-After"), deployment.retry_after_unit
+                        response.headers.get("Retry-After"),
+                        deployment.retry_after_unit,
+                        integer_unit=deployment.integer_retry_after_unit,
+                        max_seconds=deployment.max_retry_after_seconds,
                     )
-                    if wait:
-                        time.sleep(min(wait, deployment.max_retry_after_seconds))
+                    pause = min(
+                        deployment.default_retry_after_seconds if wait is None else wait,
+                        deployment.max_retry_after_seconds,
+                    )
                 continue
             if status >= 400:
                 raise AuthenticationError(
-                    f"the token endpoint refused the credentials of client {deployment.client_id!r}: "
-                    f"HTTP {status} {_oauth_error_of(text)}".rstrip(),
+                    redact(
+                        "the token endpoint refused the credentials of client "
+                        f"{deployment.client_id!r}: HTTP {status} {_oauth_error_of(text)}"
+                    ).rstrip(),
                     url=deployment.token_url,
                     status_code=status,
                 )
@@ -234,6 +381,10 @@ class SentinelHubSession:
             except ValueError:
                 last_reason = "an answer that is not a token"
                 continue
+            register_secret(str(token.get("access_token", "")))
+            for name in ("refresh_token", "id_token"):
+                if token.get(name):
+                    register_secret(str(token[name]))
             expires_in = token.get("expires_in")
             try:
                 lifetime = float(expires_in) if expires_in is not None else 3600.0
@@ -241,10 +392,6 @@ class SentinelHubSession:
                 lifetime = 3600.0
             token["expires_at"] = started + lifetime
             return token
-        raise ServerError(
-            f"the token endpoint failed {retry.max_attempts} times, last with {last_reason}",
-            url=deployment.token_url,
-        )
 
 
 def _refresh_lead(token: dict[str, Any], refresh_before_expiry: float) -> float:

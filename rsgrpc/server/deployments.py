@@ -4,6 +4,8 @@ A file names each deployment a client may use, and where the server caches answe
 
     cache_dir = "/var/cache/rsgrpc/download"   # optional; relative to this file
                                                # (default ~/.cache/rsgrpc/download)
+    cache_max_bytes = 10_000_000_000           # optional: least recently used answers
+                                               # are evicted beyond this
 
     [deployments.sentinel-hub]
     base_url = "https://services.sentinel-hub.com"
@@ -12,6 +14,9 @@ A file names each deployment a client may use, and where the server caches answe
     client_secret_env = "SH_CLIENT_SECRET"    # or client_secret = "..." in this file
     requests_per_second = 5.0
     burst = 5
+    retry_after_unit = "auto"                 # or "milliseconds" / "seconds" to force it
+    default_retry_after_seconds = 30.0        # a 429 without Retry-After pauses this long
+    token_retry_budget_seconds = 90.0         # how long a token endpoint outage is ridden out
 
     [deployments.sentinel-hub.retry]
     max_attempts = 4
@@ -49,6 +54,9 @@ _DEPLOYMENT_FIELDS: Final[Mapping[str, type]] = {
     "max_concurrent_requests": int,
     "retry_after_unit": str,
     "max_retry_after_seconds": float,
+    "default_retry_after_seconds": float,
+    "token_retry_budget_seconds": float,
+    "token_backoff_max_seconds": float,
     "connect_timeout_seconds": float,
     "read_timeout_seconds": float,
     "token_timeout_seconds": float,
@@ -61,7 +69,7 @@ _RETRY_FIELDS: Final[Mapping[str, type]] = {
     "backoff_max_seconds": float,
     "max_rate_limit_retries": int,
 }
-_TOP_LEVEL: Final = frozenset({"cache_dir", "deployments"})
+_TOP_LEVEL: Final = frozenset({"cache_dir", "cache_max_bytes", "deployments"})
 
 
 class DeploymentConfigError(ValueError):
@@ -70,10 +78,12 @@ class DeploymentConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DownloadSettings:
-    """The deployments clients may name, and the folder holding the server's download cache."""
+    """The deployments clients may name, the folder holding the server's download cache, and
+    the size that folder is kept under (None: no cap)."""
 
     deployments: Mapping[str, Deployment]
     cache_dir: Path
+    cache_max_bytes: int | None = None
 
 
 def default_cache_dir() -> Path:
@@ -109,6 +119,15 @@ def load_download_settings(
         if not isinstance(given, str) or not given:
             raise DeploymentConfigError(f"{where}: cache_dir must be a non-empty string")
         cache_dir = file.parent / Path(given).expanduser()
+    cache_max_bytes = document.get("cache_max_bytes")
+    if cache_max_bytes is not None and (
+        isinstance(cache_max_bytes, bool)
+        or not isinstance(cache_max_bytes, int)
+        or cache_max_bytes < 1
+    ):
+        raise DeploymentConfigError(
+            f"{where}: cache_max_bytes must be a whole number of bytes, 1 or more"
+        )
     sections = document.get("deployments", {})
     if not isinstance(sections, dict):
         raise DeploymentConfigError(f"{where}: deployments must be a table of named deployments")
@@ -117,8 +136,10 @@ def load_download_settings(
         for name, values in sections.items()
     }
     if not deployments:
-        return DownloadSettings({}, cache_dir)
-    return DownloadSettings(deployments, _make_cache_dir(cache_dir, f"{where}: cache_dir"))
+        return DownloadSettings({}, cache_dir, cache_max_bytes)
+    return DownloadSettings(
+        deployments, _make_cache_dir(cache_dir, f"{where}: cache_dir"), cache_max_bytes
+    )
 
 
 def _read(file: Path) -> dict[str, Any]:

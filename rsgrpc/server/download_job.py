@@ -1,17 +1,22 @@
-"""A download batch as a session job: fetch through the server's cache, then move answers into place.
+"""A download batch as a session job: fetch through the server's cache, then put answers in place.
 
 Answers go to the cache first (sentinelhub-py's layout, written atomically by the download
-library). Only when every request has ended, and the batch was not cancelled, is each good
-answer copied next to its output under a temporary name and renamed into place
-(`PartialOutput`: opened under the data root at that moment, no link followed), so a
-cancelled or failed request never leaves a file under the data root, whole or partial.
+library, which checks every answer, downloaded or cached, before it is kept: a truncated
+or undecodable answer fails its item and is never cached). Only when every request has
+ended, and the batch was not cancelled, is each good answer staged beside its output
+under a temporary name and renamed into place (`PartialOutput`: opened under the data
+root at that moment, no link followed), so a cancelled or failed request never leaves a
+file under the data root, whole or partial. The staged file is a hard link to the cache
+entry where both are on one file system (the bytes are written once), a copy otherwise.
+The batch's cache entries are pinned against eviction until their outputs are in place.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import logging
+import os
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,29 +24,24 @@ from pathlib import Path
 from typing import Final
 
 from rsgrpc.download import (
-    DecodingError,
     DownloadClient,
     DownloadError,
     DownloadRequest,
     DownloadResult,
     DownloadStatus,
-    MimeType,
 )
+from rsgrpc.download import cache as download_cache
+from rsgrpc.download.redaction import redact
 from rsgrpc.engine.errors import CancelledError, RsgrpcError
+from rsgrpc.engine.instance import lock_if_unheld, partial_name
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath
 
-# What the first bytes of a file of each checked format may be.
-_SIGNATURES: Final[dict[MimeType, tuple[bytes, ...]]] = {
-    MimeType.TIFF: (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
-    MimeType.PNG: (b"\x89PNG\r\n\x1a\n",),
-    MimeType.JPG: (b"\xff\xd8\xff",),
-    MimeType.JP2: (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51"),
-    MimeType.ZIP: (b"PK\x03\x04", b"PK\x05\x06"),
-    MimeType.GZIP: (b"\x1f\x8b",),
-}
-_JSON_TYPES: Final = frozenset({MimeType.JSON, MimeType.GEOJSON})
+# A hard link across these is refused: the answer is copied instead.
+_NO_LINK: Final = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP}
+)
 
 
 @dataclass(frozen=True)
@@ -96,18 +96,20 @@ def run_download_batch(
                 operation.name,
                 result.index,
                 _described(planned[result.index].request),
-                result.error,
+                redact(result.error),
             )
 
-    results = client.download_results(
-        [item.request for item in planned],
-        progress_callback=on_result,
-        cancel_event=operation.cancel_event,
-    )
-    if operation.cancel_event.is_set():
-        raise _cancelled(finished, total)
-    operation.update(stage=Stage.FINALIZING)
-    outcomes = _save_outputs(planned, results, operation, log, overwrite=overwrite)
+    # The batch's cache entries stay until their outputs are in place, whatever the cap.
+    with download_cache.pinned(item.request.get_storage_paths()[1] for item in planned):
+        results = client.download_results(
+            [item.request for item in planned],
+            progress_callback=on_result,
+            cancel_event=operation.cancel_event,
+        )
+        if operation.cancel_event.is_set():
+            raise _cancelled(finished, total)
+        operation.update(stage=Stage.FINALIZING)
+        outcomes = _save_outputs(planned, results, operation, log, overwrite=overwrite)
     succeeded = sum(1 for o in outcomes if o.status is DownloadStatus.SUCCEEDED)
     log.info(
         "%s: %d of %d requests saved, %d from the cache",
@@ -165,15 +167,9 @@ def _save_outputs(
             if operation.cancel_event.is_set():
                 raise _cancelled(len(results), len(results))
             try:
-                check_format(Path(result.output_path), item.request.data_type)
-                partial = staged_files.enter_context(
-                    PartialOutput(item.output, overwrite=overwrite)
-                )
-                partial.copy_from(Path(result.output_path))
-            except DecodingError as error:
-                outcomes[index] = _failed(outcomes[index], error)
-                log.warning("%s: %s: %s", operation.name, item.output_path, error)
-                continue
+                partial = staged_files.enter_context(LinkedOutput(item.output, overwrite=overwrite))
+                if not partial.link_from(Path(result.output_path)):
+                    partial.copy_from(Path(result.output_path))
             except RsgrpcError as error:
                 outcomes[index] = _failed(outcomes[index], error)
                 log.warning("%s: %s", operation.name, error)
@@ -198,25 +194,48 @@ def _save_outputs(
     return outcomes
 
 
-def check_format(path: Path, data_type: MimeType) -> None:
-    """Raise `DecodingError` if the file at ``path`` is plainly not of ``data_type``.
+class LinkedOutput(PartialOutput):
+    """A `PartialOutput` that can take a server file's bytes as a hard link, written once."""
 
-    Image and archive formats are told by their first bytes, JSON by parsing; other
-    formats are not checked.
-    """
-    if data_type in _JSON_TYPES:
+    def link_from(self, source: Path) -> bool:
+        """Make this output a hard link to ``source`` (a file of the server's own); False
+        when the file systems or permissions do not allow it (then copy instead).
+
+        The link is made under a new temporary name in the output's open directory, locked
+        like the temporary file it then replaces, so the output is still published whole
+        or not at all, and a starting server's sweep sees it as work in progress.
+        """
+        directory, current = self._directory, self._name
+        if directory is None or current is None:
+            raise RuntimeError("link_from needs an entered PartialOutput")
+        name = partial_name(self.target.name)
         try:
-            with path.open("rb") as file:
-                json.load(file)
-        except (ValueError, RecursionError) as error:
-            raise DecodingError(f"the answer is not valid JSON: {error}") from None
-        return
-    signatures = _SIGNATURES.get(data_type)
-    if signatures is None:
-        return
-    with path.open("rb") as file:
-        head = file.read(max(len(s) for s in signatures))
-    if not any(head.startswith(signature) for signature in signatures):
-        raise DecodingError(
-            f"the answer is not a {data_type.name} file (it starts with {head[:12]!r})"
-        )
+            os.link(source, name, dst_dir_fd=directory, follow_symlinks=False)
+        except OSError as error:
+            if error.errno in _NO_LINK:
+                return False
+            raise RsgrpcError(
+                f"{self.target.field} {self.target.path!r} could not be written: {error.strerror}"
+            ) from None
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=directory)
+            return False
+        try:
+            # Another job linking the same cache entry holds its lock: copy instead.
+            ours = lock_if_unheld(fd) and os.path.samestat(
+                os.stat(name, dir_fd=directory, follow_symlinks=False), os.fstat(fd)
+            )
+        except FileNotFoundError:
+            ours = False
+        if not ours:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=directory)
+            return False
+        os.replace(name, current, src_dir_fd=directory, dst_dir_fd=directory)
+        os.close(self.fd)
+        self.fd = fd
+        return True

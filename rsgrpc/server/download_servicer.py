@@ -13,6 +13,7 @@ from rsgrpc.download import (
     DownloadStatus,
     SentinelHubDownloadClient,
 )
+from rsgrpc.download.redaction import redact
 from rsgrpc.engine import errors
 from rsgrpc.engine.operations import Operation, OperationStore
 from rsgrpc.engine.paths import DataRoot
@@ -44,6 +45,9 @@ def outcome_to_proto(outcome: DownloadOutcome) -> download_pb2.DownloadItemResul
         result.error.CopyFrom(download_error_status(outcome.error))
     elif outcome.error is not None:
         result.error.CopyFrom(to_status_proto(outcome.error))
+    if result.HasField("error"):
+        # Whatever an upstream echoed into an error, no credential reaches the client.
+        result.error.message = redact(result.error.message)
     return result
 
 
@@ -95,7 +99,12 @@ class DownloadServicer(download_pb2_grpc.DownloadServiceServicer):
             client = self._clients.get(key)
             if client is None:
                 kind = SentinelHubDownloadClient if deployment.has_credentials else DownloadClient
-                client = self._clients[key] = kind(deployment=deployment, redownload=redownload)
+                client = self._clients[key] = kind(
+                    deployment=deployment,
+                    redownload=redownload,
+                    default_retry_time=deployment.default_retry_after_seconds,
+                    cache_max_bytes=self._settings.cache_max_bytes,
+                )
             return client
 
     @reports_errors
