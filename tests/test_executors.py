@@ -87,6 +87,26 @@ def _benchmarks_process_tree():
     return module
 
 
+_HELD: list[bytearray] = []
+
+
+def _hold(size: int) -> int:
+    """Runs in a worker: keeps ``size`` bytes alive (written, so resident)."""
+    _HELD.append(bytearray(b"x" * size))
+    return os.getpid()
+
+
+def test_a_footprint_measured_recently_is_given_again_and_a_fresh_one_sees_new_memory():
+    executor = LocalProcessExecutor(1, threads_per_process=1)
+    try:
+        first = executor.footprint_bytes()
+        executor.submit(_hold, 96 << 20).result(timeout=60)
+        assert executor.footprint_bytes(max_age=60.0) == first
+        assert executor.footprint_bytes() >= first + (90 << 20)
+    finally:
+        executor.shutdown()
+
+
 def _compile_a_kernel() -> int:
     """Runs in a worker: load numba and compile a function, as a job's first tile
     does; returns the worker's pid."""

@@ -51,6 +51,11 @@ _COORDINATOR_BYTES = 72 << 20
 # for the same request whatever ran before.
 _FIRST_WORKER_BYTES = 272 << 20
 _FURTHER_WORKER_BYTES = 136 << 20
+# A job whose pixels take at most this much memory, by its model, is small: it plans
+# beside a footprint measured up to FOOTPRINT_MAX_AGE_S ago (it can be off by what the
+# jobs since left in the workers; a small job's tiles are small beside any budget).
+SMALL_JOB_BYTES = 64 << 20
+FOOTPRINT_MAX_AGE_S = 1.0
 _FILE_SUFFIXES = (".tif", ".tiff")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 R = TypeVar("R")
@@ -155,6 +160,12 @@ def plan_band_tiles(
     beside it where they can.
     """
     workers = session.executor.workers
+    height, width = infos[0].shape
+    # A small job plans beside the workers' footprint as last measured, if recent:
+    # measuring asks idle workers to give memory back and reads each one's page
+    # tables, which would cost a small job more than its pixels do.
+    small = height * width * (model.worker + model.result) <= SMALL_JOB_BYTES
+    footprint = session.executor.footprint_bytes(max_age=FOOTPRINT_MAX_AGE_S if small else 0.0)
     return plan_tiles(
         infos[0].shape,
         [i.block_shape for i in infos],
@@ -163,7 +174,7 @@ def plan_band_tiles(
         budget_bytes=session.settings.available_ram_mib << 20,
         workers=workers * tiles_per_worker,
         fixed_bytes=session_fixed_bytes(session),
-        held_bytes=_shared_bytes(workers) + session.executor.footprint_bytes(),
+        held_bytes=_shared_bytes(workers) + footprint,
     )
 
 

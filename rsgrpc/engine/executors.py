@@ -53,7 +53,9 @@ class Executor(Protocol):
 
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future: ...
 
-    def footprint_bytes(self) -> int: ...
+    def footprint_bytes(self, *, max_age: float = 0.0) -> int:
+        """Memory the workers hold now; a measurement up to `max_age` seconds old may do."""
+        ...
 
     def notice_dead_workers(self) -> None:
         """Make the futures of lost workers fail now; a job calls it while it waits.
@@ -155,6 +157,8 @@ class LocalProcessExecutor:
         self._running_lock = threading.Lock()
         self._running = 0
         self._closed = False
+        # The last footprint measured: (monotonic time, bytes).
+        self._footprint: tuple[float, int] | None = None
         self._pool = self._start()
 
     def _start(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -233,9 +237,10 @@ class LocalProcessExecutor:
         with self._lock:
             return [p.pid for p in list((self._pool._processes or {}).values())]
 
-    def footprint_bytes(self) -> int:
+    def footprint_bytes(self, *, max_age: float = 0.0) -> int:
         """Memory the workers hold, each page once: the largest worker's resident set
-        and every other worker's own pages.
+        and every other worker's own pages. A measurement taken at most `max_age`
+        seconds ago is given again, without asking the workers for anything.
 
         The workers run the same code, so what one maps from shared libraries the
         others map too, and it is counted once, in full. Proportional set size
@@ -247,6 +252,9 @@ class LocalProcessExecutor:
         (and a worker that died meanwhile is replaced first, so that it is not waited for).
         """
         with self._lock:
+            last = self._footprint
+            if last is not None and time.monotonic() - last[0] <= max_age:
+                return last[1]
             if not self._closed:
                 self._replace_if_died_idle()
             with self._running_lock:
@@ -261,10 +269,11 @@ class LocalProcessExecutor:
             except (psutil.Error, OSError):
                 continue
             held.append((info.rss, getattr(info, "uss", info.rss)))
-        if not held:
-            return 0
         held.sort()
-        return held[-1][0] + sum(own for _, own in held[:-1])
+        footprint = held[-1][0] + sum(own for _, own in held[:-1]) if held else 0
+        with self._lock:
+            self._footprint = (time.monotonic(), footprint)
+        return footprint
 
     def idle_and_alive(self) -> bool:
         """Whether the pool is open and not broken, no task runs, and every worker
@@ -435,7 +444,7 @@ class DaskExecutor:
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
         return self._live_executor().submit(fn, *args)
 
-    def footprint_bytes(self) -> int:
+    def footprint_bytes(self, *, max_age: float = 0.0) -> int:
         # The cluster's workers belong to the cluster, not to this session.
         return 0
 
