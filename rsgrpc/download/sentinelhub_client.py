@@ -245,7 +245,8 @@ class SentinelHubDownloadClient(DownloadClient):
     Requests with ``use_session=True`` carry the token. Without ``session`` the client uses
     the session cached for its (client id, base URL), else a universally cached one, else
     creates and caches one. ``default_retry_time`` (seconds) is the pause after a 429 without
-    ``Retry-After``.
+    ``Retry-After``; None takes the deployment's, which is sentinelhub-py's 30 s for a
+    deployment made from a config.
     """
 
     _PACED: ClassVar[bool] = True
@@ -259,7 +260,7 @@ class SentinelHubDownloadClient(DownloadClient):
         self,
         *,
         session: SentinelHubSession | None = None,
-        default_retry_time: float = 30,
+        default_retry_time: float | None = None,
         **kwargs: Any,
     ):
         if session is not None and not isinstance(session, SentinelHubSession):

@@ -467,6 +467,10 @@ def test_signatures_take_sentinelhubs_parameters(ours, path):
     mine = _parameters(ours)
     for parameter, (kind, default) in theirs.items():
         assert parameter in mine, f"{path} lacks {parameter}"
+        if (path, parameter) == ("SentinelHubDownloadClient.__init__", "default_retry_time"):
+            # None: the deployment's pause, 30 s (sentinelhub-py's default) from a config.
+            assert mine[parameter] == (kind, None) and default == 30
+            continue
         assert mine[parameter] == (kind, default), f"{path}({parameter})"
 
 
@@ -503,6 +507,7 @@ def test_config_sets_retries_timeouts_and_pacing_as_sentinelhub(config_home):
         config=SHConfig(use_defaults=True, number_of_download_processes=2)
     )
     assert client.deployment.requests_per_second == pytest.approx(10.0)
+    assert client.default_retry_time == 30.0
     assert DownloadClient(config=config).deployment.requests_per_second is None
 
 
@@ -541,3 +546,20 @@ def test_invalid_requests_raise_even_when_errors_are_warned(hub):
         client.download([unsaved])
     with pytest.warns(DownloadFailedWarning):
         assert client.download([DownloadRequest(url=hub.base_url + "/nowhere")]) == [None]
+
+
+def test_clients_made_from_a_config_pickle_and_download(hub, config_home, monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    config = SHConfig(
+        use_defaults=True,
+        sh_client_id=deployment_for(hub).client_id,
+        sh_client_secret=deployment_for(hub).client_secret,
+        sh_base_url=hub.base_url,
+        sh_token_url=hub.token_url,
+    )
+    client = pickle.loads(pickle.dumps(SentinelHubDownloadClient(config=config)))
+    assert client.config == config
+    (data,) = client.download([process_request(hub, "r1", "json")])
+    assert data == json.loads(hub.body_for({"id": "r1", "format": "json"})[0])
