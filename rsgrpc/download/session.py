@@ -267,8 +267,13 @@ class SentinelHubSession:
         _acquire(lock, deadline, "waiting for the token endpoint")
         try:
             failure = _FETCH_FAILURES.get(key)
-            if failure is not None and failure[0] >= waiting_since:
-                # The fetch this thread waited for failed: so does this one, at once.
+            if failure is not None and (
+                failure[0] >= waiting_since
+                or time.monotonic() - failure[0] < self._failure_memory_seconds()
+            ):
+                # The fetch this thread waited for (or one that just rode out a whole
+                # outage's budget) failed: so does this one, at once, rather than wait
+                # through the outage again.
                 error = failure[1]
                 raise type(error)(str(error), url=error.url, status_code=error.status_code)
             try:
@@ -281,6 +286,11 @@ class SentinelHubSession:
             return token
         finally:
             lock.release()
+
+    def _failure_memory_seconds(self) -> float:
+        """How long a failed fetch fails new fetches at once (threads queued one after another
+        for a new session would otherwise each wait out the outage's whole budget)."""
+        return max(1.0, self.deployment.token_backoff_max_seconds)
 
     def _token_backoff(self, attempt: int) -> float:
         """Equal-jitter wait after the ``attempt``-th failed token request (1-based)."""

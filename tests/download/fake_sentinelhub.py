@@ -1,14 +1,19 @@
 """A fake Sentinel Hub deployment on 127.0.0.1 for tests and the download benchmark.
 
 A threaded HTTP/1.1 keep-alive server with an OAuth2 token endpoint (expiring JWT-shaped
-tokens) and a processing endpoint answering real GeoTIFFs (and PNG, JPEG, JSON, text or raw
-bytes). It enforces per-client rate limits with 429 answers carrying each kind of
-``Retry-After``, reports processing units, and injects faults on request: 5xx answers,
-connection resets, answers cut short, slow answers, 401s and token endpoint failures.
-It counts connections opened, requests and answers by status.
+tokens) and a processing endpoint answering real GeoTIFFs (and PNG, JPEG, JSON, XML, ZIP,
+TAR, text or raw bytes, and GeoTIFFs of any size generated as they are sent). It enforces
+per-client rate limits with 429 answers carrying each kind of ``Retry-After``, reports
+processing units, and injects faults on request: 5xx answers, connection resets, answers
+cut short (reset, closed, or chunked without its end), wrong Content-Lengths, truncated or
+garbled bodies under a consistent length, slow answers, 401s, errors that echo the request's
+headers and token, and token endpoint failures or outages. It counts connections opened,
+requests and answers by status.
 
 The processing endpoint reads a JSON body ``{"id": str, "format": "tiff" | "png" | "jpeg" |
-"json" | "text" | "raw"}``; the answer depends only on the body (see `body_for`).
+"json" | "xml" | "zip" | "tar" | "text" | "raw" | "large_tiff", "size": int}``; the answer
+depends only on the body (see `body_for` and `large_tiff`). ``PUBLIC_PATH`` answers the
+same without a token, rate limited as one client.
 """
 
 from __future__ import annotations
@@ -17,14 +22,18 @@ import base64
 import collections
 import email.utils
 import hashlib
+import io
 import json
 import math
 import socket
 import struct
+import tarfile
 import threading
 import time
 import urllib.parse
 import warnings
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,6 +44,7 @@ CLIENT_ID = "test-client"
 CLIENT_SECRET = "s3cret-Value-never-shown"
 TOKEN_PATH = "/oauth/token"
 PROCESS_PATH = "/api/v1/process"
+PUBLIC_PATH = "/public/v1/process"
 
 RETRY_AFTER_KINDS = ("ms", "ms_decimal", "s", "s_decimal", "date", "missing")
 
@@ -107,6 +117,9 @@ class FakeSentinelHub:
         # Requests whose answer waits until their event is set: {"<id>": Event}.
         self.holds: dict[str, threading.Event] = {}
         self.reject_all_tokens = False
+        # The token endpoint answers 503 until this moment of `outage_clock`.
+        self.token_outage_until = 0.0
+        self.outage_clock: Any = time
         self.sent: dict[str, bytes] = {}
         # (monotonic time, status, Retry-After) of every processing answer, in order.
         self.answers: list[tuple[float, int, str | None]] = []
@@ -158,6 +171,22 @@ class FakeSentinelHub:
         with self._lock:
             self._tokens.clear()
 
+    def token_outage(self, seconds: float, clock: Any = time) -> None:
+        """Make the token endpoint answer 503 for ``seconds`` of ``clock`` (anything with a
+        ``monotonic()``), from now."""
+        with self._lock:
+            self.outage_clock = clock
+            self.token_outage_until = clock.monotonic() + seconds
+
+    def in_token_outage(self) -> bool:
+        with self._lock:
+            clock, until = self.outage_clock, self.token_outage_until
+        return clock.monotonic() < until
+
+    def issued_tokens(self) -> list[str]:
+        with self._lock:
+            return list(self._tokens)
+
     def reset_stats(self) -> None:
         with self._lock:
             self.stats = ServerStats()
@@ -182,6 +211,15 @@ class FakeSentinelHub:
             )
         if kind == "text":
             return f"answer for {request_id}\n".encode(), "text/plain; charset=utf-8"
+        if kind == "xml":
+            return (
+                f'<?xml version="1.0"?><answer id="{request_id}"><value>{variant}</value>'
+                "<value>1.5</value></answer>"
+            ).encode(), "application/xml"
+        if kind == "zip":
+            return _zip_of(request_id, variant), "application/zip"
+        if kind == "tar":
+            return _tar_of(request_id, variant), "application/x-tar"
         size = int(payload.get("size", 64))
         return (request_id.encode() * (size // max(1, len(request_id)) + 1))[:size], (
             "application/octet-stream"
@@ -316,6 +354,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, value: Any, headers: dict[str, str] | None = None) -> None:
         self._answer(status, json.dumps(value).encode(), "application/json", headers)
 
+    def _head(self, status: int, content_type: str, length: int | None) -> None:
+        with self.fake._lock:
+            self.fake.stats.statuses[status] += 1
+            self.fake.answers.append((time.monotonic(), status, None))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+
+    def _close_after(self) -> None:
+        """End the connection cleanly (FIN): what was sent is all the client gets."""
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_WR)
+
     def _reset(self) -> None:
         # SO_LINGER 0 makes close() send a TCP reset.
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -345,6 +399,56 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self._reset()
             return True
+        if fault == "cut":
+            # The whole length announced, half the body sent, then a clean close.
+            self._head(200, content_type, len(body))
+            self.wfile.write(body[: len(body) // 2])
+            self._close_after()
+            return True
+        if fault == "long_length":
+            # A Content-Length larger than the body, which is sent whole, then a clean close.
+            self._head(200, content_type, len(body) + 100)
+            self.wfile.write(body)
+            self._close_after()
+            return True
+        if fault == "short_length":
+            # A Content-Length of half the body: the client reads a truncated answer whose
+            # length agrees with its header. The rest is sent too, then the connection closed.
+            self._head(200, content_type, len(body) // 2)
+            self.wfile.write(body)
+            self._close_after()
+            return True
+        if fault == "chunked_cut":
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = body[: len(body) // 2]
+            self.wfile.write(f"{len(half):x}\r\n".encode() + half + b"\r\n")
+            self._close_after()
+            return True
+        if fault == "truncate":
+            # Half the body under a Content-Length that agrees: only decoding can tell.
+            self._answer(200, body[: len(body) // 2], content_type)
+            return True
+        if fault == "garble":
+            # Bytes of the right length that are no file of any kind.
+            noise = hashlib.sha256(body).digest() * (len(body) // 32 + 1)
+            self._answer(200, noise[: len(body)], content_type)
+            return True
+        if fault in ("echo", "echo_text"):
+            # An upstream that quotes the request back, credentials included.
+            headers = {key: value for key, value in self.headers.items()}
+            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            if fault == "echo":
+                self._json(
+                    500,
+                    {"error": {"status": 500, "message": f"failed for request {headers}"}},
+                )
+            else:
+                text = f"upstream failed; your token {token} was\n{json.dumps(headers)}"
+                self._answer(502, text.encode(), "text/plain")
+            return True
         if fault == "slow":
             time.sleep(self.fake.slow_seconds)
             self.close_connection = True
@@ -359,7 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         if path == TOKEN_PATH:
             self._token(raw)
-        elif path == PROCESS_PATH:
+        elif path in (PROCESS_PATH, PUBLIC_PATH):
             with self.fake._lock:
                 stats = self.fake.stats
                 stats.in_flight += 1
@@ -376,6 +480,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         with fake._lock:
             fake.stats.token_requests += 1
+        if fake.in_token_outage():
+            self._json(503, {"error": "temporarily_unavailable"})
+            return
         fault = fake.take_token_fault()
         if fault is not None and self._apply_fault(fault, b"", "application/json"):
             return
@@ -399,7 +506,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._json(400, {"error": {"status": 400, "message": "body is not JSON"}})
             return
-        client = fake._client_of(self.headers.get("Authorization"))
+        if urllib.parse.urlsplit(self.path).path == PUBLIC_PATH:
+            client: str | None = "public"
+        else:
+            client = fake._client_of(self.headers.get("Authorization"))
         if client is None:
             with fake._lock:
                 fake.stats.unauthorized += 1
@@ -420,6 +530,9 @@ class _Handler(BaseHTTPRequestHandler):
                     headers,
                 )
                 return
+        if payload.get("format") == "large_tiff":
+            self._send_large_tiff(int(payload.get("size", 1 << 20)))
+            return
         body, content_type = fake.body_for(payload)
         with fake._lock:
             held = fake.holds.get(request_id)
@@ -436,6 +549,88 @@ class _Handler(BaseHTTPRequestHandler):
         with fake._lock:
             fake.sent[request_id] = body
         self._answer(200, body, content_type, headers)
+
+    def _send_large_tiff(self, size: int) -> None:
+        length, pieces = large_tiff(size)
+        self._head(200, "image/tiff", length)
+        for piece in pieces:
+            self.wfile.write(piece)
+
+
+_LARGE_WIDTH = 8192
+_LARGE_ROWS_PER_STRIP = 128
+_LARGE_PIECE = np.arange(1 << 20, dtype=np.uint64).astype(np.uint8).tobytes()
+
+
+def large_tiff(size: int) -> tuple[int, Iterator[bytes]]:
+    """An uncompressed one-band uint8 GeoTIFF of about ``size`` bytes, as its length and its
+    bytes in pieces of 1 MiB, made as they are sent (never held whole)."""
+    strip = _LARGE_WIDTH * _LARGE_ROWS_PER_STRIP
+    strips = max(1, size // strip)
+    height = strips * _LARGE_ROWS_PER_STRIP
+    tags = [  # (tag, type, count, value): types 3 SHORT, 4 LONG
+        (256, 4, 1, _LARGE_WIDTH),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, strips, 0),
+        (277, 3, 1, 1),
+        (278, 4, 1, _LARGE_ROWS_PER_STRIP),
+        (279, 4, strips, 0),
+    ]
+    ifd_size = 2 + 12 * len(tags) + 4
+    offsets_at = 8 + ifd_size
+    counts_at = offsets_at + 4 * strips
+    data_at = counts_at + 4 * strips
+    head = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)))
+    for tag, kind, count, value in tags:
+        if tag == 273:
+            value = offsets_at if strips > 1 else data_at
+        elif tag == 279:
+            value = counts_at if strips > 1 else strip
+        fmt = "<HHIHH" if kind == 3 else "<HHII"
+        head += (
+            struct.pack(fmt, tag, kind, count, value, 0)
+            if kind == 3
+            else struct.pack(fmt, tag, kind, count, value)
+        )
+    head += struct.pack("<I", 0)
+    if strips > 1:
+        head += struct.pack(f"<{strips}I", *(data_at + i * strip for i in range(strips)))
+        head += struct.pack(f"<{strips}I", *([strip] * strips))
+    total = len(head) + strips * strip
+
+    def pieces() -> Iterator[bytes]:
+        yield bytes(head)
+        left = strips * strip
+        while left:
+            piece = _LARGE_PIECE[: min(left, len(_LARGE_PIECE))]
+            left -= len(piece)
+            yield piece
+
+    return total, pieces()
+
+
+def _zip_of(request_id: str, variant: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("answer.json", json.dumps({"id": request_id, "variant": variant}))
+        archive.writestr("values.txt", "\n".join(str(i * variant) for i in range(2000)))
+    return buffer.getvalue()
+
+
+def _tar_of(request_id: str, variant: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in (
+            ("userdata.json", json.dumps({"id": request_id}).encode()),
+            ("default.tif", _images("GTiff", variant)),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 _IMAGE_CACHE: dict[tuple[str, int], bytes] = {}
