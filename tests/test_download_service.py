@@ -297,6 +297,64 @@ def test_one_failure_does_not_hide_the_others(server, session_name, stub, hub):
     assert sorted(_files(root / "mixed")) == ["fine.tif"]
 
 
+def _cache_entry(cache_dir: Path, hub: FakeSentinelHub, request_id: str) -> Path:
+    payload = {"id": request_id, "format": "tiff"}
+    key = hashlib.md5(json.dumps({"url": hub.process_url, "payload": payload}).encode()).hexdigest()
+    return cache_dir / key
+
+
+def test_a_truncated_answer_is_failed_with_a_reason_and_kept_nowhere(
+    server, session_name, stub, hub, cache_dir
+):
+    root = server[0].data_root.root
+    hub.faults["trunc"] = ["truncate"] * 2  # svc-fake tries twice
+    hub.faults["cut"] = ["cut"] * 2
+    hub.faults["trunc-once"] = ["truncate"]
+    items = [
+        _tiff("trunc", "broken/trunc.tif"),
+        _tiff("cut", "broken/cut.tif"),
+        _tiff("trunc-once", "broken/once.tif"),
+    ]
+    results = _response(_run(server, stub, session_name, items)).results
+    assert [r.status for r in results] == [FAILED, FAILED, SUCCEEDED]
+    truncated, cut = results[0].error, results[1].error
+    assert truncated.code == code_pb2.DATA_LOSS
+    assert "not a TIFF that decodes" in truncated.message
+    assert _error_info(truncated).reason == "UNDECODABLE_ANSWER"
+    assert cut.code == code_pb2.UNAVAILABLE and "cut short" in cut.message
+    assert _error_info(cut).reason == "INCOMPLETE_ANSWER"
+    assert [r.attempt_count for r in results] == [2, 2, 2]
+    assert [r.size_bytes for r in results[:2]] == [0, 0]
+    # Nothing broken was written, nor cached; the good answer is there once.
+    assert sorted(_files(root / "broken")) == ["once.tif"]
+    assert (root / "broken" / "once.tif").read_bytes() == hub.sent["trunc-once"]
+    assert not _cache_entry(cache_dir, hub, "trunc").exists()
+    assert not _cache_entry(cache_dir, hub, "cut").exists()
+    assert not list(cache_dir.rglob("*.part"))
+    # The output is the cache entry's own bytes, linked, not a second copy.
+    cached = _cache_entry(cache_dir, hub, "trunc-once") / "response.tiff"
+    output = (root / "broken" / "once.tif").stat()
+    assert output.st_ino == cached.stat().st_ino and output.st_nlink == 2
+
+
+def test_a_broken_cache_entry_is_fetched_again_not_served(
+    server, session_name, stub, hub, cache_dir
+):
+    root = server[0].data_root.root
+    first = _response(_run(server, stub, session_name, [_tiff("damaged", "damaged/a.tif")]))
+    assert first.results[0].status == SUCCEEDED
+    cached = _cache_entry(cache_dir, hub, "damaged") / "response.tiff"
+    body = cached.read_bytes()
+    cached.unlink()  # the output keeps its own link
+    cached.write_bytes(body[: len(body) // 2])
+    sent = hub.stats.process_requests
+    second = _response(_run(server, stub, session_name, [_tiff("damaged", "damaged/b.tif")]))
+    assert second.results[0].status == SUCCEEDED and not second.results[0].cache_hit
+    assert hub.stats.process_requests == sent + 1
+    assert (root / "damaged" / "b.tif").read_bytes() == body == cached.read_bytes()
+    assert (root / "damaged" / "a.tif").read_bytes() == body
+
+
 def test_failures_are_written_to_the_session_log(server, session_name, stub, hub):
     hub.faults["logged"] = ["404"]
     _run(server, stub, session_name, [_tiff("logged", "log/x.tif")])
@@ -560,16 +618,26 @@ def test_secrets_never_appear_in_responses_logs_or_cache(
     caplog.set_level(logging.DEBUG)
     hub.faults["reauth"] = ["401"]  # a refused token: the session re-authenticates
     hub.faults["secret-404"] = ["404"]
+    # Upstreams that echo the request's headers, and the token alone, in their errors.
+    hub.faults["secret-echo"] = ["echo"] * 2
+    hub.faults["secret-echo-text"] = ["echo_text"] * 2
     items = [
         _tiff("secret-ok", "secret/ok.tif", headers={"X-Api-Key": "client-side-key"}),
         _tiff("reauth", "secret/reauth.tif"),
         _tiff("secret-404", "secret/missing.tif"),
+        _tiff("secret-echo", "secret/echo.tif", headers={"X-Api-Key": "client-side-key"}),
+        _tiff("secret-echo-text", "secret/echo-text.tif"),
     ]
     operation = stub.Download(
         download_pb2.DownloadRequest(session=session_name, deployment="svc-fake", items=items)
     )
     updates = watch_operation(channel, operation)
-    assert [r.status for r in _response(updates[-1]).results] == [SUCCEEDED, SUCCEEDED, FAILED]
+    results = _response(updates[-1]).results
+    assert [r.status for r in results] == [SUCCEEDED, SUCCEEDED, FAILED, FAILED, FAILED]
+    # The echoes are reported, with every credential in them replaced.
+    assert "Authorization" in results[3].error.message
+    assert "[REDACTED]" in results[3].error.message
+    assert "your token [REDACTED]" in results[4].error.message
     refused = _run(
         server, stub, session_name, [_tiff("secret-x", "secret/x.tif")], "svc-wrong-secret"
     )
@@ -588,6 +656,7 @@ def test_secrets_never_appear_in_responses_logs_or_cache(
     session_logs = Path(running.registry.get(session_name).temporary_directory) / "session.log"
     texts.append(session_logs.read_bytes())
     assert any(b"re-authenticating" in t for t in texts)  # the logs were captured
+    assert any(b"secret-echo" in t or b"echo.tif" in t for t in texts)
     for secret in _secrets(hub):
         leaks = [t[:200] for t in texts if secret in t]
         assert leaks == [], secret
