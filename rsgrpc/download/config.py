@@ -7,7 +7,10 @@ Settings come from, in rising precedence: the defaults, a profile of the TOML fi
 environment variables, and the keyword arguments. The file is the one sentinelhub-py reads and
 writes, so both libraries share it; sentinelhub-py need not be installed.
 
-Credentials are masked in ``str``, ``repr`` and `SHConfig.to_dict`.
+When sentinelhub-py is installed, `SHConfig` subclasses its ``SHConfig`` (and so has the
+installed version's fields), so sentinelhub-py's own classes (``SentinelHubRequest``,
+``SentinelHubCatalog``, its clients) accept it. Credentials are masked in ``str``, ``repr``
+and `SHConfig.to_dict`.
 """
 
 from __future__ import annotations
@@ -79,7 +82,20 @@ class _Fields:
             )
 
 
-class SHConfig(_Fields):
+class _StandaloneConfig(_Fields):
+    """The base of `SHConfig` without sentinelhub-py: the fields, set from keywords."""
+
+    def __init__(self, profile: str | None = None, *, use_defaults: bool = False, **kwargs: Any):
+        _Fields.__init__(self, **kwargs)
+
+
+try:
+    from sentinelhub.config import SHConfig as _ConfigBase
+except ImportError:
+    _ConfigBase = _StandaloneConfig  # type: ignore[assignment,misc]
+
+
+class SHConfig(_ConfigBase):  # type: ignore[valid-type,misc]
     """sentinelhub-py's configuration: OAuth credentials, service URLs and download settings.
 
     ``SHConfig(profile=None, *, use_defaults=False, **fields)``: with ``use_defaults`` neither
@@ -112,7 +128,8 @@ class SHConfig(_Fields):
                 **{key: value for key, value in environment.items() if value is not None},
                 **kwargs,
             }
-        super().__init__(**kwargs)
+        # Read nothing more: set the fields.
+        super().__init__(profile, use_defaults=True, **kwargs)
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict(mask_credentials=True), indent=2)

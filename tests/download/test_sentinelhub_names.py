@@ -3,6 +3,7 @@ decoded results, checked against sentinelhub-py where it is installed, and witho
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import io
 import json
@@ -69,6 +70,36 @@ def test_config_has_sentinelhubs_fields_and_defaults(config_home):
     assert ours.get_config_location() == theirs.get_config_location()
 
 
+def test_sentinelhubs_own_client_accepts_our_config(hub, config_home, monkeypatch):
+    sh = sentinelhub()
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    deployment = deployment_for(hub)
+    config = SHConfig(
+        use_defaults=True,
+        sh_client_id=deployment.client_id,
+        sh_client_secret=deployment.client_secret,
+        sh_base_url=hub.base_url,
+        sh_token_url=hub.token_url,
+    )
+    assert isinstance(config, sh.SHConfig)
+    sh.SentinelHubDownloadClient.clear_cache()
+    try:
+        theirs = sh.SentinelHubDownloadClient(config=config)
+        request = sh.DownloadRequest(
+            url=hub.process_url,
+            request_type="POST",
+            post_values={"id": "r2", "format": "json"},
+            headers={"Content-Type": "application/json"},
+            use_session=True,
+            data_type=sh.MimeType.JSON,
+        )
+        assert theirs.download([request]) == [
+            json.loads(hub.body_for({"id": "r2", "format": "json"})[0])
+        ]
+    finally:
+        sh.SentinelHubDownloadClient.clear_cache()
+
+
 def test_config_files_are_shared_both_ways(config_home):
     sh = sentinelhub()
     SHConfig(use_defaults=True, sh_client_id="ours", download_timeout_seconds=7.5).save("mine")
@@ -119,7 +150,8 @@ def test_config_masks_credentials_in_repr_str_and_dict(config_home):
 def test_config_checks_values_and_replaces_the_auth_base_url(config_home):
     with pytest.raises(ValueError, match="max_wfs_records_per_query"):
         SHConfig(use_defaults=True, max_wfs_records_per_query=101)
-    with pytest.warns(SHDeprecationWarning):
+    # sentinelhub-py's own SHDeprecationWarning when it is installed, else ours.
+    with pytest.warns(DeprecationWarning, match="sh_auth_base_url"):
         config = SHConfig(use_defaults=True, sh_auth_base_url="https://auth.example")
     assert config.sh_token_url == "https://auth.example/oauth/token"
 
@@ -247,6 +279,8 @@ names = {names!r}
 bases = {{name: [cls.__module__ for cls in getattr(d.errors, name).__mro__] for name in names}}
 config = d.SHConfig(use_defaults=True, sh_client_id="x")
 print(json.dumps({{
+    "config_bases": sorted({{cls.__module__ for cls in d.SHConfig.__mro__}}),
+    "defaults": d.SHConfig(use_defaults=True).to_dict(mask_credentials=False),
     "foreign": sorted({{module for mro in bases.values() for module in mro if "sentinelhub" in module}}),
     "download_failed": issubclass(d.NotFoundError, d.DownloadFailedException),
     "runtime": issubclass(d.DownloadFailedWarning, d.SHRuntimeWarning),
@@ -267,7 +301,18 @@ def test_names_exist_without_sentinelhub(config_home):
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout) == {
+    answer = json.loads(completed.stdout)
+    assert answer.pop("config_bases") == ["builtins", "rsgrpc.download.config"]
+    defaults = answer.pop("defaults")
+    assert defaults["sh_base_url"] == "https://services.sentinel-hub.com"
+    assert defaults["max_download_attempts"] == 4 and defaults["max_retries"] is None
+    if importlib.util.find_spec("sentinelhub") is not None:
+        from sentinelhub import SHConfig as TheirConfig
+
+        assert list(defaults.items()) == list(
+            TheirConfig(use_defaults=True).to_dict(mask_credentials=False).items()
+        )
+    assert answer == {
         "foreign": [],
         "download_failed": True,
         "runtime": True,
