@@ -103,7 +103,8 @@ class DownloadClient(_client.DownloadClient):
     the cache, retrying server errors.
 
     ``DownloadClient(*, redownload=False, raise_download_errors=True, config=None)``, plus
-    this library's options (``deployment``, ``default_retry_time``).
+    this library's options: ``deployment`` and the keywords of the client it extends
+    (``default_retry_time``, ``cache_max_bytes``).
     """
 
     _PACED: ClassVar[bool] = False

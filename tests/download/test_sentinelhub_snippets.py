@@ -435,6 +435,27 @@ except DownloadFailedException as exception:
     raised = "404" in str(exception)
 result = data, runtime_warnings, raised
 """,
+    "sessions_cached_and_from_token": """
+from {library} import DownloadRequest, MimeType, SentinelHubDownloadClient, SentinelHubSession, SHConfig
+"""
+    + CONFIG
+    + """
+session = SentinelHubSession(config=config)
+SentinelHubDownloadClient.cache_session(session)
+client = SentinelHubDownloadClient(config=config)
+reused = client.get_session() is session
+borrowed = SentinelHubSession.from_token(session.token)
+request = DownloadRequest(
+    url=f"{BASE_URL}/api/v1/process",
+    request_type="POST",
+    post_values={"id": "session", "format": "json"},
+    headers={"Content-Type": "application/json"},
+    use_session=True,
+    data_type=MimeType.JSON,
+)
+data = SentinelHubDownloadClient(session=borrowed).download([request])
+result = reused, session.info()["azp"], sorted(session.session_headers), data
+""",
     "max_retries_on_429": """
 import warnings
 
@@ -633,6 +654,16 @@ def _expect_failures(result: Any, _: Any) -> None:
     assert data == [NOTES, None] and runtime_warnings == [True] and raised is True
 
 
+def _expect_sessions(result: Any, hub: Any) -> None:
+    assert result == (
+        True,
+        CLIENT_ID,
+        ["Authorization"],
+        [json.loads(_body({"id": "session", "format": "json"}))],
+    )
+    assert hub.stats.token_requests == 1
+
+
 def _expect_out_of_requests(result: Any, hub: Any) -> None:
     assert result == "out of requests"
     assert hub.hits["/api/v1/busy"] == 3
@@ -654,6 +685,7 @@ EXPECTED: dict[str, Callable[[Any, Any], None]] = {
     "responses_without_decoding": _expect_response,
     "config_from_file_and_environment": _expect_config,
     "failures_raised_or_warned": _expect_failures,
+    "sessions_cached_and_from_token": _expect_sessions,
     "max_retries_on_429": _expect_out_of_requests,
 }
 
