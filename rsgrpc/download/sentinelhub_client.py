@@ -28,9 +28,11 @@ from .errors import (
     InvalidRequestError,
     MissingDataInRequestException,
     SHDeprecationWarning,
+    SHRateLimitWarning,
     SHRuntimeWarning,
 )
 from .request import DownloadRequest, MimeType, RequestType
+from .result import DownloadResult
 from .session import SentinelHubSession
 
 # sentinelhub-py's SentinelHubRateLimit: each download process waits this long between requests.
@@ -98,6 +100,13 @@ def config_from_deployment(deployment: Deployment) -> SHConfig:
     return SHConfig(use_defaults=True, **values)
 
 
+def _warn_rate_limits(results: Iterable[DownloadResult]) -> None:
+    """One `SHRateLimitWarning` per 429 answer, as sentinelhub-py warns them."""
+    for result in results:
+        for _ in range(result.rate_limited):
+            warnings.warn("Download rate limit hit", category=SHRateLimitWarning, stacklevel=3)
+
+
 class DownloadClient(_client.DownloadClient):
     """sentinelhub-py's ``DownloadClient``: downloads requests in parallel threads, through
     the cache, retrying server errors.
@@ -143,12 +152,13 @@ class DownloadClient(_client.DownloadClient):
         """Download the requests; their data (or `DownloadResponse` without ``decode_data``, or
         None) in request order.
 
-        After the batch has run, the first failure in request order is raised if
+        After the batch has run, each 429 answer it met is warned as `SHRateLimitWarning`
+        (as sentinelhub-py warns them), then the first failure in request order is raised if
         ``raise_download_errors``, else each is warned as `DownloadFailedWarning` (an
         ``SHRuntimeWarning``) and its item is None. Invalid requests and cache collisions
         are raised either way, as sentinelhub-py raises them. A single request (not in a
         list) is deprecated by sentinelhub-py and returns its item alone. ``options`` go to
-        `download_results` (``progress_callback``, ``cancel_event``).
+        `download_results` (``progress_callback``, ``cancel_event``, ``timeout``).
         """
         single = isinstance(download_requests, DownloadRequest) or not isinstance(
             download_requests, Iterable
@@ -168,6 +178,7 @@ class DownloadClient(_client.DownloadClient):
             show_progress=show_progress,
             **options,
         )
+        _warn_rate_limits(results)
         for result in results:
             if result.error is None:
                 continue
@@ -180,6 +191,7 @@ class DownloadClient(_client.DownloadClient):
     def _download_one(self, request: DownloadRequest) -> Any:
         """One request's decoded data, raising its failure whatever ``raise_download_errors``."""
         (result,) = self.download_results([request], max_threads=1)
+        _warn_rate_limits([result])
         if result.error is not None:
             raise result.error
         return result.data

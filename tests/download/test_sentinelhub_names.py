@@ -33,9 +33,11 @@ from rsgrpc.download import (
     MimeType,
     NotFoundError,
     OutOfRequestsError,
+    RetryPolicy,
     SentinelHubDownloadClient,
     SHConfig,
     SHDeprecationWarning,
+    SHRateLimitWarning,
     decode_data,
 )
 from rsgrpc.download import errors as our_errors
@@ -608,3 +610,20 @@ def test_clients_made_from_a_config_pickle_and_download(hub, config_home, monkey
     assert client.config == config
     (data,) = client.download([process_request(hub, "r1", "json")])
     assert data == json.loads(hub.body_for({"id": "r1", "format": "json"})[0])
+
+
+def test_each_429_is_warned_as_a_rate_limit_warning(make_hub):
+    hub = make_hub(requests_per_second=0.001, burst=1)
+    retry = RetryPolicy(max_attempts=1, max_rate_limit_retries=2)
+    deployment = deployment_for(hub, retry=retry, max_retry_after_seconds=0.01)
+    client = SentinelHubDownloadClient(deployment=deployment, raise_download_errors=False)
+    with warnings.catch_warnings(record=True) as caught, client:
+        warnings.simplefilter("always")
+        data = client.download([process_request(hub, f"r{i}", "json") for i in range(2)], 1)
+    assert data[0] == json.loads(hub.body_for({"id": "r0", "format": "json"})[0])
+    assert data[1] is None
+    rate_limit_warnings = [w for w in caught if issubclass(w.category, SHRateLimitWarning)]
+    assert len(rate_limit_warnings) == hub.stats.rate_limited == 3
+    assert [w.category for w in caught if w.category is DownloadFailedWarning] == [
+        DownloadFailedWarning
+    ]
