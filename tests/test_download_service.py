@@ -737,6 +737,7 @@ def test_deployments_file_reads_toml_and_json_with_secrets_from_the_environment(
     toml = tmp_path / "d.toml"
     toml.write_text(
         """
+cache_max_bytes = 5000000
 [deployments.sh]
 base_url = "https://services.example.com/"
 token_url = "https://services.example.com/oauth/token"
@@ -744,6 +745,10 @@ client_id = "id"
 client_secret_env = "MY_SECRET"
 requests_per_second = 5
 burst = 3
+retry_after_unit = "seconds"
+default_retry_after_seconds = 5
+token_retry_budget_seconds = 120
+token_backoff_max_seconds = 4
 [deployments.sh.retry]
 max_attempts = 6
 """
@@ -756,6 +761,9 @@ max_attempts = 6
         "env-secret",
     )
     assert (sh.requests_per_second, sh.burst, sh.retry.max_attempts) == (5.0, 3, 6)
+    assert (sh.retry_after_unit, sh.default_retry_after_seconds) == ("seconds", 5.0)
+    assert (sh.token_retry_budget_seconds, sh.token_backoff_max_seconds) == (120.0, 4.0)
+    assert settings.cache_max_bytes == 5_000_000
     assert "env-secret" not in repr(sh)
     assert settings.cache_dir == default_cache_dir() == tmp_path / "xdg" / "rsgrpc" / "download"
     assert settings.cache_dir.is_dir()
@@ -808,6 +816,11 @@ max_attempts = 6
             "requests_per_second must be positive",
         ),
         ("deployment = 1", "unknown settings ['deployment']"),
+        ("cache_max_bytes = 0", "cache_max_bytes must be a whole number of bytes"),
+        (
+            '[deployments.a]\nbase_url = "https://x"\nretry_after_unit = "minutes"',
+            "unsupported retry_after_unit",
+        ),
         ("[deployments.a\n", "is not valid"),
     ],
 )

@@ -266,10 +266,32 @@ def _entry_size_and_age(folder: str) -> tuple[int, float] | None:
     return (size, used) if has_response else None
 
 
+_TALLY_LOCK = threading.Lock()
+# Bytes each capped data folder is believed to hold: scanned when first needed and after
+# each eviction, counted up by this process's writes in between (other processes' writes
+# are seen at the next scan), so a write below the cap costs no scan.
+_TALLIES: dict[str, int] = {}
+
+
+def keep_under(data_folder: str, max_bytes: int, written: int, *, keep: Iterable[str] = ()) -> None:
+    """Count ``written`` new bytes in ``data_folder`` and evict down to ``max_bytes`` when the
+    folder may be over it (see `evict`)."""
+    folder = os.path.realpath(data_folder)
+    with _TALLY_LOCK:
+        tally = _TALLIES.get(folder)
+        if tally is not None:
+            tally = _TALLIES[folder] = tally + written
+    if tally is not None and tally <= max_bytes:
+        return
+    held = evict(folder, max_bytes, keep=keep)
+    with _TALLY_LOCK:
+        _TALLIES[folder] = held
+
+
 def evict(data_folder: str, max_bytes: int, *, keep: Iterable[str] = ()) -> int:
     """Remove the least recently used entries of ``data_folder`` until it holds at most
     ``max_bytes``; entries of ``keep`` (response paths) and pinned entries stay. Returns the
-    bytes freed."""
+    bytes the folder's entries hold afterwards."""
     kept = {_entry_of(path) for path in keep}
     entries: list[tuple[float, int, str]] = []
     total = 0
@@ -285,7 +307,7 @@ def evict(data_folder: str, max_bytes: int, *, keep: Iterable[str] = ()) -> int:
     except OSError:
         return 0
     if total <= max_bytes:
-        return 0
+        return total
     freed = 0
     entries.sort()
     for _, size, folder in entries:
@@ -295,10 +317,15 @@ def evict(data_folder: str, max_bytes: int, *, keep: Iterable[str] = ()) -> int:
             busy = folder in kept or _PINS[folder] > 0
         if busy:
             continue
+        # The response first: a reader never finds an entry without its answer.
+        with contextlib.suppress(OSError), os.scandir(folder) as files:
+            for file in files:
+                if file.name.startswith("response."):
+                    os.unlink(file.path)
         shutil.rmtree(folder, ignore_errors=True)
         freed += size
         _LOGGER.debug("Evicted a cache entry of %d bytes", size)
-    return freed
+    return total - freed
 
 
 def _check_matches(request: DownloadRequest, stored: dict[str, Any], request_path: str) -> None:

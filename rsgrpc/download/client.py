@@ -454,7 +454,8 @@ class DownloadClient:
             ) from None
         answer.committed = True
         if self.cache_max_bytes is not None and request.data_folder is not None:
-            cache.evict(request.data_folder, self.cache_max_bytes, keep=[path])
+            written = answer.size + _size_or_zero(request.get_storage_paths()[0])
+            cache.keep_under(request.data_folder, self.cache_max_bytes, written, keep=[path])
         return path
 
     @staticmethod
@@ -730,6 +731,13 @@ def _content_encoded(headers: Mapping[str, Any]) -> bool:
     """Whether the body was sent compressed (Content-Length then counts compressed bytes)."""
     encoding = header_value(dict(headers), "Content-Encoding")
     return bool(encoding) and str(encoding).strip().lower() != "identity"
+
+
+def _size_or_zero(path: str | None) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
 
 
 def _text_or_none(value: Any) -> str | None:
