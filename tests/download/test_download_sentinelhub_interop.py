@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from download_helpers import deployment_for, process_request
+from download_helpers import DATA_TYPES, deployment_for, process_request
 from fake_sentinelhub import CLIENT_ID, CLIENT_SECRET, FakeSentinelHub
 from sentinelhub import DownloadRequest as SHDownloadRequest
 from sentinelhub import MimeType as SHMimeType
@@ -33,46 +33,62 @@ def sh_config(hub: FakeSentinelHub) -> SHConfig:
     )
 
 
-def their_request(hub: FakeSentinelHub, request_id: str, folder: str) -> SHDownloadRequest:
+KINDS = ["tiff", "png", "jpeg", "json", "text"]
+
+
+def their_request(
+    hub: FakeSentinelHub, request_id: str, folder: str, kind: str = "tiff"
+) -> SHDownloadRequest:
     return SHDownloadRequest(
         url=hub.process_url,
         request_type="POST",
-        post_values={"id": request_id, "format": "tiff"},
+        post_values={"id": request_id, "format": kind},
         headers={"Content-Type": "application/json"},
         use_session=True,
-        data_type=SHMimeType.TIFF,
+        data_type=SHMimeType(DATA_TYPES[kind].value),
         save_response=True,
         data_folder=folder,
     )
 
 
-def test_cache_written_by_sentinelhub_is_read_as_hits(hub, tmp_path):
+def assert_same_data(ours, theirs) -> None:
+    assert type(ours) is type(theirs)
+    if isinstance(theirs, np.ndarray):
+        assert (ours.shape, ours.dtype) == (theirs.shape, theirs.dtype)
+        np.testing.assert_array_equal(ours, theirs)
+    else:
+        assert ours == theirs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_written_by_sentinelhub_is_read_as_hits(hub, tmp_path, kind):
     ids = [f"r{i}" for i in range(6)]
     theirs = SHClient(config=sh_config(hub)).download(
-        [their_request(hub, request_id, str(tmp_path)) for request_id in ids], max_threads=3
+        [their_request(hub, request_id, str(tmp_path), kind) for request_id in ids], max_threads=3
     )
     sent = hub.stats.process_requests
-    ours = [process_request(hub, request_id, data_folder=str(tmp_path)) for request_id in ids]
+    ours = [process_request(hub, request_id, kind, str(tmp_path)) for request_id in ids]
     with SentinelHubDownloadClient(deployment=deployment_for(hub)) as client:
         results = client.download_results(ours)
     assert hub.stats.process_requests == sent
     assert all(result.cache_hit for result in results)
     for their_data, result in zip(theirs, results, strict=True):
-        np.testing.assert_array_equal(their_data, result.data)
+        assert_same_data(result.data, their_data)
 
 
-def test_cache_written_by_us_is_read_by_sentinelhub_as_hits(hub, tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_written_by_us_is_read_by_sentinelhub_as_hits(hub, tmp_path, kind):
     ids = [f"r{i}" for i in range(6)]
-    ours = [process_request(hub, request_id, data_folder=str(tmp_path)) for request_id in ids]
+    ours = [process_request(hub, request_id, kind, str(tmp_path)) for request_id in ids]
     with SentinelHubDownloadClient(deployment=deployment_for(hub)) as client:
         results = client.download_results(ours)
     sent = hub.stats.process_requests
     theirs = SHClient(config=sh_config(hub)).download(
-        [their_request(hub, request_id, str(tmp_path)) for request_id in ids], max_threads=3
+        [their_request(hub, request_id, str(tmp_path), kind) for request_id in ids], max_threads=3
     )
     assert hub.stats.process_requests == sent
     for their_data, result in zip(theirs, results, strict=True):
-        np.testing.assert_array_equal(their_data, result.data)
+        assert_same_data(result.data, their_data)
 
 
 def test_sentinelhub_config_and_requests_are_accepted(hub, tmp_path):
