@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +25,13 @@ from rsgrpc.cli import build_parser
 from rsgrpc.client import Session as ClientSession
 from rsgrpc.download import forget_limiters
 from rsgrpc.engine.instance import PARTIAL_SUFFIX
+from rsgrpc.engine.paths import DataRoot
 from rsgrpc.server.deployments import (
     DeploymentConfigError,
     default_cache_dir,
     load_download_settings,
 )
+from rsgrpc.server.download_job import LinkedOutput
 from rsgrpc.v1 import (
     download_pb2,
     download_pb2_grpc,
@@ -840,3 +844,29 @@ def test_serve_takes_deployments_from_a_flag_or_the_environment(monkeypatch):
     assert build_parser().parse_args(["serve", "--deployments", "d.toml"]).deployments == "d.toml"
     monkeypatch.setenv("RSGRPC_DEPLOYMENTS", "/etc/rsgrpc/deployments.toml")
     assert build_parser().parse_args(["serve"]).deployments == "/etc/rsgrpc/deployments.toml"
+
+
+# -- outputs linked from the cache -------------------------------------------------------
+
+
+def test_an_output_is_a_hard_link_on_one_file_system_and_a_copy_across_two(tmp_path):
+    root = DataRoot.at(tmp_path / "root")
+    same = tmp_path / "cache" / "response.tiff"
+    same.parent.mkdir()
+    same.write_bytes(b"II*\x00same file system")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other_folder:
+        other = Path(other_folder) / "response.tiff"
+        other.write_bytes(b"II*\x00another file system")
+        if os.stat(other_folder).st_dev == same.stat().st_dev:
+            pytest.skip("/dev/shm is on the same file system here")
+        for name, source, linked in (("linked.tif", same, True), ("copied.tif", other, False)):
+            output = root.output(name, overwrite=False)
+            with LinkedOutput(output, overwrite=False) as partial:
+                assert partial.link_from(source) is linked
+                if not linked:
+                    partial.copy_from(source)
+                partial.publish()
+            written = root.root / name
+            assert written.read_bytes() == source.read_bytes()
+            assert (written.stat().st_ino == source.stat().st_ino) is linked
+    assert sorted(p.name for p in root.root.iterdir()) == ["copied.tif", "linked.tif"]

@@ -502,6 +502,10 @@ class DownloadClient:
                 headers, access_token = self._prepare_headers(request)
             _register_credentials(headers)
             with self._limiter.slot(cancel_event, deadline) as reserved_units:
+                if deadline is not None:
+                    # No single read waits past the deadline either.
+                    left = max(0.001, deadline - time.monotonic())
+                    timeout = (min(timeout[0], left), min(deployment.read_timeout_seconds, left))
                 counters.attempts += 1
                 _LOGGER.debug("Sending %s (attempt %d)", _described(request), counters.attempts)
                 try:
@@ -544,10 +548,6 @@ class DownloadClient:
                         max_seconds=deployment.max_retry_after_seconds,
                     )
                     wait = self.default_retry_time if wait is None else wait
-                    if counters.rate_limited > 1:
-                        # A 429 again after waiting what the server said: wait longer each
-                        # time, in case its Retry-After is in a unit other than it seemed.
-                        wait = max(wait, retry.backoff_seconds(counters.rate_limited - 1, 1.0))
                     wait = min(wait, deployment.max_retry_after_seconds)
                     self._limiter.pause(wait)
                     if counters.rate_limited > retry.max_rate_limit_retries:
@@ -557,6 +557,16 @@ class DownloadClient:
                             status_code=status,
                         )
                     _LOGGER.debug("Rate limited; pausing %s for %.3f s", deployment.name, wait)
+                    if counters.rate_limited > 1:
+                        # Refused again after the pause the server asked for: this request
+                        # also backs off on its own (in case the Retry-After was in another
+                        # unit than it seemed), leaving the deployment's pause as it said.
+                        wait_or_cancel(
+                            retry.backoff_seconds(counters.rate_limited - 1, self._random.random()),
+                            cancel_event,
+                            deadline,
+                            "backing off after repeated 429 answers",
+                        )
                     continue
                 if status == 401 and access_token is not None and not reauthenticated:
                     reauthenticated = True
