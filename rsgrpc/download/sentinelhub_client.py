@@ -259,7 +259,11 @@ class SentinelHubDownloadClient(DownloadClient):
     the session cached for its (client id, base URL), else a universally cached one, else
     creates and caches one. ``default_retry_time`` (seconds) is the pause after a 429 without
     ``Retry-After``; None takes the deployment's, which is sentinelhub-py's 30 s for a
-    deployment made from a config.
+    deployment made from a config. Given only a ``session``, the client uses the session's
+    deployment (sentinelhub-py would read ``SHConfig()`` for its settings).
+
+    Clients made from configs with the same ``sh_base_url`` share one limiter in the
+    process, so the pacing holds for the account rather than for each client.
     """
 
     _PACED: ClassVar[bool] = True
