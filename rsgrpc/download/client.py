@@ -38,6 +38,7 @@ from .deployment import Deployment
 from .errors import (
     AuthenticationError,
     BadRequestError,
+    CacheCollisionError,
     CacheWriteError,
     DecodingError,
     DownloadCancelledError,
@@ -424,6 +425,8 @@ class DownloadClient:
                     content = file.read()
                 response = cache.response_from_info(request, content, info)
                 data = response.decode() if decode_data else response
+        except CacheCollisionError:
+            raise  # another request's entry: never dropped
         except (validation.IncompleteAnswerError, DecodingError, OSError, ValueError) as error:
             # Not ours (ours are checked before they are kept), or damaged since: fetch again.
             _LOGGER.warning(
