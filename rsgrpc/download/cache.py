@@ -25,10 +25,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import CacheCollisionError
+from .redaction import redact_logger
 from .request import DownloadRequest
 from .response import DownloadResponse
 
-_LOGGER = logging.getLogger(__name__)
+_LOGGER = redact_logger(logging.getLogger(__name__))
 _PARTIAL_SUFFIX = ".part"
 
 # Header names holding any of these are dropped before anything is written to disk.

@@ -49,7 +49,7 @@ from .errors import (
     ServerError,
 )
 from .rate_limit import RateLimiter, check_deadline, limiter_for, wait_or_cancel
-from .redaction import redact, register_secret
+from .redaction import redact, redact_logger, register_secret
 from .request import DownloadRequest, MimeType, RequestType
 from .response import DownloadResponse, header_value, response_type_of
 from .result import DownloadResult, DownloadStatus
@@ -57,7 +57,7 @@ from .retry_after import parse_retry_after
 from .session import deadline_scope
 from .transport import pooled_http_session
 
-_LOGGER = logging.getLogger(__name__)
+_LOGGER = redact_logger(logging.getLogger(__name__))
 
 ProgressCallback = Callable[[DownloadResult], None]
 

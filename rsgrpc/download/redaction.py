@@ -8,6 +8,7 @@ values, ``Bearer`` tokens, ``access_token`` / ``client_secret`` fields, JWTs) an
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -73,3 +74,21 @@ def _replacement(match: re.Match[str]) -> str:
     if match.group("value") == REDACTED or match.group("value").startswith(REDACTED):
         return match.group(0)
     return f"{match.group('name')}{REDACTED}"
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's message (attach it to a logger or handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        shown = redact(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        return True
+
+
+def redact_logger(logger: logging.Logger) -> logging.Logger:
+    """Give ``logger`` a `RedactingFilter` unless it has one; returns it."""
+    if not any(isinstance(item, RedactingFilter) for item in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger

@@ -35,11 +35,11 @@ from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
 from .deployment import Deployment
 from .errors import AuthenticationError, DownloadError, ServerError
 from .rate_limit import DeadlineExceededError, check_deadline
-from .redaction import redact, register_secret
+from .redaction import redact, redact_logger, register_secret
 from .retry_after import parse_retry_after
 from .transport import pooled_http_session
 
-_LOGGER = logging.getLogger(__name__)
+_LOGGER = redact_logger(logging.getLogger(__name__))
 
 
 class Clock(Protocol):

@@ -212,8 +212,9 @@ def _decode_raster(path: str) -> None:
                     1, width * dataset.count * max(t.itemsize for t in _dtypes(dataset))
                 )
                 block_rows = max(1, dataset.block_shapes[0][0]) if dataset.block_shapes else 1
-            rows = max(block_rows, (_ROWS_BYTES // row_bytes) // block_rows * block_rows)
-            for top in range(0, height, rows):
+                rows = max(block_rows, (_ROWS_BYTES // row_bytes) // block_rows * block_rows)
+                dataset.read(window=Window(0, 0, width, min(rows, height)))
+            for top in range(rows, height, rows):
                 with opened() as dataset:
                     dataset.read(window=Window(0, top, width, min(rows, height - top)))
     except RasterioError as error:

@@ -31,7 +31,7 @@ from rsgrpc.download import (
     DownloadStatus,
 )
 from rsgrpc.download import cache as download_cache
-from rsgrpc.download.redaction import redact
+from rsgrpc.download.redaction import redact, redact_logger
 from rsgrpc.engine.errors import CancelledError, RsgrpcError
 from rsgrpc.engine.instance import lock_if_unheld, partial_name
 from rsgrpc.engine.operations import Operation, Stage
@@ -80,6 +80,7 @@ def run_download_batch(
     Raises `CancelledError`, writing no output, when the operation is cancelled first.
     """
     total = len(planned)
+    redact_logger(log)  # whatever an error quotes, no credential reaches the session log
     operation.update(stage=Stage.RUNNING, tiles_total=total)
     log.info("%s: %d requests to deployment %s", operation.name, total, client.deployment.name)
     finished = 0

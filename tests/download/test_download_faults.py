@@ -582,3 +582,10 @@ def test_redact_removes_credentials_by_shape(text):
 def test_redact_keeps_ordinary_text():
     text = "the token endpoint failed 3 times, last with HTTP 503 (POST /api/v1/process)"
     assert redact(text) == text
+
+
+def test_log_lines_are_redacted_whatever_they_quote(caplog):
+    logger = logging.getLogger("rsgrpc.download.client")
+    caplog.set_level(logging.DEBUG, logger="rsgrpc.download.client")
+    logger.warning("upstream said %s", {"Authorization": "Bearer abc.def.ghi"})
+    assert "abc.def.ghi" not in caplog.text and REDACTED in caplog.text
