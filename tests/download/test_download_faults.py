@@ -29,6 +29,7 @@ from rsgrpc.download import (
     DownloadResult,
     DownloadStatus,
     MimeType,
+    RetryPolicy,
     SentinelHubDownloadClient,
     SentinelHubSession,
     ServerError,
@@ -589,3 +590,15 @@ def test_log_lines_are_redacted_whatever_they_quote(caplog):
     caplog.set_level(logging.DEBUG, logger="rsgrpc.download.client")
     logger.warning("upstream said %s", {"Authorization": "Bearer abc.def.ghi"})
     assert "abc.def.ghi" not in caplog.text and REDACTED in caplog.text
+
+
+def test_whole_seconds_taken_for_milliseconds_still_succeed_by_backing_off(make_hub, tmp_path):
+    # A Sentinel Hub-style deployment whose server sends whole seconds: "auto" reads "1" as
+    # 1 ms; a request refused again backs off on its own instead of burning its retries.
+    hub = make_hub(requests_per_second=4, burst=1, retry_after="s")
+    requests_ = [request_for(hub, f"b{i}", "raw", tmp_path) for i in range(6)]
+    retry = RetryPolicy(backoff_base_seconds=0.1, backoff_max_seconds=1.0)
+    with client_for(hub, retry=retry) as client:
+        results = client.download_results(requests_, max_threads=3)
+    assert all(result.ok for result in results), [r.error for r in results]
+    assert max(result.rate_limited for result in results) <= retry.max_rate_limit_retries
