@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -31,6 +32,8 @@ from .response import DownloadResponse
 
 _LOGGER = redact_logger(logging.getLogger(__name__))
 _PARTIAL_SUFFIX = ".part"
+# A temporary answer file untouched for this long belongs to a writer that died.
+_STALE_PARTIAL_SECONDS = 24 * 3600
 
 # Header names holding any of these are dropped before anything is written to disk.
 _SENSITIVE_HEADER_PARTS = (
@@ -250,14 +253,20 @@ def pinned(response_paths: Iterable[str | None]) -> Iterator[None]:
 
 def _entry_size_and_age(folder: str) -> tuple[int, float] | None:
     """Bytes held by a cache entry folder, and when its response was last used; None if the
-    folder is not an entry of ours (no request.json and response.* pair)."""
+    folder holds no response. Temporary files left by dead writers are removed."""
     size, used, has_response = 0, 0.0, False
+    stale_before = time.time() - _STALE_PARTIAL_SECONDS
     try:
         with os.scandir(folder) as files:
             for file in files:
                 if not file.is_file(follow_symlinks=False):
                     continue
                 info = file.stat(follow_symlinks=False)
+                if file.name.endswith(_PARTIAL_SUFFIX) and info.st_mtime < stale_before:
+                    # Left by a writer that died mid-answer: no live writer is this slow.
+                    with contextlib.suppress(OSError):
+                        os.unlink(file.path)
+                    continue
                 size += info.st_size
                 if file.name.startswith("response."):
                     has_response = True

@@ -602,3 +602,18 @@ def test_whole_seconds_taken_for_milliseconds_still_succeed_by_backing_off(make_
         results = client.download_results(requests_, max_threads=3)
     assert all(result.ok for result in results), [r.error for r in results]
     assert max(result.rate_limited for result in results) <= retry.max_rate_limit_retries
+
+
+def test_eviction_removes_what_dead_writers_left(hub, tmp_path):
+    request = request_for(hub, "dead", "tiff", tmp_path)
+    with client_for(hub) as client:
+        assert client.download_results([request])[0].ok
+    _, response_path = request.get_storage_paths()
+    folder = Path(response_path).parent
+    stale, fresh = folder / ".response.tiff.old.part", folder / ".response.tiff.new.part"
+    for path in (stale, fresh):
+        path.write_bytes(b"half an answer")
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    download_cache.evict(str(tmp_path), 10**9)
+    assert not stale.exists() and fresh.exists() and Path(response_path).exists()
