@@ -119,3 +119,45 @@ def test_session_from_token_never_refreshes(hub):
     client = SentinelHubDownloadClient(session=session, deployment=deployment_for(hub))
     (result,) = client.download_results([process_request(hub, "r0", "raw")])
     assert result.ok
+
+
+def test_sentinelhub_request_download_list_runs_through_our_client(hub, tmp_path):
+    # The usual mix: sentinelhub-py builds the Process API request, our client downloads it.
+    from sentinelhub import CRS, BBox, DataCollection, SentinelHubRequest
+
+    from rsgrpc.download import SHConfig as OurConfig
+
+    config = OurConfig(
+        use_defaults=True,
+        sh_client_id=CLIENT_ID,
+        sh_client_secret=CLIENT_SECRET,
+        sh_base_url=hub.base_url,
+        sh_token_url=hub.token_url,
+    )
+    request = SentinelHubRequest(
+        evalscript="//VERSION=3\nfunction setup() {return {input: ['B04'], output: {bands: 1}}}",
+        input_data=[
+            # A collection without a fixed service URL: the request goes to sh_base_url.
+            SentinelHubRequest.input_data(
+                DataCollection.define_byoc(
+                    "0a1b2c3d-0000-4000-8000-000000000000", name="RSGRPC_TEST_BYOC"
+                ),
+                time_interval=("2024-06-01", "2024-06-10"),
+            )
+        ],
+        responses=[SentinelHubRequest.output_response("default", SHMimeType.TIFF)],
+        bbox=BBox((14.0, 46.0, 14.1, 46.1), crs=CRS.WGS84),
+        size=(48, 32),
+        data_folder=str(tmp_path),
+        config=config,
+    )
+    assert [item.url for item in request.download_list] == [hub.process_url]
+    theirs = request.get_data(save_data=True)
+    sent = hub.stats.process_requests
+    with SentinelHubDownloadClient(config=config) as client:
+        ours = client.download(request.download_list)
+        (cached,) = client.download_results(request.download_list)
+    assert hub.stats.process_requests == sent, "read from the cache sentinelhub-py wrote"
+    assert cached.cache_hit
+    assert_same_data(ours[0], theirs[0])
+    assert ours[0].shape == (32, 48, 3)
