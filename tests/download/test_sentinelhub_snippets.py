@@ -228,7 +228,7 @@ requests = [
     for index in range(4)
 ]
 client = SentinelHubDownloadClient(config=config)
-result = client.download(requests, max_threads=2)
+result = client.download(requests, max_threads=2, show_progress=True)
 """,
     "process_api_png_and_jpeg": """
 from {library} import DownloadRequest, MimeType, SentinelHubDownloadClient, SHConfig
@@ -352,12 +352,13 @@ def make_request():
 
 first = SentinelHubDownloadClient(config=config).download([make_request()])
 second = SentinelHubDownloadClient(config=config).download([make_request()])
+third = SentinelHubDownloadClient(config=config, redownload=True).download([make_request()])
 files = sorted(
     os.path.relpath(os.path.join(folder, name), DATA_FOLDER)
     for folder, _, names in os.walk(DATA_FOLDER)
     for name in names
 )
-result = first, second, files, make_request().get_hashed_name()
+result = first, second, third, files, make_request().get_hashed_name()
 """,
     "custom_filename_and_no_return": """
 import os
@@ -620,10 +621,11 @@ def _expect_tar(result: Any, _: Any) -> None:
 
 
 def _expect_cached(result: Any, hub: Any) -> None:
-    first, second, files, hashed = result
+    first, second, third, files, hashed = result
     assert_same(first, second)
+    assert_same(first, third)
     assert files == [f"{hashed}/request.json", f"{hashed}/response.tiff"]
-    assert hub.stats.process_requests == 1
+    assert hub.stats.process_requests == 2, "the second from the cache, the third downloaded"
 
 
 def _expect_custom_filename(result: Any, _: Any) -> None:
