@@ -1,12 +1,16 @@
-"""Band calc kernels: compile a parsed Expression to a numba kernel and run it on a tile.
+"""Band calc kernels: run a parsed Expression on a tile, as a block program or a fused kernel.
 
-The kernel is built without ``eval``/``exec`` and without generating source. It is one loop
+A new expression runs as a block program (``block_program``: no compile, the same pixels);
+the fused kernel below runs it two to three times faster and is compiled once per expression,
+off the request path, and kept on disk (``fused_store``). See ``evaluate``.
+
+The fused kernel is built without ``eval``/``exec`` and without generating source. It is one loop
 over the rows of C-contiguous tiles, with the whole expression fused into its body: it reads
 each input pixel once, widened to float64, tests each input's nodata, evaluates, casts and
 writes; then, while the row is still in cache, it takes the row's statistics in two vectorised
 passes. The per-pixel parts are numba intrinsics that emit LLVM IR from the tree, node by node:
-straight-line IEEE instructions, and calls to the compiled scalar operations below for the
-rest. So compile time grows with the size of the expression alone (a chain of 500 terms is 499
+straight-line IEEE instructions, and calls to the compiled scalar operations of ``scalar_ops``
+for the rest. So compile time grows with the size of the expression alone (a chain of 500 terms is 499
 instructions in a row, not 499 levels of nesting), and every expression the parser accepts
 compiles in bounded time (about 1.7 s at most on a 2-core machine). Over more than
 ``_FUSED_INPUTS`` inputs the expression is a function of its own that the loop calls. The
@@ -44,6 +48,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import fused_store
 from .block_program import INPUT_DTYPE_CODES, Program, assemble, run_program
 from .expression import (
     Binary,
@@ -206,6 +211,8 @@ class _LRU(Generic[V]):
 
 _KERNELS: Final[_LRU[BandCalcKernel]] = _LRU(KERNEL_CACHE_SIZE)
 _PROGRAMS: Final[_LRU[Program]] = _LRU(KERNEL_CACHE_SIZE)
+_ABSENT: Final = fused_store.Absent()
+_COMPILER: Final = fused_store.BackgroundCompiler()
 _POOLS: Final[dict[int, ThreadPoolExecutor]] = {}
 _POOLS_LOCK: Final = threading.Lock()
 
@@ -225,8 +232,9 @@ def compile_kernel(
     output_dtype: np.dtype | str | type = DEFAULT_OUTPUT_DTYPE,
     nodata_values: Mapping[str, float | None] | None = None,
 ) -> BandCalcKernel:
-    """The fused kernel for ``expression`` on inputs of ``input_dtypes``, from the cache if
-    there.
+    """The fused kernel for ``expression`` on inputs of ``input_dtypes``: from the process's
+    cache if there, else loaded from disk if stored (``fused_store``), else compiled now and
+    stored.
 
     ``nodata_values`` gives the value of each ``nodata("name")`` the expression uses (None or
     missing: NaN). Kernels are cached by (canonical expression, input dtypes, output dtype,
@@ -234,17 +242,57 @@ def compile_kernel(
     kernel, not part of the key.
     """
     signature = _signature(expression, input_dtypes, output_dtype, nodata_values)
-    kernel = _KERNELS.get(signature.key)
-    if kernel is not None:
-        return kernel
-    kernel = _build_kernel(
-        signature.key,
-        expression,
-        signature.input_dtypes,
-        signature.output_dtype,
-        signature.nodata_constants,
+    return _KERNELS.get(signature.key) or _compile_stored(expression, signature, wait=True)
+
+
+def compile_in_background() -> None:
+    """From now on, in this process, an expression evaluated a second time as a block program
+    has its fused kernel compiled and stored by a thread of low priority, and used once ready
+    (see ``fused_store``). The engine's workers turn this on."""
+    _COMPILER.start()
+
+
+def _stored_kernel(expression: Expression, signature: _Signature) -> BandCalcKernel | None:
+    """The fused kernel if stored on disk (loaded, not compiled); None if not, and then
+    not looked for again for a few seconds."""
+    if _ABSENT.recent(signature.key):
+        return None
+    dispatcher, numba_signature = _build_kernel(expression, signature)
+    fused_store.attach(dispatcher, signature.key)
+    if not fused_store.load(dispatcher, numba_signature):
+        _ABSENT.note(signature.key)
+        return None
+    return _KERNELS.put(signature.key, _kernel(signature, dispatcher))
+
+
+def _compile_stored(
+    expression: Expression, signature: _Signature, *, wait: bool
+) -> BandCalcKernel | None:
+    """Load or compile the fused kernel, store it, keep it in the process's cache.
+
+    Unless ``wait``, give up (None) when another process compiles the same kernel now."""
+    dispatcher, numba_signature = _build_kernel(expression, signature)
+    fused_store.attach(dispatcher, signature.key)
+    lock = fused_store.exclusively(dispatcher)
+    if lock is None and not wait:
+        return None
+    try:
+        dispatcher.compile(numba_signature)  # loads it if stored meanwhile
+        dispatcher.disable_compile()
+        fused_store.prune(dispatcher)
+    finally:
+        if lock is not None:
+            lock.close()
+    return _KERNELS.put(signature.key, _kernel(signature, dispatcher))
+
+
+def _kernel(signature: _Signature, dispatcher: Any) -> BandCalcKernel:
+    return BandCalcKernel(
+        key=signature.key,
+        input_dtypes=signature.input_dtypes,
+        output_dtype=signature.output_dtype,
+        run=dispatcher,
     )
-    return _KERNELS.put(signature.key, kernel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +368,12 @@ def evaluate(
     ``output_nodata``, including those where the expression itself gave that value; the
     second item counts only the pixels the kernel set to nodata.
 
+    ``method``: ``"program"`` runs the expression's block program (``block_program``), which
+    compiles nothing; ``"fused"`` its fused kernel, compiled now unless cached or stored;
+    ``"auto"`` the fused kernel if this process has it or it is stored on disk, else the
+    program (and, if `compile_in_background` was called, the fused kernel is compiled in the
+    background once the expression is seen again). Every method gives the same pixels.
+
     Notes
     -----
     Memory: the output tile, a C-contiguous copy of any input that is not C-contiguous (and of
@@ -364,9 +418,15 @@ def evaluate(
     target = out if out.flags.c_contiguous else np.empty(shape, dtype=out_dtype)
     if method not in ("auto", "program", "fused"):
         raise ValueError(f"method must be auto, program or fused, got {method!r}")
-    kernel = None if method == "program" else _KERNELS.get(signature.key)
-    if kernel is None and method == "fused":
+    kernel = None
+    if method == "fused":
         kernel = compile_kernel(expression, signature.input_dtypes, out_dtype, nodata_of)
+    elif method == "auto":
+        kernel = _KERNELS.get(signature.key) or _stored_kernel(expression, signature)
+        if kernel is None:
+            _COMPILER.seen(
+                signature.key, lambda: _compile_stored(expression, signature, wait=False)
+            )
 
     if kernel is not None:
 
@@ -792,13 +852,11 @@ def _nodata_test(dtypes: tuple[np.dtype, ...]) -> Any:
     return is_nodata
 
 
-def _build_kernel(
-    key: Hashable,
-    expression: Expression,
-    dtypes: tuple[np.dtype, ...],
-    out_dtype: np.dtype,
-    nodata_constants: dict[str, float],
-) -> BandCalcKernel:
+def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, Any]:
+    """The fused kernel's dispatcher, not yet compiled, and the signature to compile it for."""
+    dtypes = signature.input_dtypes
+    out_dtype = signature.output_dtype
+    nodata_constants = signature.nodata_constants
     count = len(dtypes)
     root = _expression_evaluator(expression.root, nodata_constants, count <= _FUSED_INPUTS)
     read = _pixel_reader(dtypes)
@@ -882,10 +940,4 @@ def _build_kernel(
             high = max(high, row_high)
         return written, n, low, high, (origin + mean if n else 0.0), m2
 
-    runner = numba.njit(sig, **JIT)(run)
-    return BandCalcKernel(
-        key=key,
-        input_dtypes=dtypes,
-        output_dtype=out_dtype,
-        run=runner,
-    )
+    return numba.njit(**JIT)(run), sig

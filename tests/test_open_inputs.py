@@ -127,3 +127,27 @@ def test_threads_of_a_task_read_an_input_side_by_side(executor, tmp_path):
     for tile, array in zip(tiles, arrays, strict=True):
         window = expected[tile.row : tile.row + 512, tile.col : tile.col + 512]
         np.testing.assert_array_equal(array, window)
+
+
+def test_a_file_described_again_unchanged_is_not_opened_by_gdal_and_a_changed_one_is(
+    tmp_path, monkeypatch
+):
+    from rsgrpc.engine import raster_io
+
+    path = write_geotiff(tmp_path / "a.tif", np.zeros((8, 8), np.uint8), nodata=3)
+    opened = []
+    real = raster_io._geotiff_at
+    monkeypatch.setattr(
+        raster_io, "_geotiff_at", lambda fd, source: opened.append(source.path) or real(fd, source)
+    )
+    first = raster_io.describe(_source(str(path)), 1)
+    again = raster_io.describe(_source(str(path)), 1)
+    assert opened == ["a.tif"]
+    assert again == first and first.nodata == 3 and first.dtype == "uint8"
+    with pytest.raises(Exception, match="band 2 does not exist"):
+        raster_io.describe(_source(str(path)), 2)
+    assert opened == ["a.tif"]
+    write_geotiff(path, np.zeros((8, 16), np.int16), nodata=-1)  # rewritten in place
+    changed = raster_io.describe(_source(str(path)), 1)
+    assert opened == ["a.tif", "a.tif"]
+    assert (changed.width, changed.dtype, changed.nodata) == (16, "int16", -1)

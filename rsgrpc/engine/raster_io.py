@@ -78,6 +78,7 @@ def open_geotiff(source: DataPath) -> Iterator[rasterio.DatasetReader]:
     """
     fd = source.open_file()
     try:
+        keep_gdal_env()
         with _geotiff_at(fd, source) as ds:
             yield ds
     finally:
@@ -95,26 +96,79 @@ def _geotiff_at(fd: int, source: DataPath) -> rasterio.DatasetReader:
         ) from None
 
 
+@dataclass(frozen=True)
+class _Description:
+    """What GDAL says of a file, every band: kept by the file's identity."""
+
+    width: int
+    height: int
+    dtypes: tuple[str, ...]
+    nodata: tuple[float | None, ...]
+    crs: str
+    transform: tuple[float, ...]
+    block_shapes: tuple[tuple[int, int], ...]
+
+
+# Descriptions of files read before, by (device, inode, size, modification and change
+# times): a file named again, unchanged, is described without GDAL opening it. Its path
+# is still walked and opened first, as for any read.
+_DESCRIPTIONS: OrderedDict[tuple[int, ...], _Description] = OrderedDict()
+_DESCRIPTIONS_LOCK = threading.Lock()
+_DESCRIPTIONS_KEPT = 256
+
+
 def describe(source: DataPath, band: int) -> RasterInfo:
     """Open `source` and describe band `band`."""
-    with open_geotiff(source) as ds:
-        if not 1 <= band <= ds.count:
-            raise InvalidArgumentError(
-                f"{source.field} {source.path!r} has {ds.count} band(s); "
-                f"band {band} does not exist",
-                metadata={"path": source.path},
-            )
-        return RasterInfo(
-            path=source,
-            band=band,
-            width=ds.width,
-            height=ds.height,
-            dtype=ds.dtypes[band - 1],
-            nodata=ds.nodatavals[band - 1],
-            crs=ds.crs.to_wkt() if ds.crs else "",
-            transform=tuple(ds.transform)[:6],
-            block_shape=tuple(ds.block_shapes[band - 1]),
+    fd = source.open_file()
+    try:
+        st = os.fstat(fd)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with _DESCRIPTIONS_LOCK:
+            described = _DESCRIPTIONS.get(identity)
+        if described is None:
+            keep_gdal_env()
+            with _geotiff_at(fd, source) as ds:
+                described = _Description(
+                    width=ds.width,
+                    height=ds.height,
+                    dtypes=tuple(ds.dtypes),
+                    nodata=tuple(ds.nodatavals),
+                    crs=ds.crs.to_wkt() if ds.crs else "",
+                    transform=tuple(ds.transform)[:6],
+                    block_shapes=tuple(tuple(b) for b in ds.block_shapes),
+                )
+        with _DESCRIPTIONS_LOCK:
+            _DESCRIPTIONS[identity] = described
+            _DESCRIPTIONS.move_to_end(identity)
+            while len(_DESCRIPTIONS) > _DESCRIPTIONS_KEPT:
+                _DESCRIPTIONS.popitem(last=False)
+    finally:
+        os.close(fd)
+    if not 1 <= band <= len(described.dtypes):
+        raise InvalidArgumentError(
+            f"{source.field} {source.path!r} has {len(described.dtypes)} band(s); "
+            f"band {band} does not exist",
+            metadata={"path": source.path},
         )
+    return RasterInfo(
+        path=source,
+        band=band,
+        width=described.width,
+        height=described.height,
+        dtype=described.dtypes[band - 1],
+        nodata=described.nodata[band - 1],
+        crs=described.crs,
+        transform=described.transform,
+        block_shape=described.block_shapes[band - 1],
+    )
+
+
+def keep_gdal_env() -> None:
+    """Give the calling thread a GDAL environment that stays: without one, rasterio makes
+    and discards one for every file it opens, which costs more than opening a small file.
+    The server's request and job threads and the workers are long-lived."""
+    if not rasterio.env.hasenv():
+        rasterio.Env().__enter__()
 
 
 def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:
@@ -378,6 +432,7 @@ class RasterWriter:
         self.bytes_written = 0
 
     def __enter__(self) -> RasterWriter:
+        keep_gdal_env()
         self._partial.__enter__()
         try:
             fd = self._partial.fd

@@ -1,0 +1,64 @@
+"""Fused band-calc kernels compiled in the background, stored on disk, loaded by other processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Evaluates one expression in a new process on a given numba cache folder: twice with the
+# background compiler on, waiting for the fused kernel if asked; reports what ran and whether
+# numba compiled the fused kernel or loaded it.
+_SCRIPT = """
+import json, sys, time
+import numpy as np
+from rsgrpc_kernels import bandcalc
+from rsgrpc_kernels.expression import parse_expression
+text, wait = sys.argv[1], sys.argv[2] == "wait"
+bandcalc.compile_in_background()
+e = parse_expression(text, ["a", "b"])
+a = np.arange(40 * 50, dtype=np.uint16).reshape(40, 50)
+b = np.flipud(a).astype(np.float32)
+first, _, _ = bandcalc.evaluate(e, [a, b], [0, None])
+reference, _, _ = bandcalc.evaluate(e, [a, b], [0, None], method="program")
+deadline = time.monotonic() + 120
+while wait and bandcalc.kernel_cache_info()["size"] == 0 and time.monotonic() < deadline:
+    bandcalc.evaluate(e, [a, b], [0, None])
+    time.sleep(0.05)
+fused = bandcalc._KERNELS.get(next(iter(bandcalc._KERNELS._data), None))
+print(json.dumps({
+    "fused": bandcalc.kernel_cache_info()["size"],
+    "hits": sum(fused.run.stats.cache_hits.values()) if fused else 0,
+    "misses": sum(fused.run.stats.cache_misses.values()) if fused else 0,
+    "same": bool(np.array_equal(first, reference)),
+}))
+"""
+
+
+def _run(cache, text: str, wait: bool) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, text, "wait" if wait else "once"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NUMBA_CACHE_DIR": str(cache)},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.timeout(600)
+def test_an_expression_seen_again_is_compiled_in_the_background_stored_and_loaded_elsewhere(
+    tmp_path,
+):
+    text = "(a - b) / (a + b) * 3.25 + sqrt(a)"
+    compiled = _run(tmp_path, text, wait=True)
+    # Seen a second time, compiled by the background thread: numba compiled it here.
+    assert compiled == {"fused": 1, "hits": 0, "misses": 1, "same": True}
+    # Another process finds it stored: its first call runs it, loaded, not compiled.
+    loaded = _run(tmp_path, text, wait=False)
+    assert loaded == {"fused": 1, "hits": 1, "misses": 0, "same": True}
+    # Another expression is not stored: it runs as a program.
+    other = _run(tmp_path, "a * 7 - b", wait=False)
+    assert other["fused"] == 0 and other["same"]
