@@ -350,7 +350,10 @@ class SentinelHubSession:
                         "Content-Type": "application/x-www-form-urlencoded",
                         "Accept": "application/json",
                     },
-                    timeout=(deployment.connect_timeout_seconds, deployment.token_timeout_seconds),
+                    timeout=_within(
+                        (deployment.connect_timeout_seconds, deployment.token_timeout_seconds),
+                        deadline,
+                    ),
                 )
                 text = response.text
             except _TRANSIENT_EXCEPTIONS as error:
@@ -402,6 +405,14 @@ class SentinelHubSession:
                 lifetime = 3600.0
             token["expires_at"] = started + lifetime
             return token
+
+
+def _within(timeout: tuple[float, float], deadline: float | None) -> tuple[float, float]:
+    """``timeout`` shortened so that no wait for the token endpoint passes ``deadline``."""
+    if deadline is None:
+        return timeout
+    left = max(0.001, deadline - time.monotonic())
+    return min(timeout[0], left), min(timeout[1], left)
 
 
 def _refresh_lead(token: dict[str, Any], refresh_before_expiry: float) -> float:
