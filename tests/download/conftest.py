@@ -17,6 +17,15 @@ from rsgrpc.download import SentinelHubDownloadClient, forget_limiters  # noqa: 
 
 
 @pytest.fixture(autouse=True)
+def _no_user_configuration(tmp_path, monkeypatch) -> None:
+    """Clients made without a config read SHConfig() as sentinelhub-py's do: from a folder
+    of the test's own, with no profile or credentials from the environment."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("SH_PROFILE", "SH_CLIENT_ID", "SH_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_process_state() -> Iterator[None]:
     forget_limiters()
     SentinelHubDownloadClient.clear_cache()
