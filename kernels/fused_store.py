@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from numba.core.caching import FunctionCache, IndexDataCacheFile
-from numba.core.compiler_lock import global_compiler_lock
+
+from .numba_cache import load_without_compiling
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,15 +81,8 @@ def attach(dispatcher: Any, key: Hashable) -> None:
 def load(dispatcher: Any, signature: Any) -> bool:
     """Load a stored kernel into ``dispatcher`` (with `attach`ed storage) without compiling;
     whether it was stored. Its compiling is then disabled, as for a signature given ahead."""
-    with global_compiler_lock:
-        compiled = dispatcher._cache.load_overload(signature, dispatcher.targetctx)
-        if compiled is None:
-            return False
-        dispatcher._cache_hits[signature] += 1  # counted as numba counts its own loads
-        dispatcher.targetctx.insert_user_function(
-            compiled.entry_point, compiled.fndesc, [compiled.library]
-        )
-        dispatcher.add_overload(compiled)
+    if not load_without_compiling(dispatcher, signature):
+        return False
     dispatcher.disable_compile()
     return True
 

@@ -188,3 +188,29 @@ def test_the_servers_workers_use_its_kernel_cache_dir(tmp_path, caplog):
     assert reported == (str(cache.resolve()), str(cache.resolve()))
     stale = [r for r in caplog.records if "empty or stale" in r.getMessage()]
     assert len(stale) == 1 and str(cache.resolve()) in stale[0].getMessage()
+
+
+def _loaded_at_start() -> dict:
+    """Runs in a new worker, before any task of a tool: what each fixed kernel holds."""
+    from rsgrpc_kernels.warm import fixed_kernels
+
+    return {
+        name: [len(k.overloads), sum(k.stats.cache_misses.values())]
+        for name, k in fixed_kernels().items()
+    }
+
+
+def test_a_worker_loads_every_cached_kernel_as_it_starts_and_compiles_none(warmed, monkeypatch):
+    from rsgrpc.engine.executors import LocalProcessExecutor
+
+    cache, _ = warmed
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))  # what the server sets for its workers
+    executor = LocalProcessExecutor(1, threads_per_process=1)
+    try:
+        held = executor.submit(_loaded_at_start).result(timeout=120)
+    finally:
+        executor.shutdown()
+    assert {name: s for name, s in held.items() if s[1]} == {}
+    # Each tool of the warmed subset has kernels loaded before its first call.
+    loaded = {name.split(".")[0] for name, (overloads, _) in held.items() if overloads}
+    assert {"sieve", "morphology", "block_program", "scalar_ops", "row_statistics"} <= loaded

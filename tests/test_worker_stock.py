@@ -171,3 +171,16 @@ def test_spares_and_sessions_stay_within_the_process_total(server):
     _delete(channel, large)
     assert running.registry.stock.spare_processes == 2
     assert len(_workers()) == 2
+
+
+def test_health_says_serving_once_the_first_sessions_workers_have_started(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    running, channel, _ = server
+    # No waiting here: by the time the server is up and SERVING, the spares have started
+    # (their kernels loaded), so the first request does not wait for them.
+    assert len(running.registry.stock.spare_pids()) == 2
+    answer = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="rsgrpc.v1.RasterService"), timeout=10
+    )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING

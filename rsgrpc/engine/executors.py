@@ -72,17 +72,21 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
     """Runs once in each new worker: exit when the server is gone; pin numba's
     threads; return large results through shared buffers (`shared_results`); keep
     freed memory, open inputs and free buffers for the next tile, and give them
-    back between jobs (`worker_heap`); compile the fused kernel of a band-calc
+    back between jobs (`worker_heap`); load every kernel the disk cache holds, so
+    that a tool's first call loads none; compile the fused kernel of a band-calc
     expression seen again in the background (`rsgrpc_kernels.fused_store`)."""
     _exit_with_server(server_pid)
     import numba
     from rsgrpc_kernels.bandcalc import compile_in_background
+    from rsgrpc_kernels.warm import load_cached_kernels
 
     from rsgrpc.engine.raster_io import keep_gdal_env
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     compile_in_background()
     keep_gdal_env()
+    loaded = load_cached_kernels()
+    _LOGGER.debug("worker %d loaded %d cached kernels", os.getpid(), loaded)
     lender = lend_buffers(lend)
     close_inputs = keep_inputs_open()
 

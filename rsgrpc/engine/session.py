@@ -301,11 +301,13 @@ class SessionRegistry:
         else:
             executor.shutdown()
 
-    def stock_spare_workers(self, process_count: int) -> None:
+    def stock_spare_workers(self, process_count: int) -> concurrent.futures.Future | None:
         """Start, in the background, spare workers for a session of `process_count`
-        processes (none for Dask sessions, whose workers are the cluster's)."""
-        if not self.dask_scheduler:
-            self.stock.start_spare(_pool_shape(process_count))
+        processes (none for Dask sessions, whose workers are the cluster's); returns
+        what is done once they have started, or None."""
+        if self.dask_scheduler:
+            return None
+        return self.stock.start_spare(_pool_shape(process_count))
 
     def validate(self, settings: SessionSettings) -> SessionSettings:
         limits = self.limits

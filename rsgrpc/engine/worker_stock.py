@@ -123,12 +123,15 @@ class WorkerStock:
         for extra in extras if kept else [*extras, spare]:
             self._give_up(extra)
 
-    def start_spare(self, shape: PoolShape) -> None:
-        """Start a pool of `shape` in the background and keep it, if the total allows."""
+    def start_spare(
+        self, shape: PoolShape
+    ) -> concurrent.futures.Future[LocalProcessExecutor] | None:
+        """Start a pool of `shape` in the background and keep it, if the total allows;
+        returns what is done once it has started (or failed to), None if not started."""
         spare = _Spare(shape, concurrent.futures.Future())
         with self._lock:
             if self._closed or self._used() + shape.processes > self.max_processes:
-                return
+                return None
             self._spares.append(spare)
 
         def start() -> None:
@@ -147,6 +150,7 @@ class WorkerStock:
             _LOGGER.info("%d spare worker processes started", shape.processes)
 
         threading.Thread(target=start, name="spare-workers", daemon=True).start()
+        return spare.started
 
     def close(self) -> None:
         """Stop every spare; one still starting is waited for a little, then stops

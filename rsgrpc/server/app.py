@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rsgrpc.engine.errors import UnavailableError
+from rsgrpc.engine.executors import START_SECONDS
 from rsgrpc.engine.kernel_cache import report_kernel_cache, use_kernel_cache_dir
 from rsgrpc.engine.leftovers import remove_leftovers_in_background
 from rsgrpc.engine.operations import OperationStore
@@ -109,6 +110,12 @@ def _authenticator(config: ServerConfig) -> Authenticator | None:
         return None
     admins = [name.strip() for name in config.admin_identities.split(",") if name.strip()]
     return Authenticator(tokens=tokens, certificates=bool(config.tls_client_ca_file), admins=admins)
+
+
+async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
+    """The status of the server as a whole and of each of its services."""
+    for name in ("", *SERVICE_NAMES):
+        await servicer.set(name, status)
 
 
 class _Door(grpc.aio.ServerInterceptor):
@@ -261,23 +268,33 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         )
         port = _bind(server, config.address, credentials)
         await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         running = RunningServer(port, server, registry, operations, health_servicer, data_root)
         return _Served(running, door, waiters)
 
+    # Warm workers for the first session (their kernels loaded as they start), started
+    # beside the server: health says SERVING once they have started, so that a first
+    # request after a deploy is as fast as the next.
+    spare = registry.stock_spare_workers(config.process_count_default)
     loop_thread = _EventLoopThread(config.blocking_threads)
     try:
         served = loop_thread.run(start(), _START_TIMEOUT_S)
     except BaseException:
         loop_thread.stop(_STOP_SERVER_GRACE_S)
         download_servicer.close()
+        registry.close_all()
         raise
     sweeper = _Sweeper(registry, config.session_sweep_interval_s)
     sweeper.start()
     remove_leftovers_in_background(data_root.root, registry.temp_root)
-    # Warm workers for the first session, started beside serving: health does not wait.
-    registry.stock_spare_workers(config.process_count_default)
+    if spare is not None:
+        # Bounded: a pool that does not start fails within START_SECONDS, and the
+        # server serves anyway (sessions then start their own workers).
+        futures.wait([spare], timeout=START_SECONDS + 10)
+    loop_thread.run(
+        _set_health(served.running.health, health_pb2.HealthCheckResponse.SERVING),
+        _START_TIMEOUT_S,
+    )
     _LOGGER.info("serving on port %d, data root %s", served.running.port, data_root.root)
     try:
         yield served.running
