@@ -25,7 +25,7 @@ _INPUT_DTYPES = (
 _OUTPUT_DTYPES = sorted(d.name for d in bandcalc.OUTPUT_DTYPES)
 
 _LEAVES = st.sampled_from(["a", "b", "c", "0", "1", "2.5", "-3", "1e300", "nan", 'nodata("b")'])
-_UNARY = ("-{}", "not {}", "sqrt({})", "log({})", "abs({})", "sin({})", "exp({})", "isnan({})")
+_UNARY = ("(-{})", "(not {})", "sqrt({})", "log({})", "abs({})", "sin({})", "exp({})", "isnan({})")
 _BINARY = ("+", "-", "*", "/", "//", "%", "**", "<", "<=", "==", "!=", "and", "or", "&", "|")
 _CALLS = ("minimum({}, {})", "maximum({}, {})", "median({}, {})", "std({}, {})", "max({}, {})")
 
