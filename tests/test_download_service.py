@@ -25,13 +25,13 @@ from rsgrpc.cli import build_parser
 from rsgrpc.client import Session as ClientSession
 from rsgrpc.download import forget_limiters
 from rsgrpc.engine.instance import PARTIAL_SUFFIX
+from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.server.deployments import (
     DeploymentConfigError,
     default_cache_dir,
     load_download_settings,
 )
-from rsgrpc.server.download_job import LinkedOutput
 from rsgrpc.v1 import (
     download_pb2,
     download_pb2_grpc,
@@ -861,7 +861,7 @@ def test_an_output_is_a_hard_link_on_one_file_system_and_a_copy_across_two(tmp_p
             pytest.skip("/dev/shm is on the same file system here")
         for name, source, linked in (("linked.tif", same, True), ("copied.tif", other, False)):
             output = root.output(name, overwrite=False)
-            with LinkedOutput(output, overwrite=False) as partial:
+            with PartialOutput(output, overwrite=False) as partial:
                 assert partial.link_from(source) is linked
                 if not linked:
                     partial.copy_from(source)

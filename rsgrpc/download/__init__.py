@@ -18,6 +18,7 @@ from .errors import (
     BaseSentinelHubException,
     CacheCollisionError,
     CacheWriteError,
+    DeadlineExceededError,
     DecodingError,
     DownloadCancelledError,
     DownloadError,
@@ -25,6 +26,7 @@ from .errors import (
     DownloadFailedWarning,
     HashedNameCollisionException,
     ImageDecodingError,
+    IncompleteAnswerError,
     InvalidRequestError,
     MissingDataInRequestException,
     NotFoundError,
@@ -35,8 +37,10 @@ from .errors import (
     SHRateLimitWarning,
     SHRuntimeWarning,
     SHUserWarning,
+    UndecodableAnswerError,
 )
 from .rate_limit import RateLimiter, RateLimiterStats, forget_limiters, limiter_for
+from .redaction import redact
 from .request import DownloadRequest, MimeType, RequestType
 from .response import DownloadResponse
 from .result import DownloadResult, DownloadStatus
@@ -51,6 +55,7 @@ __all__ = [
     "BaseSentinelHubException",
     "CacheCollisionError",
     "CacheWriteError",
+    "DeadlineExceededError",
     "DecodingError",
     "Deployment",
     "DownloadCancelledError",
@@ -64,6 +69,7 @@ __all__ = [
     "DownloadStatus",
     "HashedNameCollisionException",
     "ImageDecodingError",
+    "IncompleteAnswerError",
     "InvalidRequestError",
     "MimeType",
     "MissingDataInRequestException",
@@ -83,9 +89,11 @@ __all__ = [
     "SentinelHubDownloadClient",
     "SentinelHubSession",
     "ServerError",
+    "UndecodableAnswerError",
     "decode_data",
     "forget_limiters",
     "limiter_for",
     "parse_retry_after",
+    "redact",
     "redact_headers",
 ]

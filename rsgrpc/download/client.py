@@ -44,6 +44,7 @@ from .errors import (
     DownloadCancelledError,
     DownloadError,
     DownloadFailedWarning,
+    IncompleteAnswerError,
     NotFoundError,
     OutOfRequestsError,
     ServerError,
@@ -427,7 +428,7 @@ class DownloadClient:
                 data = response.decode() if decode_data else response
         except CacheCollisionError:
             raise  # another request's entry: never dropped
-        except (validation.IncompleteAnswerError, DecodingError, OSError, ValueError) as error:
+        except (IncompleteAnswerError, DecodingError, OSError, ValueError) as error:
             # Not ours (ours are checked before they are kept), or damaged since: fetch again.
             _LOGGER.warning(
                 "Dropping a cache entry that does not check out for %s: %s",
@@ -530,7 +531,7 @@ class DownloadClient:
                             answer = _Answer.start(request, response)
                             try:
                                 self._receive(request, response, answer, cancel_event, deadline)
-                            except (validation.IncompleteAnswerError, DecodingError) as error:
+                            except (IncompleteAnswerError, DecodingError) as error:
                                 broken = error
                                 failure = str(error)
                             except BaseException:
@@ -622,7 +623,7 @@ class DownloadClient:
                     check_deadline(deadline, 0.0, "the answer arrived")
         except _TRANSIENT_EXCEPTIONS as error:
             of = f" of {announced}" if announced is not None else ""
-            raise validation.IncompleteAnswerError(
+            raise IncompleteAnswerError(
                 f"the answer was cut short after {answer.size}{of} bytes "
                 f"({_describe_exception(error)})",
                 url=request.url,

@@ -175,3 +175,24 @@ class CacheWriteError(DownloadError, OSError):
     server owns the folder, else FAILED_PRECONDITION)."""
 
     reason = "CACHE_WRITE_FAILED"
+
+
+class DeadlineExceededError(ServerError):
+    """Raised when a request cannot end before the caller's deadline: a rate-limit pause, a
+    retry's backoff or a token endpoint outage would outlast it (DEADLINE_EXCEEDED)."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
+class IncompleteAnswerError(ServerError):
+    """Raised when an answer's body is cut short or does not match its Content-Length,
+    after the retries (UNAVAILABLE)."""
+
+    reason = "INCOMPLETE_ANSWER"
+
+
+class UndecodableAnswerError(DecodingError):
+    """Raised when an answer (downloaded or cached) does not decode as its type, after the
+    retries (DATA_LOSS)."""
+
+    reason = "UNDECODABLE_ANSWER"

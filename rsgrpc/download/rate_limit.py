@@ -25,14 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .deployment import Deployment
-from .errors import DownloadCancelledError, ServerError
-
-
-class DeadlineExceededError(ServerError):
-    """Raised when a request cannot end before the caller's deadline: a rate-limit pause, a
-    retry's backoff or a token endpoint outage would outlast it (DEADLINE_EXCEEDED)."""
-
-    reason = "DEADLINE_EXCEEDED"
+from .errors import DeadlineExceededError, DownloadCancelledError
 
 
 def check_deadline(

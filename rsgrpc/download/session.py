@@ -33,8 +33,8 @@ import requests
 from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
 
 from .deployment import Deployment
-from .errors import AuthenticationError, DownloadError, ServerError
-from .rate_limit import DeadlineExceededError, check_deadline
+from .errors import AuthenticationError, DeadlineExceededError, DownloadError, ServerError
+from .rate_limit import check_deadline
 from .redaction import redact, redact_logger, register_secret
 from .retry_after import parse_retry_after
 from .transport import pooled_http_session

@@ -22,27 +22,13 @@ from collections.abc import Callable, Iterator
 from typing import Final
 from xml.parsers import expat
 
-from .errors import DecodingError, ServerError
+from .errors import IncompleteAnswerError, UndecodableAnswerError
 from .request import MimeType
 
 _PIECE: Final = 1 << 20
 # Pixels are decoded this many bytes of rows at a time; the dataset is reopened between
 # bands of rows so that GDAL's block cache never holds more than one band.
 _ROWS_BYTES: Final = 16 << 20
-
-
-class IncompleteAnswerError(ServerError):
-    """Raised when an answer's body is cut short or does not match its Content-Length,
-    after the retries (UNAVAILABLE)."""
-
-    reason = "INCOMPLETE_ANSWER"
-
-
-class UndecodableAnswerError(DecodingError):
-    """Raised when an answer (downloaded or cached) does not decode as its type, after the
-    retries (DATA_LOSS)."""
-
-    reason = "UNDECODABLE_ANSWER"
 
 
 def check_length(received: int, content_length: str | None, *, url: str | None = None) -> None:

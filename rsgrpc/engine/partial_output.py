@@ -25,9 +25,13 @@ from rsgrpc.engine.errors import (
     ResourceExhaustedError,
     RsgrpcError,
 )
-from rsgrpc.engine.instance import partial_name
+from rsgrpc.engine.instance import lock_if_unheld, partial_name
 from rsgrpc.engine.paths import DataPath
 
+# A hard link across these is refused: the bytes are copied instead.
+_NO_LINK = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP}
+)
 _CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -98,6 +102,49 @@ class PartialOutput:
             raise RsgrpcError(
                 f"{self.target.field} {self.target.path!r} could not be written: {error.strerror}"
             ) from None
+
+    def link_from(self, source: Path) -> bool:
+        """Make this output a hard link to ``source`` (a file of the server's own); False
+        when the file systems or permissions do not allow it (then copy instead).
+
+        The link is made under a new temporary name in the output's open directory, locked
+        like the temporary file it then replaces, so the output is still published whole
+        or not at all, and a starting server's sweep sees it as work in progress.
+        """
+        directory, current = self._directory, self._name
+        if directory is None or current is None:
+            raise RuntimeError("link_from needs an entered PartialOutput")
+        name = partial_name(self.target.name)
+        try:
+            os.link(source, name, dst_dir_fd=directory, follow_symlinks=False)
+        except OSError as error:
+            if error.errno in _NO_LINK:
+                return False
+            raise RsgrpcError(
+                f"{self.target.field} {self.target.path!r} could not be written: {error.strerror}"
+            ) from None
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=directory)
+            return False
+        try:
+            # Another job linking the same cache entry holds its lock: copy instead.
+            ours = lock_if_unheld(fd) and os.path.samestat(
+                os.stat(name, dir_fd=directory, follow_symlinks=False), os.fstat(fd)
+            )
+        except FileNotFoundError:
+            ours = False
+        if not ours:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=directory)
+            return False
+        os.replace(name, current, src_dir_fd=directory, dst_dir_fd=directory)
+        os.close(self.fd)
+        self.fd = fd
+        return True
 
     def publish(self) -> int:
         """Move the finished file to its name; returns its size in bytes.

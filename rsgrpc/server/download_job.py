@@ -14,14 +14,11 @@ The batch's cache entries are pinned against eviction until their outputs are in
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
 
 from rsgrpc.download import (
     DownloadClient,
@@ -33,15 +30,9 @@ from rsgrpc.download import (
 from rsgrpc.download import cache as download_cache
 from rsgrpc.download.redaction import redact, redact_logger
 from rsgrpc.engine.errors import CancelledError, RsgrpcError
-from rsgrpc.engine.instance import lock_if_unheld, partial_name
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath
-
-# A hard link across these is refused: the answer is copied instead.
-_NO_LINK: Final = frozenset(
-    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP}
-)
 
 
 @dataclass(frozen=True)
@@ -168,7 +159,9 @@ def _save_outputs(
             if operation.cancel_event.is_set():
                 raise _cancelled(len(results), len(results))
             try:
-                partial = staged_files.enter_context(LinkedOutput(item.output, overwrite=overwrite))
+                partial = staged_files.enter_context(
+                    PartialOutput(item.output, overwrite=overwrite)
+                )
                 if not partial.link_from(Path(result.output_path)):
                     partial.copy_from(Path(result.output_path))
             except RsgrpcError as error:
@@ -193,50 +186,3 @@ def _save_outputs(
                 outcomes[index] = _failed(outcomes[index], error)
                 log.warning("%s: %s", operation.name, error)
     return outcomes
-
-
-class LinkedOutput(PartialOutput):
-    """A `PartialOutput` that can take a server file's bytes as a hard link, written once."""
-
-    def link_from(self, source: Path) -> bool:
-        """Make this output a hard link to ``source`` (a file of the server's own); False
-        when the file systems or permissions do not allow it (then copy instead).
-
-        The link is made under a new temporary name in the output's open directory, locked
-        like the temporary file it then replaces, so the output is still published whole
-        or not at all, and a starting server's sweep sees it as work in progress.
-        """
-        directory, current = self._directory, self._name
-        if directory is None or current is None:
-            raise RuntimeError("link_from needs an entered PartialOutput")
-        name = partial_name(self.target.name)
-        try:
-            os.link(source, name, dst_dir_fd=directory, follow_symlinks=False)
-        except OSError as error:
-            if error.errno in _NO_LINK:
-                return False
-            raise RsgrpcError(
-                f"{self.target.field} {self.target.path!r} could not be written: {error.strerror}"
-            ) from None
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=directory)
-            return False
-        try:
-            # Another job linking the same cache entry holds its lock: copy instead.
-            ours = lock_if_unheld(fd) and os.path.samestat(
-                os.stat(name, dir_fd=directory, follow_symlinks=False), os.fstat(fd)
-            )
-        except FileNotFoundError:
-            ours = False
-        if not ours:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=directory)
-            return False
-        os.replace(name, current, src_dir_fd=directory, dst_dir_fd=directory)
-        os.close(self.fd)
-        self.fd = fd
-        return True

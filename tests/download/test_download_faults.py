@@ -36,13 +36,13 @@ from rsgrpc.download import (
     parse_retry_after,
 )
 from rsgrpc.download import cache as download_cache
-from rsgrpc.download.rate_limit import DeadlineExceededError
-from rsgrpc.download.redaction import REDACTED, redact
-from rsgrpc.download.validation import (
+from rsgrpc.download.errors import (
+    DeadlineExceededError,
     IncompleteAnswerError,
     UndecodableAnswerError,
-    check_file,
 )
+from rsgrpc.download.redaction import REDACTED, redact
+from rsgrpc.download.validation import check_file
 
 KINDS = {
     "tiff": MimeType.TIFF,

@@ -198,3 +198,23 @@ def test_decode_json_and_raw():
 def test_decode_garbage_raises_decoding_error(data_type):
     with pytest.raises(DecodingError):
         decode_data(b"\xff\xfe not an image or json", data_type)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("DeadlineExceededError", "DEADLINE_EXCEEDED"),
+        ("IncompleteAnswerError", "UNAVAILABLE"),
+        ("UndecodableAnswerError", "DATA_LOSS"),
+        ("ServerError", "UNAVAILABLE"),
+    ],
+)
+def test_each_failure_of_an_item_has_its_grpc_code(error, code):
+    from google.rpc import code_pb2
+
+    import rsgrpc.download as download
+    from rsgrpc.server.status import download_error_status
+
+    status = download_error_status(getattr(download, error)("it failed"))
+    assert status.code == code_pb2.Code.Value(code)
+    assert status.message == "it failed"
