@@ -24,9 +24,9 @@ def _pieces() -> list[bytes]:
     return [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
 
 
-def _append_all(path: Path) -> tuple[FileAppender, list[int], list[bytes]]:
+def _append_all(path: Path, direct: bool = True) -> tuple[FileAppender, list[int], list[bytes]]:
     path.write_bytes(HEADER)
-    appender = FileAppender(path, len(HEADER))
+    appender = FileAppender(path, len(HEADER), direct=direct)
     pieces = _pieces()
     offsets = [appender.append(piece) for piece in pieces]
     appender.close()
@@ -56,6 +56,13 @@ def _direct_io_works_in(folder: Path) -> bool:
 def test_appended_bytes_land_where_append_said(tmp_path):
     path = tmp_path / "out.bin"
     appender, offsets, pieces = _append_all(path)
+    _check(path, appender, offsets, pieces)
+
+
+def test_an_appender_asked_for_cached_writes_lands_the_same_bytes(tmp_path):
+    path = tmp_path / "out.bin"
+    appender, offsets, pieces = _append_all(path, direct=False)
+    assert not appender.direct
     _check(path, appender, offsets, pieces)
 
 

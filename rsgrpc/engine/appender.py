@@ -46,13 +46,16 @@ class FileAppender:
     left as they are.
     """
 
-    def __init__(self, path: os.PathLike | str, start: int) -> None:
+    def __init__(self, path: os.PathLike | str, start: int, *, direct: bool = True) -> None:
+        """`direct`: write with O_DIRECT where the file system takes it (see the module's
+        notes); an output smaller than one stage is better written through the cache, in
+        one write that returns before the disk has the data."""
         self._path = path
         self.end = align_up(start)  # where the next appended byte goes
         self._flushed = self.end  # staged bytes start here in the file
         self._stage = mmap.mmap(-1, STAGE_BYTES)  # page-aligned, as direct writes need
         self._staged = 0
-        self.direct = hasattr(os, "O_DIRECT")
+        self.direct = direct and hasattr(os, "O_DIRECT")
         self._fd = self._open()
 
     def _open(self) -> int:

@@ -23,7 +23,7 @@ import rasterio.shutil
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from rsgrpc.engine.appender import FileAppender
+from rsgrpc.engine.appender import STAGE_BYTES, FileAppender
 from rsgrpc.engine.errors import (
     DataLossError,
     InvalidArgumentError,
@@ -411,7 +411,7 @@ class RasterWriter:
         self._partial = PartialOutput(output, overwrite=overwrite)
         # Offsets in a classic TIFF are 32-bit. Compressed blocks can outgrow their
         # pixels (LZW by up to half again), so BigTIFF past half of that.
-        raw_bytes = width * height * np.dtype(dtype).itemsize
+        raw_bytes = self._raw_bytes = width * height * np.dtype(dtype).itemsize
         self._meta = {
             "driver": "GTiff",
             "width": width,
@@ -440,7 +440,9 @@ class RasterWriter:
             self._index = BlockIndex.locate(self._read)
             self._offsets = np.zeros(self._index.blocks, np.uint64)
             self._sizes = np.zeros(self._index.blocks, np.uint64)
-            self._appender = FileAppender(fd_path(fd), os.fstat(fd).st_size)
+            self._appender = FileAppender(
+                fd_path(fd), os.fstat(fd).st_size, direct=self._raw_bytes >= STAGE_BYTES
+            )
         except BaseException:
             self.__exit__()
             raise
