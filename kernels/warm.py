@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Final
 
 import numpy as np
@@ -64,26 +65,29 @@ def warm_cases() -> tuple[WarmCase, ...]:
     return (*_sieve_cases(), *_morphology_cases(), *_band_calc_cases())
 
 
-def fixed_kernels() -> dict[str, Dispatcher]:
-    """The numba functions the cases compile, by module and name (``sieve._label``)."""
+def fixed_kernels(*modules: ModuleType) -> dict[str, Dispatcher]:
+    """The numba functions the cases compile, by module and name (``sieve._label``), of
+    ``modules`` (by default, every kernel module)."""
     found = {}
-    for module in (sieve, morphology, bandcalc, block_program, scalar_ops, row_statistics):
+    every = (sieve, morphology, bandcalc, block_program, scalar_ops, row_statistics)
+    for module in modules or every:
         for name, value in vars(module).items():
             if isinstance(value, Dispatcher):
                 found[f"{module.__name__.rsplit('.', 1)[-1]}.{name}"] = value
     return found
 
 
-def load_cached_kernels() -> int:
+def load_cached_kernels(*modules: ModuleType) -> int:
     """Load into this process, without compiling anything, every signature of every fixed
-    kernel that the disk cache holds for this machine and these sources; returns how many.
+    kernel (of ``modules``, by default all) that the disk cache holds for this machine and
+    these sources; returns how many.
 
     A worker calls it as it starts, so that a tool's first call finds its kernels loaded
     (loading them all takes about 2 s on a 2-core machine). A cache that is empty or stale
     loads nothing here, and the kernels compile on first use.
     """
     loaded = 0
-    for dispatcher in fixed_kernels().values():
+    for dispatcher in fixed_kernels(*modules).values():
         cache = dispatcher._cache  # numba's disk cache of a `cache=True` function
         magic = dispatcher.targetctx.codegen().magic_tuple()
         # numba keys a saved overload by (signature, machine, code hashes); its index file is

@@ -31,6 +31,7 @@ from rsgrpc.engine.leftovers import remove_leftovers_in_background
 from rsgrpc.engine.operations import OperationStore
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.session import ServerLimits, Session, SessionRegistry
+from rsgrpc.engine.sieve import load_finishing_kernels
 from rsgrpc.server.auth import Authenticator, IdentityInterceptor, read_tokens
 from rsgrpc.server.config import MIB, ServerConfig
 from rsgrpc.server.deployments import load_download_settings
@@ -110,6 +111,14 @@ def _authenticator(config: ServerConfig) -> Authenticator | None:
         return None
     admins = [name.strip() for name in config.admin_identities.split(",") if name.strip()]
     return Authenticator(tokens=tokens, certificates=bool(config.tls_client_ca_file), admins=admins)
+
+
+def _load_own_kernels() -> None:
+    """The kernels the server runs itself (the sieve's last pass), loaded as it starts."""
+    try:
+        load_finishing_kernels()
+    except Exception:  # they load, or compile, on first use instead
+        _LOGGER.exception("loading the server's kernels at start failed")
 
 
 async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
@@ -276,6 +285,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     # beside the server: health says SERVING once they have started, so that a first
     # request after a deploy is as fast as the next.
     spare = registry.stock_spare_workers(config.process_count_default)
+    kernels = threading.Thread(target=_load_own_kernels, name="load-kernels", daemon=True)
+    kernels.start()
     loop_thread = _EventLoopThread(config.blocking_threads)
     try:
         served = loop_thread.run(start(), _START_TIMEOUT_S)
@@ -291,6 +302,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         # Bounded: a pool that does not start fails within START_SECONDS, and the
         # server serves anyway (sessions then start their own workers).
         futures.wait([spare], timeout=START_SECONDS + 10)
+    kernels.join(timeout=_START_TIMEOUT_S)
     loop_thread.run(
         _set_health(served.running.health, health_pb2.HealthCheckResponse.SERVING),
         _START_TIMEOUT_S,
