@@ -245,11 +245,12 @@ def compile_kernel(
     return _KERNELS.get(signature.key) or _compile_stored(expression, signature, wait=True)
 
 
-def compile_in_background() -> None:
+def compile_in_background(idle: Callable[[], bool] | None = None) -> None:
     """From now on, in this process, an expression evaluated a second time as a block program
-    has its fused kernel compiled and stored by a thread of low priority, and used once ready
-    (see ``fused_store``). The engine's workers turn this on."""
-    _COMPILER.start()
+    has its fused kernel compiled and stored by a thread of low priority, whenever ``idle()``
+    (default: at once), and used once ready (see ``fused_store``). The engine's workers turn
+    this on, compiling while they run no task."""
+    _COMPILER.start(idle)
 
 
 def _stored_kernel(expression: Expression, signature: _Signature) -> BandCalcKernel | None:

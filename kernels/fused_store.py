@@ -126,11 +126,17 @@ class Absent:
                 self._since.popitem(last=False)
 
 
+# How often the background compiler looks whether its process is idle.
+_IDLE_POLL_SECONDS: Final = 0.05
+
+
 class BackgroundCompiler:
     """Compiles the fused kernel of an expression seen a second time, one at a time, in a
-    thread of the lowest priority; off until `start` is called."""
+    thread of the lowest priority, while the process is idle (a compile holds the GIL for
+    most of a second, which a running job would feel); off until `start` is called."""
 
     def __init__(self) -> None:
+        self._idle: Callable[[], bool] = lambda: True
         self._seen: OrderedDict[Hashable, int] = OrderedDict()
         self._pending: OrderedDict[Hashable, Callable[[], Any]] = OrderedDict()
         self._done: set[Hashable] = set()
@@ -141,8 +147,11 @@ class BackgroundCompiler:
     def running(self) -> bool:
         return self._thread is not None
 
-    def start(self) -> None:
+    def start(self, idle: Callable[[], bool] | None = None) -> None:
+        """Compile from now on, whenever ``idle()`` says the process is (default: always)."""
         with self._wake:
+            if idle is not None:
+                self._idle = idle
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="fused-compiler", daemon=True
@@ -171,6 +180,9 @@ class BackgroundCompiler:
             with self._wake:
                 while not self._pending:
                     self._wake.wait()
+            while not self._idle():
+                time.sleep(_IDLE_POLL_SECONDS)
+            with self._wake:
                 key, compile_kernel = self._pending.popitem(last=False)
                 self._done.add(key)
             try:

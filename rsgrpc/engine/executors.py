@@ -23,7 +23,13 @@ import psutil
 from rsgrpc.engine.errors import WorkersUnavailableError
 from rsgrpc.engine.raster_io import keep_inputs_open
 from rsgrpc.engine.shared_results import can_map, lend_buffers, probe_buffer
-from rsgrpc.engine.worker_heap import HeapGate, keep_freed_memory, run_task
+from rsgrpc.engine.worker_heap import (
+    IDLE_SECONDS,
+    HeapGate,
+    idle_for,
+    keep_freed_memory,
+    run_task,
+)
 
 _LOGGER = logging.getLogger(__name__)
 # What the pipe that brings results back may hold (see _widen_result_pipe).
@@ -80,13 +86,14 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
     from rsgrpc_kernels.bandcalc import compile_in_background
     from rsgrpc_kernels.warm import load_cached_kernels
 
-    from rsgrpc.engine.raster_io import keep_gdal_env
+    from rsgrpc.engine.raster_io import touch_gdal
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    compile_in_background()
-    keep_gdal_env()
+    compile_in_background(lambda: idle_for(IDLE_SECONDS))
+    touch_gdal()
     loaded = load_cached_kernels()
     _LOGGER.debug("worker %d loaded %d cached kernels", os.getpid(), loaded)
+    _prepare_for_jobs()
     lender = lend_buffers(lend)
     close_inputs = keep_inputs_open()
 
@@ -95,6 +102,26 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
         lender.close_free()
 
     keep_freed_memory(holding, trim_now, give_back)
+
+
+def _prepare_for_jobs() -> None:
+    """Import the modules of the tools' tasks, and evaluate and encode a small tile as a
+    band calc job does, so that what a worker does only the first time (imports, numba's
+    first dispatch of a kernel, GDAL's encoder) is done before its first job."""
+    import importlib
+
+    import numpy as np
+    from rsgrpc_kernels.bandcalc import evaluate
+    from rsgrpc_kernels.expression import parse_expression
+
+    from rsgrpc.engine.raster_io import DEFAULT_PROFILE, encode_output_tile
+    from rsgrpc.engine.tiles import Tile
+
+    for module in ("band_calc", "sieve", "morphology"):
+        importlib.import_module(f"rsgrpc.engine.{module}")
+    tile = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    out, _, _ = evaluate(parse_expression("(a - 1) / (a + 1)", ["a"]), [tile], [0])
+    encode_output_tile(out, Tile(0, 0, 16, 16), DEFAULT_PROFILE)
 
 
 def _exit_with_server(server_pid: int) -> None:
@@ -135,11 +162,11 @@ def _widen_result_pipe(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         pass
 
 
-def _warm_up() -> tuple[int, int] | None:
-    """Runs in a new worker: where to find a buffer it lends results through."""
-    # Long enough that every worker of a new pool receives one.
+def _warm_up() -> tuple[int, tuple[int, int] | None]:
+    """Runs in a new worker: its pid, and where to find a buffer it lends results through."""
+    # Long enough that another worker that is ready takes the next one.
     time.sleep(0.05)
-    return probe_buffer()
+    return os.getpid(), probe_buffer()
 
 
 def _answer() -> int:
@@ -183,16 +210,22 @@ class LocalProcessExecutor:
             initargs=(self.threads_per_process, heap.holding, heap.trim_now, lend, os.getpid()),
         )
         _widen_result_pipe(pool)
-        # Start every worker now, so the first job does not pay for it.
-        futures = [pool.submit(_warm_up) for _ in range(self.workers)]
-        _, starting = concurrent.futures.wait(futures, timeout=START_SECONDS)
+        # Start every worker now, so the first job does not pay for it: until each one
+        # has answered (a worker whose start ends first takes the others' turns too).
+        deadline = time.monotonic() + START_SECONDS
+        answered: dict[int, tuple[int, int] | None] = {}
         try:
-            if starting:
-                raise WorkersUnavailableError(
-                    f"the session's {self.workers} worker processes did not start within "
-                    f"{START_SECONDS:.0f} s"
-                )
-            probes = [future.result() for future in futures]
+            while len(answered) < self.workers:
+                futures = [pool.submit(_warm_up) for _ in range(self.workers - len(answered))]
+                left = max(0.0, deadline - time.monotonic())
+                _, starting = concurrent.futures.wait(futures, timeout=left)
+                if starting:
+                    raise WorkersUnavailableError(
+                        f"the session's {self.workers} worker processes did not start "
+                        f"within {START_SECONDS:.0f} s"
+                    )
+                answered.update(future.result() for future in futures)
+            probes = list(answered.values())
         except BrokenProcessPool:
             codes = [p.exitcode for p in (pool._processes or {}).values()]
             _LOGGER.error("a new worker process died as it started (exit codes %s)", codes)

@@ -170,26 +170,31 @@ def keep_gdal_env() -> None:
     The server's request and job threads and the workers are long-lived."""
     if not rasterio.env.hasenv():
         rasterio.Env().__enter__()
-        _touch_gdal()
 
 
-def _touch_gdal() -> None:
-    """Write and read back a one-pixel GeoTIFF with a CRS, in memory: a thread's first
-    GeoTIFF open sets up GDAL's driver and PROJ's database (about 13 ms here), which is
-    then not paid by the first tile a worker reads."""
+def touch_gdal() -> None:
+    """Write and read back a small compressed GeoTIFF with a CRS, in memory: a thread's
+    first GeoTIFF open sets up GDAL's driver, its codecs and PROJ's database (about 13 ms
+    here). A worker does it as it starts, so that its first tile does not pay it."""
+    keep_gdal_env()
     with MemoryFile() as memory:
         with memory.open(
             driver="GTiff",
-            width=1,
-            height=1,
+            width=16,
+            height=16,
             count=1,
-            dtype="uint8",
+            dtype="uint16",
             crs="EPSG:4326",
-            transform=rasterio.Affine.identity(),
+            transform=rasterio.Affine(1.0, 0.0, 0.0, 0.0, -1.0, 16.0),
+            tiled=True,
+            blockxsize=16,
+            blockysize=16,
+            compress="deflate",
         ) as ds:
-            ds.write(np.zeros((1, 1, 1), np.uint8))
+            ds.write(np.zeros((1, 16, 16), np.uint16))
         with memory.open() as ds:
             ds.crs.to_wkt()
+            ds.read(1)
 
 
 def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:

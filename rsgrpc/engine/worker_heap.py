@@ -168,6 +168,14 @@ def keep_freed_memory(holding: Any, trim_now: Any, release: Callable[[], None]) 
     _keeper = _Keeper(_glibc(), holding, trim_now, release)
 
 
+def idle_for(seconds: float) -> bool:
+    """Whether this worker has run no task for at least `seconds`."""
+    if _keeper is None:
+        return True
+    with _keeper._changed:
+        return not _keeper._running and time.monotonic() >= _keeper._last_end + seconds
+
+
 def run_task(fn: Any, /, *args: Any) -> Any:
     """Runs in a worker: one task, counted as running while it runs."""
     if _keeper is None:
