@@ -23,7 +23,8 @@ from grpc_status import rpc_status
 
 from rsgrpc.cli import build_parser
 from rsgrpc.client import Session as ClientSession
-from rsgrpc.download import forget_limiters
+from rsgrpc.download import DownloadClient, forget_limiters
+from rsgrpc.download.shared_limit import state_file_name
 from rsgrpc.engine.instance import PARTIAL_SUFFIX
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataRoot
@@ -94,6 +95,17 @@ token_url = "{slow.token_url}"
 client_id = "{CLIENT_ID}"
 client_secret_env = "{SECRET_ENV}"
 max_concurrent_requests = 1
+
+[deployments.svc-threads]
+base_url = "{slow.base_url}/api"
+token_url = "{slow.token_url}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "{SECRET_ENV}"
+max_threads = 2
+pool_connections = 3
+requests_per_second = 100.0
+burst = 10
+shared_limit_dir = "limits"
 
 [deployments.svc-paced]
 base_url = "{paced.base_url}"
@@ -825,6 +837,15 @@ max_attempts = 6
             '[deployments.a]\nbase_url = "https://x"\nretry_after_unit = "minutes"',
             "unsupported retry_after_unit",
         ),
+        ('[deployments.a]\nbase_url = "https://x"\nmax_threads = 0', "max_threads must be at"),
+        (
+            '[deployments.a]\nbase_url = "https://x"\npool_connections = "4"',
+            "pool_connections must be of type int",
+        ),
+        (
+            '[deployments.a]\nbase_url = "https://x"\nshared_limit_dir = ""',
+            "shared_limit_dir must be a non-empty string",
+        ),
         ("[deployments.a\n", "is not valid"),
     ],
 )
@@ -838,6 +859,57 @@ def test_deployments_file_errors_are_clear_and_never_show_the_secret(
         load_download_settings(path, environ={})
     assert message in str(caught.value)
     assert "SECRET-IN-FILE" not in str(caught.value)
+
+
+def test_deployments_file_sets_threads_connections_and_a_shared_limit_folder(tmp_path):
+    path = tmp_path / "conf" / "d.toml"
+    path.parent.mkdir()
+    path.write_text(
+        """
+cache_dir = "cache"
+[deployments.tuned]
+base_url = "https://x"
+requests_per_second = 20
+max_threads = 64
+pool_connections = 16
+max_concurrent_requests = 48
+shared_limit_dir = "../limits"
+[deployments.plain]
+base_url = "https://x"
+"""
+    )
+    settings = load_download_settings(path)
+    tuned, plain = settings.deployments["tuned"], settings.deployments["plain"]
+    assert (tuned.max_threads, tuned.pool_connections, tuned.max_concurrent_requests) == (
+        64,
+        16,
+        48,
+    )
+    # Relative to the file, made when the file is read, so a typo shows at start.
+    assert tuned.shared_limit_dir == str((tmp_path / "limits").resolve())
+    assert (tmp_path / "limits").is_dir()
+    assert (plain.max_threads, plain.pool_connections, plain.shared_limit_dir) == (None,) * 3
+    # What the download client makes of them: threads bounded by what may be in flight.
+    with DownloadClient(deployment=tuned) as client:
+        assert client.thread_count(None, 1000) == 48
+        assert client.thread_count(8, 1000) == 8
+        assert client.thread_count(None, 5) == 5
+    with DownloadClient(deployment=plain) as client:
+        assert client.thread_count(None, 1000) == min(32, (os.cpu_count() or 1) + 4)
+
+
+def test_a_batch_runs_on_its_deployments_threads_and_shares_its_rate_through_a_file(
+    server, session_name, stub, hubs
+):
+    slow = hubs[1]
+    slow.reset_stats()
+    items = [_tiff(f"threads-{i}", f"threads/{i}.tif", uri="v1/process") for i in range(6)]
+    final = _run(server, stub, session_name, items, deployment="svc-threads")
+    assert [r.status for r in _response(final).results] == [SUCCEEDED] * 6
+    # Two threads, each holding its request 0.3 s at the hub: never a third in flight.
+    assert slow.stats.max_in_flight == 2
+    limits = Path(server[0].data_root.root).parent / "limits"
+    assert [p.name for p in limits.iterdir()] == [state_file_name("svc-threads")]
 
 
 def test_serve_takes_deployments_from_a_flag_or_the_environment(monkeypatch):

@@ -288,7 +288,9 @@ class DownloadClient:
         ``progress_callback(result)`` is called once per finished request, from the calling
         thread, in completion order. ``cancel_event`` is checked before each request and each
         attempt starts and while waiting; requests not yet started end as CANCELLED.
-        ``max_threads`` defaults to ``min(32, cpu_count + 4)`` and sizes the connection pool.
+        ``max_threads`` defaults to the deployment's ``max_threads``, else
+        ``min(32, cpu_count + 4)``; the connection pool keeps the deployment's
+        ``pool_connections`` per host, else one per thread.
         ``timeout`` (seconds) is the batch's deadline: no wait of any request (rate limit,
         429 pause, backoff, token outage) goes past it; a request that would have to fails
         with `DeadlineExceededError`. The batch's cache entries are safe from eviction
@@ -299,11 +301,8 @@ class DownloadClient:
         results: list[DownloadResult | None] = [None] * len(batch)
         if not batch:
             return []
-        threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
-        if self.deployment.max_concurrent_requests:
-            threads = min(threads, self.deployment.max_concurrent_requests)
-        threads = max(1, min(threads, len(batch)))
-        http = self._http_session(threads)
+        threads = self.thread_count(max_threads, len(batch))
+        http = self._http_session(self.deployment.pool_connections or threads)
         done = 0
         with (
             cache.pinned(_response_paths(batch)),
@@ -327,12 +326,21 @@ class DownloadClient:
             print(file=sys.stderr)
         return results  # type: ignore[return-value]
 
-    def _http_session(self, threads: int) -> requests.Session:
+    def thread_count(self, max_threads: int | None, batch_size: int) -> int:
+        """The threads a batch of ``batch_size`` runs on: ``max_threads``, else the
+        deployment's, else ``min(32, cpu_count + 4)``; never more than the deployment's
+        ``max_concurrent_requests`` (more would only wait) nor than the batch."""
+        threads = max_threads or self.deployment.max_threads or min(32, (os.cpu_count() or 1) + 4)
+        if self.deployment.max_concurrent_requests:
+            threads = min(threads, self.deployment.max_concurrent_requests)
+        return max(1, min(threads, batch_size))
+
+    def _http_session(self, pool_size: int) -> requests.Session:
         with self._http_lock:
-            if self._http is None or self._pool_size < threads:
+            if self._http is None or self._pool_size < pool_size:
                 # A smaller pool in use by another batch is left to finish and be collected.
-                self._http = pooled_http_session(threads)
-                self._pool_size = threads
+                self._http = pooled_http_session(pool_size)
+                self._pool_size = pool_size
             return self._http
 
     def _run_one(

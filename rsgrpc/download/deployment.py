@@ -60,6 +60,15 @@ class Deployment:
     - ``processing_units_per_second`` and ``processing_units_burst``: the same for processing
       units, charged from the ``X-ProcessingUnits-Spent`` answers.
     - ``max_concurrent_requests``: requests in flight at once, separate from the rate.
+    - ``max_threads``: download threads of a batch when the caller names none (default
+      ``min(32, cpu_count + 4)``, as sentinelhub-py); ``max_concurrent_requests`` still
+      bounds what is in flight.
+    - ``pool_connections``: keep-alive connections per host kept open (default: one per
+      thread). Fewer than the threads makes threads wait for a connection.
+    - ``shared_limit_dir``: a folder where the request rate and the pause after a 429 are
+      kept in a locked file named after the deployment, so that every process on the host
+      naming this deployment and folder (servers and scripts alike) keeps to the rate
+      together (None: the limit is kept within this process only).
     - ``retry_after_unit``: how a numeric ``Retry-After`` is read: ``"auto"`` (the value's
       form decides where it can; whole numbers are milliseconds for a deployment with
       OAuth2 credentials, as Sentinel Hub sends, else seconds, as HTTP says), or
@@ -85,6 +94,9 @@ class Deployment:
     processing_units_per_second: float | None = None
     processing_units_burst: float = 1.0
     max_concurrent_requests: int | None = None
+    max_threads: int | None = None
+    pool_connections: int | None = None
+    shared_limit_dir: str | None = None
     retry_after_unit: RetryAfterUnit = "auto"
     max_retry_after_seconds: float = 600.0
     default_retry_after_seconds: float = 30.0
@@ -113,10 +125,12 @@ class Deployment:
             raise ValueError(
                 f"processing_units_burst must be positive, got {self.processing_units_burst}"
             )
-        if self.max_concurrent_requests is not None and self.max_concurrent_requests < 1:
-            raise ValueError(
-                f"max_concurrent_requests must be at least 1, got {self.max_concurrent_requests}"
-            )
+        for name in ("max_concurrent_requests", "max_threads", "pool_connections"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.shared_limit_dir is not None and not self.shared_limit_dir:
+            raise ValueError("shared_limit_dir must be a folder, got an empty string")
         for name in ("connect_timeout_seconds", "read_timeout_seconds", "token_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

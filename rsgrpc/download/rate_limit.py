@@ -2,7 +2,10 @@
 
 The limiter keeps to a configured request rate with bursts (and a processing-unit rate
 when the server reports what each request cost), holds every request back during a
-global pause after a 429, and bounds how many requests are in flight at once.
+global pause after a 429, and bounds how many requests are in flight at once. By default
+the limits hold within this process; a deployment with ``shared_limit_dir`` keeps its request
+rate and its pauses in a locked file there instead (`shared_limit.SharedRateLimit`), shared
+by every process on the host that names the deployment and the folder.
 
 Rates use the generic cell rate algorithm: a request reserves the earliest time it may
 start, under the lock, then sleeps outside it, so waiting threads never stall each other
@@ -12,8 +15,9 @@ Every wait here, and every retry wait of the client and the OAuth2 session, ends
 caller's deadline (a `time.monotonic` moment): a wait that would outlast it raises
 `DeadlineExceededError` at once rather than sleeping in vain.
 
-Lock order: ``RateLimiter._lock`` is a leaf; the concurrency semaphore is taken before
-it and never while holding it. ``_REGISTRY_LOCK`` is taken before ``RateLimiter._lock``.
+Lock order: the concurrency semaphore is taken before ``RateLimiter._lock`` and never while
+holding it; ``RateLimiter._lock`` is taken before the shared bucket's locks (its thread lock,
+then its file lock), which are leaves. ``_REGISTRY_LOCK`` is taken before ``RateLimiter._lock``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .deployment import Deployment
 from .errors import DeadlineExceededError, DownloadCancelledError
+
+if TYPE_CHECKING:
+    from .shared_limit import SharedRateLimit
 
 
 def check_deadline(
@@ -94,7 +102,10 @@ class RateLimiter:
         processing_units_per_second: float | None = None,
         processing_units_burst: float = 1.0,
         max_concurrent_requests: int | None = None,
+        shared_limit_dir: str | None = None,
+        name: str = "",
     ):
+        self.name = name
         self._lock = threading.Lock()
         self._pause_until = 0.0
         self._epoch = 0
@@ -106,17 +117,19 @@ class RateLimiter:
         self._settings: tuple[object, ...] = ()
         self._requests: _Bucket | None = None
         self._units: _Bucket | None = None
+        self._shared: SharedRateLimit | None = None
         self.configure(
             requests_per_second,
             burst,
             processing_units_per_second,
             processing_units_burst,
             max_concurrent_requests,
+            shared_limit_dir,
         )
 
     @classmethod
     def from_deployment(cls, deployment: Deployment) -> RateLimiter:
-        return cls(*_settings_of(deployment))
+        return cls(*_settings_of(deployment), name=deployment.name)
 
     def configure(
         self,
@@ -125,6 +138,7 @@ class RateLimiter:
         processing_units_per_second: float | None,
         processing_units_burst: float,
         max_concurrent_requests: int | None,
+        shared_limit_dir: str | None = None,
     ) -> None:
         """Change the limits; reservations already made are kept."""
         settings = (
@@ -133,12 +147,23 @@ class RateLimiter:
             processing_units_per_second,
             processing_units_burst,
             max_concurrent_requests,
+            shared_limit_dir,
         )
         with self._lock:
             if settings == self._settings:
                 return
             self._settings = settings
             self._requests = _replace_bucket(self._requests, requests_per_second, float(burst))
+            if self._shared is not None:
+                self._shared.close()
+            self._shared = None
+            if shared_limit_dir is not None and requests_per_second is not None:
+                # Imported here: the shared bucket uses this module's deadline check.
+                from .shared_limit import SharedRateLimit
+
+                self._shared = SharedRateLimit(
+                    shared_limit_dir, self.name, requests_per_second, float(burst)
+                )
             self._units = _replace_bucket(
                 self._units, processing_units_per_second, float(processing_units_burst)
             )
@@ -155,6 +180,11 @@ class RateLimiter:
             return RateLimiterStats(
                 self._requests_started, self._rate_limited_answers, self._pauses
             )
+
+    @property
+    def shared(self) -> SharedRateLimit | None:
+        """The bucket shared with other processes, or None when the rate is this process's."""
+        return self._shared
 
     @property
     def unit_estimate(self) -> float:
@@ -188,15 +218,21 @@ class RateLimiter:
             with self._lock:
                 now = time.monotonic()
                 epoch = self._epoch
+                shared = self._shared
+                shared_start = 0.0
                 cost = self._unit_estimate if self._units is not None else 0.0
                 start = max(now, self._pause_until)
-                if self._requests is not None:
-                    start = self._requests.earliest(start, 1.0)
                 if self._units is not None:
                     start = self._units.earliest(start, cost)
+                if shared is None and self._requests is not None:
+                    start = self._requests.earliest(start, 1.0)
                 # Nothing is reserved for a request that could not start in time.
                 check_deadline(deadline, start - now, "waiting for the rate limit", now)
-                if self._requests is not None:
+                if shared is not None:
+                    # Last, so that the other processes' slot is taken only once ours is sure.
+                    wait, shared_start = shared.reserve(start - now, deadline)
+                    start = now + wait
+                elif self._requests is not None:
                     self._requests.commit(start, 1.0)
                 if self._units is not None:
                     self._units.commit(start, cost)
@@ -212,6 +248,8 @@ class RateLimiter:
             with self._lock:
                 # A 429 while we slept voids our reservation: queue again behind the pause.
                 if self._epoch != epoch:
+                    continue
+                if shared is not None and shared.paused_after(shared_start):
                     continue
                 self._requests_started += 1
                 return cost
@@ -235,6 +273,8 @@ class RateLimiter:
             self._epoch += 1
             if self._requests is not None:
                 self._requests.drain_until(self._pause_until)
+            if self._shared is not None:
+                self._shared.pause(seconds)
 
 
 def _replace_bucket(old: _Bucket | None, rate: float | None, capacity: float) -> _Bucket | None:
@@ -248,13 +288,14 @@ def _replace_bucket(old: _Bucket | None, rate: float | None, capacity: float) ->
 
 def _settings_of(
     deployment: Deployment,
-) -> tuple[float | None, int, float | None, float, int | None]:
+) -> tuple[float | None, int, float | None, float, int | None, str | None]:
     return (
         deployment.requests_per_second,
         deployment.burst,
         deployment.processing_units_per_second,
         deployment.processing_units_burst,
         deployment.max_concurrent_requests,
+        deployment.shared_limit_dir,
     )
 
 

@@ -17,6 +17,13 @@ A file names each deployment a client may use, and where the server caches answe
     retry_after_unit = "auto"                 # or "milliseconds" / "seconds" to force it
     default_retry_after_seconds = 30.0        # a 429 without Retry-After pauses this long
     token_retry_budget_seconds = 90.0         # how long a token endpoint outage is ridden out
+    max_threads = 32                          # download threads per batch
+                                              # (default min(32, cores + 4))
+    pool_connections = 32                     # keep-alive connections kept (default: threads)
+    max_concurrent_requests = 32              # requests in flight at once, all batches
+    shared_limit_dir = "/run/rsgrpc/limits"   # optional; relative to this file: the rate
+                                              # and 429 pauses are shared with every process
+                                              # on the host naming this deployment and folder
 
     [deployments.sentinel-hub.retry]
     max_attempts = 4
@@ -52,6 +59,9 @@ _DEPLOYMENT_FIELDS: Final[Mapping[str, type]] = {
     "processing_units_per_second": float,
     "processing_units_burst": float,
     "max_concurrent_requests": int,
+    "max_threads": int,
+    "pool_connections": int,
+    "shared_limit_dir": str,
     "retry_after_unit": str,
     "max_retry_after_seconds": float,
     "default_retry_after_seconds": float,
@@ -132,13 +142,13 @@ def load_download_settings(
     if not isinstance(sections, dict):
         raise DeploymentConfigError(f"{where}: deployments must be a table of named deployments")
     deployments = {
-        name: _deployment(name, values, f"{where}: deployment {name!r}", environ)
+        name: _deployment(name, values, f"{where}: deployment {name!r}", environ, file.parent)
         for name, values in sections.items()
     }
     if not deployments:
         return DownloadSettings({}, cache_dir, cache_max_bytes)
     return DownloadSettings(
-        deployments, _make_cache_dir(cache_dir, f"{where}: cache_dir"), cache_max_bytes
+        deployments, _make_dir(cache_dir, f"{where}: cache_dir"), cache_max_bytes
     )
 
 
@@ -159,7 +169,7 @@ def _read(file: Path) -> dict[str, Any]:
     return document
 
 
-def _make_cache_dir(folder: Path, what: str) -> Path:
+def _make_dir(folder: Path, what: str) -> Path:
     resolved = folder.expanduser().resolve()
     try:
         resolved.mkdir(parents=True, exist_ok=True)
@@ -170,7 +180,9 @@ def _make_cache_dir(folder: Path, what: str) -> Path:
     return resolved
 
 
-def _deployment(name: str, values: Any, where: str, environ: Mapping[str, str]) -> Deployment:
+def _deployment(
+    name: str, values: Any, where: str, environ: Mapping[str, str], base_dir: Path
+) -> Deployment:
     if not _NAME.match(name):
         raise DeploymentConfigError(
             f"{where}: a name has 1 to 63 letters, digits, '.', '_' or '-', "
@@ -184,6 +196,12 @@ def _deployment(name: str, values: Any, where: str, environ: Mapping[str, str]) 
     if "base_url" not in settings:
         raise DeploymentConfigError(f"{where}: base_url is required")
     settings["base_url"] = _check_url(settings["base_url"], f"{where}: base_url", base=True)
+    if "shared_limit_dir" in settings:
+        given = settings["shared_limit_dir"]
+        if not given:
+            raise DeploymentConfigError(f"{where}: shared_limit_dir must be a non-empty string")
+        folder = _make_dir(base_dir / Path(given).expanduser(), f"{where}: shared_limit_dir")
+        settings["shared_limit_dir"] = str(folder)
     secret_env = settings.pop("client_secret_env", None)
     if secret_env is not None:
         if "client_secret" in settings:

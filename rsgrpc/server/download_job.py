@@ -73,7 +73,14 @@ def run_download_batch(
     total = len(planned)
     redact_logger(log)  # whatever an error quotes, no credential reaches the session log
     operation.update(stage=Stage.RUNNING, tiles_total=total)
-    log.info("%s: %d requests to deployment %s", operation.name, total, client.deployment.name)
+    # Threads, connections and the shared limit are the deployment's settings.
+    log.info(
+        "%s: %d requests to deployment %s on %d threads",
+        operation.name,
+        total,
+        client.deployment.name,
+        client.thread_count(None, total),
+    )
     finished = 0
     downloaded = 0
 
