@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from fake_sentinelhub import CLIENT_ID, CLIENT_SECRET, PROCESS_PATH, TOKEN_PATH
 
-from rsgrpc.download import DeadlineExceededError, Deployment, limiter_for
+from rsgrpc.download import DeadlineExceededError, Deployment, RateLimiter, limiter_for
 from rsgrpc.download.shared_limit import SharedRateLimit, state_file_name
 
 RATE = 10.0
@@ -208,3 +209,38 @@ def test_a_limiter_sharing_a_file_paces_its_own_threads_too(tmp_path):
     assert time.monotonic() - began >= 4 / 20.0 - 0.01
     assert other.reserve()[1] >= began_wall + 5 / 20.0 - 1e-6
     assert limiter.stats.requests_started == 5
+
+
+def test_a_429_in_another_process_holds_our_requests_back_within_our_deadline(tmp_path):
+    deployment = Deployment(
+        name="paused", requests_per_second=2.0, burst=1, shared_limit_dir=str(tmp_path)
+    )
+    # Two limiters of one deployment, each with its own open file, as two processes have.
+    ours, theirs = RateLimiter.from_deployment(deployment), RateLimiter.from_deployment(deployment)
+    with ours.slot():
+        pass
+    entered: list[float] = []
+    errors: list[BaseException] = []
+
+    def second_request() -> None:
+        try:
+            with ours.slot(deadline=time.monotonic() + 30):
+                entered.append(time.time())
+        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            errors.append(error)
+
+    # Our next slot is reserved 0.5 s ahead; their 429 comes while we wait for it.
+    waiting = threading.Thread(target=second_request)
+    waiting.start()
+    time.sleep(0.1)
+    until = theirs.shared.pause(1.0)
+    waiting.join(timeout=30)
+    assert not errors and len(entered) == 1
+    assert entered[0] >= until - 1e-3
+    # A wait the deadline cannot cover fails at once and reserves nothing.
+    theirs.pause(5.0)
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceededError), ours.slot(deadline=time.monotonic() + 3.0):
+        pass
+    assert time.monotonic() - began < 3.0  # at once, not at the deadline
+    assert ours.stats.requests_started == 2
