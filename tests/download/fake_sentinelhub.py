@@ -615,8 +615,14 @@ def large_tiff(size: int) -> tuple[int, Iterator[bytes]]:
 def _zip_of(request_id: str, variant: int) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("answer.json", json.dumps({"id": request_id, "variant": variant}))
-        archive.writestr("values.txt", "\n".join(str(i * variant) for i in range(2000)))
+        # A fixed time in each member's header: the same request always gets the same bytes.
+        for name, text in (
+            ("answer.json", json.dumps({"id": request_id, "variant": variant})),
+            ("values.txt", "\n".join(str(i * variant) for i in range(2000))),
+        ):
+            member = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(member, text)
     return buffer.getvalue()
 
 
