@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -200,17 +201,32 @@ def _loaded_at_start() -> dict:
     }
 
 
-def test_a_worker_loads_every_cached_kernel_as_it_starts_and_compiles_none(warmed, monkeypatch):
+def _held_by_a_new_worker(cache: Path, monkeypatch) -> dict:
     from rsgrpc.engine.executors import LocalProcessExecutor
 
-    cache, _ = warmed
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))  # what the server sets for its workers
     executor = LocalProcessExecutor(1, threads_per_process=1)
     try:
-        held = executor.submit(_loaded_at_start).result(timeout=120)
+        return executor.submit(_loaded_at_start).result(timeout=120)
     finally:
         executor.shutdown()
+
+
+def test_a_worker_loads_every_cached_kernel_as_it_starts_and_compiles_none(
+    warmed, tmp_path, monkeypatch
+):
+    cache, _ = warmed
+    full = tmp_path / "kernels"
+    shutil.copytree(cache, full)
+    write_manifest(full, len(SUBSET))  # as a full `rsgrpc warm` records it
+    held = _held_by_a_new_worker(full, monkeypatch)
     assert {name: s for name, s in held.items() if s[1]} == {}
     # Each tool of the warmed subset has kernels loaded before its first call.
     loaded = {name.split(".")[0] for name, (overloads, _) in held.items() if overloads}
     assert {"sieve", "morphology", "block_program", "scalar_ops", "row_statistics"} <= loaded
+
+
+def test_a_worker_on_a_cache_not_warmed_for_this_machine_loads_nothing_ahead(warmed, monkeypatch):
+    cache, _ = warmed  # a selection: not a full warm, so stale for the server
+    held = _held_by_a_new_worker(cache, monkeypatch)
+    assert {name: s for name, s in held.items() if s[0] or s[1]} == {}

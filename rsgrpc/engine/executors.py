@@ -16,11 +16,13 @@ import os
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
 
 from rsgrpc.engine.errors import WorkersUnavailableError
+from rsgrpc.engine.kernel_cache import stale_reason
 from rsgrpc.engine.raster_io import keep_inputs_open
 from rsgrpc.engine.shared_results import can_map, lend_buffers, probe_buffer
 from rsgrpc.engine.worker_heap import (
@@ -78,9 +80,11 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
     """Runs once in each new worker: exit when the server is gone; pin numba's
     threads; return large results through shared buffers (`shared_results`); keep
     freed memory, open inputs and free buffers for the next tile, and give them
-    back between jobs (`worker_heap`); load every kernel the disk cache holds, so
-    that a tool's first call loads none; compile the fused kernel of a band-calc
-    expression seen again in the background (`rsgrpc_kernels.fused_store`)."""
+    back between jobs (`worker_heap`); where `rsgrpc warm` filled the kernel cache
+    for this machine, load every kernel it holds and run a small tile, so that a
+    tool's first call loads nothing (with an empty or stale cache, kernels compile
+    on first use instead, as they would here); compile the fused kernel of a
+    band-calc expression seen again in the background (`rsgrpc_kernels.fused_store`)."""
     _exit_with_server(server_pid)
     import numba
     from rsgrpc_kernels.bandcalc import compile_in_background
@@ -91,9 +95,11 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     compile_in_background(lambda: idle_for(IDLE_SECONDS))
     touch_gdal()
-    loaded = load_cached_kernels()
-    _LOGGER.debug("worker %d loaded %d cached kernels", os.getpid(), loaded)
-    _prepare_for_jobs()
+    cache = os.environ.get("NUMBA_CACHE_DIR")
+    if cache and stale_reason(Path(cache)) is None:
+        loaded = load_cached_kernels()
+        _LOGGER.debug("worker %d loaded %d cached kernels", os.getpid(), loaded)
+        _prepare_for_jobs()
     lender = lend_buffers(lend)
     close_inputs = keep_inputs_open()
 
