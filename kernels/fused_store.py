@@ -143,10 +143,6 @@ class BackgroundCompiler:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
     def start(self, idle: Callable[[], bool] | None = None) -> None:
         """Compile from now on, whenever ``idle()`` says the process is (default: always)."""
         with self._wake:
