@@ -217,6 +217,7 @@ def _download(args: argparse.Namespace) -> int:
                 deployment=args.deployment,
                 overwrite=args.overwrite,
                 redownload=args.redownload,
+                max_threads=args.max_threads,
             )
         except ValueError as error:
             print(f"rsgrpc download: {args.requests}: {error}", file=sys.stderr)
@@ -420,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     download.add_argument(
         "--redownload", action="store_true", help="send every request, ignoring the server's cache"
+    )
+    download.add_argument(
+        "--max-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="download threads, at most the deployment's (default: the deployment's)",
     )
     # A download runs in threads on the server; one worker process is all its session needs.
     download.set_defaults(run=_download, processes=1)

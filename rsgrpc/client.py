@@ -17,7 +17,7 @@ Paths are relative to the server's data root.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,10 @@ _MIME_TYPES = {
     "jpg": download_pb2.MIME_TYPE_JPEG,
     "gz": download_pb2.MIME_TYPE_GZIP,
 }
+# A StreamDownload message's items, in bytes: well under any server's message limit.
+_STREAM_MESSAGE_BYTES = 1 << 20
+# The largest answer taken: the server's default message limit.
+_MAX_ANSWER_BYTES = 16 << 20
 _DOWNLOAD_KEYS = ("uri", "method", "headers", "body", "body_json", "data_type", "output_path")
 
 Progress = Callable[[operation_pb2.OperationMetadata], None]
@@ -162,8 +166,13 @@ def connect(
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
-    """A channel to rsgrpc, with keepalive settings the server accepts."""
-    options = [("grpc.keepalive_time_ms", 30_000), *options]
+    """A channel to rsgrpc, with keepalive settings the server accepts, taking answers as
+    large as the server sends by default (a batch of 100,000 downloads answers about 5 MB)."""
+    options = [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.max_receive_message_length", _MAX_ANSWER_BYTES),
+        *options,
+    ]
     if credentials is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, credentials, options=options)
@@ -222,6 +231,23 @@ def _morphology(
         size=size,
         circular_structure=bool(circular),
     )
+
+
+def _streamed(
+    batch: download_pb2.DownloadRequest, items: Sequence[download_pb2.DownloadItem]
+) -> Iterator[download_pb2.StreamDownloadRequest]:
+    """The messages of a StreamDownload stream: the batch's settings, then its items in
+    messages of about `_STREAM_MESSAGE_BYTES`."""
+    message = download_pb2.StreamDownloadRequest(batch=batch)
+    size = 0
+    for item in items:
+        item_size = item.ByteSize()
+        if message.items and size + item_size > _STREAM_MESSAGE_BYTES:
+            yield message
+            message, size = download_pb2.StreamDownloadRequest(), 0
+        message.items.append(item)
+        size += item_size
+    yield message
 
 
 def _download_output(response: download_pb2.DownloadResponse) -> OutputManager:
@@ -504,6 +530,7 @@ class Session:
         deployment: str,
         overwrite: bool = False,
         redownload: bool = False,
+        max_threads: int | None = None,
     ) -> OutputManager:
         """Download a batch from one of the server's deployments into the data root
         (sentinelhub-py's `download`, run by the server with its credentials and cache).
@@ -512,18 +539,23 @@ class Session:
         True when every request succeeded; ``paths`` lists the saved outputs;
         ``extra["results"]`` holds one `DownloadItemResult` per request, in order (status,
         output path, bytes, cache hit, attempts, error), and on failure ``extra`` also holds
-        the code and message of the first one. ``redownload`` bypasses the server's cache.
+        the code and message of the first one. ``redownload`` bypasses the server's cache;
+        ``max_threads`` asks for fewer download threads than the deployment's.
+
+        The batch is streamed to the server (`StreamDownload`), so it may be of any size the
+        server takes.
         """
-        request = download_pb2.DownloadRequest(
+        batch = download_pb2.DownloadRequest(
             session=self.name,
             deployment=deployment,
-            items=[download_item(spec) for spec in download_requests],
             overwrite=overwrite,
             redownload=redownload,
+            max_threads=max_threads or 0,
         )
+        items = [download_item(spec) for spec in download_requests]
         stub = download_pb2_grpc.DownloadServiceStub(self._channel)
         return self._run(
-            lambda: stub.Download(request, metadata=self._metadata),
+            lambda: stub.StreamDownload(_streamed(batch, items), metadata=self._metadata),
             download_pb2.DownloadResponse(),
             _download_output,
         )

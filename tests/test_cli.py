@@ -177,7 +177,8 @@ def test_download_command_saves_outputs_and_shows_progress(download_server):
     ]
     target = f"127.0.0.1:{running.port}"
     args = ["download", "--target", target, "--deployment", "cli-hub"]
-    result = _rsgrpc(*args, "--requests", _requests_file(folder, "ok.json", requests))
+    ok_file = _requests_file(folder, "ok.json", requests)
+    result = _rsgrpc(*args, "--max-threads", "2", "--requests", ok_file)
     assert result.returncode == 0, result.stderr
     assert "[####" in result.stderr and "3/3" in result.stderr and "done" in result.stderr
     for i in range(3):

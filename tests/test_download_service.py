@@ -441,9 +441,15 @@ def _bad_requests(hub: FakeSentinelHub, session: str) -> list[tuple]:
         ("empty batch", request([]), "INVALID_ARGUMENT", "no items"),
         (
             "too many items",
-            request([_tiff(str(i), f"bad/{i}.tif") for i in range(1001)]),
+            request([download_pb2.DownloadItem(uri="a", output_path="b")] * 100_001),
             "INVALID_ARGUMENT",
-            "at most 1000",
+            "at most 100,000",
+        ),
+        (
+            "negative threads",
+            request(max_threads=-1),
+            "INVALID_ARGUMENT",
+            "max_threads is -1",
         ),
         ("dotdot output", item(output_path="../x.tif"), "PERMISSION_DENIED", "'..'"),
         ("absolute output", item(output_path="/tmp/x.tif"), "PERMISSION_DENIED", "absolute"),
@@ -910,6 +916,117 @@ def test_a_batch_runs_on_its_deployments_threads_and_shares_its_rate_through_a_f
     assert slow.stats.max_in_flight == 2
     limits = Path(server[0].data_root.root).parent / "limits"
     assert [p.name for p in limits.iterdir()] == [state_file_name("svc-threads")]
+
+
+def test_a_batch_may_ask_for_fewer_threads_than_its_deployments_not_more(
+    server, session_name, stub, hubs
+):
+    slow = hubs[1]
+    for asked, in_flight in ((1, 1), (5, 2)):
+        slow.reset_stats()
+        items = [
+            _tiff(f"asked-{asked}-{i}", f"asked/{asked}/{i}.tif", uri="v1/process")
+            for i in range(4)
+        ]
+        final = _run(server, stub, session_name, items, deployment="svc-threads", max_threads=asked)
+        assert [r.status for r in _response(final).results] == [SUCCEEDED] * 4
+        assert slow.stats.max_in_flight == in_flight, asked
+
+
+def _streamed_item(index: int) -> download_pb2.DownloadItem:
+    return download_pb2.DownloadItem(
+        uri=PATH,
+        body_json=json.dumps({"id": f"streamed-{index}", "format": "text"}),
+        output_path=f"streamed/{index}.txt",
+    )
+
+
+def test_a_streamed_batch_arrives_in_many_messages_and_runs_as_one_operation(
+    server, session_name, stub, hub
+):
+    running, channel = server
+    root = running.data_root.root
+    batch = download_pb2.DownloadRequest(
+        session=session_name, deployment="svc-fake", items=[_streamed_item(0)]
+    )
+    messages = [download_pb2.StreamDownloadRequest(batch=batch)] + [
+        download_pb2.StreamDownloadRequest(items=[_streamed_item(i) for i in range(k, k + 3)])
+        for k in (1, 4, 7)
+    ]
+    operation = stub.StreamDownload(iter(messages))
+    final = watch_operation(channel, operation)[-1]
+    assert operation_metadata(final).method == "Download"
+    results = _response(final).results
+    assert [r.output_path for r in results] == [f"streamed/{i}.txt" for i in range(10)]
+    assert [r.status for r in results] == [SUCCEEDED] * 10
+    for i in range(10):
+        assert (root / "streamed" / f"{i}.txt").read_bytes() == hub.sent[f"streamed-{i}"]
+
+
+def test_the_python_client_streams_a_batch_past_one_message(server, hub, monkeypatch):
+    """More items than one message holds, sent by the client in pieces the server joins."""
+    _, channel = server
+    root = server[0].data_root.root
+    import rsgrpc.client
+
+    monkeypatch.setattr(rsgrpc.client, "_STREAM_MESSAGE_BYTES", 4096)
+    count = 1_200
+    requests = [
+        {
+            "uri": PATH,
+            "body": {"id": f"many-{i}", "format": "text"},
+            "output_path": f"many/{i}.txt",
+        }
+        for i in range(count)
+    ]
+    sent: list[int] = []
+    streamed = rsgrpc.client._streamed
+
+    def counted(*args):
+        for message in streamed(*args):
+            sent.append(len(message.items))
+            yield message
+
+    monkeypatch.setattr(rsgrpc.client, "_streamed", counted)
+    with ClientSession(n_processes=1, available_ram=256, channel=channel) as rs:
+        out = rs.download(requests, deployment="svc-fake", max_threads=8)
+    assert out.check, out.extra.get("error")
+    assert len(sent) > 10 and sum(sent) == count
+    assert out.paths == [f"many/{i}.txt" for i in range(count)]
+    assert (root / "many" / "1199.txt").read_bytes() == hub.sent["many-1199"]
+
+
+def test_a_stream_that_breaks_the_rules_is_refused_and_nothing_is_sent(
+    server, session_name, stub, hub, monkeypatch
+):
+    from rsgrpc.server import download_plan
+
+    root = server[0].data_root.root
+    batch = download_pb2.DownloadRequest(session=session_name, deployment="svc-fake")
+    head = download_pb2.StreamDownloadRequest(batch=batch)
+    more = download_pb2.StreamDownloadRequest(items=[_streamed_item(100)])
+    monkeypatch.setattr(download_plan, "MAX_ITEMS", 5)
+    monkeypatch.setattr(download_plan, "MAX_BATCH_BYTES", 50_000)
+    big = download_pb2.StreamDownloadRequest(
+        items=[download_pb2.DownloadItem(uri=PATH, body_json='{"a": "' + "x" * 30_000 + '"}')]
+    )
+    cases = [
+        ("no messages", [], "ended before its first message"),
+        ("no batch first", [more], "first message of the stream must hold the batch"),
+        ("batch twice", [head, more, head], "only the first message"),
+        ("no items", [head], "no items"),
+        ("too many items", [head] + [more] * 6, "at most 5 are allowed"),
+        ("too many bytes", [head, big, big], "pass 0 MiB"),
+    ]
+    sent = hub.stats.process_requests
+    before = _files(root)
+    for case, messages, text in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.StreamDownload(iter(messages))
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, case
+        assert text in caught.value.details(), (case, caught.value.details())
+    assert hub.stats.process_requests == sent
+    assert _files(root) == before
 
 
 def test_serve_takes_deployments_from_a_flag_or_the_environment(monkeypatch):

@@ -64,8 +64,10 @@ def run_download_batch(
     log: logging.Logger,
     *,
     overwrite: bool,
+    threads: int,
 ) -> list[DownloadOutcome]:
-    """Download ``planned`` with ``client`` and save the answers; one outcome per item, in order.
+    """Download ``planned`` with ``client`` on ``threads`` threads and save the answers; one
+    outcome per item, in order.
 
     Progress goes to ``operation`` (requests done and total, bytes downloaded, bytes saved).
     Raises `CancelledError`, writing no output, when the operation is cancelled first.
@@ -73,13 +75,12 @@ def run_download_batch(
     total = len(planned)
     redact_logger(log)  # whatever an error quotes, no credential reaches the session log
     operation.update(stage=Stage.RUNNING, tiles_total=total)
-    # Threads, connections and the shared limit are the deployment's settings.
     log.info(
         "%s: %d requests to deployment %s on %d threads",
         operation.name,
         total,
         client.deployment.name,
-        client.thread_count(None, total),
+        threads,
     )
     finished = 0
     downloaded = 0
@@ -102,6 +103,7 @@ def run_download_batch(
     with download_cache.pinned(item.request.get_storage_paths()[1] for item in planned):
         results = client.download_results(
             [item.request for item in planned],
+            max_threads=threads,
             progress_callback=on_result,
             cancel_event=operation.cancel_event,
         )

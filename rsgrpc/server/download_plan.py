@@ -18,7 +18,9 @@ from rsgrpc.engine.paths import DataPath, DataRoot
 from rsgrpc.server.download_job import PlannedDownload
 from rsgrpc.v1 import download_pb2
 
-MAX_ITEMS: Final = 1000
+# A batch, sent in one message or streamed: its items and the bytes of its requests.
+MAX_ITEMS: Final = 100_000
+MAX_BATCH_BYTES: Final = 256 << 20
 _MAX_URI_LENGTH: Final = 8192
 _METHODS: Final = {
     download_pb2.HTTP_METHOD_GET: RequestType.GET,
@@ -190,6 +192,50 @@ def _data_type(item: download_pb2.DownloadItem, output: DataPath, field: str) ->
     return _MIME_TYPES[item.data_type]
 
 
+def too_many_items(count: str) -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(
+        f"the batch has {count} items; at most {MAX_ITEMS:,} are allowed: split it"
+    )
+
+
+class StreamedBatch:
+    """A StreamDownload batch as its messages arrive: the first holds the batch's settings,
+    later ones more items; refused as soon as it passes the limits of a batch."""
+
+    def __init__(self) -> None:
+        self.request: download_pb2.DownloadRequest | None = None
+        self._bytes = 0
+
+    def add(self, message: download_pb2.StreamDownloadRequest) -> None:
+        self._bytes += message.ByteSize()
+        if self._bytes > MAX_BATCH_BYTES:
+            raise errors.InvalidArgumentError(
+                f"the batch's requests pass {MAX_BATCH_BYTES >> 20} MiB; split it"
+            )
+        if self.request is None:
+            if not message.HasField("batch"):
+                raise errors.InvalidArgumentError(
+                    "the first message of the stream must hold the batch: its session, "
+                    "deployment and options",
+                    metadata={"field": "batch"},
+                )
+            self.request = download_pb2.DownloadRequest()
+            self.request.CopyFrom(message.batch)
+        elif message.HasField("batch"):
+            raise errors.InvalidArgumentError(
+                "only the first message of the stream may hold the batch; later ones hold items",
+                metadata={"field": "batch"},
+            )
+        if len(self.request.items) + len(message.items) > MAX_ITEMS:
+            raise too_many_items(f"more than {MAX_ITEMS:,}")
+        self.request.items.extend(message.items)
+
+    def finished(self) -> download_pb2.DownloadRequest:
+        if self.request is None:
+            raise errors.InvalidArgumentError("the stream ended before its first message")
+        return self.request
+
+
 def plan_download(
     request: download_pb2.DownloadRequest,
     deployment: Deployment,
@@ -201,8 +247,12 @@ def plan_download(
     if not request.items:
         raise errors.InvalidArgumentError("the batch has no items; give at least one")
     if len(request.items) > MAX_ITEMS:
+        raise too_many_items(f"{len(request.items):,}")
+    if request.max_threads < 0:
         raise errors.InvalidArgumentError(
-            f"the batch has {len(request.items)} items; at most {MAX_ITEMS} are allowed"
+            f"max_threads is {request.max_threads}; give a positive number, or 0 for the "
+            "deployment's",
+            metadata={"field": "max_threads"},
         )
     planned: list[PlannedDownload] = []
     outputs: dict[str, int] = {}

@@ -21,7 +21,7 @@ from rsgrpc.engine.session import Session, SessionRegistry
 from rsgrpc.server.auth import Caller, current_caller
 from rsgrpc.server.deployments import DownloadSettings
 from rsgrpc.server.download_job import DownloadOutcome, run_download_batch
-from rsgrpc.server.download_plan import plan_download
+from rsgrpc.server.download_plan import StreamedBatch, plan_download
 from rsgrpc.server.operation_servicer import start_operation
 from rsgrpc.server.status import download_error_status, reports_errors, to_status_proto
 from rsgrpc.v1 import download_pb2, download_pb2_grpc
@@ -112,16 +112,27 @@ class DownloadServicer(download_pb2_grpc.DownloadServiceServicer):
         # Checking the batch resolves its outputs on disk: in a blocking thread.
         return await asyncio.to_thread(self._download, request, current_caller())
 
+    @reports_errors
+    async def StreamDownload(self, request_iterator, context):
+        batch = StreamedBatch()
+        async for message in request_iterator:
+            batch.add(message)
+        return await asyncio.to_thread(self._download, batch.finished(), current_caller())
+
     def _download(self, request, caller: Caller):
         session = self._registry.get(request.session, owner=caller.owner)
         deployment = self._deployment(request.deployment)
         planned = plan_download(request, deployment, self._data_root, self._settings.cache_dir)
         client = self._client(deployment, request.redownload)
         overwrite = request.overwrite
+        # A batch may ask for fewer threads than its deployment's, not more.
+        threads = client.thread_count(None, len(planned))
+        if request.max_threads:
+            threads = min(threads, request.max_threads)
 
         def run(session: Session, operation: Operation) -> download_pb2.DownloadResponse:
             outcomes = run_download_batch(
-                client, planned, operation, session.logger, overwrite=overwrite
+                client, planned, operation, session.logger, overwrite=overwrite, threads=threads
             )
             return download_pb2.DownloadResponse(results=[outcome_to_proto(o) for o in outcomes])
 

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rsgrpc/v1/download.proto\x12\trsgrpc.v1\x1a#google/longrunning/operations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\xb3\x02\n\x0c\x44ownloadItem\x12%\n\x06method\x18\x01 \x01(\x0e\x32\x15.rsgrpc.v1.HttpMethod\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x35\n\x07headers\x18\x03 \x03(\x0b\x32$.rsgrpc.v1.DownloadItem.HeadersEntry\x12\x13\n\tbody_json\x18\x04 \x01(\tH\x00\x12.\n\x0b\x62ody_struct\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12&\n\tdata_type\x18\x06 \x01(\x0e\x32\x13.rsgrpc.v1.MimeType\x12\x13\n\x0boutput_path\x18\x07 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04\x62ody\"\x85\x01\n\x0f\x44ownloadRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12&\n\x05items\x18\x03 \x03(\x0b\x32\x17.rsgrpc.v1.DownloadItem\x12\x11\n\toverwrite\x18\x04 \x01(\x08\x12\x12\n\nredownload\x18\x05 \x01(\x08\"\xa1\x02\n\x12\x44ownloadItemResult\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.rsgrpc.v1.DownloadItemResult.Status\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x15\n\rattempt_count\x18\x05 \x01(\x05\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"_\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10STATUS_SUCCEEDED\x10\x01\x12\x11\n\rSTATUS_FAILED\x10\x02\x12\x14\n\x10STATUS_CANCELLED\x10\x03\"B\n\x10\x44ownloadResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.rsgrpc.v1.DownloadItemResult*T\n\nHttpMethod\x12\x1b\n\x17HTTP_METHOD_UNSPECIFIED\x10\x00\x12\x13\n\x0fHTTP_METHOD_GET\x10\x01\x12\x14\n\x10HTTP_METHOD_POST\x10\x02*\xa4\x02\n\x08MimeType\x12\x19\n\x15MIME_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMIME_TYPE_TIFF\x10\x01\x12\x11\n\rMIME_TYPE_PNG\x10\x02\x12\x12\n\x0eMIME_TYPE_JPEG\x10\x03\x12\x11\n\rMIME_TYPE_JP2\x10\x04\x12\x12\n\x0eMIME_TYPE_JSON\x10\x05\x12\x15\n\x11MIME_TYPE_GEOJSON\x10\x06\x12\x11\n\rMIME_TYPE_TXT\x10\x07\x12\x11\n\rMIME_TYPE_CSV\x10\x08\x12\x11\n\rMIME_TYPE_XML\x10\t\x12\x11\n\rMIME_TYPE_ZIP\x10\n\x12\x11\n\rMIME_TYPE_TAR\x10\x0b\x12\x12\n\x0eMIME_TYPE_GZIP\x10\x0c\x12\x11\n\rMIME_TYPE_RAW\x10\r2\x82\x01\n\x0f\x44ownloadService\x12o\n\x08\x44ownload\x12\x1a.rsgrpc.v1.DownloadRequest\x1a\x1d.google.longrunning.Operation\"(\xca\x41%\n\x10\x44ownloadResponse\x12\x11OperationMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rsgrpc/v1/download.proto\x12\trsgrpc.v1\x1a#google/longrunning/operations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\xb3\x02\n\x0c\x44ownloadItem\x12%\n\x06method\x18\x01 \x01(\x0e\x32\x15.rsgrpc.v1.HttpMethod\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x35\n\x07headers\x18\x03 \x03(\x0b\x32$.rsgrpc.v1.DownloadItem.HeadersEntry\x12\x13\n\tbody_json\x18\x04 \x01(\tH\x00\x12.\n\x0b\x62ody_struct\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12&\n\tdata_type\x18\x06 \x01(\x0e\x32\x13.rsgrpc.v1.MimeType\x12\x13\n\x0boutput_path\x18\x07 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04\x62ody\"\x9a\x01\n\x0f\x44ownloadRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12&\n\x05items\x18\x03 \x03(\x0b\x32\x17.rsgrpc.v1.DownloadItem\x12\x11\n\toverwrite\x18\x04 \x01(\x08\x12\x12\n\nredownload\x18\x05 \x01(\x08\x12\x13\n\x0bmax_threads\x18\x06 \x01(\x05\"j\n\x15StreamDownloadRequest\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1a.rsgrpc.v1.DownloadRequest\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.rsgrpc.v1.DownloadItem\"\xa1\x02\n\x12\x44ownloadItemResult\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.rsgrpc.v1.DownloadItemResult.Status\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x15\n\rattempt_count\x18\x05 \x01(\x05\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"_\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10STATUS_SUCCEEDED\x10\x01\x12\x11\n\rSTATUS_FAILED\x10\x02\x12\x14\n\x10STATUS_CANCELLED\x10\x03\"B\n\x10\x44ownloadResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.rsgrpc.v1.DownloadItemResult*T\n\nHttpMethod\x12\x1b\n\x17HTTP_METHOD_UNSPECIFIED\x10\x00\x12\x13\n\x0fHTTP_METHOD_GET\x10\x01\x12\x14\n\x10HTTP_METHOD_POST\x10\x02*\xa4\x02\n\x08MimeType\x12\x19\n\x15MIME_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMIME_TYPE_TIFF\x10\x01\x12\x11\n\rMIME_TYPE_PNG\x10\x02\x12\x12\n\x0eMIME_TYPE_JPEG\x10\x03\x12\x11\n\rMIME_TYPE_JP2\x10\x04\x12\x12\n\x0eMIME_TYPE_JSON\x10\x05\x12\x15\n\x11MIME_TYPE_GEOJSON\x10\x06\x12\x11\n\rMIME_TYPE_TXT\x10\x07\x12\x11\n\rMIME_TYPE_CSV\x10\x08\x12\x11\n\rMIME_TYPE_XML\x10\t\x12\x11\n\rMIME_TYPE_ZIP\x10\n\x12\x11\n\rMIME_TYPE_TAR\x10\x0b\x12\x12\n\x0eMIME_TYPE_GZIP\x10\x0c\x12\x11\n\rMIME_TYPE_RAW\x10\r2\x81\x02\n\x0f\x44ownloadService\x12o\n\x08\x44ownload\x12\x1a.rsgrpc.v1.DownloadRequest\x1a\x1d.google.longrunning.Operation\"(\xca\x41%\n\x10\x44ownloadResponse\x12\x11OperationMetadata\x12}\n\x0eStreamDownload\x12 .rsgrpc.v1.StreamDownloadRequest\x1a\x1d.google.longrunning.Operation\"(\xca\x41%\n\x10\x44ownloadResponse\x12\x11OperationMetadata(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,22 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOWNLOADITEM_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_DOWNLOADSERVICE'].methods_by_name['Download']._loaded_options = None
   _globals['_DOWNLOADSERVICE'].methods_by_name['Download']._serialized_options = b'\312A%\n\020DownloadResponse\022\021OperationMetadata'
-  _globals['_HTTPMETHOD']._serialized_start=937
-  _globals['_HTTPMETHOD']._serialized_end=1021
-  _globals['_MIMETYPE']._serialized_start=1024
-  _globals['_MIMETYPE']._serialized_end=1316
+  _globals['_DOWNLOADSERVICE'].methods_by_name['StreamDownload']._loaded_options = None
+  _globals['_DOWNLOADSERVICE'].methods_by_name['StreamDownload']._serialized_options = b'\312A%\n\020DownloadResponse\022\021OperationMetadata'
+  _globals['_HTTPMETHOD']._serialized_start=1066
+  _globals['_HTTPMETHOD']._serialized_end=1150
+  _globals['_MIMETYPE']._serialized_start=1153
+  _globals['_MIMETYPE']._serialized_end=1445
   _globals['_DOWNLOADITEM']._serialized_start=132
   _globals['_DOWNLOADITEM']._serialized_end=439
   _globals['_DOWNLOADITEM_HEADERSENTRY']._serialized_start=385
   _globals['_DOWNLOADITEM_HEADERSENTRY']._serialized_end=431
   _globals['_DOWNLOADREQUEST']._serialized_start=442
-  _globals['_DOWNLOADREQUEST']._serialized_end=575
-  _globals['_DOWNLOADITEMRESULT']._serialized_start=578
-  _globals['_DOWNLOADITEMRESULT']._serialized_end=867
-  _globals['_DOWNLOADITEMRESULT_STATUS']._serialized_start=772
-  _globals['_DOWNLOADITEMRESULT_STATUS']._serialized_end=867
-  _globals['_DOWNLOADRESPONSE']._serialized_start=869
-  _globals['_DOWNLOADRESPONSE']._serialized_end=935
-  _globals['_DOWNLOADSERVICE']._serialized_start=1319
-  _globals['_DOWNLOADSERVICE']._serialized_end=1449
+  _globals['_DOWNLOADREQUEST']._serialized_end=596
+  _globals['_STREAMDOWNLOADREQUEST']._serialized_start=598
+  _globals['_STREAMDOWNLOADREQUEST']._serialized_end=704
+  _globals['_DOWNLOADITEMRESULT']._serialized_start=707
+  _globals['_DOWNLOADITEMRESULT']._serialized_end=996
+  _globals['_DOWNLOADITEMRESULT_STATUS']._serialized_start=901
+  _globals['_DOWNLOADITEMRESULT_STATUS']._serialized_end=996
+  _globals['_DOWNLOADRESPONSE']._serialized_start=998
+  _globals['_DOWNLOADRESPONSE']._serialized_end=1064
+  _globals['_DOWNLOADSERVICE']._serialized_start=1448
+  _globals['_DOWNLOADSERVICE']._serialized_end=1705
 # @@protoc_insertion_point(module_scope)

@@ -190,6 +190,7 @@ class DownloadRequest(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     OVERWRITE_FIELD_NUMBER: _builtins.int
     REDOWNLOAD_FIELD_NUMBER: _builtins.int
+    MAX_THREADS_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`; its log records the
     download.
@@ -202,6 +203,11 @@ class DownloadRequest(_message.Message):
     """
     redownload: _builtins.bool
     """Send every request even when the server's cache holds its answer."""
+    max_threads: _builtins.int
+    """Download threads for this batch; 0 takes the deployment's `max_threads`.
+    More than the deployment's is lowered to it, as a page size past its
+    maximum is.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___DownloadItem]:
         """The requests, at least one. Their output paths must differ."""
@@ -214,14 +220,47 @@ class DownloadRequest(_message.Message):
         items: _abc.Iterable[Global___DownloadItem] | None = ...,
         overwrite: _builtins.bool = ...,
         redownload: _builtins.bool = ...,
+        max_threads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "items", b"items", "overwrite", b"overwrite", "redownload", b"redownload", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "items", b"items", "max_threads", b"max_threads", "overwrite", b"overwrite", "redownload", b"redownload", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadRequest: _TypeAlias = DownloadRequest  # noqa: Y015
+
+@_typing.final
+class StreamDownloadRequest(_message.Message):
+    """One message of a StreamDownload stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___DownloadRequest:
+        """In the first message, and only there: the batch's session, deployment
+        and options, with any number of its items (none is fine).
+        """
+
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___DownloadItem]:
+        """More items of the batch, in order after those before them."""
+
+    def __init__(
+        self,
+        *,
+        batch: Global___DownloadRequest | None = ...,
+        items: _abc.Iterable[Global___DownloadItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamDownloadRequest: _TypeAlias = StreamDownloadRequest  # noqa: Y015
 
 @_typing.final
 class DownloadItemResult(_message.Message):

@@ -43,6 +43,11 @@ class DownloadServiceStub:
                 request_serializer=rsgrpc_dot_v1_dot_download__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.StreamDownload = channel.stream_unary(
+                '/rsgrpc.v1.DownloadService/StreamDownload',
+                request_serializer=rsgrpc_dot_v1_dot_download__pb2.StreamDownloadRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class DownloadServiceServicer:
@@ -64,12 +69,30 @@ class DownloadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamDownload(self, request_iterator, context):
+        """Download for a batch too large for one message: the same batch, sent as a
+        stream. The first message holds the batch's settings (and any number of
+        its items), every later one more items; the batch is checked whole once
+        the stream ends, then runs as Download's does and answers the same. A
+        batch, sent either way, may have up to 100,000 items and 256 MiB of
+        requests. The response holds about 50 bytes per item: clients of large
+        batches should accept messages past gRPC's default 4 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DownloadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Download': grpc.unary_unary_rpc_method_handler(
                     servicer.Download,
                     request_deserializer=rsgrpc_dot_v1_dot_download__pb2.DownloadRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'StreamDownload': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamDownload,
+                    request_deserializer=rsgrpc_dot_v1_dot_download__pb2.StreamDownloadRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -102,6 +125,33 @@ class DownloadService:
             target,
             '/rsgrpc.v1.DownloadService/Download',
             rsgrpc_dot_v1_dot_download__pb2.DownloadRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamDownload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/rsgrpc.v1.DownloadService/StreamDownload',
+            rsgrpc_dot_v1_dot_download__pb2.StreamDownloadRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
