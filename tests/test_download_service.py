@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +44,7 @@ from rsgrpc.v1 import (
     session_pb2_grpc,
 )
 from tests.conftest import (
+    create_session,
     make_config,
     operation_metadata,
     operation_response,
@@ -1059,3 +1062,82 @@ def test_an_output_is_a_hard_link_on_one_file_system_and_a_copy_across_two(tmp_p
             assert written.read_bytes() == source.read_bytes()
             assert (written.stat().st_ino == source.stat().st_ino) is linked
     assert sorted(p.name for p in root.root.iterdir()) == ["copied.tif", "linked.tif"]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_500_mb_answer_streams_through_a_serve_process_in_bounded_memory(tmp_path):
+    """One answer of 500 MB through `rsgrpc serve`: saved whole and checked, written to disk
+    once (the output is the cache entry's hard link), the server's peak RSS barely moved."""
+    from rsgrpc.download import MimeType
+    from rsgrpc.download.validation import check_file
+    from tests.download.fake_sentinelhub import PUBLIC_PATH, large_tiff
+
+    size = 500_000_000
+    expected_length, _ = large_tiff(size)
+    with FakeSentinelHub() as hub:
+        deployments = tmp_path / "deployments.json"
+        deployments.write_text(
+            json.dumps(
+                {
+                    "cache_dir": str(tmp_path / "cache"),
+                    "deployments": {"big": {"base_url": hub.base_url}},
+                }
+            )
+        )
+        command = [
+            *("python", "-m", "rsgrpc.cli", "serve", "--address", "127.0.0.1:0"),
+            *("--data-root", str(tmp_path / "data"), "--temp-root", str(tmp_path / "tmp")),
+            *("--deployments", str(deployments)),
+        ]
+        command[0] = sys.executable
+        with open(tmp_path / "server.log", "w") as log:
+            server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            port = int(server.stdout.readline().rsplit(" ", 1)[-1])
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                session = create_session(channel)
+                stub = download_pb2_grpc.DownloadServiceStub(channel)
+
+                def fetch(name: str, answer_size: int) -> download_pb2.DownloadItemResult:
+                    item = download_pb2.DownloadItem(
+                        uri=PUBLIC_PATH.lstrip("/"),
+                        body_json=json.dumps(
+                            {"id": name, "format": "large_tiff", "size": answer_size}
+                        ),
+                        output_path=f"big/{name}.tif",
+                    )
+                    operation = stub.Download(
+                        download_pb2.DownloadRequest(
+                            session=session, deployment="big", items=[item]
+                        ),
+                        timeout=60,
+                    )
+                    final = watch_operation(channel, operation)[-1]
+                    return _response(final).results[0]
+
+                # Warm: modules, pools and the cache folder made before the baseline.
+                assert fetch("warm", 4 << 20).status == SUCCEEDED
+                baseline = _peak_rss_mib(server.pid)
+                result = fetch("large", size)
+                peak = _peak_rss_mib(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+            server.stdout.close()
+    assert result.status == SUCCEEDED, result.error.message
+    assert result.size_bytes == expected_length
+    output = tmp_path / "data" / "big" / "large.tif"
+    assert output.stat().st_size == expected_length
+    check_file(str(output), MimeType.TIFF)
+    assert output.stat().st_nlink == 2  # the output and its cache entry: one copy on disk
+    print(
+        f"\none answer of {expected_length / 1e6:.0f} MB through rsgrpc serve: server peak RSS "
+        f"{peak:.0f} MiB, {peak - baseline:.1f} MiB over the warm baseline"
+    )
+    assert peak - baseline < 100
