@@ -1,12 +1,14 @@
 """A deployment of a Sentinel Hub-style API as configuration: where it is, who we are, its limits.
 
 Every client and session naming the same deployment ``name`` in one process shares one
-rate limiter (see `rate_limit.limiter_for`).
+rate limiter (see `rate_limit.limiter_for`); ``shared_limit_dir`` shares its request rate
+with the other processes of the host, ``shared_limit_url`` with every host using that Redis.
 """
 
 from __future__ import annotations
 
 import math
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +71,12 @@ class Deployment:
       kept in a locked file named after the deployment, so that every process on the host
       naming this deployment and folder (servers and scripts alike) keeps to the rate
       together (None: the limit is kept within this process only).
+    - ``shared_limit_url``: a Redis (``redis://[user:password@]host[:port][/db]``,
+      ``rediss://`` for TLS, ``unix:///path/to/socket``) where the same state is kept, so
+      that every process on every host naming this deployment and store keeps to the rate
+      together (`redis_limit.RedisRateLimit`; needs ``pip install 'rsgrpc[redis]'``). Not
+      with ``shared_limit_dir``. Like the secret it is never shown in the repr, since it may
+      hold the store's password.
     - ``retry_after_unit``: how a numeric ``Retry-After`` is read: ``"auto"`` (the value's
       form decides where it can; whole numbers are milliseconds for a deployment with
       OAuth2 credentials, as Sentinel Hub sends, else seconds, as HTTP says), or
@@ -97,6 +105,7 @@ class Deployment:
     max_threads: int | None = None
     pool_connections: int | None = None
     shared_limit_dir: str | None = None
+    shared_limit_url: str | None = field(default=None, repr=False)
     retry_after_unit: RetryAfterUnit = "auto"
     max_retry_after_seconds: float = 600.0
     default_retry_after_seconds: float = 30.0
@@ -131,6 +140,10 @@ class Deployment:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.shared_limit_dir is not None and not self.shared_limit_dir:
             raise ValueError("shared_limit_dir must be a folder, got an empty string")
+        if self.shared_limit_url is not None:
+            if self.shared_limit_dir is not None:
+                raise ValueError("give shared_limit_dir or shared_limit_url, not both")
+            _check_store_url(self.shared_limit_url)
         for name in ("connect_timeout_seconds", "read_timeout_seconds", "token_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -177,3 +190,23 @@ class Deployment:
         }
         values.update(overrides)
         return cls(**values)
+
+
+_STORE_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_store_url(url: str) -> None:
+    """Raise ValueError unless ``url`` names a Redis by TCP, TLS or a unix socket. The
+    messages never quote the URL: it may hold a password."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - urllib checks the port only when it is read
+    except ValueError:
+        raise ValueError("shared_limit_url is not a valid URL") from None
+    if parts.scheme not in _STORE_SCHEMES:
+        raise ValueError("shared_limit_url must be a redis://, rediss:// or unix:// URL")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("shared_limit_url must name the socket's path (unix:///path)")
+    elif not parts.hostname:
+        raise ValueError("shared_limit_url must name a host (redis://host:port/db)")

@@ -5,7 +5,11 @@ when the server reports what each request cost), holds every request back during
 global pause after a 429, and bounds how many requests are in flight at once. By default
 the limits hold within this process; a deployment with ``shared_limit_dir`` keeps its request
 rate and its pauses in a locked file there instead (`shared_limit.SharedRateLimit`), shared
-by every process on the host that names the deployment and the folder.
+by every process on the host that names the deployment and the folder, and one with
+``shared_limit_url`` keeps them in Redis (`redis_limit.RedisRateLimit`), shared by every
+process of every host that names the deployment and the store. Both are a `SharedLimit`,
+used alike. When the store cannot be asked, the request fails (a `ServerError`) rather than
+going ahead unpaced.
 
 Rates use the generic cell rate algorithm: a request reserves the earliest time it may
 start, under the lock, then sleeps outside it, so waiting threads never stall each other
@@ -17,7 +21,8 @@ caller's deadline (a `time.monotonic` moment): a wait that would outlast it rais
 
 Lock order: the concurrency semaphore is taken before ``RateLimiter._lock`` and never while
 holding it; ``RateLimiter._lock`` is taken before the shared bucket's locks (its thread lock,
-then its file lock), which are leaves. ``_REGISTRY_LOCK`` is taken before ``RateLimiter._lock``.
+then its file lock), which are leaves, and is held through a Redis store's round trip, which
+its timeouts bound. ``_REGISTRY_LOCK`` is taken before ``RateLimiter._lock``.
 """
 
 from __future__ import annotations
@@ -27,13 +32,26 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .deployment import Deployment
 from .errors import DeadlineExceededError, DownloadCancelledError
 
-if TYPE_CHECKING:
-    from .shared_limit import SharedRateLimit
+
+class SharedLimit(Protocol):
+    """A request rate and pause shared with other processes: `shared_limit.SharedRateLimit`
+    (one host, a locked file) or `redis_limit.RedisRateLimit` (a fleet, Redis). Its moments
+    are its own clock's; only the waits it returns are this process's seconds."""
+
+    def reserve(
+        self, not_before: float = 0.0, deadline: float | None = None
+    ) -> tuple[float, float]: ...
+
+    def paused_after(self, start: float) -> bool: ...
+
+    def pause(self, seconds: float) -> float: ...
+
+    def close(self) -> None: ...
 
 
 def check_deadline(
@@ -104,6 +122,7 @@ class RateLimiter:
         max_concurrent_requests: int | None = None,
         shared_limit_dir: str | None = None,
         name: str = "",
+        shared_limit_url: str | None = None,
     ):
         self.name = name
         self._lock = threading.Lock()
@@ -117,7 +136,7 @@ class RateLimiter:
         self._settings: tuple[object, ...] = ()
         self._requests: _Bucket | None = None
         self._units: _Bucket | None = None
-        self._shared: SharedRateLimit | None = None
+        self._shared: SharedLimit | None = None
         self.configure(
             requests_per_second,
             burst,
@@ -125,11 +144,13 @@ class RateLimiter:
             processing_units_burst,
             max_concurrent_requests,
             shared_limit_dir,
+            shared_limit_url,
         )
 
     @classmethod
     def from_deployment(cls, deployment: Deployment) -> RateLimiter:
-        return cls(*_settings_of(deployment), name=deployment.name)
+        *settings, shared_limit_url = _settings_of(deployment)
+        return cls(*settings, name=deployment.name, shared_limit_url=shared_limit_url)
 
     def configure(
         self,
@@ -139,8 +160,12 @@ class RateLimiter:
         processing_units_burst: float,
         max_concurrent_requests: int | None,
         shared_limit_dir: str | None = None,
+        shared_limit_url: str | None = None,
     ) -> None:
-        """Change the limits; reservations already made are kept."""
+        """Change the limits; reservations already made are kept.
+
+        Raises ImportError if ``shared_limit_url`` is given without the redis client.
+        """
         settings = (
             requests_per_second,
             burst,
@@ -148,6 +173,7 @@ class RateLimiter:
             processing_units_burst,
             max_concurrent_requests,
             shared_limit_dir,
+            shared_limit_url,
         )
         with self._lock:
             if settings == self._settings:
@@ -157,8 +183,15 @@ class RateLimiter:
             if self._shared is not None:
                 self._shared.close()
             self._shared = None
-            if shared_limit_dir is not None and requests_per_second is not None:
-                # Imported here: the shared bucket uses this module's deadline check.
+            if shared_limit_url is not None and requests_per_second is not None:
+                # Imported here: it uses this module's deadline check, and the redis client
+                # is needed only by deployments that name a store.
+                from .redis_limit import RedisRateLimit
+
+                self._shared = RedisRateLimit(
+                    shared_limit_url, self.name, requests_per_second, float(burst)
+                )
+            elif shared_limit_dir is not None and requests_per_second is not None:
                 from .shared_limit import SharedRateLimit
 
                 self._shared = SharedRateLimit(
@@ -182,8 +215,9 @@ class RateLimiter:
             )
 
     @property
-    def shared(self) -> SharedRateLimit | None:
-        """The bucket shared with other processes, or None when the rate is this process's."""
+    def shared(self) -> SharedLimit | None:
+        """The bucket shared with other processes (through a file or Redis), or None when
+        the rate is this process's."""
         return self._shared
 
     @property
@@ -263,7 +297,8 @@ class RateLimiter:
             self._unit_estimate = spent
 
     def pause(self, seconds: float) -> None:
-        """Hold every request of the deployment back for ``seconds`` after a 429."""
+        """Hold every request of the deployment back for ``seconds`` after a 429 (here at
+        once, then in the shared bucket, whose failure is raised after the local pause)."""
         with self._lock:
             self._rate_limited_answers += 1
             until = time.monotonic() + max(0.0, seconds)
@@ -288,7 +323,7 @@ def _replace_bucket(old: _Bucket | None, rate: float | None, capacity: float) ->
 
 def _settings_of(
     deployment: Deployment,
-) -> tuple[float | None, int, float | None, float, int | None, str | None]:
+) -> tuple[float | None, int, float | None, float, int | None, str | None, str | None]:
     return (
         deployment.requests_per_second,
         deployment.burst,
@@ -296,6 +331,7 @@ def _settings_of(
         deployment.processing_units_burst,
         deployment.max_concurrent_requests,
         deployment.shared_limit_dir,
+        deployment.shared_limit_url,
     )
 
 

@@ -2,8 +2,9 @@
 
 An upstream may echo anything back (its error body can quote the request's Authorization
 header, or the token alone), so texts are scrubbed twice: by shape (``Authorization``
-values, ``Bearer`` tokens, ``access_token`` / ``client_secret`` fields, JWTs) and by value
-(every token and client secret this process has used, registered with `register_secret`).
+values, ``Bearer`` tokens, ``access_token`` / ``client_secret`` fields, JWTs, the password
+of a ``scheme://user:password@host`` URL) and by value (every token, client secret and
+store password this process has used, registered with `register_secret`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import urllib.parse
 from collections import OrderedDict
 from typing import Final
 
@@ -36,6 +38,8 @@ _PATTERNS: Final = (
         rf"""(?P<name>\b(?:{_SECRET_FIELDS})["']?\s*[:=]\s*["']?)(?P<value>[^"'\s&,;}}]+)""",
         re.IGNORECASE,
     ),
+    # The password in a URL's user information: redis://user:x@host, https://:x@host.
+    re.compile(r"(?P<name>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:]*:)(?P<value>[^\s/?#@]+)(?=@)"),
     # JSON Web Tokens wherever they appear.
     re.compile(
         r"(?P<name>)(?P<value>\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-+/=]{4,}\.[A-Za-z0-9_\-+/=]*)"
@@ -68,6 +72,21 @@ def redact(text: object) -> str:
     for pattern in _PATTERNS:
         result = pattern.sub(_replacement, result)
     return result
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to show: its password (in the user information or a ``password`` query
+    field) replaced by ``[REDACTED]``, the rest kept so that the place it names is known."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return redact(url)
+    if password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        url = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+    return redact(url)
 
 
 def _replacement(match: re.Match[str]) -> str:

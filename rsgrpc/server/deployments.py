@@ -24,16 +24,22 @@ A file names each deployment a client may use, and where the server caches answe
     shared_limit_dir = "/run/rsgrpc/limits"   # optional; relative to this file: the rate
                                               # and 429 pauses are shared with every process
                                               # on the host naming this deployment and folder
+    # Or, instead of shared_limit_dir, a Redis sharing them with every host of a fleet
+    # (redis://user:password@host:6379/0, rediss://... or unix:///path/to/socket):
+    # shared_limit_url_env = "RSGRPC_LIMIT_URL" # or shared_limit_url = "..." in this file
 
     [deployments.sentinel-hub.retry]
     max_attempts = 4
 
 A deployment without credentials is fetched without an ``Authorization`` header. Secrets
-are never logged nor put in an error message.
+(the client secret, the password of a ``shared_limit_url``) are never logged nor put in an
+error message. A ``shared_limit_url`` needs the redis client (``pip install
+'rsgrpc[redis]'``), checked when the file is read.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -62,6 +68,8 @@ _DEPLOYMENT_FIELDS: Final[Mapping[str, type]] = {
     "max_threads": int,
     "pool_connections": int,
     "shared_limit_dir": str,
+    "shared_limit_url": str,
+    "shared_limit_url_env": str,
     "retry_after_unit": str,
     "max_retry_after_seconds": float,
     "default_retry_after_seconds": float,
@@ -202,19 +210,17 @@ def _deployment(
             raise DeploymentConfigError(f"{where}: shared_limit_dir must be a non-empty string")
         folder = _make_dir(base_dir / Path(given).expanduser(), f"{where}: shared_limit_dir")
         settings["shared_limit_dir"] = str(folder)
-    secret_env = settings.pop("client_secret_env", None)
-    if secret_env is not None:
-        if "client_secret" in settings:
+    for setting in ("client_secret", "shared_limit_url"):
+        _from_environment(settings, setting, environ, where)
+    if "shared_limit_url" in settings:
+        if "shared_limit_dir" in settings:
             raise DeploymentConfigError(
-                f"{where}: give client_secret or client_secret_env, not both"
+                f"{where}: give shared_limit_dir or shared_limit_url, not both"
             )
-        secret = environ.get(secret_env, "")
-        if not secret:
+        if importlib.util.find_spec("redis") is None:
             raise DeploymentConfigError(
-                f"{where}: the environment variable {secret_env!r} named by client_secret_env "
-                "is not set"
+                f"{where}: shared_limit_url needs the redis client: pip install 'rsgrpc[redis]'"
             )
-        settings["client_secret"] = secret
     has_id, has_secret = bool(settings.get("client_id")), bool(settings.get("client_secret"))
     if has_id != has_secret:
         raise DeploymentConfigError(
@@ -229,6 +235,23 @@ def _deployment(
     except ValueError as error:
         # Deployment's messages name settings and numbers, never the secret.
         raise DeploymentConfigError(f"{where}: {error}") from None
+
+
+def _from_environment(
+    settings: dict[str, Any], setting: str, environ: Mapping[str, str], where: str
+) -> None:
+    """Put the value of the environment variable named by ``<setting>_env`` in ``setting``."""
+    variable = settings.pop(f"{setting}_env", None)
+    if variable is None:
+        return
+    if setting in settings:
+        raise DeploymentConfigError(f"{where}: give {setting} or {setting}_env, not both")
+    value = environ.get(variable, "")
+    if not value:
+        raise DeploymentConfigError(
+            f"{where}: the environment variable {variable!r} named by {setting}_env is not set"
+        )
+    settings[setting] = value
 
 
 def _typed(values: Any, fields: Mapping[str, type], where: str) -> dict[str, Any]:
