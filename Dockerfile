@@ -25,7 +25,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY rsgrpc ./rsgrpc
 COPY kernels ./kernels
-RUN pip install --no-cache-dir . \
+# The project itself, with the Redis client for a fleet-wide download limit; its
+# dependencies and their versions come from pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[redis]" \
     && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Final stage: the virtualenv only, run as an unprivileged user.

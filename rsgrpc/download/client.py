@@ -48,6 +48,7 @@ from .errors import (
     NotFoundError,
     OutOfRequestsError,
     ServerError,
+    SharedLimitUnavailableError,
 )
 from .rate_limit import RateLimiter, check_deadline, limiter_for, wait_or_cancel
 from .redaction import redact, redact_logger, register_secret
@@ -513,43 +514,53 @@ class DownloadClient:
             with deadline_scope(deadline):
                 headers, access_token = self._prepare_headers(request)
             _register_credentials(headers)
-            with self._limiter.slot(cancel_event, deadline) as reserved_units:
-                if deadline is not None:
-                    # No single read waits past the deadline either.
-                    left = max(0.001, deadline - time.monotonic())
-                    timeout = (min(timeout[0], left), min(deployment.read_timeout_seconds, left))
-                counters.attempts += 1
-                _LOGGER.debug("Sending %s (attempt %d)", _described(request), counters.attempts)
+            with contextlib.ExitStack() as slot:
                 try:
-                    response = http.request(
-                        method,
-                        request.url,  # type: ignore[arg-type]
-                        json=request.post_values,
-                        headers=headers,
-                        timeout=timeout,
-                        stream=True,
-                    )
-                except _TRANSIENT_EXCEPTIONS as error:
-                    failure = _describe_exception(error)
+                    reserved_units = slot.enter_context(self._limiter.slot(cancel_event, deadline))
+                except SharedLimitUnavailableError as error:
+                    # A store that cannot be asked is a transient fault: retried, never
+                    # skipped (the request would go unpaced).
+                    broken, failure = error, str(error)
                 else:
-                    with response:
-                        self._settle_units(response, reserved_units)
-                        status = response.status_code
-                        if status < 400:
-                            answer = _Answer.start(request, response)
-                            try:
-                                self._receive(request, response, answer, cancel_event, deadline)
-                            except (IncompleteAnswerError, DecodingError) as error:
-                                broken = error
-                                failure = str(error)
-                            except BaseException:
+                    if deadline is not None:
+                        # No single read waits past the deadline either.
+                        left = max(0.001, deadline - time.monotonic())
+                        timeout = (
+                            min(timeout[0], left),
+                            min(deployment.read_timeout_seconds, left),
+                        )
+                    counters.attempts += 1
+                    _LOGGER.debug("Sending %s (attempt %d)", _described(request), counters.attempts)
+                    try:
+                        response = http.request(
+                            method,
+                            request.url,  # type: ignore[arg-type]
+                            json=request.post_values,
+                            headers=headers,
+                            timeout=timeout,
+                            stream=True,
+                        )
+                    except _TRANSIENT_EXCEPTIONS as error:
+                        failure = _describe_exception(error)
+                    else:
+                        with response:
+                            self._settle_units(response, reserved_units)
+                            status = response.status_code
+                            if status < 400:
+                                answer = _Answer.start(request, response)
+                                try:
+                                    self._receive(request, response, answer, cancel_event, deadline)
+                                except (IncompleteAnswerError, DecodingError) as error:
+                                    broken = error
+                                    failure = str(error)
+                                except BaseException:
+                                    answer.discard()
+                                    raise
+                                else:
+                                    return answer
                                 answer.discard()
-                                raise
                             else:
-                                return answer
-                            answer.discard()
-                        else:
-                            error_text = _error_text(response)
+                                error_text = _error_text(response)
             if status is not None and status >= 400:
                 if status == 429:
                     counters.rate_limited += 1

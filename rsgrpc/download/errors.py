@@ -151,6 +151,13 @@ class ServerError(DownloadError):
     reason = "SERVER_ERRORS_EXHAUSTED"
 
 
+class SharedLimitUnavailableError(ServerError):
+    """Raised when the store of a fleet's shared rate limit cannot be reached or answers an
+    error, so the request cannot be paced; retried like a server error (UNAVAILABLE)."""
+
+    reason = "SHARED_LIMIT_UNAVAILABLE"
+
+
 class DownloadCancelledError(DownloadError):
     """Raised when a request is cancelled before or between its attempts (CANCELLED)."""
 

@@ -121,8 +121,8 @@ class RateLimiter:
         processing_units_burst: float = 1.0,
         max_concurrent_requests: int | None = None,
         shared_limit_dir: str | None = None,
-        name: str = "",
         shared_limit_url: str | None = None,
+        name: str = "",
     ):
         self.name = name
         self._lock = threading.Lock()
@@ -149,8 +149,7 @@ class RateLimiter:
 
     @classmethod
     def from_deployment(cls, deployment: Deployment) -> RateLimiter:
-        *settings, shared_limit_url = _settings_of(deployment)
-        return cls(*settings, name=deployment.name, shared_limit_url=shared_limit_url)
+        return cls(*_settings_of(deployment), name=deployment.name)
 
     def configure(
         self,

@@ -13,8 +13,9 @@ idle deployment leaves nothing behind (an expired bucket is full, as it would be
 
 Every call is bounded: a few seconds to connect and to read, one quick retry of a broken
 connection, then `SharedLimitUnavailableError`. The request then fails its attempt rather
-than going ahead unpaced, so the limit is never silently dropped; it is a `ServerError`
-(UNAVAILABLE), which callers retry like any transient fault. After a failure the store is
+than going ahead unpaced, so the limit is never silently dropped: the client retries it
+like a server error, with backoff, and fails the item with it (UNAVAILABLE) once the
+retries end. After a failure the store is
 left alone for a second: the requests meanwhile fail at once instead of each waiting out
 its own timeout behind the limiter's lock. A reservation whose reply was lost is retried
 and may be counted twice, which slows the fleet for one interval and never speeds it up.
@@ -35,7 +36,7 @@ import urllib.parse
 from types import ModuleType
 from typing import Any, Final
 
-from .errors import DeadlineExceededError, ServerError
+from .errors import DeadlineExceededError, SharedLimitUnavailableError
 from .rate_limit import check_deadline
 from .redaction import redact, redact_logger, redact_url, register_secret
 from .shared_limit import state_file_name
@@ -110,13 +111,6 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now + keep) * 1000))
 return moment(pause_end)
 """
 )
-
-
-class SharedLimitUnavailableError(ServerError):
-    """Raised when the store of a fleet's shared rate limit cannot be reached or answers
-    an error, so the request cannot be paced (UNAVAILABLE)."""
-
-    reason = "SHARED_LIMIT_UNAVAILABLE"
 
 
 def key_for(deployment_name: str) -> str:

@@ -13,7 +13,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,9 @@ from rsgrpc.download import (
     DeadlineExceededError,
     Deployment,
     DownloadStatus,
+    RetryPolicy,
     SentinelHubDownloadClient,
+    SharedLimitUnavailableError,
     limiter_for,
     redact,
 )
@@ -36,12 +38,7 @@ if shutil.which("redis-server") is None:
 
 redis = pytest.importorskip("redis")
 
-from rsgrpc.download.redis_limit import (  # noqa: E402
-    KEEP_SECONDS,
-    RedisRateLimit,
-    SharedLimitUnavailableError,
-    key_for,
-)
+from rsgrpc.download.redis_limit import KEEP_SECONDS, RedisRateLimit, key_for  # noqa: E402
 
 PASSWORD = "Fleet-Redis-Pass-42"
 RATE = 10.0
@@ -116,13 +113,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def make_redis(tmp_path) -> Iterator[Callable[[], RedisServer]]:
+def make_redis(tmp_path) -> Iterator[Callable[..., RedisServer]]:
     servers: list[RedisServer] = []
 
-    def start() -> RedisServer:
+    def start(port: int | None = None) -> RedisServer:
         folder = tmp_path / f"redis-{len(servers)}"
         folder.mkdir()
-        port = _free_port()
+        port = port or _free_port()
         process = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
             + ["--appendonly", "no", "--dir", str(folder), "--requirepass", PASSWORD],
@@ -346,6 +343,34 @@ def test_a_store_stopped_mid_batch_fails_the_rest_with_a_clear_reason(hub, make_
         assert PASSWORD not in str(result.error) and str(store.port) not in str(result.error)
     assert PASSWORD not in caplog.text
     assert f"redis://:[REDACTED]@127.0.0.1:{store.port}/0" in caplog.text
+
+
+def test_a_short_store_outage_is_retried_and_every_item_succeeds(hub, make_redis, caplog):
+    """A store restarted within the retries (a failover, say) costs retries, not items."""
+    store = make_redis()
+    retry = RetryPolicy(max_attempts=8, backoff_base_seconds=0.2, backoff_max_seconds=0.5)
+    deployment = deployment_for(
+        hub, name="failover", requests_per_second=20.0, burst=1, shared_limit_url=store.url
+    )
+    deployment = replace(deployment, retry=retry)
+
+    def restart() -> None:
+        store.stop()
+        time.sleep(0.8)
+        make_redis(store.port)
+
+    caplog.set_level(logging.DEBUG, logger="rsgrpc")
+    outage = threading.Timer(0.3, restart)
+    outage.start()
+    with SentinelHubDownloadClient(deployment=deployment) as client:
+        results = client.download_results(
+            [process_request(hub, f"failover-{k}", "json") for k in range(30)], max_threads=4
+        )
+    outage.join()
+    assert [str(result.error) for result in results if not result.ok] == []
+    # Some waited out the outage.
+    assert "the shared rate limit store is unreachable" in caplog.text
+    assert PASSWORD not in caplog.text
 
 
 def test_a_store_that_never_answers_fails_within_its_timeout():
