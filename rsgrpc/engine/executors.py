@@ -90,7 +90,7 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
     from rsgrpc_kernels.bandcalc import compile_in_background
     from rsgrpc_kernels.warm import load_cached_kernels
 
-    from rsgrpc.engine.raster_io import touch_gdal
+    from rsgrpc.engine.gdal_threads import touch_gdal
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     compile_in_background(lambda: idle_for(IDLE_SECONDS))

@@ -21,7 +21,6 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.errors import RasterioError
-from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from rsgrpc.engine.appender import STAGE_BYTES, FileAppender
@@ -30,6 +29,7 @@ from rsgrpc.engine.errors import (
     InvalidArgumentError,
 )
 from rsgrpc.engine.gdal_env import confine_gdal
+from rsgrpc.engine.gdal_threads import keep_gdal_env, on_gdal_thread
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath, fd_path
 from rsgrpc.engine.tiff_tiles import BlockIndex, EncodedTile, blocks_across, encode_tile
@@ -118,6 +118,20 @@ _DESCRIPTIONS_LOCK = threading.Lock()
 _DESCRIPTIONS_KEPT = 256
 
 
+def _read_description(fd: int, source: DataPath) -> _Description:
+    keep_gdal_env()
+    with _geotiff_at(fd, source) as ds:
+        return _Description(
+            width=ds.width,
+            height=ds.height,
+            dtypes=tuple(ds.dtypes),
+            nodata=tuple(ds.nodatavals),
+            crs=ds.crs.to_wkt() if ds.crs else "",
+            transform=tuple(ds.transform)[:6],
+            block_shapes=tuple(tuple(b) for b in ds.block_shapes),
+        )
+
+
 def describe(source: DataPath, band: int) -> RasterInfo:
     """Open `source` and describe band `band`."""
     fd = source.open_file()
@@ -127,17 +141,7 @@ def describe(source: DataPath, band: int) -> RasterInfo:
         with _DESCRIPTIONS_LOCK:
             described = _DESCRIPTIONS.get(identity)
         if described is None:
-            keep_gdal_env()
-            with _geotiff_at(fd, source) as ds:
-                described = _Description(
-                    width=ds.width,
-                    height=ds.height,
-                    dtypes=tuple(ds.dtypes),
-                    nodata=tuple(ds.nodatavals),
-                    crs=ds.crs.to_wkt() if ds.crs else "",
-                    transform=tuple(ds.transform)[:6],
-                    block_shapes=tuple(tuple(b) for b in ds.block_shapes),
-                )
+            described = on_gdal_thread(_read_description, fd, source)
         with _DESCRIPTIONS_LOCK:
             _DESCRIPTIONS[identity] = described
             _DESCRIPTIONS.move_to_end(identity)
@@ -162,39 +166,6 @@ def describe(source: DataPath, band: int) -> RasterInfo:
         transform=described.transform,
         block_shape=described.block_shapes[band - 1],
     )
-
-
-def keep_gdal_env() -> None:
-    """Give the calling thread a GDAL environment that stays: without one, rasterio makes
-    and discards one for every file it opens, which costs more than opening a small file.
-    The server's request and job threads and the workers are long-lived."""
-    if not rasterio.env.hasenv():
-        rasterio.Env().__enter__()
-
-
-def touch_gdal() -> None:
-    """Write and read back a small compressed GeoTIFF with a CRS, in memory: a thread's
-    first GeoTIFF open sets up GDAL's driver, its codecs and PROJ's database (about 13 ms
-    here). A worker does it as it starts, so that its first tile does not pay it."""
-    keep_gdal_env()
-    with MemoryFile() as memory:
-        with memory.open(
-            driver="GTiff",
-            width=16,
-            height=16,
-            count=1,
-            dtype="uint16",
-            crs="EPSG:4326",
-            transform=rasterio.Affine(1.0, 0.0, 0.0, 0.0, -1.0, 16.0),
-            tiled=True,
-            blockxsize=16,
-            blockysize=16,
-            compress="deflate",
-        ) as ds:
-            ds.write(np.zeros((1, 16, 16), np.uint16))
-        with memory.open() as ds:
-            ds.crs.to_wkt()
-            ds.read(1)
 
 
 def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:
@@ -405,6 +376,11 @@ def encode_output_tile(array: np.ndarray, tile: Tile, profile: OutputProfile) ->
     )
 
 
+def _create_empty(path: str, meta: dict) -> None:
+    keep_gdal_env()
+    rasterio.open(path, "w", **meta).close()
+
+
 class RasterWriter:
     """The one writer of an output: encoded tiles in any order, published whole or not at all.
 
@@ -462,7 +438,7 @@ class RasterWriter:
         self._partial.__enter__()
         try:
             fd = self._partial.fd
-            rasterio.open(fd_path(fd), "w", **self._meta).close()
+            on_gdal_thread(_create_empty, fd_path(fd), self._meta)
             self._index = BlockIndex.locate(self._read)
             self._offsets = np.zeros(self._index.blocks, np.uint64)
             self._sizes = np.zeros(self._index.blocks, np.uint64)

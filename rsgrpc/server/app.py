@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rsgrpc.engine.errors import UnavailableError
 from rsgrpc.engine.executors import START_SECONDS
+from rsgrpc.engine.gdal_threads import start_gdal_threads
 from rsgrpc.engine.kernel_cache import report_kernel_cache, use_kernel_cache_dir
 from rsgrpc.engine.leftovers import remove_leftovers_in_background
 from rsgrpc.engine.operations import OperationStore
@@ -113,8 +114,10 @@ def _authenticator(config: ServerConfig) -> Authenticator | None:
     return Authenticator(tokens=tokens, certificates=bool(config.tls_client_ca_file), admins=admins)
 
 
-def _load_own_kernels() -> None:
-    """The kernels the server runs itself (the sieve's last pass), loaded as it starts."""
+def _prepare_own_work() -> None:
+    """What the server runs itself, made ready as it starts: its GDAL threads, and the
+    kernels of the sieve's last pass."""
+    start_gdal_threads()
     try:
         load_finishing_kernels()
     except Exception:  # they load, or compile, on first use instead
@@ -285,8 +288,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     # beside the server: health says SERVING once they have started, so that a first
     # request after a deploy is as fast as the next.
     spare = registry.stock_spare_workers(config.process_count_default)
-    kernels = threading.Thread(target=_load_own_kernels, name="load-kernels", daemon=True)
-    kernels.start()
+    prepared = threading.Thread(target=_prepare_own_work, name="prepare", daemon=True)
+    prepared.start()
     loop_thread = _EventLoopThread(config.blocking_threads)
     try:
         served = loop_thread.run(start(), _START_TIMEOUT_S)
@@ -302,7 +305,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         # Bounded: a pool that does not start fails within START_SECONDS, and the
         # server serves anyway (sessions then start their own workers).
         futures.wait([spare], timeout=START_SECONDS + 10)
-    kernels.join(timeout=_START_TIMEOUT_S)
+    prepared.join(timeout=_START_TIMEOUT_S)
     loop_thread.run(
         _set_health(served.running.health, health_pb2.HealthCheckResponse.SERVING),
         _START_TIMEOUT_S,
