@@ -319,7 +319,11 @@ def test_a_folder_swapped_for_a_link_while_the_job_waits_redirects_nothing(
         ("", INVALID, "is empty"),
         (".", INVALID, "names the data root"),
         ("../x.tif", DENIED, "'..'"),
-        ("/etc/x.tif", DENIED, "absolute"),
+        # Absolute paths are taken only under a data root (tests/test_data_roots.py).
+        ("/etc/x.tif", DENIED, "is an absolute path outside the server's data roots"),
+        ("/etc/passwd", DENIED, "is an absolute path outside the server's data roots"),
+        ("//etc/passwd", DENIED, "outside the server's data roots"),
+        ("\\\\server\\share\\x.tif", DENIED, "not a path under the server's data roots"),
     ],
 )
 def test_bad_output_paths_get_a_clear_code_and_no_server_path(

@@ -1,17 +1,18 @@
 """What dead server instances left under the roots, found and removed when a server starts.
 
 A server killed outright (SIGKILL, a crash, a lost machine) leaves the partial
-outputs it was writing under the data root and its folder of session
+outputs it was writing under its data roots (every one) and its folder of session
 directories in the temporary root (`rsgrpc.engine.instance`). Each carries an
 instance's marker in its name and was locked (`flock`) by the live server; a
 lock dies with its process. So what matches a marker and can be locked now was
 left by an instance that is gone, and is removed; what a live server holds,
 whatever process it is, cannot be locked and is left alone.
 
-The data root is walked by directory descriptor, never following a symbolic
+Each data root is walked by directory descriptor, never following a symbolic
 link, and a file is removed only if its name still leads to the very file
-found unlocked. A large data root takes a while to walk: the sweep runs in a
-thread of its own, beside the serving server.
+found unlocked. A root inside another is walked once, as part of the outer
+one. A large data root takes a while to walk: the sweep runs in a thread of
+its own, beside the serving server.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import shutil
 import stat
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from rsgrpc.engine.instance import folder_instance, lock_if_unheld, partial_instance
@@ -30,24 +32,37 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def remove_leftovers_in_background(data_root: Path, temp_root: Path) -> threading.Thread:
-    """Start removing, in a daemon thread, the partial outputs under `data_root` and
-    the folders in `temp_root` that dead instances left; each removal is logged
-    with its path relative to its root. Returns the thread."""
+def remove_leftovers_in_background(data_roots: Sequence[Path], temp_root: Path) -> threading.Thread:
+    """Start removing, in a daemon thread, the partial outputs under each of `data_roots`
+    (the primary first) and the folders in `temp_root` that dead instances left; each
+    removal is logged with its path relative to its root, and the root's number (from 1,
+    the primary) past the first. Returns the thread."""
     thread = threading.Thread(
-        target=_remove_leftovers, args=(data_root, temp_root), name="leftovers", daemon=True
+        target=_remove_leftovers,
+        args=(tuple(data_roots), temp_root),
+        name="leftovers",
+        daemon=True,
     )
     thread.start()
     return thread
 
 
-def _remove_leftovers(data_root: Path, temp_root: Path) -> None:
+def _remove_leftovers(data_roots: tuple[Path, ...], temp_root: Path) -> None:
     try:
         folders = _remove_dead_folders(temp_root)
-        partials = _remove_dead_partials(data_root)
     except Exception:
         _LOGGER.exception("removing what dead server instances left failed")
         return
+    partials = 0
+    for number, data_root in enumerate(data_roots, start=1):
+        if any(data_root.is_relative_to(other) for other in data_roots if other != data_root):
+            continue  # resolved, so walked with the root it is in: no link leads to it
+        try:
+            partials += _remove_dead_partials(data_root, number)
+        except Exception:  # one root failing leaves the others swept
+            _LOGGER.exception(
+                "removing what dead server instances left in data root %d failed", number
+            )
     _LOGGER.info(
         "leftovers of dead server instances: %d partial outputs and %d temporary folders removed",
         partials,
@@ -81,7 +96,7 @@ def _remove_dead_folders(temp_root: Path) -> int:
     return removed
 
 
-def _remove_dead_partials(data_root: Path) -> int:
+def _remove_dead_partials(data_root: Path, number: int = 1) -> int:
     removed = 0
     for folder, _, files, folder_fd in os.fwalk(data_root, follow_symlinks=False):
         for name in files:
@@ -89,6 +104,8 @@ def _remove_dead_partials(data_root: Path) -> int:
             if instance is None or not _remove_if_unlocked(name, folder_fd):
                 continue
             shown = os.path.relpath(os.path.join(folder, name), data_root)
+            if number > 1:
+                shown = f"{shown} (data root {number})"
             _LOGGER.info("removed partial output %s, left by server instance %s", shown, instance)
             removed += 1
     return removed

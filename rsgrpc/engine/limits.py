@@ -157,8 +157,9 @@ def check_free_disk(needs: Sequence[DiskNeed], limits: ServerLimits) -> None:
 
 def output_directory(output: DataPath) -> Path:
     """The deepest directory on the way to an output that exists, through no symbolic
-    link: the output lands on its file system (the missing ones are made when the
-    output is written)."""
+    link, from the data root the output is in (each root may be a disk of its own): the
+    output lands on its file system (the missing ones are made when the output is
+    written)."""
     directory = output.root
     for part in output.parts[:-1]:
         child = directory / part

@@ -1,10 +1,18 @@
-"""Confinement of client paths to the server's data root, at the moment of use.
+"""Confinement of client paths to the server's data roots, at the moment of use.
 
-A client path is checked at the door for its form (relative, no '..', names of
-at most 255 bytes) and becomes a `DataPath`. Every reader and writer opens it
-again when it uses it, relative to a descriptor of the root, one component at
-a time with O_NOFOLLOW: a directory swapped for a symbolic link after the
-check cannot redirect a read or a write.
+A client path is checked at the door for its form (no '..', names of at most
+255 bytes) and becomes a `DataPath`: a relative path lies under the primary
+root; an absolute one under the root it names, read lexically (longest
+matching prefix, nothing resolved on disk), and is refused when it names
+none. Every reader and writer opens it again when it uses it, relative to a
+descriptor of its root, one component at a time with O_NOFOLLOW: a directory
+swapped for a symbolic link after the check cannot redirect a read or a write.
+
+A root may be written by clients as the server was given it or as that
+resolves: `/data`, given to the server, that is a link to `/mnt/disk/data`
+takes `/data/x.tif` and `/mnt/disk/data/x.tif` alike. Both name the same
+folder, which the server itself reached through the link once, at start;
+what the client writes after the root is confined as any relative path is.
 
 Symbolic links are never followed, inside the root or out: a path that passes
 through one, or names one, is PERMISSION_DENIED. One rule with nothing to
@@ -52,20 +60,29 @@ def fd_path(fd: int) -> str:
 class DataPath:
     """A client path under a data root, checked for its form; opened afresh at each use.
 
-    `path` is as the client sees it (relative to the root, with '/'); `field` names it
+    `path` is as the client wrote it (with '/', '//' and '.' normalised away: relative
+    to the primary root, or absolute), so that messages echo the client's own text;
+    `relative` is the same path from `root`, the one it is opened by; `field` names it
     in errors. Workers receive it as it is and open it themselves.
     """
 
     root: Path = dataclasses.field(repr=False)  # the server's own path: never in a message
     path: str
     field: str
+    relative: str = dataclasses.field(default="", repr=False)  # empty: `path` is relative
 
     def __str__(self) -> str:
         return self.path
 
     @property
     def parts(self) -> tuple[str, ...]:
-        return PurePosixPath(self.path).parts
+        return PurePosixPath(self.relative or self.path).parts
+
+    @property
+    def identity(self) -> str:
+        """The file this path names, the same whichever way a client writes it (relative,
+        or absolute through either form of its root): to compare paths, never to show."""
+        return os.path.join(self.root, *self.parts)
 
     @property
     def name(self) -> str:
@@ -238,30 +255,50 @@ class DataPath:
 
 @dataclass(frozen=True)
 class DataRoot:
-    """The folder under which every client path must resolve."""
+    """The folders under which every client path must resolve.
+
+    `root` is the primary: relative paths resolve under it. `others` are reached by
+    absolute paths only. `prefixes` are the absolute forms a client may write for each
+    root (as the server was given it, and resolved), longest first, so that a root
+    inside another is matched before it.
+    """
 
     root: Path
+    others: tuple[Path, ...] = ()
+    prefixes: tuple[tuple[PurePosixPath, Path], ...] = dataclasses.field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.prefixes:  # a root made directly, not by `at`: written as it is
+            forms = [(PurePosixPath(root), root) for root in self.roots]
+            object.__setattr__(self, "prefixes", _longest_first(forms))
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """Every root, the primary first."""
+        return (self.root, *self.others)
 
     @classmethod
-    def at(cls, root: str | Path) -> DataRoot:
-        """The data root at `root`, made if missing; raises RuntimeError where open files
-        cannot be named by descriptor (`fd_path`), which confinement needs."""
-        path = Path(root).expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, _DIRECTORY_FLAGS)
-        try:
-            st, named = os.fstat(fd), os.stat(fd_path(fd))
-        except OSError as error:
-            raise RuntimeError(f"{_FD_DIRECTORY} is not usable: {error.strerror}") from None
-        finally:
-            os.close(fd)
-        if (st.st_dev, st.st_ino) != (named.st_dev, named.st_ino):
-            raise RuntimeError(f"{_FD_DIRECTORY} does not name open files")
-        return cls(path)
+    def at(cls, root: str | Path, *others: str | Path) -> DataRoot:
+        """The data roots at `root` (the primary) and `others`, each made if missing; a
+        root given twice, in either form, counts once. Raises RuntimeError where open
+        files cannot be named by descriptor (`fd_path`), which confinement needs."""
+        resolved: list[Path] = []
+        forms: list[tuple[PurePosixPath, Path]] = []
+        for given in (root, *others):
+            # As given, made absolute lexically: the form a client script holds.
+            written = PurePosixPath(os.path.abspath(os.path.expanduser(given)))
+            path = Path(written).resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            _check_fd_paths(path)
+            if path not in resolved:
+                resolved.append(path)
+            forms += [(written, path), (PurePosixPath(path), path)]
+        return cls(resolved[0], tuple(resolved[1:]), _longest_first(forms))
 
     def path(self, client_path: str, *, field: str = "path") -> DataPath:
-        """`client_path` checked for its form: relative, without '..', names of at most
-        255 bytes. Nothing is opened: each use opens it (`DataPath`)."""
+        """`client_path` checked for its form: without '..', names of at most 255 bytes,
+        relative (to the primary root) or absolute under one of the roots. Nothing is
+        opened: each use opens it (`DataPath`)."""
         metadata = {"field": field}
         if not client_path:
             raise InvalidArgumentError(f"{field} is empty", metadata=metadata)
@@ -280,26 +317,65 @@ class DataRoot:
                 metadata=metadata,
             )
         pure = PurePosixPath(client_path)
-        if pure.is_absolute() or client_path.startswith("\\"):
+        if client_path.startswith("\\"):
             raise PermissionDeniedError(
-                f"{field} {shown!r} is absolute; paths are relative to the data root",
+                f"{field} {shown!r} is not a path under the server's data roots; paths are "
+                "relative to the data root, or absolute under one of the server's data roots",
                 metadata=metadata,
             )
         if ".." in pure.parts:
             raise PermissionDeniedError(f"{field} {shown!r} contains '..'", metadata=metadata)
-        if not pure.parts:
+        root, relative = self.root, pure
+        absolute = pure.is_absolute()
+        if absolute:
+            pure = PurePosixPath("/", *pure.parts[1:])  # POSIX keeps a leading '//'
+            root, relative = self._under(pure, shown, field)
+        if not relative.parts:
             raise InvalidArgumentError(f"{field} {shown!r} names the data root", metadata=metadata)
-        for part in pure.parts:
+        for part in relative.parts:
             if len(part.encode()) > MAX_NAME_BYTES:
                 raise InvalidArgumentError(
                     f"{field} {shown!r} has a name of {len(part.encode())} bytes; "
                     f"names are at most {MAX_NAME_BYTES}",
                     metadata=metadata,
                 )
-        return DataPath(self.root, pure.as_posix(), field)
+        return DataPath(root, pure.as_posix(), field, relative.as_posix() if absolute else "")
+
+    def _under(self, absolute: PurePosixPath, shown: str, field: str) -> tuple[Path, PurePosixPath]:
+        """The root `absolute` lies under, lexically, and the path from it; the longest
+        matching prefix wins. Outside every root is PERMISSION_DENIED, in a message that
+        names no root: the roots are the server's own paths."""
+        for prefix, root in self.prefixes:
+            if absolute.is_relative_to(prefix):
+                return root, absolute.relative_to(prefix)
+        raise PermissionDeniedError(
+            f"{field} {shown!r} is an absolute path outside the server's data roots",
+            metadata={"field": field},
+        )
 
     def output(self, client_path: str, *, field: str = "output path", overwrite: bool) -> DataPath:
         """An output's path, once checked writable (`DataPath.check_output`)."""
         target = self.path(client_path, field=field)
         target.check_output(overwrite=overwrite)
         return target
+
+
+def _longest_first(
+    forms: list[tuple[PurePosixPath, Path]],
+) -> tuple[tuple[PurePosixPath, Path], ...]:
+    """Each written form once (the first root given it keeps it), longest first."""
+    unique = dict(reversed(forms))
+    return tuple(sorted(unique.items(), key=lambda form: len(form[0].parts), reverse=True))
+
+
+def _check_fd_paths(root: Path) -> None:
+    """Raise RuntimeError unless an open descriptor of `root` can be named (`fd_path`)."""
+    fd = os.open(root, _DIRECTORY_FLAGS)
+    try:
+        st, named = os.fstat(fd), os.stat(fd_path(fd))
+    except OSError as error:
+        raise RuntimeError(f"{_FD_DIRECTORY} is not usable: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    if (st.st_dev, st.st_ino) != (named.st_dev, named.st_ino):
+        raise RuntimeError(f"{_FD_DIRECTORY} does not name open files")

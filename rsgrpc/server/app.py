@@ -235,7 +235,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     cancelled; calls still waiting on them get UNAVAILABLE; every session is closed
     (its workers stopped, its files removed). Each step is bounded in time.
     """
-    data_root = DataRoot.at(config.data_root)
+    data_root = DataRoot.at(*config.data_roots)
     # Before any worker is spawned: workers inherit the environment, and numba reads it.
     report_kernel_cache(use_kernel_cache_dir(config.kernel_cache_dir))
     download_settings = load_download_settings(config.deployments)
@@ -300,7 +300,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         raise
     sweeper = _Sweeper(registry, config.session_sweep_interval_s)
     sweeper.start()
-    remove_leftovers_in_background(data_root.root, registry.temp_root)
+    remove_leftovers_in_background(data_root.roots, registry.temp_root)
     if spare is not None:
         # Bounded: a pool that does not start fails within START_SECONDS, and the
         # server serves anyway (sessions then start their own workers).
@@ -310,7 +310,11 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         _set_health(served.running.health, health_pb2.HealthCheckResponse.SERVING),
         _START_TIMEOUT_S,
     )
-    _LOGGER.info("serving on port %d, data root %s", served.running.port, data_root.root)
+    _LOGGER.info(
+        "serving on port %d, data roots %s",
+        served.running.port,
+        ", ".join(str(root) for root in data_root.roots),
+    )
     try:
         yield served.running
     finally:

@@ -26,7 +26,10 @@ class ServerConfig:
     environment variable, `RSGRPC_<FIELD>` (e.g. RSGRPC_DATA_ROOT)."""
 
     address: str = "127.0.0.1:50051"
-    data_root: Path = Path("data")
+    data_root: Path = Path("data")  # the primary: relative client paths resolve under it
+    # Further roots, reached by absolute client paths: `--data-root` given again, or more
+    # roots in RSGRPC_DATA_ROOT separated by os.pathsep. No flag of their own.
+    other_data_roots: tuple[Path, ...] = ()
     temp_root: Path = Path(tempfile.gettempdir()) / "rsgrpc"
     kernel_cache_dir: Path = default_kernel_cache_dir()  # compiled kernels (`rsgrpc warm`)
     max_processes: int = os.cpu_count() or 1
@@ -56,6 +59,11 @@ class ServerConfig:
     log_level: str = "INFO"
 
     @property
+    def data_roots(self) -> tuple[Path, ...]:
+        """Every data root, the primary first."""
+        return (self.data_root, *self.other_data_roots)
+
+    @property
     def ram_total_mib(self) -> int:
         return self.max_ram_mib or _default_ram_mib()
 
@@ -64,10 +72,26 @@ class ServerConfig:
         return min(self.default_process_count or self.max_processes, self.max_processes)
 
 
+_DATA_ROOT_ENV = "RSGRPC_DATA_ROOT"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per ServerConfig field, defaulting to its environment variable."""
+    """Add one flag per ServerConfig field, defaulting to its environment variable;
+    `--data-root` may be repeated (`from_arguments` splits it into the data roots)."""
     defaults = ServerConfig()
     for field in fields(ServerConfig):
+        if field.name == "data_root":
+            parser.add_argument(
+                "--data-root",
+                type=Path,
+                action="append",
+                default=None,
+                help=f"repeat for several roots; the first is the primary (env {_DATA_ROOT_ENV}, "
+                f"several separated by {os.pathsep!r}; default {defaults.data_root})",
+            )
+            continue
+        if field.name == "other_data_roots":
+            continue
         env = f"RSGRPC_{field.name.upper()}"
         default = os.environ.get(env, getattr(defaults, field.name))
         kind = type(getattr(defaults, field.name))
@@ -91,7 +115,20 @@ def _boolean(text: str) -> bool:
 
 
 def from_arguments(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(**{f.name: getattr(args, f.name) for f in fields(ServerConfig)})
+    roots = args.data_root or _data_roots_from_environment() or [ServerConfig.data_root]
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(ServerConfig)
+        if f.name not in ("data_root", "other_data_roots")
+    }
+    return ServerConfig(**given, data_root=roots[0], other_data_roots=tuple(roots[1:]))
+
+
+def _data_roots_from_environment() -> list[Path]:
+    """The roots in RSGRPC_DATA_ROOT, separated by os.pathsep as in PATH; empty parts are
+    skipped. A flag's value is never split: a folder's name may hold the separator."""
+    text = os.environ.get(_DATA_ROOT_ENV, "")
+    return [Path(part) for part in text.split(os.pathsep) if part]
 
 
 def read_secret(path: str) -> str:

@@ -276,13 +276,13 @@ def plan_download(
         output = data_root.output(
             item.output_path, field=f"{field}.output_path", overwrite=request.overwrite
         )
-        if output.path in outputs:
+        if output.identity in outputs:  # however each names it: relative or absolute
             raise errors.InvalidArgumentError(
                 f"{field}.output_path {item.output_path!r} is also the output of "
-                f"items[{outputs[output.path]}]",
+                f"items[{outputs[output.identity]}]",
                 metadata={"field": field},
             )
-        outputs[output.path] = index
+        outputs[output.identity] = index
         planned.append(
             PlannedDownload(
                 request=DownloadRequest(
