@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -456,6 +459,30 @@ def test_two_roots_from_the_environment_serve_a_job_across_them(tmp_path, monkey
         operation = _band_calc(stub, session.name, {"a": f"{second}/in.tif"}, "out.tif")
         watch_to_response(channel, operation, raster_pb2.BandCalcResponse)
     np.testing.assert_array_equal(_read(first / "out.tif"), np.full((32, 32), 6))
+
+
+def test_rsgrpc_serve_takes_its_roots_from_the_environment_and_sweeps_each(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    (second / "sub").mkdir(parents=True)
+    (second / "sub" / DEAD_PARTIAL).write_bytes(b"partial")
+    env = {**os.environ, "RSGRPC_DATA_ROOT": f"{first}{os.pathsep}{second}"}
+    command = [sys.executable, "-m", "rsgrpc.cli", "serve", "--address", "127.0.0.1:0"]
+    command += ["--temp-root", str(tmp_path / "tmp"), "--max-processes", "1"]
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "leftovers of dead server instances" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    text = log.read_text()
+    assert f"removed partial output sub/{DEAD_PARTIAL} (data root 2)," in text
+    assert "1 partial outputs and 0 temporary folders removed" in text
+    assert not (second / "sub" / DEAD_PARTIAL).exists() and first.is_dir()
 
 
 # The rules, without a server.

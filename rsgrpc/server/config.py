@@ -23,7 +23,9 @@ def _default_ram_mib() -> int:
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything `rsgrpc serve` can be told. Each field has a flag and an
-    environment variable, `RSGRPC_<FIELD>` (e.g. RSGRPC_DATA_ROOT)."""
+    environment variable, `RSGRPC_<FIELD>` (e.g. RSGRPC_DATA_ROOT), but
+    `other_data_roots`: the data roots past the first come from the same flag and
+    variable as the first."""
 
     address: str = "127.0.0.1:50051"
     data_root: Path = Path("data")  # the primary: relative client paths resolve under it
