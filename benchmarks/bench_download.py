@@ -365,7 +365,8 @@ def grpc_child(start: Any, address: str, job: Job) -> dict:
         for i in range(job.count)
     ]
     batches = [items[i : i + GRPC_BATCH_LIMIT] for i in range(0, len(items), GRPC_BATCH_LIMIT)]
-    sessions = [Session(n_processes=1, available_ram=256, target=address) for _ in batches]
+    # 1024: MB whether the client reads small values as GB or not (downloads use no RAM budget).
+    sessions = [Session(n_processes=1, available_ram=1024, target=address) for _ in batches]
     try:
         start.wait()
         started = time.monotonic()
