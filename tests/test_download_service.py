@@ -970,9 +970,9 @@ def test_the_python_client_streams_a_batch_past_one_message(server, hub, monkeyp
     """More items than one message holds, sent by the client in pieces the server joins."""
     _, channel = server
     root = server[0].data_root.root
-    import rsgrpc.client
+    from rsgrpc.client import downloads
 
-    monkeypatch.setattr(rsgrpc.client, "_STREAM_MESSAGE_BYTES", 4096)
+    monkeypatch.setattr(downloads, "_STREAM_MESSAGE_BYTES", 4096)
     count = 1_200
     requests = [
         {
@@ -983,15 +983,15 @@ def test_the_python_client_streams_a_batch_past_one_message(server, hub, monkeyp
         for i in range(count)
     ]
     sent: list[int] = []
-    streamed = rsgrpc.client._streamed
+    streamed = downloads._streamed
 
     def counted(*args):
         for message in streamed(*args):
             sent.append(len(message.items))
             yield message
 
-    monkeypatch.setattr(rsgrpc.client, "_streamed", counted)
-    with ClientSession(n_processes=1, available_ram=256, channel=channel) as rs:
+    monkeypatch.setattr(downloads, "_streamed", counted)
+    with ClientSession(n_processes=1, available_ram=0.25, channel=channel) as rs:
         out = rs.download(requests, deployment="svc-fake", max_threads=8)
     assert out.check, out.extra.get("error")
     assert len(sent) > 10 and sum(sent) == count

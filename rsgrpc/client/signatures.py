@@ -1,0 +1,446 @@
+"""Remotior Sensus' signatures, declared once: the client's methods are generated from them.
+
+Each entry lists a method's parameters exactly as Remotior Sensus 0.7.5 declares them
+(names, order, defaults), then rsgrpc's own keyword-only additions, then, for every
+parameter that cannot mean on a server what it means in Remotior, a note with the
+reason. The notes are what the README's compatibility table is made of
+(`compatibility_rows`); parameters without a note are supported as Remotior defines them.
+
+One binder (`remotior_method`) turns a call's positional and keyword arguments into a
+mapping of every parameter, so no method repeats argument handling.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+REQUIRED: Any = inspect.Parameter.empty
+
+Status = Literal["differs", "not applicable", "not yet"]
+
+
+@dataclass(frozen=True)
+class Note:
+    """Why a parameter does not hold Remotior's meaning on a server.
+
+    ``differs``: accepted and used, with the difference in `reason`.
+    ``not applicable``: accepted and has no effect (it concerns the local machine).
+    ``not yet``: accepted at its default; another value is refused (a tool returns
+    ``check=False`` naming the parameter) because the server cannot do it yet.
+    """
+
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method: Remotior's parameters in order, rsgrpc's keyword-only additions, notes."""
+
+    name: str
+    remotior: tuple[tuple[str, Any], ...]
+    extensions: tuple[tuple[str, Any], ...] = ()
+    notes: Mapping[str, Note] = field(default_factory=dict)
+
+    def signature(self) -> inspect.Signature:
+        """The method's signature, `self` first."""
+        positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        return inspect.Signature(
+            [
+                inspect.Parameter("self", positional),
+                *(inspect.Parameter(n, positional, default=d) for n, d in self.remotior),
+                *(inspect.Parameter(n, keyword, default=d) for n, d in self.extensions),
+            ]
+        )
+
+    def refusal(self, arguments: Mapping[str, Any]) -> str | None:
+        """Why a call cannot run yet: the first ``not yet`` parameter given another value
+        than Remotior's default."""
+        defaults = dict(self.remotior)
+        for name, note in self.notes.items():
+            if note.status == "not yet" and arguments[name] != defaults[name]:
+                return f"{self.name}: {name} is not supported by the server yet ({note.reason})"
+        return None
+
+
+def remotior_method(spec: MethodSpec) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give `implementation(self, arguments)` the signature in `spec`: the method binds
+    its call against it and passes every parameter, defaults applied, as one mapping."""
+    signature = spec.signature()
+
+    def decorate(implementation: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(implementation)
+        def method(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            return implementation(arguments.pop("self"), arguments)
+
+        method.__signature__ = signature  # type: ignore[attr-defined]
+        return method
+
+    return decorate
+
+
+_NOT_APPLICABLE_LOCAL = {
+    "smtp_server": "notifications are the caller's to send: the server sends no e-mail",
+    "smtp_user": "notifications are the caller's to send: the server sends no e-mail",
+    "smtp_password": "notifications are the caller's to send: the server sends no e-mail",
+    "smtp_recipients": "notifications are the caller's to send: the server sends no e-mail",
+    "smtp_notification": "notifications are the caller's to send: the server sends no e-mail",
+    "sound_notification": "the server plays no sound",
+    "log_stream_handler": "the log is the server's: read it with `log()`",
+    "temporary_directory": "the server keeps each session's temporary directory under its "
+    "own temporary root (its path is `configurations.temporary_directory`)",
+}
+_SESSION_NOTES = {
+    "n_processes": Note(
+        "differs",
+        "the session's worker processes on the server; more than the server allows is "
+        "clamped to its maximum with a warning",
+    ),
+    "available_ram": Note(
+        "differs",
+        "the session's RAM budget on the server, in MB (under 1000: GB, as in Remotior); "
+        "more than the server has left is clamped with a warning",
+    ),
+    "progress_callback": Note(
+        "differs",
+        "called with Remotior's keyword arguments (process, step, message, percentage, "
+        "elapsed_time, previous_step, start/end/failed/ping) from the server's progress, "
+        "whose steps are units of work done; a callable taking one positional argument gets "
+        "the operation's OperationMetadata; by default nothing is printed",
+    ),
+    **{name: Note("not applicable", reason) for name, reason in _NOT_APPLICABLE_LOCAL.items()},
+}
+
+SESSION_INIT = MethodSpec(
+    "Session",
+    remotior=(
+        ("n_processes", 2),
+        ("available_ram", 2),
+        ("temporary_directory", None),
+        ("directory_prefix", None),
+        ("log_level", 20),
+        ("log_time", True),
+        ("progress_callback", None),
+        ("multiprocess_module", None),
+        ("messages_callback", None),
+        ("smtp_server", None),
+        ("smtp_user", None),
+        ("smtp_password", None),
+        ("smtp_recipients", None),
+        ("smtp_notification", None),
+        ("sound_notification", None),
+        ("log_stream_handler", True),
+        ("mpi_module", None),
+        ("keep_log", None),
+    ),
+    extensions=(
+        ("target", "127.0.0.1:50051"),
+        ("channel", None),
+        ("credentials", None),
+        ("token", None),
+        ("session_id", ""),
+        ("operation_callback", None),
+    ),
+    notes={
+        **_SESSION_NOTES,
+        "multiprocess_module": Note("not applicable", "the server starts the session's processes"),
+        "messages_callback": Note(
+            "differs",
+            "its warning() and error() receive the client's warnings and tool failures; "
+            "the server's own messages are in `log()`",
+        ),
+        "mpi_module": Note("not applicable", "the server starts the session's processes"),
+        "keep_log": Note(
+            "not applicable", "the log stays on the server; `close(log_path=...)` keeps a copy"
+        ),
+    },
+)
+
+SESSION_SET = MethodSpec(
+    "set",
+    remotior=(
+        ("n_processes", None),
+        ("available_ram", None),
+        ("temporary_directory", None),
+        ("directory_prefix", None),
+        ("log_level", None),
+        ("log_time", None),
+        ("progress_callback", None),
+        ("smtp_server", None),
+        ("smtp_user", None),
+        ("smtp_password", None),
+        ("smtp_recipients", None),
+        ("sound_notification", None),
+        ("smtp_notification", None),
+        ("log_stream_handler", True),
+    ),
+    notes={
+        **_SESSION_NOTES,
+        "directory_prefix": Note(
+            "not applicable", "the session's temporary directory is made once, when it starts"
+        ),
+        "log_time": Note(
+            "differs", "False is applied too (Remotior changes the log only when True)"
+        ),
+    },
+)
+
+_PER_CALL_RESOURCES = {
+    "n_processes": Note(
+        "differs", "the session's processes run every tool: set them with `set(n_processes=)`"
+    ),
+    "available_ram": Note(
+        "differs", "the session's RAM budget applies: set it with `set(available_ram=)`"
+    ),
+}
+
+_BAND_TOOL_NOTES = {
+    **_PER_CALL_RESOURCES,
+    "input_bands": Note(
+        "differs",
+        "a path or a list of paths (or of (path, band) pairs); a BandSet or BandSet number "
+        "is not supported yet and is refused",
+    ),
+    "output_path": Note(
+        "differs",
+        "a directory gets `{prefix}{input name}.tif` per input, as in Remotior; with one "
+        "input, a path ending in .tif is that file (Remotior makes a directory of that "
+        "name); a list gives each input its path, any other extension becoming .tif; "
+        "None is refused (Remotior writes to its temporary directory)",
+    ),
+    "overwrite": Note(
+        "differs",
+        "outputs in a directory are replaced, as Remotior's tool replaces them whatever "
+        "`overwrite` says; a list of paths is written over only with overwrite=True "
+        "(Remotior raises on an existing path)",
+    ),
+    "extent_list": Note("not yet", "each output covers its input's extent"),
+    "multiple_resolution": Note("not yet", "each input keeps its own grid, as with True"),
+    "bandset_catalog": Note("not yet", "BandSets are not supported"),
+    "virtual_output": Note("differs", "outputs are always GeoTIFFs; True is accepted"),
+}
+
+_BAND_TOOL_PARAMETERS_TAIL = (
+    ("prefix", ""),
+    ("extent_list", None),
+    ("multiple_resolution", True),
+    ("n_processes", None),
+    ("available_ram", None),
+    ("bandset_catalog", None),
+    ("virtual_output", None),
+    ("progress_message", True),
+)
+
+
+def _morphology_spec(name: str) -> MethodSpec:
+    return MethodSpec(
+        name,
+        remotior=(
+            ("input_bands", REQUIRED),
+            ("value_list", REQUIRED),
+            ("size", REQUIRED),
+            ("output_path", None),
+            ("overwrite", False),
+            ("circular_structure", None),
+            *_BAND_TOOL_PARAMETERS_TAIL,
+        ),
+        extensions=(("filter", "value_list"), ("compression", None)),
+        notes=_BAND_TOOL_NOTES,
+    )
+
+
+BAND_CALC = MethodSpec(
+    "band_calc",
+    remotior=(
+        ("expression_string", REQUIRED),
+        ("output_path", None),
+        ("input_raster_list", None),
+        ("input_name_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("align_raster", None),
+        ("extent_raster", None),
+        ("extent_list", None),
+        ("extent_intersection", True),
+        ("xy_resolution_list", None),
+        ("input_nodata_as_value", None),
+        ("use_value_as_nodata", None),
+        ("output_nodata", None),
+        ("output_datatype", None),
+        ("use_scale", None),
+        ("use_offset", None),
+        ("calc_datatype", None),
+        ("any_nodata_mask", False),
+        ("bandset_catalog", None),
+        ("bandset_number", None),
+        ("input_bands", None),
+        ("point_coordinates", None),
+        ("progress_message", True),
+        ("device", None),
+    ),
+    extensions=(("overwrite", True), ("raster_bands", None), ("compression", None)),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "expression_string": Note(
+            "differs",
+            "one expression; several lines, BandSet iterations and aliases such as #NDVI# "
+            "or bandset1b1 are not supported yet",
+        ),
+        "output_path": Note(
+            "differs",
+            "a file path; an extension other than .tif/.tiff (.vrt included) becomes .tif; "
+            "None is refused (Remotior writes to its temporary directory); an existing "
+            "output is replaced, as in Remotior, unless overwrite=False",
+        ),
+        "output_nodata": Note(
+            "differs",
+            "when None, -32768 as in Remotior, except where it does not fit the output type: "
+            "255 for Byte, -128 for Int8, 65535 for UInt16, 4294967295 for UInt32 "
+            "(Remotior's own constants for those types)",
+        ),
+        "align_raster": Note("not yet", "inputs must share one grid, which the output takes"),
+        "extent_raster": Note("not yet", "inputs must share one grid, which the output takes"),
+        "extent_list": Note("not yet", "inputs must share one grid, which the output takes"),
+        "extent_intersection": Note(
+            "differs", "inputs share one grid, so intersection and union are the same"
+        ),
+        "xy_resolution_list": Note("not yet", "the output takes the inputs' grid"),
+        "input_nodata_as_value": Note("not yet", "nodata inputs are always masked"),
+        "use_value_as_nodata": Note("not yet", "the inputs' own nodata values are used"),
+        "use_scale": Note("not yet", "no scale is written"),
+        "use_offset": Note("not yet", "no offset is written"),
+        "calc_datatype": Note(
+            "differs", "the server always computes in float64, then casts to output_datatype"
+        ),
+        "any_nodata_mask": Note(
+            "differs",
+            "a pixel is nodata where any input the expression reads is nodata, or where the "
+            "result is not finite or does not fit the output type, whatever the value",
+        ),
+        "bandset_catalog": Note("not yet", "BandSets are not supported"),
+        "bandset_number": Note("not yet", "BandSets are not supported"),
+        "input_bands": Note("not yet", "BandSets are not supported"),
+        "point_coordinates": Note("not yet", "BandSets are not supported"),
+        "device": Note("not applicable", "the server chooses how it computes (CPU)"),
+    },
+)
+
+BAND_SIEVE = MethodSpec(
+    "band_sieve",
+    remotior=(
+        ("input_bands", REQUIRED),
+        ("size", REQUIRED),
+        ("output_path", None),
+        ("connected", None),
+        ("overwrite", False),
+        *_BAND_TOOL_PARAMETERS_TAIL,
+    ),
+    extensions=(("compression", None),),
+    notes=_BAND_TOOL_NOTES,
+)
+
+BAND_DILATION = _morphology_spec("band_dilation")
+BAND_EROSION = _morphology_spec("band_erosion")
+
+SIGNATURES: dict[str, MethodSpec] = {
+    "__init__": SESSION_INIT,
+    "set": SESSION_SET,
+    "band_calc": BAND_CALC,
+    "band_sieve": BAND_SIEVE,
+    "band_dilation": BAND_DILATION,
+    "band_erosion": BAND_EROSION,
+}
+
+# Remotior's `Session` attributes other than the methods above, and what the client has.
+SESSION_ATTRIBUTES: dict[str, Note | None] = {
+    "configurations": Note(
+        "differs",
+        "the fields scripts read (n_processes, available_ram, temp.dir, "
+        "temporary_directory, log_level, ...), from the server's session",
+    ),
+    "output_manager": None,
+    "close": Note(
+        "differs",
+        "log_path is a path the server writes; an existing file there is an error unless "
+        "overwrite_log=True (Remotior replaces it)",
+    ),
+    **{
+        name: Note("not yet", "not served")
+        for name in (
+            "bandset",
+            "bandset_catalog",
+            "spectral_signatures_catalog",
+            "spectral_signatures_plot_catalog",
+            "spectral_signatures_plot",
+            "table_manager",
+            "dates_times",
+            "download_tools",
+            "shared_tools",
+            "files_directories",
+            "band_classification",
+            "band_super_resolution",
+            "classifier",
+            "band_clustering",
+            "band_combination",
+            "band_mask",
+            "mosaic",
+            "band_neighbor_pixels",
+            "band_spectral_distance",
+            "band_pca",
+            "band_clip",
+            "band_resample",
+            "band_stack",
+            "cross_classification",
+            "download_products",
+            "preprocess_products",
+            "raster_edit",
+            "raster_label",
+            "raster_reclassification",
+            "raster_report",
+            "raster_split",
+            "raster_to_vector",
+            "raster_zonal_stats",
+            "vector_to_raster",
+            "jupyter",
+        )
+    },
+}
+
+_LABELS = {
+    None: "supported",
+    "differs": "supported, with a difference",
+    "not applicable": "accepted, not applicable",
+    "not yet": "not yet",
+}
+
+
+def compatibility_rows() -> list[tuple[str, str, str]]:
+    """(where, status, reason) for every Remotior parameter and Session attribute."""
+    rows = []
+    for key, spec in SIGNATURES.items():
+        where = "Session(...)" if key == "__init__" else f"{spec.name}(...)"
+        for name, _ in spec.remotior:
+            note = spec.notes.get(name)
+            rows.append(
+                (f"{where} `{name}`", _LABELS[note and note.status], note.reason if note else "")
+            )
+    for name, note in SESSION_ATTRIBUTES.items():
+        rows.append((f"Session.{name}", _LABELS[note and note.status], note.reason if note else ""))
+    return rows
+
+
+def compatibility_table() -> str:
+    """The rows of `compatibility_rows` as a Markdown table."""
+    lines = ["| Remotior | rsgrpc | Note |", "| --- | --- | --- |"]
+    lines += [
+        f"| {where} | {status} | {reason} |" for where, status, reason in compatibility_rows()
+    ]
+    return "\n".join(lines)

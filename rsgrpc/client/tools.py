@@ -1,0 +1,307 @@
+"""The raster tools, with Remotior's signatures (`rsgrpc.client.signatures`).
+
+Each tool binds its call against the table, refuses what the server cannot do yet (with
+``check=False`` and the reason, before anything is sent), builds its request and follows
+the operation. Re-running into existing outputs does what Remotior's tool does: band calc
+replaces its output, and the band tools replace the outputs they write in a directory.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from rsgrpc.client.output import GrpcResult, OutputManager
+from rsgrpc.client.signatures import (
+    BAND_CALC,
+    BAND_DILATION,
+    BAND_EROSION,
+    BAND_SIEVE,
+    MethodSpec,
+    remotior_method,
+)
+from rsgrpc.v1 import raster_pb2
+
+if TYPE_CHECKING:
+    from rsgrpc.client.session import Session
+
+# GDAL's names, as Remotior takes them (any case), and NumPy's.
+_DATA_TYPES = {
+    "byte": raster_pb2.DATA_TYPE_UINT8,
+    **{
+        name: getattr(raster_pb2, f"DATA_TYPE_{name.upper()}")
+        for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+    },
+}
+# Remotior's nodata default, -32768, does not fit these types: its constants for them.
+_UNSIGNED_NODATA = {
+    raster_pb2.DATA_TYPE_UINT8: 255,
+    raster_pb2.DATA_TYPE_INT8: -128,
+    raster_pb2.DATA_TYPE_UINT16: 2**16 - 1,
+    raster_pb2.DATA_TYPE_UINT32: 2**32 - 1,
+}
+_FILTERS = {
+    "value_list": raster_pb2.MORPHOLOGY_FILTER_VALUE_LIST,
+    "grey": raster_pb2.MORPHOLOGY_FILTER_GREY,
+    "closing": raster_pb2.MORPHOLOGY_FILTER_GREY_CLOSING,
+    "opening": raster_pb2.MORPHOLOGY_FILTER_GREY_OPENING,
+}
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class Refusal(ValueError):
+    """Arguments the server cannot take: the tool returns ``check=False`` with the reason."""
+
+
+def _tool(spec: MethodSpec) -> Callable[[Callable[..., OutputManager]], Callable[..., Any]]:
+    """`remotior_method`, then the table's refusals and the tool's own, as failed outcomes."""
+
+    def decorate(implementation: Callable[..., OutputManager]) -> Callable[..., Any]:
+        @functools.wraps(implementation)
+        def checked(self: Session, arguments: dict[str, Any]) -> OutputManager:
+            try:
+                refusal = spec.refusal(arguments)
+                if refusal:
+                    raise Refusal(refusal)
+                return implementation(self, arguments)
+            except Refusal as error:
+                result = GrpcResult(code="INVALID_ARGUMENT", message=str(error))
+                output = OutputManager(check=False, extra={"message": str(error)}, grpc=result)
+                if hasattr(self.messages_callback, "error"):
+                    self.messages_callback.error(str(error))
+                return output
+
+        return remotior_method(spec)(checked)
+
+    return decorate
+
+
+def data_type(name: str | None) -> int:
+    """A DataType from GDAL's name (``Byte``, ``UInt16``, ``Float32``, ... any case);
+    Float32, Remotior's default, when None."""
+    if name is None:
+        return raster_pb2.DATA_TYPE_FLOAT32
+    try:
+        return _DATA_TYPES[str(name).lower()]
+    except KeyError:
+        raise Refusal(
+            f"unsupported output_datatype {name!r}; use Byte, Int8, UInt16, Int16, UInt32, "
+            "Int32, Float32 or Float64"
+        ) from None
+
+
+def output_options(compression: str | None) -> raster_pb2.OutputOptions:
+    if not compression:
+        return raster_pb2.OutputOptions()
+    try:
+        codec = raster_pb2.Compression.Value(f"COMPRESSION_{compression.upper()}")
+    except ValueError:
+        raise Refusal(f"unsupported compression {compression!r}") from None
+    return raster_pb2.OutputOptions(compression=codec)
+
+
+def tiff_path(path: str) -> str:
+    """Remotior's output name: a .tif or .tiff path as it is, any other extension (or
+    none) replaced by .tif."""
+    if path.lower().endswith(_TIFF_SUFFIXES):
+        return path
+    return str(PurePosixPath(path).with_suffix(".tif"))
+
+
+def _required_output(output_path: Any) -> None:
+    if output_path is None or output_path == "" or output_path == []:
+        raise Refusal(
+            "output_path is required: the server writes under its data roots, not to a "
+            "temporary directory the script could read"
+        )
+
+
+def input_bands(value: Any) -> list[raster_pb2.RasterBand]:
+    """Remotior's `input_bands` as a list of paths (band 1 each); (path, band) pairs too."""
+    if isinstance(value, str) or (isinstance(value, tuple) and not _is_band_list(value)):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise Refusal(
+            f"input_bands must be a path or a list of paths, got {value!r}; "
+            "BandSets are not supported by the server yet"
+        )
+    bands = []
+    for item in value:
+        if isinstance(item, str):
+            bands.append(raster_pb2.RasterBand(path=item, band=1))
+        elif isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], int):
+            bands.append(raster_pb2.RasterBand(path=str(item[0]), band=item[1]))
+        else:
+            raise Refusal(f"input_bands holds {item!r}: give paths or (path, band) pairs")
+    return bands
+
+
+def _is_band_list(value: tuple) -> bool:
+    """Whether a tuple lists bands rather than being one (path, band) pair."""
+    return not (len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int))
+
+
+def _targets(
+    bands: list[raster_pb2.RasterBand], a: dict[str, Any]
+) -> list[tuple[list[raster_pb2.RasterBand], raster_pb2.ToolOutput]]:
+    """The requests a band tool sends, as (inputs, output): one for a directory, one per
+    input for a list of paths (the server takes one output path per request)."""
+    _required_output(a["output_path"])
+    options = output_options(a["compression"])
+    output_path = a["output_path"]
+    if isinstance(output_path, str):
+        target = raster_pb2.ToolOutput(
+            path=output_path, prefix=a["prefix"] or "", overwrite=True, options=options
+        )
+        return [(bands, target)]
+    paths = list(output_path)
+    if len(paths) != len(bands):
+        raise Refusal(f"output_path lists {len(paths)} paths for {len(bands)} input bands")
+    return [
+        (
+            [band],
+            raster_pb2.ToolOutput(
+                path=tiff_path(str(path)), overwrite=bool(a["overwrite"]), options=options
+            ),
+        )
+        for band, path in zip(bands, paths, strict=True)
+    ]
+
+
+def _morphology(a: dict[str, Any]) -> raster_pb2.MorphologyParameters:
+    if a["filter"] not in _FILTERS:
+        raise Refusal(f"unsupported filter {a['filter']!r}; use one of {list(_FILTERS)}")
+    return raster_pb2.MorphologyParameters(
+        filter=_FILTERS[a["filter"]],
+        value_list=list(a["value_list"] or []),
+        size=a["size"],
+        circular_structure=bool(a["circular_structure"]),
+    )
+
+
+class RasterTools:
+    """Remotior's raster tools that the server runs."""
+
+    def _band_tool(
+        self: Session,
+        process: str,
+        a: dict[str, Any],
+        request: Callable[[list[raster_pb2.RasterBand], raster_pb2.ToolOutput], Any],
+        rpc: Callable[..., Any],
+        response_type: type,
+    ) -> OutputManager:
+        """Send a band tool's requests in turn; its outcome lists every output, and
+        `grpc.response` holds them all in one response message."""
+        merged = response_type()
+        for i, (inputs, target) in enumerate(_targets(input_bands(a["input_bands"]), a)):
+            message = request(inputs, target)
+            output = self._run(
+                process,
+                lambda message=message: rpc(message, metadata=self._metadata),
+                response_type(),
+                lambda response: OutputManager(grpc=GrpcResult(response=response)),
+                announce=bool(a["progress_message"]) and i == 0,
+            )
+            if not output.check:
+                return output
+            merged.outputs.extend(output.grpc.response.outputs)
+        return OutputManager(
+            paths=[o.output_path for o in merged.outputs], grpc=GrpcResult(response=merged)
+        )
+
+    @_tool(BAND_CALC)
+    def band_calc(self: Session, a: dict[str, Any]) -> OutputManager:
+        """Map algebra over named rasters (Remotior's `band_calc`): `input_raster_list`
+        holds paths named by `input_name_list`, or [path, name] pairs; `raster_bands`
+        picks each raster's band (1 by default). An existing output is replaced, as
+        Remotior replaces it, unless ``overwrite=False``."""
+        _required_output(a["output_path"])
+        rasters = list(a["input_raster_list"] or [])
+        names = list(a["input_name_list"] or [])
+        bands = list(a["raster_bands"] or [1] * len(rasters))
+        if len(bands) != len(rasters):
+            raise Refusal(f"raster_bands lists {len(bands)} bands for {len(rasters)} rasters")
+        inputs = []
+        for i, (raster, band) in enumerate(zip(rasters, bands, strict=True)):
+            if isinstance(raster, list | tuple):
+                path, name = raster[0], raster[1]
+            elif i < len(names):
+                path, name = raster, names[i]
+            else:
+                raise Refusal(
+                    f"input {raster!r} has no name: give input_name_list, or [path, name] pairs"
+                )
+            inputs.append(raster_pb2.RasterInput(name=str(name), path=str(path), band=band))
+        request = raster_pb2.BandCalcRequest(
+            session=self.name,
+            expression=a["expression_string"],
+            inputs=inputs,
+            output_path=tiff_path(str(a["output_path"])),
+            overwrite=bool(a["overwrite"]),
+            output_data_type=data_type(a["output_datatype"]),
+            output_options=output_options(a["compression"]),
+        )
+        if a["output_nodata"] is not None:
+            request.output_nodata = a["output_nodata"]
+        elif request.output_data_type in _UNSIGNED_NODATA:
+            request.output_nodata = _UNSIGNED_NODATA[request.output_data_type]
+        return self._run(
+            "band calc",
+            lambda: self._raster.BandCalc(request, metadata=self._metadata),
+            raster_pb2.BandCalcResponse(),
+            lambda response: OutputManager(
+                paths=[response.output_path], grpc=GrpcResult(response=response)
+            ),
+            announce=bool(a["progress_message"]),
+        )
+
+    @_tool(BAND_SIEVE)
+    def band_sieve(self: Session, a: dict[str, Any]) -> OutputManager:
+        """Replace regions smaller than `size` pixels by their largest neighbour
+        (Remotior's `band_sieve`; `connected=True` means 8-connected)."""
+        connectivity = raster_pb2.CONNECTIVITY_8 if a["connected"] else raster_pb2.CONNECTIVITY_4
+        return self._band_tool(
+            "band sieve",
+            a,
+            lambda inputs, target: raster_pb2.SieveRequest(
+                session=self.name,
+                inputs=inputs,
+                size=a["size"],
+                connectivity=connectivity,
+                output=target,
+            ),
+            self._raster.Sieve,
+            raster_pb2.SieveResponse,
+        )
+
+    @_tool(BAND_DILATION)
+    def band_dilation(self: Session, a: dict[str, Any]) -> OutputManager:
+        """Grow the listed values by `size` pixels (Remotior's `band_dilation`);
+        ``filter="grey"`` or ``"closing"`` runs a grey dilation or closing instead."""
+        parameters = _morphology(a)
+        return self._band_tool(
+            "band dilation",
+            a,
+            lambda inputs, target: raster_pb2.DilateRequest(
+                session=self.name, inputs=inputs, parameters=parameters, output=target
+            ),
+            self._raster.Dilate,
+            raster_pb2.DilateResponse,
+        )
+
+    @_tool(BAND_EROSION)
+    def band_erosion(self: Session, a: dict[str, Any]) -> OutputManager:
+        """Shrink the listed values by `size` steps (Remotior's `band_erosion`);
+        ``filter="grey"`` or ``"opening"`` runs a grey erosion or opening instead."""
+        parameters = _morphology(a)
+        return self._band_tool(
+            "band erosion",
+            a,
+            lambda inputs, target: raster_pb2.ErodeRequest(
+                session=self.name, inputs=inputs, parameters=parameters, output=target
+            ),
+            self._raster.Erode,
+            raster_pb2.ErodeResponse,
+        )
