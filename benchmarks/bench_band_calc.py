@@ -548,7 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     plans: dict[int, list[str]] = {}
     for ram in args.ram:
         with rsgrpc_server(workdir, outputs / f"server_{ram}.log") as (address, server):
-            session = Session(n_processes=args.processes, available_ram=ram, target=address)
+            # Under 1000 is GB, as in Remotior: give smaller budgets in GB.
+            session = Session(
+                n_processes=args.processes,
+                available_ram=ram if ram >= 1000 else ram / 1024,
+                target=address,
+            )
             try:
                 # The first call compiles the expression in each worker (numba).
                 warm = run_ours(session, server.pid, str(warm_red.relative_to(workdir)),

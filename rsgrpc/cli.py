@@ -121,7 +121,7 @@ def _session(args: argparse.Namespace) -> Iterator[Session]:
         with Session(
             n_processes=args.processes,
             available_ram=args.ram,
-            progress_callback=None if args.quiet else _progress_bar,
+            operation_callback=None if args.quiet else _progress_bar,
             channel=channel,
             token=token,
         ) as session:
@@ -131,9 +131,7 @@ def _session(args: argparse.Namespace) -> Iterator[Session]:
 
 
 def _failed(tool: str, result) -> int:
-    print(
-        f"{tool} failed: {result.extra.get('code')}: {result.extra.get('error')}", file=sys.stderr
-    )
+    print(f"{tool} failed: {result.grpc.code}: {result.grpc.message}", file=sys.stderr)
     return 1
 
 
@@ -143,7 +141,7 @@ def _band_calc(args: argparse.Namespace) -> int:
         result = session.band_calc(
             input_raster_list=paths,
             input_name_list=names,
-            input_bands=bands,
+            raster_bands=bands,
             expression_string=args.expression,
             output_path=args.output,
             output_nodata=args.nodata,
@@ -152,7 +150,7 @@ def _band_calc(args: argparse.Namespace) -> int:
         )
     if not result.check:
         return _failed("band calc", result)
-    stats = result.extra["response"].statistics
+    stats = result.grpc.response.statistics
     print(
         f"{result.path}: {stats.valid_pixel_count} valid pixels, "
         f"min {stats.minimum:g}, max {stats.maximum:g}, mean {stats.mean:g}"
@@ -184,7 +182,7 @@ def _tool(args: argparse.Namespace) -> int:
             )
     if not result.check:
         return _failed(args.command, result)
-    for output in result.extra["response"].outputs:
+    for output in result.grpc.response.outputs:
         regions = f"{output.regions_changed} regions, " if args.command == "sieve" else ""
         print(f"{output.output_path}: {regions}{output.pixels_changed} pixels changed")
     return 0
@@ -320,7 +318,12 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
     _add_connection_arguments(parser)
     parser.add_argument("--processes", type=int, default=None)
-    parser.add_argument("--ram", type=int, default=None, help="available RAM in MiB")
+    parser.add_argument(
+        "--ram",
+        type=int,
+        default=None,
+        help="available RAM in MB; under 1000 means GB, as in Remotior",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
