@@ -691,7 +691,7 @@ def test_python_client_downloads_with_progress(server, hub):
     _, channel = server
     progress: list[operation_pb2.OperationMetadata] = []
     with ClientSession(
-        n_processes=1, available_ram=256, channel=channel, progress_callback=progress.append
+        n_processes=1, available_ram=1024, channel=channel, operation_callback=progress.append
     ) as rs:
         hub.faults["client-missing"] = ["404"]
         out = rs.download(

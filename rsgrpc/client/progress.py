@@ -10,26 +10,12 @@ download), spread over 1 to 99 as Remotior spreads its processes' progress.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from rsgrpc.v1 import operation_pb2
 
 _STAGES = operation_pb2.OperationMetadata.Stage
-
-
-def takes_remotior_arguments(callback: Callable[..., Any]) -> bool:
-    """Whether `callback` takes Remotior's keyword arguments, rather than one
-    OperationMetadata (rsgrpc's own form, kept for callbacks of one positional parameter)."""
-    try:
-        parameters = inspect.signature(callback).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    if any(p.kind is p.VAR_KEYWORD or p.name == "process" for p in parameters):
-        return True
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) != 1
 
 
 class ProgressReport:
@@ -43,8 +29,6 @@ class ProgressReport:
         *,
         announce: bool = True,
     ) -> None:
-        if callback is not None and not takes_remotior_arguments(callback):
-            operation_callback, callback = operation_callback or callback, None
         self._process = process
         self._callback = callback
         self._operation_callback = operation_callback

@@ -113,8 +113,8 @@ _SESSION_NOTES = {
         "differs",
         "called with Remotior's keyword arguments (process, step, message, percentage, "
         "elapsed_time, previous_step, start/end/failed/ping) from the server's progress, "
-        "whose steps are units of work done; a callable taking one positional argument gets "
-        "the operation's OperationMetadata; by default nothing is printed",
+        "whose steps are units of work done (rsgrpc's own OperationMetadata goes to the "
+        "keyword-only operation_callback); by default nothing is printed",
     ),
     **{name: Note("not applicable", reason) for name, reason in _NOT_APPLICABLE_LOCAL.items()},
 }
