@@ -17,7 +17,7 @@ from google.rpc import status_pb2
 
 from rsgrpc.client import Session
 from rsgrpc.client.signatures import SIGNATURES, compatibility_rows
-from rsgrpc.v1 import raster_pb2, session_pb2
+from rsgrpc.v1 import raster_pb2, session_pb2, session_pb2_grpc
 from tests.conftest import write_geotiff, write_speckled_classes
 
 _REQUIRED = inspect.Parameter.empty
@@ -398,3 +398,35 @@ def test_rerunning_into_existing_outputs_replaces_them_as_remotior_does(server):
         assert replaced.check, replaced.grpc
         with_classes = np.count_nonzero(classes == 5)
         assert replaced.grpc.response.outputs[0].pixels_changed <= with_classes
+
+
+def test_close_writes_the_log_where_the_script_runs_and_always_closes(server, tmp_path):
+    """As Remotior: the log is copied to `log_path` on the client's machine, replacing a
+    file there; a log that cannot be written warns and the session closes anyway."""
+    _, channel = server
+    sessions = session_pb2_grpc.SessionServiceStub(channel)
+    log_path = tmp_path / "session.log"
+    log_path.write_text("an older log\n")
+    rs = Session(1, 1024, channel=channel)
+    rs.close(log_path=str(log_path))
+    text = log_path.read_text()
+    assert "session started" in text and "an older log" not in text
+    with pytest.raises(grpc.RpcError) as gone:
+        sessions.GetSession(session_pb2.GetSessionRequest(name=rs.name))
+    assert gone.value.code() is grpc.StatusCode.NOT_FOUND
+
+    rs = Session(1, 1024, channel=channel)
+    with pytest.warns(UserWarning, match="could not be written"):
+        rs.close(log_path=str(tmp_path / "missing-folder" / "session.log"))
+    with pytest.raises(grpc.RpcError) as gone:
+        sessions.GetSession(session_pb2.GetSessionRequest(name=rs.name))
+    assert gone.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_the_readmes_compatibility_table_is_the_signature_tables():
+    from pathlib import Path
+
+    from rsgrpc.client.signatures import compatibility_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert compatibility_table() in readme

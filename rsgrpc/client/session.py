@@ -244,26 +244,31 @@ class Session(RasterTools, Downloads):
                 return entries
             token = page.next_page_token
 
-    def close(self, log_path: str | None = None, *, overwrite_log: bool = False) -> None:
-        """Close the session (Remotior's `close`), keeping its log at `log_path` if given.
+    def close(self, log_path: str | None = None) -> None:
+        """Close the session (Remotior's `close`), first writing its log to ``log_path`` on
+        this machine, replacing a file there, as Remotior copies its log.
 
-        An existing file at `log_path` is kept, and the call fails with ALREADY_EXISTS,
-        unless `overwrite_log`. When the log cannot be kept the session stays open, and
-        so does this object's channel: close again with another path.
+        As in Remotior, a log that cannot be written does not keep the session open: it is a
+        warning, and the session closes on the server all the same.
         """
         try:
+            if log_path:
+                try:
+                    lines = self.log()
+                    with open(log_path, "w", encoding="utf-8") as file:
+                        file.writelines(f"{line}\n" for line in lines)
+                except (OSError, grpc.RpcError) as error:
+                    reason = error.strerror if isinstance(error, OSError) else error.details()
+                    warnings.warn(
+                        f"the session's log could not be written to {log_path!r}: {reason}",
+                        stacklevel=2,
+                    )
             self._sessions.DeleteSession(
-                session_pb2.DeleteSessionRequest(
-                    name=self.name, log_path=log_path or "", overwrite_log=overwrite_log
-                ),
-                metadata=self._metadata,
+                session_pb2.DeleteSessionRequest(name=self.name), metadata=self._metadata
             )
-        except grpc.RpcError:
-            if not log_path and self._owns_channel:
+        finally:
+            if self._owns_channel:
                 self._channel.close()
-            raise
-        if self._owns_channel:
-            self._channel.close()
 
     def __enter__(self) -> Session:
         return self

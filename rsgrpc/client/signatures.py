@@ -367,16 +367,30 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
         "temporary_directory, log_level, ...), from the server's session",
     ),
     "output_manager": None,
-    "close": Note(
-        "differs",
-        "log_path is a path the server writes; an existing file there is an error unless "
-        "overwrite_log=True (Remotior replaces it)",
-    ),
+    "close": None,
     **{
-        name: Note("not yet", "not served")
+        name: Note("not yet", "BandSets on the server come with issue 15")
+        for name in ("bandset", "bandset_catalog")
+    },
+    **{
+        name: Note("not yet", "one of the eleven tools of issue 16")
         for name in (
-            "bandset",
-            "bandset_catalog",
+            "band_clustering",
+            "band_combination",
+            "band_mask",
+            "band_neighbor_pixels",
+            "band_spectral_distance",
+            "band_pca",
+            "cross_classification",
+            "raster_label",
+            "raster_reclassification",
+            "raster_report",
+            "raster_zonal_stats",
+        )
+    },
+    **{
+        name: Note("not yet", "not planned in an open issue")
+        for name in (
             "spectral_signatures_catalog",
             "spectral_signatures_plot_catalog",
             "spectral_signatures_plot",
@@ -388,31 +402,21 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
             "band_classification",
             "band_super_resolution",
             "classifier",
-            "band_clustering",
-            "band_combination",
-            "band_mask",
             "mosaic",
-            "band_neighbor_pixels",
-            "band_spectral_distance",
-            "band_pca",
             "band_clip",
             "band_resample",
             "band_stack",
-            "cross_classification",
             "download_products",
             "preprocess_products",
             "raster_edit",
-            "raster_label",
-            "raster_reclassification",
-            "raster_report",
             "raster_split",
             "raster_to_vector",
-            "raster_zonal_stats",
             "vector_to_raster",
             "jupyter",
         )
     },
 }
+
 
 _LABELS = {
     None: "supported",

@@ -144,7 +144,7 @@ class DownloadItem(_message.Message):
     data_type: Global___MimeType.ValueType
     """The format the answer is expected to have."""
     output_path: _builtins.str
-    """Where to save the answer, relative to the data root."""
+    """Where to save the answer (a data path: see `RasterInput.path`)."""
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Extra HTTP headers, e.g. `Accept: image/tiff`. The server adds the
@@ -302,7 +302,7 @@ class DownloadItemResult(_message.Message):
     status: Global___DownloadItemResult.Status.ValueType
     """How it ended."""
     output_path: _builtins.str
-    """The output path asked for, relative to the data root; the file is there
+    """The output path as asked for; the file is there
     only when `status` is SUCCEEDED.
     """
     size_bytes: _builtins.int

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class DownloadServiceStub:
-    """Downloads from Sentinel Hub-style HTTP APIs into the data root. The
+    """Downloads from Sentinel Hub-style HTTP APIs into the data roots. The
     deployments (base URL, token URL, credentials, rate limits, retries) are
     server configuration; a request names one. Credentials are never returned.
     """
@@ -51,14 +51,14 @@ class DownloadServiceStub:
 
 
 class DownloadServiceServicer:
-    """Downloads from Sentinel Hub-style HTTP APIs into the data root. The
+    """Downloads from Sentinel Hub-style HTTP APIs into the data roots. The
     deployments (base URL, token URL, credentials, rate limits, retries) are
     server configuration; a request names one. Credentials are never returned.
     """
 
     def Download(self, request, context):
         """Runs a batch of HTTP requests against one deployment and saves each
-        answer under the data root. Validates the whole batch first, then returns
+        answer under a data root. Validates the whole batch first, then returns
         an operation at once: its metadata is an `OperationMetadata` (requests
         done and total in `tiles_done` and `tiles_total`, bytes downloaded in
         `bytes_read`, bytes saved in `bytes_written`), its response a
@@ -104,7 +104,7 @@ def add_DownloadServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DownloadService:
-    """Downloads from Sentinel Hub-style HTTP APIs into the data root. The
+    """Downloads from Sentinel Hub-style HTTP APIs into the data roots. The
     deployments (base URL, token URL, credentials, rate limits, retries) are
     server configuration; a request names one. Credentials are never returned.
     """

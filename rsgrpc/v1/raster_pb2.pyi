@@ -145,7 +145,9 @@ class RasterInput(_message.Message):
     name: _builtins.str
     """Name used in the expression, e.g. `nir` (written `"nir"` or `nir`)."""
     path: _builtins.str
-    """Path of a GeoTIFF, relative to the data root."""
+    """Path of a GeoTIFF: relative to the server's first data root, or absolute
+    under one of its data roots. Every path of the API is such a data path.
+    """
     band: _builtins.int
     """Band number, 1-based; 0 means 1."""
     def __init__(
@@ -218,7 +220,7 @@ class BandCalcRequest(_message.Message):
     expression: _builtins.str
     """The expression, e.g. `("nir" - "red") / ("nir" + "red")`."""
     output_path: _builtins.str
-    """Path of the output GeoTIFF, relative to the data root."""
+    """Path of the output GeoTIFF (a data path: see `RasterInput.path`)."""
     overwrite: _builtins.bool
     """Replace an existing output."""
     output_data_type: Global___DataType.ValueType
@@ -306,7 +308,7 @@ class BandCalcResponse(_message.Message):
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     STATISTICS_FIELD_NUMBER: _builtins.int
     output_path: _builtins.str
-    """Path of the output, relative to the data root."""
+    """Path of the output (a data path: see `RasterInput.path`)."""
     @_builtins.property
     def statistics(self) -> Global___BandStatistics:
         """Statistics of the output band."""
@@ -334,7 +336,7 @@ class RasterBand(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     BAND_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """Path of a GeoTIFF, relative to the data root."""
+    """Path of a GeoTIFF (a data path: see `RasterInput.path`)."""
     band: _builtins.int
     """Band number, 1-based; 0 means 1."""
     def __init__(
@@ -368,7 +370,7 @@ class ToolOutput(_message.Message):
     OVERWRITE_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """A file or directory path, relative to the data root."""
+    """A file or directory path (a data path: see `RasterInput.path`)."""
     prefix: _builtins.str
     """Prefix of output file names in a directory."""
     overwrite: _builtins.bool
@@ -450,7 +452,7 @@ class SieveOutput(_message.Message):
     REGIONS_CHANGED_FIELD_NUMBER: _builtins.int
     PIXELS_CHANGED_FIELD_NUMBER: _builtins.int
     output_path: _builtins.str
-    """Path of the output, relative to the data root."""
+    """Path of the output (a data path: see `RasterInput.path`)."""
     regions_changed: _builtins.int
     """Regions whose value changed."""
     pixels_changed: _builtins.int
@@ -629,7 +631,7 @@ class MorphologyOutput(_message.Message):
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     PIXELS_CHANGED_FIELD_NUMBER: _builtins.int
     output_path: _builtins.str
-    """Path of the output, relative to the data root."""
+    """Path of the output (a data path: see `RasterInput.path`)."""
     pixels_changed: _builtins.int
     """Pixels whose value changed."""
     @_builtins.property

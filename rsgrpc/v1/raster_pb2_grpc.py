@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class RasterServiceStub:
-    """Raster tools on GeoTIFFs under the server's data root. Each RPC validates
+    """Raster tools on GeoTIFFs under the server's data roots. Each RPC validates
     its request, then returns an operation at once; the operation's metadata
     is an `OperationMetadata` and its response the tool's own response.
     """
@@ -61,7 +61,7 @@ class RasterServiceStub:
 
 
 class RasterServiceServicer:
-    """Raster tools on GeoTIFFs under the server's data root. Each RPC validates
+    """Raster tools on GeoTIFFs under the server's data roots. Each RPC validates
     its request, then returns an operation at once; the operation's metadata
     is an `OperationMetadata` and its response the tool's own response.
     """
@@ -129,7 +129,7 @@ def add_RasterServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RasterService:
-    """Raster tools on GeoTIFFs under the server's data root. Each RPC validates
+    """Raster tools on GeoTIFFs under the server's data roots. Each RPC validates
     its request, then returns an operation at once; the operation's metadata
     is an `OperationMetadata` and its response the tool's own response.
     """

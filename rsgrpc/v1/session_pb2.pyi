@@ -297,9 +297,10 @@ class DeleteSessionRequest(_message.Message):
     name: _builtins.str
     """`sessions/{session}`."""
     log_path: _builtins.str
-    """Optional path under the data root where the session's log is kept. An
-    existing file there is ALREADY_EXISTS unless `overwrite_log` is set; a
-    path that cannot be written fails the call with the session left open.
+    """Optional data path (see `RasterInput.path`) where the session's log is
+    kept. An existing file there is ALREADY_EXISTS unless `overwrite_log` is
+    set; a path that cannot be written fails the call with the session left
+    open.
     """
     overwrite_log: _builtins.bool
     """Replace an existing file at `log_path`."""
