@@ -1141,3 +1141,19 @@ def test_a_500_mb_answer_streams_through_a_serve_process_in_bounded_memory(tmp_p
         f"{peak:.0f} MiB, {peak - baseline:.1f} MiB over the warm baseline"
     )
     assert peak - baseline < 100
+
+
+def test_the_python_client_maps_download_outputs_from_the_scripts_folders(server, hub):
+    _, channel = server
+    root = server[0].data_root.root
+    folder = "/home/analyst/downloads"
+    with ClientSession(
+        1, 1024, channel=channel, path_map={folder: str(root / "mapped-downloads")}
+    ) as rs:
+        item = _tiff("mapped-1", f"{folder}/s2/one.tif")
+        out = rs.download([item], deployment="svc-fake")
+    assert out.check, out.extra
+    assert out.paths == [f"{folder}/s2/one.tif"]
+    assert item.output_path == f"{folder}/s2/one.tif"  # the caller's item is left as it was
+    saved = root / "mapped-downloads" / "s2" / "one.tif"
+    assert saved.read_bytes() == hub.sent["mapped-1"]

@@ -125,6 +125,17 @@ def _download_output(response: download_pb2.DownloadResponse) -> OutputManager:
 class Downloads:
     """`Session.download`."""
 
+    def _mapped(self: Session, item: download_pb2.DownloadItem) -> download_pb2.DownloadItem:
+        """``item`` with its output path as the server names it (`PathMap`); a copy when it
+        changes, so the caller's item is left as it was."""
+        output_path = self.path_map.to_server(item.output_path)
+        if output_path == item.output_path:
+            return item
+        mapped = download_pb2.DownloadItem()
+        mapped.CopyFrom(item)
+        mapped.output_path = output_path
+        return mapped
+
     def download(
         self: Session,
         download_requests: Sequence[Mapping[str, Any] | download_pb2.DownloadItem],
@@ -153,8 +164,8 @@ class Downloads:
             redownload=redownload,
             max_threads=max_threads or 0,
         )
-        items = [download_item(spec) for spec in download_requests]
-        return self._run(
+        items = [self._mapped(download_item(spec)) for spec in download_requests]
+        output = self._run(
             "download",
             lambda: self._downloads.StreamDownload(
                 _streamed(batch, items), metadata=self._metadata
@@ -163,3 +174,4 @@ class Downloads:
             _download_output,
             failure=_refused,
         )
+        return self._in_client_terms(output)

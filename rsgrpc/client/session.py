@@ -26,6 +26,7 @@ from rsgrpc.client.output import (
     rpc_error_result,
     status_result,
 )
+from rsgrpc.client.path_map import PathMap
 from rsgrpc.client.progress import ProgressReport
 from rsgrpc.client.signatures import SESSION_INIT, SESSION_SET, remotior_method
 from rsgrpc.client.tools import RasterTools
@@ -116,7 +117,8 @@ class Session(RasterTools, Downloads):
         """Start a session with Remotior's parameters (see `rsgrpc.client.signatures` for
         what each means on a server); ``target`` or ``channel`` (with ``credentials`` and
         ``token``) say which server; ``operation_callback`` receives each
-        OperationMetadata."""
+        OperationMetadata; ``path_map`` (default ``RSGRPC_PATH_MAP``) maps the script's
+        folders to the server's (`rsgrpc.client.path_map`)."""
         self._channel = a["channel"] or connect(a["target"], credentials=a["credentials"])
         self._owns_channel = a["channel"] is None
         token = a["token"]
@@ -129,6 +131,7 @@ class Session(RasterTools, Downloads):
         self.progress_callback = a["progress_callback"]
         self.operation_callback = a["operation_callback"]
         self.messages_callback = a["messages_callback"]
+        self.path_map = PathMap(a["path_map"]) if a["path_map"] else PathMap.from_environment()
         self.output_manager = OutputManager
         self.log_level = a["log_level"] if a["log_level"] is not None else logging.INFO
         self.configurations = Configurations(
@@ -323,6 +326,13 @@ class Session(RasterTools, Downloads):
         operation.response.Unpack(response)
         report.finish(failed=False)
         return outcome(response)
+
+    def _in_client_terms(self, output: OutputManager) -> OutputManager:
+        """``output`` with its paths as the script's machine names them (`PathMap`)."""
+        if self.path_map and output.paths is not None:
+            output.paths = [self.path_map.to_client(path) for path in output.paths]
+            output.path = output.paths[0] if output.paths else None
+        return output
 
     def _failed(self, report: ProgressReport, output: OutputManager) -> OutputManager:
         report.finish(failed=True)

@@ -148,6 +148,7 @@ SESSION_INIT = MethodSpec(
         ("token", None),
         ("session_id", ""),
         ("operation_callback", None),
+        ("path_map", None),
     ),
     notes={
         **_SESSION_NOTES,

@@ -49,6 +49,8 @@ _FILTERS = {
     "opening": raster_pb2.MORPHOLOGY_FILTER_GREY_OPENING,
 }
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# The arguments that name files, as the script's machine names them (`PathMap`).
+_PATH_ARGUMENTS = ("input_raster_list", "input_bands", "output_path")
 
 
 class Refusal(ValueError):
@@ -65,7 +67,10 @@ def _tool(spec: MethodSpec) -> Callable[[Callable[..., OutputManager]], Callable
                 refusal = spec.refusal(arguments)
                 if refusal:
                     raise Refusal(refusal)
-                return implementation(self, arguments)
+                for name in _PATH_ARGUMENTS:
+                    if name in arguments:
+                        arguments[name] = self.path_map.paths_to_server(arguments[name])
+                return self._in_client_terms(implementation(self, arguments))
             except Refusal as error:
                 result = GrpcResult(code="INVALID_ARGUMENT", message=str(error))
                 output = OutputManager(check=False, extra={"message": str(error)}, grpc=result)
