@@ -108,8 +108,9 @@ class PartialOutput:
         when the file systems or permissions do not allow it (then copy instead).
 
         The link is made under a new temporary name in the output's open directory, locked
-        like the temporary file it then replaces, so the output is still published whole
-        or not at all, and a starting server's sweep sees it as work in progress.
+        like the temporary file it then takes the place of, so the output is still
+        published whole or not at all, and a starting server's sweep sees it as work in
+        progress.
         """
         directory, current = self._directory, self._name
         if directory is None or current is None:
@@ -141,9 +142,12 @@ class PartialOutput:
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=directory)
             return False
-        os.replace(name, current, src_dir_fd=directory, dst_dir_fd=directory)
+        # The link becomes the temporary file, and the empty one made first goes. Renaming
+        # the link over it instead would make ext4 write the linked file's data out first.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(current, dir_fd=directory)
         os.close(self.fd)
-        self.fd = fd
+        self.fd, self._name = fd, name
         return True
 
     def publish(self) -> int:

@@ -2,11 +2,12 @@
 
 Answers go to the cache first (sentinelhub-py's layout, written atomically by the download
 library, which checks every answer, downloaded or cached, before it is kept: a truncated
-or undecodable answer fails its item and is never cached). Only when every request has
-ended, and the batch was not cancelled, is each good answer staged beside its output
-under a temporary name and renamed into place (`PartialOutput`: opened under the data
-root at that moment, no link followed), so a cancelled or failed request never leaves a
-file under the data root, whole or partial. The staged file is a hard link to the cache
+or undecodable answer fails its item and is never cached). Each good answer is staged
+beside its output under a locked temporary name as soon as it arrives, while the other
+requests run (`PartialOutput`: opened under the data root at that moment, no link
+followed); only when every request has ended, and the batch was not cancelled, are they
+all renamed into place. A cancelled or failed batch removes what it staged, so it never
+leaves a file under the data root, whole or partial. The staged file is a hard link to the cache
 entry where both are on one file system (the bytes are written once), a copy otherwise.
 The batch's cache entries are pinned against eviction until their outputs are in place.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +35,9 @@ from rsgrpc.engine.errors import CancelledError, RsgrpcError
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath
+
+# The most often a batch's progress reaches its watchers.
+_PROGRESS_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -82,35 +87,21 @@ def run_download_batch(
         client.deployment.name,
         threads,
     )
-    finished = 0
-    downloaded = 0
-
-    def on_result(result: DownloadResult) -> None:
-        nonlocal finished, downloaded
-        finished += 1
-        downloaded += result.size_bytes
-        operation.update(tiles_done=finished, bytes_read=downloaded)
-        if result.status is DownloadStatus.FAILED:
-            log.warning(
-                "%s: request %d (%s) failed: %s",
-                operation.name,
-                result.index,
-                _described(planned[result.index].request),
-                redact(result.error),
-            )
-
     # The batch's cache entries stay until their outputs are in place, whatever the cap.
-    with download_cache.pinned(item.request.get_storage_paths()[1] for item in planned):
+    with (
+        download_cache.pinned(item.request.get_storage_paths()[1] for item in planned),
+        _Outputs(planned, operation, log, overwrite=overwrite) as outputs,
+    ):
         results = client.download_results(
             [item.request for item in planned],
             max_threads=threads,
-            progress_callback=on_result,
+            progress_callback=outputs.stage,
             cancel_event=operation.cancel_event,
         )
         if operation.cancel_event.is_set():
-            raise _cancelled(finished, total)
-        operation.update(stage=Stage.FINALIZING)
-        outcomes = _save_outputs(planned, results, operation, log, overwrite=overwrite)
+            raise _cancelled(outputs.finished, total)
+        operation.update(stage=Stage.FINALIZING, **outputs.progress())
+        outcomes = outputs.publish(results)
     succeeded = sum(1 for o in outcomes if o.status is DownloadStatus.SUCCEEDED)
     log.info(
         "%s: %d of %d requests saved, %d from the cache",
@@ -120,6 +111,105 @@ def run_download_batch(
         sum(1 for o in outcomes if o.cache_hit and o.status is DownloadStatus.SUCCEEDED),
     )
     return outcomes
+
+
+class _Outputs:
+    """The batch's outputs: each good answer staged beside its output as it arrives (while
+    the other requests still run), all published once every request has ended; removed,
+    published or not, on leaving. Progress reaches the operation at most every
+    `_PROGRESS_INTERVAL_S`, and at the last answer."""
+
+    def __init__(
+        self,
+        planned: Sequence[PlannedDownload],
+        operation: Operation,
+        log: logging.Logger,
+        *,
+        overwrite: bool,
+    ) -> None:
+        self._planned = planned
+        self._operation = operation
+        self._log = log
+        self._overwrite = overwrite
+        self._files = contextlib.ExitStack()
+        self._staged: dict[int, PartialOutput] = {}
+        self._failures: dict[int, RsgrpcError] = {}
+        self.finished = self._downloaded = self._written = 0
+        self._reported = 0.0
+
+    def __enter__(self) -> _Outputs:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._files.close()
+
+    def progress(self) -> dict[str, int]:
+        return {
+            "tiles_done": self.finished,
+            "bytes_read": self._downloaded,
+            "bytes_written": self._written,
+        }
+
+    def stage(self, result: DownloadResult) -> None:
+        """Take one finished request's result (in the job's thread, as the others run)."""
+        self.finished += 1
+        self._downloaded += result.size_bytes
+        index, item = result.index, self._planned[result.index]
+        if result.status is DownloadStatus.FAILED:
+            self._log.warning(
+                "%s: request %d (%s) failed: %s",
+                self._operation.name,
+                index,
+                _described(item.request),
+                redact(result.error),
+            )
+        elif (
+            result.ok
+            and result.output_path is not None
+            and not self._operation.cancel_event.is_set()
+        ):
+            self._stage_file(index, item, Path(result.output_path), result.size_bytes)
+        now = time.monotonic()
+        if self.finished == len(self._planned) or now - self._reported >= _PROGRESS_INTERVAL_S:
+            self._reported = now
+            self._operation.update(**self.progress())
+
+    def _stage_file(self, index: int, item: PlannedDownload, answer: Path, size: int) -> None:
+        try:
+            partial = self._files.enter_context(
+                PartialOutput(item.output, overwrite=self._overwrite)
+            )
+            if not partial.link_from(answer):
+                partial.copy_from(answer)
+        except RsgrpcError as error:
+            self._failures[index] = error
+            self._log.warning("%s: %s", self._operation.name, error)
+            return
+        except OSError as error:
+            # strerror, not the error itself: that names the server's own paths.
+            failure = RsgrpcError(f"could not save {item.output_path!r}: {error.strerror}")
+            self._failures[index] = failure
+            self._log.error("%s: %s", self._operation.name, failure)
+            return
+        self._staged[index] = partial
+        self._written += size
+
+    def publish(self, results: Sequence[DownloadResult]) -> list[DownloadOutcome]:
+        """Put every staged answer in place; one outcome per item, in order."""
+        outcomes = [
+            _outcome(item, result) for item, result in zip(self._planned, results, strict=True)
+        ]
+        for index, error in self._failures.items():
+            outcomes[index] = _failed(outcomes[index], error)
+        if self._operation.cancel_event.is_set():
+            raise _cancelled(len(results), len(results))
+        for index, partial in sorted(self._staged.items()):
+            try:
+                partial.publish()
+            except RsgrpcError as error:
+                outcomes[index] = _failed(outcomes[index], error)
+                self._log.warning("%s: %s", self._operation.name, error)
+        return outcomes
 
 
 def _cancelled(finished: int, total: int) -> CancelledError:
@@ -147,51 +237,3 @@ def _outcome(item: PlannedDownload, result: DownloadResult) -> DownloadOutcome:
 
 def _failed(outcome: DownloadOutcome, error: DownloadError | RsgrpcError) -> DownloadOutcome:
     return replace(outcome, status=DownloadStatus.FAILED, error=error)
-
-
-def _save_outputs(
-    planned: Sequence[PlannedDownload],
-    results: Sequence[DownloadResult],
-    operation: Operation,
-    log: logging.Logger,
-    *,
-    overwrite: bool,
-) -> list[DownloadOutcome]:
-    """Check and stage every good answer beside its output, then rename them all into place."""
-    outcomes = [_outcome(item, result) for item, result in zip(planned, results, strict=True)]
-    written = 0
-    with contextlib.ExitStack() as staged_files:
-        staged: list[tuple[int, PartialOutput]] = []
-        for index, (item, result) in enumerate(zip(planned, results, strict=True)):
-            if not result.ok or result.output_path is None:
-                continue
-            if operation.cancel_event.is_set():
-                raise _cancelled(len(results), len(results))
-            try:
-                partial = staged_files.enter_context(
-                    PartialOutput(item.output, overwrite=overwrite)
-                )
-                if not partial.link_from(Path(result.output_path)):
-                    partial.copy_from(Path(result.output_path))
-            except RsgrpcError as error:
-                outcomes[index] = _failed(outcomes[index], error)
-                log.warning("%s: %s", operation.name, error)
-                continue
-            except OSError as error:
-                # strerror, not the error itself: that names the server's own paths.
-                failure = RsgrpcError(f"could not save {item.output_path!r}: {error.strerror}")
-                outcomes[index] = _failed(outcomes[index], failure)
-                log.error("%s: %s", operation.name, failure)
-                continue
-            staged.append((index, partial))
-            written += result.size_bytes
-            operation.update(bytes_written=written)
-        if operation.cancel_event.is_set():
-            raise _cancelled(len(results), len(results))
-        for index, partial in staged:
-            try:
-                partial.publish()
-            except RsgrpcError as error:
-                outcomes[index] = _failed(outcomes[index], error)
-                log.warning("%s: %s", operation.name, error)
-    return outcomes
