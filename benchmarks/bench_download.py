@@ -48,7 +48,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -67,8 +66,6 @@ LARGE_THREADS = 4
 SHARED_EACH = 250
 DEPLOYMENT = "fake-hub"
 PROCESS_URI = "api/v1/process"
-# The server takes at most this many items in one Download call today.
-GRPC_BATCH_LIMIT = 1000
 CHILD_TIMEOUT_S = 900.0
 TEMP_PREFIX = "rsgrpc-bench-download-"
 MB = 1_000_000
@@ -121,8 +118,7 @@ class Job:
 
 def deployment_settings(hub: Hub, job: Job, shared_limit_dir: str | None = None) -> dict:
     """The deployment every rsgrpc client of ``job`` uses, as the deployments file's fields
-    (without the retry table). ``max_concurrent_requests`` keeps a server running two
-    batches at once to the threads of one."""
+    (without the retry table)."""
     from fake_sentinelhub import CLIENT_ID, CLIENT_SECRET
 
     settings: dict[str, Any] = {
@@ -132,7 +128,6 @@ def deployment_settings(hub: Hub, job: Job, shared_limit_dir: str | None = None)
         "client_secret": CLIENT_SECRET,
         "max_threads": job.threads,
         "pool_connections": job.threads,
-        "max_concurrent_requests": job.threads,
         "connect_timeout_seconds": 5.0,
         "read_timeout_seconds": 30.0,
         "token_timeout_seconds": 10.0,
@@ -337,17 +332,6 @@ def sentinelhub_child(start: Any, hub: Hub, job: Job, folder: str) -> dict:
     }
 
 
-def grpc_download(sessions: Sequence[Any], batches: Sequence[list[dict]]) -> list[Any]:
-    """Download each batch on its own session, all at once (a session runs one operation at
-    a time). A batch larger than the server takes in one call (GRPC_BATCH_LIMIT today) is
-    sent as several: once ``Session.download`` streams any size to the server, this is one
-    call on one session."""
-    if len(batches) == 1:
-        return [sessions[0].download(batches[0], DEPLOYMENT)]
-    with ThreadPoolExecutor(len(batches)) as pool:
-        return list(pool.map(lambda s, b: s.download(b, DEPLOYMENT), sessions, batches))
-
-
 def grpc_child(start: Any, address: str, job: Job) -> dict:
     """rsgrpc's Python client in this process, the server downloading into its data root."""
     from rsgrpc.client import Session
@@ -364,18 +348,16 @@ def grpc_child(start: Any, address: str, job: Job) -> dict:
         }
         for i in range(job.count)
     ]
-    batches = [items[i : i + GRPC_BATCH_LIMIT] for i in range(0, len(items), GRPC_BATCH_LIMIT)]
-    # 1024: MB whether the client reads small values as GB or not (downloads use no RAM budget).
-    sessions = [Session(n_processes=1, available_ram=1024, target=address) for _ in batches]
+    # One batch of any size: the client streams it to the server.
+    session = Session(n_processes=1, available_ram=1024, target=address)
     try:
         start.wait()
         started = time.monotonic()
-        outputs = grpc_download(sessions, batches)
+        outputs = [session.download(items, DEPLOYMENT)]
         ended = time.monotonic()
     finally:
-        for session in sessions:
-            with contextlib.suppress(Exception):
-                session.close()
+        with contextlib.suppress(Exception):
+            session.close()
     peak = peak_rss_self()
     succeeded = download_pb2.DownloadItemResult.STATUS_SUCCEEDED
     ok = sum(
