@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from rsgrpc.engine.bandsets import BandSetCatalog
 from rsgrpc.engine.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -120,6 +121,7 @@ class Session:
         self.limits = limits
         self.create_time = self.update_time = time.time()
         self.closed = False
+        self.bandsets = BandSetCatalog()  # its band sets, numbered from 1
         self._make_executor = make_executor
         self._release_executor = release_executor
         self._lock = threading.Lock()

@@ -34,6 +34,7 @@ from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.session import ServerLimits, Session, SessionRegistry
 from rsgrpc.engine.sieve import load_finishing_kernels
 from rsgrpc.server.auth import Authenticator, IdentityInterceptor, read_tokens
+from rsgrpc.server.bandset_servicer import BandSetServicer
 from rsgrpc.server.config import MIB, ServerConfig
 from rsgrpc.server.deployments import load_download_settings
 from rsgrpc.server.download_servicer import DownloadServicer
@@ -42,6 +43,8 @@ from rsgrpc.server.raster_servicer import RasterServicer
 from rsgrpc.server.session_servicer import SessionServicer
 from rsgrpc.server.status import refusing_handler
 from rsgrpc.v1 import (
+    bandset_pb2,
+    bandset_pb2_grpc,
     download_pb2,
     download_pb2_grpc,
     operation_pb2,
@@ -60,6 +63,7 @@ SERVICE_NAMES = (
     operation_pb2.DESCRIPTOR.services_by_name["OperationWatchService"].full_name,
     lro.DESCRIPTOR.services_by_name["Operations"].full_name,
     download_pb2.DESCRIPTOR.services_by_name["DownloadService"].full_name,
+    bandset_pb2.DESCRIPTOR.services_by_name["BandSetService"].full_name,
 )
 _HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
 _MAX_PENDING_CALLS = 16_384
@@ -271,6 +275,9 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
             RasterServicer(registry, operations, data_root), server
         )
         download_pb2_grpc.add_DownloadServiceServicer_to_server(download_servicer, server)
+        bandset_pb2_grpc.add_BandSetServiceServicer_to_server(
+            BandSetServicer(registry, data_root), server
+        )
         waiters = Waiters(config.max_waiters_per_session)
         add_operation_services(operations, waiters, server)
         health_servicer = health.aio.HealthServicer()

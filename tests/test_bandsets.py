@@ -1,0 +1,331 @@
+"""BandSets through a real channel: the API (create from files or from a folder, sensor
+presets, get, list, update, delete, refusals, ownership and limits) and the Python
+client's Remotior catalog, with band tools taking a BandSet or its number."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import field_mask_pb2
+from rasterio.transform import from_origin
+
+from rsgrpc.engine import bandsets as engine_bandsets
+from rsgrpc.v1 import bandset_pb2, bandset_pb2_grpc, session_pb2, session_pb2_grpc
+from tests.conftest import create_session, make_config, serving, write_geotiff
+
+S2_WAVELENGTHS = {"B02": 0.49, "B03": 0.56, "B04": 0.665, "B08": 0.842, "B8A": 0.865}
+
+
+@pytest.fixture
+def stub(server) -> bandset_pb2_grpc.BandSetServiceStub:
+    return bandset_pb2_grpc.BandSetServiceStub(server[1])
+
+
+@pytest.fixture
+def session(server) -> Iterator[str]:
+    """A fresh session, so that each test starts from Remotior's one empty band set."""
+    name = create_session(server[1])
+    yield name
+    session_pb2_grpc.SessionServiceStub(server[1]).DeleteSession(
+        session_pb2.DeleteSessionRequest(name=name)
+    )
+
+
+def _s2_folder(root, folder: str, names=("B04", "B02", "B8A", "B03", "B08")) -> dict:
+    """Sentinel-2-like bands, one file each, and a file that is not a band."""
+    arrays = {}
+    for i, band in enumerate(names):
+        array = (np.arange(40 * 50, dtype=np.uint16).reshape(40, 50) * (i + 1)) % 997
+        write_geotiff(root / folder / f"S2_{band}.tif", array, nodata=0)
+        arrays[band] = array
+    (root / folder / "S2_notes.txt").write_text("not a raster")
+    return arrays
+
+
+def _bands(*paths: str, **fields) -> list[bandset_pb2.Band]:
+    return [bandset_pb2.Band(path=path, **fields) for path in paths]
+
+
+def _create(stub, session: str, **fields) -> bandset_pb2.BandSet:
+    request = bandset_pb2.CreateBandSetRequest(parent=session, **fields)
+    return stub.CreateBandSet(request)
+
+
+def _refused(call, *args) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        call(*args)
+    return error.value
+
+
+def test_a_new_session_has_one_empty_current_bandset(stub, session):
+    listed = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session))
+    assert [b.name for b in listed.bandsets] == [f"{session}/bandsets/1"]
+    assert listed.bandsets[0].current and not listed.bandsets[0].bands
+    assert listed.bandsets[0].display_name == "BandSet"
+
+
+def test_create_from_files_records_each_band(server, stub, session):
+    root = server[0].data_root.root
+    _s2_folder(root, "bs_files")
+    created = _create(
+        stub,
+        session,
+        bandset=bandset_pb2.BandSet(
+            bands=_bands("bs_files/S2_B03.tif", "bs_files/S2_B02.tif"), date="2021-01-01"
+        ),
+        bandset_number=1,
+    )
+    assert created.name == f"{session}/bandsets/1" and created.bandset_number == 1
+    assert [b.name for b in created.bands] == ["S2_B03", "S2_B02"]
+    assert [b.band_number for b in created.bands] == [1, 2]
+    assert [b.wavelength for b in created.bands] == [1.0, 2.0]
+    assert {b.wavelength_unit for b in created.bands} == {"band number"}
+    first = created.bands[0]
+    assert (first.width, first.height, first.raster_band, first.data_type) == (50, 40, 1, "uint16")
+    assert first.data_path == "bs_files/S2_B03.tif" and "32633" in first.crs
+    assert first.multiplicative_factor == 1 and first.additive_factor == 0
+    assert first.HasField("nodata") and first.nodata == 0
+    assert created.display_name == "S2_B" and created.date == "2021-01-01"
+    assert stub.GetBandSet(bandset_pb2.GetBandSetRequest(name=created.name)) == created
+
+
+def test_create_from_a_folder_with_a_filter_and_a_sensor(server, stub, session):
+    root = server[0].data_root.root
+    _s2_folder(root, "bs_folder")
+    write_geotiff(root / "bs_folder" / "L8_B4.tif", np.ones((40, 50), np.uint16))
+    os.symlink(root / "bs_folder" / "S2_B02.tif", root / "bs_folder" / "S2_B01_link.tif")
+    created = _create(
+        stub,
+        session,
+        bandset=bandset_pb2.BandSet(sensor="sentinel-2", display_name="s2"),
+        folder="bs_folder",
+        name_filter="S2_",
+        bandset_number=2,
+    )
+    assert created.bandset_number == 2 and not created.current
+    # Sorted by wavelength, as Remotior creates a band set; the link is not taken.
+    assert [b.name for b in created.bands] == ["S2_B02", "S2_B03", "S2_B04", "S2_B08", "S2_B8A"]
+    assert [b.wavelength for b in created.bands] == pytest.approx(
+        [S2_WAVELENGTHS[b.name[3:]] for b in created.bands]
+    )
+    assert {b.wavelength_unit for b in created.bands} == {"µm (1 E-6m)"}
+    assert created.sensor.startswith("Sentinel-2 [bands")
+    # The same folder under a root directory, unfiltered: the Landsat file joins.
+    under_root = _create(
+        stub,
+        session,
+        bandset=bandset_pb2.BandSet(root_directory="bs_folder"),
+        folder=".",
+        insert=True,
+        bandset_number=1,
+    )
+    assert under_root.bandset_number == 1 and len(under_root.bands) == 6
+    assert under_root.bands[0].path == "L8_B4.tif"
+    assert under_root.bands[0].data_path == "bs_folder/L8_B4.tif"
+    listed = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session))
+    assert [len(b.bands) for b in listed.bandsets] == [6, 0, 5]
+
+
+def test_sensor_presets_for_landsat(server, stub, session):
+    root = server[0].data_root.root
+    for band in (5, 4, 2):
+        write_geotiff(root / "bs_l8" / f"LC08_B{band}.tif", np.ones((10, 10), np.uint8))
+    created = _create(
+        stub,
+        session,
+        bandset=bandset_pb2.BandSet(sensor="Landsat 8 OLI"),
+        folder="bs_l8",
+    )
+    assert [b.name for b in created.bands] == ["LC08_B2", "LC08_B4", "LC08_B5"]
+    assert [b.wavelength for b in created.bands] == pytest.approx([0.48, 0.655, 0.865])
+    updated = stub.UpdateBandSet(
+        bandset_pb2.UpdateBandSetRequest(
+            bandset=bandset_pb2.BandSet(name=created.name, sensor="Landsat 9"),
+            update_mask=field_mask_pb2.FieldMask(paths=["sensor"]),
+        )
+    )
+    assert updated.sensor == "Landsat 9 OLI [bands 1, 2, 3, 4, 5, 6, 7]"
+    band_order = stub.UpdateBandSet(
+        bandset_pb2.UpdateBandSetRequest(
+            bandset=bandset_pb2.BandSet(name=created.name, sensor="band order")
+        )
+    )
+    assert [b.wavelength for b in band_order.bands] == [1, 2, 3]
+    unknown = _refused(
+        stub.UpdateBandSet,
+        bandset_pb2.UpdateBandSetRequest(
+            bandset=bandset_pb2.BandSet(name=created.name, sensor="Hubble")
+        ),
+    )
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT and "Hubble" in unknown.details()
+
+
+def test_update_replaces_bands_names_and_the_current_bandset(server, stub, session):
+    root = server[0].data_root.root
+    _s2_folder(root, "bs_update")
+    created = _create(stub, session, folder="bs_update", bandset_number=2)
+    assert [b.name for b in created.bands][:2] == ["S2_B02", "S2_B03"]
+    # Remove the first band and move the last to the front, as the client does.
+    kept = [created.bands[-1], *created.bands[1:-1]]
+    updated = stub.UpdateBandSet(
+        bandset_pb2.UpdateBandSetRequest(
+            bandset=bandset_pb2.BandSet(
+                name=created.name, bands=kept, display_name="renamed", current=True
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["bands", "display_name", "current"]),
+        )
+    )
+    assert [b.name for b in updated.bands] == [b.name for b in kept]
+    assert [b.wavelength for b in updated.bands] == [b.wavelength for b in kept]
+    assert [b.band_number for b in updated.bands] == [1, 2, 3, 4]
+    assert updated.display_name == "renamed" and updated.current
+    first = stub.GetBandSet(bandset_pb2.GetBandSetRequest(name=f"{session}/bandsets/1"))
+    assert not first.current
+    bad = _refused(
+        stub.UpdateBandSet,
+        bandset_pb2.UpdateBandSetRequest(
+            bandset=bandset_pb2.BandSet(name=created.name),
+            update_mask=field_mask_pb2.FieldMask(paths=["bandset_number"]),
+        ),
+    )
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_delete_renumbers_and_the_last_leaves_an_empty_bandset(server, stub, session):
+    root = server[0].data_root.root
+    write_geotiff(root / "bs_delete" / "a.tif", np.ones((8, 8), np.uint8))
+    for number in (1, 2, 3):
+        _create(
+            stub,
+            session,
+            bandset=bandset_pb2.BandSet(
+                display_name=f"set {number}", bands=_bands("bs_delete/a.tif")
+            ),
+            bandset_number=number,
+        )
+    stub.DeleteBandSet(bandset_pb2.DeleteBandSetRequest(name=f"{session}/bandsets/2"))
+    listed = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session, page_size=1))
+    assert [b.display_name for b in listed.bandsets] == ["set 1"]
+    rest = stub.ListBandSets(
+        bandset_pb2.ListBandSetsRequest(parent=session, page_token=listed.next_page_token)
+    )
+    assert [b.name for b in rest.bandsets] == [f"{session}/bandsets/2"]
+    assert rest.bandsets[0].display_name == "set 3" and not rest.next_page_token
+    gone = _refused(stub.GetBandSet, bandset_pb2.GetBandSetRequest(name=f"{session}/bandsets/3"))
+    assert gone.code() == grpc.StatusCode.NOT_FOUND
+    for _ in range(2):
+        stub.DeleteBandSet(bandset_pb2.DeleteBandSetRequest(name=f"{session}/bandsets/1"))
+    listed = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session))
+    assert len(listed.bandsets) == 1 and not listed.bandsets[0].bands
+
+
+def test_mismatched_grids_and_bad_paths_are_refused_and_nothing_is_written(server, stub, session):
+    root = server[0].data_root.root
+    write_geotiff(root / "bs_bad" / "a.tif", np.ones((20, 20), np.uint8))
+    write_geotiff(root / "bs_bad" / "small.tif", np.ones((10, 20), np.uint8))
+    write_geotiff(
+        root / "bs_bad" / "shifted.tif",
+        np.ones((20, 20), np.uint8),
+        transform=from_origin(500010.0, 4600000.0, 10.0, 10.0),
+    )
+    (root / "bs_bad" / "text.tif").write_text("not a GeoTIFF")
+    before = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session))
+    cases = {
+        "small": (_bands("bs_bad/a.tif", "bs_bad/small.tif"), grpc.StatusCode.INVALID_ARGUMENT),
+        "shifted": (
+            _bands("bs_bad/a.tif", "bs_bad/shifted.tif"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "text": (_bands("bs_bad/text.tif"), grpc.StatusCode.INVALID_ARGUMENT),
+        "missing": (_bands("bs_bad/none.tif"), grpc.StatusCode.NOT_FOUND),
+        "dotdot": (_bands("../outside.tif"), grpc.StatusCode.PERMISSION_DENIED),
+        "outside": (_bands("/etc/passwd"), grpc.StatusCode.PERMISSION_DENIED),
+        "band": (_bands("bs_bad/a.tif", raster_band=2), grpc.StatusCode.INVALID_ARGUMENT),
+    }
+    for label, (bands, code) in cases.items():
+        error = _refused(
+            stub.CreateBandSet,
+            bandset_pb2.CreateBandSetRequest(
+                parent=session, bandset=bandset_pb2.BandSet(bands=bands)
+            ),
+        )
+        assert error.code() == code, (label, error.details())
+        assert str(root) not in error.details(), label
+    for folder, code in (
+        ("bs_bad/a.tif", grpc.StatusCode.INVALID_ARGUMENT),
+        ("bs_nowhere", grpc.StatusCode.NOT_FOUND),
+        ("../", grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        error = _refused(
+            stub.CreateBandSet, bandset_pb2.CreateBandSetRequest(parent=session, folder=folder)
+        )
+        assert error.code() == code, (folder, error.details())
+    os.symlink(root / "bs_bad", root / "bs_bad_link")
+    linked = _refused(
+        stub.CreateBandSet, bandset_pb2.CreateBandSetRequest(parent=session, folder="bs_bad_link")
+    )
+    assert linked.code() == grpc.StatusCode.PERMISSION_DENIED
+    bad_date = _refused(
+        stub.CreateBandSet,
+        bandset_pb2.CreateBandSetRequest(
+            parent=session, bandset=bandset_pb2.BandSet(date="2021-13-01")
+        ),
+    )
+    assert bad_date.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session)) == before
+
+
+def test_limits_are_resource_exhausted(server, stub, session, monkeypatch):
+    root = server[0].data_root.root
+    write_geotiff(root / "bs_limits" / "a.tif", np.ones((8, 8), np.uint8))
+    monkeypatch.setattr(engine_bandsets, "MAX_BANDSETS", 3)
+    monkeypatch.setattr(engine_bandsets, "MAX_BANDS", 2)
+    for _ in range(2):
+        _create(stub, session, bandset=bandset_pb2.BandSet(bands=_bands("bs_limits/a.tif")))
+    full = _refused(stub.CreateBandSet, bandset_pb2.CreateBandSetRequest(parent=session))
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Replacing one is no new band set.
+    _create(stub, session, bandset_number=3)
+    many = _refused(
+        stub.CreateBandSet,
+        bandset_pb2.CreateBandSetRequest(
+            parent=session,
+            bandset_number=1,
+            bandset=bandset_pb2.BandSet(bands=_bands(*["bs_limits/a.tif"] * 3)),
+        ),
+    )
+    assert many.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_another_identity_gets_not_found(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice a1ice-token\nbob b0b-token\n")
+    alice = (("authorization", "Bearer a1ice-token"),)
+    bob = (("authorization", "Bearer b0b-token"),)
+    with serving(make_config(tmp_path, auth_token_file=str(tokens))) as (running, channel):
+        stub = bandset_pb2_grpc.BandSetServiceStub(channel)
+        session = create_session(channel, metadata=alice)
+        name = f"{session}/bandsets/1"
+        assert stub.GetBandSet(bandset_pb2.GetBandSetRequest(name=name), metadata=alice)
+        calls = [
+            (stub.GetBandSet, bandset_pb2.GetBandSetRequest(name=name)),
+            (stub.ListBandSets, bandset_pb2.ListBandSetsRequest(parent=session)),
+            (stub.CreateBandSet, bandset_pb2.CreateBandSetRequest(parent=session)),
+            (
+                stub.UpdateBandSet,
+                bandset_pb2.UpdateBandSetRequest(
+                    bandset=bandset_pb2.BandSet(name=name, display_name="mine")
+                ),
+            ),
+            (stub.DeleteBandSet, bandset_pb2.DeleteBandSetRequest(name=name)),
+        ]
+        for call, request in calls:
+            with pytest.raises(grpc.RpcError) as error:
+                call(request, metadata=bob)
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND, call
+        listed = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session), metadata=alice)
+        assert len(listed.bandsets) == 1 and listed.bandsets[0].display_name == "BandSet"
