@@ -10,9 +10,12 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+import rasterio
+import rasterio.features
 from google.protobuf import field_mask_pb2
 from rasterio.transform import from_origin
 
+from rsgrpc.client import Session
 from rsgrpc.engine import bandsets as engine_bandsets
 from rsgrpc.v1 import bandset_pb2, bandset_pb2_grpc, session_pb2, session_pb2_grpc
 from tests.conftest import create_session, make_config, serving, write_geotiff
@@ -329,3 +332,95 @@ def test_another_identity_gets_not_found(tmp_path):
             assert error.value.code() == grpc.StatusCode.NOT_FOUND, call
         listed = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session), metadata=alice)
         assert len(listed.bandsets) == 1 and listed.bandsets[0].display_name == "BandSet"
+
+
+def _classes(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    array = np.kron(rng.integers(1, 5, (6, 8), dtype=np.uint8), np.ones((10, 10), np.uint8))
+    array[rng.random(array.shape) < 0.08] = 7
+    return array
+
+
+def test_a_remotior_style_script_with_a_catalog_and_band_tools(server):
+    running, channel = server
+    root = running.data_root.root
+    arrays = {}
+    for band in ("B8A", "B04", "B02", "B03"):
+        arrays[band] = _classes(len(arrays) + 3)
+        write_geotiff(root / "S2_2020-01-01" / f"S2_{band}.tif", arrays[band], nodata=0)
+    write_geotiff(root / "S2_2020-01-01" / "L8_B4.tif", _classes(9), nodata=0)
+
+    rs = Session(n_processes=2, available_ram=1024, channel=channel)
+    try:
+        catalog = rs.bandset_catalog()
+        assert catalog is rs.bandset_catalog and catalog.get_bandset_count() == 1
+        bandset = catalog.create_bandset(
+            ["S2_2020-01-01", "S2_"], date="auto", bandset_number=1, bandset_name="s2"
+        )
+        assert catalog.get_bandset_count() == 1 and catalog.current_bandset == 1
+        assert [b.name for b in bandset] == ["S2_B02", "S2_B03", "S2_B04", "S2_B8A"]
+        assert bandset.get_wavelengths() == [1, 2, 3, 4] and bandset.date == "2020-01-01"
+        catalog.set_satellite_wavelength("Sentinel-2", bandset_number=1)
+        assert bandset.get_wavelengths() == pytest.approx([0.49, 0.56, 0.665, 0.865])
+        assert set(bandset.get_wavelength_units()) == {"µm (1 E-6m)"}
+        assert catalog.get_bandset_bands_by_attribute(
+            1, "wavelength", 0.665, output_number=True
+        ) == [3]
+        assert bandset.get_band_alias() == ["b1", "b2", "b3", "b4"]
+        assert catalog.create_band_string_list(1)[0] == '"bandset1b1"'
+        assert catalog.get(1, "name") == bandset.bands["name"]
+
+        # Bands added, removed, moved and sorted, as Remotior's catalog does it.
+        catalog.add_band_to_bandset("S2_2020-01-01/L8_B4.tif", bandset_number=1, band_number=1)
+        assert [b.name for b in bandset][:2] == ["L8_B4", "S2_B02"] and len(bandset) == 5
+        catalog.sort_bands_by_wavelength(1)
+        assert bandset.bands[0].name == "S2_B02" and bandset.bands[-1].name == "L8_B4"
+        catalog.remove_band_in_bandset(5, bandset_number=1)
+        assert [b.name for b in bandset] == ["S2_B02", "S2_B03", "S2_B04", "S2_B8A"]
+        catalog.move_band_in_bandset(4, 1, bandset_number=1)
+        assert bandset.bands[0].name == "S2_B8A" and bandset.bands[0].wavelength == 0.49
+        catalog.sort_bands_by_name(1)
+        assert bandset.bands[0].name == "S2_B02"
+
+        # A second band set from files, under a root directory; made current.
+        second = catalog.create_bandset(
+            ["S2_B04.tif", "S2_B03.tif"],
+            wavelengths=[0.665, 0.56],
+            unit="µm (1 E-6m)",
+            bandset_number=2,
+            root_directory="S2_2020-01-01",
+        )
+        assert second.get_paths() == ["S2_B03.tif", "S2_B04.tif"]
+        assert second.get_absolute_paths() == [
+            "S2_2020-01-01/S2_B03.tif",
+            "S2_2020-01-01/S2_B04.tif",
+        ]
+        catalog.current_bandset = 2
+        assert catalog.current_bandset == 2 and catalog.get().number == 2
+        catalog.current_bandset = 1
+
+        # The band tools take the band set by number, or as a BandSet.
+        by_number = rs.band_sieve(input_bands=1, size=6, output_path="bs_out", prefix="n_")
+        assert by_number.check, by_number.grpc
+        assert by_number.paths == [f"bs_out/n_S2_{b}.tif" for b in ("B02", "B03", "B04", "B8A")]
+        by_object = rs.band_sieve(
+            input_bands=second, size=6, output_path="bs_out", prefix="o_", connected=True
+        )
+        assert by_object.check, by_object.grpc
+        for path, band, connectivity in [
+            *zip(by_number.paths, ("B02", "B03", "B04", "B8A"), [4] * 4, strict=True),
+            *zip(by_object.paths, ("B03", "B04"), [8] * 2, strict=True),
+        ]:
+            classes = arrays[band]
+            expected = rasterio.features.sieve(
+                classes, 6, connectivity=connectivity, mask=classes != 0
+            )
+            with rasterio.open(root / path) as ds:
+                np.testing.assert_array_equal(ds.read(1), expected)
+
+        missing = rs.band_sieve(input_bands=9, size=6, output_path="bs_out")
+        assert not missing.check and "band set 9" in missing.extra["message"]
+        catalog.remove_bandset(2)
+        assert catalog.get_bandset_count() == 1 and catalog.get_bandset(2) is None
+    finally:
+        rs.close()

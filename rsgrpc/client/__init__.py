@@ -17,12 +17,16 @@ server what it means locally, `rsgrpc.client.signatures` says what it does inste
 
 from __future__ import annotations
 
+from rsgrpc.client.bandsets import Band, BandSet, BandSetCatalog
 from rsgrpc.client.connection import connect
 from rsgrpc.client.downloads import download_item
 from rsgrpc.client.output import GrpcResult, OutputManager
 from rsgrpc.client.session import Configurations, Session
 
 __all__ = [
+    "Band",
+    "BandSet",
+    "BandSetCatalog",
     "Configurations",
     "GrpcResult",
     "OutputManager",

@@ -17,6 +17,7 @@ from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import field_mask_pb2
 
+from rsgrpc.client.bandsets import BandSetCatalog
 from rsgrpc.client.connection import allowed_processes, allowed_ram, connect
 from rsgrpc.client.downloads import Downloads
 from rsgrpc.client.output import (
@@ -156,6 +157,7 @@ class Session(RasterTools, Downloads):
             ),
         )
         self.configurations.take(self.session)
+        self.bandset_catalog = BandSetCatalog(self)  # the session's, on the server
 
     @property
     def name(self) -> str:

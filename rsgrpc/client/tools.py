@@ -123,14 +123,34 @@ def _required_output(output_path: Any) -> None:
         )
 
 
-def input_bands(value: Any) -> list[raster_pb2.RasterBand]:
-    """Remotior's `input_bands` as a list of paths (band 1 each); (path, band) pairs too."""
+def input_bands(value: Any, session: Session | None = None) -> list[raster_pb2.RasterBand]:
+    """Remotior's `input_bands` as the bands to read: a path or a list of paths (band 1
+    each), or of (path, band) pairs; a BandSet; or a band set number of the session's
+    catalog."""
+    import grpc
+
+    from rsgrpc.client.bandsets import BandSet
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        if session is None:
+            raise Refusal(f"input_bands {value}: a band set number needs the session's catalog")
+        try:
+            found = session.bandset_catalog.get_bandset(value)
+        except grpc.RpcError as error:
+            raise Refusal(f"input_bands: band set {value}: {error.details()}") from None
+        if found is None:
+            raise Refusal(f"input_bands: band set {value} is not in the session's catalog")
+        value = found
+    if isinstance(value, BandSet):
+        if not value.bands:
+            raise Refusal(f"input_bands: band set {value.number} has no bands")
+        return [raster_pb2.RasterBand(path=b.data_path, band=b.raster_band) for b in value.bands]
     if isinstance(value, str) or (isinstance(value, tuple) and not _is_band_list(value)):
         value = [value]
     if not isinstance(value, list | tuple) or not value:
         raise Refusal(
-            f"input_bands must be a path or a list of paths, got {value!r}; "
-            "BandSets are not supported by the server yet"
+            f"input_bands must be a path, a list of paths, a BandSet or a band set number, "
+            f"got {value!r}"
         )
     bands = []
     for item in value:
@@ -200,7 +220,7 @@ class RasterTools:
         """Send a band tool's requests in turn; its outcome lists every output, and
         `grpc.response` holds them all in one response message."""
         merged = response_type()
-        for i, (inputs, target) in enumerate(_targets(input_bands(a["input_bands"]), a)):
+        for i, (inputs, target) in enumerate(_targets(input_bands(a["input_bands"], self), a)):
             message = request(inputs, target)
             output = self._run(
                 process,
