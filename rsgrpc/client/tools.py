@@ -206,6 +206,20 @@ def _morphology(a: dict[str, Any]) -> raster_pb2.MorphologyParameters:
     )
 
 
+def _is_band_calc_script(expression: str) -> bool:
+    """Whether band calc's expression is a script: several calculations, a comment line,
+    or an output named with '@' (whose `output_path` may then be a folder)."""
+    lines = [line.strip() for line in expression.splitlines() if line.strip()]
+    return len(lines) > 1 or any(line.startswith("#") or "@" in line for line in lines)
+
+
+def _band_calc_paths(response: raster_pb2.BandCalcResponse) -> list[str]:
+    """Every calculation's output, in the order of the lines, as Remotior lists them."""
+    if response.outputs:
+        return [o.output_path for o in response.outputs]
+    return [response.output_path]
+
+
 class RasterTools:
     """Remotior's raster tools that the server runs."""
 
@@ -259,11 +273,15 @@ class RasterTools:
                     f"input {raster!r} has no name: give input_name_list, or [path, name] pairs"
                 )
             inputs.append(raster_pb2.RasterInput(name=str(name), path=str(path), band=band))
+        expression = str(a["expression_string"])
+        output_path = str(a["output_path"])
+        if not (_is_band_calc_script(expression) and not PurePosixPath(output_path).suffix):
+            output_path = tiff_path(output_path)  # else a script's folder, as it is
         request = raster_pb2.BandCalcRequest(
             session=self.name,
-            expression=a["expression_string"],
+            expression=expression,
             inputs=inputs,
-            output_path=tiff_path(str(a["output_path"])),
+            output_path=output_path,
             overwrite=bool(a["overwrite"]),
             output_data_type=data_type(a["output_datatype"]),
             output_options=output_options(a["compression"]),
@@ -277,7 +295,7 @@ class RasterTools:
             lambda: self._raster.BandCalc(request, metadata=self._metadata),
             raster_pb2.BandCalcResponse(),
             lambda response: OutputManager(
-                paths=[response.output_path], grpc=GrpcResult(response=response)
+                paths=_band_calc_paths(response), grpc=GrpcResult(response=response)
             ),
             announce=bool(a["progress_message"]),
         )

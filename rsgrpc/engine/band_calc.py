@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 
 import numpy as np
 from rsgrpc_kernels.expression import Expression, ExpressionError, parse_expression
 
+from rsgrpc.engine.band_calc_script import (
+    MAX_SCRIPT_LENGTH,
+    Statement,
+    error_at,
+    is_tiff_path,
+    output_file_name,
+    split_script,
+    unsupported_feature,
+)
 from rsgrpc.engine.band_tool import is_value_of, plan_band_tiles
-from rsgrpc.engine.errors import InvalidArgumentError
+from rsgrpc.engine.errors import (
+    CancelledError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    RsgrpcError,
+)
 from rsgrpc.engine.limits import PlannedOutput, check_job_limits
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataPath, DataRoot
@@ -57,10 +75,13 @@ class BandCalcRequest:
 
 @dataclass(frozen=True)
 class BandCalcResult:
-    """What a finished band calc returns."""
+    """What a finished band calc returns, for one calculation: its output's name (by
+    which later lines of a script read it) and the script's line where it starts."""
 
     output_path: str
     statistics: BandStatistics
+    name: str = ""
+    line: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,12 +95,12 @@ class BandCalcJob:
     output: DataPath
     output_dtype: str
     profile: OutputProfile
+    name: str = ""  # the output's name, by which later lines of a script read it
+    line: int = 1  # the script's line where the calculation starts
 
 
-def prepare_band_calc(
-    request: BandCalcRequest, data_root: DataRoot, default_profile: OutputProfile
-) -> BandCalcJob:
-    """Check a request completely before any work starts; raise the error a client should see."""
+def _check_inputs(request: BandCalcRequest) -> list[str]:
+    """The inputs' names, once checked."""
     if not request.inputs:
         raise InvalidArgumentError("band calc needs at least one input")
     if len(request.inputs) > MAX_INPUTS:
@@ -90,9 +111,21 @@ def prepare_band_calc(
             raise InvalidArgumentError(f"input name {name!r} is not valid")
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"input names must be unique, got {names}")
+    return names
+
+
+def prepare_band_calc(
+    request: BandCalcRequest, data_root: DataRoot, default_profile: OutputProfile
+) -> BandCalcJob:
+    """Check a request of one expression completely before any work starts; raise the
+    error a client should see."""
+    names = _check_inputs(request)
     try:
         expression = parse_expression(request.expression, names)
     except ExpressionError as exc:
+        feature = unsupported_feature(request.expression, frozenset(names))
+        if feature is not None:  # an alias of Remotior's: say so, rather than "unknown"
+            raise error_at(request.expression, feature[0], feature[1]) from exc
         raise InvalidArgumentError(
             f"expression: {exc}", metadata={"position": str(exc.position)}
         ) from exc
@@ -118,6 +151,198 @@ def prepare_band_calc(
         output,
         output_dtype,
         request.profile or default_profile,
+        PurePosixPath(output.path).stem,
+    )
+
+
+def prepare_band_calc_script(
+    request: BandCalcRequest, data_root: DataRoot, default_profile: OutputProfile
+) -> tuple[BandCalcJob, ...]:
+    """Check a band calc of one expression or a script of several lines completely
+    before any work starts: one job per calculation, in order. A single expression
+    (one line, no '@', no comment) is checked exactly as `prepare_band_calc` checks it."""
+    text = request.expression
+    if len(text) > MAX_SCRIPT_LENGTH:
+        return (prepare_band_calc(request, data_root, default_profile),)
+    script = split_script(text)
+    if script.is_single_expression:
+        return (prepare_band_calc(request, data_root, default_profile),)
+    text = script.text
+    input_names = _check_inputs(request)
+    output_dtype = _output_dtype(request.output_dtype)
+    _check_nodata_fits(request.output_nodata, output_dtype)
+    profile = request.profile or default_profile
+    targets = _script_outputs(request, script.statements, text, input_names, data_root)
+    names = input_names + [name for name, _ in targets]
+    producer = {name: i for i, (name, _) in enumerate(targets)}
+    by_name = {i.name: i for i in request.inputs}
+    described: dict[str, RasterInfo] = {}
+    jobs: list[BandCalcJob] = []
+    for index, statement in enumerate(script.statements):
+        expression = _parse_statement(text, statement, names)
+        line = statement.line
+        for name in dict.fromkeys(expression.input_names + expression.nodata_names):
+            made_by = producer.get(name)
+            if made_by is None:
+                continue
+            if made_by >= index:
+                at = statement.offset + max(0, statement.expression.find(name))
+                whose = (
+                    "its own output"
+                    if made_by == index
+                    else f"the output of line {script.statements[made_by].line}"
+                )
+                raise error_at(
+                    text,
+                    at,
+                    f'"{name}" is {whose}: a line reads only inputs and the outputs of the '
+                    "lines before it",
+                )
+        if not expression.input_names:
+            raise error_at(text, statement.offset, "the calculation reads no input's pixels")
+        infos_by_name: dict[str, RasterInfo] = {}
+        for name in dict.fromkeys(expression.input_names + expression.nodata_names):
+            made_by = producer.get(name)
+            if made_by is not None:
+                infos_by_name[name] = _output_info(jobs[made_by])
+                continue
+            if name not in described:
+                given = by_name[name]
+                source = data_root.path(given.path, field=f"input {name!r} path")
+                described[name] = describe(source, given.band or 1)
+            infos_by_name[name] = described[name]
+        infos = tuple(infos_by_name[n] for n in expression.input_names)
+        try:
+            check_same_grid(infos, expression.input_names)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(
+                f"line {line}: {exc.message}", metadata=exc.metadata
+            ) from exc
+        name, output = targets[index]
+        line_inputs = tuple(
+            by_name[n] if n in by_name else NamedInput(n, jobs[producer[n]].output.path)
+            for n in dict.fromkeys(expression.input_names + expression.nodata_names)
+        )
+        line_request = replace(
+            request,
+            expression=statement.expression,
+            inputs=line_inputs,
+            output_path=output.path,
+        )
+        jobs.append(
+            BandCalcJob(
+                line_request,
+                expression,
+                infos,
+                {n: i.nodata for n, i in infos_by_name.items()},
+                output,
+                output_dtype,
+                profile,
+                name,
+                line,
+            )
+        )
+    return tuple(jobs)
+
+
+def _parse_statement(text: str, statement: Statement, names: Sequence[str]) -> Expression:
+    """A statement's expression, parsed against the allow-list; errors name the script's
+    line and column."""
+    feature = unsupported_feature(statement.expression, frozenset(names))
+    if feature is not None:
+        raise error_at(text, statement.offset + feature[0], feature[1])
+    try:
+        return parse_expression(statement.expression, names)
+    except ExpressionError as exc:
+        raise error_at(text, statement.offset + exc.position, exc.reason) from exc
+
+
+def _script_outputs(
+    request: BandCalcRequest,
+    statements: Sequence[Statement],
+    text: str,
+    input_names: Sequence[str],
+    data_root: DataRoot,
+) -> list[tuple[str, DataPath]]:
+    """Each statement's output, named and confined, checked writable and unique.
+
+    ``@ name`` writes ``name.tif`` in ``output_path``'s folder (``output_path`` itself
+    when it has no .tif/.tiff extension); ``@ folder @ name`` in ``folder`` (its folder,
+    for a path with an extension). A statement without ``@`` writes ``output_path``, or
+    ``output{n}.tif`` in it when it is a folder and the script has several calculations.
+    """
+    output_path = request.output_path
+    if any(s.folder is None for s in statements):
+        data_root.path(output_path, field="output_path")  # its own errors, as for one line
+    output_folder = output_path if not is_tiff_path(output_path) else posixpath.dirname(output_path)
+    inputs = {
+        data_root.path(i.path, field=f"input {i.name!r} path").identity: i.name
+        for i in request.inputs
+    }
+    taken: dict[str, int] = {}  # output name: line
+    written: dict[str, int] = {}  # output identity: line
+    targets: list[tuple[str, DataPath]] = []
+    for statement in statements:
+        line = statement.line
+        at = statement.output_offset
+        if statement.name is None:
+            if len(statements) == 1 or is_tiff_path(output_path):
+                client = output_path
+            else:
+                client = posixpath.join(output_path, f"output{statement.number}.tif")
+            name = PurePosixPath(client).stem
+        else:
+            try:
+                file, name = output_file_name(statement.name)
+            except ValueError as exc:
+                raise error_at(text, at, str(exc)) from None
+            folder = output_folder if statement.folder is None else statement.folder
+            if statement.folder is not None and is_tiff_path(folder):
+                folder = posixpath.dirname(folder)  # as Remotior: a file's folder
+            client = posixpath.join(folder, file) if folder else file
+        field = f"line {line} output"
+        try:
+            target = data_root.path(client, field=field)
+        except (PermissionDeniedError, InvalidArgumentError) as exc:
+            raise error_at(text, at, exc.message) from None
+        if name in input_names:
+            raise error_at(text, at, f'output name "{name}" is the name of an input')
+        if name in taken:
+            raise error_at(
+                text, at, f'output name "{name}" is also the output of line {taken[name]}'
+            )
+        if target.identity in written:
+            raise error_at(
+                text, at, f"{target.path!r} is also the output of line {written[target.identity]}"
+            )
+        if target.identity in inputs:
+            raise error_at(
+                text,
+                at,
+                f'{target.path!r} is input "{inputs[target.identity]}": a script does not '
+                "replace its inputs",
+            )
+        target.check_output(overwrite=request.overwrite)
+        taken[name] = written[target.identity] = line
+        targets.append((name, target))
+    return targets
+
+
+def _output_info(job: BandCalcJob) -> RasterInfo:
+    """The output of an earlier line, as a later line reads it: on the grid of the first
+    input that line reads, with the script's output type and nodata."""
+    first = job.infos[0]
+    block = job.profile.block_size
+    return RasterInfo(
+        path=job.output,
+        band=1,
+        width=first.width,
+        height=first.height,
+        dtype=job.output_dtype,
+        nodata=job.request.output_nodata,
+        crs=first.crs,
+        transform=first.transform,
+        block_shape=(block, block),
     )
 
 
@@ -206,12 +431,94 @@ def _planned_output(job: BandCalcJob) -> list[PlannedOutput]:
     return [PlannedOutput(job.output, job.infos[0].shape, job.output_dtype, source)]
 
 
+def plan_band_calc_script(jobs: Sequence[BandCalcJob], session: Session) -> list[TilePlan]:
+    """`plan_band_calc` for every calculation of a script; the server's limits see all
+    its outputs at once (the disk must hold them all)."""
+    if len(jobs) == 1:
+        return [plan_band_calc(jobs[0], session)]
+    for job in jobs:
+        job.profile.check_dtype(job.output_dtype, output=job.request.output_path)
+    check_job_limits(_planned_outputs(jobs), jobs[0].profile, session)
+    return [plan_band_tiles(j.infos, band_calc_memory(j), session, j.profile) for j in jobs]
+
+
+def _planned_outputs(jobs: Sequence[BandCalcJob]) -> list[PlannedOutput]:
+    return [planned for job in jobs for planned in _planned_output(job)]
+
+
 def run_band_calc(
     job: BandCalcJob, plan: TilePlan, session: Session, operation: Operation
 ) -> BandCalcResult:
     """The job: evaluate the planned tiles in the session's workers, write the output."""
     # The disk may have filled while the job waited in the session's queue.
     check_job_limits(_planned_output(job), job.profile, session)
+    operation.update(stage=Stage.RUNNING, tiles_total=plan.tile_count)
+    return _run_job(job, plan, session, operation, tiles_before=0)
+
+
+def run_band_calc_script(
+    jobs: Sequence[BandCalcJob], plans: Sequence[TilePlan], session: Session, operation: Operation
+) -> list[BandCalcResult]:
+    """A script's calculations in order, as one operation: progress counts every line's
+    tiles. If a line fails or the operation is cancelled, the outputs of the lines
+    already written are removed: a script leaves all its outputs or none."""
+    if len(jobs) == 1:
+        return [run_band_calc(jobs[0], plans[0], session, operation)]
+    check_job_limits(_planned_outputs(jobs), jobs[0].profile, session)
+    operation.update(stage=Stage.RUNNING, tiles_total=sum(p.tile_count for p in plans))
+    results: list[BandCalcResult] = []
+    written: list[tuple[DataPath, tuple[int, int]]] = []
+    tiles_before = 0
+    try:
+        for job, plan in zip(jobs, plans, strict=True):
+            if operation.cancel_event.is_set():
+                raise CancelledError("the operation was cancelled")
+            operation.update(stage=Stage.RUNNING)
+            results.append(_run_job(job, plan, session, operation, tiles_before=tiles_before))
+            written.append((job.output, _identity(job.output)))
+            tiles_before += plan.tile_count
+        if operation.cancel_event.is_set():
+            raise CancelledError("the operation was cancelled")
+    except BaseException:
+        for output, identity in reversed(written):
+            _remove(output, identity, session)
+        raise
+    return results
+
+
+def _identity(output: DataPath) -> tuple[int, int]:
+    """The device and inode of the file just published at `output`."""
+    parent = output.open_parent(create=False)
+    try:
+        st = os.stat(output.name, dir_fd=parent, follow_symlinks=False)
+    finally:
+        os.close(parent)
+    return st.st_dev, st.st_ino
+
+
+def _remove(output: DataPath, identity: tuple[int, int], session: Session) -> None:
+    """Remove the output a line wrote, if it is still the file that line wrote."""
+    try:
+        parent = output.open_parent(create=False)
+    except RsgrpcError:
+        return
+    try:
+        st = os.stat(output.name, dir_fd=parent, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) == identity:
+            os.unlink(output.name, dir_fd=parent)
+    except OSError as error:
+        if not isinstance(error, FileNotFoundError):
+            session.logger.warning("could not remove %r: %s", output.path, error.strerror)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(parent)
+
+
+def _run_job(
+    job: BandCalcJob, plan: TilePlan, session: Session, operation: Operation, *, tiles_before: int
+) -> BandCalcResult:
+    """Evaluate one calculation's planned tiles in the session's workers and write its
+    output; `tiles_before` tiles of the operation are done already."""
     first = job.infos[0]
     executor = session.executor
     session.logger.info(
@@ -223,10 +530,12 @@ def run_band_calc(
         plan.tile_width,
         plan.peak_bytes >> 20,
     )
-    operation.update(stage=Stage.RUNNING, tiles_total=plan.tile_count)
     sources = [(i.path, i.band) for i in job.infos]
     statistics = BandStatistics.empty()
-    done = read = written = 0
+    done = 0
+    # A script's lines add to what the lines before them read and wrote.
+    read = operation.progress.bytes_read
+    written = written_before = operation.progress.bytes_written
     request = job.request
     with RasterWriter(
         job.output,
@@ -258,10 +567,10 @@ def run_band_calc(
             writer.write(encoded)
             statistics = statistics.combine(tile_stats)
             done, read, written = done + 1, read + tile_read, written + encoded.data.nbytes
-            operation.update(tiles_done=done, bytes_read=read, bytes_written=written)
+            operation.update(tiles_done=tiles_before + done, bytes_read=read, bytes_written=written)
 
         run_tiles(executor, operation, plan.tiles(), task, consume, in_flight=plan.in_flight)
         operation.update(stage=Stage.FINALIZING)
         size = writer.commit()
-    operation.update(bytes_written=size)
-    return BandCalcResult(request.output_path, statistics)
+    operation.update(bytes_written=written_before + size)
+    return BandCalcResult(request.output_path, statistics, job.name, job.line)

@@ -13,9 +13,9 @@ from rsgrpc.engine.band_calc import (
     BandCalcRequest,
     BandCalcResult,
     NamedInput,
-    plan_band_calc,
-    prepare_band_calc,
-    run_band_calc,
+    plan_band_calc_script,
+    prepare_band_calc_script,
+    run_band_calc_script,
 )
 from rsgrpc.engine.band_tool import BandInput, OutputTarget
 from rsgrpc.engine.errors import InvalidArgumentError
@@ -165,13 +165,24 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             ),
             profile=output_profile(request.output_options),
         )
-        job = prepare_band_calc(calc, self._data_root, DEFAULT_PROFILE)
-        plan = plan_band_calc(job, session)
+        jobs = prepare_band_calc_script(calc, self._data_root, DEFAULT_PROFILE)
+        plans = plan_band_calc_script(jobs, session)
 
         def run(session: Session, operation: Operation) -> raster_pb2.BandCalcResponse:
-            result: BandCalcResult = run_band_calc(job, plan, session, operation)
+            results: list[BandCalcResult] = run_band_calc_script(jobs, plans, session, operation)
+            last = results[-1]
             return raster_pb2.BandCalcResponse(
-                output_path=result.output_path, statistics=statistics_to_proto(result.statistics)
+                output_path=last.output_path,
+                statistics=statistics_to_proto(last.statistics),
+                outputs=[
+                    raster_pb2.BandCalcOutput(
+                        name=r.name,
+                        output_path=r.output_path,
+                        statistics=statistics_to_proto(r.statistics),
+                        line=r.line,
+                    )
+                    for r in results
+                ],
             )
 
         return start_operation(self._store, session, "BandCalc", run)

@@ -218,7 +218,18 @@ class BandCalcRequest(_message.Message):
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     expression: _builtins.str
-    """The expression, e.g. `("nir" - "red") / ("nir" + "red")`."""
+    """The expression, e.g. `("nir" - "red") / ("nir" + "red")`, or a script of
+    several lines, as Remotior takes them: each line that is not blank and
+    does not start with `#` is one calculation, run in order. A line may end
+    with `@ name` (its output is `name.tif` in `output_path`'s folder, or in
+    `output_path` when that has no `.tif`/`.tiff` extension) or with
+    `@ folder @ name` (`name.tif` in that folder, a data path); later lines
+    read an earlier output by its name, e.g. `"name"`. A line without `@`
+    writes `output_path` (in a script whose `output_path` is a folder,
+    `output{n}.tif` there, n counting the calculations from 1). A script is
+    checked whole before it runs; if a line fails or the operation is
+    cancelled, no line's output is left.
+    """
     output_path: _builtins.str
     """Path of the output GeoTIFF (a data path: see `RasterInput.path`)."""
     overwrite: _builtins.bool
@@ -300,15 +311,23 @@ class BandStatistics(_message.Message):
 Global___BandStatistics: _TypeAlias = BandStatistics  # noqa: Y015
 
 @_typing.final
-class BandCalcResponse(_message.Message):
-    """Response of BandCalc."""
+class BandCalcOutput(_message.Message):
+    """One calculation's output."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    NAME_FIELD_NUMBER: _builtins.int
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     STATISTICS_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name, by which later lines read it: the output file's name without
+    its extension.
+    """
     output_path: _builtins.str
     """Path of the output (a data path: see `RasterInput.path`)."""
+    line: _builtins.int
+    """The line of the expression where the calculation starts, from 1."""
     @_builtins.property
     def statistics(self) -> Global___BandStatistics:
         """Statistics of the output band."""
@@ -316,12 +335,52 @@ class BandCalcResponse(_message.Message):
     def __init__(
         self,
         *,
+        name: _builtins.str = ...,
         output_path: _builtins.str = ...,
         statistics: Global___BandStatistics | None = ...,
+        line: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_path", b"output_path", "statistics", b"statistics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "name", b"name", "output_path", b"output_path", "statistics", b"statistics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandCalcOutput: _TypeAlias = BandCalcOutput  # noqa: Y015
+
+@_typing.final
+class BandCalcResponse(_message.Message):
+    """Response of BandCalc."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the output (a data path: see `RasterInput.path`); of a script's
+    last calculation.
+    """
+    @_builtins.property
+    def statistics(self) -> Global___BandStatistics:
+        """Statistics of the output band; of a script's last calculation."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BandCalcOutput]:
+        """Every calculation's output, in the order of the lines (one for a single
+        expression).
+        """
+
+    def __init__(
+        self,
+        *,
+        output_path: _builtins.str = ...,
+        statistics: Global___BandStatistics | None = ...,
+        outputs: _abc.Iterable[Global___BandCalcOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_path", b"output_path", "outputs", b"outputs", "statistics", b"statistics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
