@@ -424,3 +424,27 @@ def test_a_remotior_style_script_with_a_catalog_and_band_tools(server):
         assert catalog.get_bandset_count() == 1 and catalog.get_bandset(2) is None
     finally:
         rs.close()
+
+
+def test_one_multiband_file_gives_all_its_bands(server, stub, session):
+    root = server[0].data_root.root
+    path = root / "bs_multi" / "stack.tif"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.arange(3 * 12 * 10, dtype=np.int16).reshape(3, 12, 10)
+    profile = dict(driver="GTiff", width=10, height=12, count=3, dtype="int16", crs="EPSG:32633")
+    with rasterio.open(path, "w", transform=from_origin(0, 120, 10, 10), **profile) as ds:
+        ds.write(data)
+    created = _create(
+        stub, session, bandset=bandset_pb2.BandSet(bands=_bands("bs_multi/stack.tif"))
+    )
+    assert [(b.name, b.raster_band) for b in created.bands] == [
+        ("stack#b0", 1),
+        ("stack#b1", 2),
+        ("stack#b2", 3),
+    ]
+    picked = _create(
+        stub,
+        session,
+        bandset=bandset_pb2.BandSet(bands=_bands("bs_multi/stack.tif", raster_band=3)),
+    )
+    assert [(b.name, b.raster_band) for b in picked.bands] == [("stack", 3)]
