@@ -238,6 +238,41 @@ def test_cancel_during_a_later_line_leaves_no_output_of_any_line(server, session
     assert list((root / "cancel_script").iterdir()) == []
 
 
+def test_a_later_line_failing_as_it_runs_removes_the_earlier_lines_outputs(
+    server, session_name, raster_stub, ab
+):
+    running, channel = server
+    _, b = ab
+    root = running.data_root.root
+    write_geotiff(root / "in" / "c.tif", b)
+    blocker_input = root / "blocker.tif"
+    write_geotiff(blocker_input, np.ones((2048, 2048), np.float32), block=256)
+    heavy = " + ".join(f"sin(x + {k})" for k in range(40))
+    # A job ahead of the script in the session's queue, while the script's second
+    # input, checked at the door, becomes unreadable.
+    blocker = raster_stub.BandCalc(
+        _request(session_name, heavy, "blocked/out.tif", {"x": "blocker.tif"})
+    )
+    script = raster_stub.BandCalc(
+        _request(
+            session_name,
+            '"b" * 2 @ first\n"first" + "c" @ second',
+            "fails/o.tif",
+            {
+                "b": "in/b.tif",
+                "c": "in/c.tif",
+            },
+        )
+    )
+    (root / "in" / "c.tif").write_bytes(b"not a GeoTIFF any more")
+    operations = lro_grpc.OperationsStub(channel)
+    operations.CancelOperation(lro.CancelOperationRequest(name=blocker.name))
+    final = operations.WaitOperation(lro.WaitOperationRequest(name=script.name))
+    assert final.done and final.HasField("error")
+    assert "in/c.tif" in final.error.message
+    assert not (root / "fails").exists() or list((root / "fails").iterdir()) == []
+
+
 def test_the_client_returns_every_line_s_output_in_order(server, ab):
     running, channel = server
     a, b = ab
