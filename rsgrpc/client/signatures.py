@@ -207,8 +207,8 @@ _BAND_TOOL_NOTES = {
     **_PER_CALL_RESOURCES,
     "input_bands": Note(
         "differs",
-        "a path or a list of paths (or of (path, band) pairs); a BandSet or BandSet number "
-        "is not supported yet and is refused",
+        "a path, a list of paths or of (path, band) pairs, a BandSet, or a band set number "
+        "of the session's catalog (kept on the server)",
     ),
     "output_path": Note(
         "differs",
@@ -225,7 +225,9 @@ _BAND_TOOL_NOTES = {
     ),
     "extent_list": Note("not yet", "each output covers its input's extent"),
     "multiple_resolution": Note("not yet", "each input keeps its own grid, as with True"),
-    "bandset_catalog": Note("not yet", "BandSets are not supported"),
+    "bandset_catalog": Note(
+        "differs", "band set numbers always name the session's catalog; accepted and not used"
+    ),
     "virtual_output": Note("differs", "outputs are always GeoTIFFs; True is accepted"),
 }
 
@@ -292,14 +294,17 @@ BAND_CALC = MethodSpec(
         **_PER_CALL_RESOURCES,
         "expression_string": Note(
             "differs",
-            "one expression; several lines, BandSet iterations and aliases such as #NDVI# "
-            "or bandset1b1 are not supported yet",
+            "several lines run in order as Remotior runs them (# comments, @ name, "
+            "@ folder @ name, earlier outputs by their quoted name) in one operation; a "
+            "failed or cancelled script keeps no output; BandSet iterations, aliases such as "
+            "#NDVI# or bandset1b1, %, #BANDSET#, #DATE# and @ temp are not supported yet",
         ),
         "output_path": Note(
             "differs",
-            "a file path; an extension other than .tif/.tiff (.vrt included) becomes .tif; "
-            "None is refused (Remotior writes to its temporary directory); an existing "
-            "output is replaced, as in Remotior, unless overwrite=False",
+            "a file path (in a script, a path without an extension is a folder); an "
+            "extension other than .tif/.tiff (.vrt included) becomes .tif; None is refused "
+            "(Remotior writes to its temporary directory); an existing output is replaced, "
+            "as in Remotior, unless overwrite=False",
         ),
         "output_nodata": Note(
             "differs",
@@ -326,10 +331,10 @@ BAND_CALC = MethodSpec(
             "a pixel is nodata where any input the expression reads is nodata, or where the "
             "result is not finite or does not fit the output type, whatever the value",
         ),
-        "bandset_catalog": Note("not yet", "BandSets are not supported"),
-        "bandset_number": Note("not yet", "BandSets are not supported"),
-        "input_bands": Note("not yet", "BandSets are not supported"),
-        "point_coordinates": Note("not yet", "BandSets are not supported"),
+        "bandset_catalog": Note("not yet", "band calc does not read band sets yet"),
+        "bandset_number": Note("not yet", "band calc does not read band sets yet"),
+        "input_bands": Note("not yet", "band calc does not read band sets yet"),
+        "point_coordinates": Note("not yet", "band calc does not read band sets yet"),
         "device": Note("not applicable", "the server chooses how it computes (CPU)"),
     },
 )
@@ -369,10 +374,12 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
     ),
     "output_manager": None,
     "close": None,
-    **{
-        name: Note("not yet", "BandSets on the server come with issue 15")
-        for name in ("bandset", "bandset_catalog")
-    },
+    "bandset_catalog": Note(
+        "differs",
+        "the session's catalog, kept on the server (also usable from other languages as "
+        "BandSetService); rs.bandset_catalog() returns it rather than a new catalog",
+    ),
+    "bandset": Note("not yet", "a BandSet outside the catalog comes with issue 15"),
     **{
         name: Note("not yet", "one of the eleven tools of issue 16")
         for name in (
