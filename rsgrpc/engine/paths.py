@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -74,11 +75,11 @@ class DataPath:
     def __str__(self) -> str:
         return self.path
 
-    @property
+    @functools.cached_property
     def parts(self) -> tuple[str, ...]:
         return PurePosixPath(self.relative or self.path).parts
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
         """The file this path names, the same whichever way a client writes it (relative,
         or absolute through either form of its root): to compare paths, never to show."""

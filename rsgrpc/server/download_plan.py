@@ -3,6 +3,7 @@ anything is sent or written."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import urllib.parse
@@ -41,6 +42,10 @@ _MIME_TYPES: Final = {
     download_pb2.MIME_TYPE_GZIP: MimeType.GZIP,
     download_pb2.MIME_TYPE_RAW: MimeType.RAW,
 }
+# Some servers read a backslash as a slash, which would hide a '..' segment.
+_FORBIDDEN_IN_PATH = re.compile(r"[\x00-\x1f\x7f\\]")
+# `\s` is every character `str.isspace` takes.
+_SPACE_OR_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f\\]")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # The server authenticates and frames requests itself; a client may not set these.
 _RESERVED_HEADERS: Final = frozenset(
@@ -68,13 +73,13 @@ def resolve_uri(uri: str, base_url: str, *, field: str = "uri") -> str:
     if not uri:
         raise errors.InvalidArgumentError(f"{field} is empty", metadata={"field": field})
     shown = repr(uri if len(uri) <= 200 else uri[:200] + "...")
-    if len(uri) > _MAX_URI_LENGTH or any(c.isspace() or _forbidden_in_path(c) for c in uri):
+    if len(uri) > _MAX_URI_LENGTH or _SPACE_OR_FORBIDDEN.search(uri):
         raise errors.InvalidArgumentError(
             f"{field} {shown} is not a valid URI: it is too long or has spaces, backslashes "
             "or control characters",
             metadata={"field": field},
         )
-    base = urllib.parse.urlsplit(base_url)
+    base = _split(base_url)
     parts = urllib.parse.urlsplit(uri)
     if not (parts.scheme or parts.netloc):
         parts = urllib.parse.urlsplit(f"{base_url.rstrip('/')}/{uri.lstrip('/')}")
@@ -100,7 +105,7 @@ def resolve_uri(uri: str, base_url: str, *, field: str = "uri") -> str:
             metadata={"field": field},
         )
     decoded_path = urllib.parse.unquote(parts.path)
-    if any(_forbidden_in_path(c) for c in decoded_path):
+    if _FORBIDDEN_IN_PATH.search(decoded_path):
         raise errors.InvalidArgumentError(
             f"{field} {shown} encodes backslashes or control characters in its path",
             metadata={"field": field},
@@ -119,9 +124,9 @@ def resolve_uri(uri: str, base_url: str, *, field: str = "uri") -> str:
     return urllib.parse.urlunsplit(parts)
 
 
-def _forbidden_in_path(character: str) -> bool:
-    # Some servers read a backslash as a slash, which would hide a '..' segment.
-    return character == "\\" or ord(character) < 0x20 or character == "\x7f"
+@functools.lru_cache(maxsize=64)
+def _split(base_url: str) -> urllib.parse.SplitResult:
+    return urllib.parse.urlsplit(base_url)
 
 
 def _headers(headers: Mapping[str, str], field: str) -> dict[str, str]:
