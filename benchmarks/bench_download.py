@@ -8,8 +8,9 @@ the tests) and runs in this process on 127.0.0.1, a new one for each run so that
 - "library": ``rsgrpc.download.SentinelHubDownloadClient`` in the child;
 - "gRPC": a real ``rsgrpc serve`` subprocess on 127.0.0.1, given a deployments file naming
   the fake hub (a new cache folder and data root each run, so nothing comes from a cache),
-  and ``rsgrpc.client.Session.download`` in the child; its peak is the server's (VmHWM)
-  plus the client's;
+  and ``rsgrpc.client.Session.download`` in the child (its session made, and the server
+  let settle, before the clock starts, as the library's client is made before its own);
+  its peak is the server's (VmHWM) plus the client's;
 - "sentinelhub-py": sentinelhub-py's ``SentinelHubDownloadClient`` in the child.
 
 Every client saves each answer to disk, as the server does (a new folder each run), and
@@ -332,8 +333,46 @@ def sentinelhub_child(start: Any, hub: Hub, job: Job, folder: str) -> dict:
     }
 
 
-def grpc_child(start: Any, address: str, job: Job) -> dict:
-    """rsgrpc's Python client in this process, the server downloading into its data root."""
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += used.get(current, 0.0)
+        todo.extend(children.get(current, ()))
+    return total
+
+
+def wait_until_quiet(pid: int, limit: float = 60.0) -> None:
+    """Wait until the process tree of ``pid`` has used under 5% of a core for half a
+    second (at most ``limit`` seconds): a new session's server-side setup (the spare
+    workers it takes are replaced in the background) is not part of a download."""
+    deadline = time.monotonic() + limit
+    before = tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = tree_cpu_seconds(pid)
+        if now - before < 0.025:
+            return
+        before = now
+
+
+def grpc_child(start: Any, address: str, server_pid: int, job: Job) -> dict:
+    """rsgrpc's Python client in this process, the server downloading into its data root.
+    As the library's client is made before its clock starts, so is the session, and the
+    server is let settle after it."""
     from rsgrpc.client import Session
     from rsgrpc.v1 import download_pb2
 
@@ -351,6 +390,7 @@ def grpc_child(start: Any, address: str, job: Job) -> dict:
     # One batch of any size: the client streams it to the server.
     session = Session(n_processes=1, available_ram=1024, target=address)
     try:
+        wait_until_quiet(server_pid)
         start.wait()
         started = time.monotonic()
         outputs = [session.download(items, DEPLOYMENT)]
@@ -491,7 +531,7 @@ def run_grpc(job: Job) -> Result:
             rsgrpc_server(data_root, work / "server.log") as (address, server),
         ):
             server_start = memory_of(server.pid, "VmRSS")
-            (value,) = run_children(grpc_child, [(address, job)])
+            (value,) = run_children(grpc_child, [(address, server.pid, job)])
             server_peak = memory_of(server.pid)
         wrong = missing_outputs(job, data_root / "out")
         notes = [f"error: {error}" for error in value["errors"]]
