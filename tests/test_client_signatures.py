@@ -13,7 +13,8 @@ import grpc
 import numpy as np
 import pytest
 from google.longrunning import operations_proto_pb2 as lro
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from rsgrpc.client import Session
 from rsgrpc.client.signatures import SIGNATURES, compatibility_rows
@@ -314,6 +315,45 @@ def test_n_processes_above_the_servers_maximum_warns_and_clamps(server):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Session(1, 1, channel=channel).close()
+
+
+def test_ram_above_what_the_server_has_left_warns_and_clamps(server):
+    running, channel = server
+    total = running.registry.limits.ram_mib
+    with pytest.warns(UserWarning, match=r"available_ram \d+ MB is more than the server has"):
+        rs = Session(1, 900, channel=channel)  # 900 GB
+    try:
+        assert 0 < rs.session.available_ram_mib <= total
+    finally:
+        rs.close()
+
+
+def test_refusals_name_the_servers_limits_in_their_error_info(server):
+    running, channel = server
+    sessions = session_pb2_grpc.SessionServiceStub(channel)
+    limits = running.registry.limits
+    for settings, key, most in (
+        (
+            session_pb2.Session(process_count=limits.process_count + 1, available_ram_mib=1024),
+            "max_process_count",
+            limits.process_count,
+        ),
+        (
+            session_pb2.Session(process_count=1, available_ram_mib=limits.ram_mib * 4),
+            "max_available_ram_mib",
+            None,
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            sessions.CreateSession(session_pb2.CreateSessionRequest(session=settings))
+        status = rpc_status.from_call(refused.value)
+        info = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info)
+        assert key in info.metadata
+        if most is not None:
+            assert int(info.metadata[key]) == most
+        else:
+            assert 0 < int(info.metadata[key]) <= limits.ram_mib
 
 
 def _remotior_progress(calls: list[dict]):

@@ -1,8 +1,7 @@
-"""A channel to rsgrpc, and reading a server's limits out of its refusals."""
+"""A channel to rsgrpc, and a server's limits as its refusals name them."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,10 +11,6 @@ from rsgrpc.client.output import GrpcResult
 
 # The largest answer taken: the server's default message limit.
 _MAX_ANSWER_BYTES = 16 << 20
-
-_PROCESS_MAXIMUM = re.compile(r"process_count must be 1 to (\d+), got (\d+)")
-_PROCESS_TOTAL = re.compile(r"would use (\d+) processes; its total is (\d+)")
-_RAM_TOTAL = re.compile(r"would use (\d+) MiB; its total is (\d+) MiB")
 
 
 def connect(
@@ -36,28 +31,15 @@ def connect(
     return grpc.secure_channel(target, credentials, options=options)
 
 
-def allowed_processes(refusal: GrpcResult, asked: int) -> int | None:
-    """The most processes the server would give a session that asked for `asked` and was
-    refused, or None when the refusal is about something else.
-
-    The server names its limits in the refusal's message (a session's maximum as
-    INVALID_ARGUMENT, the total left over its sessions as RESOURCE_EXHAUSTED); an
-    ErrorInfo ``max_process_count`` entry, where a server sends one, is taken first.
-    """
-    if "max_process_count" in refusal.metadata:
-        return int(refusal.metadata["max_process_count"])
-    if match := _PROCESS_MAXIMUM.search(refusal.message):
-        return int(match.group(1))
-    if match := _PROCESS_TOTAL.search(refusal.message):
-        used, total = int(match.group(1)), int(match.group(2))
-        return total - (used - asked)
-    return None
+def allowed_processes(refusal: GrpcResult) -> int | None:
+    """The most processes the server would give the session it refused (the ErrorInfo's
+    ``max_process_count``), or None when the refusal is about something else."""
+    value = refusal.metadata.get("max_process_count")
+    return int(value) if value is not None else None
 
 
-def allowed_ram(refusal: GrpcResult, asked: int) -> int | None:
-    """The most MiB the server has left for a session that asked for `asked` and was
-    refused, or None when the refusal is about something else."""
-    if match := _RAM_TOTAL.search(refusal.message):
-        used, total = int(match.group(1)), int(match.group(2))
-        return total - (used - asked)
-    return None
+def allowed_ram(refusal: GrpcResult) -> int | None:
+    """The most MiB the server has left for the session it refused (the ErrorInfo's
+    ``max_available_ram_mib``), or None when the refusal is about something else."""
+    value = refusal.metadata.get("max_available_ram_mib")
+    return int(value) if value is not None else None

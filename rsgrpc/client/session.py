@@ -183,13 +183,13 @@ class Session(RasterTools, Downloads):
                     raise
                 refusal = rpc_error_result(error)
                 asked = settings.process_count
-                most = allowed_processes(refusal, asked) if asked else None
+                most = allowed_processes(refusal) if asked else None
                 if most is not None and 1 <= most < asked:
                     self._warn(f"n_processes {asked} is more than the server allows; using {most}")
                     settings.process_count = most
                     continue
                 asked = settings.available_ram_mib
-                most = allowed_ram(refusal, asked) if asked else None
+                most = allowed_ram(refusal) if asked else None
                 if most is not None and 0 < most < asked:
                     self._warn(
                         f"available_ram {asked} MB is more than the server has left; "

@@ -315,7 +315,8 @@ class SessionRegistry:
         limits = self.limits
         if not 1 <= settings.process_count <= limits.process_count:
             raise InvalidArgumentError(
-                f"process_count must be 1 to {limits.process_count}, got {settings.process_count}"
+                f"process_count must be 1 to {limits.process_count}, got {settings.process_count}",
+                metadata={"max_process_count": str(limits.process_count)},
             )
         if settings.available_ram_mib < limits.min_ram_mib:
             raise InvalidArgumentError(
@@ -338,16 +339,23 @@ class SessionRegistry:
             raise ResourceExhaustedError(
                 f"the server has {len(others)} sessions, its limit of {self.limits.max_sessions}"
             )
-        processes = sum(s.process_count for s in others) + settings.process_count
+        # The metadata name what is left, so that a client can ask for that instead.
+        others_processes = sum(s.process_count for s in others)
+        processes = others_processes + settings.process_count
         if processes > self.limits.process_count:
             raise ResourceExhaustedError(
                 f"the server's sessions would use {processes} processes; its total is "
-                f"{self.limits.process_count}"
+                f"{self.limits.process_count}",
+                metadata={
+                    "max_process_count": str(max(0, self.limits.process_count - others_processes))
+                },
             )
-        ram = sum(s.available_ram_mib for s in others) + settings.available_ram_mib
+        others_ram = sum(s.available_ram_mib for s in others)
+        ram = others_ram + settings.available_ram_mib
         if ram > self.limits.ram_mib:
             raise ResourceExhaustedError(
-                f"the server's sessions would use {ram} MiB; its total is {self.limits.ram_mib} MiB"
+                f"the server's sessions would use {ram} MiB; its total is {self.limits.ram_mib} MiB",
+                metadata={"max_available_ram_mib": str(max(0, self.limits.ram_mib - others_ram))},
             )
 
     def create(self, settings: SessionSettings, session_id: str = "", *, owner: str) -> Session:
