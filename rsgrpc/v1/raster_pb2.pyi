@@ -215,6 +215,9 @@ class BandCalcRequest(_message.Message):
     OUTPUT_DATA_TYPE_FIELD_NUMBER: _builtins.int
     OUTPUT_NODATA_FIELD_NUMBER: _builtins.int
     OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    BANDSET_NUMBER_FIELD_NUMBER: _builtins.int
+    INPUT_BANDSET_FIELD_NUMBER: _builtins.int
+    VIRTUAL_OUTPUT_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     expression: _builtins.str
@@ -238,6 +241,21 @@ class BandCalcRequest(_message.Message):
     """Output pixel type; FLOAT32 when unspecified."""
     output_nodata: _builtins.float
     """Output nodata value; -32768 when unset (Remotior's default)."""
+    bandset_number: _builtins.int
+    """The band set that `#` names in band set references (`"bandset#b1"`) and
+    whose bands spectral aliases (`"#NIR#"`) and expression aliases
+    (`"#NDVI#"`) read, a number of the session's catalog (see BandSetService);
+    the catalog's current band set when 0.
+    """
+    input_bandset: _builtins.int
+    """A band set the expression reads directly, as Remotior's `input_bands`: its
+    bands are `"b1"`, `"b2"`, ... (`"b*"` all of them), with the spectral and
+    expression aliases; 0 for none.
+    """
+    virtual_output: _builtins.bool
+    """Write each output as a VRT (`name.vrt`) whose source is a GeoTIFF beside
+    it, as Remotior's virtual output; also when `output_path` ends in `.vrt`.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterInput]:
         """The named inputs; all on one grid (size, transform, CRS)."""
@@ -257,10 +275,13 @@ class BandCalcRequest(_message.Message):
         output_data_type: Global___DataType.ValueType = ...,
         output_nodata: _builtins.float | None = ...,
         output_options: Global___OutputOptions | None = ...,
+        bandset_number: _builtins.int = ...,
+        input_bandset: _builtins.int = ...,
+        virtual_output: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "output_nodata", b"output_nodata", "output_options", b"output_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "expression", b"expression", "inputs", b"inputs", "output_data_type", b"output_data_type", "output_nodata", b"output_nodata", "output_options", b"output_options", "output_path", b"output_path", "overwrite", b"overwrite", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "bandset_number", b"bandset_number", "expression", b"expression", "input_bandset", b"input_bandset", "inputs", b"inputs", "output_data_type", b"output_data_type", "output_nodata", b"output_nodata", "output_options", b"output_options", "output_path", b"output_path", "overwrite", b"overwrite", "session", b"session", "virtual_output", b"virtual_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__output_nodata: _TypeAlias = _typing.Literal["output_nodata"]  # noqa: Y015
     _WhichOneofArgType__output_nodata: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata"]  # noqa: Y015
@@ -428,12 +449,17 @@ class ToolOutput(_message.Message):
     PREFIX_FIELD_NUMBER: _builtins.int
     OVERWRITE_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    VIRTUAL_OUTPUT_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """A file or directory path (a data path: see `RasterInput.path`)."""
     prefix: _builtins.str
     """Prefix of output file names in a directory."""
     overwrite: _builtins.bool
     """Replace existing outputs."""
+    virtual_output: _builtins.bool
+    """Write each output as a VRT (`{prefix}{stem}.vrt`) whose source is a
+    GeoTIFF beside it, as Remotior's virtual output.
+    """
     @_builtins.property
     def options(self) -> Global___OutputOptions:
         """Output encoding."""
@@ -445,10 +471,11 @@ class ToolOutput(_message.Message):
         prefix: _builtins.str = ...,
         overwrite: _builtins.bool = ...,
         options: Global___OutputOptions | None = ...,
+        virtual_output: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "overwrite", b"overwrite", "path", b"path", "prefix", b"prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "overwrite", b"overwrite", "path", b"path", "prefix", b"prefix", "virtual_output", b"virtual_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
