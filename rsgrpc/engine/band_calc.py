@@ -150,7 +150,7 @@ def prepare_band_calc(
         nodata,
         output,
         output_dtype,
-        request.profile or default_profile,
+        (request.profile or default_profile).fitted_to(infos[0].width, infos[0].height),
         PurePosixPath(output.path).stem,
     )
 
@@ -237,7 +237,7 @@ def prepare_band_calc_script(
                 {n: i.nodata for n, i in infos_by_name.items()},
                 output,
                 output_dtype,
-                profile,
+                profile.fitted_to(infos[0].width, infos[0].height),
                 name,
                 line,
             )

@@ -144,7 +144,9 @@ def prepare_morphology(
     """Check a request completely and plan its tiles; raise what the client should see."""
     _check_parameters(request)
     tasks = prepare_band_tasks(request.inputs, request.target, data_root)
-    profile = request.target.profile or default_profile
+    profile = (request.target.profile or default_profile).fitted_to(
+        max(t.info.width for t in tasks), max(t.info.height for t in tasks)
+    )
     for task in tasks:
         _check_band(task, request)
         profile.check_dtype(task.info.dtype, output=task.output_path)

@@ -14,7 +14,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -343,6 +343,15 @@ class OutputProfile:
                 f"{output!r} is {dtype}: use 2 (horizontal), 1 (none) or 0 (the default)",
                 metadata={"field": "predictor", "path": output},
             )
+
+    def fitted_to(self, width: int, height: int) -> OutputProfile:
+        """This profile for an output of at most ``width`` x ``height`` pixels: blocks no
+        larger than the output, rounded up to TIFF's multiple of 16. A small output then
+        encodes its pixels, not a block of padding four times their size."""
+        fit = -(-max(width, height, 1) // 16) * 16
+        if fit >= self.block_size:
+            return self
+        return replace(self, block_size=fit)
 
     def block_options(self, dtype: str) -> dict[str, object]:
         """The GTiff creation options that decide the bytes of each block."""

@@ -126,7 +126,9 @@ def prepare_sieve(
                 f"sieve takes integer classes ({', '.join(SIEVE_DTYPES)})",
                 metadata={"path": task.input.path},
             )
-    profile = request.target.profile or default_profile
+    profile = (request.target.profile or default_profile).fitted_to(
+        max(t.info.width for t in tasks), max(t.info.height for t in tasks)
+    )
     for task in tasks:
         profile.check_dtype(task.info.dtype, output=task.output_path)
     check_sieve_limits(tasks, profile, session)
