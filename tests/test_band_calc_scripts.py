@@ -170,11 +170,11 @@ def test_a_single_expression_lists_its_one_output(server, session_name, raster_s
         ('"a" @ x @ y @ z', "at most two '@'"),
         ('"a" @ ', "the output name after '@' is empty"),
         ('"a" @ temp @ x', "temporary folder"),
-        ('"a" @ x%2', "not supported yet"),
-        ('"a" @ out_#DATE#', "#DATE# in an output name or folder is not supported yet"),
-        ('"#NDVI#" @ x', 'aliases such as "#NDVI#" are not supported yet'),
-        ('"a" @ x\n"bandset1b1" * 2 @ y', "BandSet bands such as 'bandset1b1' are not supported"),
-        ('forbandsets[1:2]\n"a" @ x', "BandSet iterations (forbandsets) are not supported yet"),
+        ('"a" @ x%2', "line 1, column 5: band set 2 does not exist"),
+        ('"#NDVI#" @ x', '"#NDVI#" reads "#NIR#": "#NIR#" reads band set 1, which has no bands'),
+        ('"a" @ x\n"bandset1b1" * 2 @ y', "line 2, column 1: band set 1 has 0 band(s)"),
+        ('forbandsets[1:2]\n"a" @ x', "line 1, column 13: band set 2 does not exist"),
+        ('"a" @ x\nforbandsets[1]\n"a" @ y', "line 2, column 1: a band set iteration is the first"),
         ("\n".join(['"a"'] * (MAX_STATEMENTS + 1)), f"at most {MAX_STATEMENTS} calculations"),
     ],
 )
@@ -190,14 +190,13 @@ def test_a_bad_script_is_refused_at_the_door_and_writes_nothing(
     assert not (root / "refused").exists()
 
 
-def test_an_alias_in_a_single_expression_is_refused_as_not_supported_yet(
-    session_name, raster_stub, ab
-):
+def test_an_alias_of_an_empty_bandset_is_refused_naming_it(session_name, raster_stub, ab):
     with pytest.raises(grpc.RpcError) as caught:
-        raster_stub.BandCalc(_request(session_name, '"#NIR#" * 2', "refused/x.tif", INPUTS))
+        raster_stub.BandCalc(_request(session_name, '2 * "#NIR#"', "refused/x.tif", INPUTS))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "expression line 1, column 1" in caught.value.details()
-    assert "not supported yet" in caught.value.details()
+    assert caught.value.details() == (
+        'expression line 1, column 5: "#NIR#" reads band set 1, which has no bands'
+    )
 
 
 def test_an_existing_output_of_a_later_line_is_refused_before_any_line_runs(

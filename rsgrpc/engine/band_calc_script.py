@@ -8,10 +8,12 @@ then parsed against the allow-list like any single expression (`parse_expression
 - A statement may end with Remotior's output separator: ``expression @ name`` or
   ``expression @ folder @ name``. ``@`` counts only outside quotes and brackets, so
   an input named ``"a@b"`` stays an input.
-- Remotior's features that need BandSets (aliases such as ``"#NDVI#"`` or
-  ``"bandset1b1"``, ``forbandsets`` iterations, ``%`` after an output name, the
-  ``#BANDSET#`` and ``#DATE#`` variables) and its temporary folder (``@ temp @ name``)
-  are refused as not supported yet.
+- Remotior's band set language (aliases such as ``"#NDVI#"`` or ``"bandset1b1"``,
+  ``forbandsets`` iterations, ``%`` after an output name, the ``#BANDSET#`` and
+  ``#DATE#`` placeholders) is expanded before this text is checked
+  (`rsgrpc.engine.band_calc_bandsets`, which splits the script with ``raw=True``); what
+  reaches the check unexpanded is refused with a message naming it. Remotior's temporary
+  folder (``@ temp @ name``) is refused: the server has no folder of the client's for it.
 
 Nothing here touches a file: output paths are resolved and confined by the caller.
 """
@@ -36,6 +38,8 @@ _OUTPUT_NAME = re.compile(r"\w[\w .\-]*")
 _ALIAS = re.compile(r'"(#[^"#]*#)"')
 _BANDSET_BAND = re.compile(r"\bbandset(?:\d+|#|\*)?b(?:\d+|\*)(?![\w])", re.IGNORECASE)
 _ITERATION = re.compile(r"^\s*(forbandsets|forbandsinbandset)\b", re.IGNORECASE)
+# Remotior's placeholders: a '#' that starts one of them does not start a comment.
+_PLACEHOLDER = re.compile(r"#(?:BANDSET|DATE|BAND)#", re.IGNORECASE)
 _OPENERS: Final = "([{"
 _CLOSERS: Final = ")]}"
 
@@ -57,6 +61,8 @@ class Statement:
     folder: str | None
     name: str | None
     output_offset: int  # where its first '@' is; its start when it has none
+    end: int = -1  # where its text ends (before a comment after it, or the line break)
+    separators: tuple[int, ...] = ()  # where its '@' are
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,13 @@ def error_at(text: str, offset: int, message: str) -> InvalidArgumentError:
     return script_error(line, column, message, offset)
 
 
-def split_script(text: str) -> Script:
-    """The statements of `text`, in order; InvalidArgumentError for a malformed script."""
+def split_script(text: str, *, raw: bool = False) -> Script:
+    """The statements of `text`, in order; InvalidArgumentError for a malformed script.
+
+    With `raw`, Remotior's placeholders in outputs (``#BANDSET#``, ``#DATE#``, ``%``) are
+    kept as text for the band set expansion, which replaces them, rather than refused.
+    Every statement counts against MAX_STATEMENTS either way: an expansion checks its own
+    count."""
     if len(text) > MAX_SCRIPT_LENGTH:
         raise InvalidArgumentError(
             f"expression is {len(text)} characters long; a script's limit is {MAX_SCRIPT_LENGTH}"
@@ -119,7 +130,7 @@ def split_script(text: str) -> Script:
             if len(statements) == MAX_STATEMENTS:
                 raise error_at(text, start, f"a script has at most {MAX_STATEMENTS} calculations")
             statements.append(
-                _statement(text, start, end, separators, comments, len(statements) + 1)
+                _statement(text, start, end, separators, comments, len(statements) + 1, raw)
             )
         start = end + 1
     return Script(text, tuple(statements), has_comments)
@@ -147,7 +158,10 @@ def _statement_end(text: str, start: int) -> tuple[int, list[int], list[int]]:
                 quote = ""
         elif ch in "\"'":
             quote = ch
-        elif ch == "#":
+        elif ch == "#" and (placeholder := _PLACEHOLDER.match(text, i)):
+            i = placeholder.end()
+            continue
+        elif ch == "#" and not (i > start and text[i - 1] == "%"):
             if depth == 0:
                 comments.append(i)
             newline = text.find("\n", i)  # a comment to the end of the line
@@ -164,7 +178,13 @@ def _statement_end(text: str, start: int) -> tuple[int, list[int], list[int]]:
 
 
 def _statement(
-    text: str, start: int, end: int, separators: list[int], comments: list[int], number: int
+    text: str,
+    start: int,
+    end: int,
+    separators: list[int],
+    comments: list[int],
+    number: int,
+    raw: bool,
 ) -> Statement:
     line, _ = _position(text, start)
     if len(separators) > 2:
@@ -176,28 +196,43 @@ def _statement(
     folder = name = None
     expression_end = separators[0] if separators else end
     if separators:
-        raw = text[separators[0] + 1 : end].upper()
+        outputs = text[separators[0] + 1 : end].upper()
         for variable in ("#BANDSET#", "#DATE#"):  # Remotior's, not comments
-            if variable in raw:
+            if variable in outputs and not raw:
                 raise error_at(
                     text,
                     separators[0],
-                    f"{variable} in an output name or folder is not supported yet",
+                    f"{variable} in an output name or folder is replaced from the session's "
+                    "band sets: it was not expanded here",
                 )
         # A comment after the output's name is not part of it.
         end = min([c for c in comments if c > separators[-1]], default=end)
+    else:
+        end = min([c for c in comments if c > start], default=end)
+    while end > start and text[end - 1].isspace():
+        end -= 1
     if len(separators) == 1:
         name = text[separators[0] + 1 : end].strip()
     elif len(separators) == 2:
         folder = text[separators[0] + 1 : separators[1]].strip()
         name = text[separators[1] + 1 : end].strip()
     if separators:
-        _check_output_text(text, separators[0], folder, name)
+        _check_output_text(text, separators[0], folder, name, raw)
     output_offset = separators[0] if separators else start
-    return Statement(number, line, start, text[start:expression_end], folder, name, output_offset)
+    return Statement(
+        number,
+        line,
+        start,
+        text[start:expression_end],
+        folder,
+        name,
+        output_offset,
+        end,
+        tuple(separators),
+    )
 
 
-def _check_output_text(text: str, at: int, folder: str | None, name: str | None) -> None:
+def _check_output_text(text: str, at: int, folder: str | None, name: str | None, raw: bool) -> None:
     if folder is not None:
         if not folder:
             raise error_at(text, at, "the folder between the two '@' is empty")
@@ -205,14 +240,18 @@ def _check_output_text(text: str, at: int, folder: str | None, name: str | None)
             raise error_at(
                 text,
                 at,
-                "Remotior's temporary folder ('@ temp @ name') is not supported yet: "
-                "name a folder under the server's data roots",
+                "Remotior's temporary folder ('@ temp @ name') is not served: the server "
+                "has no folder of the client's for temporary files; name a folder under "
+                "the server's data roots",
             )
     if not name:
         raise error_at(text, at, "the output name after '@' is empty")
-    if "%" in name:
+    if "%" in name and not raw:
         raise error_at(
-            text, at, "adding an output to a BandSet ('name%number') is not supported yet"
+            text,
+            at,
+            "'name%number' adds an output to a band set of the session's catalog: it was "
+            "not expanded here",
         )
 
 
@@ -240,23 +279,27 @@ def is_tiff_path(path: str) -> bool:
 
 
 def unsupported_feature(expression: str, names: frozenset[str]) -> tuple[int, str] | None:
-    """Where and what Remotior feature that needs BandSets `expression` uses, if any: an
-    iteration, an alias or a BandSet band not among `names`."""
+    """Where and what of Remotior's band set language `expression` holds unexpanded, if
+    any: an iteration, an alias or a band set band not among `names`. The BandCalc service
+    expands them from the session's catalog first (`band_calc_bandsets`); what is left is
+    written where no expansion applies (an iteration after the first line, a band set
+    reference outside quotes)."""
     iteration = _ITERATION.match(expression)
     if iteration:
         return iteration.start(1), (
-            f"BandSet iterations ({iteration.group(1)}) are not supported yet: they need BandSets"
+            f"a band set iteration ({iteration.group(1)}[...]) is the first line of a "
+            "script, before the lines it repeats"
         )
     for match in _ALIAS.finditer(expression):
         if match.group(1) not in names:
             return match.start(), (
-                f'aliases such as "{match.group(1)}" are not supported yet: they need BandSets; '
-                "name the inputs and write the expression"
+                f'alias "{match.group(1)}" was not expanded: aliases read the band sets of '
+                "the session's catalog"
             )
     for match in _BANDSET_BAND.finditer(expression):
         if match.group(0) not in names:
             return match.start(), (
-                f"BandSet bands such as {match.group(0)!r} are not supported yet: "
-                "name the inputs instead"
+                f"band set reference {match.group(0)!r} was not expanded: write it in "
+                f'quotes, as Remotior does ("{match.group(0)}")'
             )
     return None
