@@ -1,0 +1,1 @@
+"""Remotior Sensus scripts run unchanged, but for their import, against a live server."""

@@ -1,0 +1,13 @@
+import remotior_sensus
+
+rs = remotior_sensus.Session(n_processes=2, available_ram=1000)
+output = rs.band_calc(
+    input_raster_list=["$DATA/s2/S2_B08.tif", "$DATA/s2/S2_B04.tif"],
+    output_path="$DATA/out/calc_int16/difference.tif",
+    expression_string='"nir" - "red"',
+    input_name_list=["nir", "red"],
+    output_datatype="Int16",
+)
+print(output.check)
+print(output.paths)
+rs.close()
