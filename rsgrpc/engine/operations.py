@@ -142,6 +142,7 @@ class OperationStore:
     def __init__(self, *, max_running: int, max_kept: int = 1000) -> None:
         self._lock = threading.Lock()
         self._operations: OrderedDict[str, Operation] = OrderedDict()
+        self._running: list[Operation] = []  # and some finished since the last add
         self.max_running = max_running
         self.max_kept = max_kept
         self.closed = False
@@ -154,17 +155,30 @@ class OperationStore:
         with self._lock:
             if self.closed:
                 raise UnavailableError("the server is shutting down")
-            running = sum(1 for op in self._operations.values() if not op.done)
-            if running >= self.max_running:
+            self._running = [op for op in self._running if not op.done]
+            if len(self._running) >= self.max_running:
                 raise ResourceExhaustedError(
-                    f"the server runs {running} operations, its limit; try again later"
+                    f"the server runs {len(self._running)} operations, its limit; try again later"
                 )
             operation = Operation(session, method, owner=owner)
             self._operations[operation.name] = operation
-            finished = [name for name, op in self._operations.items() if op.done]
-            for name in finished[: max(0, len(self._operations) - self.max_kept)]:
-                del self._operations[name]
+            self._running.append(operation)
+            self._forget_oldest_finished(len(self._operations) - self.max_kept)
             return operation
+
+    def _forget_oldest_finished(self, count: int) -> None:
+        """Forget the `count` oldest finished operations (fewer if fewer are finished);
+        looks no further than it must: past them, and the running ones before them."""
+        if count <= 0:
+            return
+        oldest = []
+        for name, op in self._operations.items():
+            if op.done:
+                oldest.append(name)
+                if len(oldest) == count:
+                    break
+        for name in oldest:
+            del self._operations[name]
 
     def get(self, name: str, *, owner: str | None = None) -> Operation:
         """The operation called `name`; with `owner`, one of another owner is NOT_FOUND too."""
