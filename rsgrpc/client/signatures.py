@@ -296,8 +296,11 @@ BAND_CALC = MethodSpec(
             "differs",
             "several lines run in order as Remotior runs them (# comments, @ name, "
             "@ folder @ name, earlier outputs by their quoted name) in one operation; a "
-            "failed or cancelled script keeps no output; BandSet iterations, aliases such as "
-            "#NDVI# or bandset1b1, %, #BANDSET#, #DATE# and @ temp are not supported yet",
+            "failed or cancelled script keeps no output; band set references (bandset1b2, "
+            "bandset#b1, bandset1b*, bandset*b1, bandset{1:3}b1, dates), #BLUE# ... #SWIR2#, "
+            "#NDVI# and #EVI#, forbandsets and forbandsinbandset, #BANDSET#, #DATE# and "
+            "%n are expanded on the server from the session's catalog (see Band calc); "
+            "@ temp @ name is refused",
         ),
         "output_path": Note(
             "differs",
@@ -331,10 +334,21 @@ BAND_CALC = MethodSpec(
             "a pixel is nodata where any input the expression reads is nodata, or where the "
             "result is not finite or does not fit the output type, whatever the value",
         ),
-        "bandset_catalog": Note("not yet", "band calc does not read band sets yet"),
-        "bandset_number": Note("not yet", "band calc does not read band sets yet"),
-        "input_bands": Note("not yet", "band calc does not read band sets yet"),
-        "point_coordinates": Note("not yet", "band calc does not read band sets yet"),
+        "bandset_catalog": Note(
+            "differs",
+            "band set references always read the session's catalog (kept on the server); "
+            "accepted and not used",
+        ),
+        "bandset_number": Note(
+            "differs",
+            "a band set number of the session's catalog; None is its current band set",
+        ),
+        "input_bands": Note(
+            "differs",
+            "a BandSet of the session's catalog or its number, whose bands the expression "
+            "reads as b1, b2, b* and the aliases, in every line of a script",
+        ),
+        "point_coordinates": Note("not yet", "a value at a point is not served yet"),
         "device": Note("not applicable", "the server chooses how it computes (CPU)"),
     },
 )

@@ -163,6 +163,23 @@ def input_bands(value: Any, session: Session | None = None) -> list[raster_pb2.R
     return bands
 
 
+def _bandset_number(value: Any, field: str, session: Session | None = None) -> int:
+    """A band set of the session's catalog as its number: a number, or (with `session`)
+    one of its BandSets; 0 for None."""
+    from rsgrpc.client.bandsets import BandSet
+
+    if value is None:
+        return 0
+    if isinstance(value, BandSet) and session is not None:
+        if value.catalog is not None and value.catalog is not session.bandset_catalog:
+            raise Refusal(f"{field}: band set {value.number} is of another session's catalog")
+        return value.number
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    kinds = "a BandSet of the session's catalog or a band set number" if session else "a number"
+    raise Refusal(f"{field} must be {kinds} (from 1), got {value!r}")
+
+
 def _is_band_list(value: tuple) -> bool:
     """Whether a tuple lists bands rather than being one (path, band) pair."""
     return not (len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int))
@@ -290,6 +307,9 @@ class RasterTools:
             request.output_nodata = a["output_nodata"]
         elif request.output_data_type in _UNSIGNED_NODATA:
             request.output_nodata = _UNSIGNED_NODATA[request.output_data_type]
+        request.bandset_number = _bandset_number(a["bandset_number"], "bandset_number")
+        if a["input_bands"] is not None:  # Remotior's band set read as "b1", "b2", ...
+            request.input_bandset = _bandset_number(a["input_bands"], "input_bands", self)
         return self._run(
             "band calc",
             lambda: self._raster.BandCalc(request, metadata=self._metadata),

@@ -85,6 +85,7 @@ _SCRIPT_MESSAGE = re.compile(r"expression line \d+, column \d+: (?P<rest>.*)", r
 _SINGLE_MESSAGE = re.compile(
     r"expression: (?P<rest>.*) \(at line \d+, column \d+, offset \d+\)", re.DOTALL
 )
+_OF_LINE = re.compile(r"\b(of line) (\d+)\b")
 _LINE_MESSAGE = re.compile(r"line (?P<line>\d+)(?P<rest>[: ].*)", re.DOTALL)
 
 
@@ -145,12 +146,21 @@ class ExpandedBandCalc:
                 return len(text)
         return offset
 
+    def source_line(self, line: int) -> int:
+        """The line of the client's text that the expanded text's `line` comes from."""
+        if not self.expanded:
+            return line
+        return _position(self.source, self.source_offset(self._line_start(line)))[0]
+
     def translate(self, error: RsgrpcError) -> RsgrpcError:
         """`error`, about the expanded text, as it reads about the client's text."""
         if not self.expanded:
             return error
         metadata = dict(error.metadata)
-        message = error.message
+        # "the output of line 2": a line of the expanded text, named as the client wrote it
+        message = _OF_LINE.sub(
+            lambda m: f"{m.group(1)} {self.source_line(int(m.group(2)))}", error.message
+        )
         position = metadata.get("position", "")
         if position.isdigit():
             offset = int(position)
@@ -388,8 +398,7 @@ class _Expander:
             if own.group(1) != "*":
                 return f'"{self.band_name(self.own, int(own.group(1)), start)}"'
             count = len(self.bandset(self.own, start).bands)
-            names = [self.band_name(self.own, b, start) for b in range(1, count + 1)]
-            return self.band_list(names, name, start, end)
+            return self.band_list([(self.own, b) for b in range(1, count + 1)], name, start, end)
         if _LOOKS_LIKE_REFERENCE.match(name):
             raise self.fail(
                 start,
@@ -407,30 +416,32 @@ class _Expander:
             if band != "*":
                 return f'"{self.band_name(number, _number(band), start)}"'
             count = len(self.bandset(number, start).bands)
-            names = [self.band_name(number, b, start) for b in range(1, count + 1)]
-            return self.band_list(names, text, start, end)
+            return self.band_list([(number, b) for b in range(1, count + 1)], text, start, end)
         if which == "*":
             numbers = list(range(1, len(self.bandsets) + 1))
         else:
             numbers = self.bandset_numbers(reference.group("list"), start + 1 + 8)
-        names = []
+        bands: list[tuple[int, int]] = []
         for number in numbers:
             count = len(self.bandset(number, start).bands)
             if band == "*":
-                names += [self.band_name(number, b, start) for b in range(1, count + 1)]
+                bands += [(number, b) for b in range(1, count + 1)]
             elif _number(band) <= count:  # band sets without that band are left out
-                names.append(self.band_name(number, _number(band), start))
-        return self.band_list(names, text, start, end)
+                bands.append((number, _number(band)))
+            if len(bands) > MAX_ARGUMENTS:
+                break
+        return self.band_list(bands, text, start, end)
 
-    def band_list(self, names: list[str], text: str, start: int, end: int) -> str:
-        """Several bands, as arguments of the aggregation the reference is one of."""
-        if not names:
+    def band_list(self, bands: list[tuple[int, int]], text: str, start: int, end: int) -> str:
+        """Several bands (band set, band), as arguments of the aggregation the reference is
+        one of."""
+        if not bands:
             raise self.fail(start, f'"{text}" names no band')
-        if len(names) > MAX_ARGUMENTS:
+        if len(bands) > MAX_ARGUMENTS:
             raise self.fail(
                 start,
-                f'"{text}" names {len(names)} bands; an aggregation takes at most '
-                f"{MAX_ARGUMENTS} values",
+                f'"{text}" names more than {MAX_ARGUMENTS} bands; an aggregation takes at '
+                f"most {MAX_ARGUMENTS} values",
             )
         if not self.is_aggregation_argument(start, end):
             functions = ", ".join(sorted(AGGREGATIONS))
@@ -439,7 +450,7 @@ class _Expander:
                 f'"{text}" is a list of bands: it is read only as an argument of '
                 f'{functions}, e.g. max("{text}")',
             )
-        return ", ".join(f'"{name}"' for name in names)
+        return ", ".join(f'"{self.band_name(n, b, start)}"' for n, b in bands)
 
     def is_aggregation_argument(self, start: int, end: int) -> bool:
         text = self.text

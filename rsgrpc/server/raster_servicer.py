@@ -17,6 +17,7 @@ from rsgrpc.engine.band_calc import (
     prepare_band_calc_script,
     run_band_calc_script,
 )
+from rsgrpc.engine.band_calc_bandsets import add_outputs_to_bandsets, expand_band_calc_bandsets
 from rsgrpc.engine.band_tool import BandInput, OutputTarget
 from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.engine.morphology import (
@@ -165,11 +166,19 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             ),
             profile=output_profile(request.output_options),
         )
-        jobs = prepare_band_calc_script(calc, self._data_root, DEFAULT_PROFILE)
+        # Remotior's band set language, expanded from the session's catalog into named inputs.
+        expanded = expand_band_calc_bandsets(
+            calc, session.bandsets, request.bandset_number, request.input_bandset
+        )
+        with expanded.errors_in_source():
+            jobs = prepare_band_calc_script(expanded.request, self._data_root, DEFAULT_PROFILE)
         plans = plan_band_calc_script(jobs, session)
 
         def run(session: Session, operation: Operation) -> raster_pb2.BandCalcResponse:
             results: list[BandCalcResult] = run_band_calc_script(jobs, plans, session, operation)
+            add_outputs_to_bandsets(
+                expanded.additions, results, session.bandsets, self._data_root, session.logger
+            )
             last = results[-1]
             return raster_pb2.BandCalcResponse(
                 output_path=last.output_path,
@@ -179,7 +188,7 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
                         name=r.name,
                         output_path=r.output_path,
                         statistics=statistics_to_proto(r.statistics),
-                        line=r.line,
+                        line=expanded.source_line(r.line),
                     )
                     for r in results
                 ],

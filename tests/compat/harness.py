@@ -43,6 +43,16 @@ class Session(rsgrpc.client.Session):
 rsgrpc.client.Session = Session
 runpy.run_path(sys.argv[1], run_name="__main__")
 """
+# Runs a snippet as it is with Remotior Sensus, from ``-c`` so that the processes Remotior
+# spawns do not run the script again.
+_REMOTIOR_LAUNCHER = """
+import sys
+with open(sys.argv[1]) as file:
+    exec(compile(file.read(), sys.argv[1], "exec"), {"__name__": "__main__"})
+"""
+# A Python with Remotior Sensus: when set, snippets run with Remotior instead, unchanged,
+# and the same assertions check Remotior's outputs (a check of the references).
+REMOTIOR_PYTHON = "RSGRPC_COMPAT_REMOTIOR_PYTHON"
 
 WIDTH, HEIGHT = 300, 257
 BANDS = ("B02", "B03", "B04", "B08", "B11")
@@ -68,7 +78,13 @@ class SnippetRun:
 
     @property
     def printed(self) -> list:
-        return [ast.literal_eval(line) for line in self.stdout.splitlines() if line.strip()]
+        values = []
+        for line in self.stdout.splitlines():
+            # Remotior's progress shares stdout, ending its lines with a carriage return
+            line = line.rsplit("\r", 1)[-1].strip()
+            if line:
+                values.append(ast.literal_eval(line))
+        return values
 
     def check(self) -> list:
         """The printed values, after asserting that the script ended well."""
@@ -81,10 +97,17 @@ def run_snippet(name: str, data: Path, target: str, workdir: Path) -> SnippetRun
     ``workdir`` (where a relative log path of the script lands)."""
     text = (SNIPPETS / f"{name}.py").read_text().replace(DATA, str(data))
     script = workdir / f"{name}.py"
-    script.write_text(as_rsgrpc(text))
     env = {k: v for k, v in os.environ.items() if k != "RSGRPC_PATH_MAP"}
+    remotior = os.environ.get(REMOTIOR_PYTHON)
+    if remotior:
+        script.write_text(text)
+        command = [remotior, "-c", _REMOTIOR_LAUNCHER, str(script)]
+        env["TMPDIR"] = str(workdir)
+    else:
+        script.write_text(as_rsgrpc(text))
+        command = [sys.executable, "-c", _LAUNCHER, str(script), target]
     done = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, str(script), target],
+        command,
         cwd=workdir,
         env=env,
         capture_output=True,
