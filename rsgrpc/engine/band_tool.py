@@ -3,8 +3,11 @@ and how its tiles are planned within a session's budget.
 
 Sieve, dilation and erosion take a list of bands and write one output per
 band, as Remotior's tools do: with one input and an output path ending in
-`.tif` or `.tiff`, that path is the output; otherwise the path is a directory
-and each output is `{prefix}{input file stem}.tif` inside it.
+`.tif`, `.tiff` or `.vrt`, that path is the output; otherwise the path is a
+directory and each output is `{prefix}{input file stem}.tif` inside it. A virtual
+output (`virtual_output`, or a `.vrt` path) is that name with `.vrt` for its
+extension, as Remotior names it: a VRT and the GeoTIFF it reads, beside it
+(`rsgrpc.engine.virtual_raster`).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from rsgrpc.engine.raster_io import (
     RasterInfo,
     RasterWriter,
     describe,
+    raster_output,
 )
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiles import MemoryModel, TilePlan, plan_tiles
+from rsgrpc.engine.virtual_raster import VRT_SUFFIX, virtual_path
 
 MAX_BANDS = 64
 # The server's own memory, which a job needs beside its workers: after two band
@@ -56,7 +61,7 @@ _FURTHER_WORKER_BYTES = 136 << 20
 # jobs since left in the workers; a small job's tiles are small beside any budget).
 SMALL_JOB_BYTES = 64 << 20
 FOOTPRINT_MAX_AGE_S = 1.0
-_FILE_SUFFIXES = (".tif", ".tiff")
+_FILE_SUFFIXES = (".tif", ".tiff", VRT_SUFFIX)
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 R = TypeVar("R")
 
@@ -71,12 +76,14 @@ class BandInput:
 
 @dataclass(frozen=True)
 class OutputTarget:
-    """Where a tool writes: a file for one input, or a directory and a name prefix."""
+    """Where a tool writes: a file for one input, or a directory and a name prefix;
+    `virtual` writes each output as a VRT and its GeoTIFF."""
 
     path: str
     prefix: str = ""
     overwrite: bool = False
     profile: OutputProfile | None = None
+    virtual: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,14 @@ def _output_paths(inputs: Sequence[BandInput], target: OutputTarget) -> list[str
                 f"output path {target.path!r} names a file, but there are {len(inputs)} "
                 "inputs; name a directory to get one output per input"
             )
-        return [target.path]
+        return [virtual_path(target.path) if target.virtual else target.path]
     if not _PREFIX.match(target.prefix):
         raise InvalidArgumentError(
             f"prefix {target.prefix!r} is not valid: up to 64 letters, digits, '_', '-' or '.'"
         )
     directory = target.path.rstrip("/")
-    paths = [f"{directory}/{target.prefix}{PurePosixPath(i.path).stem}.tif" for i in inputs]
+    extension = VRT_SUFFIX if target.virtual else ".tif"
+    paths = [f"{directory}/{target.prefix}{PurePosixPath(i.path).stem}{extension}" for i in inputs]
     for path in paths:
         if paths.count(path) > 1:
             raise InvalidArgumentError(
@@ -136,7 +144,9 @@ def prepare_band_tasks(
     for given, output_path in zip(inputs, _output_paths(inputs, target), strict=True):
         band = given.band or 1
         info = describe(data_root.path(given.path, field="input path"), band)
-        output = data_root.output(output_path, field="output path", overwrite=target.overwrite)
+        output = raster_output(
+            data_root, output_path, field="output path", overwrite=target.overwrite
+        )
         tasks.append(BandTask(BandInput(given.path, band), info, output, output_path))
     return tasks
 

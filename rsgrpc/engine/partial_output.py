@@ -186,6 +186,18 @@ class PartialOutput:
         self._name = None
         return os.fstat(self.fd).st_size
 
+    def unpublish(self) -> None:
+        """Remove the file `publish()` put in place, if its name still leads to it: used
+        when an output of several files cannot be published whole."""
+        directory, name = self._directory, self.target.name
+        try:
+            if os.path.samestat(
+                os.stat(name, dir_fd=directory, follow_symlinks=False), os.fstat(self.fd)
+            ):
+                os.unlink(name, dir_fd=directory)
+        except FileNotFoundError:
+            pass
+
     def __exit__(self, *exc_info: object) -> None:
         if self._name is not None:
             with contextlib.suppress(FileNotFoundError):

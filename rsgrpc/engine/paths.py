@@ -71,6 +71,8 @@ class DataPath:
     path: str
     field: str
     relative: str = dataclasses.field(default="", repr=False)  # empty: `path` is relative
+    # The roots it was checked against, for paths named relative to it (`data_path`).
+    roots: DataRoot | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.path
@@ -88,6 +90,35 @@ class DataPath:
     @property
     def name(self) -> str:
         return self.parts[-1]
+
+    def beside(self, relative: str, *, field: str | None = None) -> DataPath:
+        """The path `relative` (without '..') from this path's folder, under the same root.
+
+        Raises PermissionDeniedError for '..' or an absolute path, InvalidArgumentError for
+        an empty one or a name over 255 bytes; nothing is opened.
+        """
+        field = field or self.field
+        pure = PurePosixPath(relative)
+        metadata = {"field": field}
+        if not relative or not pure.parts:
+            raise InvalidArgumentError(f"{field} is empty", metadata=metadata)
+        if pure.is_absolute() or ".." in pure.parts or "\x00" in relative:
+            raise PermissionDeniedError(
+                f"{field} {relative!r} does not stay under the folder of {self.path!r}",
+                metadata=metadata,
+            )
+        for part in pure.parts:
+            if len(part.encode()) > MAX_NAME_BYTES:
+                raise InvalidArgumentError(
+                    f"{field} has a name of {len(part.encode())} bytes; names are at most "
+                    f"{MAX_NAME_BYTES}",
+                    metadata=metadata,
+                )
+        shown = PurePosixPath(self.path).parent.joinpath(pure).as_posix()
+        relative_form = (
+            PurePosixPath(*self.parts[:-1], *pure.parts).as_posix() if self.relative else ""
+        )
+        return DataPath(self.root, shown, field, relative_form, self.roots)
 
     def open_file(self) -> int:
         """Open the regular file at this path for reading; returns its descriptor.
@@ -340,7 +371,7 @@ class DataRoot:
                     f"names are at most {MAX_NAME_BYTES}",
                     metadata=metadata,
                 )
-        return DataPath(root, pure.as_posix(), field, relative.as_posix() if absolute else "")
+        return DataPath(root, pure.as_posix(), field, relative.as_posix() if absolute else "", self)
 
     def _under(self, absolute: PurePosixPath, shown: str, field: str) -> tuple[Path, PurePosixPath]:
         """The root `absolute` lies under, lexically, and the path from it; the longest

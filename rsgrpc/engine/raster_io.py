@@ -4,7 +4,9 @@ Every read of a window goes through `read_window`; every output goes through
 `RasterWriter`, which writes under a temporary name and moves the file into
 place only when it is complete. Files are opened through `rsgrpc.engine.paths`
 at the moment of use, and GDAL gets the opened file (`fd_path`), inputs with
-the GeoTIFF driver only (`open_geotiff`), under the options of `gdal_env`.
+the GeoTIFF driver only (`open_geotiff`), under the options of `gdal_env`. A VRT
+input (`.vrt`) is parsed and checked by `rsgrpc.engine.virtual_raster` and read here
+from its sources, each opened as any GeoTIFF input is; GDAL never reads the VRT.
 """
 
 from __future__ import annotations
@@ -24,16 +26,32 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from rsgrpc.engine.appender import STAGE_BYTES, FileAppender
+from rsgrpc.engine.empty_tiff import write_empty
 from rsgrpc.engine.errors import (
     DataLossError,
     InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RsgrpcError,
 )
 from rsgrpc.engine.gdal_env import confine_gdal
 from rsgrpc.engine.gdal_threads import keep_gdal_env, on_gdal_thread
 from rsgrpc.engine.partial_output import PartialOutput
-from rsgrpc.engine.paths import DataPath, fd_path
+from rsgrpc.engine.paths import DataPath, DataRoot, fd_path
 from rsgrpc.engine.tiff_tiles import BlockIndex, EncodedTile, blocks_across, encode_tile
 from rsgrpc.engine.tiles import Tile
+from rsgrpc.engine.virtual_raster import (
+    MAX_VRT_BYTES,
+    VirtualRaster,
+    VirtualSource,
+    check_source_rect,
+    check_source_type,
+    is_vrt_path,
+    output_files,
+    parsed,
+    virtual_part,
+    virtual_raster_xml,
+)
 
 # Before GDAL registers its drivers or opens anything, in whatever process imports this.
 confine_gdal()
@@ -133,7 +151,10 @@ def _read_description(fd: int, source: DataPath) -> _Description:
 
 
 def describe(source: DataPath, band: int) -> RasterInfo:
-    """Open `source` and describe band `band`."""
+    """Open `source` and describe band `band`; a VRT is described from its text, once
+    every source has been opened and described as a GeoTIFF input."""
+    if is_vrt_path(source.name):
+        return _describe_vrt(source, band)
     fd = source.open_file()
     try:
         st = os.fstat(fd)
@@ -168,6 +189,99 @@ def describe(source: DataPath, band: int) -> RasterInfo:
     )
 
 
+def load_vrt(source: DataPath) -> VirtualRaster:
+    """The VRT at `source`, opened under its root now, parsed and checked
+    (`rsgrpc.engine.virtual_raster.parse_vrt`); its sources are not opened."""
+    fd = source.open_file()
+    try:
+        st = os.fstat(fd)
+        if st.st_size > MAX_VRT_BYTES:
+            raise InvalidArgumentError(
+                f"{source.field} {source.path!r} is not a VRT that rsgrpc reads: it is over "
+                f"{MAX_VRT_BYTES >> 10} KiB",
+                metadata={"path": source.path},
+            )
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return parsed(source, identity, lambda: _read_prefix(fd, MAX_VRT_BYTES + 1))
+    finally:
+        os.close(fd)
+
+
+def _read_prefix(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes from the start of the file open as `fd`."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = os.pread(fd, limit - size, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _source_error(vrt: DataPath, source: VirtualSource, error: RsgrpcError) -> RsgrpcError:
+    """A VRT source's failure as the client hears it: INVALID_ARGUMENT naming the VRT and
+    the source's number (the source's own name is the file's text, which may spell a
+    server folder)."""
+    if isinstance(error, NotFoundError):
+        reason = "does not exist"
+    elif isinstance(error, PermissionDeniedError):
+        reason = "passes through a symbolic link or may not be opened"
+    elif isinstance(error, InvalidArgumentError):
+        reason = "is not a GeoTIFF band under the data roots"
+    else:
+        return error
+    return InvalidArgumentError(
+        f"{vrt.field} {vrt.path!r}: source {source.index} (band {source.band} of its file) "
+        f"{reason}; a VRT input reads GeoTIFFs under the data roots only",
+        metadata={"path": vrt.path},
+    )
+
+
+def _describe_vrt(source: DataPath, band: int) -> RasterInfo:
+    vrt = load_vrt(source)
+    if not 1 <= band <= len(vrt.bands):
+        raise InvalidArgumentError(
+            f"{source.field} {source.path!r} has {len(vrt.bands)} band(s); "
+            f"band {band} does not exist",
+            metadata={"path": source.path},
+        )
+    # Every source of every band is checked, whichever band is asked for.
+    described: dict[VirtualSource, RasterInfo] = {}
+    for vrt_band in vrt.bands:
+        for item in vrt_band.sources:
+            try:
+                info = describe(item.path, item.band)
+            except RsgrpcError as error:
+                raise _source_error(source, item, error) from None
+            check_source_type(source, item, info.dtype, vrt_band.dtype)
+            check_source_rect(source, item, info.width, info.height)
+            described[item] = info
+    chosen = vrt.bands[band - 1]
+    block_shape = (128, 128)  # GDAL's blocks for a VRT band
+    if len(chosen.sources) == 1:
+        only = chosen.sources[0]
+        whole = (0, 0, vrt.width, vrt.height)
+        if (
+            only.destination.col,
+            only.destination.row,
+            only.destination.width,
+            only.destination.height,
+        ) == whole and (only.source.col, only.source.row) == (0, 0):
+            block_shape = described[only].block_shape
+    return RasterInfo(
+        path=source,
+        band=band,
+        width=vrt.width,
+        height=vrt.height,
+        dtype=chosen.dtype,
+        nodata=chosen.nodata,
+        crs=vrt.crs,
+        transform=vrt.transform,
+        block_shape=block_shape,
+    )
+
+
 def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:
     """Raise InvalidArgumentError naming the first difference between the inputs' grids."""
     first, first_name = infos[0], names[0]
@@ -188,29 +302,95 @@ def check_same_grid(infos: Sequence[RasterInfo], names: Sequence[str]) -> None:
 
 def read_window(source: DataPath, band: int, tile: Tile) -> np.ndarray:
     """Read one band's window; workers call this for their own tiles, opening `source`
-    under its root themselves.
+    (and a VRT's sources) under its root themselves.
 
     Raises DataLossError, naming the file as the client does, when the pixels cannot be
     decoded: the header was read when the job was checked, so the data is corrupt or
     truncated. A file that is gone, swapped for a link or for something else than a
-    GeoTIFF fails with the error its check at the door would have given.
+    GeoTIFF (or a VRT rsgrpc reads) fails with the error its check at the door would
+    have given.
     """
+    with rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES):
+        if is_vrt_path(source.name):
+            return _read_vrt_window(source, band, tile)
+        return _read_geotiff_window(source, band, tile, source)
+
+
+def _read_geotiff_window(source: DataPath, band: int, tile: Tile, shown: DataPath) -> np.ndarray:
+    """`tile` of band `band` of the GeoTIFF `source`; `shown` names it in errors."""
     window = Window(tile.col, tile.row, tile.width, tile.height)
     kept = _open_inputs if threading.current_thread() is threading.main_thread() else None
     try:
-        with rasterio.Env(GDAL_CACHEMAX=WORKER_GDAL_CACHE_BYTES):
-            if kept is None:
-                with open_geotiff(source) as ds:
-                    return ds.read(band, window=window)
-            return kept.get(source).read(band, window=window)
+        if kept is None:
+            with open_geotiff(source) as ds:
+                return ds.read(band, window=window)
+        return kept.get(source).read(band, window=window)
     except RasterioError:
         if kept is not None:
             kept.forget(source)
         raise DataLossError(
-            f"{source.path} band {band}: the pixels of rows {tile.row} to "
+            f"{shown.path} band {band}: the pixels of rows {tile.row} to "
             f"{tile.row + tile.height - 1}, columns {tile.col} to {tile.col + tile.width - 1} "
             "cannot be read; the file is corrupt or truncated"
         ) from None
+
+
+def _source_shape(source: DataPath, band: int) -> tuple[int, int, str]:
+    """Height, width and data type of band `band` of the GeoTIFF `source`, opened now."""
+    info = describe(source, band)
+    return info.height, info.width, info.dtype
+
+
+def _read_vrt_window(source: DataPath, band: int, tile: Tile) -> np.ndarray:
+    """`tile` of band `band` of the VRT `source`, composed as GDAL composes it from simple
+    and complex sources without resampling: the band's nodata (or 0) where no source
+    lies, then each source in the file's order, a complex source's NODATA pixels left
+    transparent."""
+    vrt = load_vrt(source)
+    if not 1 <= band <= len(vrt.bands):
+        raise InvalidArgumentError(
+            f"{source.field} {source.path!r} has {len(vrt.bands)} band(s); "
+            f"band {band} does not exist",
+            metadata={"path": source.path},
+        )
+    chosen = vrt.bands[band - 1]
+    out = np.full((tile.height, tile.width), chosen.nodata or 0, dtype=chosen.dtype)
+    for item in chosen.sources:
+        dst, src = item.destination, item.source
+        col0, col1 = max(dst.col, tile.col), min(dst.col + dst.width, tile.col + tile.width)
+        row0, row1 = max(dst.row, tile.row), min(dst.row + dst.height, tile.row + tile.height)
+        if col0 >= col1 or row0 >= row1:
+            continue
+        try:
+            height, width, dtype = _source_shape(item.path, item.band)
+        except RsgrpcError as error:
+            raise _source_error(source, item, error) from None
+        check_source_type(source, item, dtype, chosen.dtype)
+        check_source_rect(source, item, width, height)
+        # The same window in the source, clipped to the source's extent.
+        src_col0 = src.col + col0 - dst.col
+        src_row0 = src.row + row0 - dst.row
+        read_col0, read_row0 = max(src_col0, 0), max(src_row0, 0)
+        read_col1 = min(src_col0 + col1 - col0, width)
+        read_row1 = min(src_row0 + row1 - row0, height)
+        if read_col0 >= read_col1 or read_row0 >= read_row1:
+            continue
+        window = Tile(read_row0, read_col0, read_row1 - read_row0, read_col1 - read_col0)
+        try:
+            data = _read_geotiff_window(item.path, item.band, window, source)
+        except RsgrpcError as error:
+            raise _source_error(source, item, error) from None
+        top = row0 - tile.row + read_row0 - src_row0
+        left = col0 - tile.col + read_col0 - src_col0
+        check_source_type(source, item, data.dtype.name, chosen.dtype)  # replaced meanwhile
+        target = out[top : top + data.shape[0], left : left + data.shape[1]]
+        if item.nodata is None:
+            target[...] = data
+        elif np.isnan(item.nodata):
+            np.copyto(target, data, where=~np.isnan(data))
+        else:
+            np.copyto(target, data, where=data != item.nodata)
+    return out
 
 
 @dataclass(frozen=True)
@@ -385,9 +565,21 @@ def encode_output_tile(array: np.ndarray, tile: Tile, profile: OutputProfile) ->
     )
 
 
-def _create_empty(path: str, meta: dict) -> None:
-    keep_gdal_env()
-    rasterio.open(path, "w", **meta).close()
+def raster_output(
+    data_root: DataRoot, client_path: str, *, field: str, overwrite: bool
+) -> DataPath:
+    """A raster output's path, once it and, for a VRT, the GeoTIFF beside it are checked
+    writable (`check_raster_output`)."""
+    output = data_root.path(client_path, field=field)
+    check_raster_output(output, overwrite=overwrite)
+    return output
+
+
+def check_raster_output(output: DataPath, *, overwrite: bool) -> None:
+    """`DataPath.check_output` for every file an output makes (`output_files`): a virtual
+    output is refused when its VRT or its GeoTIFF exists and `overwrite` is off."""
+    for path in output_files(output):
+        path.check_output(overwrite=overwrite)
 
 
 class RasterWriter:
@@ -400,6 +592,11 @@ class RasterWriter:
     root when the writer is entered, moved into place by `commit()`, removed if the
     block is left without committing. A cloud-optimized copy takes its overviews'
     temporary files in `scratch_directory`, a folder of the server's own.
+
+    An output named `.vrt` is a virtual output: the GeoTIFF is written as the
+    `PartialOutput` of its name beside the VRT (`virtual_part`), the VRT as another,
+    and `commit()` publishes the GeoTIFF, then the VRT; if the VRT cannot be put in
+    place, the GeoTIFF just published is removed again.
     """
 
     def __init__(
@@ -415,11 +612,18 @@ class RasterWriter:
         profile: OutputProfile,
         overwrite: bool,
         scratch_directory: Path,
+        scale: float | None = None,
+        offset: float | None = None,
     ) -> None:
         self.output = output
         self.profile = profile
         self._scratch = scratch_directory
-        self._partial = PartialOutput(output, overwrite=overwrite)
+        self._virtual: PartialOutput | None = None
+        geotiff = output
+        if is_vrt_path(output.name):
+            geotiff = virtual_part(output)
+            self._virtual = PartialOutput(output, overwrite=overwrite)
+        self._partial = PartialOutput(geotiff, overwrite=overwrite)
         # Offsets in a classic TIFF are 32-bit. Compressed blocks can outgrow their
         # pixels (LZW by up to half again), so BigTIFF past half of that.
         raw_bytes = self._raw_bytes = width * height * np.dtype(dtype).itemsize
@@ -436,6 +640,9 @@ class RasterWriter:
             "sparse_ok": True,
             **profile.block_options(dtype),
         }
+        if scale is not None or offset is not None:  # the band's GDAL scale and offset
+            self._meta["scale"] = 1.0 if scale is None else scale
+            self._meta["offset"] = 0.0 if offset is None else offset
         self._appender: FileAppender | None = None
         self._blocks_across = blocks_across(width, profile.block_size)
         self._index: BlockIndex | None = None
@@ -446,8 +653,10 @@ class RasterWriter:
         keep_gdal_env()
         self._partial.__enter__()
         try:
+            if self._virtual is not None:
+                self._virtual.__enter__()
             fd = self._partial.fd
-            on_gdal_thread(_create_empty, fd_path(fd), self._meta)
+            write_empty(fd, self._meta)
             self._index = BlockIndex.locate(self._read)
             self._offsets = np.zeros(self._index.blocks, np.uint64)
             self._sizes = np.zeros(self._index.blocks, np.uint64)
@@ -495,8 +704,29 @@ class RasterWriter:
             os.pwrite(self._partial.fd, data, position)
         if self.profile.cloud_optimized:
             self._copy_cloud_optimized()
-        self.bytes_written = self._partial.publish()
-        return self.bytes_written
+        if self._virtual is None:
+            self.bytes_written = self._partial.publish()
+            return self.bytes_written
+        meta = self._meta
+        text = virtual_raster_xml(
+            part=self._partial.target.name,
+            width=meta["width"],
+            height=meta["height"],
+            dtype=meta["dtype"],
+            nodata=meta["nodata"],
+            crs=meta["crs"] or "",
+            transform=tuple(meta["transform"])[:6],
+            block_shape=(self.profile.block_size, self.profile.block_size),
+        )
+        os.pwrite(self._virtual.fd, text, 0)
+        size = self._partial.publish()
+        try:
+            size += self._virtual.publish()
+        except BaseException:
+            self._partial.unpublish()
+            raise
+        self.bytes_written = size
+        return size
 
     def _copy_cloud_optimized(self) -> None:
         """Rewrite the file as a cloud-optimized GeoTIFF, in a new temporary file."""
@@ -521,4 +751,6 @@ class RasterWriter:
         if self._appender is not None:
             self._appender.abandon()
             self._appender = None
+        if self._virtual is not None:
+            self._virtual.__exit__()
         self._partial.__exit__()
