@@ -246,14 +246,18 @@ def _describe_vrt(source: DataPath, band: int) -> RasterInfo:
             f"band {band} does not exist",
             metadata={"path": source.path},
         )
-    # Every source of every band is checked, whichever band is asked for.
+    # Every source of every band is checked, whichever band is asked for; a band of a
+    # file that several sources read is opened once.
     described: dict[VirtualSource, RasterInfo] = {}
+    by_band: dict[tuple[DataPath, int], RasterInfo] = {}
     for vrt_band in vrt.bands:
         for item in vrt_band.sources:
-            try:
-                info = describe(item.path, item.band)
-            except RsgrpcError as error:
-                raise _source_error(source, item, error) from None
+            info = by_band.get((item.path, item.band))
+            if info is None:
+                try:
+                    info = by_band[item.path, item.band] = describe(item.path, item.band)
+                except RsgrpcError as error:
+                    raise _source_error(source, item, error) from None
             check_source_type(source, item, info.dtype, vrt_band.dtype)
             check_source_rect(source, item, info.width, info.height)
             described[item] = info
