@@ -738,6 +738,47 @@ def test_a_vrt_input_changed_after_its_check_is_refused_when_it_is_read(
     assert not [p for p in _files(root / "swap-out") if p.endswith(PARTIAL_SUFFIX)]
 
 
+def test_the_python_client_sends_virtual_output_and_returns_the_vrts(server, root, tmp_path):
+    from rsgrpc.client import Session
+
+    _, channel = server
+    with Session(1, 1024, channel=channel) as rs:
+        dilated = rs.band_dilation(
+            input_bands=["lc/classes.tif"],
+            value_list=[2],
+            size=1,
+            output_path="client-out",
+            prefix="dil_",
+            virtual_output=True,
+        )
+        eroded = rs.band_erosion(
+            input_bands=["lc/classes.tif"],
+            value_list=[2],
+            size=1,
+            output_path=["client-out/ero.tif"],
+            virtual_output=True,
+        )
+        calc = rs.band_calc('"a" * 2', "client-out/calc.vrt", ["in/nir.tif"], ["a"])
+        plain = rs.band_dilation(
+            input_bands=["lc/classes.tif"], value_list=[2], size=1, output_path="client-tif"
+        )
+    assert dilated.check and eroded.check and calc.check and plain.check
+    assert dilated.paths == ["client-out/dil_classes.vrt"]
+    assert eroded.paths == ["client-out/ero.vrt"]
+    assert calc.paths == ["client-out/calc.vrt"]
+    assert _files(root / "client-out") == [
+        "calc.vrt",
+        "calc_01.tif",
+        "dil_classes.vrt",
+        "dil_classes_01.tif",
+        "ero.vrt",
+        "ero_01.tif",
+    ]
+    [(pixels, meta)] = gdal_reads(tmp_path, root / "client-out" / "dil_classes.vrt")
+    assert meta[0] == "VRT"
+    np.testing.assert_array_equal(pixels, _read(root / "client-tif" / "classes.tif"))
+
+
 def test_gdal_in_the_server_process_cannot_open_a_vrt(server, root):
     """GDAL has no VRT driver where the server runs (its workers are checked in
     tests/test_confinement.py): a VRT reaches GDAL nowhere, whatever names it."""
