@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rsgrpc.engine.gdal_env import GDAL_OPTIONS
 from tests.conftest import write_geotiff
 
 SNIPPETS = Path(__file__).resolve().parent / "snippets"
@@ -44,11 +45,17 @@ rsgrpc.client.Session = Session
 runpy.run_path(sys.argv[1], run_name="__main__")
 """
 # Runs a snippet as it is with Remotior Sensus, from ``-c`` so that the processes Remotior
-# spawns do not run the script again.
+# spawns do not run the script again. Remotior writes its own messages and progress to
+# stdout, so what the script prints goes to the file named by the second argument.
 _REMOTIOR_LAUNCHER = """
-import sys
-with open(sys.argv[1]) as file:
-    exec(compile(file.read(), sys.argv[1], "exec"), {"__name__": "__main__"})
+import builtins, sys
+with open(sys.argv[2], "w", buffering=1) as printed:
+    def print(*args, **kwargs):
+        kwargs.setdefault("file", printed)
+        builtins.print(*args, **kwargs)
+    with open(sys.argv[1]) as file:
+        code = compile(file.read(), sys.argv[1], "exec")
+    exec(code, {"__name__": "__main__", "print": print})
 """
 # A Python with Remotior Sensus: when set, snippets run with Remotior instead, unchanged,
 # and the same assertions check Remotior's outputs (a check of the references).
@@ -99,10 +106,16 @@ def run_snippet(name: str, data: Path, target: str, workdir: Path) -> SnippetRun
     script = workdir / f"{name}.py"
     env = {k: v for k, v in os.environ.items() if k != "RSGRPC_PATH_MAP"}
     remotior = os.environ.get(REMOTIOR_PYTHON)
+    printed = None
     if remotior:
         script.write_text(text)
-        command = [remotior, "-c", _REMOTIOR_LAUNCHER, str(script)]
+        printed = workdir / f"{name}.printed"
+        command = [remotior, "-c", _REMOTIOR_LAUNCHER, str(script), str(printed)]
         env["TMPDIR"] = str(workdir)
+        # The test server confines GDAL in this process's environment (no VRT driver
+        # among others), which Remotior, building virtual rasters, must not inherit.
+        for key in GDAL_OPTIONS:
+            env.pop(key, None)
     else:
         script.write_text(as_rsgrpc(text))
         command = [sys.executable, "-c", _LAUNCHER, str(script), target]
@@ -114,7 +127,11 @@ def run_snippet(name: str, data: Path, target: str, workdir: Path) -> SnippetRun
         text=True,
         timeout=120,
     )
-    return SnippetRun(done.returncode, done.stdout, done.stderr)
+    if printed is None:
+        return SnippetRun(done.returncode, done.stdout, done.stderr)
+    # Remotior's messages join its errors, the script's values are its output.
+    output = printed.read_text() if printed.exists() else ""
+    return SnippetRun(done.returncode, output, done.stdout + done.stderr)
 
 
 # ------------------------------------------------------------------------- the scene
