@@ -46,12 +46,14 @@ runpy.run_path(sys.argv[1], run_name="__main__")
 """
 # Runs a snippet as it is with Remotior Sensus, from ``-c`` so that the processes Remotior
 # spawns do not run the script again. Remotior writes its own messages and progress to
-# stdout, so what the script prints goes to the file named by the second argument.
+# stdout, so what the script prints goes to the file named by the second argument; a
+# NumPy array (Remotior's band set tables) is printed as a list, to be read as a literal.
 _REMOTIOR_LAUNCHER = """
 import builtins, sys
 with open(sys.argv[2], "w", buffering=1) as printed:
     def print(*args, **kwargs):
         kwargs.setdefault("file", printed)
+        args = [a.tolist() if type(a).__name__ == "ndarray" else a for a in args]
         builtins.print(*args, **kwargs)
     with open(sys.argv[1]) as file:
         code = compile(file.read(), sys.argv[1], "exec")
