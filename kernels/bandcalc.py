@@ -19,10 +19,24 @@ tiles are split into row ranges run by ``numba.get_num_threads()`` threads.
 
 Semantics (Remotior Sensus' band calc, made per pixel):
 
-- Every value is computed in float64; inputs are read in their own dtype and widened.
-- Output pixels are ``output_nodata`` where any input the expression reads is nodata at that
-  pixel (an input's nodata is compared in the input's dtype; a NaN nodata matches NaN pixels),
-  where the result is not finite, or where it cannot be represented in the output dtype.
+- The calculation type (``calc_dtype``) is float32 or float64. In float64, inputs are read in
+  their own dtype and widened, and every operation is IEEE double. In float32, every value is
+  what numpy gives on float32 arrays: inputs and constants are rounded to float32 (constants
+  as numpy takes a Python scalar beside a float32 array) and every operation's result is
+  rounded to float32. For ``+ - * /`` and ``sqrt`` the float64 operation of float32 operands,
+  rounded, is exactly the float32 operation, and comparisons are exact; the other functions
+  and the aggregations are computed in float64 and rounded, which can differ from numpy's
+  float32 functions by an ulp.
+- Nodata is numpy.ma's mask, as Remotior evaluates on masked arrays: an input is masked where
+  it is nodata (its nodata value, compared in the input's dtype, a NaN nodata matching NaN
+  pixels, unless ``input_nodata_as_value``; and ``value_as_nodata``, compared likewise), and
+  every operation's result carries a mask (see ``block_program``). Output pixels are
+  ``output_nodata`` where the result is masked; where any input the expression reads is
+  masked (``nodata_mask="any"``), or every one (``"all"``), or neither (``"none"``); where the
+  result is not finite; or where it cannot be represented in the output dtype.
+- With an output ``scale`` or ``offset`` (Remotior's ``use_scale``, ``use_offset``), the value
+  written is ``result / scale - offset / scale``, in the calculation type, as Remotior's writer
+  stores it; nodata pixels stay ``output_nodata``.
 - Integer outputs follow numpy's ``astype``: the float64 result is truncated toward zero; a
   result whose truncation lies outside the dtype's range is nodata (never wrapped or clipped).
   Float32 outputs round to nearest; a finite float64 that overflows float32 is nodata.
@@ -49,7 +63,17 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import fused_store
-from .block_program import INPUT_DTYPE_CODES, Program, assemble, run_program
+from .block_program import (
+    INPUT_DTYPE_CODES,
+    NODATA_MASK_ALL,
+    NODATA_MASK_ANY,
+    NODATA_MASK_NONE,
+    TINY,
+    CalcOptions,
+    Program,
+    assemble,
+    run_program,
+)
 from .expression import (
     Binary,
     Call,
@@ -109,6 +133,13 @@ _NODATA_NONE: Final = 0
 _NODATA_VALUE: Final = 1
 _NODATA_NAN: Final = 2
 
+CALC_DTYPES: Final = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
+NODATA_MASKS: Final = {
+    "any": NODATA_MASK_ANY,
+    "all": NODATA_MASK_ALL,
+    "none": NODATA_MASK_NONE,
+}
+
 
 def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
     """The numpy dtype for an output dtype given as numpy or GDAL/Remotior name ("Float32")."""
@@ -122,6 +153,24 @@ def normalize_dtype(name: str | np.dtype | type) -> np.dtype:
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"unsupported output dtype, got {dtype!s}")
     return dtype
+
+
+def normalize_calc_dtype(name: str | np.dtype | type) -> np.dtype:
+    """The calculation type, float32 or float64, given as numpy or GDAL name ("Float32")."""
+    try:
+        dtype = normalize_dtype(name)
+    except ValueError:
+        dtype = None
+    if dtype not in CALC_DTYPES:
+        raise ValueError(f"unsupported calculation dtype, got {name!r}; allowed: float32, float64")
+    return dtype
+
+
+def _nodata_mask_code(mode: str) -> int:
+    code = NODATA_MASKS.get(mode)
+    if code is None:
+        raise ValueError(f"unsupported nodata mask, got {mode!r}; allowed: any, all, none")
+    return code
 
 
 # Operators that are one IEEE instruction or two: (LLVM builder method, comparison).
@@ -231,6 +280,9 @@ def compile_kernel(
     input_dtypes: Sequence[np.dtype | str | type],
     output_dtype: np.dtype | str | type = DEFAULT_OUTPUT_DTYPE,
     nodata_values: Mapping[str, float | None] | None = None,
+    *,
+    calc_dtype: np.dtype | str | type = np.float64,
+    nodata_mask: str = "any",
 ) -> BandCalcKernel:
     """The fused kernel for ``expression`` on inputs of ``input_dtypes``: from the process's
     cache if there, else loaded from disk if stored (``fused_store``), else compiled now and
@@ -238,10 +290,18 @@ def compile_kernel(
 
     ``nodata_values`` gives the value of each ``nodata("name")`` the expression uses (None or
     missing: NaN). Kernels are cached by (canonical expression, input dtypes, output dtype,
-    those values) in a bounded LRU. The inputs' own nodata values are arguments of the
-    kernel, not part of the key.
+    those values, calculation type, nodata mask) in a bounded LRU. The inputs' own nodata
+    values, and the output's scale and offset, are arguments of the kernel, not part of the
+    key.
     """
-    signature = _signature(expression, input_dtypes, output_dtype, nodata_values)
+    signature = _signature(
+        expression,
+        input_dtypes,
+        output_dtype,
+        nodata_values,
+        normalize_calc_dtype(calc_dtype) == np.float32,
+        _nodata_mask_code(nodata_mask),
+    )
     return _KERNELS.get(signature.key) or _compile_stored(expression, signature, wait=True)
 
 
@@ -304,6 +364,8 @@ class _Signature:
     input_dtypes: tuple[np.dtype, ...]
     output_dtype: np.dtype
     nodata_constants: dict[str, float]
+    single: bool = False
+    nodata_mask: int = NODATA_MASK_ANY
 
 
 def _signature(
@@ -311,6 +373,8 @@ def _signature(
     input_dtypes: Sequence[np.dtype | str | type],
     output_dtype: np.dtype | str | type,
     nodata_values: Mapping[str, float | None] | None,
+    single: bool = False,
+    nodata_mask: int = NODATA_MASK_ANY,
 ) -> _Signature:
     dtypes = tuple(np.dtype(d) for d in input_dtypes)
     if len(dtypes) != len(expression.input_names):
@@ -332,9 +396,16 @@ def _signature(
         tuple(map(repr, constants)),
         tuple(d.str for d in dtypes),
         out_dtype.str,
+        "float32" if single else "float64",
+        nodata_mask,
     )
     return _Signature(
-        key, dtypes, out_dtype, dict(zip(expression.nodata_names, constants, strict=True))
+        key,
+        dtypes,
+        out_dtype,
+        dict(zip(expression.nodata_names, constants, strict=True)),
+        single,
+        nodata_mask,
     )
 
 
@@ -357,6 +428,12 @@ def evaluate(
     output_nodata: float = DEFAULT_OUTPUT_NODATA,
     out: np.ndarray | None = None,
     method: str = "auto",
+    calc_dtype: np.dtype | str | type = np.float64,
+    nodata_mask: str = "any",
+    input_nodata_as_value: bool = False,
+    value_as_nodata: float | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> tuple[np.ndarray, int, TileStatistics]:
     """Evaluate ``expression`` on one tile, and take the statistics of the result in the
     same pass; return (output tile, nodata pixels written, statistics).
@@ -374,6 +451,13 @@ def evaluate(
     ``"auto"`` the fused kernel if this process has it or it is stored on disk, else the
     program (and, if `compile_in_background` was called, the fused kernel is compiled in the
     background once the expression is seen again). Every method gives the same pixels.
+
+    Remotior's options (see the module's notes): ``calc_dtype`` float32 or float64 (numpy or
+    GDAL name); ``nodata_mask`` ``"any"``, ``"all"`` or ``"none"``; ``input_nodata_as_value``:
+    the inputs' nodata values are values, not nodata (``nodata("name")`` still gives them);
+    ``value_as_nodata``: a value that is nodata in every input; ``scale``, ``offset``: the
+    output's, the value written being ``result / scale - offset / scale`` (None: 1 and 0; both
+    None: the result as it is).
 
     Notes
     -----
@@ -402,15 +486,25 @@ def evaluate(
         raise ValueError(
             f"out must have shape {shape} and dtype {out_dtype!s}, got {out.shape} {out.dtype!s}"
         )
+    single = normalize_calc_dtype(calc_dtype) == np.float32
     signature = _signature(
         expression,
         [a.dtype for a in arrays],
         out_dtype,
         {n: nodata_of.get(n) for n in expression.nodata_names},
+        single,
+        _nodata_mask_code(nodata_mask),
     )
-    tests = [_input_nodata(nodata_of.get(n), a.dtype) for n, a in zip(names, arrays, strict=True)]
-    nan_tests = tuple(kind == _NODATA_NAN for kind, _ in tests)
+    options = _calc_options(single, signature.nodata_mask, scale, offset)
+    own = [None if input_nodata_as_value else nodata_of.get(n) for n in names]
+    tests = [_input_nodata(v, a.dtype) for v, a in zip(own, arrays, strict=True)]
+    extra = [_input_nodata(value_as_nodata, a.dtype) for a in arrays]
+    nan_tests = tuple(
+        kind == _NODATA_NAN or other == _NODATA_NAN
+        for (kind, _), (other, _) in zip(tests, extra, strict=True)
+    )
     values = tuple(value if kind == _NODATA_VALUE else math.nan for kind, value in tests)
+    others = tuple(value if kind == _NODATA_VALUE else math.nan for kind, value in extra)
     # The kernels are compiled for C-contiguous tiles: copy only what is not.
     tiles = tuple(np.ascontiguousarray(a) for a in arrays)
     # The kernels read the tiles by address (a tuple of arrays costs seconds to compile when
@@ -421,7 +515,14 @@ def evaluate(
         raise ValueError(f"method must be auto, program or fused, got {method!r}")
     kernel = None
     if method == "fused":
-        kernel = compile_kernel(expression, signature.input_dtypes, out_dtype, nodata_of)
+        kernel = compile_kernel(
+            expression,
+            signature.input_dtypes,
+            out_dtype,
+            nodata_of,
+            calc_dtype=np.float32 if single else np.float64,
+            nodata_mask=nodata_mask,
+        )
     elif method == "auto":
         kernel = _KERNELS.get(signature.key) or _stored_kernel(expression, signature)
         if kernel is None:
@@ -432,7 +533,19 @@ def evaluate(
     if kernel is not None:
 
         def run(rows: tuple[int, int]) -> tuple[int, int, int, int, float, float]:
-            return kernel.run(addresses, nan_tests, values, target, nodata_out, rows[0], rows[1])
+            return kernel.run(
+                addresses,
+                nan_tests,
+                values,
+                others,
+                options.scale,
+                options.offset,
+                options.scaled,
+                target,
+                nodata_out,
+                rows[0],
+                rows[1],
+            )
 
     else:
         program = _program(expression, signature)
@@ -441,6 +554,8 @@ def evaluate(
             np.array([INPUT_DTYPE_CODES[d] for d in signature.input_dtypes], dtype=np.int64),
             np.array(nan_tests, dtype=np.bool_),
             np.array(values, dtype=np.float64),
+            np.array(others, dtype=np.float64),
+            options,
         )
 
         def run(rows: tuple[int, int]) -> tuple[int, int, int, int, float, float]:
@@ -505,6 +620,25 @@ def _tile_statistics(
 
 
 # Building
+
+
+def _calc_options(
+    single: bool, nodata_mask: int, scale: float | None, offset: float | None
+) -> CalcOptions:
+    """The options both kernels take; a scale and offset as Remotior's writer applies them:
+    ``result / scale - offset / scale``, the two Python floats taken by numpy beside an array
+    of the calculation type (so rounded to float32 in float32)."""
+    if scale is None and offset is None:
+        return CalcOptions(single, nodata_mask)
+    s = 1.0 if scale is None else float(scale)
+    o = 0.0 if offset is None else float(offset)
+    if not (math.isfinite(s) and math.isfinite(o)) or s == 0.0:
+        raise ValueError(f"output scale must be finite and not 0, offset finite, got {s}, {o}")
+    o = o / s
+    if single:
+        with np.errstate(over="ignore"):
+            s, o = float(np.float32(s)), float(np.float32(o))
+    return CalcOptions(single, nodata_mask, s, o, True)
 
 
 def _nodata_constant(value: float | None) -> float:
@@ -581,6 +715,14 @@ _BINARY_SIGNATURE: Final = types.float64(types.float64, types.float64)
 _REDUCER_SIGNATURE: Final = types.float64(types.float64[::1], types.intp, types.intp, types.float64)
 
 
+# Operations whose result numpy.ma masks where it is not finite (besides its operands' masks).
+_MASKED_WHERE_NOT_FINITE: Final = frozenset(
+    {"/", "//", "%", "**", "sqrt", "log", "log10", "tan", "arcsin", "arccos"}
+)
+# Operations that numpy.ma masks where |a| * tiny >= |b| (its safe division's domain).
+_SAFE_DIVISIONS: Final = frozenset({"/", "//", "%"})
+
+
 class _Emitter:
     """Emits an expression tree as LLVM IR in the kernel being compiled, for one pixel.
 
@@ -592,8 +734,12 @@ class _Emitter:
     scratch vector and calls its reducer. Nothing is nested but the tree's own nesting, so
     compile time grows with the tree's size only.
 
-    ``x`` is the LLVM tuple of the pixel's input values, widened to float64; ``scratch`` is the
-    aggregations' float64 vector.
+    Each value comes with its mask bit, as ``block_program`` computes it, and in float32
+    (``single``) every value is rounded to float32 as it is made.
+
+    ``x`` is the LLVM tuple of the pixel's input values, widened to float64 (and rounded, in
+    float32); ``masks`` the tuple of their mask bits; ``scratch`` is the aggregations' float64
+    vector.
     """
 
     def __init__(
@@ -601,28 +747,35 @@ class _Emitter:
         context: Any,
         builder: Any,
         x: Any,
+        masks: Any,
         scratch: Any,
         scratch_type: types.Array,
         nodata_constants: dict[str, float],
+        single: bool,
     ) -> None:
         self.context = context
         self.builder = builder
         self.x = x
+        self.masks = masks
         self.scratch = scratch
         self.scratch_data = context.make_array(scratch_type)(context, builder, value=scratch).data
         self.nodata_constants = nodata_constants
+        self.single = single
         self.slot = 0
         self.large_calls = 0
         self.linked: set[Any] = set()
 
-    def value(self, node: Node) -> Any:
-        """The LLVM value of ``node`` at this pixel."""
+    def value(self, node: Node) -> tuple[Any, Any]:
+        """The LLVM value of ``node`` at this pixel, and its mask bit."""
         if isinstance(node, Constant):
-            return self.constant(node.value)
+            return self.constant(node.value), cgutils.false_bit
         if isinstance(node, NodataOf):
-            return self.constant(self.nodata_constants[node.name])
+            return self.constant(self.nodata_constants[node.name]), cgutils.false_bit
         if isinstance(node, Input):
-            return self.builder.extract_value(self.x, node.index)
+            return (
+                self.rounded(self.builder.extract_value(self.x, node.index)),
+                self.builder.extract_value(self.masks, node.index),
+            )
         if isinstance(node, Unary):
             return self.unary(node.op, self.value(node.operand))
         if isinstance(node, Binary):
@@ -646,44 +799,84 @@ class _Emitter:
         raise TypeError(f"unknown node {node!r}")
 
     def constant(self, value: float) -> Any:
+        """A constant of the calculation: rounded to float32 in float32."""
+        if self.single:
+            with np.errstate(over="ignore"):
+                value = float(np.float32(value))
         return self.context.get_constant(types.float64, float(value))
+
+    def exact(self, value: float) -> Any:
+        return self.context.get_constant(types.float64, float(value))
+
+    def rounded(self, value: Any) -> Any:
+        """``value`` as the calculation type holds it."""
+        if not self.single:
+            return value
+        b = self.builder
+        return b.fpext(b.fptrunc(value, ir.FloatType()), ir.DoubleType())
 
     def truth(self, bit: Any) -> Any:
         """1.0 where ``bit`` is set, else 0.0."""
-        return self.builder.select(bit, self.constant(1.0), self.constant(0.0))
+        return self.builder.select(bit, self.exact(1.0), self.exact(0.0))
 
     def nonzero(self, value: Any) -> Any:
-        return self.builder.fcmp_unordered("!=", value, self.constant(0.0))
+        return self.builder.fcmp_unordered("!=", value, self.exact(0.0))
 
-    def unary(self, op: str, operand: Any) -> Any:
+    def not_finite(self, value: Any) -> Any:
+        """Whether ``value`` is infinite or NaN: ``value - value`` is NaN just then."""
+        b = self.builder
+        return b.fcmp_unordered("uno", b.fsub(value, value), self.exact(0.0))
+
+    def fabs(self, value: Any) -> Any:
+        fabs = self.builder.module.declare_intrinsic("llvm.fabs", [ir.DoubleType()])
+        return self.builder.call(fabs, [value])
+
+    def unary(self, op: str, operand: tuple[Any, Any]) -> tuple[Any, Any]:
+        value, mask = operand
         if op == "+":
             return operand
         if op == "-":
-            return self.builder.fneg(operand)
+            return self.builder.fneg(value), mask
         if op == "not":
-            return self.truth(self.builder.fcmp_ordered("==", operand, self.constant(0.0)))
+            return self.truth(self.builder.fcmp_ordered("==", value, self.exact(0.0))), mask
         if op == "isnan":
-            return self.truth(self.builder.fcmp_unordered("uno", operand, operand))
-        return self.invoke(UNARY_OPERATIONS[op], _UNARY_SIGNATURE, [operand])
+            return self.truth(self.builder.fcmp_unordered("uno", value, value)), mask
+        result = self.rounded(self.invoke(UNARY_OPERATIONS[op], _UNARY_SIGNATURE, [value]))
+        if op in _MASKED_WHERE_NOT_FINITE:
+            mask = self.builder.or_(mask, self.not_finite(result))
+        return result, mask
 
-    def binary(self, op: str, left: Any, right: Any) -> Any:
+    def binary(
+        self, op: str, left_pair: tuple[Any, Any], right_pair: tuple[Any, Any]
+    ) -> tuple[Any, Any]:
+        b = self.builder
+        left, left_mask = left_pair
+        right, right_mask = right_pair
+        mask = b.or_(left_mask, right_mask)
         if op in _ARITHMETIC:
-            return getattr(self.builder, _ARITHMETIC[op])(left, right)
-        if op in _COMPARISONS:
+            result = self.rounded(getattr(b, _ARITHMETIC[op])(left, right))
+        elif op in _COMPARISONS:
             method, comparison = _COMPARISONS[op]
-            return self.truth(getattr(self.builder, method)(comparison, left, right))
-        if op == "and":
-            return self.truth(self.builder.and_(self.nonzero(left), self.nonzero(right)))
-        if op == "or":
-            return self.truth(self.builder.or_(self.nonzero(left), self.nonzero(right)))
-        if op in _EXTREMES:
-            b = self.builder
+            return self.truth(getattr(b, method)(comparison, left, right)), mask
+        elif op == "and":
+            return self.truth(b.and_(self.nonzero(left), self.nonzero(right))), mask
+        elif op == "or":
+            return self.truth(b.or_(self.nonzero(left), self.nonzero(right))), mask
+        elif op in _EXTREMES:
             chosen = b.select(b.fcmp_ordered(_EXTREMES[op], left, right), left, right)
             chosen = b.select(b.fcmp_unordered("uno", right, right), right, chosen)
-            return b.select(b.fcmp_unordered("uno", left, left), left, chosen)
-        return self.invoke(BINARY_OPERATIONS[op], _BINARY_SIGNATURE, [left, right])
+            return b.select(b.fcmp_unordered("uno", left, left), left, chosen), mask
+        else:
+            operation = BINARY_OPERATIONS[op]
+            result = self.rounded(self.invoke(operation, _BINARY_SIGNATURE, [left, right]))
+        if op in _MASKED_WHERE_NOT_FINITE:
+            mask = b.or_(mask, self.not_finite(result))
+        if op in _SAFE_DIVISIONS:
+            scaled = b.fmul(self.fabs(left), self.exact(TINY))
+            mask = b.or_(mask, b.fcmp_ordered(">=", scaled, self.fabs(right)))
+        return result, mask
 
-    def call(self, node: Call) -> Any:
+    def call(self, node: Call) -> tuple[Any, Any]:
         name = node.function
         if name in REDUCERS:
             return self.aggregate(node)
@@ -691,27 +884,36 @@ class _Emitter:
         if name == "clip":  # numpy's clip: minimum(maximum(x, lo), hi)
             x, lo, hi = args
             return self.binary("minimum", self.binary("maximum", x, lo), hi)
-        if name == "where":
-            condition, when_true, when_false = args
-            return self.builder.select(self.nonzero(condition), when_true, when_false)
+        if name == "where":  # numpy.ma's: the condition's mask and that of the side taken
+            (condition, condition_mask), (when_true, true_mask), (when_false, false_mask) = args
+            b = self.builder
+            chosen = self.nonzero(condition)
+            mask = b.or_(condition_mask, b.select(chosen, true_mask, false_mask))
+            return b.select(chosen, when_true, when_false), mask
         if len(args) == 1:
             return self.unary(name, args[0])
         return self.binary(name, args[0], args[1])
 
-    def aggregate(self, node: Call) -> Any:
+    def aggregate(self, node: Call) -> tuple[Any, Any]:
+        """numpy.ma's aggregation: its masked arguments left out (stored as NaN, which the
+        reducers ignore), masked where every argument is."""
+        b = self.builder
         values = [self.value(a) for a in node.args]
         offset = self.slot
         self.slot += len(values)
-        for t, v in enumerate(values):
+        mask = cgutils.true_bit
+        for t, (v, m) in enumerate(values):
             at = self.context.get_constant(types.intp, offset + t)
-            self.builder.store(v, self.builder.gep(self.scratch_data, [at]))
+            b.store(b.select(m, self.exact(math.nan), v), b.gep(self.scratch_data, [at]))
+            mask = b.and_(mask, m)
         args = [
             self.scratch,
             self.context.get_constant(types.intp, offset),
             self.context.get_constant(types.intp, len(values)),
-            self.constant(0.0 if node.q is None else node.q),
+            self.exact(0.0 if node.q is None else node.q),
         ]
-        return self.invoke(REDUCERS[node.function], _REDUCER_SIGNATURE, args)
+        result = self.invoke(REDUCERS[node.function], _REDUCER_SIGNATURE, args)
+        return self.rounded(result), mask
 
     def invoke(self, function: Any, signature: Any, args: list[Any]) -> Any:
         """A call to a compiled scalar operation (compiled here on first use, once a process).
@@ -766,38 +968,57 @@ def _children(node: Node) -> tuple[Node, ...]:
     return ()
 
 
-def _expression_evaluator(root: Node, nodata_constants: dict[str, float], fused: bool) -> Any:
-    """An intrinsic ``(x, scratch) -> float64``: the expression at one pixel.
+def _expression_evaluator(
+    root: Node, nodata_constants: dict[str, float], fused: bool, single: bool
+) -> Any:
+    """An intrinsic ``(x, masks, scratch) -> (float64, boolean)``: the expression at one pixel
+    and its mask.
 
     ``fused``: emitted into the kernel's loop, which LLVM then vectorises; otherwise emitted as
     a function of its own that the loop calls (see ``_FUSED_INPUTS``).
     """
+    result_type = types.Tuple((types.float64, types.boolean))
 
     @intrinsic
-    def evaluate_pixel(typingctx: Any, x: Any, scratch: Any) -> Any:
+    def evaluate_pixel(typingctx: Any, x: Any, masks: Any, scratch: Any) -> Any:
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            scratch_type = signature.args[2]
             if fused:
                 emitter = _Emitter(
-                    context, builder, args[0], args[1], signature.args[1], nodata_constants
+                    context,
+                    builder,
+                    args[0],
+                    args[1],
+                    args[2],
+                    scratch_type,
+                    nodata_constants,
+                    single,
                 )
-                return emitter.value(root)
+                return context.make_tuple(builder, result_type, list(emitter.value(root)))
             arguments = [context.get_value_type(t) for t in signature.args]
             function = ir.Function(
                 builder.module,
-                ir.FunctionType(context.get_value_type(types.float64), arguments),
+                ir.FunctionType(context.get_value_type(result_type), arguments),
                 name=builder.module.get_unique_name("band_calc_pixel"),
             )
             function.linkage = "internal"
             function.attributes.add("noinline")
             body = ir.IRBuilder(function.append_basic_block("entry"))
-            x_value, scratch_value = function.args
+            x_value, masks_value, scratch_value = function.args
             emitter = _Emitter(
-                context, body, x_value, scratch_value, signature.args[1], nodata_constants
+                context,
+                body,
+                x_value,
+                masks_value,
+                scratch_value,
+                scratch_type,
+                nodata_constants,
+                single,
             )
-            body.ret(emitter.value(root))
+            body.ret(context.make_tuple(body, result_type, list(emitter.value(root))))
             return builder.call(function, list(args))
 
-        return types.float64(x, scratch), codegen
+        return result_type(x, masks, scratch), codegen
 
     return evaluate_pixel
 
@@ -826,31 +1047,70 @@ def _pixel_reader(dtypes: tuple[np.dtype, ...]) -> Any:
     return read_pixel
 
 
-def _nodata_test(dtypes: tuple[np.dtype, ...]) -> Any:
-    """An intrinsic ``(x, nan_tests, values) -> bool``: whether any input is nodata here.
+def _input_masks(dtypes: tuple[np.dtype, ...]) -> Any:
+    """An intrinsic ``(x, nan_tests, values, others) -> (boolean, ...)``: where each input is
+    nodata.
 
-    Input ``k`` is nodata where ``x[k] == values[k]`` (a NaN value matches nothing, for an
-    input without nodata) or, for a float input whose ``nan_tests[k]`` is set, where ``x[k]`` is
+    Input ``k`` is nodata where ``x[k]`` equals ``values[k]`` or ``others[k]`` (a NaN value
+    matches nothing) or, for a float input whose ``nan_tests[k]`` is set, where ``x[k]`` is
     NaN: branch-free, so that LLVM need not branch on a runtime constant.
     """
+    masks = types.UniTuple(types.boolean, len(dtypes))
 
     @intrinsic
-    def is_nodata(typingctx: Any, x: Any, nan_tests: Any, values: Any) -> Any:
+    def input_masks(typingctx: Any, x: Any, nan_tests: Any, values: Any, others: Any) -> Any:
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            pixel, tests, nodata = args
-            found = cgutils.false_bit
+            pixel, tests, nodata, other = args
+            found = []
             for k, dtype in enumerate(dtypes):
                 v = builder.extract_value(pixel, k)
                 hit = builder.fcmp_ordered("==", v, builder.extract_value(nodata, k))
+                hit = builder.or_(
+                    hit, builder.fcmp_ordered("==", v, builder.extract_value(other, k))
+                )
                 if dtype.kind == "f":  # an integer widened to float64 is never NaN
                     nan = builder.fcmp_unordered("uno", v, v)
                     hit = builder.or_(hit, builder.and_(builder.extract_value(tests, k), nan))
-                found = builder.or_(found, hit)
-            return found
+                found.append(hit)
+            return context.make_tuple(builder, masks, found)
 
-        return types.boolean(x, nan_tests, values), codegen
+        return masks(x, nan_tests, values, others), codegen
 
-    return is_nodata
+    return input_masks
+
+
+def _nodata_mask(count: int, mode: int) -> Any:
+    """An intrinsic ``(masks) -> boolean``: whether the inputs' masks make the output nodata,
+    by ``mode`` (any of them, all of them, never)."""
+
+    @intrinsic
+    def nodata_mask(typingctx: Any, masks: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            if mode == NODATA_MASK_NONE:
+                return cgutils.false_bit
+            bits = [builder.extract_value(args[0], k) for k in range(count)]
+            combined = bits[0]
+            for bit in bits[1:]:
+                if mode == NODATA_MASK_ANY:
+                    combined = builder.or_(combined, bit)
+                else:
+                    combined = builder.and_(combined, bit)
+            return combined
+
+        return types.boolean(masks), codegen
+
+    return nodata_mask
+
+
+@numba.njit(inline="always", **JIT)
+def _scale_single(value: float, scale: float, offset: float) -> float:
+    """The value stored with an output scale, in float32 (see ``CalcOptions``)."""
+    return np.float32(np.float32(value / scale) - offset)
+
+
+@numba.njit(inline="always", **JIT)
+def _scale_double(value: float, scale: float, offset: float) -> float:
+    return value / scale - offset
 
 
 def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, Any]:
@@ -859,9 +1119,11 @@ def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, A
     out_dtype = signature.output_dtype
     nodata_constants = signature.nodata_constants
     count = len(dtypes)
-    root = _expression_evaluator(expression.root, nodata_constants, count <= _FUSED_INPUTS)
+    single = signature.single
+    root = _expression_evaluator(expression.root, nodata_constants, count <= _FUSED_INPUTS, single)
     read = _pixel_reader(dtypes)
-    is_nodata = _nodata_test(dtypes)
+    input_masks = _input_masks(dtypes)
+    inputs_nodata = _nodata_mask(count, signature.nodata_mask)
     scratch_size = max(_scratch_size(expression.root), 1)
     integer = out_dtype.kind != "f"
     out_float = np.float32 if out_dtype == np.float32 else np.float64
@@ -875,6 +1137,10 @@ def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, A
         types.UniTuple(types.intp, count),
         types.UniTuple(types.boolean, count),
         types.UniTuple(types.float64, count),
+        types.UniTuple(types.float64, count),
+        types.float64,
+        types.float64,
+        types.boolean,
         types.Array(out_type, 2, "C"),
         out_type,
         types.intp,
@@ -882,8 +1148,9 @@ def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, A
     )
 
     keys, key_shift, key_flip = statistics_keys(out_dtype)
+    _scaled = _scale_single if single else _scale_double
 
-    def run(addresses, nan_tests, values, out, nodata, first, stop):
+    def run(addresses, nan_tests, values, others, scale, offset, scaled, out, nodata, first, stop):
         cols = out.shape[1]
         nodata64 = np.float64(nodata)
         s = np.empty(scratch_size, dtype=np.float64)
@@ -899,12 +1166,11 @@ def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, A
             if integer:
                 for j in range(cols):
                     x = read(addresses, i * cols + j)
-                    if is_nodata(x, nan_tests, values):
-                        row[j] = nodata
-                        written += 1
-                        continue
-                    v = root(x, s)
-                    if v > below and v < above:
+                    m = input_masks(x, nan_tests, values, others)
+                    v, vm = root(x, m, s)
+                    if scaled:
+                        v = _scaled(v, scale, offset)
+                    if not (vm | inputs_nodata(m)) and v > below and v < above:
                         row[j] = v
                     else:
                         row[j] = nodata
@@ -914,8 +1180,12 @@ def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, A
                 # computed (the expression is pure and cannot raise) and then chosen.
                 for j in range(cols):
                     x = read(addresses, i * cols + j)
-                    v = out_float(root(x, s))
-                    valid = ~is_nodata(x, nan_tests, values) & np.isfinite(v)
+                    m = input_masks(x, nan_tests, values, others)
+                    r, vm = root(x, m, s)
+                    if scaled:
+                        r = _scaled(r, scale, offset)
+                    v = out_float(r)
+                    valid = ~(vm | inputs_nodata(m)) & np.isfinite(v)
                     row[j] = v if valid else nodata
                     written += np.int64(~valid)
             # The row is still in cache: its statistics, as written, in two passes, about

@@ -10,6 +10,15 @@ same functions. So a new expression costs the time to assemble its program (micr
 every pixel is the value the fused kernel gives: the instructions are the same IEEE operations
 and the same compiled scalar operations and aggregations (``scalar_ops``), in the same order.
 
+Each register has a mask register beside it, as numpy's masked arrays carry a mask beside
+their data (Remotior's band calc runs on masked arrays): an input's mask is where it is nodata;
+an operation's result is masked where an operand is, and where numpy.ma masks it (a division,
+``//``, ``%``, ``**``, ``sqrt log log10 tan arcsin arccos`` whose result is not finite, a
+division or ``%`` by zero); ``where`` takes the mask of its condition and of the side it picks; an
+aggregation ignores its masked arguments and is masked where all are. In float32 (``single``)
+the inputs, the constants and every operation's result are rounded to float32, as numpy
+computes on float32 arrays (see ``bandcalc``).
+
 Registers: the inputs' pixels take the first registers, each constant one register filled once
 per call, and every operator's result a register reused once its one reader has read it, so a
 program needs few more registers than its widest point. An instruction never writes a register
@@ -83,6 +92,13 @@ _LT, _LE, _GT, _GE, _EQ, _NE = range(7, 13)
 _AND, _OR, _NOT, _NEG, _ISNAN, _MINIMUM, _MAXIMUM, _WHERE = range(13, 21)
 _SQRT, _LOG, _LOG10, _EXP, _ABS, _SIN, _COS, _TAN, _ARCSIN, _ARCCOS, _ARCTAN = range(21, 32)
 _REDUCE: Final = 32
+
+# numpy.ma's domain of a safe division: masked where |a| * tiny >= |b| (b zero, or b so small
+# against a that the quotient overflows).
+TINY: Final = float(np.finfo(np.float64).tiny)
+# Which inputs' nodata makes a pixel of the output nodata, besides the calculation's own mask
+# (Remotior's any_nodata_mask True, False and None).
+NODATA_MASK_ANY, NODATA_MASK_ALL, NODATA_MASK_NONE = range(3)
 
 _BINARY_OPCODES: Final = {
     "+": _ADD,
@@ -162,6 +178,23 @@ class Program:
     register_count: int
     result: int  # the register that holds the expression's value
     scratch_size: int  # the widest aggregation
+
+
+@dataclass(frozen=True, slots=True)
+class CalcOptions:
+    """How a calculation computes and writes, whichever kernel runs it.
+
+    ``single``: in float32 (inputs, constants and every result rounded to float32), else
+    float64. ``nodata_mask``: ``NODATA_MASK_ANY``, ``_ALL`` or ``_NONE``. ``scaled``: the
+    value written is ``result / scale - offset``, ``offset`` being Remotior's offset divided
+    by its scale (both rounded to float32 when ``single``, as numpy takes Python scalars).
+    """
+
+    single: bool = False
+    nodata_mask: int = NODATA_MASK_ANY
+    scale: float = 1.0
+    offset: float = 0.0
+    scaled: bool = False
 
 
 def assemble(expression: Expression, nodata_constants: Mapping[str, float]) -> Program:
@@ -330,70 +363,67 @@ _read_float64 = _element_reader(np.float64)
 
 
 @numba.njit(cache=True, **JIT)
-def _load(register, mask, first, address, dtype_code, nan_test, value, base, n):
-    """Pixels ``base`` to ``base + n`` of an input into ``register``, and where it is nodata
-    into ``mask`` (set by the ``first`` input, or-ed by the others): tested as the fused kernel
-    tests it, on the widened value."""
+def _load(register, mask, address, dtype_code, nan_test, value, other, base, n):
+    """Pixels ``base`` to ``base + n`` of an input into ``register``, widened to float64, and
+    where it is nodata into ``mask``: equal to ``value`` or ``other`` (NaN: neither) or, with
+    ``nan_test``, NaN; tested as the fused kernel tests it, on the widened value."""
     if dtype_code == 0:
         for j in range(n):
             x = _read_uint8(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     elif dtype_code == 1:
         for j in range(n):
             x = _read_int8(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     elif dtype_code == 2:
         for j in range(n):
             x = _read_uint16(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     elif dtype_code == 3:
         for j in range(n):
             x = _read_int16(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     elif dtype_code == 4:
         for j in range(n):
             x = _read_uint32(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     elif dtype_code == 5:
         for j in range(n):
             x = _read_int32(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     elif dtype_code == 6:
         for j in range(n):
             x = _read_uint64(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     elif dtype_code == 7:
         for j in range(n):
             x = _read_int64(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     elif dtype_code == 8:
         for j in range(n):
             x = _read_float32(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
     else:
         for j in range(n):
             x = _read_float64(address, base + j)
             register[j] = x
-            hit = (x == value) | (nan_test & (x != x))
-            mask[j] = hit if first else mask[j] | hit
+            mask[j] = (x == value) | (x == other) | (nan_test & (x != x))
+
+
+@numba.njit(cache=True, **JIT)
+def _round_single(d, n):
+    """Round to float32, as numpy's float32 operations round their results."""
+    for j in range(n):
+        d[j] = np.float32(d[j])
 
 
 @numba.njit(cache=True, **JIT)
@@ -506,11 +536,13 @@ def _binary(opcode, d, a, b, n):
 
 
 @numba.njit(cache=True, **JIT)
-def _reduce(reducer, d, registers, arguments, offset, count, q, scratch, n):
-    """An aggregation across registers, pixel by pixel, through the shared reducers."""
+def _reduce(reducer, d, registers, masks, arguments, offset, count, q, scratch, n):
+    """An aggregation across registers, pixel by pixel, through the shared reducers: masked
+    arguments are left out (as NaN, which the reducers ignore)."""
     for j in range(n):
         for t in range(count):
-            scratch[t] = registers[arguments[offset + t], j]
+            r = arguments[offset + t]
+            scratch[t] = np.nan if masks[r, j] else registers[r, j]
         if reducer == _MIN:
             d[j] = nanmin(scratch, 0, count, q)
         elif reducer == _MAX:
@@ -528,33 +560,78 @@ def _reduce(reducer, d, registers, arguments, offset, count, q, scratch, n):
 
 
 @numba.njit(cache=True, **JIT)
-def _execute(code, quantiles, arguments, registers, scratch, n):
-    """Every instruction of a program over the first ``n`` pixels of the registers."""
+def _mask_of(opcode, dm, d, am, bm, a, b, n):
+    """The mask of an elementwise result ``d``, as numpy.ma gives it: its operands' masks
+    (``b``'s too for a binary opcode), and for the domained operations where ``d`` is not
+    finite or the divisor is out of the domain of a safe division."""
+    if opcode in (_DIV, _FLOORDIV):
+        for j in range(n):
+            out = ~np.isfinite(d[j]) | (absolute(a[j]) * TINY >= absolute(b[j]))
+            dm[j] = am[j] | bm[j] | out
+    elif opcode == _MOD:
+        for j in range(n):
+            out = ~np.isfinite(d[j]) | (absolute(a[j]) * TINY >= absolute(b[j]))
+            dm[j] = am[j] | bm[j] | out
+    elif opcode == _POW:
+        for j in range(n):
+            dm[j] = am[j] | bm[j] | ~np.isfinite(d[j])
+    elif opcode in (_SQRT, _LOG, _LOG10, _TAN, _ARCSIN, _ARCCOS):
+        for j in range(n):
+            dm[j] = am[j] | ~np.isfinite(d[j])
+    elif opcode >= _NOT and opcode != _MINIMUM and opcode != _MAXIMUM:
+        for j in range(n):
+            dm[j] = am[j]
+    else:
+        for j in range(n):
+            dm[j] = am[j] | bm[j]
+
+
+@numba.njit(cache=True, **JIT)
+def _execute(code, quantiles, arguments, registers, masks, scratch, single, n):
+    """Every instruction of a program over the first ``n`` pixels of the registers and their
+    masks; in float32 when ``single``."""
     for k in range(code.shape[0]):
         opcode = code[k, 0]
         d = registers[code[k, 1]]
+        dm = masks[code[k, 1]]
         if opcode == _REDUCE:
+            offset = code[k, 2]
+            count = code[k, 3]
             _reduce(
-                code[k, 4],
-                d,
-                registers,
-                arguments,
-                code[k, 2],
-                code[k, 3],
-                quantiles[k],
-                scratch,
-                n,
+                code[k, 4], d, registers, masks, arguments, offset, count, quantiles[k], scratch, n
             )
+            if single:
+                _round_single(d, n)
+            for j in range(n):
+                dm[j] = True
+            for t in range(count):
+                am = masks[arguments[offset + t]]
+                for j in range(n):
+                    dm[j] = dm[j] & am[j]
         elif opcode == _WHERE:
             condition = registers[code[k, 2]]
             when_true = registers[code[k, 3]]
             when_false = registers[code[k, 4]]
+            cm = masks[code[k, 2]]
+            tm = masks[code[k, 3]]
+            fm = masks[code[k, 4]]
             for j in range(n):
-                d[j] = when_true[j] if condition[j] != 0.0 else when_false[j]
+                chosen = condition[j] != 0.0
+                d[j] = when_true[j] if chosen else when_false[j]
+                dm[j] = cm[j] | (tm[j] if chosen else fm[j])
         elif opcode >= _NOT and opcode != _MINIMUM and opcode != _MAXIMUM:
-            _unary(opcode, d, registers[code[k, 2]], n)
+            a = registers[code[k, 2]]
+            _unary(opcode, d, a, n)
+            if single:
+                _round_single(d, n)
+            _mask_of(opcode, dm, d, masks[code[k, 2]], masks[code[k, 2]], a, a, n)
         else:
-            _binary(opcode, d, registers[code[k, 2]], registers[code[k, 3]], n)
+            a = registers[code[k, 2]]
+            b = registers[code[k, 3]]
+            _binary(opcode, d, a, b, n)
+            if single:
+                _round_single(d, n)
+            _mask_of(opcode, dm, d, masks[code[k, 2]], masks[code[k, 3]], a, b, n)
 
 
 @numba.njit(cache=True, **JIT)
@@ -587,6 +664,48 @@ def _write_float(segment, result, mask, nodata, n):
 
 
 @numba.njit(cache=True, **JIT)
+def _output_mask(mask, masks, result, inputs, nodata_mask, n):
+    """Where the output is nodata: the result's mask, and where any input is nodata
+    (``NODATA_MASK_ANY``), where every input is (``NODATA_MASK_ALL``) or neither."""
+    rm = masks[result]
+    if nodata_mask == NODATA_MASK_ANY:
+        for j in range(n):
+            mask[j] = rm[j]
+        for k in range(inputs):
+            km = masks[k]
+            for j in range(n):
+                mask[j] = mask[j] | km[j]
+    elif nodata_mask == NODATA_MASK_ALL:
+        for j in range(n):
+            mask[j] = True
+        for k in range(inputs):
+            km = masks[k]
+            for j in range(n):
+                mask[j] = mask[j] & km[j]
+        for j in range(n):
+            mask[j] = mask[j] | rm[j]
+    else:
+        for j in range(n):
+            mask[j] = rm[j]
+
+
+@numba.njit(cache=True, **JIT)
+def _output_value(value, result, scale, offset, scaled, single, n):
+    """The value written: the result, or with an output scale and offset, ``result / scale -
+    offset`` (``offset`` is Remotior's offset divided by the scale), each step in float32
+    when ``single``."""
+    if not scaled:
+        for j in range(n):
+            value[j] = result[j]
+    elif single:
+        for j in range(n):
+            value[j] = np.float32(np.float32(result[j] / scale) - offset)
+    else:
+        for j in range(n):
+            value[j] = result[j] / scale - offset
+
+
+@numba.njit(cache=True, **JIT)
 def _run(
     code,
     quantiles,
@@ -600,6 +719,12 @@ def _run(
     dtype_codes,
     nan_tests,
     values,
+    others,
+    single,
+    nodata_mask,
+    scale,
+    offset,
+    scaled,
     out,
     nodata,
     below,
@@ -614,10 +739,13 @@ def _run(
     cols = out.shape[1]
     block = min(cols, BLOCK)
     registers = np.empty((register_count, block), dtype=np.float64)
+    masks = np.zeros((register_count, block), dtype=np.bool_)  # constants: never masked
     for t in range(constant_registers.shape[0]):
-        registers[constant_registers[t], :] = constant_values[t]
+        v = constant_values[t]
+        registers[constant_registers[t], :] = np.float32(v) if single else v
     scratch = np.empty(scratch_size, dtype=np.float64)
     mask = np.empty(block, dtype=np.bool_)
+    value = np.empty(block, dtype=np.float64)
     inputs = addresses.shape[0]
     nodata64 = np.float64(nodata)
     written = 0
@@ -635,23 +763,25 @@ def _run(
             for k in range(inputs):
                 _load(
                     registers[k],
-                    mask,
-                    k == 0,
+                    masks[k],
                     addresses[k],
                     dtype_codes[k],
                     nan_tests[k],
                     values[k],
+                    others[k],
                     base,
                     width,
                 )
-            _execute(code, quantiles, arguments, registers, scratch, width)
+                if single:
+                    _round_single(registers[k], width)
+            _execute(code, quantiles, arguments, registers, masks, scratch, single, width)
+            _output_mask(mask, masks, result, inputs, nodata_mask, width)
+            _output_value(value, registers[result], scale, offset, scaled, single, width)
             segment = row[start : start + width]
             if integer:
-                written += _write_integer(
-                    segment, registers[result], mask, nodata, below, above, width
-                )
+                written += _write_integer(segment, value, mask, nodata, below, above, width)
             else:
-                written += _write_float(segment, registers[result], mask, nodata, width)
+                written += _write_float(segment, value, mask, nodata, width)
         # The row's statistics, as the fused kernel takes them.
         if np.isnan(origin):
             origin = first_valid(row, nodata64)
@@ -680,13 +810,17 @@ def run_program(
     dtype_codes: np.ndarray,
     nan_tests: np.ndarray,
     values: np.ndarray,
+    others: np.ndarray,
+    options: CalcOptions,
     out: np.ndarray,
     nodata: object,
     first: int,
     stop: int,
 ) -> tuple[int, int, int, int, float, float]:
     """Rows ``first`` to ``stop`` of ``out`` from the inputs at ``addresses`` (C-contiguous
-    tiles of ``out``'s shape): as the fused kernel's ``run``, with the same result tuple."""
+    tiles of ``out``'s shape): as the fused kernel's ``run``, with the same result tuple.
+    An input is nodata where equal to its ``values`` or ``others`` (NaN: no value) or, with
+    its ``nan_tests``, NaN."""
     dtype = out.dtype
     keys, key_shift, key_flip = statistics_keys(dtype)
     integer = dtype.kind != "f"
@@ -708,6 +842,12 @@ def run_program(
         dtype_codes,
         nan_tests,
         values,
+        others,
+        options.single,
+        options.nodata_mask,
+        options.scale,
+        options.offset,
+        options.scaled,
         out,
         nodata,
         below,
