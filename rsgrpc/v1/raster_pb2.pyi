@@ -73,6 +73,53 @@ COMPRESSION_ZSTD: Compression.ValueType  # 3
 COMPRESSION_LZW: Compression.ValueType  # 4
 Global___Compression: _TypeAlias = Compression  # noqa: Y015
 
+class _BandCalcNodataMask:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BandCalcNodataMaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BandCalcNodataMask.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BAND_CALC_NODATA_MASK_UNSPECIFIED: _BandCalcNodataMask.ValueType  # 0
+    """Nodata where any input of the calculation is nodata (the server's
+    default; Remotior's `any_nodata_mask=True`).
+    """
+    BAND_CALC_NODATA_MASK_ANY: _BandCalcNodataMask.ValueType  # 1
+    """As unspecified: nodata where any input is nodata."""
+    BAND_CALC_NODATA_MASK_ALL: _BandCalcNodataMask.ValueType  # 2
+    """Nodata where every input is nodata (Remotior's default,
+    `any_nodata_mask=False`).
+    """
+    BAND_CALC_NODATA_MASK_NONE: _BandCalcNodataMask.ValueType  # 3
+    """The inputs' nodata alone does not make a pixel nodata (Remotior's
+    `any_nodata_mask=None`).
+    """
+
+class BandCalcNodataMask(_BandCalcNodataMask, metaclass=_BandCalcNodataMaskEnumTypeWrapper):
+    """Which inputs' nodata makes a band calc output pixel nodata (Remotior's
+    `any_nodata_mask`). Whatever the mode, a pixel is also nodata where the
+    calculation masks it: where an operation reads a masked value (NumPy's
+    masked-array rules: an aggregation such as `mean` leaves masked arguments
+    out and is masked only where all are; `where` takes the mask of its
+    condition and of the side it picks), where the result is not finite, or
+    where it does not fit the output type.
+    """
+
+BAND_CALC_NODATA_MASK_UNSPECIFIED: BandCalcNodataMask.ValueType  # 0
+"""Nodata where any input of the calculation is nodata (the server's
+default; Remotior's `any_nodata_mask=True`).
+"""
+BAND_CALC_NODATA_MASK_ANY: BandCalcNodataMask.ValueType  # 1
+"""As unspecified: nodata where any input is nodata."""
+BAND_CALC_NODATA_MASK_ALL: BandCalcNodataMask.ValueType  # 2
+"""Nodata where every input is nodata (Remotior's default,
+`any_nodata_mask=False`).
+"""
+BAND_CALC_NODATA_MASK_NONE: BandCalcNodataMask.ValueType  # 3
+"""The inputs' nodata alone does not make a pixel nodata (Remotior's
+`any_nodata_mask=None`).
+"""
+Global___BandCalcNodataMask: _TypeAlias = BandCalcNodataMask  # noqa: Y015
+
 class _Connectivity:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -218,6 +265,12 @@ class BandCalcRequest(_message.Message):
     BANDSET_NUMBER_FIELD_NUMBER: _builtins.int
     INPUT_BANDSET_FIELD_NUMBER: _builtins.int
     VIRTUAL_OUTPUT_FIELD_NUMBER: _builtins.int
+    CALC_DATA_TYPE_FIELD_NUMBER: _builtins.int
+    NODATA_MASK_FIELD_NUMBER: _builtins.int
+    INPUT_NODATA_AS_VALUE_FIELD_NUMBER: _builtins.int
+    VALUE_AS_NODATA_FIELD_NUMBER: _builtins.int
+    OUTPUT_SCALE_FIELD_NUMBER: _builtins.int
+    OUTPUT_OFFSET_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     expression: _builtins.str
@@ -256,6 +309,42 @@ class BandCalcRequest(_message.Message):
     """Write each output as a VRT (`name.vrt`) whose source is a GeoTIFF beside
     it, as Remotior's virtual output; also when `output_path` ends in `.vrt`.
     """
+    calc_data_type: Global___DataType.ValueType
+    """The type every value of the calculation is computed in, as Remotior's
+    `calc_datatype`: DATA_TYPE_FLOAT32 (when unspecified, Remotior's default)
+    or DATA_TYPE_FLOAT64; other types are INVALID_ARGUMENT. In FLOAT32 the
+    inputs, the constants and the result of every operation are rounded to
+    float32, as NumPy computes on float32 arrays, so a threshold on a value at
+    float32's rounding edge falls as it does in Remotior. Every line of a
+    script is computed in this type.
+    """
+    nodata_mask: Global___BandCalcNodataMask.ValueType
+    """Which inputs' nodata makes an output pixel nodata, as Remotior's
+    `any_nodata_mask`; the calculation's own mask applies in every mode.
+    """
+    input_nodata_as_value: _builtins.bool
+    """Read the inputs' nodata values as ordinary values, not nodata (Remotior's
+    `input_nodata_as_value`); `nodata("name")` still gives an input's nodata
+    value and `value_as_nodata` still applies.
+    """
+    value_as_nodata: _builtins.float
+    """A value that is nodata in every input besides the input's own nodata, as
+    Remotior's `use_value_as_nodata` (compared in each input's type).
+    """
+    output_scale: _builtins.float
+    """The output band's scale, as Remotior's `use_scale`: the value written is
+    `(result - output_offset) / output_scale`, computed in `calc_data_type`,
+    and the band's GDAL scale and offset metadata are set to `output_scale`
+    (1 when unset) and `output_offset` (0 when unset), so that readers that
+    apply them get the result back. Must be finite and not 0. Nodata pixels
+    stay `output_nodata` (Remotior scales them too). When neither this nor
+    `output_offset` is set the result is written as it is and no scale or
+    offset is set.
+    """
+    output_offset: _builtins.float
+    """The output band's offset, as Remotior's `use_offset` (see
+    `output_scale`); must be finite.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterInput]:
         """The named inputs; all on one grid (size, transform, CRS)."""
@@ -278,14 +367,33 @@ class BandCalcRequest(_message.Message):
         bandset_number: _builtins.int = ...,
         input_bandset: _builtins.int = ...,
         virtual_output: _builtins.bool = ...,
+        calc_data_type: Global___DataType.ValueType = ...,
+        nodata_mask: Global___BandCalcNodataMask.ValueType = ...,
+        input_nodata_as_value: _builtins.bool = ...,
+        value_as_nodata: _builtins.float | None = ...,
+        output_scale: _builtins.float | None = ...,
+        output_offset: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "output_nodata", b"output_nodata", "output_options", b"output_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_value_as_nodata", b"_value_as_nodata", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_scale", b"output_scale", "value_as_nodata", b"value_as_nodata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "bandset_number", b"bandset_number", "expression", b"expression", "input_bandset", b"input_bandset", "inputs", b"inputs", "output_data_type", b"output_data_type", "output_nodata", b"output_nodata", "output_options", b"output_options", "output_path", b"output_path", "overwrite", b"overwrite", "session", b"session", "virtual_output", b"virtual_output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_value_as_nodata", b"_value_as_nodata", "bandset_number", b"bandset_number", "calc_data_type", b"calc_data_type", "expression", b"expression", "input_bandset", b"input_bandset", "input_nodata_as_value", b"input_nodata_as_value", "inputs", b"inputs", "nodata_mask", b"nodata_mask", "output_data_type", b"output_data_type", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_path", b"output_path", "output_scale", b"output_scale", "overwrite", b"overwrite", "session", b"session", "value_as_nodata", b"value_as_nodata", "virtual_output", b"virtual_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__output_nodata: _TypeAlias = _typing.Literal["output_nodata"]  # noqa: Y015
     _WhichOneofArgType__output_nodata: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata"]  # noqa: Y015
+    _WhichOneofReturnType__output_offset: _TypeAlias = _typing.Literal["output_offset"]  # noqa: Y015
+    _WhichOneofArgType__output_offset: _TypeAlias = _typing.Literal["_output_offset", b"_output_offset"]  # noqa: Y015
+    _WhichOneofReturnType__output_scale: _TypeAlias = _typing.Literal["output_scale"]  # noqa: Y015
+    _WhichOneofArgType__output_scale: _TypeAlias = _typing.Literal["_output_scale", b"_output_scale"]  # noqa: Y015
+    _WhichOneofReturnType__value_as_nodata: _TypeAlias = _typing.Literal["value_as_nodata"]  # noqa: Y015
+    _WhichOneofArgType__value_as_nodata: _TypeAlias = _typing.Literal["_value_as_nodata", b"_value_as_nodata"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_nodata) -> _WhichOneofReturnType__output_nodata | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_offset) -> _WhichOneofReturnType__output_offset | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_scale) -> _WhichOneofReturnType__output_scale | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_as_nodata) -> _WhichOneofReturnType__value_as_nodata | None: ...
 
 Global___BandCalcRequest: _TypeAlias = BandCalcRequest  # noqa: Y015
 
