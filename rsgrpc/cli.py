@@ -146,6 +146,7 @@ def _band_calc(args: argparse.Namespace) -> int:
             output_path=args.output,
             output_nodata=args.nodata,
             output_datatype=args.dtype,
+            calc_datatype=args.calc_datatype,
             overwrite=args.overwrite,
         )
     if not result.check:
@@ -369,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     calc.add_argument("--output", required=True, help="output path, relative to the data root")
     calc.add_argument("--dtype", default="float32")
     calc.add_argument("--nodata", type=float, default=None)
+    calc.add_argument(
+        "--calc-datatype",
+        default="float32",
+        choices=("float32", "float64"),
+        help="the type the calculation computes in (Remotior's calc_datatype)",
+    )
     calc.add_argument("--overwrite", action="store_true")
     calc.set_defaults(run=_band_calc)
 

@@ -22,7 +22,7 @@ def rasters(server):
     b = rng.uniform(0.5, 2.0, size=(40, 30)).astype(np.float32)
     write_geotiff(root / "limits" / "a.tif", a)
     write_geotiff(root / "limits" / "b.tif", b)
-    return root, a.astype(np.float64), b.astype(np.float64)
+    return root, a, b  # the references compute in float32, the default calculation type
 
 
 def _band_calc(channel, raster_stub, session_name, expression, output):

@@ -121,6 +121,7 @@ def test_where_and_nodata_over_three_inputs_equals_reference(server, session_nam
             "m/out.tif",
             output_nodata=-1e20,
             output_data_type=raster_pb2.DATA_TYPE_FLOAT32,
+            calc_data_type=raster_pb2.DATA_TYPE_FLOAT64,  # the reference computes in float64
         )
     )
     final = watch_operation(channel, operation)[-1]

@@ -71,6 +71,13 @@ class BandCalcRequest:
     output_dtype: str = "float32"
     output_nodata: float = -32768.0
     profile: OutputProfile | None = None
+    # Remotior's calculation options; every line of a script takes the same.
+    calc_dtype: str = "float32"  # float32 or float64
+    nodata_mask: str = "any"  # which inputs' nodata makes a pixel nodata: any, all or none
+    input_nodata_as_value: bool = False
+    value_as_nodata: float | None = None
+    output_scale: float | None = None  # the value written is (result - offset) / scale
+    output_offset: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,7 @@ def prepare_band_calc(
         ) from exc
     output_dtype = _output_dtype(request.output_dtype)
     _check_nodata_fits(request.output_nodata, output_dtype)
+    _check_calc_options(request)
     by_name = {i.name: i for i in request.inputs}
     described: dict[str, RasterInfo] = {}
     for name in dict.fromkeys(expression.input_names + expression.nodata_names):
@@ -171,6 +179,7 @@ def prepare_band_calc_script(
     input_names = _check_inputs(request)
     output_dtype = _output_dtype(request.output_dtype)
     _check_nodata_fits(request.output_nodata, output_dtype)
+    _check_calc_options(request)
     profile = request.profile or default_profile
     targets = _script_outputs(request, script.statements, text, input_names, data_root)
     names = input_names + [name for name, _ in targets]
@@ -363,6 +372,47 @@ def _check_nodata_fits(nodata: float, dtype: str) -> None:
         )
 
 
+CALC_DTYPES = ("float32", "float64")
+NODATA_MASKS = ("any", "all", "none")
+
+
+def _check_calc_options(request: BandCalcRequest) -> None:
+    """Remotior's calculation options, checked as the client gave them."""
+    if request.calc_dtype not in CALC_DTYPES:
+        raise InvalidArgumentError(
+            f"unsupported calculation data type {request.calc_dtype!r}; use one of {CALC_DTYPES}",
+            metadata={"field": "calc_data_type"},
+        )
+    if request.nodata_mask not in NODATA_MASKS:
+        raise InvalidArgumentError(
+            f"unsupported nodata mask {request.nodata_mask!r}; use one of {NODATA_MASKS}",
+            metadata={"field": "nodata_mask"},
+        )
+    scale, offset = request.output_scale, request.output_offset
+    if scale is not None and (not math.isfinite(scale) or scale == 0.0):
+        raise InvalidArgumentError(
+            f"output scale must be a finite number other than 0, got {scale:g}",
+            metadata={"field": "output_scale"},
+        )
+    if offset is not None and not math.isfinite(offset):
+        raise InvalidArgumentError(
+            f"output offset must be a finite number, got {offset:g}",
+            metadata={"field": "output_offset"},
+        )
+
+
+def _calc_options(request: BandCalcRequest) -> dict[str, object]:
+    """The keyword arguments of the kernel's `evaluate` for the request's options."""
+    return {
+        "calc_dtype": request.calc_dtype,
+        "nodata_mask": request.nodata_mask,
+        "input_nodata_as_value": request.input_nodata_as_value,
+        "value_as_nodata": request.value_as_nodata,
+        "scale": request.output_scale,
+        "offset": request.output_offset,
+    }
+
+
 def band_calc_memory(job: BandCalcJob) -> MemoryModel:
     """Bytes per pixel of a tile, held at once.
 
@@ -388,6 +438,7 @@ def _evaluate_tile(
     output_dtype: str,
     output_nodata: float,
     profile: OutputProfile,
+    options: dict[str, object],
 ) -> tuple[EncodedTile, BandStatistics, int]:
     """Runs in a worker: read this tile's windows, evaluate and summarise in one pass,
     encode the output."""
@@ -401,6 +452,7 @@ def _evaluate_tile(
         nodata,
         output_dtype=output_dtype,
         output_nodata=output_nodata,
+        **options,
     )
     del arrays  # freed before the output is encoded
     statistics = BandStatistics(
@@ -548,6 +600,8 @@ def _run_job(
         profile=job.profile,
         overwrite=request.overwrite,
         scratch_directory=session.temporary_directory,
+        scale=request.output_scale,
+        offset=request.output_offset,
     ) as writer:
 
         def task(tile: Tile):
@@ -559,6 +613,7 @@ def _run_job(
                 job.output_dtype,
                 request.output_nodata,
                 job.profile,
+                _calc_options(request),
             )
 
         def consume(result) -> None:

@@ -2,7 +2,7 @@
 index, with no blocks (`RasterWriter` appends them).
 
 GDAL lays the file out the first time a layout (size, type, nodata, CRS, transform,
-encoding) is asked for; its bytes are kept, and a later output of the same layout is
+encoding, the band's scale and offset) is asked for; its bytes are kept, and a later output of the same layout is
 those bytes, written without asking GDAL again. Many small jobs on one grid then cost
 a write, not a GDAL dataset's creation on the server's GDAL threads.
 """
@@ -33,8 +33,15 @@ def _layout(meta: dict[str, Any]) -> tuple:
 
 
 def _create(path: str, meta: dict[str, Any]) -> None:
+    """GDAL's file for ``meta``: rasterio's creation arguments, and the band's ``scale``
+    and ``offset`` (GDAL metadata of the band) when given."""
     keep_gdal_env()
-    rasterio.open(path, "w", **meta).close()
+    meta = dict(meta)
+    scale, offset = meta.pop("scale", None), meta.pop("offset", None)
+    with rasterio.open(path, "w", **meta) as dataset:
+        if scale is not None or offset is not None:
+            dataset.scales = (1.0 if scale is None else scale,)
+            dataset.offsets = (0.0 if offset is None else offset,)
 
 
 def write_empty(fd: int, meta: dict[str, Any]) -> None:
