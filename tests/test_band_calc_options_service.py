@@ -1,0 +1,108 @@
+"""Band calc's calculation options through the gRPC door: checked before any work starts,
+and carried to the pixels and the output band's scale and offset."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import rasterio
+
+from rsgrpc.v1 import raster_pb2
+from tests.conftest import watch_to_response, write_geotiff
+
+NODATA = -32768.0
+
+
+@pytest.fixture(scope="module")
+def rasters(server):
+    running, _ = server
+    root = running.data_root.root
+    rng = np.random.default_rng(21)
+    a = rng.integers(1, 5000, size=(30, 40)).astype(np.uint16)
+    b = rng.integers(1, 5000, size=(30, 40)).astype(np.uint16)
+    a[:3, :5] = 0
+    b[5, :] = 0
+    write_geotiff(root / "options" / "a.tif", a, nodata=0)
+    write_geotiff(root / "options" / "b.tif", b, nodata=0)
+    return root, a, b
+
+
+def _request(session, expression, output, **fields) -> raster_pb2.BandCalcRequest:
+    return raster_pb2.BandCalcRequest(
+        session=session,
+        expression=expression,
+        inputs=[
+            raster_pb2.RasterInput(name="a", path="options/a.tif"),
+            raster_pb2.RasterInput(name="b", path="options/b.tif"),
+        ],
+        output_path=output,
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"calc_data_type": raster_pb2.DATA_TYPE_INT16}, "calc_data_type"),
+        ({"nodata_mask": 17}, "nodata_mask"),
+        ({"output_scale": 0.0}, "output scale"),
+        ({"output_scale": float("nan")}, "output scale"),
+        ({"output_offset": float("inf")}, "output offset"),
+    ],
+    ids=["integer calc type", "unknown mask", "zero scale", "NaN scale", "infinite offset"],
+)
+def test_bad_options_are_invalid_argument_and_write_nothing(
+    raster_stub, session_name, rasters, fields, words
+):
+    root = rasters[0]
+    with pytest.raises(grpc.RpcError) as caught:
+        raster_stub.BandCalc(_request(session_name, '"a" + "b"', "options/refused.tif", **fields))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert words in caught.value.details()
+    assert str(root) not in caught.value.details()
+    assert not (root / "options" / "refused.tif").exists()
+
+
+def test_scaled_ndvi_into_int16_with_the_bands_scale_and_offset(
+    server, raster_stub, session_name, rasters
+):
+    root, a, b = rasters
+    operation = raster_stub.BandCalc(
+        _request(
+            session_name,
+            '("a" - "b") / ("a" + "b")',
+            "options/ndvi.tif",
+            output_data_type=raster_pb2.DATA_TYPE_INT16,
+            output_scale=0.0001,
+            output_offset=0.5,
+        )
+    )
+    watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
+    fa, fb = a.astype(np.float32), b.astype(np.float32)
+    ndvi = (fa - fb) / (fa + fb)
+    stored = np.trunc(ndvi / np.float32(0.0001) - np.float32(0.5 / 0.0001))
+    expected = np.where((a == 0) | (b == 0), NODATA, stored).astype(np.int16)
+    with rasterio.open(root / "options" / "ndvi.tif") as ds:
+        assert (ds.scales[0], ds.offsets[0]) == (0.0001, 0.5)
+        np.testing.assert_array_equal(ds.read(1), expected)
+
+
+def test_all_mask_and_float64_reach_the_pixels(server, raster_stub, session_name, rasters):
+    root, a, b = rasters
+    operation = raster_stub.BandCalc(
+        _request(
+            session_name,
+            'max("a", "b") / 3',
+            "options/max.tif",
+            output_data_type=raster_pb2.DATA_TYPE_FLOAT64,
+            calc_data_type=raster_pb2.DATA_TYPE_FLOAT64,
+            nodata_mask=raster_pb2.BAND_CALC_NODATA_MASK_ALL,
+        )
+    )
+    watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
+    stack = np.ma.masked_equal(np.stack([a, b]).astype(np.float64), 0)
+    expected = (stack.max(axis=0) / 3).filled(NODATA)
+    with rasterio.open(root / "options" / "max.tif") as ds:
+        assert ds.scales[0] == 1.0 and ds.offsets[0] == 0.0  # none asked for
+        np.testing.assert_array_equal(ds.read(1), expected)
