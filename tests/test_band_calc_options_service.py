@@ -106,3 +106,41 @@ def test_all_mask_and_float64_reach_the_pixels(server, raster_stub, session_name
     with rasterio.open(root / "options" / "max.tif") as ds:
         assert ds.scales[0] == 1.0 and ds.offsets[0] == 0.0  # none asked for
         np.testing.assert_array_equal(ds.read(1), expected)
+
+
+def test_the_python_client_sends_remotiors_options_and_defaults():
+    from rsgrpc.client import Session
+    from tests.test_client_signatures import _RecordingChannel
+
+    channel = _RecordingChannel()
+    rs = Session(channel=channel)
+    rs.band_calc('"a"', "o/x", [["a.tif", "a"]])
+    rs.band_calc(
+        '"a"',
+        "o/x",
+        [["a.tif", "a"]],
+        input_nodata_as_value=True,
+        use_value_as_nodata=3,
+        use_scale=0.1,
+        use_offset=0,
+        calc_datatype=np.float64,
+        any_nodata_mask=None,
+    )
+    rs.band_calc('"a"', "o/x", [["a.tif", "a"]], calc_datatype="Float32", any_nodata_mask=True)
+    default, given, anymask = channel.requests["BandCalc"]
+    # Remotior's defaults: float32, nodata where all inputs are (any_nodata_mask=False)
+    assert default.calc_data_type == raster_pb2.DATA_TYPE_FLOAT32
+    assert default.nodata_mask == raster_pb2.BAND_CALC_NODATA_MASK_ALL
+    assert not default.input_nodata_as_value
+    assert not any(
+        default.HasField(f) for f in ("value_as_nodata", "output_scale", "output_offset")
+    )
+    assert given.calc_data_type == raster_pb2.DATA_TYPE_FLOAT64
+    assert given.nodata_mask == raster_pb2.BAND_CALC_NODATA_MASK_NONE
+    assert given.input_nodata_as_value and given.value_as_nodata == 3.0
+    assert (given.output_scale, given.output_offset) == (0.1, 0.0)
+    assert given.HasField("output_offset")
+    assert anymask.nodata_mask == raster_pb2.BAND_CALC_NODATA_MASK_ANY
+    refused = rs.band_calc('"a"', "o/x", [["a.tif", "a"]], calc_datatype="Int16")
+    assert not refused.check and "calc_datatype" in refused.extra["message"]
+    assert len(channel.requests["BandCalc"]) == 3
