@@ -564,11 +564,7 @@ def _mask_of(opcode, dm, d, am, bm, a, b, n):
     """The mask of an elementwise result ``d``, as numpy.ma gives it: its operands' masks
     (``b``'s too for a binary opcode), and for the domained operations where ``d`` is not
     finite or the divisor is out of the domain of a safe division."""
-    if opcode in (_DIV, _FLOORDIV):
-        for j in range(n):
-            out = ~np.isfinite(d[j]) | (absolute(a[j]) * TINY >= absolute(b[j]))
-            dm[j] = am[j] | bm[j] | out
-    elif opcode == _MOD:
+    if opcode in (_DIV, _FLOORDIV, _MOD):
         for j in range(n):
             out = ~np.isfinite(d[j]) | (absolute(a[j]) * TINY >= absolute(b[j]))
             dm[j] = am[j] | bm[j] | out

@@ -166,7 +166,6 @@ def test_a_single_expression_lists_its_one_output(server, session_name, raster_s
         ('"a" @ /etc @ x', "outside the server's data roots"),
         ('"a" @ ../up @ x', "contains '..'"),
         ('"a" @ bad/name', "is not a valid file name"),
-        ('"a" @ x.vrt', "virtual rasters"),
         ('"a" @ x @ y @ z', "at most two '@'"),
         ('"a" @ ', "the output name after '@' is empty"),
         ('"a" @ temp @ x', "temporary folder"),

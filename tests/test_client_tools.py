@@ -92,7 +92,7 @@ def test_band_calc_takes_path_name_pairs_and_gdal_type_names(server):
 
         named = rs.band_calc(
             '"a" * 2',
-            "rs/double.vrt",
+            "rs/double.img",
             ["rs/red.tif"],
             ["a"],
             output_datatype="uint16",

@@ -214,8 +214,9 @@ _BAND_TOOL_NOTES = {
         "differs",
         "a directory gets `{prefix}{input name}.tif` per input, as in Remotior; with one "
         "input, a path ending in .tif is that file (Remotior makes a directory of that "
-        "name); a list gives each input its path, any other extension becoming .tif; "
-        "None is refused (Remotior writes to its temporary directory)",
+        "name); a list gives each input its path, any other extension than .tif, .tiff "
+        "or .vrt becoming .tif; a .vrt path is a virtual output; None is refused "
+        "(Remotior writes to its temporary directory)",
     ),
     "overwrite": Note(
         "differs",
@@ -228,7 +229,12 @@ _BAND_TOOL_NOTES = {
     "bandset_catalog": Note(
         "differs", "band set numbers always name the session's catalog; accepted and not used"
     ),
-    "virtual_output": Note("differs", "outputs are always GeoTIFFs; True is accepted"),
+    "virtual_output": Note(
+        "differs",
+        "True writes each output as `{name}.vrt` and the GeoTIFF it reads beside it, "
+        "`{name}_01.tif`, and returns the .vrt, as Remotior does; rsgrpc's VRT reads one "
+        "GeoTIFF where Remotior's reads the parts its processes wrote",
+    ),
 }
 
 _BAND_TOOL_PARAMETERS_TAIL = (
@@ -304,8 +310,10 @@ BAND_CALC = MethodSpec(
         ),
         "output_path": Note(
             "differs",
-            "a file path (in a script, a path without an extension is a folder); an "
-            "extension other than .tif/.tiff (.vrt included) becomes .tif; None is refused "
+            "a file path (in a script, a path without an extension is a folder); a .vrt "
+            "path is a virtual output, `{name}.vrt` and the GeoTIFF `{name}_01.tif` it "
+            "reads, as in Remotior; an extension other than .tif/.tiff/.vrt becomes .tif "
+            "(an `@ name.vrt` line is virtual too); None is refused "
             "(Remotior writes to its temporary directory); an existing output is replaced, "
             "as in Remotior, unless overwrite=False",
         ),
@@ -322,17 +330,30 @@ BAND_CALC = MethodSpec(
             "differs", "inputs share one grid, so intersection and union are the same"
         ),
         "xy_resolution_list": Note("not yet", "the output takes the inputs' grid"),
-        "input_nodata_as_value": Note("not yet", "nodata inputs are always masked"),
-        "use_value_as_nodata": Note("not yet", "the inputs' own nodata values are used"),
-        "use_scale": Note("not yet", "no scale is written"),
-        "use_offset": Note("not yet", "no offset is written"),
+        "use_value_as_nodata": Note(
+            "differs", "any number, compared in each input's type (Remotior: an integer)"
+        ),
+        "use_scale": Note(
+            "differs",
+            "the value written is (result - use_offset) / use_scale in calc_datatype and the "
+            "band's scale and offset are set, as in Remotior; nodata pixels stay "
+            "output_nodata (Remotior scales them too); into an integer type the value is "
+            "truncated toward zero (Remotior's GDAL rounds to nearest)",
+        ),
+        "use_offset": Note("differs", "as use_scale"),
         "calc_datatype": Note(
-            "differs", "the server always computes in float64, then casts to output_datatype"
+            "differs",
+            "Float32 (the default) or Float64; integer types are refused. In Float32 every "
+            "operation's result is rounded to float32 as NumPy's are; functions other than "
+            "+ - * / and sqrt, and the aggregations, are computed in float64 and rounded, "
+            "so they can differ from NumPy's float32 by one unit in the last place",
         ),
         "any_nodata_mask": Note(
             "differs",
-            "a pixel is nodata where any input the expression reads is nodata, or where the "
-            "result is not finite or does not fit the output type, whatever the value",
+            "True (any input nodata), False (all inputs nodata, the default) and None "
+            "(no input rule) as in Remotior, over the inputs the expression reads; in every "
+            "mode a pixel is also nodata where NumPy's masked arrays mask the result, or "
+            "where it is not finite or does not fit the output type",
         ),
         "bandset_catalog": Note(
             "differs",

@@ -97,6 +97,41 @@ def data_type(name: str | None) -> int:
         ) from None
 
 
+# Remotior's any_nodata_mask: True, False (its default) and None.
+_NODATA_MASKS = {
+    True: raster_pb2.BAND_CALC_NODATA_MASK_ANY,
+    False: raster_pb2.BAND_CALC_NODATA_MASK_ALL,
+    None: raster_pb2.BAND_CALC_NODATA_MASK_NONE,
+}
+
+
+def _calc_options(request: raster_pb2.BandCalcRequest, a: dict[str, Any]) -> None:
+    """Remotior's band calc options into the request: `calc_datatype` (Float32 when None;
+    GDAL or numpy names), `any_nodata_mask`, `input_nodata_as_value`,
+    `use_value_as_nodata`, `use_scale` and `use_offset`."""
+    name = a["calc_datatype"]
+    name = getattr(name, "__name__", name)  # a numpy type, np.float32
+    try:
+        calc = data_type(None if name is None else str(name))
+    except Refusal:
+        calc = None
+    if calc not in (raster_pb2.DATA_TYPE_FLOAT32, raster_pb2.DATA_TYPE_FLOAT64):
+        raise Refusal(f"unsupported calc_datatype {a['calc_datatype']!r}; use Float32 or Float64")
+    request.calc_data_type = calc
+    mask = a["any_nodata_mask"]
+    if mask not in _NODATA_MASKS:
+        raise Refusal(f"any_nodata_mask must be True, False or None, got {mask!r}")
+    request.nodata_mask = _NODATA_MASKS[None if mask is None else bool(mask)]
+    request.input_nodata_as_value = bool(a["input_nodata_as_value"])
+    for field, argument in (
+        ("value_as_nodata", "use_value_as_nodata"),
+        ("output_scale", "use_scale"),
+        ("output_offset", "use_offset"),
+    ):
+        if a[argument] is not None:
+            setattr(request, field, float(a[argument]))
+
+
 def output_options(compression: str | None) -> raster_pb2.OutputOptions:
     if not compression:
         return raster_pb2.OutputOptions()
@@ -108,9 +143,9 @@ def output_options(compression: str | None) -> raster_pb2.OutputOptions:
 
 
 def tiff_path(path: str) -> str:
-    """Remotior's output name: a .tif or .tiff path as it is, any other extension (or
-    none) replaced by .tif."""
-    if path.lower().endswith(_TIFF_SUFFIXES):
+    """Remotior's output name: a .tif, .tiff or .vrt (a virtual output) path as it is,
+    any other extension (or none) replaced by .tif."""
+    if path.lower().endswith((*_TIFF_SUFFIXES, ".vrt")):
         return path
     return str(PurePosixPath(path).with_suffix(".tif"))
 
@@ -195,7 +230,11 @@ def _targets(
     output_path = a["output_path"]
     if isinstance(output_path, str):
         target = raster_pb2.ToolOutput(
-            path=output_path, prefix=a["prefix"] or "", overwrite=True, options=options
+            path=output_path,
+            prefix=a["prefix"] or "",
+            overwrite=True,
+            options=options,
+            virtual_output=bool(a["virtual_output"]),
         )
         return [(bands, target)]
     paths = list(output_path)
@@ -205,7 +244,10 @@ def _targets(
         (
             [band],
             raster_pb2.ToolOutput(
-                path=tiff_path(str(path)), overwrite=bool(a["overwrite"]), options=options
+                path=tiff_path(str(path)),
+                overwrite=bool(a["overwrite"]),
+                options=options,
+                virtual_output=bool(a["virtual_output"]),
             ),
         )
         for band, path in zip(bands, paths, strict=True)
@@ -310,6 +352,7 @@ class RasterTools:
         request.bandset_number = _bandset_number(a["bandset_number"], "bandset_number")
         if a["input_bands"] is not None:  # Remotior's band set read as "b1", "b2", ...
             request.input_bandset = _bandset_number(a["input_bands"], "input_bands", self)
+        _calc_options(request, a)
         return self._run(
             "band calc",
             lambda: self._raster.BandCalc(request, metadata=self._metadata),

@@ -36,9 +36,11 @@ from rsgrpc.engine.raster_io import (
     OutputProfile,
     RasterInfo,
     RasterWriter,
+    check_raster_output,
     check_same_grid,
     describe,
     encode_output_tile,
+    raster_output,
     read_window,
 )
 from rsgrpc.engine.session import Session
@@ -46,6 +48,7 @@ from rsgrpc.engine.statistics import BandStatistics
 from rsgrpc.engine.tiff_tiles import EncodedTile
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan
+from rsgrpc.engine.virtual_raster import is_vrt_path, output_files, virtual_path
 
 MAX_INPUTS = 64
 _NAME_LIMIT = 64
@@ -71,6 +74,7 @@ class BandCalcRequest:
     output_dtype: str = "float32"
     output_nodata: float = -32768.0
     profile: OutputProfile | None = None
+    virtual_output: bool = False  # each output a VRT and its GeoTIFF, as a .vrt output path
     # Remotior's calculation options; every line of a script takes the same.
     calc_dtype: str = "float32"  # float32 or float64
     nodata_mask: str = "any"  # which inputs' nodata makes a pixel nodata: any, all or none
@@ -126,6 +130,8 @@ def prepare_band_calc(
 ) -> BandCalcJob:
     """Check a request of one expression completely before any work starts; raise the
     error a client should see."""
+    if request.virtual_output:  # the VRT it becomes, as the client hears of it
+        request = replace(request, output_path=virtual_path(request.output_path))
     names = _check_inputs(request)
     try:
         expression = parse_expression(request.expression, names)
@@ -149,7 +155,9 @@ def prepare_band_calc(
         raise InvalidArgumentError("the expression reads no input's pixels")
     infos = tuple(described[n] for n in expression.input_names)
     check_same_grid(infos, expression.input_names)
-    output = data_root.output(request.output_path, field="output_path", overwrite=request.overwrite)
+    output = raster_output(
+        data_root, request.output_path, field="output_path", overwrite=request.overwrite
+    )
     nodata = {name: info.nodata for name, info in described.items()}
     return BandCalcJob(
         request,
@@ -283,7 +291,7 @@ def _script_outputs(
     output_path = request.output_path
     if any(s.folder is None for s in statements):
         data_root.path(output_path, field="output_path")  # its own errors, as for one line
-    output_folder = output_path if not is_tiff_path(output_path) else posixpath.dirname(output_path)
+    output_folder = output_path if not _is_file(output_path) else posixpath.dirname(output_path)
     inputs = {
         data_root.path(i.path, field=f"input {i.name!r} path").identity: i.name
         for i in request.inputs
@@ -295,7 +303,7 @@ def _script_outputs(
         line = statement.line
         at = statement.output_offset
         if statement.name is None:
-            if len(statements) == 1 or is_tiff_path(output_path):
+            if len(statements) == 1 or _is_file(output_path):
                 client = output_path
             else:
                 client = posixpath.join(output_path, f"output{statement.number}.tif")
@@ -306,9 +314,11 @@ def _script_outputs(
             except ValueError as exc:
                 raise error_at(text, at, str(exc)) from None
             folder = output_folder if statement.folder is None else statement.folder
-            if statement.folder is not None and is_tiff_path(folder):
+            if statement.folder is not None and _is_file(folder):
                 folder = posixpath.dirname(folder)  # as Remotior: a file's folder
             client = posixpath.join(folder, file) if folder else file
+        if request.virtual_output:
+            client = virtual_path(client)
         field = f"line {line} output"
         try:
             target = data_root.path(client, field=field)
@@ -320,19 +330,22 @@ def _script_outputs(
             raise error_at(
                 text, at, f'output name "{name}" is also the output of line {taken[name]}'
             )
-        if target.identity in written:
-            raise error_at(
-                text, at, f"{target.path!r} is also the output of line {written[target.identity]}"
-            )
-        if target.identity in inputs:
-            raise error_at(
-                text,
-                at,
-                f'{target.path!r} is input "{inputs[target.identity]}": a script does not '
-                "replace its inputs",
-            )
-        target.check_output(overwrite=request.overwrite)
-        taken[name] = written[target.identity] = line
+        files = output_files(target)  # a virtual output's VRT and GeoTIFF
+        for file in files:
+            if file.identity in written:
+                raise error_at(
+                    text, at, f"{file.path!r} is also the output of line {written[file.identity]}"
+                )
+            if file.identity in inputs:
+                raise error_at(
+                    text,
+                    at,
+                    f'{file.path!r} is input "{inputs[file.identity]}": a script does not '
+                    "replace its inputs",
+                )
+        check_raster_output(target, overwrite=request.overwrite)
+        taken[name] = line
+        written.update(dict.fromkeys((file.identity for file in files), line))
         targets.append((name, target))
     return targets
 
@@ -527,7 +540,7 @@ def run_band_calc_script(
                 raise CancelledError("the operation was cancelled")
             operation.update(stage=Stage.RUNNING)
             results.append(_run_job(job, plan, session, operation, tiles_before=tiles_before))
-            written.append((job.output, _identity(job.output)))
+            written.extend((path, _identity(path)) for path in output_files(job.output))
             tiles_before += plan.tile_count
         if operation.cancel_event.is_set():
             raise CancelledError("the operation was cancelled")
@@ -536,6 +549,11 @@ def run_band_calc_script(
             _remove(output, identity, session)
         raise
     return results
+
+
+def _is_file(path: str) -> bool:
+    """Whether an output path names a file (a GeoTIFF or a VRT), not a folder."""
+    return is_tiff_path(path) or is_vrt_path(path)
 
 
 def _identity(output: DataPath) -> tuple[int, int]:

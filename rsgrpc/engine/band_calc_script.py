@@ -257,12 +257,11 @@ def _check_output_text(text: str, at: int, folder: str | None, name: str | None,
 
 def output_file_name(name: str) -> tuple[str, str]:
     """The file a statement's ``@ name`` writes and the name later lines read it by:
-    ``name.tif`` and ``name``; a name ending in .tif or .tiff keeps it, without it."""
+    ``name.tif`` and ``name``; a name ending in .tif, .tiff or .vrt (a virtual output)
+    keeps it, without it."""
     lower = name.lower()
-    if lower.endswith(".vrt"):
-        raise ValueError("virtual rasters (.vrt) are not written; name a .tif output")
     stem = name
-    for suffix in _TIFF_SUFFIXES:
+    for suffix in (*_TIFF_SUFFIXES, ".vrt"):
         if lower.endswith(suffix):
             stem = name[: -len(suffix)]
             break

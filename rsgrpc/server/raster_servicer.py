@@ -48,6 +48,18 @@ _DTYPES = {
     raster_pb2.DATA_TYPE_FLOAT32: "float32",
     raster_pb2.DATA_TYPE_FLOAT64: "float64",
 }
+# Band calc's calculation types (Remotior's calc_datatype; float32 by default, as Remotior).
+_CALC_DTYPES = {
+    raster_pb2.DATA_TYPE_UNSPECIFIED: "float32",
+    raster_pb2.DATA_TYPE_FLOAT32: "float32",
+    raster_pb2.DATA_TYPE_FLOAT64: "float64",
+}
+_NODATA_MASKS = {
+    raster_pb2.BAND_CALC_NODATA_MASK_UNSPECIFIED: "any",
+    raster_pb2.BAND_CALC_NODATA_MASK_ANY: "any",
+    raster_pb2.BAND_CALC_NODATA_MASK_ALL: "all",
+    raster_pb2.BAND_CALC_NODATA_MASK_NONE: "none",
+}
 _CODECS = {
     raster_pb2.COMPRESSION_NONE: "none",
     raster_pb2.COMPRESSION_DEFLATE: "deflate",
@@ -92,7 +104,11 @@ def band_inputs(inputs) -> tuple[BandInput, ...]:
 
 def output_target(output: raster_pb2.ToolOutput) -> OutputTarget:
     return OutputTarget(
-        output.path, output.prefix, output.overwrite, output_profile(output.options)
+        output.path,
+        output.prefix,
+        output.overwrite,
+        output_profile(output.options),
+        virtual=output.virtual_output,
     )
 
 
@@ -155,6 +171,15 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
         session = self._session(request.session, caller)
         if request.output_data_type not in _DTYPES:
             raise InvalidArgumentError(f"unknown output_data_type {request.output_data_type}")
+        if request.calc_data_type not in _CALC_DTYPES:
+            raise InvalidArgumentError(
+                f"calc_data_type {request.calc_data_type} is not FLOAT32 or FLOAT64",
+                metadata={"field": "calc_data_type"},
+            )
+        if request.nodata_mask not in _NODATA_MASKS:
+            raise InvalidArgumentError(
+                f"unknown nodata_mask {request.nodata_mask}", metadata={"field": "nodata_mask"}
+            )
         calc = BandCalcRequest(
             expression=request.expression,
             inputs=tuple(NamedInput(i.name, i.path, i.band or 1) for i in request.inputs),
@@ -165,6 +190,15 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
                 request.output_nodata if request.HasField("output_nodata") else -32768.0
             ),
             profile=output_profile(request.output_options),
+            virtual_output=request.virtual_output,
+            calc_dtype=_CALC_DTYPES[request.calc_data_type],
+            nodata_mask=_NODATA_MASKS[request.nodata_mask],
+            input_nodata_as_value=request.input_nodata_as_value,
+            value_as_nodata=(
+                request.value_as_nodata if request.HasField("value_as_nodata") else None
+            ),
+            output_scale=request.output_scale if request.HasField("output_scale") else None,
+            output_offset=request.output_offset if request.HasField("output_offset") else None,
         )
         # Remotior's band set language, expanded from the session's catalog into named inputs.
         expanded = expand_band_calc_bandsets(
