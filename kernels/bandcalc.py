@@ -37,8 +37,9 @@ Semantics (Remotior Sensus' band calc, made per pixel):
 - With an output ``scale`` or ``offset`` (Remotior's ``use_scale``, ``use_offset``), the value
   written is ``result / scale - offset / scale``, in the calculation type, as Remotior's writer
   stores it; nodata pixels stay ``output_nodata``.
-- Integer outputs follow numpy's ``astype``: the float64 result is truncated toward zero; a
-  result whose truncation lies outside the dtype's range is nodata (never wrapped or clipped).
+- Integer outputs are rounded to the nearest integer, halves away from zero, as GDAL writes a
+  float array into an integer band (and so as Remotior's outputs are); a result whose rounding
+  lies outside the dtype's range is nodata (never wrapped or clipped, where GDAL clips).
   Float32 outputs round to nearest; a finite float64 that overflows float32 is nodata.
 - ``nodata("name")`` is a constant of the compiled kernel (NaN when the input has none).
 - Statistics (``evaluate``) are those of the values as written, after the cast:
@@ -1102,13 +1103,13 @@ def _nodata_mask(count: int, mode: int) -> Any:
     return nodata_mask
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", cache=True, **JIT)
 def _scale_single(value: float, scale: float, offset: float) -> float:
     """The value stored with an output scale, in float32 (see ``CalcOptions``)."""
     return np.float32(np.float32(value / scale) - offset)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", cache=True, **JIT)
 def _scale_double(value: float, scale: float, offset: float) -> float:
     return value / scale - offset
 
@@ -1127,7 +1128,7 @@ def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, A
     scratch_size = max(_scratch_size(expression.root), 1)
     integer = out_dtype.kind != "f"
     out_float = np.float32 if out_dtype == np.float32 else np.float64
-    # numpy's astype truncates toward zero: a result fits when it lies strictly inside these.
+    # A result moved half away from zero, then truncated, fits when strictly inside these.
     below, above = _dtype_range(out_dtype)
     below, above = below - 1.0, above + 1.0
     out_type = numba.from_dtype(out_dtype)
@@ -1170,8 +1171,10 @@ def _build_kernel(expression: Expression, signature: _Signature) -> tuple[Any, A
                     v, vm = root(x, m, s)
                     if scaled:
                         v = _scaled(v, scale, offset)
+                    # to the nearest integer, halves away from zero, as GDAL writes
+                    v = v + 0.5 if v >= 0.0 else v - 0.5
                     if not (vm | inputs_nodata(m)) and v > below and v < above:
-                        row[j] = v
+                        row[j] = v  # truncated: the rounded value
                     else:
                         row[j] = nodata
                         written += 1

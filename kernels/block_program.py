@@ -632,10 +632,12 @@ def _execute(code, quantiles, arguments, registers, masks, scratch, single, n):
 
 @numba.njit(cache=True, **JIT)
 def _write_integer(segment, result, mask, nodata, below, above, n):
-    """The fused kernel's integer output: truncated when strictly inside (below, above)."""
+    """The fused kernel's integer output: rounded half away from zero, written when strictly
+    inside (below, above)."""
     written = 0
     for j in range(n):
         v = result[j]
+        v = v + 0.5 if v >= 0.0 else v - 0.5
         if mask[j] or not (v > below and v < above):
             segment[j] = nodata
             written += 1

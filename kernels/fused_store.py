@@ -41,7 +41,13 @@ ABSENT_SECONDS: Final = 5.0
 # Expressions remembered as seen, and compiles waiting for the background thread.
 _SEEN_LIMIT: Final = 1024
 _PENDING_LIMIT: Final = 16
-_SOURCES: Final = ("bandcalc.py", "scalar_ops.py", "row_statistics.py", "expression.py")
+_SOURCES: Final = (
+    "bandcalc.py",
+    "block_program.py",
+    "scalar_ops.py",
+    "row_statistics.py",
+    "expression.py",
+)
 
 
 def digest(key: Hashable) -> str:

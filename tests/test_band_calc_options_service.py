@@ -81,7 +81,8 @@ def test_scaled_ndvi_into_int16_with_the_bands_scale_and_offset(
     watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
     fa, fb = a.astype(np.float32), b.astype(np.float32)
     ndvi = (fa - fb) / (fa + fb)
-    stored = np.trunc(ndvi / np.float32(0.0001) - np.float32(0.5 / 0.0001))
+    stored = (ndvi / np.float32(0.0001) - np.float32(0.5 / 0.0001)).astype(np.float64)
+    stored = np.trunc(stored + np.copysign(0.5, stored))  # to nearest, halves away from 0
     expected = np.where((a == 0) | (b == 0), NODATA, stored).astype(np.int16)
     with rasterio.open(root / "options" / "ndvi.tif") as ds:
         assert (ds.scales[0], ds.offsets[0]) == (0.0001, 0.5)

@@ -122,13 +122,16 @@ def test_aggregation_of_all_nan_is_nodata_except_sum():
     assert count == 1
 
 
-def test_integer_output_truncates_toward_zero_and_refuses_what_does_not_fit():
-    a = np.array([[1.9, -1.9, 127.9, 128.0, -128.9, -129.0, np.nan, 5.0]], np.float64)
+def test_integer_output_rounds_half_away_from_zero_and_refuses_what_does_not_fit():
+    # As GDAL writes a float array into an integer band (Remotior's outputs).
+    a = np.array(
+        [[1.5, -1.5, 0.49, -0.49, 2.5, 127.4, 127.5, -128.4, -128.5, np.nan, 5.0]], np.float64
+    )
     e = parse_expression("a", ["a"])
     out, count, _ = evaluate(e, [a], [5.0], output_dtype="Int8", output_nodata=-128)
     assert out.dtype == np.int8
-    assert out.tolist() == [[1, -1, 127, -128, -128, -128, -128, -128]]
-    assert count == 4  # 128, -129, NaN, and the nodata input
+    assert out.tolist() == [[2, -2, 0, 0, 3, 127, -128, -128, -128, -128, -128]]
+    assert count == 4  # 127.5, -128.5, NaN, and the nodata input
 
 
 def test_float32_output_overflow_is_nodata():

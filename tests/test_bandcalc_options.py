@@ -78,9 +78,11 @@ def _written(result, inputs, mode="any", dtype=np.float32, scale=None, offset=No
             bad |= ~np.isfinite(out)
         else:
             info = np.iinfo(dtype)
+            # rounded half away from zero, as GDAL writes floats into an integer band
             wide = data.astype(np.float64)
+            wide = wide + np.copysign(0.5, wide)
             bad |= ~((wide > info.min - 1.0) & (wide < info.max + 1.0))
-            out = np.trunc(np.where(bad, 0, data)).astype(dtype)
+            out = np.trunc(np.where(bad, 0, wide)).astype(dtype)
     out[bad] = nodata
     return out
 

@@ -338,9 +338,15 @@ BAND_CALC = MethodSpec(
             "the value written is (result - use_offset) / use_scale in calc_datatype and the "
             "band's scale and offset are set, as in Remotior; nodata pixels stay "
             "output_nodata (Remotior scales them too); into an integer type the value is "
-            "truncated toward zero (Remotior's GDAL rounds to nearest)",
+            "rounded as output_datatype says",
         ),
         "use_offset": Note("differs", "as use_scale"),
+        "output_datatype": Note(
+            "differs",
+            "GDAL or NumPy type names; into an integer type a result is rounded to the "
+            "nearest integer, halves away from zero, as GDAL writes it; a result outside the "
+            "type's range is output_nodata (GDAL clips it to the range)",
+        ),
         "calc_datatype": Note(
             "differs",
             "Float32 (the default) or Float64; integer types are refused. In Float32 every "

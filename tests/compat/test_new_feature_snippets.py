@@ -90,10 +90,11 @@ def test_use_scale_writes_scaled_integers(run, scene):
     ndvi = _ndvi32(scene)
     valid = ndvi != NODATA
     np.testing.assert_array_equal(stored == NODATA, ~valid)
-    # Remotior writes value / scale into Int16 (GDAL rounds); a unit either way is allowed
-    # for where float32 and float64 round the quotient differently
-    expected = np.round(ndvi[valid].astype(np.float64) / 0.0001)
-    assert np.abs(stored[valid] - expected).max() <= 1
+    # Remotior writes value / scale, computed in float32, into Int16: GDAL rounds it to the
+    # nearest integer, halves away from zero
+    quotient = (ndvi[valid] / np.float32(0.0001)).astype(np.float64)
+    expected = np.trunc(quotient + np.copysign(0.5, quotient))
+    np.testing.assert_array_equal(stored[valid], expected)
 
 
 # This process serves the snippets with GDAL confined (no VRT driver): a VRT is read by
