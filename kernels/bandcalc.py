@@ -11,8 +11,11 @@ writes; then, while the row is still in cache, it takes the row's statistics in 
 passes. The per-pixel parts are numba intrinsics that emit LLVM IR from the tree, node by node:
 straight-line IEEE instructions, and calls to the compiled scalar operations of ``scalar_ops``
 for the rest. So compile time grows with the size of the expression alone (a chain of 500 terms is 499
-instructions in a row, not 499 levels of nesting), and every expression the parser accepts
-compiles in bounded time (about 1.7 s at most on a 2-core machine). Over more than
+instructions in a row, not 499 levels of nesting). Compile time still grows faster than
+the size where masks chain through many divisions (LLVM took 7 s for a chain of 200 ``*`` and
+``/``, 22 s for 400), so an expression of more than ``MAX_FUSED_OPERATIONS`` operations is
+never fused: it always runs as its block program, whose cost per pixel is about the same at
+that size, and no client can keep a worker compiling for minutes. Over more than
 ``_FUSED_INPUTS`` inputs the expression is a function of its own that the loop calls. The
 aggregations call shared reducers over a scratch vector. The kernel releases the GIL; large
 tiles are split into row ranges run by ``numba.get_num_threads()`` threads.
@@ -303,6 +306,12 @@ def compile_kernel(
         normalize_calc_dtype(calc_dtype) == np.float32,
         _nodata_mask_code(nodata_mask),
     )
+    operations = len(_program(expression, signature).code)
+    if operations > MAX_FUSED_OPERATIONS:
+        raise ValueError(
+            f"an expression of {operations} operations is not fused "
+            f"(at most {MAX_FUSED_OPERATIONS}): it runs as its block program"
+        )
     return _KERNELS.get(signature.key) or _compile_stored(expression, signature, wait=True)
 
 
@@ -524,7 +533,7 @@ def evaluate(
             calc_dtype=np.float32 if single else np.float64,
             nodata_mask=nodata_mask,
         )
-    elif method == "auto":
+    elif method == "auto" and len(_program(expression, signature).code) <= MAX_FUSED_OPERATIONS:
         kernel = _KERNELS.get(signature.key) or _stored_kernel(expression, signature)
         if kernel is None:
             _COMPILER.seen(
@@ -711,6 +720,8 @@ def _check_output_nodata(value: float, dtype: np.dtype) -> Any:
 # own, called per pixel: at most about a second to compile, and a job over that many rasters
 # is bound by reading them.
 _FUSED_INPUTS: Final = 16
+# Past this many operations an expression is never fused (see the module's notes).
+MAX_FUSED_OPERATIONS: Final = 256
 _UNARY_SIGNATURE: Final = types.float64(types.float64)
 _BINARY_SIGNATURE: Final = types.float64(types.float64, types.float64)
 _REDUCER_SIGNATURE: Final = types.float64(types.float64[::1], types.intp, types.intp, types.float64)

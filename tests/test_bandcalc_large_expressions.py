@@ -1,12 +1,13 @@
 """Band calc at the parser's limits: the largest and deepest expressions it accepts compile
-and give numpy's pixels (each shape that once made compile time grow out of bounds)."""
+and give numpy's pixels (each shape that once made compile time grow out of bounds); the
+fused kernel at its own limit, past which an expression always runs as its block program."""
 
 import operator
 
 import numpy as np
 import pytest
 from rsgrpc_kernels import bandcalc
-from rsgrpc_kernels.bandcalc import evaluate
+from rsgrpc_kernels.bandcalc import MAX_FUSED_OPERATIONS, evaluate
 from rsgrpc_kernels.expression import MAX_ARGUMENTS, MAX_DEPTH, MAX_NODES, parse_expression
 
 # Every test runs with both ways of evaluating an expression (see conftest.band_calc_method).
@@ -31,10 +32,17 @@ def _as_written(values, dtype=np.float32):
     return out
 
 
-def test_a_500_term_sum_equals_numpy_summing_left_to_right():
+def _most_terms(method, terms, operations_per_term=1):
+    """The terms of a test's chain: ``terms``, or for the fused kernel as many as it fuses."""
+    if method == "fused":
+        return min(terms, MAX_FUSED_OPERATIONS // operations_per_term)
+    return terms
+
+
+def test_a_500_term_sum_equals_numpy_summing_left_to_right(band_calc_method):
     names = ["a", "b", "c"]
     tiles = _tiles(3)
-    terms = [names[k % 3] for k in range(500)]
+    terms = [names[k % 3] for k in range(_most_terms(band_calc_method, 500))]
     e = parse_expression(" + ".join(terms), names)
     out, count, _ = evaluate(e, tiles, [None] * 3, output_dtype="float64")
     wide = {n: t.astype(np.float64) for n, t in zip(names, tiles, strict=True)}
@@ -52,11 +60,11 @@ def test_a_500_term_sum_equals_numpy_summing_left_to_right():
         (["*", "/"], {"*": operator.mul, "/": operator.truediv}),
     ],
 )
-def test_the_longest_chain_the_size_limit_allows_equals_numpy(operators, apply):
+def test_the_longest_chain_the_size_limit_allows_equals_numpy(operators, apply, band_calc_method):
     names = ["a", "b", "c", "d"]
     tiles = _tiles(4, seed=1)
     wide = [t.astype(np.float64) for t in tiles]
-    terms = (MAX_NODES + 1) // 2
+    terms = _most_terms(band_calc_method, (MAX_NODES + 1) // 2)
     text = names[0]
     expected = wide[0].copy()
     for k in range(1, terms):
@@ -68,10 +76,11 @@ def test_the_longest_chain_the_size_limit_allows_equals_numpy(operators, apply):
     np.testing.assert_array_equal(out, _as_written(expected, np.float64))
 
 
-def test_the_longest_logical_chain_equals_numpy():
+def test_the_longest_logical_chain_equals_numpy(band_calc_method):
     a, b = _tiles(2, seed=2)
-    # Each term is a comparison and an operator (4 nodes); the last term is the "|" one.
-    terms = (MAX_NODES - 4) // 4
+    # Each term is a comparison and an operator (4 nodes, 2 operations); the last term is the
+    # "|" one.
+    terms = _most_terms(band_calc_method, (MAX_NODES - 4) // 4, 2) - 1
     thresholds = [0.5 + k / 1000 for k in range(terms)]
     text = "&".join(f"({'a' if k % 2 else 'b'}>{t:.3f})" for k, t in enumerate(thresholds))
     e = parse_expression(f"{text}|(a>1.9)", ["a", "b"])
@@ -197,3 +206,19 @@ def test_expressions_fused_into_the_loop_or_called_from_it_give_the_same_pixels(
     expected[2, 3] = OUT_NODATA
     np.testing.assert_array_equal(out, expected)
     assert count_written == 1
+
+
+def test_an_expression_too_large_to_fuse_runs_as_its_program_and_compiles_nothing(monkeypatch):
+    names = ["a", "b"]
+    tiles = _tiles(2, seed=9)
+    text = " / ".join(names[k % 2] for k in range(MAX_FUSED_OPERATIONS + 2))
+    e = parse_expression(text, names)
+    with pytest.raises(ValueError, match="not fused"):
+        bandcalc.evaluate(e, tiles, [None, None], method="fused")
+    queued = []
+    monkeypatch.setattr(bandcalc._COMPILER, "seen", lambda *args: queued.append(args))
+    expected, _, _ = bandcalc.evaluate(e, tiles, [None, None], method="program")
+    for _ in range(3):  # seen again and again: never queued for a compile
+        out, _, _ = bandcalc.evaluate(e, tiles, [None, None], method="auto")
+        np.testing.assert_array_equal(out, expected)
+    assert queued == []

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ _STOP_SERVER_GRACE_S = 1.0
 _START_TIMEOUT_S = 60.0
 # `serve` ends the process this long after the grace period, whatever still runs.
 EXIT_MARGIN_S = 10.0
+_SIGNAL_POLL_S = 0.1
 
 
 def _channel_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -414,13 +416,18 @@ def serve(config: ServerConfig) -> None:
     The process ends at most EXIT_MARGIN_S after the grace period whatever still runs:
     a last-resort watchdog exits it (status 1), with a log line, if a thread hangs.
     """
-    stop = threading.Event()
+    received: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda signum, _frame: received.append(signum))
     try:
         with run_server(config) as running:
             print(f"rsgrpc serving on port {running.port}", flush=True)
-            stop.wait()
+            # Polled, not waited for: the kernel may deliver the signal to any thread, and
+            # Python runs its handler only when the main thread next runs bytecode, which a
+            # thread blocked on a lock or an Event never does. A handler that set an Event
+            # could also deadlock on the Event's own lock, held by the interrupted wait.
+            while not received:
+                time.sleep(_SIGNAL_POLL_S)
             _LOGGER.info("signal received; shutting down within %.0f s", config.grace_period_s)
             _start_watchdog(config.grace_period_s + EXIT_MARGIN_S)
     except (OSError, ValueError) as exc:  # a port taken, a missing or malformed file
