@@ -40,7 +40,13 @@ from .errors import (
     SHUserWarning,
     UndecodableAnswerError,
 )
-from .rate_limit import RateLimiter, RateLimiterStats, forget_limiters, limiter_for
+from .rate_limit import (
+    RateLimiter,
+    RateLimiterStats,
+    forget_limiters,
+    limiter_for,
+    registered_limiter,
+)
 from .redaction import redact
 from .request import DownloadRequest, MimeType, RequestType
 from .response import DownloadResponse
@@ -98,4 +104,5 @@ __all__ = [
     "parse_retry_after",
     "redact",
     "redact_headers",
+    "registered_limiter",
 ]

@@ -541,9 +541,13 @@ class DownloadClient:
                             stream=True,
                         )
                     except _TRANSIENT_EXCEPTIONS as error:
+                        self._limiter.record_attempt(None, retry=counters.attempts > 1)
                         failure = _describe_exception(error)
                     else:
                         with response:
+                            self._limiter.record_attempt(
+                                response.status_code, retry=counters.attempts > 1
+                            )
                             self._settle_units(response, reserved_units)
                             status = response.status_code
                             if status < 400:

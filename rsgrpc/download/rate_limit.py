@@ -30,8 +30,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .deployment import Deployment
@@ -103,11 +104,20 @@ class _Bucket:
 
 @dataclass(frozen=True)
 class RateLimiterStats:
-    """Counters since the limiter was created."""
+    """Counters since the limiter was created.
+
+    ``answers`` counts the attempts that the clients reported (`record_attempt`) by HTTP
+    status, ``"error"`` where no answer came (a reset, a timeout); ``retries`` counts those
+    attempts that were not a request's first; ``wait_seconds`` is the time requests spent
+    waiting for a slot (concurrency, rate, a 429's pause), whether or not they then went.
+    """
 
     requests_started: int
     rate_limited_answers: int
     pauses: int
+    answers: Mapping[str, int] = field(default_factory=dict)
+    retries: int = 0
+    wait_seconds: float = 0.0
 
 
 class RateLimiter:
@@ -131,6 +141,9 @@ class RateLimiter:
         self._requests_started = 0
         self._rate_limited_answers = 0
         self._pauses = 0
+        self._answers: Counter[str] = Counter()
+        self._retries = 0
+        self._wait_seconds = 0.0
         self._unit_estimate = 1.0
         self._semaphore: threading.Semaphore | None = None
         self._settings: tuple[object, ...] = ()
@@ -210,8 +223,20 @@ class RateLimiter:
     def stats(self) -> RateLimiterStats:
         with self._lock:
             return RateLimiterStats(
-                self._requests_started, self._rate_limited_answers, self._pauses
+                self._requests_started,
+                self._rate_limited_answers,
+                self._pauses,
+                answers=dict(self._answers),
+                retries=self._retries,
+                wait_seconds=self._wait_seconds,
             )
+
+    def record_attempt(self, status_code: int | None, *, retry: bool) -> None:
+        """Count an attempt sent in a slot of this limiter, by the HTTP status of its answer
+        (None: no answer came); ``retry`` when it was not its request's first."""
+        with self._lock:
+            self._answers["error" if status_code is None else str(status_code)] += 1
+            self._retries += retry
 
     @property
     def shared(self) -> SharedLimit | None:
@@ -235,13 +260,27 @@ class RateLimiter:
         `DeadlineExceededError` if the wait would outlast ``deadline``.
         """
         semaphore = self._semaphore
-        if semaphore is not None:
-            while not semaphore.acquire(timeout=0.1):
-                if cancel_event is not None and cancel_event.is_set():
-                    raise DownloadCancelledError("cancelled while waiting for a concurrency slot")
-                check_deadline(deadline, 0.0, "waiting for a concurrency slot")
+        began = time.monotonic()
         try:
-            yield self._wait_for_rate(cancel_event, deadline)
+            if semaphore is not None:
+                while not semaphore.acquire(timeout=0.1):
+                    if cancel_event is not None and cancel_event.is_set():
+                        raise DownloadCancelledError(
+                            "cancelled while waiting for a concurrency slot"
+                        )
+                    check_deadline(deadline, 0.0, "waiting for a concurrency slot")
+            try:
+                cost = self._wait_for_rate(cancel_event, deadline)
+            except BaseException:
+                if semaphore is not None:
+                    semaphore.release()
+                raise
+        finally:
+            waited = time.monotonic() - began
+            with self._lock:
+                self._wait_seconds += waited
+        try:
+            yield cost
         finally:
             if semaphore is not None:
                 semaphore.release()
@@ -347,6 +386,13 @@ def limiter_for(deployment: Deployment) -> RateLimiter:
         else:
             limiter.configure(*_settings_of(deployment))
         return limiter
+
+
+def registered_limiter(name: str) -> RateLimiter | None:
+    """The process-wide limiter of the deployment called ``name``, if one was made; unlike
+    `limiter_for`, never makes one nor changes its limits (a reader: the server's metrics)."""
+    with _REGISTRY_LOCK:
+        return _REGISTRY.get(name)
 
 
 def forget_limiters() -> None:

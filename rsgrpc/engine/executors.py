@@ -282,6 +282,13 @@ class LocalProcessExecutor:
         with self._running_lock:
             self._running -= 1
 
+    @property
+    def busy_workers(self) -> int:
+        """Workers running a task now: the tasks submitted and not ended, at most one a
+        worker (the pool hands a queued task to the first worker free)."""
+        with self._running_lock:
+            return min(self._running, self.workers)
+
     def pids(self) -> list[int]:
         with self._lock:
             return [p.pid for p in list((self._pool._processes or {}).values())]

@@ -3,7 +3,9 @@
 Jobs change an operation from their own threads. Who waits for a change
 registers a listener (`add_listener`), called from the changing thread after
 each change: the server's event loop hands the news to itself with
-`loop.call_soon_threadsafe`, so that a waiting client costs no thread.
+`loop.call_soon_threadsafe`, so that a waiting client costs no thread. Who counts
+what every operation does (the server's metrics) watches the store (`watch`) and
+hears each change of progress, finishing included.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeAlias
 
 from rsgrpc.engine.errors import (
     CancelledError,
@@ -47,13 +49,24 @@ class Progress:
     bytes_written: int = 0
 
 
+# Called with an operation, its progress before a change and after it.
+ProgressWatcher: TypeAlias = Callable[["Operation", Progress, Progress], None]
+
+
 class Operation:
     """One job. Its state changes only through its methods, under its lock.
 
     `version` grows at each change.
     """
 
-    def __init__(self, session: str, method: str, *, owner: str) -> None:
+    def __init__(
+        self,
+        session: str,
+        method: str,
+        *,
+        owner: str,
+        watchers: tuple[ProgressWatcher, ...] = (),
+    ) -> None:
         self.name = f"operations/{uuid.uuid4().hex}"
         self.session = session
         self.method = method
@@ -64,6 +77,7 @@ class Operation:
         self.cancel_event = threading.Event()
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self._watchers = watchers
         self.version = 0
         self.progress = Progress()
         self.result: Any = None
@@ -102,8 +116,10 @@ class Operation:
         with self._lock:
             if self.done:
                 return
-            self.progress = replace(self.progress, **changes)
+            before = self.progress
+            self.progress = after = replace(before, **changes)
             listeners = self._changed_now()
+        self._tell_watchers(before, after)
         _call(listeners)
 
     def finish(self, *, result: Any = None, error: RsgrpcError | None = None) -> None:
@@ -114,9 +130,18 @@ class Operation:
                 error = CancelledError("the operation was cancelled")
             self.result, self.error = (None, error) if error else (result, None)
             self.end_time = time.time()
-            self.progress = replace(self.progress, stage=Stage.DONE)
+            before = self.progress
+            self.progress = after = replace(before, stage=Stage.DONE)
             listeners = self._changed_now()
+        self._tell_watchers(before, after)
         _call(listeners)
+
+    def _tell_watchers(self, before: Progress, after: Progress) -> None:
+        """Outside the lock, like the listeners, and before them: whoever a listener wakes
+        finds the change counted. Each pair of snapshots was taken under the lock, so that
+        the differences a watcher adds up are exact whatever the threads' order."""
+        for watcher in self._watchers:
+            watcher(self, before, after)
 
     def cancel(self) -> None:
         with self._lock:
@@ -146,6 +171,14 @@ class OperationStore:
         self.max_running = max_running
         self.max_kept = max_kept
         self.closed = False
+        self._watchers: tuple[ProgressWatcher, ...] = ()
+
+    def watch(self, watcher: ProgressWatcher) -> None:
+        """Call `watcher(operation, before, after)` after each change of the progress of
+        every operation added from now on, in the thread that made it (finishing is a
+        change to Stage.DONE). It must be quick and must not raise."""
+        with self._lock:
+            self._watchers = (*self._watchers, watcher)
 
     def close(self) -> None:
         """Refuse new operations from now on (the server is shutting down)."""
@@ -160,7 +193,7 @@ class OperationStore:
                 raise ResourceExhaustedError(
                     f"the server runs {len(self._running)} operations, its limit; try again later"
                 )
-            operation = Operation(session, method, owner=owner)
+            operation = Operation(session, method, owner=owner, watchers=self._watchers)
             self._operations[operation.name] = operation
             self._running.append(operation)
             self._forget_oldest_finished(len(self._operations) - self.max_kept)

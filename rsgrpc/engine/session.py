@@ -389,6 +389,11 @@ class SessionRegistry:
         _LOGGER.info("created %s", session.name)
         return session
 
+    def reserved_ram_mib(self) -> int:
+        """The RAM the sessions hold against the server's total, those starting included."""
+        with self._lock:
+            return sum(settings.available_ram_mib for settings in self._reserved.values())
+
     def get(self, name: str, *, owner: str | None = None) -> Session:
         """The session called `name`; with `owner`, a session of another owner is
         NOT_FOUND too, so that others cannot learn that it exists."""

@@ -39,6 +39,7 @@ from rsgrpc.server.bandset_servicer import BandSetServicer
 from rsgrpc.server.config import MIB, ServerConfig
 from rsgrpc.server.deployments import load_download_settings
 from rsgrpc.server.download_servicer import DownloadServicer
+from rsgrpc.server.metrics import ServerMetrics
 from rsgrpc.server.operation_servicer import Waiters, add_operation_services, wakened_by
 from rsgrpc.server.raster_servicer import RasterServicer
 from rsgrpc.server.session_servicer import SessionServicer
@@ -167,6 +168,7 @@ class RunningServer:
     operations: OperationStore
     health: health.aio.HealthServicer
     data_root: DataRoot
+    metrics_port: int | None = None  # where /metrics is served, if it is
 
 
 class _EventLoopThread:
@@ -263,10 +265,18 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         on_close=lambda session: _cancel_operations_of(operations, session),
     )
     download_servicer = DownloadServicer(registry, operations, data_root, download_settings)
+    metrics = (
+        ServerMetrics(registry, operations, download_settings.deployments)
+        if config.metrics_port
+        else None
+    )
 
     async def start() -> _Served:
         door = _Door()
         interceptors: list[grpc.aio.ServerInterceptor] = [door]
+        if metrics is not None:
+            # First: it counts what the door and the authenticator answer too.
+            interceptors.insert(0, metrics.interceptor)
         if authenticator is not None:
             interceptors.append(IdentityInterceptor(authenticator))
         server = grpc.aio.server(interceptors=interceptors, options=_channel_options(config))
@@ -288,9 +298,19 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         port = _bind(server, config.address, credentials)
+        if metrics is not None:
+            metrics.serve(config.metrics_address, config.metrics_port)
         await server.start()
         await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
-        running = RunningServer(port, server, registry, operations, health_servicer, data_root)
+        running = RunningServer(
+            port,
+            server,
+            registry,
+            operations,
+            health_servicer,
+            data_root,
+            metrics_port=None if metrics is None else metrics.port,
+        )
         return _Served(running, door, waiters)
 
     # Warm workers for the first session (their kernels loaded as they start), started
@@ -305,6 +325,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     except BaseException:
         loop_thread.stop(_STOP_SERVER_GRACE_S)
         download_servicer.close()
+        if metrics is not None:
+            metrics.close()
         registry.close_all()
         raise
     sweeper = _Sweeper(registry, config.session_sweep_interval_s)
@@ -334,6 +356,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
             _LOGGER.error("shutting down took longer than %.0f s", _shutdown_bound(config))
         loop_thread.stop(_STOP_SERVER_GRACE_S)
         download_servicer.close()
+        if metrics is not None:
+            metrics.close()
         _LOGGER.info("server stopped")
 
 

@@ -58,6 +58,9 @@ class ServerConfig:
     tls_client_ca_file: str = ""  # set for mutual TLS
     dask_scheduler: str = ""  # e.g. tcp://scheduler:8786; local processes when empty
     deployments: str = ""  # a TOML or JSON file of download deployments (see README "Download")
+    # Prometheus metrics over HTTP at /metrics (see README "Metrics"); 0: none served.
+    metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"  # the host the metrics port listens on (0.0.0.0: all)
     log_level: str = "INFO"
 
     @property
