@@ -297,3 +297,28 @@ def test_a_metrics_port_in_use_stops_the_start_with_a_clear_error(tmp_path):
         refused = pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{port}")
         with refused, run_server(config):
             pass
+
+
+def test_refused_callers_are_counted_and_no_identity_or_token_is_a_label(tmp_path):
+    token = "Metrics-Secret-Token-7"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"carol {token}\n")
+    config = make_config(
+        tmp_path, auth_token_file=str(tokens), metrics_port=_free_port(), default_process_count=1
+    )
+    with serving(config) as (running, channel):
+        sessions = session_pb2_grpc.SessionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            sessions.ListSessions(session_pb2.ListSessionsRequest())
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        bearer = (("authorization", f"Bearer {token}"),)
+        sessions.ListSessions(session_pb2.ListSessionsRequest(), metadata=bearer)
+        scraped = Scrape(running.metrics_port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics") as page:
+            text = page.read().decode()
+
+    assert scraped("rsgrpc_rpc_requests_total", "method", "code") == {
+        ("rsgrpc.v1.SessionService/ListSessions", "UNAUTHENTICATED"): 1,
+        ("rsgrpc.v1.SessionService/ListSessions", "OK"): 1,
+    }
+    assert token not in text and "carol" not in text
