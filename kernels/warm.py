@@ -19,7 +19,7 @@ from typing import Final
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from . import bandcalc, block_program, morphology, row_statistics, scalar_ops, sieve
+from . import bandcalc, block_program, focal, morphology, row_statistics, scalar_ops, sieve
 from .expression import Expression, parse_expression
 from .numba_cache import load_without_compiling
 
@@ -50,7 +50,7 @@ _TILE: Final = 8  # a warm tile's side: values matter to the kernels' types, not
 class WarmCase:
     """One call of a tool's kernels with one signature: ``run()`` compiles or loads them."""
 
-    tool: str  # sieve, dilation, erosion, grey, band-calc
+    tool: str  # sieve, dilation, erosion, grey, focal, band-calc
     dtype: str
     options: str  # what else selects a signature, as text
     run: Callable[[], np.ndarray]
@@ -62,14 +62,14 @@ class WarmCase:
 
 def warm_cases() -> tuple[WarmCase, ...]:
     """Every fixed kernel with every signature the engine uses, tool by tool."""
-    return (*_sieve_cases(), *_morphology_cases(), *_band_calc_cases())
+    return (*_sieve_cases(), *_morphology_cases(), *_focal_cases(), *_band_calc_cases())
 
 
 def fixed_kernels(*modules: ModuleType) -> dict[str, Dispatcher]:
     """The numba functions the cases compile, by module and name (``sieve._label``), of
     ``modules`` (by default, every kernel module)."""
     found = {}
-    every = (sieve, morphology, bandcalc, block_program, scalar_ops, row_statistics)
+    every = (sieve, morphology, focal, bandcalc, block_program, scalar_ops, row_statistics)
     for module in modules or every:
         for name, value in vars(module).items():
             if isinstance(value, Dispatcher):
@@ -175,6 +175,48 @@ def _morphology_cases() -> Iterator[WarmCase]:
                             _classes(d), operation=o, **k
                         ),
                     )
+
+
+def _focal_cases() -> Iterator[WarmCase]:
+    # The square and the disk (Max and Min of both run morphology's grey filter), and a
+    # structure of neither shape; a signature per input dtype, and one per output dtype.
+    interior = (slice(2, _TILE - 2), slice(2, _TILE - 2))
+    structures = {
+        "square": focal.focal_structure(2, circular=False),
+        "circular": focal.focal_structure(2),
+        "structure": np.array([[1, 0, 1], [1, 1, 0]], dtype=bool),
+    }
+    for dtype in focal.FOCAL_DTYPES:
+        for statistic in focal.STATISTICS:
+            percentile = 90 if statistic == "Percentile" else None
+            for shape, structure in structures.items():
+                yield WarmCase(
+                    "focal",
+                    dtype,
+                    f"{statistic} {shape}",
+                    lambda d=dtype, s=statistic, p=percentile, f=structure: focal.focal_statistic(
+                        _classes(d),
+                        statistic=s,
+                        structure=f,
+                        percentile=p,
+                        nodata=3,
+                        interior=interior,
+                    ),
+                )
+    for out_dtype in focal.FOCAL_DTYPES:
+        yield WarmCase(
+            "focal",
+            "uint8",
+            f"Mean circular into {out_dtype}",
+            lambda o=out_dtype: focal.focal_statistic(
+                _classes("uint8"),
+                statistic="Mean",
+                structure=structures["circular"],
+                nodata=3,
+                out_dtype=o,
+                out_nodata=0,
+            ),
+        )
 
 
 def _band_calc_cases() -> Iterator[WarmCase]:
