@@ -3,7 +3,9 @@
 A band set lives in its session's catalog (`rsgrpc.engine.bandsets`) and is seen only by
 who sees the session: another identity's call is NOT_FOUND, as for the session itself.
 Building a band set opens and describes its files: that runs in the server's pool of
-blocking threads, never on its event loop.
+blocking threads, never on its event loop. CreateBandSet with `validate_only` builds a band
+set by the same rules and returns it without keeping it: a band set outside the catalog,
+which the client keeps (Remotior's ``rs.bandset.create``).
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ def band_to_proto(band: bandsets.Band, number: int) -> bandset_pb2.Band:
 def bandset_to_proto(
     session: Session, number: int, bandset: bandsets.BandSet, current: bool
 ) -> bandset_pb2.BandSet:
+    """The band set as the API gives it; number 0 is a band set outside the catalog (no
+    resource name)."""
     return bandset_pb2.BandSet(
-        name=f"{session.name}/bandsets/{number}",
+        name=f"{session.name}/bandsets/{number}" if number else "",
         display_name=bandset.display_name,
         date=bandset.date,
         root_directory=bandset.root_directory,
@@ -170,10 +174,12 @@ class BandSetServicer(bandset_pb2_grpc.BandSetServiceServicer):
             return self._build(given, listed, sensor=sensor, sort=True)
 
         bandset = await asyncio.to_thread(build)
+        session.touch()
+        if request.validate_only:  # a band set outside the catalog, Remotior's BandSet.create
+            return bandset_to_proto(session, 0, bandset, False)
         number = session.bandsets.add(
             bandset, request.bandset_number, insert=request.insert, current=given.current
         )
-        session.touch()
         _, current = session.bandsets.get(number)
         session.logger.info("band set %d created: %d bands", number, len(bandset.bands))
         return bandset_to_proto(session, number, bandset, current)

@@ -191,6 +191,7 @@ class CreateBandSetRequest(_message.Message):
     INSERT_FIELD_NUMBER: _builtins.int
     FOLDER_FIELD_NUMBER: _builtins.int
     NAME_FILTER_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The session, `sessions/{session}`."""
     bandset_number: _builtins.int
@@ -207,6 +208,13 @@ class CreateBandSetRequest(_message.Message):
     """
     name_filter: _builtins.str
     """With `folder`: only files whose names contain this text."""
+    validate_only: _builtins.bool
+    """Build and check the band set as for creating it, and return it without
+    adding it to the catalog (AIP-163): a band set outside the catalog, as
+    Remotior's `BandSet.create` makes one. The band set returned has no `name`
+    and `bandset_number` 0; `bandset_number`, `insert` and `bandset.current`
+    are not used.
+    """
     @_builtins.property
     def bandset(self) -> Global___BandSet:
         """The band set. With `folder` set, `bands` must be empty: they are listed
@@ -222,10 +230,11 @@ class CreateBandSetRequest(_message.Message):
         insert: _builtins.bool = ...,
         folder: _builtins.str = ...,
         name_filter: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bandset", b"bandset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandset", b"bandset", "bandset_number", b"bandset_number", "folder", b"folder", "insert", b"insert", "name_filter", b"name_filter", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandset", b"bandset", "bandset_number", b"bandset_number", "folder", b"folder", "insert", b"insert", "name_filter", b"name_filter", "parent", b"parent", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

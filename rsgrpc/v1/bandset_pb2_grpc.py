@@ -76,7 +76,9 @@ class BandSetServiceServicer:
     def CreateBandSet(self, request, context):
         """Adds a band set, from listed bands or from the GeoTIFFs of a folder
         (Remotior's `create_bandset`). Every band's file is checked as any input:
-        a readable GeoTIFF under a data root, on one grid with the others.
+        a readable GeoTIFF under a data root, on one grid with the others. With
+        `validate_only`, returns the band set without adding it (Remotior's
+        `BandSet.create`, a band set outside the catalog).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
