@@ -17,7 +17,7 @@ from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import field_mask_pb2
 
-from rsgrpc.client.bandsets import BandSetCatalog
+from rsgrpc.client.bandsets import BandSet, BandSetCatalog, bandset_class
 from rsgrpc.client.connection import allowed_processes, allowed_ram, connect
 from rsgrpc.client.downloads import Downloads
 from rsgrpc.client.output import (
@@ -157,6 +157,9 @@ class Session(RasterTools, Downloads):
             ),
         )
         self.configurations.take(self.session)
+        # Remotior's BandSet class: rs.bandset.create(...) makes a band set outside the
+        # catalog; the catalog's band sets are of this class too.
+        self.bandset: type[BandSet] = bandset_class(self)
         self.bandset_catalog = BandSetCatalog(self)  # the session's, on the server
 
     @property

@@ -372,8 +372,9 @@ BAND_CALC = MethodSpec(
         ),
         "input_bands": Note(
             "differs",
-            "a BandSet of the session's catalog or its number, whose bands the expression "
-            "reads as b1, b2, b* and the aliases, in every line of a script",
+            "a BandSet (of the session's catalog, or made by rs.bandset.create) or a number "
+            "of the catalog, whose bands the expression reads as b1, b2, b* and the aliases, "
+            "in every line of a script",
         ),
         "point_coordinates": Note("not yet", "a value at a point is not served yet"),
         "device": Note("not applicable", "the server chooses how it computes (CPU)"),
@@ -420,7 +421,15 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
         "the session's catalog, kept on the server (also usable from other languages as "
         "BandSetService); rs.bandset_catalog() returns it rather than a new catalog",
     ),
-    "bandset": Note("not yet", "a BandSet outside the catalog comes with issue 15"),
+    "bandset": Note(
+        "differs",
+        "the BandSet class: rs.bandset.create(...) makes a band set outside the catalog, "
+        "built and checked by the server (files, grid, sensor wavelengths, order) and kept "
+        "by the client, with the catalog's band sets' attributes; band tools read its "
+        "bands; band calc lends it to the session's catalog for the call (after the last "
+        "band set, then removed); catalog.add_bandset(bs) copies it in; "
+        "box_coordinate_list, spectral_range_bands, reset and XML export are not served",
+    ),
     **{
         name: Note("not yet", "one of the eleven tools of issue 16")
         for name in (

@@ -77,6 +77,8 @@ def _tool(spec: MethodSpec) -> Callable[[Callable[..., OutputManager]], Callable
                 if hasattr(self.messages_callback, "error"):
                     self.messages_callback.error(str(error))
                 return output
+            finally:
+                self.bandset_catalog.take_back()  # band sets lent to the catalog for the call
 
         return remotior_method(spec)(checked)
 
@@ -178,7 +180,8 @@ def input_bands(value: Any, session: Session | None = None) -> list[raster_pb2.R
         value = found
     if isinstance(value, BandSet):
         if not value.bands:
-            raise Refusal(f"input_bands: band set {value.number} has no bands")
+            which = f"band set {value.number}" if value.catalog else "the BandSet"
+            raise Refusal(f"input_bands: {which} has no bands")
         return [raster_pb2.RasterBand(path=b.data_path, band=b.raster_band) for b in value.bands]
     if isinstance(value, str) or (isinstance(value, tuple) and not _is_band_list(value)):
         value = [value]
@@ -206,12 +209,14 @@ def _bandset_number(value: Any, field: str, session: Session | None = None) -> i
     if value is None:
         return 0
     if isinstance(value, BandSet) and session is not None:
+        if value.catalog is None:  # outside the catalog: lent to it until the tool ends
+            value = session.bandset_catalog.lend(value)
         if value.catalog is not None and value.catalog is not session.bandset_catalog:
             raise Refusal(f"{field}: band set {value.number} is of another session's catalog")
         return value.number
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    kinds = "a BandSet of the session's catalog or a band set number" if session else "a number"
+    kinds = "a BandSet or a band set number of the session's catalog" if session else "a number"
     raise Refusal(f"{field} must be {kinds} (from 1), got {value!r}")
 
 
