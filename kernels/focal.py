@@ -61,9 +61,10 @@ Tiling
     pixels of a run on the whole raster.
 
 Notes
-    Integer Count, Sum, Mean and deviation slide along each output row with running prefix
-    sums kept for the structure's rows: two reads per run of the structure's rows and pixel,
-    whatever the window's width. Median, Percentile (and Max and Min for structures other
+    Integer Count, Sum, Mean and deviation come from prefix sums of each row, kept in a
+    ring of the structure's height: two reads per run of the structure's rows and pixel,
+    whatever the window's width; when every row of the structure is the same (a square),
+    the ring is also kept summed down its rows, so two reads per pixel whatever the size. Median, Percentile (and Max and Min for structures other
     than a square or disk) slide one window in a snake over the tile, adding the pixels that
     enter and removing those that leave each step (the ends of the structure's runs), in a
     histogram of 16-way levels over the values' codes (the values themselves for 8- and
@@ -306,10 +307,11 @@ def _window_sums(
     integer = block.dtype.kind in "iu"
     small = block.dtype.itemsize <= 2 and int(s.sum()) < _EXACT_STD_PIXELS
     if integer and (code != _STD or small):
-        rows, starts, stops = _runs(s)
+        stacked = bool((s == s[:1]).all())
+        rows, starts, stops = _runs(s[:1] if stacked else s)
         _run_sums(
             block, has_nd, nd_value, t0 - cy, u0 - cx, cy, cx, s.shape[0], s.shape[1],
-            rows, starts, stops, code, result,
+            rows, starts, stops, stacked, code, result,
         )  # fmt: skip
     else:
         cell_rows, cell_cols = (index.astype(np.int64) for index in np.nonzero(s))
@@ -324,9 +326,10 @@ def _valid(v, has_nd, nd):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _prefix_row(block, has_nd, nd, row, c0, sums, counts, squares):  # pragma: no cover
-    """Prefix sums of the valid values (and of their squares, and counts) of block ``row``
-    over the columns ``c0 ..``; columns outside the block, and rows outside, count nothing."""
+def _prefix_row(block, has_nd, nd, row, c0, sums, counts, squares, square):  # pragma: no cover
+    """Prefix sums of the valid values (and counts, and with ``square`` of the squares) of
+    block ``row`` over the columns ``c0 ..``; columns and rows outside the block count
+    nothing."""
     rows, cols = block.shape
     inside = 0 <= row < rows
     sums[0] = 0
@@ -343,52 +346,71 @@ def _prefix_row(block, has_nd, nd, row, c0, sums, counts, squares):  # pragma: n
                 ok = np.int64(1)
         sums[q + 1] = sums[q] + v
         counts[q + 1] = counts[q] + ok
-        squares[q + 1] = squares[q] + v * v
+        if square:
+            squares[q + 1] = squares[q] + v * v
 
 
 @njit(cache=True, nogil=True)
 def _run_sums(
-    block, has_nd, nd, r0, c0, cy, cx, height, width, run_rows, run_starts, run_stops, code, result
-):  # pragma: no cover - compiled
+    block, has_nd, nd, r0, c0, cy, cx, height, width, run_rows, run_starts, run_stops, stacked,
+    code, result,
+):  # pragma: no cover - compiled  # fmt: skip
     """Count, sum, mean or deviation of integer pixels from prefix sums of the window's rows.
 
     Output pixel (i, j) has its structure's top-left corner on block pixel (r0 + i, c0 + j).
     The prefix sums of the ``height`` block rows a row of output needs are kept in a ring,
-    each row summed once.
+    each row summed once. When every row of the structure is the same (``stacked``, the
+    runs given are those of one row), the ring's rows are also kept summed, so that a
+    window costs two reads per run of one row, whatever its height.
     """
     out_rows, out_cols = result.shape
     span = out_cols + width - 1
+    square = code == 3  # _STD
     ring_sums = np.zeros((height, span + 1), dtype=np.int64)
     ring_counts = np.zeros((height, span + 1), dtype=np.int64)
-    ring_squares = np.zeros((height, span + 1), dtype=np.int64)
+    ring_squares = np.zeros((height if square else 1, span + 1), dtype=np.int64)
+    stack_sums = np.zeros(span + 1, dtype=np.int64)
+    stack_counts = np.zeros(span + 1, dtype=np.int64)
+    stack_squares = np.zeros(span + 1, dtype=np.int64)
     total = np.empty(out_cols, dtype=np.int64)
     count = np.empty(out_cols, dtype=np.int64)
-    square = np.empty(out_cols, dtype=np.int64)
-    for p in range(height - 1):
-        _prefix_row(block, has_nd, nd, r0 + p, c0, ring_sums[p], ring_counts[p], ring_squares[p])
-    for i in range(out_rows):
-        p = i + height - 1
+    squared = np.empty(out_cols, dtype=np.int64)
+    for p in range(height + out_rows - 1):
         slot = p % height
+        i = p - height + 1  # the output row that the rows up to p complete
+        if stacked and i > 0:  # row p - height leaves the stack
+            stack_sums -= ring_sums[slot]
+            stack_counts -= ring_counts[slot]
+            if square:
+                stack_squares -= ring_squares[slot]
         _prefix_row(
-            block, has_nd, nd, r0 + p, c0, ring_sums[slot], ring_counts[slot], ring_squares[slot]
-        )
+            block, has_nd, nd, r0 + p, c0, ring_sums[slot], ring_counts[slot],
+            ring_squares[slot if square else 0], square,
+        )  # fmt: skip
+        if stacked:
+            stack_sums += ring_sums[slot]
+            stack_counts += ring_counts[slot]
+            if square:
+                stack_squares += ring_squares[slot]
+        if i < 0:
+            continue
         total[:] = 0
         count[:] = 0
-        square[:] = 0
+        squared[:] = 0
         for k in range(run_rows.shape[0]):
             slot = (i + run_rows[k]) % height
             a = run_starts[k]
             b = run_stops[k]
-            sums = ring_sums[slot]
-            counts = ring_counts[slot]
+            sums = stack_sums if stacked else ring_sums[slot]
+            counts = stack_counts if stacked else ring_counts[slot]
             for j in range(out_cols):
                 total[j] += sums[j + b] - sums[j + a]
             for j in range(out_cols):
                 count[j] += counts[j + b] - counts[j + a]
-            if code == 3:  # _STD
-                squares = ring_squares[slot]
+            if square:
+                squares = stack_squares if stacked else ring_squares[slot]
                 for j in range(out_cols):
-                    square[j] += squares[j + b] - squares[j + a]
+                    squared[j] += squares[j + b] - squares[j + a]
         centre = block[r0 + i + cy]
         row = result[i]
         for j in range(out_cols):
@@ -404,7 +426,7 @@ def _run_sums(
             elif code == 2:  # _MEAN
                 row[j] = np.float64(total[j]) / np.float64(n)
             else:
-                spread = n * square[j] - total[j] * total[j]
+                spread = n * squared[j] - total[j] * total[j]
                 row[j] = np.sqrt(np.float64(spread) / np.float64(n * n))
 
 
@@ -551,7 +573,7 @@ def _count(counts, offsets, levels, code, delta):  # pragma: no cover - compiled
         counts[offsets[level] + (code >> (4 * level))] += delta
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _move(codes, rows_, cols_, i, j, counts, offsets, levels, delta):  # pragma: no cover
     """Add (``delta`` 1) or remove (-1) the valid codes at (i + rows_, j + cols_); how many."""
     moved = 0
@@ -563,7 +585,7 @@ def _move(codes, rows_, cols_, i, j, counts, offsets, levels, delta):  # pragma:
     return moved * delta
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _kth(counts, offsets, levels, rank):  # pragma: no cover - compiled
     """The code of the ``rank``-th smallest counted value (from 0), descending the levels."""
     index = 0
