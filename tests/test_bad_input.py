@@ -164,14 +164,16 @@ def test_input_corrupt_past_its_header_fails_the_operation_with_data_loss(
     assert not list((inputs / "out").glob(".broken.tif.*"))
 
 
-def test_inputs_on_different_grids_are_invalid_argument(raster_stub, session_name):
+def test_inputs_in_different_crss_are_invalid_argument(raster_stub, session_name, inputs):
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    write_geotiff(inputs / "in" / "utm32.tif", data, nodata=0, crs="EPSG:32632")
     _refused(
         INVALID,
-        "differ in size: 64x64 and 32x32",
+        "different CRSs",
         _call,
         raster_stub,
         session_name,
-        inputs={"a": "in/a.tif", "b": "in/small.tif"},
+        inputs={"a": "in/a.tif", "b": "in/utm32.tif"},
     )
 
 

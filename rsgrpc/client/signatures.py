@@ -323,13 +323,30 @@ BAND_CALC = MethodSpec(
             "255 for Byte, -128 for Int8, 65535 for UInt16, 4294967295 for UInt32 "
             "(Remotior's own constants for those types)",
         ),
-        "align_raster": Note("not yet", "inputs must share one grid, which the output takes"),
-        "extent_raster": Note("not yet", "inputs must share one grid, which the output takes"),
-        "extent_list": Note("not yet", "inputs must share one grid, which the output takes"),
-        "extent_intersection": Note(
-            "differs", "inputs share one grid, so intersection and union are the same"
+        "input_raster_list": Note(
+            "differs",
+            "inputs may differ in extent and pixel size (see Band calc) but not in CRS: "
+            "inputs in different CRSs are refused (Remotior reprojects them on the fly)",
         ),
-        "xy_resolution_list": Note("not yet", "the output takes the inputs' grid"),
+        "align_raster": Note(
+            "differs",
+            "the output takes its origin and pixel size, over extent_list or the inputs' "
+            "intersection or union (Remotior aligns only with an extent, and with "
+            "extent_raster takes that raster's pixel size); xy_resolution_list is then not "
+            "used, as in Remotior; it must be in the inputs' CRS",
+        ),
+        "extent_raster": Note(
+            "differs",
+            "its bounds are the extent, as extent_list; it must be in the inputs' CRS "
+            "(Remotior reprojects the inputs into its CRS)",
+        ),
+        "xy_resolution_list": Note(
+            "differs",
+            "also used when the inputs share one grid and no extent is given (Remotior then "
+            "ignores it); each output pixel reads the input pixel under its centre, as GDAL "
+            "samples, where Remotior's virtual raster rounds an unaligned input's window "
+            "to whole pixels",
+        ),
         "use_value_as_nodata": Note(
             "differs", "any number, compared in each input's type (Remotior: an integer)"
         ),

@@ -50,7 +50,13 @@ _FILTERS = {
 }
 _TIFF_SUFFIXES = (".tif", ".tiff")
 # The arguments that name files, as the script's machine names them (`PathMap`).
-_PATH_ARGUMENTS = ("input_raster_list", "input_bands", "output_path")
+_PATH_ARGUMENTS = (
+    "input_raster_list",
+    "input_bands",
+    "output_path",
+    "extent_raster",
+    "align_raster",
+)
 
 
 class Refusal(ValueError):
@@ -132,6 +138,35 @@ def _calc_options(request: raster_pb2.BandCalcRequest, a: dict[str, Any]) -> Non
     ):
         if a[argument] is not None:
             setattr(request, field, float(a[argument]))
+
+
+def _grid_options(request: raster_pb2.BandCalcRequest, a: dict[str, Any]) -> None:
+    """Remotior's band calc grid options into the request: `extent_intersection` (True,
+    its default, the inputs' intersection; otherwise their union, as Remotior's test of
+    it), `extent_list` [left, top, right, bottom], `extent_raster`, `align_raster` and
+    `xy_resolution_list` [x, y] (either may be None: the inputs' finest)."""
+    request.extent_union = not a["extent_intersection"]
+    extent = a["extent_list"]
+    if extent is not None:
+        values = list(extent)
+        if len(values) != 4:
+            raise Refusal(f"extent_list must be [left, top, right, bottom], got {extent!r}")
+        left, top, right, bottom = (float(v) for v in values)
+        request.extent.CopyFrom(raster_pb2.Extent(left=left, top=top, right=right, bottom=bottom))
+    for field, argument in (
+        ("extent_raster_path", "extent_raster"),
+        ("align_raster_path", "align_raster"),
+    ):
+        if a[argument] is not None:
+            setattr(request, field, str(a[argument]))
+    resolution = a["xy_resolution_list"]
+    if resolution is not None:
+        sizes = list(resolution)
+        if len(sizes) != 2:
+            raise Refusal(f"xy_resolution_list must be [x, y], got {resolution!r}")
+        for field, size in zip(("pixel_size_x", "pixel_size_y"), sizes, strict=True):
+            if size is not None:
+                setattr(request, field, float(size))
 
 
 def output_options(compression: str | None) -> raster_pb2.OutputOptions:
@@ -358,6 +393,7 @@ class RasterTools:
         if a["input_bands"] is not None:  # Remotior's band set read as "b1", "b2", ...
             request.input_bandset = _bandset_number(a["input_bands"], "input_bands", self)
         _calc_options(request, a)
+        _grid_options(request, a)
         return self._run(
             "band calc",
             lambda: self._raster.BandCalc(request, metadata=self._metadata),

@@ -29,6 +29,14 @@ from rsgrpc.engine.errors import (
     PermissionDeniedError,
     RsgrpcError,
 )
+from rsgrpc.engine.grid import (
+    Grid,
+    GridOptions,
+    InputSampling,
+    output_grid,
+    read_on_grid,
+    sample_onto,
+)
 from rsgrpc.engine.limits import PlannedOutput, check_job_limits
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataPath, DataRoot
@@ -37,11 +45,9 @@ from rsgrpc.engine.raster_io import (
     RasterInfo,
     RasterWriter,
     check_raster_output,
-    check_same_grid,
     describe,
     encode_output_tile,
     raster_output,
-    read_window,
 )
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.statistics import BandStatistics
@@ -82,6 +88,12 @@ class BandCalcRequest:
     value_as_nodata: float | None = None
     output_scale: float | None = None  # the value written is (result - offset) / scale
     output_offset: float | None = None
+    # Remotior's grid options: the output's extent and pixels (see rsgrpc.engine.grid).
+    extent_union: bool = False  # not extent_intersection: the union of the inputs' extents
+    extent: tuple[float, float, float, float] | None = None  # left, top, right, bottom
+    extent_raster_path: str = ""  # a raster whose bounds are the extent
+    align_raster_path: str = ""  # a raster whose grid (origin, pixel size) the output takes
+    pixel_size: tuple[float | None, float | None] = (None, None)  # x, y: xy_resolution_list
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,49 @@ class BandCalcJob:
     profile: OutputProfile
     name: str = ""  # the output's name, by which later lines of a script read it
     line: int = 1  # the script's line where the calculation starts
+    grid: Grid | None = None  # the output's grid; None: the first input's
+    # How each input of `infos` is read onto the grid; None: it is on the grid.
+    sampling: tuple[InputSampling | None, ...] = ()
+
+    @property
+    def output_grid(self) -> Grid:
+        return self.grid or Grid.of(self.infos[0])
+
+    def sampling_of(self, index: int) -> InputSampling | None:
+        return self.sampling[index] if self.sampling else None
+
+
+@dataclass(frozen=True)
+class _GridChoice:
+    """The request's grid options, the extent and align rasters described once."""
+
+    options: GridOptions
+    extent_raster: RasterInfo | None
+    align_raster: RasterInfo | None
+
+    @classmethod
+    def of(cls, request: BandCalcRequest, data_root: DataRoot) -> _GridChoice:
+        options = GridOptions(request.extent_union, request.extent, request.pixel_size)
+        rasters = []
+        for path, field in (
+            (request.extent_raster_path, "extent_raster_path"),
+            (request.align_raster_path, "align_raster_path"),
+        ):
+            rasters.append(describe(data_root.path(path, field=field), 1) if path else None)
+        return cls(options, *rasters)
+
+    def place(
+        self, infos: Sequence[RasterInfo], names: Sequence[str]
+    ) -> tuple[Grid, tuple[InputSampling | None, ...]]:
+        """The output grid of a calculation over `infos`, and how each is read onto it."""
+        grid = output_grid(
+            infos,
+            names,
+            self.options,
+            extent_raster=self.extent_raster,
+            align_raster=self.align_raster,
+        )
+        return grid, tuple(sample_onto(info, grid) for info in infos)
 
 
 def _check_inputs(request: BandCalcRequest) -> list[str]:
@@ -145,6 +200,7 @@ def prepare_band_calc(
     output_dtype = _output_dtype(request.output_dtype)
     _check_nodata_fits(request.output_nodata, output_dtype)
     _check_calc_options(request)
+    choice = _GridChoice.of(request, data_root)
     by_name = {i.name: i for i in request.inputs}
     described: dict[str, RasterInfo] = {}
     for name in dict.fromkeys(expression.input_names + expression.nodata_names):
@@ -154,7 +210,7 @@ def prepare_band_calc(
     if not expression.input_names:
         raise InvalidArgumentError("the expression reads no input's pixels")
     infos = tuple(described[n] for n in expression.input_names)
-    check_same_grid(infos, expression.input_names)
+    grid, sampling = choice.place(infos, expression.input_names)
     output = raster_output(
         data_root, request.output_path, field="output_path", overwrite=request.overwrite
     )
@@ -166,8 +222,10 @@ def prepare_band_calc(
         nodata,
         output,
         output_dtype,
-        (request.profile or default_profile).fitted_to(infos[0].width, infos[0].height),
+        (request.profile or default_profile).fitted_to(grid.width, grid.height),
         PurePosixPath(output.path).stem,
+        grid=grid,
+        sampling=sampling,
     )
 
 
@@ -188,6 +246,7 @@ def prepare_band_calc_script(
     output_dtype = _output_dtype(request.output_dtype)
     _check_nodata_fits(request.output_nodata, output_dtype)
     _check_calc_options(request)
+    choice = _GridChoice.of(request, data_root)
     profile = request.profile or default_profile
     targets = _script_outputs(request, script.statements, text, input_names, data_root)
     names = input_names + [name for name, _ in targets]
@@ -230,7 +289,7 @@ def prepare_band_calc_script(
             infos_by_name[name] = described[name]
         infos = tuple(infos_by_name[n] for n in expression.input_names)
         try:
-            check_same_grid(infos, expression.input_names)
+            grid, sampling = choice.place(infos, expression.input_names)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(
                 f"line {line}: {exc.message}", metadata=exc.metadata
@@ -254,9 +313,11 @@ def prepare_band_calc_script(
                 {n: i.nodata for n, i in infos_by_name.items()},
                 output,
                 output_dtype,
-                profile.fitted_to(infos[0].width, infos[0].height),
+                profile.fitted_to(grid.width, grid.height),
                 name,
                 line,
+                grid=grid,
+                sampling=sampling,
             )
         )
     return tuple(jobs)
@@ -351,19 +412,19 @@ def _script_outputs(
 
 
 def _output_info(job: BandCalcJob) -> RasterInfo:
-    """The output of an earlier line, as a later line reads it: on the grid of the first
-    input that line reads, with the script's output type and nodata."""
-    first = job.infos[0]
+    """The output of an earlier line, as a later line reads it: on that line's output
+    grid, with the script's output type and nodata."""
+    grid = job.output_grid
     block = job.profile.block_size
     return RasterInfo(
         path=job.output,
         band=1,
-        width=first.width,
-        height=first.height,
+        width=grid.width,
+        height=grid.height,
         dtype=job.output_dtype,
         nodata=job.request.output_nodata,
-        crs=first.crs,
-        transform=first.transform,
+        crs=grid.crs,
+        transform=grid.transform,
         block_shape=(block, block),
     )
 
@@ -437,15 +498,23 @@ def band_calc_memory(job: BandCalcJob) -> MemoryModel:
     tile goes back to the coordinator, it and its copy in a shared buffer, or, where
     results take the pipe, a bytes copy of it and the pickle's buffer. The coordinator
     holds encoded tiles waiting for the writer, counted at the output's size.
+
+    An input read onto another grid (`rsgrpc.engine.grid`) holds the input's window
+    covering the tile (more pixels than the tile's where the output's pixels are larger),
+    the pixels picked from it and the tile they are placed in.
     """
-    inputs = sum(np.dtype(i.dtype).itemsize for i in job.infos)
+    inputs = 0.0
+    for index, info in enumerate(job.infos):
+        sampling = job.sampling_of(index)
+        size = np.dtype(info.dtype).itemsize
+        inputs += size if sampling is None else size * (sampling.ratio + 2)
     output = np.dtype(job.output_dtype).itemsize
     return MemoryModel(worker=max(inputs + output, 3 * output), result=output)
 
 
 def _evaluate_tile(
     expression: Expression,
-    sources: Sequence[tuple[str, int]],
+    sources: Sequence[tuple[DataPath, int, InputSampling | None]],
     nodata: dict[str, float | None],
     tile: Tile,
     output_dtype: str,
@@ -457,7 +526,7 @@ def _evaluate_tile(
     encode the output."""
     from rsgrpc_kernels.bandcalc import evaluate
 
-    arrays = [read_window(path, band, tile) for path, band in sources]
+    arrays = [read_on_grid(path, band, tile, sampling) for path, band, sampling in sources]
     read = sum(a.nbytes for a in arrays)
     out, _, stats = evaluate(
         expression,
@@ -485,15 +554,27 @@ def plan_band_calc(job: BandCalcJob, session: Session) -> TilePlan:
     goes over a limit or even one tile does not fit."""
     job.profile.check_dtype(job.output_dtype, output=job.request.output_path)
     check_job_limits(_planned_output(job), job.profile, session)
-    return plan_band_tiles(job.infos, band_calc_memory(job), session, job.profile)
+    return plan_band_tiles(_planning_infos(job), band_calc_memory(job), session, job.profile)
+
+
+def _planning_infos(job: BandCalcJob) -> tuple[RasterInfo, ...]:
+    """The inputs as the tile planner sees them: each on the output grid, an input read
+    onto it from another grid with the output's blocks."""
+    grid, block = job.output_grid, job.profile.block_size
+    return tuple(
+        info
+        if job.sampling_of(index) is None
+        else replace(info, width=grid.width, height=grid.height, block_shape=(block, block))
+        for index, info in enumerate(job.infos)
+    )
 
 
 def _planned_output(job: BandCalcJob) -> list[PlannedOutput]:
-    """The output as the server's limits see it: on the grid of the inputs read, the
-    first of which errors name."""
+    """The output as the server's limits see it: on its grid; errors name the first input
+    read."""
     read_first = job.expression.input_names[0]
     source = next(i.path for i in job.request.inputs if i.name == read_first)
-    return [PlannedOutput(job.output, job.infos[0].shape, job.output_dtype, source)]
+    return [PlannedOutput(job.output, job.output_grid.shape, job.output_dtype, source)]
 
 
 def plan_band_calc_script(jobs: Sequence[BandCalcJob], session: Session) -> list[TilePlan]:
@@ -504,7 +585,9 @@ def plan_band_calc_script(jobs: Sequence[BandCalcJob], session: Session) -> list
     for job in jobs:
         job.profile.check_dtype(job.output_dtype, output=job.request.output_path)
     check_job_limits(_planned_outputs(jobs), jobs[0].profile, session)
-    return [plan_band_tiles(j.infos, band_calc_memory(j), session, j.profile) for j in jobs]
+    return [
+        plan_band_tiles(_planning_infos(j), band_calc_memory(j), session, j.profile) for j in jobs
+    ]
 
 
 def _planned_outputs(jobs: Sequence[BandCalcJob]) -> list[PlannedOutput]:
@@ -589,7 +672,7 @@ def _run_job(
 ) -> BandCalcResult:
     """Evaluate one calculation's planned tiles in the session's workers and write its
     output; `tiles_before` tiles of the operation are done already."""
-    first = job.infos[0]
+    grid = job.output_grid
     executor = session.executor
     session.logger.info(
         "%s: band calc %r, %d tiles of %dx%d, planned peak %d MiB",
@@ -600,7 +683,7 @@ def _run_job(
         plan.tile_width,
         plan.peak_bytes >> 20,
     )
-    sources = [(i.path, i.band) for i in job.infos]
+    sources = [(i.path, i.band, job.sampling_of(n)) for n, i in enumerate(job.infos)]
     statistics = BandStatistics.empty()
     done = 0
     # A script's lines add to what the lines before them read and wrote.
@@ -609,12 +692,12 @@ def _run_job(
     request = job.request
     with RasterWriter(
         job.output,
-        width=first.width,
-        height=first.height,
+        width=grid.width,
+        height=grid.height,
         dtype=job.output_dtype,
         nodata=request.output_nodata,
-        crs=first.crs,
-        transform=first.transform,
+        crs=grid.crs,
+        transform=grid.transform,
         profile=job.profile,
         overwrite=request.overwrite,
         scratch_directory=session.temporary_directory,

@@ -199,6 +199,23 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             ),
             output_scale=request.output_scale if request.HasField("output_scale") else None,
             output_offset=request.output_offset if request.HasField("output_offset") else None,
+            extent_union=request.extent_union,
+            extent=(
+                (
+                    request.extent.left,
+                    request.extent.top,
+                    request.extent.right,
+                    request.extent.bottom,
+                )
+                if request.HasField("extent")
+                else None
+            ),
+            extent_raster_path=request.extent_raster_path,
+            align_raster_path=request.align_raster_path,
+            pixel_size=(
+                request.pixel_size_x if request.HasField("pixel_size_x") else None,
+                request.pixel_size_y if request.HasField("pixel_size_y") else None,
+            ),
         )
         # Remotior's band set language, expanded from the session's catalog into named inputs.
         expanded = expand_band_calc_bandsets(

@@ -271,6 +271,12 @@ class BandCalcRequest(_message.Message):
     VALUE_AS_NODATA_FIELD_NUMBER: _builtins.int
     OUTPUT_SCALE_FIELD_NUMBER: _builtins.int
     OUTPUT_OFFSET_FIELD_NUMBER: _builtins.int
+    EXTENT_UNION_FIELD_NUMBER: _builtins.int
+    EXTENT_FIELD_NUMBER: _builtins.int
+    EXTENT_RASTER_PATH_FIELD_NUMBER: _builtins.int
+    ALIGN_RASTER_PATH_FIELD_NUMBER: _builtins.int
+    PIXEL_SIZE_X_FIELD_NUMBER: _builtins.int
+    PIXEL_SIZE_Y_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     expression: _builtins.str
@@ -345,13 +351,53 @@ class BandCalcRequest(_message.Message):
     """The output band's offset, as Remotior's `use_offset` (see
     `output_scale`); must be finite.
     """
+    extent_union: _builtins.bool
+    """The output's grid, as Remotior's band calc places the virtual raster of
+    its inputs. Inputs may differ in extent and pixel size but not in CRS
+    (nothing is reprojected: INVALID_ARGUMENT). Inputs on one grid, with
+    none of `extent`, `extent_raster_path`, `align_raster_path` and the pixel
+    sizes, give that grid. Otherwise each input is read onto the output grid
+    by nearest neighbour (the input pixel under each output pixel's centre,
+    as GDAL samples); output pixels outside an input read its nodata, or 0
+    when it has none, as GDAL's virtual raster does.
+
+    The output covers the union of the inputs' extents when true, their
+    intersection when false (Remotior's default, `extent_intersection=True`).
+    """
+    extent_raster_path: _builtins.str
+    """A raster (a data path) whose bounds are the output's extent, as
+    Remotior's `extent_raster`; it must be in the inputs' CRS.
+    """
+    align_raster_path: _builtins.str
+    """A raster (a data path) whose grid the output takes: its origin's pixel
+    lines and its pixel size (Remotior's `align_raster`), over `extent` or
+    the inputs' intersection or union; it must be in the inputs' CRS. The
+    pixel sizes below are then not used, as in Remotior.
+    """
+    pixel_size_x: _builtins.float
+    """The output's pixel width in the CRS's units (Remotior's
+    `xy_resolution_list[0]`); the inputs' finest when unset. Must be
+    positive.
+    """
+    pixel_size_y: _builtins.float
+    """The output's pixel height (Remotior's `xy_resolution_list[1]`), as
+    `pixel_size_x`.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterInput]:
-        """The named inputs; all on one grid (size, transform, CRS)."""
+        """The named inputs, in one CRS (see `extent_union` for their grids)."""
 
     @_builtins.property
     def output_options(self) -> Global___OutputOptions:
         """Output encoding."""
+
+    @_builtins.property
+    def extent(self) -> Global___Extent:
+        """The output's extent in the inputs' CRS (Remotior's `extent_list`), moved
+        to the nearest pixel lines of the first input of the output's pixel size
+        (or of the finest) and kept within that input's extent; with
+        `align_raster_path`, moved to that raster's pixel lines.
+        """
 
     def __init__(
         self,
@@ -373,10 +419,16 @@ class BandCalcRequest(_message.Message):
         value_as_nodata: _builtins.float | None = ...,
         output_scale: _builtins.float | None = ...,
         output_offset: _builtins.float | None = ...,
+        extent_union: _builtins.bool = ...,
+        extent: Global___Extent | None = ...,
+        extent_raster_path: _builtins.str = ...,
+        align_raster_path: _builtins.str = ...,
+        pixel_size_x: _builtins.float | None = ...,
+        pixel_size_y: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_value_as_nodata", b"_value_as_nodata", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_scale", b"output_scale", "value_as_nodata", b"value_as_nodata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_pixel_size_x", b"_pixel_size_x", "_pixel_size_y", b"_pixel_size_y", "_value_as_nodata", b"_value_as_nodata", "extent", b"extent", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_scale", b"output_scale", "pixel_size_x", b"pixel_size_x", "pixel_size_y", b"pixel_size_y", "value_as_nodata", b"value_as_nodata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_value_as_nodata", b"_value_as_nodata", "bandset_number", b"bandset_number", "calc_data_type", b"calc_data_type", "expression", b"expression", "input_bandset", b"input_bandset", "input_nodata_as_value", b"input_nodata_as_value", "inputs", b"inputs", "nodata_mask", b"nodata_mask", "output_data_type", b"output_data_type", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_path", b"output_path", "output_scale", b"output_scale", "overwrite", b"overwrite", "session", b"session", "value_as_nodata", b"value_as_nodata", "virtual_output", b"virtual_output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_pixel_size_x", b"_pixel_size_x", "_pixel_size_y", b"_pixel_size_y", "_value_as_nodata", b"_value_as_nodata", "align_raster_path", b"align_raster_path", "bandset_number", b"bandset_number", "calc_data_type", b"calc_data_type", "expression", b"expression", "extent", b"extent", "extent_raster_path", b"extent_raster_path", "extent_union", b"extent_union", "input_bandset", b"input_bandset", "input_nodata_as_value", b"input_nodata_as_value", "inputs", b"inputs", "nodata_mask", b"nodata_mask", "output_data_type", b"output_data_type", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_path", b"output_path", "output_scale", b"output_scale", "overwrite", b"overwrite", "pixel_size_x", b"pixel_size_x", "pixel_size_y", b"pixel_size_y", "session", b"session", "value_as_nodata", b"value_as_nodata", "virtual_output", b"virtual_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__output_nodata: _TypeAlias = _typing.Literal["output_nodata"]  # noqa: Y015
     _WhichOneofArgType__output_nodata: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata"]  # noqa: Y015
@@ -384,6 +436,10 @@ class BandCalcRequest(_message.Message):
     _WhichOneofArgType__output_offset: _TypeAlias = _typing.Literal["_output_offset", b"_output_offset"]  # noqa: Y015
     _WhichOneofReturnType__output_scale: _TypeAlias = _typing.Literal["output_scale"]  # noqa: Y015
     _WhichOneofArgType__output_scale: _TypeAlias = _typing.Literal["_output_scale", b"_output_scale"]  # noqa: Y015
+    _WhichOneofReturnType__pixel_size_x: _TypeAlias = _typing.Literal["pixel_size_x"]  # noqa: Y015
+    _WhichOneofArgType__pixel_size_x: _TypeAlias = _typing.Literal["_pixel_size_x", b"_pixel_size_x"]  # noqa: Y015
+    _WhichOneofReturnType__pixel_size_y: _TypeAlias = _typing.Literal["pixel_size_y"]  # noqa: Y015
+    _WhichOneofArgType__pixel_size_y: _TypeAlias = _typing.Literal["_pixel_size_y", b"_pixel_size_y"]  # noqa: Y015
     _WhichOneofReturnType__value_as_nodata: _TypeAlias = _typing.Literal["value_as_nodata"]  # noqa: Y015
     _WhichOneofArgType__value_as_nodata: _TypeAlias = _typing.Literal["_value_as_nodata", b"_value_as_nodata"]  # noqa: Y015
     @_typing.overload
@@ -393,9 +449,47 @@ class BandCalcRequest(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_scale) -> _WhichOneofReturnType__output_scale | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pixel_size_x) -> _WhichOneofReturnType__pixel_size_x | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pixel_size_y) -> _WhichOneofReturnType__pixel_size_y | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__value_as_nodata) -> _WhichOneofReturnType__value_as_nodata | None: ...
 
 Global___BandCalcRequest: _TypeAlias = BandCalcRequest  # noqa: Y015
+
+@_typing.final
+class Extent(_message.Message):
+    """A rectangle in a raster's CRS, as Remotior's `extent_list` gives it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEFT_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    BOTTOM_FIELD_NUMBER: _builtins.int
+    left: _builtins.float
+    """The west edge."""
+    top: _builtins.float
+    """The north edge; greater than `bottom`."""
+    right: _builtins.float
+    """The east edge; greater than `left`."""
+    bottom: _builtins.float
+    """The south edge."""
+    def __init__(
+        self,
+        *,
+        left: _builtins.float = ...,
+        top: _builtins.float = ...,
+        right: _builtins.float = ...,
+        bottom: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bottom", b"bottom", "left", b"left", "right", b"right", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Extent: _TypeAlias = Extent  # noqa: Y015
 
 @_typing.final
 class BandStatistics(_message.Message):
