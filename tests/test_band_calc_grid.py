@@ -639,3 +639,30 @@ def test_the_output_grid_counts_against_the_limits(raster_stub, session_name, ra
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
     assert str(root) not in caught.value.details()
     assert not (root / "grid" / "huge.tif").exists()
+
+
+def test_a_vrt_input_is_read_onto_the_grid(server, raster_stub, session_name, rasters):
+    _, r = rasters
+    operation = raster_stub.BandCalc(
+        _request(session_name, '"b" * 1', {"b": "b10"}, "grid/out/b.vrt", virtual_output=True)
+    )
+    watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
+    request = raster_pb2.BandCalcRequest(
+        session=session_name,
+        expression='"c" + "b"',
+        inputs=[
+            raster_pb2.RasterInput(name="c", path="grid/c20.tif"),
+            raster_pb2.RasterInput(name="b", path="grid/out/b.vrt"),
+        ],
+        output_path="grid/out/from_vrt.tif",
+        overwrite=True,
+    )
+    got, transform, _ = _run(server, raster_stub, request)
+    # The 10 m VRT is the finest: its pixel lines, over the intersection.
+    grid = from_origin(X0 + 100, Y0 - 100, 10, 10)
+    assert transform == grid and got.shape == (20, 30)
+    c = _on_grid(r, "c20", grid, (20, 30))
+    b = r["b10"][0][:20, :30]
+    values = c.astype(np.float32) + b.astype(np.float32)
+    expected = np.where((c == 0) | (b == 0), NODATA, values).astype(np.float32)
+    np.testing.assert_array_equal(got, expected)
