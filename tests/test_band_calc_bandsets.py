@@ -288,9 +288,10 @@ def test_spectral_and_expression_aliases_read_the_bands_in_remotiors_ranges(
 def test_input_bandset_reads_its_bands_as_b1_b2_and_the_aliases(server, catalog_session, pixels):
     running, channel = server
     root = running.data_root.root
-    script = '"b1" + "b4" @ sum14\nmax("b*") @ top\n"#NDVI#" @ ndvi\n'
+    script = '"b1" + "b4" @ sum14\nmax("b*") @ top\n"#NDVI#" @ ndvi\n"b2" @ b2_#BANDSET#\n'
     response = _run(channel, catalog_session, script, "bsc_out/own", input_bandset=2)
-    assert [o.name for o in response.outputs] == ["sum14", "top", "ndvi"]
+    # #BANDSET# is input_bands' band set, as in Remotior, not the current one (S2_jan)
+    assert [o.name for o in response.outputs] == ["sum14", "top", "ndvi", "b2_S2_late"]
     b1, _, b3, b4 = pixels[2]
     np.testing.assert_array_equal(
         _read(root / "bsc_out/own/sum14.tif"), _masked(_f(b1) + b4, b1, b4)
@@ -299,6 +300,97 @@ def test_input_bandset_reads_its_bands_as_b1_b2_and_the_aliases(server, catalog_
         _read(root / "bsc_out/own/top.tif"), _masked(np.max(pixels[2], 0), *pixels[2])
     )
     _close(root / "bsc_out/own/ndvi.tif", _masked(_ndvi(b4, b3), b4, b3))
+
+
+# a band set given inline, outside the catalog
+
+
+def _inline(number: int, **claims) -> bandset_pb2.BandSet:
+    """Band set `number` of CATALOG given inline, under another name; its bands also
+    claim `claims` (sizes, CRS...), which the server does not believe."""
+    name, date, unit, bands = CATALOG[number]
+    listed = []
+    for band, wavelength in bands.items():
+        given = bandset_pb2.Band(
+            path=f"bsc/{name}/{name}_{band}.tif", wavelength_unit=unit, **claims
+        )
+        if wavelength is not None:
+            given.wavelength = wavelength
+        listed.append(given)
+    return bandset_pb2.BandSet(bands=listed, display_name=f"inline_{name}", date=date)
+
+
+def test_an_inline_bandset_takes_the_place_of_input_bandset_and_bandset_number(
+    server, catalog_session, pixels
+):
+    running, channel = server
+    root = running.data_root.root
+    stub = bandset_pb2_grpc.BandSetServiceStub(channel)
+    listing = bandset_pb2.ListBandSetsRequest(parent=catalog_session)
+    before = stub.ListBandSets(listing)
+    script = (
+        '"b1" + "bandset#b4" @ sum_#BANDSET#\n'
+        'max("bandset#b*") - min("b*") @ spread\n'
+        '"#NDVI#" @ ndvi\n'
+        '"b2" - "bandset3b1" @ mixed\n'  # a band set of the catalog, by number, still
+        '"sum_#BANDSET#" * 2 @ #BANDSET# @ inline_twice\n'  # beside its first band
+    )
+    inline = _inline(2, width=1, height=1, crs="not a CRS", data_type="float64")
+    response = _run(channel, catalog_session, script, "bsc_out/inline", inline_bandset=inline)
+    assert [(o.name, o.output_path) for o in response.outputs] == [
+        ("sum_inline_S2_late", "bsc_out/inline/sum_inline_S2_late.tif"),
+        ("spread", "bsc_out/inline/spread.tif"),
+        ("ndvi", "bsc_out/inline/ndvi.tif"),
+        ("mixed", "bsc_out/inline/mixed.tif"),
+        ("inline_twice", "bsc/S2_late/inline_twice.tif"),
+    ]
+    assert stub.ListBandSets(listing) == before  # the catalog never held it
+    two = pixels[2]
+    b1, b2, b3, b4 = two
+    np.testing.assert_array_equal(
+        _read(root / "bsc_out/inline/sum_inline_S2_late.tif"), _masked(_f(b1) + b4, b1, b4)
+    )
+    np.testing.assert_array_equal(
+        _read(root / "bsc_out/inline/spread.tif"),
+        _masked(_f(np.max(two, 0)) - np.min(two, 0), *two),
+    )
+    _close(root / "bsc_out/inline/ndvi.tif", _masked(_ndvi(b4, b3), b4, b3))
+    landsat = pixels[3][0]
+    np.testing.assert_array_equal(
+        _read(root / "bsc_out/inline/mixed.tif"), _masked(_f(b2) - landsat, b2, landsat)
+    )
+    np.testing.assert_array_equal(
+        _read(root / "bsc/S2_late/inline_twice.tif"), _masked((_f(b1) + b4) * 2, b1, b4)
+    )
+
+
+@pytest.mark.parametrize(
+    ("expression", "fields", "message"),
+    [
+        ('"b5"', {}, "line 1, column 1: the inline band set has 4 band(s): there is no band 5"),
+        ('"bandset0b1"', {}, "band set 0 does not exist: the session's catalog holds 4"),
+        ('"#SWIR2#"', {}, '"#SWIR2#" has no band in the inline band set: it reads the band'),
+        ('forbandsets[1]\n"b1"', {},
+         "an iteration reads the band sets of the catalog: leave inline_bandset unset"),
+        ('"b1" @ x%#', {}, "'%#' adds the output to the band set '#' names, here the inline"),
+        ('"b1"', {"bandset_number": 1}, "bandset_number is 1: with inline_bandset, the band"),
+        ('"b1"', {"input_bandset": 2}, "input_bandset is 2: with inline_bandset, the band set"),
+    ],
+)  # fmt: skip
+def test_what_an_inline_bandset_cannot_expand_is_invalid_argument(
+    server, catalog_session, expression, fields, message
+):
+    root = server[0].data_root.root
+    details = _refused(
+        server[1],
+        catalog_session,
+        expression,
+        "bsc_refused_inline/out.tif",
+        inline_bandset=_inline(2),
+        **fields,
+    )
+    assert message in details
+    assert not (root / "bsc_refused_inline").exists()
 
 
 # iterations and placeholders

@@ -5,7 +5,6 @@ refusals a Remotior user meets."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import rasterio.features
 from rasterio.transform import from_origin
 
 from rsgrpc.client import BandSet, Session
-from rsgrpc.v1 import bandset_pb2
+from rsgrpc.v1 import bandset_pb2, bandset_pb2_grpc, raster_pb2, raster_pb2_grpc
 from tests.compat import references as ref
 from tests.conftest import write_geotiff
 
@@ -207,7 +206,7 @@ def test_band_calc_reads_it_by_band_alias_and_spectral_alias(rs, root):
     doubled, _ = _read(named.paths[0])
     blue = arrays["B02"].astype(np.float32)
     np.testing.assert_array_equal(doubled, np.where(arrays["B02"] == 0, -32768, blue * 2))
-    # The catalog is as it was: the lent copy is gone, the current band set unchanged.
+    # The catalog is as it was: nothing was added to it, the current band set unchanged.
     assert [(m.display_name, m.current) for m in catalog._list()] == before
     assert bandset.catalog is None and bandset.get_band_count() == 5
 
@@ -337,7 +336,7 @@ def test_bad_arguments_are_refused_clearly(rs, root, tmp_path):
         assert not refused.check and "the BandSet has no bands" in refused.extra["message"]
 
 
-def test_a_bandset_of_another_session_is_not_lent(rs, server, root):
+def test_band_calc_refuses_a_bandset_of_another_session(rs, server, root):
     _s2(root, "dt_other")
     other = Session(n_processes=1, available_ram=1024, channel=server[1])
     try:
@@ -353,23 +352,118 @@ def test_a_bandset_of_another_session_is_not_lent(rs, server, root):
     assert rs.bandset_catalog.get_bandset_count() == 1
 
 
-def test_a_lent_bandset_that_changed_meanwhile_is_left_with_a_warning(rs, root):
-    _s2(root, "dt_lend")
+def _listed(rs: Session) -> list[tuple]:
+    """The session's catalog as the server lists it: each band set's name, whether it is
+    current, and its bands' files."""
+    stub = bandset_pb2_grpc.BandSetServiceStub(rs._channel)
+    listed = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=rs.name))
+    return [(m.display_name, m.current, [b.path for b in m.bands]) for m in listed.bandsets]
+
+
+def test_band_calc_never_touches_the_catalog(rs, root):
+    arrays = _s2(root, "dt_untouched")
     catalog = rs.bandset_catalog
-    bandset = rs.bandset.create([str(root / "dt_lend"), "S2_"])
-    lent = catalog.lend(bandset)
-    assert lent.number == 2 and catalog.get_bandset_count() == 2 and not lent.message.current
-    assert lent.get_band_attributes("name") == bandset.get_band_attributes("name")
-    catalog.remove_band_in_bandset(1, bandset_number=2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        catalog.take_back()
-    assert any("changed meanwhile" in str(w.message) for w in caught)
-    assert catalog.get_bandset_count() == 2
-    catalog.remove_bandset(2)
-    catalog.lend(bandset)
-    catalog.take_back()
-    assert catalog.get_bandset_count() == 1
+    catalog.create_bandset([str(root / "dt_untouched" / "L8_B4.tif")], bandset_name="kept")
+    bandset = rs.bandset.create(
+        [str(root / "dt_untouched"), "S2_"], wavelengths=["Sentinel-2"], name="s2"
+    )
+    before = _listed(rs)
+    # The catalog as another caller sees it while the calculation runs: at each progress
+    # report of its operation, from start to end.
+    during: list[list[tuple]] = []
+    rs.operation_callback = lambda metadata: during.append(_listed(rs))
+    script = (
+        '"b1" + "bandset#b4" @ sum_#BANDSET#\n'  # B02 + B08, in a file named by the band set
+        '"#NDVI#" @ ndvi\n'
+        '"bandset1b1" - "b3" @ kept\n'  # band set 1 of the catalog: L8_B4, less B04
+    )
+    output = rs.band_calc(
+        input_bands=bandset,
+        output_path=str(root / "dt_out" / "untouched"),
+        expression_string=script,
+    )
+    assert output.check, output.grpc
+    assert during and all(seen == before for seen in during)
+    assert _listed(rs) == before and catalog.get_bandset_count() == 1
+    folder = root / "dt_out" / "untouched"
+    assert output.paths == [str(folder / n) for n in ("sum_s2.tif", "ndvi.tif", "kept.tif")]
+    blue, nir, red = arrays["B02"], arrays["B08"], arrays["B04"]
+    np.testing.assert_array_equal(_read(output.paths[1])[0], _ndvi(nir, red))
+    for path, (a, b, sign) in zip(
+        (output.paths[0], output.paths[2]),
+        ((blue, nir, 1), (_read(root / "dt_untouched" / "L8_B4.tif")[0], red, -1)),
+        strict=True,
+    ):
+        # a band's nodata masks the operation that reads it (NumPy's masked arrays)
+        values = a.astype(np.float32) + sign * b.astype(np.float32)
+        expected = np.where((a == 0) | (b == 0), np.float32(-32768), values)
+        np.testing.assert_array_equal(_read(path)[0], expected)
+
+
+def test_a_hostile_inline_bandset_is_refused_as_a_bad_band_and_writes_nothing(rs, root, tmp_path):
+    _s2(root, "dt_hostile")
+    good = str(root / "dt_hostile" / "S2_B04.tif")
+    (root / "dt_hostile" / "notes.tif").write_text("not a GeoTIFF")
+    small = write_geotiff(root / "dt_hostile" / "small.tif", _band(2, (20, 20)), nodata=0)
+    outside = write_geotiff(tmp_path / "outside.tif", _band(1), nodata=0)
+    raster = raster_pb2_grpc.RasterServiceStub(rs._channel)
+    bandsets = bandset_pb2_grpc.BandSetServiceStub(rs._channel)
+    output = root / "dt_hostile_out" / "out.tif"
+    before = _listed(rs)
+    for hostile, code, bad_input in (
+        (str(outside), grpc.StatusCode.PERMISSION_DENIED, True),
+        ("dt_hostile/../../outside.tif", grpc.StatusCode.PERMISSION_DENIED, True),
+        (str(root / "dt_hostile" / "notes.tif"), grpc.StatusCode.INVALID_ARGUMENT, True),
+        (str(small), grpc.StatusCode.INVALID_ARGUMENT, False),  # another grid than b1
+    ):
+        # The second band is not even read by the expression; its claimed grid is a lie.
+        claimed = dict(width=50, height=40, crs="EPSG:32633", data_type="uint16", nodata=0)
+        bands = [bandset_pb2.Band(path=good), bandset_pb2.Band(path=hostile, **claimed)]
+        with pytest.raises(grpc.RpcError) as calc:
+            raster.BandCalc(
+                raster_pb2.BandCalcRequest(
+                    session=rs.name,
+                    expression='"b1" * 2',
+                    output_path=str(output),
+                    inline_bandset=bandset_pb2.BandSet(bands=bands),
+                )
+            )
+        # Refused as a new band set with that band is, naming the request's field.
+        with pytest.raises(grpc.RpcError) as created:
+            bandsets.CreateBandSet(
+                bandset_pb2.CreateBandSetRequest(
+                    parent=rs.name, bandset=bandset_pb2.BandSet(bands=bands), validate_only=True
+                )
+            )
+        assert calc.value.code() is created.value.code() is code, calc.value.details()
+        assert calc.value.details() == created.value.details().replace(
+            "bands[", "inline_bandset.bands["
+        )
+        if not bad_input:  # a file of its own grid is a good input alone
+            continue
+        # and with the status of the same file given as an input
+        with pytest.raises(grpc.RpcError) as as_input:
+            raster.BandCalc(
+                raster_pb2.BandCalcRequest(
+                    session=rs.name,
+                    expression='"x" * 2',
+                    output_path=str(output),
+                    inputs=[raster_pb2.RasterInput(name="x", path=hostile)],
+                )
+            )
+        assert as_input.value.code() is code, as_input.value.details()
+    assert not output.parent.exists()  # nothing written
+    assert _listed(rs) == before
+
+    # Through the client: a BandSet whose band was changed by hand is checked again.
+    bandset = rs.bandset.create([good])
+    bandset.message.bands[0].path = "dt_hostile/../../outside.tif"
+    refused = rs.band_calc(input_bands=bandset, output_path=str(output), expression_string='"b1"')
+    assert not refused.check and refused.grpc.code == "PERMISSION_DENIED"
+    assert "inline_bandset.bands[0].path 'dt_hostile/../../outside.tif' contains '..'" in (
+        refused.grpc.message
+    )
+    assert not output.parent.exists() and _listed(rs) == before
 
 
 def test_validate_only_returns_a_bandset_without_adding_it(server, root):

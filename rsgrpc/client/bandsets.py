@@ -12,8 +12,9 @@ is built by the server by the same rules, and kept by the client: `CreateBandSet
 ``validate_only`` checks its files, applies a sensor's wavelengths and sorts its bands,
 then returns it without adding it to the catalog. It is the same class, read the same way;
 a change to it is checked by the server again. The band tools read its bands' files; band
-calc, which reads band sets (``"b1"``, the aliases) from the catalog, is lent a copy of it
-for the calculation (`BandSetCatalog.lent`); ``catalog.add_bandset(bs)`` copies it in.
+calc sends it in its request (``inline_bandset``), where the server checks it again and
+reads ``"b1"`` and the aliases from it, never adding it to the catalog;
+``catalog.add_bandset(bs)`` copies it in.
 
 As on the server, every file is checked when a band set is made or its bands change: a
 GeoTIFF under a data root, on one grid with the other bands; a refusal raises the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -467,7 +467,6 @@ class BandSetCatalog:
         self._session = session
         self._stub = bandset_pb2_grpc.BandSetServiceStub(session._channel)
         self._objects: dict[int, BandSet] = {}
-        self._lent = threading.local()  # band sets lent to the catalog by a tool's call
         self.get = self.get_bandset
 
     def __call__(self) -> BandSetCatalog:
@@ -717,66 +716,6 @@ class BandSetCatalog:
             # a new band set's bands are sorted by wavelength: keep the order it had
             self._set_bands(added.number, given.bands)
         return added
-
-    def lend(self, bandset: BandSet) -> BandSet:
-        """A copy of `bandset`, a band set outside the catalog, added after the catalog's
-        last band set until `take_back` (once the tool that reads it has ended): band calc
-        reads the band set of `input_bands` (``"b1"``, the aliases, ``#BANDSET#``) from the
-        catalog, by number. The copy is not made current."""
-        from rsgrpc.client.tools import Refusal
-
-        if bandset._session is not None and bandset._session is not self._session:
-            raise Refusal("input_bands: this BandSet was made by another session")
-        if not bandset.bands:
-            raise Refusal("input_bands: the BandSet has no bands")
-        given = given_bandset(bandset.message)
-        try:
-            message = self._create(given)
-            self._lent_by_this_thread().append(message)
-            if [_key(b) for b in message.bands] != [_key(b) for b in given.bands]:
-                # a new band set's bands are sorted by wavelength: keep the order it had
-                message = self._set_bands(message.bandset_number, given.bands).message
-        except grpc.RpcError as error:
-            raise Refusal(f"input_bands: {error.details()}") from None
-        return self._object(message)
-
-    def take_back(self) -> None:
-        """Remove the band sets this thread lent (`lend`). Should the catalog have changed
-        meanwhile so that a lent band set's number holds another, that one is left as it
-        is, with a warning."""
-        lent = self._lent_by_this_thread()
-        while lent:
-            self._take_back(lent.pop())
-
-    def _lent_by_this_thread(self) -> list[bandset_pb2.BandSet]:
-        if not hasattr(self._lent, "bandsets"):
-            self._lent.bandsets = []
-        return self._lent.bandsets
-
-    def _take_back(self, lent: bandset_pb2.BandSet) -> None:
-        """Remove the band set `lent` added, if its number still holds it."""
-        self._objects.pop(lent.bandset_number, None)
-        try:
-            current = self._stub.GetBandSet(
-                bandset_pb2.GetBandSetRequest(name=lent.name), metadata=self._session._metadata
-            )
-            if _files(current) != _files(lent):
-                warnings.warn(
-                    f"band set {lent.bandset_number}, lent to the catalog for band calc, "
-                    "changed meanwhile: it is left in the catalog",
-                    stacklevel=4,
-                )
-                return
-            self._stub.DeleteBandSet(
-                bandset_pb2.DeleteBandSetRequest(name=lent.name), metadata=self._session._metadata
-            )
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                warnings.warn(
-                    f"band set {lent.bandset_number}, lent to the catalog for band calc, "
-                    f"could not be removed: {error.details()}",
-                    stacklevel=4,
-                )
 
     def remove_bandset(self, bandset_number: int) -> None:
         self._stub.DeleteBandSet(
@@ -1041,11 +980,6 @@ def describe_bandset(
 
 def _key(band: bandset_pb2.Band) -> tuple[str, int, str]:
     return band.path, band.raster_band, band.name
-
-
-def _files(message: bandset_pb2.BandSet) -> list[tuple[str, int]]:
-    """A band set's bands as the files and bands they read, in any order."""
-    return sorted((b.data_path, b.raster_band) for b in message.bands)
 
 
 def _item(values: Sequence | None, i: int) -> Any:

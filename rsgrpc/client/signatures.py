@@ -391,7 +391,10 @@ BAND_CALC = MethodSpec(
             "differs",
             "a BandSet (of the session's catalog, or made by rs.bandset.create) or a number "
             "of the catalog, whose bands the expression reads as b1, b2, b* and the aliases, "
-            "in every line of a script",
+            "in every line of a script; a BandSet made by rs.bandset.create is sent with the "
+            "request, never added to the catalog, and is also the band set of bandset#b1 and "
+            "#BANDSET# (bandset_number is then not used, as in Remotior), while bandset2b1 "
+            "still reads the catalog (Remotior, given a BandSet, reads no catalog)",
         ),
         "point_coordinates": Note("not yet", "a value at a point is not served yet"),
         "device": Note("not applicable", "the server chooses how it computes (CPU)"),
@@ -443,8 +446,8 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
         "the BandSet class: rs.bandset.create(...) makes a band set outside the catalog, "
         "built and checked by the server (files, grid, sensor wavelengths, order) and kept "
         "by the client, with the catalog's band sets' attributes; band tools read its "
-        "bands; band calc lends it to the session's catalog for the call (after the last "
-        "band set, then removed); catalog.add_bandset(bs) copies it in; "
+        "bands; band calc sends it in its request, never adding it to the session's "
+        "catalog; catalog.add_bandset(bs) copies it in; "
         "box_coordinate_list, spectral_range_bands, reset and XML export are not served",
     ),
     **{

@@ -83,8 +83,6 @@ def _tool(spec: MethodSpec) -> Callable[[Callable[..., OutputManager]], Callable
                 if hasattr(self.messages_callback, "error"):
                     self.messages_callback.error(str(error))
                 return output
-            finally:
-                self.bandset_catalog.take_back()  # band sets lent to the catalog for the call
 
         return remotior_method(spec)(checked)
 
@@ -244,8 +242,6 @@ def _bandset_number(value: Any, field: str, session: Session | None = None) -> i
     if value is None:
         return 0
     if isinstance(value, BandSet) and session is not None:
-        if value.catalog is None:  # outside the catalog: lent to it until the tool ends
-            value = session.bandset_catalog.lend(value)
         if value.catalog is not None and value.catalog is not session.bandset_catalog:
             raise Refusal(f"{field}: band set {value.number} is of another session's catalog")
         return value.number
@@ -253,6 +249,20 @@ def _bandset_number(value: Any, field: str, session: Session | None = None) -> i
         return value
     kinds = "a BandSet or a band set number of the session's catalog" if session else "a number"
     raise Refusal(f"{field} must be {kinds} (from 1), got {value!r}")
+
+
+def _inline_bandset(value: Any, session: Session) -> Any:
+    """A BandSet outside the catalog (``rs.bandset.create``) as band calc sends it, in the
+    request (never added to the catalog); None for any other `input_bands`."""
+    from rsgrpc.client.bandsets import BandSet, given_bandset
+
+    if not isinstance(value, BandSet) or value.catalog is not None:
+        return None
+    if value._session is not None and value._session is not session:
+        raise Refusal("input_bands: this BandSet was made by another session")
+    if not value.bands:
+        raise Refusal("input_bands: the BandSet has no bands")
+    return given_bandset(value.message)
 
 
 def _is_band_list(value: tuple) -> bool:
@@ -389,9 +399,13 @@ class RasterTools:
             request.output_nodata = a["output_nodata"]
         elif request.output_data_type in _UNSIGNED_NODATA:
             request.output_nodata = _UNSIGNED_NODATA[request.output_data_type]
-        request.bandset_number = _bandset_number(a["bandset_number"], "bandset_number")
-        if a["input_bands"] is not None:  # Remotior's band set read as "b1", "b2", ...
-            request.input_bandset = _bandset_number(a["input_bands"], "input_bands", self)
+        inline = _inline_bandset(a["input_bands"], self)
+        if inline is not None:  # the band set "b1", "bandset#b1" and "#NIR#" read, as Remotior
+            request.inline_bandset.CopyFrom(inline)
+        else:
+            request.bandset_number = _bandset_number(a["bandset_number"], "bandset_number")
+            if a["input_bands"] is not None:  # Remotior's band set read as "b1", "b2", ...
+                request.input_bandset = _bandset_number(a["input_bands"], "input_bands", self)
         _calc_options(request, a)
         _grid_options(request, a)
         return self._run(

@@ -1,13 +1,16 @@
 """Remotior's band set language in band calc, expanded as text before the expression is
 checked: band set references, spectral and expression aliases, the bands of
-`input_bandset`, iterations and the placeholders of output names.
+`input_bandset` (or of a band set given inline), iterations and the placeholders of output
+names.
 
 The expansion reads one snapshot of the session's catalog and writes every band it names
 as the quoted name of a `NamedInput` (the band's file and band number), always
-``"bandset{n}b{m}"``. The text it returns is then checked like any client expression
-(`prepare_band_calc_script`, the allow-list parser): nothing here evaluates anything.
-Errors name the line and column of the client's own text: the expanded text keeps a map
-back to it (`ExpandedBandCalc.translate`).
+``"bandset{n}b{m}"``, or ``"b{m}"`` for a band of the band set given inline. That band set
+(Remotior's `input_bands` given a BandSet object) is read in the place of the numbered ones
+that ``#``, ``b1`` and the aliases name, and is never in the catalog. The text it returns
+is then checked like any client expression (`prepare_band_calc_script`, the allow-list
+parser): nothing here evaluates anything. Errors name the line and column of the client's
+own text: the expanded text keeps a map back to it (`ExpandedBandCalc.translate`).
 
 Where Remotior is loose this is strict: a band set, band or alias that does not exist is
 an error rather than a calculation dropped or an expression left unexpanded.
@@ -65,6 +68,8 @@ EXPRESSION_ALIASES: Final = {
     "EVI": '2.5 * ("#NIR#" - "#RED#") / ("#NIR#" + 6 * "#RED#" - 7.5 * "#BLUE#" + 1)',
 }
 _UNIT_SCALE: Final = {MICROMETRES: 1.0, NANOMETRES: 1000.0}
+# The number the band set given inline goes by here: no text of the client can write it.
+INLINE: Final = -1
 _DATE_FORMAT: Final = "%Y%m%d_%H%M%S%f"  # Remotior's #DATE#: the time of the calculation
 
 _QUOTED = re.compile(r"\"([^\"\n]*)\"|'([^'\n]*)'")
@@ -251,7 +256,8 @@ class _Builder:
 
 
 class _Expander:
-    """One request's expansion against one snapshot of the catalog."""
+    """One request's expansion against one snapshot of the catalog, and the band set given
+    inline, if any, in the place of `input_bandset` and `bandset_number`."""
 
     def __init__(
         self,
@@ -260,6 +266,7 @@ class _Expander:
         catalog: BandSetCatalog,
         bandset_number: int,
         input_bandset: int,
+        inline: BandSet | None,
         now: datetime.datetime,
     ) -> None:
         self.text = text
@@ -271,6 +278,12 @@ class _Expander:
             (bandset_number, "bandset_number"),
             (input_bandset, "input_bandset"),
         ):
+            if inline is not None and value:
+                raise InvalidArgumentError(
+                    f"{field_name} is {value}: with inline_bandset, the band set it would "
+                    "name, leave it at 0",
+                    metadata={"field": field_name},
+                )
             if value < 0 or value > len(self.bandsets):
                 raise InvalidArgumentError(
                     f"{field_name} {value} is not a band set of the session's catalog, which "
@@ -278,8 +291,9 @@ class _Expander:
                     + ("the current one)" if field_name == "bandset_number" else "none)"),
                     metadata={"field": field_name},
                 )
-        self.default = bandset_number or current
-        self.own = input_bandset
+        self.inline = inline
+        self.default = INLINE if inline is not None else bandset_number or current
+        self.own = INLINE if inline is not None else input_bandset
         self.now = now
         self.dates = 0
 
@@ -288,7 +302,13 @@ class _Expander:
 
     # band sets and bands
 
+    @staticmethod
+    def label(number: int) -> str:
+        return "the inline band set" if number == INLINE else f"band set {number}"
+
     def bandset(self, number: int, at: int) -> BandSet:
+        if number == INLINE and self.inline is not None:
+            return self.inline
         if not 1 <= number <= len(self.bandsets):
             raise self.fail(
                 at,
@@ -298,17 +318,19 @@ class _Expander:
         return self.bandsets[number - 1]
 
     def band_name(self, number: int, band: int, at: int) -> str:
-        """The input name of band `band` of band set `number`, made an input if new."""
+        """The input name of band `band` of band set `number`, made an input if new: the
+        inline band set's bands are named as the client writes them, ``b1``."""
         bandset = self.bandset(number, at)
         if not 1 <= band <= len(bandset.bands):
             raise self.fail(
-                at, f"band set {number} has {len(bandset.bands)} band(s): there is no band {band}"
+                at,
+                f"{self.label(number)} has {len(bandset.bands)} band(s): there is no band {band}",
             )
-        name = f"bandset{number}b{band}"
+        name = f"b{band}" if number == INLINE else f"bandset{number}b{band}"
         if name in self.client_names:
             raise self.fail(
                 at,
-                f'input "{name}" has the name of band {band} of band set {number}: rename '
+                f'input "{name}" has the name of band {band} of {self.label(number)}: rename '
                 "the input",
             )
         if name not in self.inputs:
@@ -316,7 +338,7 @@ class _Expander:
                 raise self.fail(
                     at,
                     f"band calc reads at most {MAX_INPUTS} inputs and band set bands in one "
-                    f"request; band {band} of band set {number} would be one more",
+                    f"request; band {band} of {self.label(number)} would be one more",
                 )
             chosen = bandset.bands[band - 1]
             self.inputs[name] = NamedInput(name, chosen.data_path, chosen.raster_band)
@@ -327,13 +349,13 @@ class _Expander:
         nearer than its threshold, in the unit of the band set's first band."""
         bandset = self.bandset(number, at)
         if not bandset.bands:
-            raise self.fail(at, f'"#{alias}#" reads band set {number}, which has no bands')
+            raise self.fail(at, f'"#{alias}#" reads {self.label(number)}, which has no bands')
         unit = bandset.bands[0].wavelength_unit
         scale = _UNIT_SCALE.get(unit)
         if scale is None:
             raise self.fail(
                 at,
-                f'"#{alias}#" needs the center wavelengths of band set {number}, whose '
+                f'"#{alias}#" needs the center wavelengths of {self.label(number)}, whose '
                 f"bands are in {unit!r}: give their wavelengths in µm or nm, or a sensor",
             )
         center, threshold = SPECTRAL_RANGES[alias]
@@ -343,7 +365,7 @@ class _Expander:
             shown = "µm" if scale == 1.0 else "nm"
             raise self.fail(
                 at,
-                f'"#{alias}#" has no band in band set {number}: it reads the band nearest '
+                f'"#{alias}#" has no band in {self.label(number)}: it reads the band nearest '
                 f"{center * scale:g} {shown}, less than {threshold * scale:g} {shown} "
                 f"from it, and the nearest is at {bandset.bands[best].wavelength:g} {shown}",
             )
@@ -385,7 +407,7 @@ class _Expander:
                 )
             name = _BAND_PLACEHOLDER.sub(f"bandset{target.number}b{target.band}", name)
         if _BANDSET_PLACEHOLDER.search(name):
-            display = self.bandset(target.number, start).display_name
+            display = self.bandset(self.own or target.number, start).display_name
             name = _BANDSET_PLACEHOLDER.sub(lambda _: display, name)
         alias = _ALIAS.fullmatch(name)
         if alias is not None:
@@ -532,7 +554,7 @@ class _Expander:
         given = self.text[name_start : statement.end].strip()
         name = given
         if _BANDSET_PLACEHOLDER.search(name):
-            display = self.bandset(target.number, separators[0]).display_name
+            display = self.bandset(self.own or target.number, separators[0]).display_name
             name = _BANDSET_PLACEHOLDER.sub(lambda _: display, name)
         if _DATE_PLACEHOLDER.search(name):
             stamp = (self.now + datetime.timedelta(microseconds=self.dates)).strftime(_DATE_FORMAT)
@@ -542,6 +564,12 @@ class _Expander:
         if "%" in name:
             name, _, joins = (part.strip() for part in name.partition("%"))
             if joins == "#":
+                if target.number == INLINE:
+                    raise self.fail(
+                        separators[-1],
+                        "'%#' adds the output to the band set '#' names, here the inline band "
+                        "set, which is not in the catalog: give a band set number",
+                    )
                 addition = target.number
             elif joins.isdigit():
                 addition = _number(joins)
@@ -559,12 +587,13 @@ class _Expander:
         if len(separators) == 2:
             folder = self.text[separators[0] + 1 : separators[1]]
             if _BANDSET_PLACEHOLDER.search(folder):
-                bandset = self.bandset(target.number, separators[0])
+                number = self.own or target.number
+                bandset = self.bandset(number, separators[0])
                 if not bandset.bands:
                     raise self.fail(
                         separators[0],
-                        f"#BANDSET# as a folder is the folder of the first band of band set "
-                        f"{target.number}, which has no bands",
+                        "#BANDSET# as a folder is the folder of the first band of "
+                        f"{self.label(number)}, which has no bands",
                     )
                 parent = posixpath.dirname(bandset.bands[0].data_path) or "."
                 replacements.append((separators[0] + 1, separators[1], f" {parent} "))
@@ -604,9 +633,9 @@ class _Expander:
                 "then an optional name filter",
             )
         if self.own:
+            given = "inline_bandset unset" if self.inline is not None else "input_bandset at 0"
             raise self.fail(
-                header.offset,
-                "an iteration reads the band sets of the catalog: leave input_bandset at 0",
+                header.offset, f"an iteration reads the band sets of the catalog: leave {given}"
             )
         name_filter = match.group("filter").strip().split(",")
         numbers = self.bandset_numbers(match.group("args"), match.start("args"), name_filter)
@@ -621,12 +650,15 @@ def expand_band_calc_bandsets(
     bandset_number: int = 0,
     input_bandset: int = 0,
     *,
+    inline: BandSet | None = None,
     now: datetime.datetime | None = None,
 ) -> ExpandedBandCalc:
     """`request` with Remotior's band set language expanded from `catalog`: `bandset_number`
-    is the band set ``#`` and the aliases read (0: the catalog's current one),
-    `input_bandset` the band set whose bands are ``"b1"``, ``"b2"``... (0: none).
-    InvalidArgumentError, naming the line and column, for what cannot be expanded."""
+    is the band set ``#`` reads (0: the catalog's current one), `input_bandset` the band
+    set whose bands are ``"b1"``, ``"b2"``... (0: none) and the aliases read (else
+    `bandset_number`'s). `inline`, a band set outside the catalog, built and checked by the
+    caller, takes the place of both, which must then be 0. InvalidArgumentError, naming
+    the line and column, for what cannot be expanded."""
     text = request.expression
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -634,7 +666,13 @@ def expand_band_calc_bandsets(
         return ExpandedBandCalc(request)  # refused as it is by the script's own check
     script = split_script(text, raw=True)
     expander = _Expander(
-        text, request, catalog, bandset_number, input_bandset, now or datetime.datetime.now()
+        text,
+        request,
+        catalog,
+        bandset_number,
+        input_bandset,
+        inline,
+        now or datetime.datetime.now(),
     )
     statements = list(script.statements)
     builder = _Builder(text)

@@ -323,11 +323,16 @@ def _describe_all(source: DataPath, raster_band: int) -> list[RasterInfo]:
 
 
 def build_bands(
-    data_root: DataRoot, specs: Sequence[BandSpec], root_directory: str
+    data_root: DataRoot,
+    specs: Sequence[BandSpec],
+    root_directory: str,
+    *,
+    bands_field: str = "bands",
 ) -> tuple[Band, ...]:
     """The bands `specs` describe, each file checked as any input is and described; all on
     one grid. As in Remotior, one file given alone with no band number gives all its
-    bands, named `{file name}#b{i}` (i from 0) when it has several."""
+    bands, named `{file name}#b{i}` (i from 0) when it has several. Errors name the bands
+    `bands_field[i]`."""
     check_band_count(len(specs))
     if root_directory:
         check_text(root_directory, "root_directory")
@@ -335,7 +340,7 @@ def build_bands(
     infos: list[RasterInfo] = []
     labels: list[str] = []
     for i, spec in enumerate(specs):
-        field = f"bands[{i}]"
+        field = f"{bands_field}[{i}]"
         check_text(spec.name, f"{field}.name")
         check_date(spec.date, f"{field}.date")
         check_text(spec.wavelength_unit, f"{field}.wavelength_unit")

@@ -67,7 +67,9 @@ def bandset_to_proto(
     )
 
 
-def _specs(bands) -> list[bandsets.BandSpec]:
+def band_specs(bands) -> list[bandsets.BandSpec]:
+    """The bands of a BandSet message as the client describes them, before any file is
+    read; RESOURCE_EXHAUSTED for more than a band set holds."""
     bandsets.check_band_count(len(bands))  # before reading any of them
     return [
         bandsets.BandSpec(
@@ -162,7 +164,7 @@ class BandSetServicer(bandset_pb2_grpc.BandSetServiceServicer):
             raise InvalidArgumentError("give either folder or bandset.bands, not both")
         if request.name_filter and not request.folder:
             raise InvalidArgumentError("name_filter applies to a folder: give folder too")
-        specs = _specs(given.bands)
+        specs = band_specs(given.bands)
 
         def build() -> bandsets.BandSet:
             listed = specs
@@ -219,7 +221,7 @@ class BandSetServicer(bandset_pb2_grpc.BandSetServiceServicer):
                 f"update_mask paths {unknown} cannot be updated; use {list(_UPDATABLE)}"
             )
         sensor = bandsets.sensor_name(given.sensor) if "sensor" in paths else ""
-        specs = _specs(given.bands) if "bands" in paths else None
+        specs = band_specs(given.bands) if "bands" in paths else None
         previous, _ = session.bandsets.get(number)
 
         def build() -> bandsets.BandSet:

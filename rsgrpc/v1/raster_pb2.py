@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from rsgrpc.v1 import bandset_pb2 as rsgrpc_dot_v1_dot_bandset__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rsgrpc/v1/raster.proto\x12\trsgrpc.v1\x1a#google/longrunning/operations.proto\"7\n\x0bRasterInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nd\x18\x03 \x01(\x05\"w\n\rOutputOptions\x12+\n\x0b\x63ompression\x18\x01 \x01(\x0e\x32\x16.rsgrpc.v1.Compression\x12\r\n\x05level\x18\x02 \x01(\x05\x12\x11\n\tpredictor\x18\x03 \x01(\x05\x12\x17\n\x0f\x63loud_optimized\x18\x04 \x01(\x08\"\xb0\x06\n\x0f\x42\x61ndCalcRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\x12&\n\x06inputs\x18\x03 \x03(\x0b\x32\x16.rsgrpc.v1.RasterInput\x12\x13\n\x0boutput_path\x18\x04 \x01(\t\x12\x11\n\toverwrite\x18\x05 \x01(\x08\x12-\n\x10output_data_type\x18\x06 \x01(\x0e\x32\x13.rsgrpc.v1.DataType\x12\x1a\n\routput_nodata\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x30\n\x0eoutput_options\x18\x08 \x01(\x0b\x32\x18.rsgrpc.v1.OutputOptions\x12\x16\n\x0e\x62\x61ndset_number\x18\t \x01(\x05\x12\x15\n\rinput_bandset\x18\n \x01(\x05\x12\x16\n\x0evirtual_output\x18\x0b \x01(\x08\x12+\n\x0e\x63\x61lc_data_type\x18\x0c \x01(\x0e\x32\x13.rsgrpc.v1.DataType\x12\x32\n\x0bnodata_mask\x18\r \x01(\x0e\x32\x1d.rsgrpc.v1.BandCalcNodataMask\x12\x1d\n\x15input_nodata_as_value\x18\x0e \x01(\x08\x12\x1c\n\x0fvalue_as_nodata\x18\x0f \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0coutput_scale\x18\x10 \x01(\x01H\x02\x88\x01\x01\x12\x1a\n\routput_offset\x18\x11 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x0c\x65xtent_union\x18\x12 \x01(\x08\x12!\n\x06\x65xtent\x18\x13 \x01(\x0b\x32\x11.rsgrpc.v1.Extent\x12\x1a\n\x12\x65xtent_raster_path\x18\x14 \x01(\t\x12\x19\n\x11\x61lign_raster_path\x18\x15 \x01(\t\x12\x19\n\x0cpixel_size_x\x18\x16 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cpixel_size_y\x18\x17 \x01(\x01H\x05\x88\x01\x01\x42\x10\n\x0e_output_nodataB\x12\n\x10_value_as_nodataB\x0f\n\r_output_scaleB\x10\n\x0e_output_offsetB\x0f\n\r_pixel_size_xB\x0f\n\r_pixel_size_y\"B\n\x06\x45xtent\x12\x0c\n\x04left\x18\x01 \x01(\x01\x12\x0b\n\x03top\x18\x02 \x01(\x01\x12\r\n\x05right\x18\x03 \x01(\x01\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x01\"\x93\x01\n\x0e\x42\x61ndStatistics\x12\x19\n\x11valid_pixel_count\x18\x01 \x01(\x03\x12\x1a\n\x12nodata_pixel_count\x18\x02 \x01(\x03\x12\x0f\n\x07minimum\x18\x03 \x01(\x01\x12\x0f\n\x07maximum\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x01(\x01\x12\x1a\n\x12standard_deviation\x18\x06 \x01(\x01\"p\n\x0e\x42\x61ndCalcOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12-\n\nstatistics\x18\x03 \x01(\x0b\x32\x19.rsgrpc.v1.BandStatistics\x12\x0c\n\x04line\x18\x04 \x01(\x05\"\x82\x01\n\x10\x42\x61ndCalcResponse\x12\x13\n\x0boutput_path\x18\x01 \x01(\t\x12-\n\nstatistics\x18\x02 \x01(\x0b\x32\x19.rsgrpc.v1.BandStatistics\x12*\n\x07outputs\x18\x03 \x03(\x0b\x32\x19.rsgrpc.v1.BandCalcOutput\"(\n\nRasterBand\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61nd\x18\x02 \x01(\x05\"\x80\x01\n\nToolOutput\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\toverwrite\x18\x03 \x01(\x08\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.rsgrpc.v1.OutputOptions\x12\x16\n\x0evirtual_output\x18\x05 \x01(\x08\"\xaa\x01\n\x0cSieveRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x0c\n\x04size\x18\x03 \x01(\x05\x12-\n\x0c\x63onnectivity\x18\x04 \x01(\x0e\x32\x17.rsgrpc.v1.Connectivity\x12%\n\x06output\x18\x05 \x01(\x0b\x32\x15.rsgrpc.v1.ToolOutput\"y\n\x0bSieveOutput\x12$\n\x05input\x18\x01 \x01(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12\x17\n\x0fregions_changed\x18\x03 \x01(\x03\x12\x16\n\x0epixels_changed\x18\x04 \x01(\x03\"8\n\rSieveResponse\x12\'\n\x07outputs\x18\x01 \x03(\x0b\x32\x16.rsgrpc.v1.SieveOutput\"\x81\x01\n\x14MorphologyParameters\x12+\n\x06\x66ilter\x18\x01 \x01(\x0e\x32\x1b.rsgrpc.v1.MorphologyFilter\x12\x12\n\nvalue_list\x18\x02 \x03(\x01\x12\x0c\n\x04size\x18\x03 \x01(\x05\x12\x1a\n\x12\x63ircular_structure\x18\x04 \x01(\x08\"\xa3\x01\n\rDilateRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x33\n\nparameters\x18\x03 \x01(\x0b\x32\x1f.rsgrpc.v1.MorphologyParameters\x12%\n\x06output\x18\x04 \x01(\x0b\x32\x15.rsgrpc.v1.ToolOutput\"\xa2\x01\n\x0c\x45rodeRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x33\n\nparameters\x18\x03 \x01(\x0b\x32\x1f.rsgrpc.v1.MorphologyParameters\x12%\n\x06output\x18\x04 \x01(\x0b\x32\x15.rsgrpc.v1.ToolOutput\"e\n\x10MorphologyOutput\x12$\n\x05input\x18\x01 \x01(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12\x16\n\x0epixels_changed\x18\x03 \x01(\x03\">\n\x0e\x44ilateResponse\x12,\n\x07outputs\x18\x01 \x03(\x0b\x32\x1b.rsgrpc.v1.MorphologyOutput\"=\n\rErodeResponse\x12,\n\x07outputs\x18\x01 \x03(\x0b\x32\x1b.rsgrpc.v1.MorphologyOutput*\xd2\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x12\n\x0e\x44\x41TA_TYPE_INT8\x10\x02\x12\x14\n\x10\x44\x41TA_TYPE_UINT16\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_INT16\x10\x04\x12\x14\n\x10\x44\x41TA_TYPE_UINT32\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x06\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x07\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x08*\x84\x01\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x17\n\x13\x43OMPRESSION_DEFLATE\x10\x02\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x03\x12\x13\n\x0f\x43OMPRESSION_LZW\x10\x04*\x99\x01\n\x12\x42\x61ndCalcNodataMask\x12%\n!BAND_CALC_NODATA_MASK_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42\x41ND_CALC_NODATA_MASK_ANY\x10\x01\x12\x1d\n\x19\x42\x41ND_CALC_NODATA_MASK_ALL\x10\x02\x12\x1e\n\x1a\x42\x41ND_CALC_NODATA_MASK_NONE\x10\x03*T\n\x0c\x43onnectivity\x12\x1c\n\x18\x43ONNECTIVITY_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43ONNECTIVITY_4\x10\x01\x12\x12\n\x0e\x43ONNECTIVITY_8\x10\x02*\xbb\x01\n\x10MorphologyFilter\x12!\n\x1dMORPHOLOGY_FILTER_UNSPECIFIED\x10\x00\x12 \n\x1cMORPHOLOGY_FILTER_VALUE_LIST\x10\x01\x12\x1a\n\x16MORPHOLOGY_FILTER_GREY\x10\x02\x12\"\n\x1eMORPHOLOGY_FILTER_GREY_CLOSING\x10\x03\x12\"\n\x1eMORPHOLOGY_FILTER_GREY_OPENING\x10\x04\x32\xbb\x03\n\rRasterService\x12o\n\x08\x42\x61ndCalc\x12\x1a.rsgrpc.v1.BandCalcRequest\x1a\x1d.google.longrunning.Operation\"(\xca\x41%\n\x10\x42\x61ndCalcResponse\x12\x11OperationMetadata\x12\x66\n\x05Sieve\x12\x17.rsgrpc.v1.SieveRequest\x1a\x1d.google.longrunning.Operation\"%\xca\x41\"\n\rSieveResponse\x12\x11OperationMetadata\x12i\n\x06\x44ilate\x12\x18.rsgrpc.v1.DilateRequest\x1a\x1d.google.longrunning.Operation\"&\xca\x41#\n\x0e\x44ilateResponse\x12\x11OperationMetadata\x12\x66\n\x05\x45rode\x12\x17.rsgrpc.v1.ErodeRequest\x1a\x1d.google.longrunning.Operation\"%\xca\x41\"\n\rErodeResponse\x12\x11OperationMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rsgrpc/v1/raster.proto\x12\trsgrpc.v1\x1a#google/longrunning/operations.proto\x1a\x17rsgrpc/v1/bandset.proto\"7\n\x0bRasterInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nd\x18\x03 \x01(\x05\"w\n\rOutputOptions\x12+\n\x0b\x63ompression\x18\x01 \x01(\x0e\x32\x16.rsgrpc.v1.Compression\x12\r\n\x05level\x18\x02 \x01(\x05\x12\x11\n\tpredictor\x18\x03 \x01(\x05\x12\x17\n\x0f\x63loud_optimized\x18\x04 \x01(\x08\"\xdc\x06\n\x0f\x42\x61ndCalcRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\x12&\n\x06inputs\x18\x03 \x03(\x0b\x32\x16.rsgrpc.v1.RasterInput\x12\x13\n\x0boutput_path\x18\x04 \x01(\t\x12\x11\n\toverwrite\x18\x05 \x01(\x08\x12-\n\x10output_data_type\x18\x06 \x01(\x0e\x32\x13.rsgrpc.v1.DataType\x12\x1a\n\routput_nodata\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x30\n\x0eoutput_options\x18\x08 \x01(\x0b\x32\x18.rsgrpc.v1.OutputOptions\x12\x16\n\x0e\x62\x61ndset_number\x18\t \x01(\x05\x12\x15\n\rinput_bandset\x18\n \x01(\x05\x12\x16\n\x0evirtual_output\x18\x0b \x01(\x08\x12+\n\x0e\x63\x61lc_data_type\x18\x0c \x01(\x0e\x32\x13.rsgrpc.v1.DataType\x12\x32\n\x0bnodata_mask\x18\r \x01(\x0e\x32\x1d.rsgrpc.v1.BandCalcNodataMask\x12\x1d\n\x15input_nodata_as_value\x18\x0e \x01(\x08\x12\x1c\n\x0fvalue_as_nodata\x18\x0f \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0coutput_scale\x18\x10 \x01(\x01H\x02\x88\x01\x01\x12\x1a\n\routput_offset\x18\x11 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x0c\x65xtent_union\x18\x12 \x01(\x08\x12!\n\x06\x65xtent\x18\x13 \x01(\x0b\x32\x11.rsgrpc.v1.Extent\x12\x1a\n\x12\x65xtent_raster_path\x18\x14 \x01(\t\x12\x19\n\x11\x61lign_raster_path\x18\x15 \x01(\t\x12\x19\n\x0cpixel_size_x\x18\x16 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cpixel_size_y\x18\x17 \x01(\x01H\x05\x88\x01\x01\x12*\n\x0einline_bandset\x18\x18 \x01(\x0b\x32\x12.rsgrpc.v1.BandSetB\x10\n\x0e_output_nodataB\x12\n\x10_value_as_nodataB\x0f\n\r_output_scaleB\x10\n\x0e_output_offsetB\x0f\n\r_pixel_size_xB\x0f\n\r_pixel_size_y\"B\n\x06\x45xtent\x12\x0c\n\x04left\x18\x01 \x01(\x01\x12\x0b\n\x03top\x18\x02 \x01(\x01\x12\r\n\x05right\x18\x03 \x01(\x01\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x01\"\x93\x01\n\x0e\x42\x61ndStatistics\x12\x19\n\x11valid_pixel_count\x18\x01 \x01(\x03\x12\x1a\n\x12nodata_pixel_count\x18\x02 \x01(\x03\x12\x0f\n\x07minimum\x18\x03 \x01(\x01\x12\x0f\n\x07maximum\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x01(\x01\x12\x1a\n\x12standard_deviation\x18\x06 \x01(\x01\"p\n\x0e\x42\x61ndCalcOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12-\n\nstatistics\x18\x03 \x01(\x0b\x32\x19.rsgrpc.v1.BandStatistics\x12\x0c\n\x04line\x18\x04 \x01(\x05\"\x82\x01\n\x10\x42\x61ndCalcResponse\x12\x13\n\x0boutput_path\x18\x01 \x01(\t\x12-\n\nstatistics\x18\x02 \x01(\x0b\x32\x19.rsgrpc.v1.BandStatistics\x12*\n\x07outputs\x18\x03 \x03(\x0b\x32\x19.rsgrpc.v1.BandCalcOutput\"(\n\nRasterBand\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61nd\x18\x02 \x01(\x05\"\x80\x01\n\nToolOutput\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\toverwrite\x18\x03 \x01(\x08\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.rsgrpc.v1.OutputOptions\x12\x16\n\x0evirtual_output\x18\x05 \x01(\x08\"\xaa\x01\n\x0cSieveRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x0c\n\x04size\x18\x03 \x01(\x05\x12-\n\x0c\x63onnectivity\x18\x04 \x01(\x0e\x32\x17.rsgrpc.v1.Connectivity\x12%\n\x06output\x18\x05 \x01(\x0b\x32\x15.rsgrpc.v1.ToolOutput\"y\n\x0bSieveOutput\x12$\n\x05input\x18\x01 \x01(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12\x17\n\x0fregions_changed\x18\x03 \x01(\x03\x12\x16\n\x0epixels_changed\x18\x04 \x01(\x03\"8\n\rSieveResponse\x12\'\n\x07outputs\x18\x01 \x03(\x0b\x32\x16.rsgrpc.v1.SieveOutput\"\x81\x01\n\x14MorphologyParameters\x12+\n\x06\x66ilter\x18\x01 \x01(\x0e\x32\x1b.rsgrpc.v1.MorphologyFilter\x12\x12\n\nvalue_list\x18\x02 \x03(\x01\x12\x0c\n\x04size\x18\x03 \x01(\x05\x12\x1a\n\x12\x63ircular_structure\x18\x04 \x01(\x08\"\xa3\x01\n\rDilateRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x33\n\nparameters\x18\x03 \x01(\x0b\x32\x1f.rsgrpc.v1.MorphologyParameters\x12%\n\x06output\x18\x04 \x01(\x0b\x32\x15.rsgrpc.v1.ToolOutput\"\xa2\x01\n\x0c\x45rodeRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x33\n\nparameters\x18\x03 \x01(\x0b\x32\x1f.rsgrpc.v1.MorphologyParameters\x12%\n\x06output\x18\x04 \x01(\x0b\x32\x15.rsgrpc.v1.ToolOutput\"e\n\x10MorphologyOutput\x12$\n\x05input\x18\x01 \x01(\x0b\x32\x15.rsgrpc.v1.RasterBand\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\x12\x16\n\x0epixels_changed\x18\x03 \x01(\x03\">\n\x0e\x44ilateResponse\x12,\n\x07outputs\x18\x01 \x03(\x0b\x32\x1b.rsgrpc.v1.MorphologyOutput\"=\n\rErodeResponse\x12,\n\x07outputs\x18\x01 \x03(\x0b\x32\x1b.rsgrpc.v1.MorphologyOutput*\xd2\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x12\n\x0e\x44\x41TA_TYPE_INT8\x10\x02\x12\x14\n\x10\x44\x41TA_TYPE_UINT16\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_INT16\x10\x04\x12\x14\n\x10\x44\x41TA_TYPE_UINT32\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x06\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x07\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x08*\x84\x01\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x17\n\x13\x43OMPRESSION_DEFLATE\x10\x02\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x03\x12\x13\n\x0f\x43OMPRESSION_LZW\x10\x04*\x99\x01\n\x12\x42\x61ndCalcNodataMask\x12%\n!BAND_CALC_NODATA_MASK_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42\x41ND_CALC_NODATA_MASK_ANY\x10\x01\x12\x1d\n\x19\x42\x41ND_CALC_NODATA_MASK_ALL\x10\x02\x12\x1e\n\x1a\x42\x41ND_CALC_NODATA_MASK_NONE\x10\x03*T\n\x0c\x43onnectivity\x12\x1c\n\x18\x43ONNECTIVITY_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43ONNECTIVITY_4\x10\x01\x12\x12\n\x0e\x43ONNECTIVITY_8\x10\x02*\xbb\x01\n\x10MorphologyFilter\x12!\n\x1dMORPHOLOGY_FILTER_UNSPECIFIED\x10\x00\x12 \n\x1cMORPHOLOGY_FILTER_VALUE_LIST\x10\x01\x12\x1a\n\x16MORPHOLOGY_FILTER_GREY\x10\x02\x12\"\n\x1eMORPHOLOGY_FILTER_GREY_CLOSING\x10\x03\x12\"\n\x1eMORPHOLOGY_FILTER_GREY_OPENING\x10\x04\x32\xbb\x03\n\rRasterService\x12o\n\x08\x42\x61ndCalc\x12\x1a.rsgrpc.v1.BandCalcRequest\x1a\x1d.google.longrunning.Operation\"(\xca\x41%\n\x10\x42\x61ndCalcResponse\x12\x11OperationMetadata\x12\x66\n\x05Sieve\x12\x17.rsgrpc.v1.SieveRequest\x1a\x1d.google.longrunning.Operation\"%\xca\x41\"\n\rSieveResponse\x12\x11OperationMetadata\x12i\n\x06\x44ilate\x12\x18.rsgrpc.v1.DilateRequest\x1a\x1d.google.longrunning.Operation\"&\xca\x41#\n\x0e\x44ilateResponse\x12\x11OperationMetadata\x12\x66\n\x05\x45rode\x12\x17.rsgrpc.v1.ErodeRequest\x1a\x1d.google.longrunning.Operation\"%\xca\x41\"\n\rErodeResponse\x12\x11OperationMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,52 +41,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RASTERSERVICE'].methods_by_name['Dilate']._serialized_options = b'\312A#\n\016DilateResponse\022\021OperationMetadata'
   _globals['_RASTERSERVICE'].methods_by_name['Erode']._loaded_options = None
   _globals['_RASTERSERVICE'].methods_by_name['Erode']._serialized_options = b'\312A\"\n\rErodeResponse\022\021OperationMetadata'
-  _globals['_DATATYPE']._serialized_start=2757
-  _globals['_DATATYPE']._serialized_end=2967
-  _globals['_COMPRESSION']._serialized_start=2970
-  _globals['_COMPRESSION']._serialized_end=3102
-  _globals['_BANDCALCNODATAMASK']._serialized_start=3105
-  _globals['_BANDCALCNODATAMASK']._serialized_end=3258
-  _globals['_CONNECTIVITY']._serialized_start=3260
-  _globals['_CONNECTIVITY']._serialized_end=3344
-  _globals['_MORPHOLOGYFILTER']._serialized_start=3347
-  _globals['_MORPHOLOGYFILTER']._serialized_end=3534
-  _globals['_RASTERINPUT']._serialized_start=74
-  _globals['_RASTERINPUT']._serialized_end=129
-  _globals['_OUTPUTOPTIONS']._serialized_start=131
-  _globals['_OUTPUTOPTIONS']._serialized_end=250
-  _globals['_BANDCALCREQUEST']._serialized_start=253
-  _globals['_BANDCALCREQUEST']._serialized_end=1069
-  _globals['_EXTENT']._serialized_start=1071
-  _globals['_EXTENT']._serialized_end=1137
-  _globals['_BANDSTATISTICS']._serialized_start=1140
-  _globals['_BANDSTATISTICS']._serialized_end=1287
-  _globals['_BANDCALCOUTPUT']._serialized_start=1289
-  _globals['_BANDCALCOUTPUT']._serialized_end=1401
-  _globals['_BANDCALCRESPONSE']._serialized_start=1404
-  _globals['_BANDCALCRESPONSE']._serialized_end=1534
-  _globals['_RASTERBAND']._serialized_start=1536
-  _globals['_RASTERBAND']._serialized_end=1576
-  _globals['_TOOLOUTPUT']._serialized_start=1579
-  _globals['_TOOLOUTPUT']._serialized_end=1707
-  _globals['_SIEVEREQUEST']._serialized_start=1710
-  _globals['_SIEVEREQUEST']._serialized_end=1880
-  _globals['_SIEVEOUTPUT']._serialized_start=1882
-  _globals['_SIEVEOUTPUT']._serialized_end=2003
-  _globals['_SIEVERESPONSE']._serialized_start=2005
-  _globals['_SIEVERESPONSE']._serialized_end=2061
-  _globals['_MORPHOLOGYPARAMETERS']._serialized_start=2064
-  _globals['_MORPHOLOGYPARAMETERS']._serialized_end=2193
-  _globals['_DILATEREQUEST']._serialized_start=2196
-  _globals['_DILATEREQUEST']._serialized_end=2359
-  _globals['_ERODEREQUEST']._serialized_start=2362
-  _globals['_ERODEREQUEST']._serialized_end=2524
-  _globals['_MORPHOLOGYOUTPUT']._serialized_start=2526
-  _globals['_MORPHOLOGYOUTPUT']._serialized_end=2627
-  _globals['_DILATERESPONSE']._serialized_start=2629
-  _globals['_DILATERESPONSE']._serialized_end=2691
-  _globals['_ERODERESPONSE']._serialized_start=2693
-  _globals['_ERODERESPONSE']._serialized_end=2754
-  _globals['_RASTERSERVICE']._serialized_start=3537
-  _globals['_RASTERSERVICE']._serialized_end=3980
+  _globals['_DATATYPE']._serialized_start=2826
+  _globals['_DATATYPE']._serialized_end=3036
+  _globals['_COMPRESSION']._serialized_start=3039
+  _globals['_COMPRESSION']._serialized_end=3171
+  _globals['_BANDCALCNODATAMASK']._serialized_start=3174
+  _globals['_BANDCALCNODATAMASK']._serialized_end=3327
+  _globals['_CONNECTIVITY']._serialized_start=3329
+  _globals['_CONNECTIVITY']._serialized_end=3413
+  _globals['_MORPHOLOGYFILTER']._serialized_start=3416
+  _globals['_MORPHOLOGYFILTER']._serialized_end=3603
+  _globals['_RASTERINPUT']._serialized_start=99
+  _globals['_RASTERINPUT']._serialized_end=154
+  _globals['_OUTPUTOPTIONS']._serialized_start=156
+  _globals['_OUTPUTOPTIONS']._serialized_end=275
+  _globals['_BANDCALCREQUEST']._serialized_start=278
+  _globals['_BANDCALCREQUEST']._serialized_end=1138
+  _globals['_EXTENT']._serialized_start=1140
+  _globals['_EXTENT']._serialized_end=1206
+  _globals['_BANDSTATISTICS']._serialized_start=1209
+  _globals['_BANDSTATISTICS']._serialized_end=1356
+  _globals['_BANDCALCOUTPUT']._serialized_start=1358
+  _globals['_BANDCALCOUTPUT']._serialized_end=1470
+  _globals['_BANDCALCRESPONSE']._serialized_start=1473
+  _globals['_BANDCALCRESPONSE']._serialized_end=1603
+  _globals['_RASTERBAND']._serialized_start=1605
+  _globals['_RASTERBAND']._serialized_end=1645
+  _globals['_TOOLOUTPUT']._serialized_start=1648
+  _globals['_TOOLOUTPUT']._serialized_end=1776
+  _globals['_SIEVEREQUEST']._serialized_start=1779
+  _globals['_SIEVEREQUEST']._serialized_end=1949
+  _globals['_SIEVEOUTPUT']._serialized_start=1951
+  _globals['_SIEVEOUTPUT']._serialized_end=2072
+  _globals['_SIEVERESPONSE']._serialized_start=2074
+  _globals['_SIEVERESPONSE']._serialized_end=2130
+  _globals['_MORPHOLOGYPARAMETERS']._serialized_start=2133
+  _globals['_MORPHOLOGYPARAMETERS']._serialized_end=2262
+  _globals['_DILATEREQUEST']._serialized_start=2265
+  _globals['_DILATEREQUEST']._serialized_end=2428
+  _globals['_ERODEREQUEST']._serialized_start=2431
+  _globals['_ERODEREQUEST']._serialized_end=2593
+  _globals['_MORPHOLOGYOUTPUT']._serialized_start=2595
+  _globals['_MORPHOLOGYOUTPUT']._serialized_end=2696
+  _globals['_DILATERESPONSE']._serialized_start=2698
+  _globals['_DILATERESPONSE']._serialized_end=2760
+  _globals['_ERODERESPONSE']._serialized_start=2762
+  _globals['_ERODERESPONSE']._serialized_end=2823
+  _globals['_RASTERSERVICE']._serialized_start=3606
+  _globals['_RASTERSERVICE']._serialized_end=4049
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from rsgrpc.v1 import bandset_pb2 as _bandset_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -277,6 +278,7 @@ class BandCalcRequest(_message.Message):
     ALIGN_RASTER_PATH_FIELD_NUMBER: _builtins.int
     PIXEL_SIZE_X_FIELD_NUMBER: _builtins.int
     PIXEL_SIZE_Y_FIELD_NUMBER: _builtins.int
+    INLINE_BANDSET_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     expression: _builtins.str
@@ -399,6 +401,32 @@ class BandCalcRequest(_message.Message):
         `align_raster_path`, moved to that raster's pixel lines.
         """
 
+    @_builtins.property
+    def inline_bandset(self) -> _bandset_pb2.BandSet:
+        """A band set given in the request rather than named in the session's
+        catalog, as Remotior's `input_bands` given a BandSet object (one made by
+        `rs.bandset.create`). It is never added to the catalog, and the catalog
+        is not changed by the call. When set, it is the band set that
+        `input_bandset` and `bandset_number` would name, and both must be 0:
+        `"b1"`, `"b*"`, `"bandset#b1"`, `"bandset#b*"`, the spectral and
+        expression aliases (`"#NIR#"`, `"#NDVI#"`) and `#BANDSET#` (its
+        `display_name`, in a name, or the folder of its first band) read it, as
+        Remotior reads the BandSet it is given. References by number
+        (`"bandset2b1"`, `"bandset*b1"`, `"bandset{1:3}b1"`) and `@ name%2` read
+        the catalog, which does not hold this band set (Remotior, given a
+        BandSet, reads no catalog); an iteration (`forbandsets`,
+        `forbandsinbandset`) and `%#` need a band set of the catalog and are
+        INVALID_ARGUMENT.
+
+        It is checked as CreateBandSet checks a band set: every band's file is
+        confined to the data roots (PERMISSION_DENIED outside them), opened and
+        described on the server, and all are on one grid; the sizes, CRS, pixel
+        type and nodata given in its bands are not used. Each band it reads is
+        then opened as any input. Its bands are read in the order given, with
+        the wavelengths given; `name`, `sensor`, `current` and `bandset_number`
+        are not used.
+        """
+
     def __init__(
         self,
         *,
@@ -425,10 +453,11 @@ class BandCalcRequest(_message.Message):
         align_raster_path: _builtins.str = ...,
         pixel_size_x: _builtins.float | None = ...,
         pixel_size_y: _builtins.float | None = ...,
+        inline_bandset: _bandset_pb2.BandSet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_pixel_size_x", b"_pixel_size_x", "_pixel_size_y", b"_pixel_size_y", "_value_as_nodata", b"_value_as_nodata", "extent", b"extent", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_scale", b"output_scale", "pixel_size_x", b"pixel_size_x", "pixel_size_y", b"pixel_size_y", "value_as_nodata", b"value_as_nodata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_pixel_size_x", b"_pixel_size_x", "_pixel_size_y", b"_pixel_size_y", "_value_as_nodata", b"_value_as_nodata", "extent", b"extent", "inline_bandset", b"inline_bandset", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_scale", b"output_scale", "pixel_size_x", b"pixel_size_x", "pixel_size_y", b"pixel_size_y", "value_as_nodata", b"value_as_nodata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_pixel_size_x", b"_pixel_size_x", "_pixel_size_y", b"_pixel_size_y", "_value_as_nodata", b"_value_as_nodata", "align_raster_path", b"align_raster_path", "bandset_number", b"bandset_number", "calc_data_type", b"calc_data_type", "expression", b"expression", "extent", b"extent", "extent_raster_path", b"extent_raster_path", "extent_union", b"extent_union", "input_bandset", b"input_bandset", "input_nodata_as_value", b"input_nodata_as_value", "inputs", b"inputs", "nodata_mask", b"nodata_mask", "output_data_type", b"output_data_type", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_path", b"output_path", "output_scale", b"output_scale", "overwrite", b"overwrite", "pixel_size_x", b"pixel_size_x", "pixel_size_y", b"pixel_size_y", "session", b"session", "value_as_nodata", b"value_as_nodata", "virtual_output", b"virtual_output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata", "_output_offset", b"_output_offset", "_output_scale", b"_output_scale", "_pixel_size_x", b"_pixel_size_x", "_pixel_size_y", b"_pixel_size_y", "_value_as_nodata", b"_value_as_nodata", "align_raster_path", b"align_raster_path", "bandset_number", b"bandset_number", "calc_data_type", b"calc_data_type", "expression", b"expression", "extent", b"extent", "extent_raster_path", b"extent_raster_path", "extent_union", b"extent_union", "inline_bandset", b"inline_bandset", "input_bandset", b"input_bandset", "input_nodata_as_value", b"input_nodata_as_value", "inputs", b"inputs", "nodata_mask", b"nodata_mask", "output_data_type", b"output_data_type", "output_nodata", b"output_nodata", "output_offset", b"output_offset", "output_options", b"output_options", "output_path", b"output_path", "output_scale", b"output_scale", "overwrite", b"overwrite", "pixel_size_x", b"pixel_size_x", "pixel_size_y", b"pixel_size_y", "session", b"session", "value_as_nodata", b"value_as_nodata", "virtual_output", b"virtual_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__output_nodata: _TypeAlias = _typing.Literal["output_nodata"]  # noqa: Y015
     _WhichOneofArgType__output_nodata: _TypeAlias = _typing.Literal["_output_nodata", b"_output_nodata"]  # noqa: Y015
