@@ -24,6 +24,7 @@ folder: the script's machine cannot tell which the server's path is.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import uuid
@@ -49,6 +50,22 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _FOLDER_DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 
 
+def _placement(band: bandset_pb2.Band) -> dict[str, float]:
+    """Remotior's fields of where a band lies: pixel size and bounds, from its geotransform
+    (a north-up raster's; NaN for a band the server did not place)."""
+    if len(band.geo_transform) != 6:
+        return dict.fromkeys(("x_size", "y_size", "top", "left", "bottom", "right"), math.nan)
+    left, x_size, _, top, _, y_step = band.geo_transform
+    return {
+        "x_size": x_size,
+        "y_size": abs(y_step),
+        "top": top,
+        "left": left,
+        "bottom": top + y_step * band.height,
+        "right": left + x_size * band.width,
+    }
+
+
 @dataclass
 class Band:
     """One band, with the fields of a row of Remotior's band table that the server
@@ -65,6 +82,12 @@ class Band:
     multiplicative_factor: float
     additive_factor: float
     date: str
+    x_size: float
+    y_size: float
+    top: float
+    left: float
+    bottom: float
+    right: float
     x_count: int
     y_count: int
     crs: str
@@ -184,6 +207,7 @@ class BandSet:
                 multiplicative_factor=b.multiplicative_factor,
                 additive_factor=b.additive_factor,
                 date=b.date or None,
+                **_placement(b),
                 x_count=b.width,
                 y_count=b.height,
                 crs=b.crs,

@@ -396,7 +396,6 @@ BAND_CALC = MethodSpec(
             "#BANDSET# (bandset_number is then not used, as in Remotior), while bandset2b1 "
             "still reads the catalog (Remotior, given a BandSet, reads no catalog)",
         ),
-        "point_coordinates": Note("not yet", "a value at a point is not served yet"),
         "device": Note("not applicable", "the server chooses how it computes (CPU)"),
     },
 )

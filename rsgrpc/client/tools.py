@@ -265,6 +265,26 @@ def _inline_bandset(value: Any, session: Session) -> Any:
     return given_bandset(value.message)
 
 
+def _point_extent(point: Any, input_bands: Any, session: Session) -> raster_pb2.Extent:
+    """Remotior's `point_coordinates` [x, y]: the extent of the pixel of the input band
+    set's first band that holds the point, found as Remotior finds it."""
+    from rsgrpc.client.bandsets import BandSet
+
+    values = list(point)
+    if len(values) != 2:
+        raise Refusal(f"point_coordinates must be [x, y], got {point!r}")
+    x, y = (float(v) for v in values)
+    bandset = input_bands
+    if not isinstance(bandset, BandSet):
+        bandset = session.bandset_catalog.get_bandset(_bandset_number(bandset, "input_bands"))
+    if bandset is None or not bandset.bands:
+        raise Refusal("point_coordinates: the input band set has no bands")
+    band = bandset.bands[0]
+    left = band.left + int((x - band.left) / band.x_size) * band.x_size
+    top = band.top - int((band.top - y) / band.y_size) * band.y_size
+    return raster_pb2.Extent(left=left, top=top, right=left + band.x_size, bottom=top - band.y_size)
+
+
 def _is_band_list(value: tuple) -> bool:
     """Whether a tuple lists bands rather than being one (path, band) pair."""
     return not (len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int))
@@ -408,6 +428,9 @@ class RasterTools:
                 request.input_bandset = _bandset_number(a["input_bands"], "input_bands", self)
         _calc_options(request, a)
         _grid_options(request, a)
+        if a["point_coordinates"] is not None and a["input_bands"] is not None:
+            point = _point_extent(a["point_coordinates"], a["input_bands"], self)
+            request.extent.CopyFrom(point)
         return self._run(
             "band calc",
             lambda: self._raster.BandCalc(request, metadata=self._metadata),

@@ -214,6 +214,7 @@ class Band:
     crs: str
     data_type: str
     nodata: float | None
+    transform: tuple[float, ...]  # rasterio's affine order: a, b, c, d, e, f
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,7 @@ def build_bands(
                     crs=info.crs,
                     data_type=info.dtype,
                     nodata=info.nodata,
+                    transform=tuple(info.transform[:6]),
                 )
             )
             infos.append(info)

@@ -28,6 +28,12 @@ _UPDATABLE = ("display_name", "date", "root_directory", "bands", "sensor", "curr
 _MAX_PAGE = 1000
 
 
+def _geo_transform(transform: tuple[float, ...]) -> list[float]:
+    """GDAL's geotransform of a rasterio affine (a, b, c, d, e, f)."""
+    a, b, c, d, e, f = transform
+    return [c, a, b, f, d, e]
+
+
 def band_to_proto(band: bandsets.Band, number: int) -> bandset_pb2.Band:
     message = bandset_pb2.Band(
         path=band.path,
@@ -44,6 +50,7 @@ def band_to_proto(band: bandsets.Band, number: int) -> bandset_pb2.Band:
         height=band.height,
         crs=band.crs,
         data_type=band.data_type,
+        geo_transform=_geo_transform(band.transform),
     )
     if band.nodata is not None:
         message.nodata = band.nodata

@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rsgrpc/v1/bandset.proto\x12\trsgrpc.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"\xa7\x03\n\x04\x42\x61nd\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0braster_band\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\nwavelength\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0fwavelength_unit\x18\x05 \x01(\t\x12\"\n\x15multiplicative_factor\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1c\n\x0f\x61\x64\x64itive_factor\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04\x64\x61te\x18\x08 \x01(\t\x12\x19\n\x0b\x62\x61nd_number\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x17\n\tdata_path\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05width\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06height\x18\x0c \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x11\n\x03\x63rs\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tdata_type\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x06nodata\x18\x0f \x01(\x01\x42\x04\xe2\x41\x01\x03H\x03\x88\x01\x01\x42\r\n\x0b_wavelengthB\x18\n\x16_multiplicative_factorB\x12\n\x10_additive_factorB\t\n\x07_nodata\"\xb8\x01\n\x07\x42\x61ndSet\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x03 \x01(\t\x12\x16\n\x0eroot_directory\x18\x04 \x01(\t\x12\x1e\n\x05\x62\x61nds\x18\x05 \x03(\x0b\x32\x0f.rsgrpc.v1.Band\x12\x0e\n\x06sensor\x18\x06 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x07 \x01(\x08\x12\x1c\n\x0e\x62\x61ndset_number\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\"\xaf\x01\n\x14\x43reateBandSetRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\x07\x62\x61ndset\x18\x02 \x01(\x0b\x32\x12.rsgrpc.v1.BandSet\x12\x16\n\x0e\x62\x61ndset_number\x18\x03 \x01(\x05\x12\x0e\n\x06insert\x18\x04 \x01(\x08\x12\x0e\n\x06\x66older\x18\x05 \x01(\t\x12\x13\n\x0bname_filter\x18\x06 \x01(\t\x12\x15\n\rvalidate_only\x18\x07 \x01(\x08\"!\n\x11GetBandSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"L\n\x13ListBandSetsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x14ListBandSetsResponse\x12$\n\x08\x62\x61ndsets\x18\x01 \x03(\x0b\x32\x12.rsgrpc.v1.BandSet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n\x14UpdateBandSetRequest\x12#\n\x07\x62\x61ndset\x18\x01 \x01(\x0b\x32\x12.rsgrpc.v1.BandSet\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"$\n\x14\x44\x65leteBandSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xf7\x02\n\x0e\x42\x61ndSetService\x12\x44\n\rCreateBandSet\x12\x1f.rsgrpc.v1.CreateBandSetRequest\x1a\x12.rsgrpc.v1.BandSet\x12>\n\nGetBandSet\x12\x1c.rsgrpc.v1.GetBandSetRequest\x1a\x12.rsgrpc.v1.BandSet\x12O\n\x0cListBandSets\x12\x1e.rsgrpc.v1.ListBandSetsRequest\x1a\x1f.rsgrpc.v1.ListBandSetsResponse\x12\x44\n\rUpdateBandSet\x12\x1f.rsgrpc.v1.UpdateBandSetRequest\x1a\x12.rsgrpc.v1.BandSet\x12H\n\rDeleteBandSet\x12\x1f.rsgrpc.v1.DeleteBandSetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rsgrpc/v1/bandset.proto\x12\trsgrpc.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"\xc4\x03\n\x04\x42\x61nd\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0braster_band\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\nwavelength\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0fwavelength_unit\x18\x05 \x01(\t\x12\"\n\x15multiplicative_factor\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1c\n\x0f\x61\x64\x64itive_factor\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04\x64\x61te\x18\x08 \x01(\t\x12\x19\n\x0b\x62\x61nd_number\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x17\n\tdata_path\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05width\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06height\x18\x0c \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x11\n\x03\x63rs\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tdata_type\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x06nodata\x18\x0f \x01(\x01\x42\x04\xe2\x41\x01\x03H\x03\x88\x01\x01\x12\x1b\n\rgeo_transform\x18\x10 \x03(\x01\x42\x04\xe2\x41\x01\x03\x42\r\n\x0b_wavelengthB\x18\n\x16_multiplicative_factorB\x12\n\x10_additive_factorB\t\n\x07_nodata\"\xb8\x01\n\x07\x42\x61ndSet\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x03 \x01(\t\x12\x16\n\x0eroot_directory\x18\x04 \x01(\t\x12\x1e\n\x05\x62\x61nds\x18\x05 \x03(\x0b\x32\x0f.rsgrpc.v1.Band\x12\x0e\n\x06sensor\x18\x06 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x07 \x01(\x08\x12\x1c\n\x0e\x62\x61ndset_number\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\"\xaf\x01\n\x14\x43reateBandSetRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\x07\x62\x61ndset\x18\x02 \x01(\x0b\x32\x12.rsgrpc.v1.BandSet\x12\x16\n\x0e\x62\x61ndset_number\x18\x03 \x01(\x05\x12\x0e\n\x06insert\x18\x04 \x01(\x08\x12\x0e\n\x06\x66older\x18\x05 \x01(\t\x12\x13\n\x0bname_filter\x18\x06 \x01(\t\x12\x15\n\rvalidate_only\x18\x07 \x01(\x08\"!\n\x11GetBandSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"L\n\x13ListBandSetsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x14ListBandSetsResponse\x12$\n\x08\x62\x61ndsets\x18\x01 \x03(\x0b\x32\x12.rsgrpc.v1.BandSet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n\x14UpdateBandSetRequest\x12#\n\x07\x62\x61ndset\x18\x01 \x01(\x0b\x32\x12.rsgrpc.v1.BandSet\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"$\n\x14\x44\x65leteBandSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xf7\x02\n\x0e\x42\x61ndSetService\x12\x44\n\rCreateBandSet\x12\x1f.rsgrpc.v1.CreateBandSetRequest\x1a\x12.rsgrpc.v1.BandSet\x12>\n\nGetBandSet\x12\x1c.rsgrpc.v1.GetBandSetRequest\x1a\x12.rsgrpc.v1.BandSet\x12O\n\x0cListBandSets\x12\x1e.rsgrpc.v1.ListBandSetsRequest\x1a\x1f.rsgrpc.v1.ListBandSetsResponse\x12\x44\n\rUpdateBandSet\x12\x1f.rsgrpc.v1.UpdateBandSetRequest\x1a\x12.rsgrpc.v1.BandSet\x12H\n\rDeleteBandSet\x12\x1f.rsgrpc.v1.DeleteBandSetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,26 +48,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BAND'].fields_by_name['data_type']._serialized_options = b'\342A\001\003'
   _globals['_BAND'].fields_by_name['nodata']._loaded_options = None
   _globals['_BAND'].fields_by_name['nodata']._serialized_options = b'\342A\001\003'
+  _globals['_BAND'].fields_by_name['geo_transform']._loaded_options = None
+  _globals['_BAND'].fields_by_name['geo_transform']._serialized_options = b'\342A\001\003'
   _globals['_BANDSET'].fields_by_name['name']._loaded_options = None
   _globals['_BANDSET'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_BANDSET'].fields_by_name['bandset_number']._loaded_options = None
   _globals['_BANDSET'].fields_by_name['bandset_number']._serialized_options = b'\342A\001\003'
   _globals['_BAND']._serialized_start=135
-  _globals['_BAND']._serialized_end=558
-  _globals['_BANDSET']._serialized_start=561
-  _globals['_BANDSET']._serialized_end=745
-  _globals['_CREATEBANDSETREQUEST']._serialized_start=748
-  _globals['_CREATEBANDSETREQUEST']._serialized_end=923
-  _globals['_GETBANDSETREQUEST']._serialized_start=925
-  _globals['_GETBANDSETREQUEST']._serialized_end=958
-  _globals['_LISTBANDSETSREQUEST']._serialized_start=960
-  _globals['_LISTBANDSETSREQUEST']._serialized_end=1036
-  _globals['_LISTBANDSETSRESPONSE']._serialized_start=1038
-  _globals['_LISTBANDSETSRESPONSE']._serialized_end=1123
-  _globals['_UPDATEBANDSETREQUEST']._serialized_start=1125
-  _globals['_UPDATEBANDSETREQUEST']._serialized_end=1233
-  _globals['_DELETEBANDSETREQUEST']._serialized_start=1235
-  _globals['_DELETEBANDSETREQUEST']._serialized_end=1271
-  _globals['_BANDSETSERVICE']._serialized_start=1274
-  _globals['_BANDSETSERVICE']._serialized_end=1649
+  _globals['_BAND']._serialized_end=587
+  _globals['_BANDSET']._serialized_start=590
+  _globals['_BANDSET']._serialized_end=774
+  _globals['_CREATEBANDSETREQUEST']._serialized_start=777
+  _globals['_CREATEBANDSETREQUEST']._serialized_end=952
+  _globals['_GETBANDSETREQUEST']._serialized_start=954
+  _globals['_GETBANDSETREQUEST']._serialized_end=987
+  _globals['_LISTBANDSETSREQUEST']._serialized_start=989
+  _globals['_LISTBANDSETSREQUEST']._serialized_end=1065
+  _globals['_LISTBANDSETSRESPONSE']._serialized_start=1067
+  _globals['_LISTBANDSETSRESPONSE']._serialized_end=1152
+  _globals['_UPDATEBANDSETREQUEST']._serialized_start=1154
+  _globals['_UPDATEBANDSETREQUEST']._serialized_end=1262
+  _globals['_DELETEBANDSETREQUEST']._serialized_start=1264
+  _globals['_DELETEBANDSETREQUEST']._serialized_end=1300
+  _globals['_BANDSETSERVICE']._serialized_start=1303
+  _globals['_BANDSETSERVICE']._serialized_end=1678
 # @@protoc_insertion_point(module_scope)

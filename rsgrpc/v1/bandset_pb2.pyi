@@ -40,6 +40,7 @@ class Band(_message.Message):
     CRS_FIELD_NUMBER: _builtins.int
     DATA_TYPE_FIELD_NUMBER: _builtins.int
     NODATA_FIELD_NUMBER: _builtins.int
+    GEO_TRANSFORM_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path of a GeoTIFF: a data path (see `RasterInput.path`), or a path
     relative to the band set's `root_directory` when that is set.
@@ -74,6 +75,12 @@ class Band(_message.Message):
     """Pixel type of the band, as NumPy names it (`uint16`, `float32`, ...)."""
     nodata: _builtins.float
     """Nodata value of the band, when it has one."""
+    @_builtins.property
+    def geo_transform(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Where the raster lies: GDAL's geotransform (origin x, pixel width, row
+        rotation, origin y, column rotation, pixel height), six numbers.
+        """
+
     def __init__(
         self,
         *,
@@ -92,10 +99,11 @@ class Band(_message.Message):
         crs: _builtins.str = ...,
         data_type: _builtins.str = ...,
         nodata: _builtins.float | None = ...,
+        geo_transform: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_additive_factor", b"_additive_factor", "_multiplicative_factor", b"_multiplicative_factor", "_nodata", b"_nodata", "_wavelength", b"_wavelength", "additive_factor", b"additive_factor", "multiplicative_factor", b"multiplicative_factor", "nodata", b"nodata", "wavelength", b"wavelength"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_additive_factor", b"_additive_factor", "_multiplicative_factor", b"_multiplicative_factor", "_nodata", b"_nodata", "_wavelength", b"_wavelength", "additive_factor", b"additive_factor", "band_number", b"band_number", "crs", b"crs", "data_path", b"data_path", "data_type", b"data_type", "date", b"date", "height", b"height", "multiplicative_factor", b"multiplicative_factor", "name", b"name", "nodata", b"nodata", "path", b"path", "raster_band", b"raster_band", "wavelength", b"wavelength", "wavelength_unit", b"wavelength_unit", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_additive_factor", b"_additive_factor", "_multiplicative_factor", b"_multiplicative_factor", "_nodata", b"_nodata", "_wavelength", b"_wavelength", "additive_factor", b"additive_factor", "band_number", b"band_number", "crs", b"crs", "data_path", b"data_path", "data_type", b"data_type", "date", b"date", "geo_transform", b"geo_transform", "height", b"height", "multiplicative_factor", b"multiplicative_factor", "name", b"name", "nodata", b"nodata", "path", b"path", "raster_band", b"raster_band", "wavelength", b"wavelength", "wavelength_unit", b"wavelength_unit", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__additive_factor: _TypeAlias = _typing.Literal["additive_factor"]  # noqa: Y015
     _WhichOneofArgType__additive_factor: _TypeAlias = _typing.Literal["_additive_factor", b"_additive_factor"]  # noqa: Y015
