@@ -60,9 +60,15 @@ class WarmCase:
         return f"{self.tool} {self.dtype} {self.options}".rstrip()
 
 
-def warm_cases() -> tuple[WarmCase, ...]:
-    """Every fixed kernel with every signature the engine uses, tool by tool."""
-    return (*_sieve_cases(), *_morphology_cases(), *_focal_cases(), *_band_calc_cases())
+def warm_cases(*tools: str) -> tuple[WarmCase, ...]:
+    """Every fixed kernel with every signature the engine uses, tool by tool: the cases
+    whose tool is in ``tools`` (names of `WARM_CASES`, as the server's tools declare the
+    kernels they call), by default all."""
+    unknown = sorted(set(tools) - set(WARM_CASES))
+    if unknown:
+        raise ValueError(f"no warm cases for {unknown}; known: {sorted(WARM_CASES)}")
+    makers = dict.fromkeys(WARM_CASES.values())  # each once, in order
+    return tuple(c for make in makers for c in make() if not tools or c.tool in tools)
 
 
 def fixed_kernels(*modules: ModuleType) -> dict[str, Dispatcher]:
@@ -247,3 +253,15 @@ def _band_calc(expression: Expression, dtype: str, method: str) -> np.ndarray:
             method=method,
         )
     return out
+
+
+# Who makes each tool's cases: the names the tools' declarations give the kernels they
+# call (``rsgrpc.tools``), and band calc's and the sieve's.
+WARM_CASES: Final[dict[str, Callable[[], Iterator[WarmCase]]]] = {
+    "sieve": _sieve_cases,
+    "dilation": _morphology_cases,
+    "erosion": _morphology_cases,
+    "grey": _morphology_cases,
+    "focal": _focal_cases,
+    "band-calc": _band_calc_cases,
+}

@@ -64,7 +64,11 @@ def _warm(args: argparse.Namespace) -> int:
     # numba reads NUMBA_CACHE_DIR when it is first imported: here, after it is set.
     from rsgrpc_kernels.warm import fixed_kernels, warm_cases
 
-    cases = [c for c in warm_cases() if not args.only or any(t in c.name for t in args.only)]
+    from rsgrpc.tools import RASTER_TOOLS
+
+    # Band calc and sieve, and the kernels each declared tool names.
+    tools = {"band-calc", "sieve", *(name for tool in RASTER_TOOLS for name in tool.warm)}
+    cases = [c for c in warm_cases(*tools) if not args.only or any(t in c.name for t in args.only)]
     if not cases:
         print(f"rsgrpc warm: no case matches {args.only}", file=sys.stderr)
         return 2
@@ -159,34 +163,67 @@ def _band_calc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tool(args: argparse.Namespace) -> int:
-    common = {
+def _band_tool_common(args: argparse.Namespace) -> dict:
+    """The arguments every band tool's command gives its method."""
+    return {
+        "input_bands": args.input,
         "output_path": args.output,
         "overwrite": args.overwrite,
         "prefix": args.prefix,
         "compression": args.compression,
     }
+
+
+def _sieve(args: argparse.Namespace) -> int:
     with _session(args) as session:
-        if args.command == "sieve":
-            result = session.band_sieve(
-                args.input, args.size, connected=args.connectivity == 8, **common
-            )
-        else:
-            tool = session.band_dilation if args.command == "dilate" else session.band_erosion
-            result = tool(
-                args.input,
-                args.value,
-                args.size,
-                circular_structure=args.circular,
-                filter=args.filter,
-                **common,
-            )
+        result = session.band_sieve(
+            size=args.size, connected=args.connectivity == 8, **_band_tool_common(args)
+        )
     if not result.check:
         return _failed(args.command, result)
     for output in result.grpc.response.outputs:
-        regions = f"{output.regions_changed} regions, " if args.command == "sieve" else ""
-        print(f"{output.output_path}: {regions}{output.pixels_changed} pixels changed")
+        print(
+            f"{output.output_path}: {output.regions_changed} regions, "
+            f"{output.pixels_changed} pixels changed"
+        )
     return 0
+
+
+def _declared_tool(args: argparse.Namespace) -> int:
+    """The command of a declared tool (`rsgrpc.tools`): its flags become the arguments of
+    the client's method of the same name."""
+    from rsgrpc.tools import raster_tool
+
+    tool = raster_tool(args.tool)
+    arguments = {flag.argument: getattr(args, flag.dest) for flag in tool.cli_flags}
+    with _session(args) as session:
+        result = getattr(session, tool.name)(**_band_tool_common(args), **arguments)
+    if not result.check:
+        return _failed(args.command, result)
+    for output in result.grpc.response.outputs:
+        print(f"{output.output_path}: {output.pixels_changed} pixels changed")
+    return 0
+
+
+def _add_band_tool_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every band tool's command takes: a new session's, inputs and outputs."""
+    _add_session_arguments(parser)
+    parser.add_argument(
+        "--input",
+        action="append",
+        type=_band,
+        required=True,
+        metavar="PATH[:BAND]",
+        help="an input band, relative to the data root; repeat for several",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="a .tif file for one input, else a directory for one output per input",
+    )
+    parser.add_argument("--prefix", default="", help="output file name prefix in a directory")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--compression", choices=["none", "deflate", "zstd", "lzw"])
 
 
 def _download_requests(path: str) -> list[dict]:
@@ -379,40 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
     calc.add_argument("--overwrite", action="store_true")
     calc.set_defaults(run=_band_calc)
 
-    for command, text in (
-        ("sieve", "replace regions smaller than --size pixels by their largest neighbour"),
-        ("dilate", "grow the --value classes (or a grey dilation) by --size pixels"),
-        ("erode", "shrink the --value classes (or a grey erosion) by --size pixels"),
-    ):
-        tool = commands.add_parser(command, help=f"{text}, in a new session")
-        _add_session_arguments(tool)
-        tool.add_argument(
-            "--input",
-            action="append",
-            type=_band,
-            required=True,
-            metavar="PATH[:BAND]",
-            help="an input band, relative to the data root; repeat for several",
-        )
-        tool.add_argument(
-            "--output",
-            required=True,
-            help="a .tif file for one input, else a directory for one output per input",
-        )
-        tool.add_argument("--prefix", default="", help="output file name prefix in a directory")
-        tool.add_argument("--size", type=int, required=True)
-        tool.add_argument("--overwrite", action="store_true")
-        tool.add_argument("--compression", choices=["none", "deflate", "zstd", "lzw"])
-        if command == "sieve":
-            tool.add_argument("--connectivity", type=int, choices=[4, 8], default=4)
-        else:
-            tool.add_argument("--value", type=float, action="append", default=[])
-            tool.add_argument("--circular", action="store_true", help="disk footprint")
-            composite = "closing" if command == "dilate" else "opening"
-            tool.add_argument(
-                "--filter", choices=["value_list", "grey", composite], default="value_list"
-            )
-        tool.set_defaults(run=_tool)
+    sieve = commands.add_parser(
+        "sieve",
+        help="replace regions smaller than --size pixels by their largest neighbour, "
+        "in a new session",
+    )
+    _add_band_tool_arguments(sieve)
+    sieve.add_argument("--size", type=int, required=True)
+    sieve.add_argument("--connectivity", type=int, choices=[4, 8], default=4)
+    sieve.set_defaults(run=_sieve)
+
+    from rsgrpc.tools import RASTER_TOOLS
+
+    for tool in RASTER_TOOLS:
+        command = commands.add_parser(tool.command, help=f"{tool.summary}, in a new session")
+        _add_band_tool_arguments(command)
+        for flag in tool.cli_flags:
+            command.add_argument(flag.flag, **flag.options)
+        command.set_defaults(run=_declared_tool, tool=tool.name)
 
     download = commands.add_parser(
         "download", help="download a batch of requests in a new session, with a progress bar"

@@ -417,6 +417,64 @@ BAND_SIEVE = MethodSpec(
 BAND_DILATION = _morphology_spec("band_dilation")
 BAND_EROSION = _morphology_spec("band_erosion")
 
+BAND_NEIGHBOR_PIXELS = MethodSpec(
+    "band_neighbor_pixels",
+    remotior=(
+        ("input_bands", REQUIRED),
+        ("size", REQUIRED),
+        ("output_path", None),
+        ("overwrite", False),
+        ("stat_name", None),
+        ("structure", None),
+        ("circular_structure", True),
+        ("stat_percentile", None),
+        ("output_data_type", None),
+        ("virtual_output", None),
+        *_BAND_TOOL_PARAMETERS_TAIL[:6],  # prefix ... bandset_catalog
+        ("progress_message", True),
+    ),
+    extensions=(("compression", None),),
+    notes={
+        **_BAND_TOOL_NOTES,
+        "size": Note(
+            "differs",
+            "the radius of the disk or of the square (2*size+1 wide), from 1 to 256 pixels; "
+            "not used with a structure",
+        ),
+        "stat_name": Note(
+            "differs",
+            "Count, Max, Mean, Median, Min, Percentile, StandardDeviation or Sum (any case), "
+            "each over the window's valid pixels: nodata pixels and pixels outside the raster "
+            "take no part, and a nodata pixel stays nodata (Remotior counts the nodata value "
+            "as a value, and its Max, Min, Median, Percentile and StandardDeviation give NaN "
+            "or other values near the edges); Count, Sum and Mean are exact (Remotior's come "
+            "from float32 FFT convolutions rounded to 6 decimals); Median and Percentile "
+            "are rank filters as Remotior's (the value at rank n // 2, or int(n * p / 100), "
+            "of the n valid values sorted)",
+        ),
+        "structure": Note(
+            "differs",
+            "a 0/1 matrix (rows, or a NumPy array) or the path of a structure file under the "
+            "data roots: a row a line or bracketed rows, values separated by commas or "
+            "spaces, read as numbers (Remotior evaluates each line as Python); odd numbers "
+            "of rows and columns; used as it is for every statistic (Remotior flips it for "
+            "Count, Mean and Sum)",
+        ),
+        "stat_percentile": Note(
+            "differs",
+            "made an integer as in Remotior; required by Percentile, from 0 to 100",
+        ),
+        "output_data_type": Note(
+            "differs",
+            "GDAL or NumPy type names; None is each input's type (Remotior takes the first "
+            "input's for all); nodata is the input's where the type holds it, else -32768, "
+            "255 (Byte), -128 (Int8), 65535 (UInt16), 4294967295 (UInt32) or NaN (floats "
+            "without an input nodata); results are rounded to integers halves away from "
+            "zero, and those outside the type's range are nodata",
+        ),
+    },
+)
+
 SIGNATURES: dict[str, MethodSpec] = {
     "__init__": SESSION_INIT,
     "set": SESSION_SET,
@@ -424,6 +482,7 @@ SIGNATURES: dict[str, MethodSpec] = {
     "band_sieve": BAND_SIEVE,
     "band_dilation": BAND_DILATION,
     "band_erosion": BAND_EROSION,
+    "band_neighbor_pixels": BAND_NEIGHBOR_PIXELS,
 }
 
 # Remotior's `Session` attributes other than the methods above, and what the client has.
@@ -455,7 +514,6 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
             "band_clustering",
             "band_combination",
             "band_mask",
-            "band_neighbor_pixels",
             "band_spectral_distance",
             "band_pca",
             "cross_classification",

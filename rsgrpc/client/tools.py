@@ -16,37 +16,24 @@ from typing import TYPE_CHECKING, Any
 from rsgrpc.client.output import GrpcResult, OutputManager
 from rsgrpc.client.signatures import (
     BAND_CALC,
-    BAND_DILATION,
-    BAND_EROSION,
     BAND_SIEVE,
+    SIGNATURES,
     MethodSpec,
     remotior_method,
 )
+from rsgrpc.tools import RASTER_TOOLS
+from rsgrpc.tools.spec import ParameterError, RasterTool, data_type
 from rsgrpc.v1 import raster_pb2
 
 if TYPE_CHECKING:
     from rsgrpc.client.session import Session
 
-# GDAL's names, as Remotior takes them (any case), and NumPy's.
-_DATA_TYPES = {
-    "byte": raster_pb2.DATA_TYPE_UINT8,
-    **{
-        name: getattr(raster_pb2, f"DATA_TYPE_{name.upper()}")
-        for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-    },
-}
 # Remotior's nodata default, -32768, does not fit these types: its constants for them.
 _UNSIGNED_NODATA = {
     raster_pb2.DATA_TYPE_UINT8: 255,
     raster_pb2.DATA_TYPE_INT8: -128,
     raster_pb2.DATA_TYPE_UINT16: 2**16 - 1,
     raster_pb2.DATA_TYPE_UINT32: 2**32 - 1,
-}
-_FILTERS = {
-    "value_list": raster_pb2.MORPHOLOGY_FILTER_VALUE_LIST,
-    "grey": raster_pb2.MORPHOLOGY_FILTER_GREY,
-    "closing": raster_pb2.MORPHOLOGY_FILTER_GREY_CLOSING,
-    "opening": raster_pb2.MORPHOLOGY_FILTER_GREY_OPENING,
 }
 _TIFF_SUFFIXES = (".tif", ".tiff")
 # The arguments that name files, as the script's machine names them (`PathMap`).
@@ -56,11 +43,13 @@ _PATH_ARGUMENTS = (
     "output_path",
     "extent_raster",
     "align_raster",
+    "structure",
 )
 
 
-class Refusal(ValueError):
-    """Arguments the server cannot take: the tool returns ``check=False`` with the reason."""
+class Refusal(ParameterError):
+    """Arguments the server cannot take: the tool returns ``check=False`` with the reason
+    (as a declared tool's ParameterError)."""
 
 
 def _tool(spec: MethodSpec) -> Callable[[Callable[..., OutputManager]], Callable[..., Any]]:
@@ -77,7 +66,7 @@ def _tool(spec: MethodSpec) -> Callable[[Callable[..., OutputManager]], Callable
                     if name in arguments:
                         arguments[name] = self.path_map.paths_to_server(arguments[name])
                 return self._in_client_terms(implementation(self, arguments))
-            except Refusal as error:
+            except ParameterError as error:
                 result = GrpcResult(code="INVALID_ARGUMENT", message=str(error))
                 output = OutputManager(check=False, extra={"message": str(error)}, grpc=result)
                 if hasattr(self.messages_callback, "error"):
@@ -87,20 +76,6 @@ def _tool(spec: MethodSpec) -> Callable[[Callable[..., OutputManager]], Callable
         return remotior_method(spec)(checked)
 
     return decorate
-
-
-def data_type(name: str | None) -> int:
-    """A DataType from GDAL's name (``Byte``, ``UInt16``, ``Float32``, ... any case);
-    Float32, Remotior's default, when None."""
-    if name is None:
-        return raster_pb2.DATA_TYPE_FLOAT32
-    try:
-        return _DATA_TYPES[str(name).lower()]
-    except KeyError:
-        raise Refusal(
-            f"unsupported output_datatype {name!r}; use Byte, Int8, UInt16, Int16, UInt32, "
-            "Int32, Float32 or Float64"
-        ) from None
 
 
 # Remotior's any_nodata_mask: True, False (its default) and None.
@@ -119,7 +94,7 @@ def _calc_options(request: raster_pb2.BandCalcRequest, a: dict[str, Any]) -> Non
     name = getattr(name, "__name__", name)  # a numpy type, np.float32
     try:
         calc = data_type(None if name is None else str(name))
-    except Refusal:
+    except ParameterError:
         calc = None
     if calc not in (raster_pb2.DATA_TYPE_FLOAT32, raster_pb2.DATA_TYPE_FLOAT64):
         raise Refusal(f"unsupported calc_datatype {a['calc_datatype']!r}; use Float32 or Float64")
@@ -324,17 +299,6 @@ def _targets(
     ]
 
 
-def _morphology(a: dict[str, Any]) -> raster_pb2.MorphologyParameters:
-    if a["filter"] not in _FILTERS:
-        raise Refusal(f"unsupported filter {a['filter']!r}; use one of {list(_FILTERS)}")
-    return raster_pb2.MorphologyParameters(
-        filter=_FILTERS[a["filter"]],
-        value_list=list(a["value_list"] or []),
-        size=a["size"],
-        circular_structure=bool(a["circular_structure"]),
-    )
-
-
 def _is_band_calc_script(expression: str) -> bool:
     """Whether band calc's expression is a script: several calculations, a comment line,
     or an output named with '@' (whose `output_path` may then be a folder)."""
@@ -460,32 +424,29 @@ class RasterTools:
             raster_pb2.SieveResponse,
         )
 
-    @_tool(BAND_DILATION)
-    def band_dilation(self: Session, a: dict[str, Any]) -> OutputManager:
-        """Grow the listed values by `size` pixels (Remotior's `band_dilation`);
-        ``filter="grey"`` or ``"closing"`` runs a grey dilation or closing instead."""
-        parameters = _morphology(a)
+
+def _declared_method(tool: RasterTool) -> Callable[..., Any]:
+    """The method of a declared tool (`rsgrpc.tools`), with Remotior's signature of the
+    same name: its parameters from Remotior's arguments, then one request per output
+    target."""
+
+    def method(self: Session, a: dict[str, Any]) -> OutputManager:
+        parameters = tool.request_parameters(a)
         return self._band_tool(
-            "band dilation",
+            tool.process,
             a,
-            lambda inputs, target: raster_pb2.DilateRequest(
+            lambda inputs, target: tool.request_type(
                 session=self.name, inputs=inputs, parameters=parameters, output=target
             ),
-            self._raster.Dilate,
-            raster_pb2.DilateResponse,
+            getattr(self._raster, tool.rpc),
+            tool.response_type,
         )
 
-    @_tool(BAND_EROSION)
-    def band_erosion(self: Session, a: dict[str, Any]) -> OutputManager:
-        """Shrink the listed values by `size` steps (Remotior's `band_erosion`);
-        ``filter="grey"`` or ``"opening"`` runs a grey erosion or opening instead."""
-        parameters = _morphology(a)
-        return self._band_tool(
-            "band erosion",
-            a,
-            lambda inputs, target: raster_pb2.ErodeRequest(
-                session=self.name, inputs=inputs, parameters=parameters, output=target
-            ),
-            self._raster.Erode,
-            raster_pb2.ErodeResponse,
-        )
+    method.__name__ = tool.name
+    method.__qualname__ = f"RasterTools.{tool.name}"
+    method.__doc__ = f"Remotior's `{tool.name}`: {tool.summary}."
+    return _tool(SIGNATURES[tool.name])(method)
+
+
+for _declared in RASTER_TOOLS:
+    setattr(RasterTools, _declared.name, _declared_method(_declared))

@@ -1,8 +1,8 @@
 """What every one-band-in, one-band-out tool shares: its inputs, where its outputs go,
 and how its tiles are planned within a session's budget.
 
-Sieve, dilation and erosion take a list of bands and write one output per
-band, as Remotior's tools do: with one input and an output path ending in
+Band tools take a list of bands and write one output per band, as Remotior's
+tools do: with one input and an output path ending in
 `.tif`, `.tiff` or `.vrt`, that path is the output; otherwise the path is a
 directory and each output is `{prefix}{input file stem}.tif` inside it. A virtual
 output (`virtual_output`, or a `.vrt` path) is that name with `.vrt` for its
@@ -12,14 +12,11 @@ extension, as Remotior names it: a VRT and the GeoTIFF it reads, beside it
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Generic, TypeVar
-
-import numpy as np
 
 from rsgrpc.engine.appender import STAGE_BYTES
 from rsgrpc.engine.errors import InvalidArgumentError
@@ -39,6 +36,7 @@ from rsgrpc.engine.raster_io import (
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiles import MemoryModel, TilePlan, plan_tiles
 from rsgrpc.engine.virtual_raster import VRT_SUFFIX, virtual_path
+from rsgrpc.tools.spec import is_value_of as is_value_of  # band calc's import
 
 MAX_BANDS = 64
 # The server's own memory, which a job needs beside its workers: after two band
@@ -211,32 +209,36 @@ def _shared_bytes(workers: int) -> int:
     )
 
 
-def is_value_of(value: float, dtype: str) -> bool:
-    """Whether a pixel of `dtype` can hold `value` (NaN and infinities only in floats;
-    in integers, whole numbers in the type's range)."""
-    kind = np.dtype(dtype).kind
-    if kind == "f":
-        return not math.isfinite(value) or abs(value) <= float(np.finfo(dtype).max)
-    limits = np.iinfo(dtype)
-    return math.isfinite(value) and value == int(value) and limits.min <= value <= limits.max
-
-
-def planned_outputs(tasks: Sequence[BandTask]) -> list[PlannedOutput]:
+def planned_outputs(
+    tasks: Sequence[BandTask], dtypes: Sequence[str] | None = None
+) -> list[PlannedOutput]:
     """Each task's output, as the server's limits see it: on its input's grid and of
-    its input's data type."""
-    return [PlannedOutput(t.output, t.info.shape, t.info.dtype, t.input.path) for t in tasks]
+    its input's data type, or of `dtypes`, one per task."""
+    dtypes = dtypes or [t.info.dtype for t in tasks]
+    return [
+        PlannedOutput(t.output, t.info.shape, dtype, t.input.path)
+        for t, dtype in zip(tasks, dtypes, strict=True)
+    ]
 
 
-def open_writer(job: BandJob, task: BandTask, session: Session) -> RasterWriter:
-    """The writer of a task's output: the input's grid, data type and nodata, the job's
-    encoding; its scratch files in the session's temporary directory."""
+def open_writer(
+    job: BandJob,
+    task: BandTask,
+    session: Session,
+    *,
+    output: tuple[str, float | None] | None = None,
+) -> RasterWriter:
+    """The writer of a task's output: the input's grid, data type and nodata (or
+    `output`'s data type and nodata), the job's encoding; its scratch files in the
+    session's temporary directory."""
     info = task.info
+    dtype, nodata = output or (info.dtype, info.nodata)
     return RasterWriter(
         task.output,
         width=info.width,
         height=info.height,
-        dtype=info.dtype,
-        nodata=info.nodata,
+        dtype=dtype,
+        nodata=nodata,
         crs=info.crs,
         transform=info.transform,
         profile=job.profile,

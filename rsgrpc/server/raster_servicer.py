@@ -27,11 +27,12 @@ from rsgrpc.engine.bandsets import (
     default_display_name,
 )
 from rsgrpc.engine.errors import InvalidArgumentError
-from rsgrpc.engine.morphology import (
-    MorphologyOutput,
-    MorphologyRequest,
-    prepare_morphology,
-    run_morphology,
+from rsgrpc.engine.halo_job import (
+    HaloRequest,
+    invalid_argument,
+    prepare_halo_job,
+    read_parameter_text,
+    run_halo_job,
 )
 from rsgrpc.engine.operations import Operation, OperationStore
 from rsgrpc.engine.paths import DataRoot
@@ -43,6 +44,8 @@ from rsgrpc.server.auth import Caller, current_caller
 from rsgrpc.server.bandset_servicer import band_specs
 from rsgrpc.server.operation_servicer import start_operation
 from rsgrpc.server.status import reports_errors
+from rsgrpc.tools import RASTER_TOOLS
+from rsgrpc.tools.spec import RasterTool, band_output
 from rsgrpc.v1 import raster_pb2, raster_pb2_grpc
 
 _DTYPES = {
@@ -78,13 +81,6 @@ _CONNECTIVITIES = {
     raster_pb2.CONNECTIVITY_UNSPECIFIED: 4,
     raster_pb2.CONNECTIVITY_4: 4,
     raster_pb2.CONNECTIVITY_8: 8,
-}
-_FILTERS = {
-    raster_pb2.MORPHOLOGY_FILTER_UNSPECIFIED: "value_list",
-    raster_pb2.MORPHOLOGY_FILTER_VALUE_LIST: "value_list",
-    raster_pb2.MORPHOLOGY_FILTER_GREY: "grey",
-    raster_pb2.MORPHOLOGY_FILTER_GREY_CLOSING: "closing",
-    raster_pb2.MORPHOLOGY_FILTER_GREY_OPENING: "opening",
 }
 
 
@@ -139,34 +135,6 @@ def output_target(output: raster_pb2.ToolOutput) -> OutputTarget:
         output_profile(output.options),
         virtual=output.virtual_output,
     )
-
-
-def morphology_request(tool: str, request) -> MorphologyRequest:
-    parameters = request.parameters
-    if parameters.filter not in _FILTERS:
-        raise InvalidArgumentError(f"unknown filter {parameters.filter}")
-    return MorphologyRequest(
-        tool=tool,
-        filter=_FILTERS[parameters.filter],
-        value_list=tuple(parameters.value_list),
-        size=parameters.size,
-        circular=parameters.circular_structure,
-        inputs=band_inputs(request.inputs),
-        target=output_target(request.output),
-    )
-
-
-def morphology_outputs_to_proto(
-    outputs: list[MorphologyOutput],
-) -> list[raster_pb2.MorphologyOutput]:
-    return [
-        raster_pb2.MorphologyOutput(
-            input=raster_pb2.RasterBand(path=o.input.path, band=o.input.band),
-            output_path=o.output_path,
-            pixels_changed=o.pixels_changed,
-        )
-        for o in outputs
-    ]
 
 
 def statistics_to_proto(stats: BandStatistics) -> raster_pb2.BandStatistics:
@@ -308,48 +276,42 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             outputs = run_sieve(job, session, operation)
             return raster_pb2.SieveResponse(
                 outputs=[
-                    raster_pb2.SieveOutput(
-                        input=raster_pb2.RasterBand(path=o.input.path, band=o.input.band),
-                        output_path=o.output_path,
-                        regions_changed=o.regions_changed,
-                        pixels_changed=o.pixels_changed,
-                    )
+                    raster_pb2.SieveOutput(**band_output(o), regions_changed=o.regions_changed)
                     for o in outputs
                 ]
             )
 
         return start_operation(self._store, session, "Sieve", run)
 
-    def _morphology(self, tool: str, method: str, request, response_type, caller: Caller):
+    def _declared_tool(self, tool: RasterTool, request, caller: Caller):
+        """Any declared tool (`rsgrpc.tools`): its parameters checked, its job planned,
+        then run as an operation named by its RPC."""
         session = self._session(request.session, caller)
-        job = prepare_morphology(
-            morphology_request(tool, request), self._data_root, session, DEFAULT_PROFILE
+        with invalid_argument():
+            parameters = tool.parameters(
+                request.parameters,
+                lambda path, field: read_parameter_text(self._data_root, path, field),
+            )
+        halo_request = HaloRequest(
+            tool, parameters, band_inputs(request.inputs), output_target(request.output)
         )
+        job = prepare_halo_job(halo_request, self._data_root, session, DEFAULT_PROFILE)
 
         def run(session: Session, operation: Operation):
-            outputs = run_morphology(job, session, operation)
-            return response_type(outputs=morphology_outputs_to_proto(outputs))
+            return tool.response(run_halo_job(job, session, operation))
 
-        return start_operation(self._store, session, method, run)
+        return start_operation(self._store, session, tool.rpc, run)
 
-    @reports_errors
-    async def Dilate(self, request, context):
-        return await asyncio.to_thread(
-            self._morphology,
-            "dilation",
-            "Dilate",
-            request,
-            raster_pb2.DilateResponse,
-            current_caller(),
-        )
 
-    @reports_errors
-    async def Erode(self, request, context):
-        return await asyncio.to_thread(
-            self._morphology,
-            "erosion",
-            "Erode",
-            request,
-            raster_pb2.ErodeResponse,
-            current_caller(),
-        )
+def _declared_handler(tool: RasterTool):
+    """The RPC of a declared tool: its request checked in a blocking thread."""
+
+    async def handler(self: RasterServicer, request, context):
+        return await asyncio.to_thread(self._declared_tool, tool, request, current_caller())
+
+    handler.__name__ = handler.__qualname__ = tool.rpc
+    return reports_errors(handler)
+
+
+for _tool in RASTER_TOOLS:
+    setattr(RasterServicer, _tool.rpc, _declared_handler(_tool))

@@ -181,6 +181,54 @@ MORPHOLOGY_FILTER_GREY_OPENING: MorphologyFilter.ValueType  # 4
 """Grey opening, erosion then dilation: Erode only."""
 Global___MorphologyFilter: _TypeAlias = MorphologyFilter  # noqa: Y015
 
+class _NeighborStatistic:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NeighborStatisticEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NeighborStatistic.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NEIGHBOR_STATISTIC_UNSPECIFIED: _NeighborStatistic.ValueType  # 0
+    """Refused: a statistic is required."""
+    NEIGHBOR_STATISTIC_COUNT: _NeighborStatistic.ValueType  # 1
+    """The number of valid pixels."""
+    NEIGHBOR_STATISTIC_MAX: _NeighborStatistic.ValueType  # 2
+    """The largest valid value."""
+    NEIGHBOR_STATISTIC_MEAN: _NeighborStatistic.ValueType  # 3
+    """The mean of the valid values."""
+    NEIGHBOR_STATISTIC_MEDIAN: _NeighborStatistic.ValueType  # 4
+    """The valid value at rank n // 2 of the n sorted (a rank filter)."""
+    NEIGHBOR_STATISTIC_MIN: _NeighborStatistic.ValueType  # 5
+    """The smallest valid value."""
+    NEIGHBOR_STATISTIC_PERCENTILE: _NeighborStatistic.ValueType  # 6
+    """The valid value at rank int(n * percentile / 100) (n - 1 for 100)."""
+    NEIGHBOR_STATISTIC_STANDARD_DEVIATION: _NeighborStatistic.ValueType  # 7
+    """The population standard deviation of the valid values."""
+    NEIGHBOR_STATISTIC_SUM: _NeighborStatistic.ValueType  # 8
+    """The sum of the valid values."""
+
+class NeighborStatistic(_NeighborStatistic, metaclass=_NeighborStatisticEnumTypeWrapper):
+    """A statistic over a pixel's neighbours (Remotior's `stat_name`)."""
+
+NEIGHBOR_STATISTIC_UNSPECIFIED: NeighborStatistic.ValueType  # 0
+"""Refused: a statistic is required."""
+NEIGHBOR_STATISTIC_COUNT: NeighborStatistic.ValueType  # 1
+"""The number of valid pixels."""
+NEIGHBOR_STATISTIC_MAX: NeighborStatistic.ValueType  # 2
+"""The largest valid value."""
+NEIGHBOR_STATISTIC_MEAN: NeighborStatistic.ValueType  # 3
+"""The mean of the valid values."""
+NEIGHBOR_STATISTIC_MEDIAN: NeighborStatistic.ValueType  # 4
+"""The valid value at rank n // 2 of the n sorted (a rank filter)."""
+NEIGHBOR_STATISTIC_MIN: NeighborStatistic.ValueType  # 5
+"""The smallest valid value."""
+NEIGHBOR_STATISTIC_PERCENTILE: NeighborStatistic.ValueType  # 6
+"""The valid value at rank int(n * percentile / 100) (n - 1 for 100)."""
+NEIGHBOR_STATISTIC_STANDARD_DEVIATION: NeighborStatistic.ValueType  # 7
+"""The population standard deviation of the valid values."""
+NEIGHBOR_STATISTIC_SUM: NeighborStatistic.ValueType  # 8
+"""The sum of the valid values."""
+Global___NeighborStatistic: _TypeAlias = NeighborStatistic  # noqa: Y015
+
 @_typing.final
 class RasterInput(_message.Message):
     """One band of a raster, named for use in an expression."""
@@ -1017,3 +1065,188 @@ class ErodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ErodeResponse: _TypeAlias = ErodeResponse  # noqa: Y015
+
+@_typing.final
+class Structure(_message.Message):
+    """A window of 0 and 1, centred on the pixel: odd numbers of rows and columns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    """Rows, odd, at least 1."""
+    columns: _builtins.int
+    """Columns, odd, at least 1."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """rows * columns values, row by row, each 0 or 1, at least one 1."""
+
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        columns: _builtins.int = ...,
+        values: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "rows", b"rows", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Structure: _TypeAlias = Structure  # noqa: Y015
+
+@_typing.final
+class NeighborPixelsParameters(_message.Message):
+    """Parameters of NeighborPixels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATISTIC_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CIRCULAR_STRUCTURE_FIELD_NUMBER: _builtins.int
+    STRUCTURE_FIELD_NUMBER: _builtins.int
+    STRUCTURE_PATH_FIELD_NUMBER: _builtins.int
+    PERCENTILE_FIELD_NUMBER: _builtins.int
+    OUTPUT_DATA_TYPE_FIELD_NUMBER: _builtins.int
+    statistic: Global___NeighborStatistic.ValueType
+    """The statistic; required."""
+    size: _builtins.int
+    """Radius in pixels, at least 1, of the square (`2*size+1` wide) or disk;
+    not used with a structure.
+    """
+    circular_structure: _builtins.bool
+    """Use a disk of radius `size` instead of a square."""
+    structure_path: _builtins.str
+    percentile: _builtins.float
+    """For PERCENTILE (required there, 0 to 100); not used by the others."""
+    output_data_type: Global___DataType.ValueType
+    """The outputs' data type; unspecified: each input's. Nodata is the input's
+    where the output type holds it, else the type's Remotior nodata (NaN for
+    floats without an input nodata).
+    """
+    @_builtins.property
+    def structure(self) -> Global___Structure: ...
+    def __init__(
+        self,
+        *,
+        statistic: Global___NeighborStatistic.ValueType = ...,
+        size: _builtins.int = ...,
+        circular_structure: _builtins.bool = ...,
+        structure: Global___Structure | None = ...,
+        structure_path: _builtins.str = ...,
+        percentile: _builtins.float | None = ...,
+        output_data_type: Global___DataType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_percentile", b"_percentile", "percentile", b"percentile", "structure", b"structure", "structure_path", b"structure_path", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_percentile", b"_percentile", "circular_structure", b"circular_structure", "output_data_type", b"output_data_type", "percentile", b"percentile", "size", b"size", "statistic", b"statistic", "structure", b"structure", "structure_path", b"structure_path", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__percentile: _TypeAlias = _typing.Literal["percentile"]  # noqa: Y015
+    _WhichOneofArgType__percentile: _TypeAlias = _typing.Literal["_percentile", b"_percentile"]  # noqa: Y015
+    _WhichOneofReturnType_window: _TypeAlias = _typing.Literal["structure", "structure_path"]  # noqa: Y015
+    _WhichOneofArgType_window: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__percentile) -> _WhichOneofReturnType__percentile | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_window) -> _WhichOneofReturnType_window | None: ...
+
+Global___NeighborPixelsParameters: _TypeAlias = NeighborPixelsParameters  # noqa: Y015
+
+@_typing.final
+class NeighborPixelsRequest(_message.Message):
+    """Request for NeighborPixels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """Bands to filter (integer or float up to 32 bits); each gives one output."""
+
+    @_builtins.property
+    def parameters(self) -> Global___NeighborPixelsParameters:
+        """What to compute."""
+
+    @_builtins.property
+    def output(self) -> Global___ToolOutput:
+        """Where the outputs go."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___NeighborPixelsParameters | None = ...,
+        output: Global___ToolOutput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NeighborPixelsRequest: _TypeAlias = NeighborPixelsRequest  # noqa: Y015
+
+@_typing.final
+class NeighborPixelsOutput(_message.Message):
+    """What NeighborPixels did to one input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    PIXELS_CHANGED_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the output (a data path: see `RasterInput.path`)."""
+    pixels_changed: _builtins.int
+    """Pixels whose output value differs from the input's."""
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The input band."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        output_path: _builtins.str = ...,
+        pixels_changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output_path", b"output_path", "pixels_changed", b"pixels_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NeighborPixelsOutput: _TypeAlias = NeighborPixelsOutput  # noqa: Y015
+
+@_typing.final
+class NeighborPixelsResponse(_message.Message):
+    """Response of NeighborPixels, one output per input in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___NeighborPixelsOutput]:
+        """The outputs."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___NeighborPixelsOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NeighborPixelsResponse: _TypeAlias = NeighborPixelsResponse  # noqa: Y015

@@ -58,6 +58,11 @@ class RasterServiceStub:
                 request_serializer=rsgrpc_dot_v1_dot_raster__pb2.ErodeRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.NeighborPixels = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/NeighborPixels',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.NeighborPixelsRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class RasterServiceServicer:
@@ -97,6 +102,14 @@ class RasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NeighborPixels(self, request, context):
+        """Each pixel's statistic over its neighbours: a square or disk of a size,
+        or a 0/1 structure (Remotior's `band_neighbor_pixels`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +131,11 @@ def add_RasterServiceServicer_to_server(servicer, server):
             'Erode': grpc.unary_unary_rpc_method_handler(
                     servicer.Erode,
                     request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.ErodeRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'NeighborPixels': grpc.unary_unary_rpc_method_handler(
+                    servicer.NeighborPixels,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.NeighborPixelsRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -231,6 +249,33 @@ class RasterService:
             target,
             '/rsgrpc.v1.RasterService/Erode',
             rsgrpc_dot_v1_dot_raster__pb2.ErodeRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NeighborPixels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/NeighborPixels',
+            rsgrpc_dot_v1_dot_raster__pb2.NeighborPixelsRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,18 @@
+"""The raster tools declared once (`rsgrpc.tools.spec.RasterTool`): the servicer registers
+an RPC, the client a method and the CLI a command for each, in this order."""
+
+from __future__ import annotations
+
+from rsgrpc.tools.morphology import DILATION, EROSION
+from rsgrpc.tools.neighbor_pixels import NEIGHBOR_PIXELS
+from rsgrpc.tools.spec import RasterTool
+
+RASTER_TOOLS: tuple[RasterTool, ...] = (DILATION, EROSION, NEIGHBOR_PIXELS)
+
+
+def raster_tool(name: str) -> RasterTool:
+    """The declaration of Remotior's method `name`."""
+    for tool in RASTER_TOOLS:
+        if tool.name == name:
+            return tool
+    raise KeyError(name)
