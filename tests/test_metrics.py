@@ -119,7 +119,13 @@ def _deployments(tmp_path: Path, base_url: str) -> str:
         json.dumps(
             {
                 "cache_dir": str(tmp_path / "cache"),
-                "deployments": {DEPLOYMENT: {"base_url": base_url, "retry": retry}},
+                "deployments": {
+                    DEPLOYMENT: {
+                        "base_url": base_url,
+                        "retry": retry,
+                        "retry_after_unit": "milliseconds",
+                    }
+                },
             }
         )
     )
