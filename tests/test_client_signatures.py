@@ -235,6 +235,21 @@ def test_positional_calls_land_in_remotiors_fields():
         assert (sent.output.path, sent.output.overwrite) == ("o/one.tif", True)
 
 
+def test_band_tools_send_extent_list_and_multiple_resolution_as_the_input_grid():
+    channel = _RecordingChannel()
+    rs = Session(channel=channel)
+    rs.band_sieve(["s.tif", "t.tif"], 5, "o/dir", extent_list=[1, 9, 5, 2])
+    [sieve] = channel.requests["Sieve"]
+    extent = sieve.input_grid.extent
+    assert (extent.left, extent.top, extent.right, extent.bottom) == (1, 9, 5, 2)
+    assert not sieve.input_grid.first_input_resolution
+    assert not sieve.input_grid.HasField("reference")
+    rs.band_dilation(["d.tif", "e.tif"], [1], 1, "o/dir", multiple_resolution=False)
+    [dilate] = channel.requests["Dilate"]
+    assert dilate.input_grid.first_input_resolution
+    assert not dilate.input_grid.HasField("extent")
+
+
 def test_parameters_the_server_cannot_take_yet_are_refused_before_sending():
     channel = _RecordingChannel()
     errors: list[str] = []
@@ -245,7 +260,7 @@ def test_parameters_the_server_cannot_take_yet_are_refused_before_sending():
             errors.append(message)
 
     rs = Session(messages_callback=Messages, channel=channel)
-    out = rs.band_sieve(["a.tif"], 2, "o", extent_list=[0, 10, 10, 0])
+    out = rs.band_sieve(["a.tif"], 2, "o", extent_list=[0, 10, 10])
     assert not out.check and "extent_list" in out.extra["message"]
     assert out.grpc.code == "INVALID_ARGUMENT" and errors == [out.extra["message"]]
     assert not rs.band_calc('"a"', None, [["a.tif", "a"]]).check

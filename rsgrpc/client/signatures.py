@@ -224,8 +224,17 @@ _BAND_TOOL_NOTES = {
         "`overwrite` says; a list of paths is written over only with overwrite=True "
         "(Remotior raises on an existing path)",
     ),
-    "extent_list": Note("not yet", "each output covers its input's extent"),
-    "multiple_resolution": Note("not yet", "each input keeps its own grid, as with True"),
+    "extent_list": Note(
+        "differs",
+        "each input is clipped to it before the tool runs, on its pixel lines and within "
+        "it, as in Remotior; an extent that leaves no pixel of an input is refused",
+    ),
+    "multiple_resolution": Note(
+        "differs",
+        "False reads every input onto the first input's pixel size and lines by nearest "
+        "neighbour, as Remotior's virtual raster; an input in another CRS than the first "
+        "is refused where it would move (Remotior reprojects it)",
+    ),
     "bandset_catalog": Note(
         "differs", "band set numbers always name the session's catalog; accepted and not used"
     ),

@@ -119,13 +119,8 @@ def _grid_options(request: raster_pb2.BandCalcRequest, a: dict[str, Any]) -> Non
     it), `extent_list` [left, top, right, bottom], `extent_raster`, `align_raster` and
     `xy_resolution_list` [x, y] (either may be None: the inputs' finest)."""
     request.extent_union = not a["extent_intersection"]
-    extent = a["extent_list"]
-    if extent is not None:
-        values = list(extent)
-        if len(values) != 4:
-            raise Refusal(f"extent_list must be [left, top, right, bottom], got {extent!r}")
-        left, top, right, bottom = (float(v) for v in values)
-        request.extent.CopyFrom(raster_pb2.Extent(left=left, top=top, right=right, bottom=bottom))
+    if a["extent_list"] is not None:
+        request.extent.CopyFrom(_extent(a["extent_list"]))
     for field, argument in (
         ("extent_raster_path", "extent_raster"),
         ("align_raster_path", "align_raster"),
@@ -140,6 +135,29 @@ def _grid_options(request: raster_pb2.BandCalcRequest, a: dict[str, Any]) -> Non
         for field, size in zip(("pixel_size_x", "pixel_size_y"), sizes, strict=True):
             if size is not None:
                 setattr(request, field, float(size))
+
+
+def _extent(extent: Any) -> raster_pb2.Extent:
+    """Remotior's `extent_list` [left, top, right, bottom] as an Extent."""
+    values = list(extent)
+    if len(values) != 4:
+        raise Refusal(f"extent_list must be [left, top, right, bottom], got {extent!r}")
+    left, top, right, bottom = (float(v) for v in values)
+    return raster_pb2.Extent(left=left, top=top, right=right, bottom=bottom)
+
+
+def _input_grid(
+    a: dict[str, Any], first: raster_pb2.RasterBand, inputs: list[raster_pb2.RasterBand]
+) -> raster_pb2.InputGrid:
+    """A band tool's `extent_list` and `multiple_resolution` (only True keeps each
+    input's pixels, as Remotior tests it) as the request's InputGrid; `first`, the call's
+    first band, places the inputs of a request that starts with another."""
+    grid = raster_pb2.InputGrid(first_input_resolution=a["multiple_resolution"] is not True)
+    if a["extent_list"] is not None:
+        grid.extent.CopyFrom(_extent(a["extent_list"]))
+    if inputs[0] != first:
+        grid.reference.CopyFrom(first)
+    return grid
 
 
 def output_options(compression: str | None) -> raster_pb2.OutputOptions:
@@ -324,11 +342,14 @@ class RasterTools:
         rpc: Callable[..., Any],
         response_type: type,
     ) -> OutputManager:
-        """Send a band tool's requests in turn; its outcome lists every output, and
-        `grpc.response` holds them all in one response message."""
+        """Send a band tool's requests in turn, each input placed as Remotior places it
+        (`_input_grid`); its outcome lists every output, and `grpc.response` holds them
+        all in one response message."""
         merged = response_type()
-        for i, (inputs, target) in enumerate(_targets(input_bands(a["input_bands"], self), a)):
+        bands = input_bands(a["input_bands"], self)
+        for i, (inputs, target) in enumerate(_targets(bands, a)):
             message = request(inputs, target)
+            message.input_grid.CopyFrom(_input_grid(a, bands[0], inputs))
             output = self._run(
                 process,
                 lambda message=message: rpc(message, metadata=self._metadata),

@@ -8,19 +8,35 @@ directory and each output is `{prefix}{input file stem}.tif` inside it. A virtua
 output (`virtual_output`, or a `.vrt` path) is that name with `.vrt` for its
 extension, as Remotior names it: a VRT and the GeoTIFF it reads, beside it
 (`rsgrpc.engine.virtual_raster`).
+
+Each input is first placed as Remotior places it (`Placement`: `extent_list` and
+`multiple_resolution`), on a grid of its own (`rsgrpc.engine.grid.band_tool_grids`): a
+task's grid is its output's, and its workers read the input through it
+(`PlacedBand.read`), so a tool sees only the clipped or resampled raster and a halo
+ends where the grid ends, as at the edge of a raster.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Generic, TypeVar
+
+import numpy as np
 
 from rsgrpc.engine.appender import STAGE_BYTES
 from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.engine.executors import LocalProcessExecutor
+from rsgrpc.engine.grid import (
+    Grid,
+    GridOptions,
+    InputSampling,
+    band_tool_grids,
+    read_on_grid,
+    sample_onto,
+)
 from rsgrpc.engine.limits import PlannedOutput
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataPath, DataRoot
@@ -34,7 +50,7 @@ from rsgrpc.engine.raster_io import (
     raster_output,
 )
 from rsgrpc.engine.session import Session
-from rsgrpc.engine.tiles import MemoryModel, TilePlan, plan_tiles
+from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan, plan_tiles
 from rsgrpc.engine.virtual_raster import VRT_SUFFIX, virtual_path
 from rsgrpc.tools.spec import is_value_of as is_value_of  # band calc's import
 
@@ -85,13 +101,65 @@ class OutputTarget:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where each input is placed before a tool runs, as Remotior's band tools place
+    them: clipped to `extent` (left, top, right, bottom: Remotior's `extent_list`), and
+    with `multiple_resolution` False read onto the first input's pixel size and lines.
+    `reference` is the call's first input when it is not this request's (a client that
+    sends one request per input)."""
+
+    extent: tuple[float, float, float, float] | None = None
+    multiple_resolution: bool = True
+    reference: BandInput | None = None
+
+    def __post_init__(self) -> None:
+        GridOptions(extent=self.extent)  # refuses an extent that is not one
+
+
+@dataclass(frozen=True)
+class PlacedBand:
+    """An input band as its task's grid places it, for the workers: any window of the
+    grid, read from the input by nearest neighbour (`read_on_grid`; an input on the grid
+    is read as it is). Pixels of the grid outside the input read its nodata (0 without);
+    the grid ends where `shape` ends, and nothing beyond it is read."""
+
+    path: DataPath
+    band: int
+    shape: tuple[int, int]
+    sampling: InputSampling | None
+
+    def read(self, window: Tile) -> np.ndarray:
+        return read_on_grid(self.path, self.band, window, self.sampling)
+
+
+@dataclass(frozen=True)
 class BandTask:
-    """One input band, described, and the output it becomes."""
+    """One input band, described, the grid it is placed on (its output's), how it is read
+    onto that grid, and the output it becomes."""
 
     input: BandInput
     info: RasterInfo
     output: DataPath
     output_path: str  # as the client names it
+    grid: Grid
+    sampling: InputSampling | None = None  # None: the input is on the grid
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.grid.shape
+
+    @property
+    def source(self) -> PlacedBand:
+        return PlacedBand(self.info.path, self.info.band, self.grid.shape, self.sampling)
+
+    @property
+    def sampling_bytes(self) -> float:
+        """What reading a window onto the grid holds beside the window, per grid pixel:
+        the input's pixels under it and the window's copy (nothing for an input on the
+        grid)."""
+        if self.sampling is None:
+            return 0
+        return (self.sampling.ratio + 1) * np.dtype(self.info.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -131,21 +199,48 @@ def _output_paths(inputs: Sequence[BandInput], target: OutputTarget) -> list[str
 
 
 def prepare_band_tasks(
-    inputs: Sequence[BandInput], target: OutputTarget, data_root: DataRoot
+    inputs: Sequence[BandInput],
+    target: OutputTarget,
+    data_root: DataRoot,
+    placement: Placement | None = None,
 ) -> list[BandTask]:
-    """Check inputs and outputs completely before any work starts."""
+    """Check inputs and outputs completely before any work starts, and place each input
+    on its grid (`placement`; by default each on its own, or the first input's extent
+    where the inputs' grids differ, as Remotior)."""
     if not inputs:
         raise InvalidArgumentError("at least one input band is needed")
     if len(inputs) > MAX_BANDS:
         raise InvalidArgumentError(f"at most {MAX_BANDS} input bands per call")
+    placement = placement or Placement()
+    output_paths = _output_paths(inputs, target)
+    given_inputs = [BandInput(given.path, given.band or 1) for given in inputs]
+    infos = [
+        describe(data_root.path(given.path, field="input path"), given.band)
+        for given in given_inputs
+    ]
+    reference = reference_name = None
+    if placement.reference is not None:
+        first = placement.reference
+        reference_name = first.path
+        reference = describe(
+            data_root.path(first.path, field="input_grid.reference.path"), first.band or 1
+        )
+    grids = band_tool_grids(
+        infos,
+        [given.path for given in given_inputs],
+        extent=placement.extent,
+        multiple_resolution=placement.multiple_resolution,
+        reference=reference,
+        reference_name=reference_name,
+    )
     tasks = []
-    for given, output_path in zip(inputs, _output_paths(inputs, target), strict=True):
-        band = given.band or 1
-        info = describe(data_root.path(given.path, field="input path"), band)
+    for given, info, grid, output_path in zip(
+        given_inputs, infos, grids, output_paths, strict=True
+    ):
         output = raster_output(
             data_root, output_path, field="output path", overwrite=target.overwrite
         )
-        tasks.append(BandTask(BandInput(given.path, band), info, output, output_path))
+        tasks.append(BandTask(given, info, output, output_path, grid, sample_onto(info, grid)))
     return tasks
 
 
@@ -186,6 +281,31 @@ def plan_band_tiles(
     )
 
 
+def plan_task_tiles(
+    task: BandTask,
+    model: MemoryModel,
+    session: Session,
+    profile: OutputProfile,
+    *,
+    tiles_per_worker: int = 1,
+) -> TilePlan:
+    """`plan_band_tiles` for one task on its grid: tiles of an input read onto another
+    grid follow the output's blocks, and a worker holds, beside the model's bytes, what
+    reading onto the grid takes (`BandTask.sampling_bytes`)."""
+    info = task.info
+    if task.sampling is not None:
+        block = profile.block_size
+        info = replace(
+            info,
+            width=task.grid.width,
+            height=task.grid.height,
+            transform=task.grid.transform,
+            block_shape=(block, block),
+        )
+        model = replace(model, worker=model.worker + task.sampling_bytes)
+    return plan_band_tiles([info], model, session, profile, tiles_per_worker=tiles_per_worker)
+
+
 def session_fixed_bytes(session: Session) -> int:
     """What a session's job holds whatever its tiles, by the memory model: the server
     process it is coordinated from, its workers' own memory (none for a cluster's
@@ -212,11 +332,11 @@ def _shared_bytes(workers: int) -> int:
 def planned_outputs(
     tasks: Sequence[BandTask], dtypes: Sequence[str] | None = None
 ) -> list[PlannedOutput]:
-    """Each task's output, as the server's limits see it: on its input's grid and of
+    """Each task's output, as the server's limits see it: on the task's grid and of
     its input's data type, or of `dtypes`, one per task."""
     dtypes = dtypes or [t.info.dtype for t in tasks]
     return [
-        PlannedOutput(t.output, t.info.shape, dtype, t.input.path)
+        PlannedOutput(t.output, t.shape, dtype, t.input.path)
         for t, dtype in zip(tasks, dtypes, strict=True)
     ]
 
@@ -228,19 +348,19 @@ def open_writer(
     *,
     output: tuple[str, float | None] | None = None,
 ) -> RasterWriter:
-    """The writer of a task's output: the input's grid, data type and nodata (or
-    `output`'s data type and nodata), the job's encoding; its scratch files in the
+    """The writer of a task's output: the task's grid, the input's data type and nodata
+    (or `output`'s data type and nodata), the job's encoding; its scratch files in the
     session's temporary directory."""
-    info = task.info
+    info, grid = task.info, task.grid
     dtype, nodata = output or (info.dtype, info.nodata)
     return RasterWriter(
         task.output,
-        width=info.width,
-        height=info.height,
+        width=grid.width,
+        height=grid.height,
         dtype=dtype,
         nodata=nodata,
         crs=info.crs,
-        transform=info.transform,
+        transform=grid.transform,
         profile=job.profile,
         overwrite=job.request.target.overwrite,
         scratch_directory=session.temporary_directory,

@@ -8,6 +8,9 @@ says how one input's pixels fall on that grid, and `read_on_grid` reads a tile o
 from the input: the input's window that covers the tile, then, for each output pixel, the
 input pixel under its centre (GDAL's nearest neighbour). An input on the output grid
 itself is read as it is, with no copy.
+
+`band_tool_grids` places the inputs of the band tools (sieve, dilation, ...) as Remotior
+places them (`extent_list`, `multiple_resolution`): each input on a grid of its own.
 """
 
 from __future__ import annotations
@@ -195,12 +198,7 @@ def output_grid(
         # that input's extent.
         xs = [s[0] for s in sizes]
         reference = infos[xs.index(size_x if size_x in xs else finest_x)]
-        r_left, r_top, r_right, r_bottom = _bounds(reference)
-        # Each edge kept inside before the far edge is measured from it, as Remotior does.
-        left = max(r_left + round((extent[0] - r_left) / size_x) * size_x, r_left)
-        top = min(r_top + round((extent[1] - r_top) / size_y) * size_y, r_top)
-        right = min(left + round((extent[2] - left) / size_x) * size_x, r_right)
-        bottom = max(top + round((extent[3] - top) / size_y) * size_y, r_bottom)
+        left, top, right, bottom = _kept_within(extent, _bounds(reference), size_x, size_y)
     if extent is not None and not (
         max(left, covered[0]) < min(right, covered[2])
         and max(bottom, covered[3]) < min(top, covered[1])
@@ -241,6 +239,94 @@ def _snapped(
     right = left + round((box[2] - left) / size_x) * size_x
     bottom = top + round((box[3] - top) / size_y) * size_y
     return left, top, right, bottom
+
+
+def _kept_within(
+    box: Sequence[float], bounds: Sequence[float], size_x: float, size_y: float
+) -> tuple[float, float, float, float]:
+    """`box` moved to the nearest pixel lines of a raster of `bounds` and pixel size, each
+    edge kept inside the raster before the far edge is measured from it, as Remotior does."""
+    r_left, r_top, r_right, r_bottom = bounds
+    left = max(r_left + round((box[0] - r_left) / size_x) * size_x, r_left)
+    top = min(r_top + round((box[1] - r_top) / size_y) * size_y, r_top)
+    right = min(left + round((box[2] - left) / size_x) * size_x, r_right)
+    bottom = max(top + round((box[3] - top) / size_y) * size_y, r_bottom)
+    return left, top, right, bottom
+
+
+def band_tool_grids(
+    infos: Sequence[RasterInfo],
+    names: Sequence[str],
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    multiple_resolution: bool = True,
+    reference: RasterInfo | None = None,
+    reference_name: str | None = None,
+) -> list[Grid]:
+    """Each input's grid as Remotior's band tools place their inputs before they run
+    (`shared_tools.prepare_process_files`, a virtual raster of each input alone made by
+    `raster_vector.create_virtual_raster`), so that a tool sees only that grid.
+
+    The box is `extent` (Remotior's `extent_list`) or, when the inputs' grids differ, the
+    first input's bounds (`reference`, named `reference_name`: the call's first input,
+    by default `infos[0]`). With `multiple_resolution`, each input keeps its pixel size
+    and lines: the box's edges move to its nearest pixel lines, kept within the input.
+    Without, each input is read onto the first input's pixel size and lines (the box's
+    edges moved to the nearest of them, not kept within anything). An input already on
+    the first input's grid, with no extent, is read as it is.
+
+    Raises InvalidArgumentError, naming the input as `names` does, for an input in
+    another CRS than the first (nothing is reprojected), a rotated grid that would have
+    to move, or a box that leaves no pixel of an input.
+    """
+    reference = reference or infos[0]
+    reference_name = reference_name or names[0]
+    first = Grid.of(reference)
+    box = extent or _bounds(reference)
+    boxed = "the extent" if extent else f"the extent of the first input {reference_name!r}"
+    grids = []
+    for info, name in zip(infos, names, strict=True):
+        if extent is None and _same_crs(info.crs, first.crs) and _on_grid(info, first):
+            grids.append(Grid.of(info))  # Remotior reads inputs on one grid as they are
+            continue
+        if not _same_crs(info.crs, reference.crs):
+            raise InvalidArgumentError(
+                f"input {name!r} is not in the CRS of the first input {reference_name!r}; "
+                "band tools do not reproject: warp the rasters into one CRS first"
+            )
+        for raster, label in ((info, f"input {name!r}"), (reference, "the first input")):
+            if not _north_up(raster):
+                raise InvalidArgumentError(
+                    f"{label} has a rotated or south-up grid; it is read only on its own "
+                    "grid, with no extent_list, multiple_resolution=False, or inputs on "
+                    "other grids"
+                )
+        if multiple_resolution:
+            size_x, size_y = _pixel_size(info)
+            left, top, right, bottom = _kept_within(box, _bounds(info), size_x, size_y)
+        else:
+            size_x, size_y = _pixel_size(reference)
+            left, top, right, bottom = _snapped(box, _bounds(reference)[:2], size_x, size_y)
+        # Remotior's virtual raster of a box that rounds to no pixel: one pixel.
+        if right == left:
+            right = left + size_x
+        if top == bottom:
+            top = bottom + size_y
+        i_left, i_top, i_right, i_bottom = _bounds(info)
+        if not (
+            left < right
+            and bottom < top
+            and max(left, i_left) < min(right, i_right)
+            and max(bottom, i_bottom) < min(top, i_top)
+        ):
+            raise InvalidArgumentError(
+                f"{boxed} does not overlap input {name!r}: there is no pixel to process",
+                metadata={"field": "extent" if extent else "inputs"},
+            )
+        width = max(1, round((right - left) / size_x))
+        height = max(1, round((top - bottom) / size_y))
+        grids.append(Grid(info.crs, (size_x, 0.0, left, 0.0, -size_y, top), width, height))
+    return grids
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """A declared band tool (`rsgrpc.tools.spec.RasterTool`) as a tiled job: each worker reads
 its tile with a halo of exactly the width the tool's parameters need, runs the tool's
 kernel on it and encodes the tile's pixels, so every tiling gives the result of one run
-on the whole raster; one writer per band.
+on the whole raster (the input as its task places it: `rsgrpc.engine.band_tool`);
+one writer per band.
 
 Everything a tool declares is used here and only here: its checks of the parameters and
 of each band at the door, its halo and memory per dtype in the tile plan, its output's
@@ -22,8 +23,8 @@ from rsgrpc.engine.band_tool import BandJob, BandTask
 from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.engine.limits import check_job_limits
 from rsgrpc.engine.operations import Operation, Stage
-from rsgrpc.engine.paths import DataPath, DataRoot
-from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile, read_window
+from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile
@@ -42,6 +43,7 @@ class HaloRequest(Generic[P]):
     parameters: P
     inputs: tuple[band_tool.BandInput, ...]
     target: band_tool.OutputTarget
+    placement: band_tool.Placement = band_tool.Placement()
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,11 @@ def prepare_halo_job(
 ) -> BandJob[HaloRequest]:
     """Check a request completely and plan its tiles; raise what the client should see."""
     tool, parameters = request.tool, request.parameters
-    tasks = band_tool.prepare_band_tasks(request.inputs, request.target, data_root)
-    widest = max(t.info.width for t in tasks)
+    tasks = band_tool.prepare_band_tasks(
+        request.inputs, request.target, data_root, request.placement
+    )
     profile = (request.target.profile or default_profile).fitted_to(
-        widest, max(t.info.height for t in tasks)
+        max(t.grid.width for t in tasks), max(t.grid.height for t in tasks)
     )
     outputs = []
     for task in tasks:
@@ -115,7 +118,7 @@ def prepare_halo_job(
     for task, dtype in zip(tasks, dtypes, strict=True):
         worker, result = tool.memory(parameters, np.dtype(task.info.dtype), np.dtype(dtype))
         model = MemoryModel(worker=worker, result=result, halo=halo)
-        plans.append(band_tool.plan_band_tiles([task.info], model, session, profile))
+        plans.append(band_tool.plan_task_tiles(task, model, session, profile))
     return BandJob[HaloRequest](request, tuple(tasks), profile, tuple(plans))
 
 
@@ -129,16 +132,15 @@ class TileWork:
     halo: int
     output: tuple[str, float | None]
     profile: OutputProfile
-    source: DataPath
-    band: int
-    shape: tuple[int, int]
+    source: band_tool.PlacedBand
     nodata: float | None
 
 
 def _halo_tile(work: TileWork, tile: Tile) -> tuple[Any, int, int]:
-    """Runs in a worker: read the tile with its halo, compute the tile, encode it."""
-    block_tile, interior = tile.with_halo(work.halo, work.shape)
-    block = read_window(work.source, work.band, block_tile)
+    """Runs in a worker: read the tile with its halo (within the task's grid), compute
+    the tile, encode it."""
+    block_tile, interior = tile.with_halo(work.halo, work.source.shape)
+    block = work.source.read(block_tile)
     out = work.kernel(block, work.parameters, interior, work.nodata, *work.output)
     before = block[interior]
     changed = out != before
@@ -162,17 +164,14 @@ def run_halo_job(
     counter = band_tool.TileCounter(operation, sum(plan.tile_count for plan in job.plans))
     results = []
     for task, plan, output in zip(job.tasks, job.plans, outputs, strict=True):
-        info = task.info
         work = TileWork(
             tool.kernel,
             parameters,
             tool.halo(parameters),
             output,
             job.profile,
-            info.path,
-            info.band,
-            info.shape,
-            info.nodata,
+            task.source,
+            task.info.nodata,
         )
         changed = 0
         operation.update(stage=Stage.RUNNING)

@@ -47,9 +47,11 @@ from rsgrpc.engine.band_tool import (
     BandJob,
     BandTask,
     OutputTarget,
+    PlacedBand,
+    Placement,
     TileCounter,
     open_writer,
-    plan_band_tiles,
+    plan_task_tiles,
     planned_outputs,
     prepare_band_tasks,
     session_fixed_bytes,
@@ -63,7 +65,7 @@ from rsgrpc.engine.errors import (
 from rsgrpc.engine.limits import check_job_limits, uncompressed_bytes
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.paths import DataRoot
-from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile, read_window
+from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan
@@ -87,6 +89,7 @@ class SieveRequest:
     size: int
     connectivity: int
     target: OutputTarget
+    placement: Placement = Placement()
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def prepare_sieve(
             f"connectivity must be 4 or 8, got {request.connectivity}",
             metadata={"field": "connectivity"},
         )
-    tasks = prepare_band_tasks(request.inputs, request.target, data_root)
+    tasks = prepare_band_tasks(request.inputs, request.target, data_root, request.placement)
     for task in tasks:
         if task.info.dtype not in SIEVE_DTYPES:
             raise InvalidArgumentError(
@@ -127,15 +130,15 @@ def prepare_sieve(
                 metadata={"path": task.input.path},
             )
     profile = (request.target.profile or default_profile).fitted_to(
-        max(t.info.width for t in tasks), max(t.info.height for t in tasks)
+        max(t.grid.width for t in tasks), max(t.grid.height for t in tasks)
     )
     for task in tasks:
         profile.check_dtype(task.info.dtype, output=task.output_path)
     check_sieve_limits(tasks, profile, session)
     side_by_side = session.executor.threads_per_process
     plans = tuple(
-        plan_band_tiles(
-            [t.info], sieve_memory(t.info.dtype), session, profile, tiles_per_worker=side_by_side
+        plan_task_tiles(
+            t, sieve_memory(t.info.dtype), session, profile, tiles_per_worker=side_by_side
         )
         for t in tasks
     )
@@ -152,7 +155,7 @@ def check_sieve_limits(tasks: Sequence[BandTask], profile: OutputProfile, sessio
         planned_outputs(tasks),
         profile,
         session,
-        temporary_bytes=max(uncompressed_bytes(t.info.shape, t.info.dtype) for t in tasks),
+        temporary_bytes=max(uncompressed_bytes(t.shape, t.info.dtype) for t in tasks),
     )
 
 
@@ -170,14 +173,14 @@ def _valid_mask(tile: np.ndarray, nodata: float | None) -> np.ndarray | None:
     return tile != nodata
 
 
-def _settle(tile: Tile, path: str, band: int, shape, nodata, size: int, connectivity: int):
-    """Pass 1, in a worker."""
+def _settle(tile: Tile, source: PlacedBand, nodata, size: int, connectivity: int):
+    """Pass 1, in a worker: the tile of the task's grid, read through it."""
     from rsgrpc_kernels.sieve import TilePlacement, settle_tile
 
-    array = read_window(path, band, tile)
+    array = source.read(tile)
     settled = settle_tile(
         array,
-        TilePlacement(tile.row, tile.col, *shape),
+        TilePlacement(tile.row, tile.col, *source.shape),
         size=size,
         connectivity=connectivity,
         mask=_valid_mask(array, nodata),
@@ -284,7 +287,7 @@ def _sieve_band(
                 (
                     _settle,
                     batch,
-                    (info.path, info.band, info.shape, info.nodata, size, connectivity),
+                    (task.source, info.nodata, size, connectivity),
                 ),
             ),
             consume_settled,

@@ -18,7 +18,7 @@ from rsgrpc.engine.band_calc import (
     run_band_calc_script,
 )
 from rsgrpc.engine.band_calc_bandsets import add_outputs_to_bandsets, expand_band_calc_bandsets
-from rsgrpc.engine.band_tool import BandInput, OutputTarget
+from rsgrpc.engine.band_tool import BandInput, OutputTarget, Placement
 from rsgrpc.engine.bandsets import (
     BandSet,
     build_bands,
@@ -135,6 +135,18 @@ def output_target(output: raster_pb2.ToolOutput) -> OutputTarget:
         output_profile(output.options),
         virtual=output.virtual_output,
     )
+
+
+def input_placement(grid: raster_pb2.InputGrid) -> Placement:
+    """A band tool's `input_grid` (Remotior's `extent_list` and `multiple_resolution`)."""
+    extent = None
+    if grid.HasField("extent"):
+        e = grid.extent
+        extent = (e.left, e.top, e.right, e.bottom)
+    reference = None
+    if grid.HasField("reference"):
+        reference = BandInput(grid.reference.path, grid.reference.band or 1)
+    return Placement(extent, not grid.first_input_resolution, reference)
 
 
 def statistics_to_proto(stats: BandStatistics) -> raster_pb2.BandStatistics:
@@ -269,6 +281,7 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             size=request.size,
             connectivity=_CONNECTIVITIES[request.connectivity],
             target=output_target(request.output),
+            placement=input_placement(request.input_grid),
         )
         job = prepare_sieve(sieve, self._data_root, session, DEFAULT_PROFILE)
 
@@ -293,7 +306,11 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
                 lambda path, field: read_parameter_text(self._data_root, path, field),
             )
         halo_request = HaloRequest(
-            tool, parameters, band_inputs(request.inputs), output_target(request.output)
+            tool,
+            parameters,
+            band_inputs(request.inputs),
+            output_target(request.output),
+            input_placement(request.input_grid),
         )
         job = prepare_halo_job(halo_request, self._data_root, session, DEFAULT_PROFILE)
 

@@ -69,8 +69,8 @@ class CliFlag:
 class RasterTool(Generic[P]):
     """One band-in, band-out tool whose output pixel depends on a window of its input.
 
-    Its request has ``session``, ``inputs``, ``parameters`` and ``output`` (a
-    `ToolOutput`); its response lists one `output_type` per input (``input``,
+    Its request has ``session``, ``inputs``, ``parameters``, ``output`` (a
+    `ToolOutput`) and ``input_grid`` (an `InputGrid`); its response lists one `output_type` per input (``input``,
     ``output_path``, ``pixels_changed``).
 
     Server side: ``parameters(message, read_text)`` checks the request's parameters and

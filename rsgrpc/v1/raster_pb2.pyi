@@ -719,7 +719,8 @@ class ToolOutput(_message.Message):
     With one input and a path ending in `.tif` or `.tiff`, that path is the
     output. Otherwise the path is a directory (created when missing) and each
     input's output is `{prefix}{input file stem}.tif` inside it, as in
-    Remotior's tools. Outputs keep the input's grid, data type and nodata.
+    Remotior's tools. Outputs keep the input's data type and nodata, on the
+    input's grid as `InputGrid` places it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -761,6 +762,59 @@ class ToolOutput(_message.Message):
 Global___ToolOutput: _TypeAlias = ToolOutput  # noqa: Y015
 
 @_typing.final
+class InputGrid(_message.Message):
+    """Where a band tool (Sieve, Dilate, Erode, NeighborPixels) places each input
+    before it runs, as Remotior's band tools place theirs (`extent_list`,
+    `multiple_resolution`): each input is read through a grid of its own, and
+    the tool sees only that grid, as if the input were a raster clipped (or
+    resampled) first; each output is on its input's grid. Unset: each input on
+    its own grid when all are on one grid; otherwise each clipped to the first
+    input's extent, as Remotior.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTENT_FIELD_NUMBER: _builtins.int
+    FIRST_INPUT_RESOLUTION_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    first_input_resolution: _builtins.bool
+    """Read every input onto the first input's pixel size and pixel lines, by
+    nearest neighbour (Remotior's `multiple_resolution=False`), over the
+    extent or the first input's extent; pixels of that grid outside an input
+    read its nodata (0 without). False: each input keeps its own pixels
+    (Remotior's default, `multiple_resolution=True`).
+    """
+    @_builtins.property
+    def extent(self) -> Global___Extent:
+        """Clip each input to this extent (Remotior's `extent_list`), in the inputs'
+        CRS: its edges move to the nearest pixel lines of the input (of the first
+        input with `first_input_resolution`) and, without it, are kept within the
+        input. An extent that leaves no pixel of an input is refused.
+        """
+
+    @_builtins.property
+    def reference(self) -> Global___RasterBand:
+        """The call's first input, when it is not this request's first (a client
+        that sends one request per input): its extent and grid place the
+        inputs. Unset: this request's first input.
+        """
+
+    def __init__(
+        self,
+        *,
+        extent: Global___Extent | None = ...,
+        first_input_resolution: _builtins.bool = ...,
+        reference: Global___RasterBand | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["extent", b"extent", "reference", b"reference"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extent", b"extent", "first_input_resolution", b"first_input_resolution", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputGrid: _TypeAlias = InputGrid  # noqa: Y015
+
+@_typing.final
 class SieveRequest(_message.Message):
     """Request for Sieve."""
 
@@ -771,6 +825,7 @@ class SieveRequest(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     CONNECTIVITY_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     size: _builtins.int
@@ -789,6 +844,10 @@ class SieveRequest(_message.Message):
     def output(self) -> Global___ToolOutput:
         """Where the outputs go."""
 
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where each input is placed before it is sieved."""
+
     def __init__(
         self,
         *,
@@ -797,10 +856,11 @@ class SieveRequest(_message.Message):
         size: _builtins.int = ...,
         connectivity: Global___Connectivity.ValueType = ...,
         output: Global___ToolOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connectivity", b"connectivity", "inputs", b"inputs", "output", b"output", "session", b"session", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connectivity", b"connectivity", "input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "session", b"session", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -916,6 +976,7 @@ class DilateRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     @_builtins.property
@@ -930,6 +991,10 @@ class DilateRequest(_message.Message):
     def output(self) -> Global___ToolOutput:
         """Where the outputs go."""
 
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where each input is placed before it is dilated."""
+
     def __init__(
         self,
         *,
@@ -937,10 +1002,11 @@ class DilateRequest(_message.Message):
         inputs: _abc.Iterable[Global___RasterBand] | None = ...,
         parameters: Global___MorphologyParameters | None = ...,
         output: Global___ToolOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -956,6 +1022,7 @@ class ErodeRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     @_builtins.property
@@ -970,6 +1037,10 @@ class ErodeRequest(_message.Message):
     def output(self) -> Global___ToolOutput:
         """Where the outputs go."""
 
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where each input is placed before it is eroded."""
+
     def __init__(
         self,
         *,
@@ -977,10 +1048,11 @@ class ErodeRequest(_message.Message):
         inputs: _abc.Iterable[Global___RasterBand] | None = ...,
         parameters: Global___MorphologyParameters | None = ...,
         output: Global___ToolOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1165,6 +1237,7 @@ class NeighborPixelsRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session that runs it, `sessions/{session}`."""
     @_builtins.property
@@ -1179,6 +1252,10 @@ class NeighborPixelsRequest(_message.Message):
     def output(self) -> Global___ToolOutput:
         """Where the outputs go."""
 
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where each input is placed before it is filtered."""
+
     def __init__(
         self,
         *,
@@ -1186,10 +1263,11 @@ class NeighborPixelsRequest(_message.Message):
         inputs: _abc.Iterable[Global___RasterBand] | None = ...,
         parameters: Global___NeighborPixelsParameters | None = ...,
         output: Global___ToolOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

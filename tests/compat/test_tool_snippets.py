@@ -130,3 +130,18 @@ def test_workflow_ndvi_classes_sieve_dilation_erosion(run, scene):
     grown = ref.dilation(sieve, [3], 2, circular=False, nodata=0)
     _assert_output(dilated[0], grown)
     _assert_output(eroded[0], ref.erosion(grown, [1], 1, circular=False, nodata=0))
+
+
+def test_sieve_with_extent_list_sieves_the_clipped_classes(run, scene):
+    check, paths = run("sieve_extent_list").check()
+    assert check is True
+    assert paths == [f"{scene.data}/out/sieve_extent_list/sieve_classes.tif"]
+    # [500104, 4599797, 500496, 4599503] on the classes' 10 m pixel lines: rows 20 to 49
+    # and columns 10 to 49, sieved as a raster of their own.
+    window = (slice(20, 50), slice(10, 50))
+    clipped = np.ascontiguousarray(scene.classes[window])
+    expected = ref.sieve(clipped, 40, connected=False, nodata=0)
+    _assert_output(paths[0], expected)
+    assert not np.array_equal(
+        expected, ref.sieve(scene.classes, 40, connected=False, nodata=0)[window]
+    )
