@@ -14,8 +14,8 @@ for the rest. So compile time grows with the size of the expression alone (a cha
 instructions in a row, not 499 levels of nesting). Compile time still grows faster than
 the size where masks chain through many divisions (LLVM took 7 s for a chain of 200 ``*`` and
 ``/``, 22 s for 400), so an expression of more than ``MAX_FUSED_OPERATIONS`` operations is
-never fused: it always runs as its block program, whose cost per pixel is about the same at
-that size, and no client can keep a worker compiling for minutes. Over more than
+never fused: it always runs as its block program, and no client can keep a worker compiling
+for minutes. Over more than
 ``_FUSED_INPUTS`` inputs the expression is a function of its own that the loop calls. The
 aggregations call shared reducers over a scratch vector. The kernel releases the GIL; large
 tiles are split into row ranges run by ``numba.get_num_threads()`` threads.

@@ -14,7 +14,7 @@ from rsgrpc_kernels import morphology
 from rsgrpc_kernels.sieve import SIEVE_DTYPES, sieve_with_stats
 
 from rsgrpc.engine.band_tool import BandInput, OutputTarget
-from rsgrpc.engine.morphology import MorphologyRequest, prepare_morphology, run_morphology
+from rsgrpc.engine.halo_job import HaloRequest, prepare_halo_job, run_halo_job
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import OutputProfile
@@ -22,6 +22,7 @@ from rsgrpc.engine.session import ServerLimits, SessionRegistry, SessionSettings
 from rsgrpc.engine.sieve import SIEVE_DTYPES as ENGINE_SIEVE_DTYPES
 from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
 from rsgrpc.engine.tiles import TilePlan
+from rsgrpc.tools.morphology import DILATION, EROSION, MorphologyParameters, check_parameters
 from tests.conftest import write_geotiff
 
 SHAPE = (1100, 700)  # tiles of 1024 still cut it in two
@@ -29,6 +30,7 @@ SHAPE = (1100, 700)  # tiles of 1024 still cut it in two
 PROFILE = OutputProfile("zstd", level=1, block_size=64)
 TILE_EDGES = (64, 320, 1024)
 NODATA = 255
+MORPHOLOGY_TOOLS = {"dilation": DILATION, "erosion": EROSION}
 
 
 def _classes(seed: int) -> np.ndarray:
@@ -91,9 +93,9 @@ def test_engine_halo_is_the_kernels(data_root):
     ):
         for name in filters:
             for size in (1, 3, 12):
-                request = MorphologyRequest(tool, name, (), size, False, (), OutputTarget("x"))
+                parameters = MorphologyParameters(tool, name, (), size, False)
                 operation = "dilation" if name in ("value_list", "grey") else name
-                assert request.halo == morphology.halo_width(operation, size)
+                assert parameters.halo == morphology.halo_width(operation, size)
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
@@ -150,17 +152,14 @@ def _untiled(tool, name, values, size, circular, array, nodata):
 def test_morphology_any_tiling_equals_the_whole_raster(session, data_root, case, edge):
     tool, name, values, size, circular, source = MORPHOLOGY_CASES[case]
     output = f"morphology/{session.executor.workers}-{case}-{edge}.tif"
-    request = MorphologyRequest(
-        tool,
-        name,
-        values,
-        size,
-        circular,
+    request = HaloRequest(
+        MORPHOLOGY_TOOLS[tool],
+        check_parameters(MorphologyParameters(tool, name, values, size, circular)),
         (BandInput(source),),
         OutputTarget(output, overwrite=True),
     )
-    job = _with_tiles(prepare_morphology(request, data_root, session, PROFILE), edge)
-    [result] = run_morphology(job, session, Operation(session.name, tool, owner=session.owner))
+    job = _with_tiles(prepare_halo_job(request, data_root, session, PROFILE), edge)
+    [result] = run_halo_job(job, session, Operation(session.name, tool, owner=session.owner))
 
     array = _read(data_root, source)
     nodata = None if array.dtype.kind == "f" else NODATA

@@ -765,22 +765,18 @@ class BandSetCatalog:
         """Add a band at `band_number` (after the last when None); its wavelength is its
         band number when None, as in Remotior. The band set's root directory applies
         (`root_directory` is not per band on the server)."""
-        message = self._message(bandset_number)
-        bands = list(message.bands)
-        position = len(bands) + 1 if band_number is None else max(1, band_number)
-        band = new_band(
-            self._to_server(path),
-            position,
-            raster_band=raster_band,
-            band_name=band_name,
-            date=date,
-            unit=unit,
-            multiplicative_factor=multiplicative_factor,
-            additive_factor=additive_factor,
-            wavelength=wavelength,
+        self._object(self._message(bandset_number)).add_new_band(
+            path,
+            band_number,
+            raster_band,
+            band_name,
+            date,
+            root_directory,
+            multiplicative_factor,
+            additive_factor,
+            wavelength,
+            unit,
         )
-        bands.insert(position - 1, band)
-        self._set_bands(message.bandset_number, bands)
 
     def remove_band_in_bandset(self, band_number: int, bandset_number: int | None = None) -> None:
         message = self._message(bandset_number)

@@ -22,7 +22,7 @@ from rsgrpc.engine.band_calc_script import (
     split_script,
     unsupported_feature,
 )
-from rsgrpc.engine.band_tool import is_value_of, plan_band_tiles
+from rsgrpc.engine.band_tool import plan_band_tiles
 from rsgrpc.engine.errors import (
     CancelledError,
     InvalidArgumentError,
@@ -55,6 +55,7 @@ from rsgrpc.engine.tiff_tiles import EncodedTile
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan
 from rsgrpc.engine.virtual_raster import is_vrt_path, output_files, virtual_path
+from rsgrpc.tools.spec import is_value_of
 
 MAX_INPUTS = 64
 _NAME_LIMIT = 64

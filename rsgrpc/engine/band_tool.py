@@ -52,7 +52,6 @@ from rsgrpc.engine.raster_io import (
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan, plan_tiles
 from rsgrpc.engine.virtual_raster import VRT_SUFFIX, virtual_path
-from rsgrpc.tools.spec import is_value_of as is_value_of  # band calc's import
 
 MAX_BANDS = 64
 # The server's own memory, which a job needs beside its workers: after two band

@@ -123,8 +123,8 @@ def _prepare_for_jobs() -> None:
     from rsgrpc.engine.raster_io import DEFAULT_PROFILE, encode_output_tile
     from rsgrpc.engine.tiles import Tile
 
-    for module in ("band_calc", "sieve", "morphology"):
-        importlib.import_module(f"rsgrpc.engine.{module}")
+    for module in ("engine.band_calc", "engine.sieve", "engine.halo_job", "tools"):
+        importlib.import_module(f"rsgrpc.{module}")
     tile = np.arange(256, dtype=np.uint16).reshape(16, 16)
     out, _, _ = evaluate(parse_expression("(a - 1) / (a + 1)", ["a"]), [tile], [0])
     encode_output_tile(out, Tile(0, 0, 16, 16), DEFAULT_PROFILE)

@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from rsgrpc.server.status import handler_kind
+
 ANONYMOUS = "anonymous"
 # A token file's line with a token and no name gives the token this identity.
 DEFAULT_TOKEN_NAME = "default"
@@ -142,7 +144,7 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(_EXEMPT_PREFIX):
             return handler
-        kind = _kind(handler)
+        kind = handler_kind(handler)
         behaviour = getattr(handler, kind)
         authenticator = self._authenticator
         if inspect.isasyncgenfunction(behaviour):
@@ -159,13 +161,6 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
             return await behaviour(request, context)
 
         return handler._replace(**{kind: call})
-
-
-def _kind(handler: grpc.RpcMethodHandler) -> str:
-    """The name of the handler's behaviour field, e.g. `unary_stream`."""
-    requests = "stream" if handler.request_streaming else "unary"
-    responses = "stream" if handler.response_streaming else "unary"
-    return f"{requests}_{responses}"
 
 
 async def _enter(authenticator: Authenticator, context: grpc.aio.ServicerContext) -> None:

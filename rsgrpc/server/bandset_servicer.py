@@ -95,6 +95,35 @@ def band_specs(bands) -> list[bandsets.BandSpec]:
     ]
 
 
+def build_bandset(
+    data_root: DataRoot,
+    given: bandset_pb2.BandSet,
+    specs: list[bandsets.BandSpec],
+    *,
+    sensor: str = "",
+    sort: bool = False,
+    field: str = "",
+) -> bandsets.BandSet:
+    """The band set `given` describes, its files confined, opened and described here (the
+    sizes and CRS the message gives are not read); with `sensor` (a full name), its
+    wavelengths; with `sort`, its bands by wavelength, as Remotior creates them. Errors
+    name the message's fields after `field` (``inline_bandset.``, for one in a request)."""
+    root_directory = bandsets.check_text(given.root_directory, f"{field}root_directory")
+    bands = bandsets.build_bands(data_root, specs, root_directory, bands_field=f"{field}bands")
+    if sensor:
+        bands = bandsets.apply_sensor(bands, sensor)
+    elif sort:
+        bands = bandsets.sort_by_wavelength(bands)
+    return bandsets.BandSet(
+        display_name=bandsets.check_text(given.display_name, f"{field}display_name")
+        or bandsets.default_display_name(bands),
+        date=bandsets.check_date(given.date, f"{field}date"),
+        root_directory=root_directory,
+        bands=bands,
+        sensor=sensor,
+    )
+
+
 def _page(page_size: int, page_token: str) -> tuple[int, int]:
     if page_size < 0:
         raise InvalidArgumentError("page_size must not be negative")
@@ -135,31 +164,6 @@ class BandSetServicer(bandset_pb2_grpc.BandSetServiceServicer):
             raise NotFoundError(f"band set {name!r} does not exist; numbers start at 1")
         return self._session(match.group(1)), number
 
-    def _build(
-        self,
-        given: bandset_pb2.BandSet,
-        specs: list[bandsets.BandSpec],
-        *,
-        sensor: str,
-        sort: bool,
-    ) -> bandsets.BandSet:
-        """The band set `given` describes, its files checked; with `sensor` (a full name),
-        its wavelengths; with `sort`, its bands by wavelength, as Remotior creates them."""
-        root_directory = bandsets.check_text(given.root_directory, "root_directory")
-        bands = bandsets.build_bands(self._data_root, specs, root_directory)
-        if sensor:
-            bands = bandsets.apply_sensor(bands, sensor)
-        elif sort:
-            bands = bandsets.sort_by_wavelength(bands)
-        return bandsets.BandSet(
-            display_name=bandsets.check_text(given.display_name, "display_name")
-            or bandsets.default_display_name(bands),
-            date=bandsets.check_date(given.date, "date"),
-            root_directory=root_directory,
-            bands=bands,
-            sensor=sensor,
-        )
-
     @reports_errors
     async def CreateBandSet(self, request, context):
         session = self._session(request.parent)
@@ -180,7 +184,7 @@ class BandSetServicer(bandset_pb2_grpc.BandSetServiceServicer):
                     self._data_root, request.folder, request.name_filter, given.root_directory
                 )
                 listed = [bandsets.BandSpec(path=path) for path in paths]
-            return self._build(given, listed, sensor=sensor, sort=True)
+            return build_bandset(self._data_root, given, listed, sensor=sensor, sort=True)
 
         bandset = await asyncio.to_thread(build)
         session.touch()

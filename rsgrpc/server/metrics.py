@@ -36,6 +36,7 @@ from rsgrpc.engine.executors import LocalProcessExecutor
 from rsgrpc.engine.operations import Operation, OperationStore, Progress, Stage
 from rsgrpc.engine.session import SessionRegistry
 from rsgrpc.server.config import MIB
+from rsgrpc.server.status import handler_kind
 from rsgrpc.v1 import raster_pb2
 
 _LOGGER = logging.getLogger(__name__)
@@ -192,23 +193,10 @@ Record = Callable[[grpc.StatusCode, float], None]
 
 
 def _measured(handler: grpc.RpcMethodHandler, record: Record) -> grpc.RpcMethodHandler:
-    """`handler` with its behaviour wrapped by `_timed`, of the same kind."""
-    if handler.request_streaming and handler.response_streaming:
-        behaviour, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behaviour, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behaviour, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behaviour, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    wrapped = _timed(behaviour, record)
-    if wrapped is None:
-        return handler
-    return make(
-        wrapped,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    """`handler` with its behaviour wrapped by `_timed`."""
+    kind = handler_kind(handler)
+    wrapped = _timed(getattr(handler, kind), record)
+    return handler if wrapped is None else handler._replace(**{kind: wrapped})
 
 
 def _timed(behaviour: Any, record: Record) -> Any:

@@ -19,13 +19,6 @@ from rsgrpc.engine.band_calc import (
 )
 from rsgrpc.engine.band_calc_bandsets import add_outputs_to_bandsets, expand_band_calc_bandsets
 from rsgrpc.engine.band_tool import BandInput, OutputTarget, Placement
-from rsgrpc.engine.bandsets import (
-    BandSet,
-    build_bands,
-    check_date,
-    check_text,
-    default_display_name,
-)
 from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.engine.halo_job import (
     HaloRequest,
@@ -41,7 +34,7 @@ from rsgrpc.engine.session import Session, SessionRegistry
 from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
 from rsgrpc.engine.statistics import BandStatistics
 from rsgrpc.server.auth import Caller, current_caller
-from rsgrpc.server.bandset_servicer import band_specs
+from rsgrpc.server.bandset_servicer import band_specs, build_bandset
 from rsgrpc.server.operation_servicer import start_operation
 from rsgrpc.server.status import reports_errors
 from rsgrpc.tools import RASTER_TOOLS
@@ -100,27 +93,6 @@ def output_profile(options: raster_pb2.OutputOptions) -> OutputProfile | None:
         raise InvalidArgumentError(f"unknown compression {options.compression}")
     # OutputProfile refuses a level or predictor the codec does not take.
     return OutputProfile(codec, options.level, options.predictor, options.cloud_optimized)
-
-
-def inline_bandset(message, data_root: DataRoot) -> BandSet:
-    """BandCalcRequest.inline_bandset, built as CreateBandSet builds a band set but kept
-    out of the catalog: every band's file confined to the data roots, opened and described
-    here (the sizes and CRS the message gives are not read), all on one grid; its bands in
-    the order given."""
-    root_directory = check_text(message.root_directory, "inline_bandset.root_directory")
-    bands = build_bands(
-        data_root,
-        band_specs(message.bands),
-        root_directory,
-        bands_field="inline_bandset.bands",
-    )
-    return BandSet(
-        display_name=check_text(message.display_name, "inline_bandset.display_name")
-        or default_display_name(bands),
-        date=check_date(message.date, "inline_bandset.date"),
-        root_directory=root_directory,
-        bands=bands,
-    )
 
 
 def band_inputs(inputs) -> tuple[BandInput, ...]:
@@ -228,11 +200,12 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
         )
         # Remotior's band set language, expanded from the session's catalog (or the band set
         # given inline, never added to it) into named inputs.
-        inline = (
-            inline_bandset(request.inline_bandset, self._data_root)
-            if request.HasField("inline_bandset")
-            else None
-        )
+        inline = None
+        if request.HasField("inline_bandset"):  # its bands in the order given
+            given = request.inline_bandset
+            inline = build_bandset(
+                self._data_root, given, band_specs(given.bands), field="inline_bandset."
+            )
         expanded = expand_band_calc_bandsets(
             calc,
             session.bandsets,

@@ -141,6 +141,14 @@ def reports_errors(method: F) -> F:
     return unary  # type: ignore[return-value]
 
 
+def handler_kind(handler: grpc.RpcMethodHandler) -> str:
+    """The name of the handler's behaviour field, e.g. `unary_stream`: a wrapper replaces
+    that field (``handler._replace(**{kind: wrapped})``)."""
+    requests = "stream" if handler.request_streaming else "unary"
+    responses = "stream" if handler.response_streaming else "unary"
+    return f"{requests}_{responses}"
+
+
 def refusing_handler(
     handler: grpc.RpcMethodHandler, error: errors.RsgrpcError
 ) -> grpc.RpcMethodHandler:
