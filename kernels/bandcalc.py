@@ -315,12 +315,15 @@ def compile_kernel(
     return _KERNELS.get(signature.key) or _compile_stored(expression, signature, wait=True)
 
 
-def compile_in_background(idle: Callable[[], bool] | None = None) -> None:
-    """From now on, in this process, an expression evaluated a second time as a block program
-    has its fused kernel compiled and stored by a thread of low priority, whenever ``idle()``
-    (default: at once), and used once ready (see ``fused_store``). The engine's workers turn
-    this on, compiling while they run no task."""
-    _COMPILER.start(idle)
+def compile_in_background(
+    idle: Callable[[], bool] | None = None,
+    after_pixels: int = fused_store.COMPILE_AFTER_PIXELS,
+) -> None:
+    """From now on, in this process, an expression evaluated again as a block program, on
+    ``after_pixels`` pixels in all, has its fused kernel compiled and stored by a thread of
+    low priority, whenever ``idle()`` (default: at once), and used once ready (see
+    ``fused_store``). The engine's workers turn this on, compiling while they run no task."""
+    _COMPILER.start(idle, after_pixels)
 
 
 def _stored_kernel(expression: Expression, signature: _Signature) -> BandCalcKernel | None:
@@ -460,7 +463,8 @@ def evaluate(
     compiles nothing; ``"fused"`` its fused kernel, compiled now unless cached or stored;
     ``"auto"`` the fused kernel if this process has it or it is stored on disk, else the
     program (and, if `compile_in_background` was called, the fused kernel is compiled in the
-    background once the expression is seen again). Every method gives the same pixels.
+    background once the expression is seen again on enough pixels). Every method gives the
+    same pixels.
 
     Remotior's options (see the module's notes): ``calc_dtype`` float32 or float64 (numpy or
     GDAL name); ``nodata_mask`` ``"any"``, ``"all"`` or ``"none"``; ``input_nodata_as_value``:
@@ -537,7 +541,9 @@ def evaluate(
         kernel = _KERNELS.get(signature.key) or _stored_kernel(expression, signature)
         if kernel is None:
             _COMPILER.seen(
-                signature.key, lambda: _compile_stored(expression, signature, wait=False)
+                signature.key,
+                math.prod(shape),
+                lambda: _compile_stored(expression, signature, wait=False),
             )
 
     if kernel is not None:

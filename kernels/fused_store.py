@@ -2,11 +2,13 @@
 
 A new expression runs as a block program (``block_program``), which compiles nothing. The
 fused kernel of ``bandcalc`` runs it faster (two to three times, on the pixels alone), but takes
-a fraction of a second to a few seconds to compile. So when a process sees an expression again,
-and compiling in the background is on (the engine's workers turn it on), one thread of low
-priority compiles its fused kernel and saves it in numba's cache folder; from then on, this
-process and every other that shares the folder (a server's workers, after restarts too) load it
-in milliseconds instead of compiling it.
+a fraction of a second to a few seconds to compile, holding the process's GIL. So when a process
+has run an expression again, on at least ``COMPILE_AFTER_PIXELS`` pixels in all, and compiling
+in the background is on (the engine's workers turn it on), one thread of low priority compiles
+its fused kernel while the process is idle and saves it in numba's cache folder; from then on,
+this process and every other that shares the folder (a server's workers, after restarts too)
+load it in milliseconds instead of compiling it. Small jobs, which fusing would not speed up
+measurably, never pay for a compile: the second of GIL it holds would stall them.
 
 numba keys the cache of a function by its code and by the pickled values of its closure, which
 for a kernel built at run time differ from process to process; here each kernel is stored under
@@ -38,6 +40,10 @@ MAX_STORED: Final = 256
 # How long a process trusts that a kernel is not on disk before looking again (another
 # process may have compiled it meanwhile).
 ABSENT_SECONDS: Final = 5.0
+# The pixels an expression runs on, in one process, before its fused kernel is worth a compile:
+# about a second of the program's time on one core (it runs near 5 ns a pixel, the fused
+# kernel two to three times faster), or a 5800 x 5800 scene.
+COMPILE_AFTER_PIXELS: Final = 1 << 25
 # Expressions remembered as seen, and compiles waiting for the background thread.
 _SEEN_LIMIT: Final = 1024
 _PENDING_LIMIT: Final = 16
@@ -137,39 +143,48 @@ _IDLE_POLL_SECONDS: Final = 0.05
 
 
 class BackgroundCompiler:
-    """Compiles the fused kernel of an expression seen a second time, one at a time, in a
-    thread of the lowest priority, while the process is idle (a compile holds the GIL for
-    most of a second, which a running job would feel); off until `start` is called."""
+    """Compiles the fused kernel of an expression seen again, once it has run on
+    ``after_pixels`` pixels, one at a time, in a thread of the lowest priority, while the
+    process is idle (a compile holds the GIL for most of a second, which a running job would
+    feel); off until `start` is called."""
 
     def __init__(self) -> None:
         self._idle: Callable[[], bool] = lambda: True
-        self._seen: OrderedDict[Hashable, int] = OrderedDict()
+        self._after_pixels = COMPILE_AFTER_PIXELS
+        # Per expression: (times run, pixels run on).
+        self._seen: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()
         self._pending: OrderedDict[Hashable, Callable[[], Any]] = OrderedDict()
         self._done: set[Hashable] = set()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def start(self, idle: Callable[[], bool] | None = None) -> None:
-        """Compile from now on, whenever ``idle()`` says the process is (default: always)."""
+    def start(
+        self, idle: Callable[[], bool] | None = None, after_pixels: int = COMPILE_AFTER_PIXELS
+    ) -> None:
+        """Compile from now on, whenever ``idle()`` says the process is (default: always),
+        the kernels of expressions run twice or more on ``after_pixels`` pixels in all."""
         with self._wake:
             if idle is not None:
                 self._idle = idle
+            self._after_pixels = after_pixels
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="fused-compiler", daemon=True
                 )
                 self._thread.start()
 
-    def seen(self, key: Hashable, compile_kernel: Callable[[], Any]) -> None:
-        """An expression ran as a program; ``compile_kernel`` compiles (and stores) it."""
+    def seen(self, key: Hashable, pixels: int, compile_kernel: Callable[[], Any]) -> None:
+        """An expression ran as a program on ``pixels`` pixels; ``compile_kernel`` compiles
+        (and stores) it."""
         with self._wake:
             if self._thread is None or key in self._done or key in self._pending:
                 return
-            count = self._seen.pop(key, 0) + 1
-            self._seen[key] = count
+            count, total = self._seen.pop(key, (0, 0))
+            count, total = count + 1, total + pixels
+            self._seen[key] = (count, total)
             while len(self._seen) > _SEEN_LIMIT:
                 self._seen.popitem(last=False)
-            if count >= 2 and len(self._pending) < _PENDING_LIMIT:
+            if count >= 2 and total >= self._after_pixels and len(self._pending) < _PENDING_LIMIT:
                 self._pending[key] = compile_kernel
                 self._wake.notify()
 

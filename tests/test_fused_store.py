@@ -6,17 +6,19 @@ import subprocess
 import sys
 
 import pytest
+from rsgrpc_kernels.fused_store import BackgroundCompiler
 
 # Evaluates one expression in a new process on a given numba cache folder: twice with the
-# background compiler on, waiting for the fused kernel if asked; reports what ran and whether
-# numba compiled the fused kernel or loaded it.
+# background compiler on (compiling once an expression has run on two tiles of 40 x 50),
+# waiting for the fused kernel if asked; reports what ran and whether numba compiled the
+# fused kernel or loaded it.
 _SCRIPT = """
 import json, sys, time
 import numpy as np
 from rsgrpc_kernels import bandcalc
 from rsgrpc_kernels.expression import parse_expression
 text, wait = sys.argv[1], sys.argv[2] == "wait"
-bandcalc.compile_in_background()
+bandcalc.compile_in_background(after_pixels=2 * 40 * 50)
 e = parse_expression(text, ["a", "b"])
 a = np.arange(40 * 50, dtype=np.uint16).reshape(40, 50)
 b = np.flipud(a).astype(np.float32)
@@ -62,3 +64,20 @@ def test_an_expression_seen_again_is_compiled_in_the_background_stored_and_loade
     # Another expression is not stored: it runs as a program.
     other = _run(tmp_path, "a * 7 - b", wait=False)
     assert other["fused"] == 0 and other["same"]
+
+
+def test_an_expression_is_compiled_only_once_it_has_run_again_on_enough_pixels():
+    compiler = BackgroundCompiler()
+    compiled = []
+    compiler.start(idle=lambda: False, after_pixels=1000)  # idle never: nothing runs
+
+    def seen(key, pixels):
+        compiler.seen(key, pixels, lambda: compiled.append(key))
+        return key in compiler._pending
+
+    # Small tiles, again and again: queued only once 1000 pixels have run.
+    assert [seen("small", 300) for _ in range(4)] == [False, False, False, True]
+    # One large tile is not enough: an expression is compiled only when seen again.
+    assert seen("large", 5000) is False
+    assert seen("large", 1) is True
+    assert compiled == []
