@@ -19,7 +19,16 @@ from typing import Final
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from . import bandcalc, block_program, focal, morphology, row_statistics, scalar_ops, sieve
+from . import (
+    bandcalc,
+    block_program,
+    focal,
+    morphology,
+    reclassify,
+    row_statistics,
+    scalar_ops,
+    sieve,
+)
 from .expression import Expression, parse_expression
 from .numba_cache import load_without_compiling
 
@@ -75,7 +84,16 @@ def fixed_kernels(*modules: ModuleType) -> dict[str, Dispatcher]:
     """The numba functions the cases compile, by module and name (``sieve._label``), of
     ``modules`` (by default, every kernel module)."""
     found = {}
-    every = (sieve, morphology, focal, bandcalc, block_program, scalar_ops, row_statistics)
+    every = (
+        sieve,
+        morphology,
+        focal,
+        reclassify,
+        bandcalc,
+        block_program,
+        scalar_ops,
+        row_statistics,
+    )
     for module in modules or every:
         for name, value in vars(module).items():
             if isinstance(value, Dispatcher):
@@ -225,6 +243,18 @@ def _focal_cases() -> Iterator[WarmCase]:
         )
 
 
+def _reclassify_cases() -> Iterator[WarmCase]:
+    # One signature per input dtype; a condition runs its block program into uint8.
+    rules = ((1, 7), ("(raster >= 2) & (raster < 3)", 5), (None, 6))
+    for dtype in reclassify.RECLASSIFY_DTYPES:
+        yield WarmCase(
+            "reclassify",
+            dtype,
+            "values, a condition and nodata",
+            lambda d=dtype: reclassify.reclassify(_classes(d), rules, nodata=3),
+        )
+
+
 def _band_calc_cases() -> Iterator[WarmCase]:
     expression = parse_expression(_EVERY_OPERATION, ["a", "b"])
     for dtype in sorted(d.name for d in bandcalc.OUTPUT_DTYPES):
@@ -263,5 +293,6 @@ WARM_CASES: Final[dict[str, Callable[[], Iterator[WarmCase]]]] = {
     "erosion": _morphology_cases,
     "grey": _morphology_cases,
     "focal": _focal_cases,
+    "reclassify": _reclassify_cases,
     "band-calc": _band_calc_cases,
 }

@@ -174,6 +174,18 @@ def _band_tool_common(args: argparse.Namespace) -> dict:
     }
 
 
+def _raster_path_common(args: argparse.Namespace) -> dict:
+    """The arguments of a tool that takes one raster (`raster_path`, its band 1)."""
+    if len(args.input) != 1 or args.input[0][1] != 1 or args.prefix:
+        raise SystemExit(f"rsgrpc {args.command}: takes one --input (band 1) and no --prefix")
+    return {
+        "raster_path": args.input[0][0],
+        "output_path": args.output,
+        "overwrite": args.overwrite,
+        "compression": args.compression,
+    }
+
+
 def _sieve(args: argparse.Namespace) -> int:
     with _session(args) as session:
         result = session.band_sieve(
@@ -196,12 +208,35 @@ def _declared_tool(args: argparse.Namespace) -> int:
 
     tool = raster_tool(args.tool)
     arguments = {flag.argument: getattr(args, flag.dest) for flag in tool.cli_flags}
+    common = _raster_path_common(args) if tool.raster_path_input else _band_tool_common(args)
     with _session(args) as session:
-        result = getattr(session, tool.name)(**_band_tool_common(args), **arguments)
+        result = getattr(session, tool.name)(**common, **arguments)
     if not result.check:
         return _failed(args.command, result)
     for output in result.grpc.response.outputs:
         print(f"{output.output_path}: {output.pixels_changed} pixels changed")
+    return 0
+
+
+def _table_tool(args: argparse.Namespace) -> int:
+    """The command of a declared table tool (`rsgrpc.tools.TABLE_TOOLS`): the file written,
+    then the table's rows, tab-separated under their field names."""
+    from rsgrpc.tools import table_tool
+
+    tool = table_tool(args.tool)
+    arguments = {flag.argument: getattr(args, flag.dest) for flag in tool.cli_flags}
+    arguments[tool.input_argument] = args.input
+    with _session(args) as session:
+        result = getattr(session, tool.name)(output_path=args.output, **arguments)
+    if not result.check:
+        return _failed(args.command, result)
+    response = result.grpc.response
+    fields = [f.name for f in response.DESCRIPTOR.fields_by_name["rows"].message_type.fields]
+    print(f"{response.output_path}: {len(response.rows)} rows")
+    print("\t".join(fields))
+    for row in response.rows:
+        values = (getattr(row, name) for name in fields)
+        print("\t".join(f"{v:.10g}" if isinstance(v, float) else str(v) for v in values))
     return 0
 
 
@@ -434,6 +469,26 @@ def build_parser() -> argparse.ArgumentParser:
         for flag in tool.cli_flags:
             command.add_argument(flag.flag, **flag.options)
         command.set_defaults(run=_declared_tool, tool=tool.name)
+
+    from rsgrpc.tools import TABLE_TOOLS
+
+    for table in TABLE_TOOLS:
+        command = commands.add_parser(table.command, help=f"{table.summary}, in a new session")
+        _add_session_arguments(command)
+        command.add_argument(
+            "--input",
+            action="append",
+            type=_band,
+            required=True,
+            metavar="PATH[:BAND]",
+            help="an input band, relative to the data root",
+        )
+        command.add_argument(
+            "--output", required=True, help=f"the {table.suffix} file, relative to the data root"
+        )
+        for flag in table.cli_flags:
+            command.add_argument(flag.flag, **flag.options)
+        command.set_defaults(run=_table_tool, tool=table.name)
 
     download = commands.add_parser(
         "download", help="download a batch of requests in a new session, with a progress bar"

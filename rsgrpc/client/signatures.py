@@ -484,6 +484,104 @@ BAND_NEIGHBOR_PIXELS = MethodSpec(
     },
 )
 
+RASTER_RECLASSIFICATION = MethodSpec(
+    "raster_reclassification",
+    remotior=(
+        ("raster_path", REQUIRED),
+        ("output_path", None),
+        ("overwrite", False),
+        ("reclassification_table", None),
+        ("csv_path", None),
+        ("separator", ","),
+        ("output_data_type", None),
+        ("extent_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("virtual_output", None),
+        ("progress_message", True),
+    ),
+    extensions=(("compression", None),),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "extent_list": _BAND_TOOL_NOTES["extent_list"],
+        "virtual_output": _BAND_TOOL_NOTES["virtual_output"],
+        "output_path": Note(
+            "differs",
+            "the file written, any extension other than .tif, .tiff or .vrt becoming .tif as "
+            "in Remotior; None is refused (Remotior writes to its temporary directory)",
+        ),
+        "reclassification_table": Note(
+            "differs",
+            "[old, new] rows or a structured array of old_value and new_value: old a number "
+            "(pixels equal to it in the input's type; Remotior takes integers only), nan or "
+            "null (nodata pixels), or a condition on `raster` such as `raster > 5` or "
+            "`(raster >= 2) & (raster < 4)`, parsed with band calc's allow-list, never "
+            "evaluated, and true or false (Remotior runs it with exec); new a number kept "
+            "exactly (Remotior truncates it to an integer where a condition or a 0 is in the "
+            "table) or nan/null for nodata (Remotior's integer fast path keeps the old value). "
+            "The last rule that selects a pixel wins, as in Remotior; a valid pixel no rule "
+            "selects keeps its value (Remotior's sorted path gives pixels below the largest "
+            "old value the next old value's new value); no condition selects a nodata pixel. "
+            "A new value that the output type cannot hold, or an old value that the input's "
+            "cannot, is refused (INVALID_ARGUMENT) before anything runs",
+        ),
+        "csv_path": Note(
+            "differs",
+            "a CSV file under the data roots, one old,new rule a line as in "
+            "reclassification_table, split at the line's last separator (so a condition may "
+            "hold one); empty lines and a first line old_value,new_value are skipped",
+        ),
+        "output_data_type": Note(
+            "differs",
+            "GDAL or NumPy type names; None is the input's, UInt16 and UInt32 becoming Int32 "
+            "when a new value is negative as in Remotior (a type given is kept, and a "
+            "negative value refused); nodata is the input's where the type holds it, else "
+            "-32768, 255 (Byte), -128 (Int8), 65535 (UInt16), 4294967295 (UInt32) or NaN "
+            "(floats), none for an input without nodata that needs none; unselected values "
+            "are rounded to integers halves away from zero, and those outside the type's "
+            "range are nodata (GDAL clamps them in Remotior)",
+        ),
+    },
+)
+
+RASTER_REPORT = MethodSpec(
+    "raster_report",
+    remotior=(
+        ("raster_path", REQUIRED),
+        ("output_path", None),
+        ("nodata_value", None),
+        ("extent_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("progress_message", True),
+    ),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "raster_path": Note(
+            "differs",
+            "band 1 of a raster under the data roots; values are counted exactly in the "
+            "band's type (Remotior reads them as float32 and truncates them to integers, so "
+            "a float raster's 1.2 and 1.7 are two rows of 1 there and 1.20 and 1.70 here); "
+            "more than 262,144 distinct values is refused (RESOURCE_EXHAUSTED), the tool "
+            "being meant for classified rasters",
+        ),
+        "output_path": Note(
+            "differs",
+            "the CSV file, `.csv` appended to another extension as in Remotior, an existing "
+            "file replaced as Remotior replaces it, with Remotior's header and numbers; the "
+            "rows are also in the response (`grpc.response.rows`); areas are in the CRS's "
+            "unit, and not available (nan) for a geographic CRS as in Remotior or a raster "
+            "without CRS (Remotior fails); None is refused (Remotior writes to its temporary "
+            "directory)",
+        ),
+        "extent_list": Note(
+            "differs",
+            "the raster is clipped to it before it is counted, on its pixel lines and within "
+            "it, as in Remotior; an extent that leaves no pixel is refused",
+        ),
+    },
+)
+
 SIGNATURES: dict[str, MethodSpec] = {
     "__init__": SESSION_INIT,
     "set": SESSION_SET,
@@ -492,6 +590,8 @@ SIGNATURES: dict[str, MethodSpec] = {
     "band_dilation": BAND_DILATION,
     "band_erosion": BAND_EROSION,
     "band_neighbor_pixels": BAND_NEIGHBOR_PIXELS,
+    "raster_reclassification": RASTER_RECLASSIFICATION,
+    "raster_report": RASTER_REPORT,
 }
 
 # Remotior's `Session` attributes other than the methods above, and what the client has.
@@ -527,8 +627,6 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
             "band_pca",
             "cross_classification",
             "raster_label",
-            "raster_reclassification",
-            "raster_report",
             "raster_zonal_stats",
         )
     },

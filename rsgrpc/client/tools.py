@@ -9,6 +9,7 @@ replaces its output, and the band tools replace the outputs they write in a dire
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -21,8 +22,9 @@ from rsgrpc.client.signatures import (
     MethodSpec,
     remotior_method,
 )
-from rsgrpc.tools import RASTER_TOOLS
+from rsgrpc.tools import RASTER_TOOLS, TABLE_TOOLS
 from rsgrpc.tools.spec import ParameterError, RasterTool, data_type
+from rsgrpc.tools.table_spec import TableTool
 from rsgrpc.v1 import raster_pb2
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ _PATH_ARGUMENTS = (
     "extent_raster",
     "align_raster",
     "structure",
+    "raster_path",
+    "csv_path",
 )
 
 
@@ -446,6 +450,22 @@ class RasterTools:
         )
 
 
+def _raster_path_arguments(a: dict[str, Any]) -> dict[str, Any]:
+    """A `raster_path` tool's arguments as a band tool's: band 1 of the raster, written to
+    the file `output_path` (any extension but .tif, .tiff or .vrt becoming .tif; an
+    existing file replaced only with overwrite=True), as Remotior writes it."""
+    if not isinstance(a["raster_path"], str | os.PathLike):
+        raise Refusal(f"raster_path must be a path, got {a['raster_path']!r}")
+    output_path = a["output_path"]
+    return {
+        **a,
+        "input_bands": [os.fspath(a["raster_path"])],
+        "output_path": None if output_path is None else [os.fspath(output_path)],
+        "prefix": "",
+        "multiple_resolution": True,
+    }
+
+
 def _declared_method(tool: RasterTool) -> Callable[..., Any]:
     """The method of a declared tool (`rsgrpc.tools`), with Remotior's signature of the
     same name: its parameters from Remotior's arguments, then one request per output
@@ -453,6 +473,8 @@ def _declared_method(tool: RasterTool) -> Callable[..., Any]:
 
     def method(self: Session, a: dict[str, Any]) -> OutputManager:
         parameters = tool.request_parameters(a)
+        if tool.raster_path_input:
+            a = _raster_path_arguments(a)
         return self._band_tool(
             tool.process,
             a,
@@ -471,3 +493,41 @@ def _declared_method(tool: RasterTool) -> Callable[..., Any]:
 
 for _declared in RASTER_TOOLS:
     setattr(RasterTools, _declared.name, _declared_method(_declared))
+
+
+def _declared_table_method(tool: TableTool) -> Callable[..., Any]:
+    """The method of a declared table tool (`rsgrpc.tools.TABLE_TOOLS`), with Remotior's
+    signature of the same name: one request, its file replaced as Remotior replaces it;
+    the outcome's path is the file, and `grpc.response` holds the table."""
+
+    def method(self: Session, a: dict[str, Any]) -> OutputManager:
+        parameters = tool.request_parameters(a)
+        _required_output(a["output_path"])
+        grid = raster_pb2.InputGrid()
+        if a.get("extent_list") is not None:
+            grid.extent.CopyFrom(_extent(a["extent_list"]))
+        request = tool.request_type(
+            session=self.name,
+            inputs=input_bands(a[tool.input_argument], self),
+            parameters=parameters,
+            output=raster_pb2.TableOutput(path=str(a["output_path"]), overwrite=True),
+            input_grid=grid,
+        )
+        return self._run(
+            tool.process,
+            lambda: getattr(self._raster, tool.rpc)(request, metadata=self._metadata),
+            tool.response_type(),
+            lambda response: OutputManager(
+                paths=[response.output_path], grpc=GrpcResult(response=response)
+            ),
+            announce=bool(a["progress_message"]),
+        )
+
+    method.__name__ = tool.name
+    method.__qualname__ = f"RasterTools.{tool.name}"
+    method.__doc__ = f"Remotior's `{tool.name}`: {tool.summary}."
+    return _tool(SIGNATURES[tool.name])(method)
+
+
+for _declared_table in TABLE_TOOLS:
+    setattr(RasterTools, _declared_table.name, _declared_table_method(_declared_table))

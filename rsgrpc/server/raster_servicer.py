@@ -33,12 +33,14 @@ from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile
 from rsgrpc.engine.session import Session, SessionRegistry
 from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
 from rsgrpc.engine.statistics import BandStatistics
+from rsgrpc.engine.table_job import TableRequest, prepare_table_job, run_table_job
 from rsgrpc.server.auth import Caller, current_caller
 from rsgrpc.server.bandset_servicer import band_specs, build_bandset
 from rsgrpc.server.operation_servicer import start_operation
 from rsgrpc.server.status import reports_errors
-from rsgrpc.tools import RASTER_TOOLS
+from rsgrpc.tools import RASTER_TOOLS, TABLE_TOOLS
 from rsgrpc.tools.spec import RasterTool, band_output
+from rsgrpc.tools.table_spec import TableTool
 from rsgrpc.v1 import raster_pb2, raster_pb2_grpc
 
 _DTYPES = {
@@ -292,16 +294,41 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
 
         return start_operation(self._store, session, tool.rpc, run)
 
+    def _table_tool(self, tool: TableTool, request, caller: Caller):
+        """Any declared table tool (`rsgrpc.tools.TABLE_TOOLS`): its parameters checked,
+        its job planned, then run as an operation named by its RPC."""
+        session = self._session(request.session, caller)
+        with invalid_argument():
+            parameters = tool.parameters(request.parameters)
+        table_request = TableRequest(
+            tool,
+            parameters,
+            band_inputs(request.inputs),
+            request.output.path,
+            request.output.overwrite,
+            input_placement(request.input_grid),
+        )
+        job = prepare_table_job(table_request, self._data_root, session)
 
-def _declared_handler(tool: RasterTool):
-    """The RPC of a declared tool: its request checked in a blocking thread."""
+        def run(session: Session, operation: Operation):
+            result = run_table_job(job, session, operation)
+            return tool.response(result.table, result.output_path, table_request.inputs)
+
+        return start_operation(self._store, session, tool.rpc, run)
+
+
+def _declared_handler(tool: RasterTool | TableTool, start):
+    """The RPC of a declared tool: its request checked, and its operation started, by
+    `start` in a blocking thread."""
 
     async def handler(self: RasterServicer, request, context):
-        return await asyncio.to_thread(self._declared_tool, tool, request, current_caller())
+        return await asyncio.to_thread(start, self, tool, request, current_caller())
 
     handler.__name__ = handler.__qualname__ = tool.rpc
     return reports_errors(handler)
 
 
 for _tool in RASTER_TOOLS:
-    setattr(RasterServicer, _tool.rpc, _declared_handler(_tool))
+    setattr(RasterServicer, _tool.rpc, _declared_handler(_tool, RasterServicer._declared_tool))
+for _table in TABLE_TOOLS:
+    setattr(RasterServicer, _table.rpc, _declared_handler(_table, RasterServicer._table_tool))

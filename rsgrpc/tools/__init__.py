@@ -5,14 +5,29 @@ from __future__ import annotations
 
 from rsgrpc.tools.morphology import DILATION, EROSION
 from rsgrpc.tools.neighbor_pixels import NEIGHBOR_PIXELS
+from rsgrpc.tools.reclassification import RECLASSIFICATION
+from rsgrpc.tools.report import RASTER_REPORT
 from rsgrpc.tools.spec import RasterTool
+from rsgrpc.tools.table_spec import TableTool
 
-RASTER_TOOLS: tuple[RasterTool, ...] = (DILATION, EROSION, NEIGHBOR_PIXELS)
+RASTER_TOOLS: tuple[RasterTool, ...] = (DILATION, EROSION, NEIGHBOR_PIXELS, RECLASSIFICATION)
 
 
 def raster_tool(name: str) -> RasterTool:
     """The declaration of Remotior's method `name`."""
     for tool in RASTER_TOOLS:
+        if tool.name == name:
+            return tool
+    raise KeyError(name)
+
+
+# The table tools (`rsgrpc.tools.table_spec.TableTool`), registered the same way.
+TABLE_TOOLS: tuple[TableTool, ...] = (RASTER_REPORT,)
+
+
+def table_tool(name: str) -> TableTool:
+    """The declaration of Remotior's table method `name`."""
+    for tool in TABLE_TOOLS:
         if tool.name == name:
             return tool
     raise KeyError(name)

@@ -106,6 +106,9 @@ class RasterTool(Generic[P]):
     cli_flags: tuple[CliFlag, ...] = ()
     # The warm cases (`rsgrpc_kernels.warm.WARM_CASES`) that compile what `kernel` calls.
     warm: tuple[str, ...] = ()
+    # Remotior's signature takes one `raster_path` (its band 1) and an `output_path` file
+    # where a band tool takes `input_bands`: the client and the command send that one input.
+    raster_path_input: bool = False
 
     @property
     def process(self) -> str:

@@ -1328,3 +1328,380 @@ class NeighborPixelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NeighborPixelsResponse: _TypeAlias = NeighborPixelsResponse  # noqa: Y015
+
+@_typing.final
+class TableOutput(_message.Message):
+    """Where a tool that computes a table (RasterReport) writes it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path of the CSV file (a data path: see `RasterInput.path`); `.csv` is
+    appended to a path without that extension, as Remotior names it.
+    """
+    overwrite: _builtins.bool
+    """Replace an existing file."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        overwrite: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["overwrite", b"overwrite", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableOutput: _TypeAlias = TableOutput  # noqa: Y015
+
+@_typing.final
+class RasterReportParameters(_message.Message):
+    """What RasterReport counts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODATA_VALUE_FIELD_NUMBER: _builtins.int
+    nodata_value: _builtins.float
+    """Pixels of this value are nodata too (Remotior's `nodata_value`), beside
+    the band's own nodata and NaN.
+    """
+    def __init__(
+        self,
+        *,
+        nodata_value: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "nodata_value", b"nodata_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "nodata_value", b"nodata_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nodata_value: _TypeAlias = _typing.Literal["nodata_value"]  # noqa: Y015
+    _WhichOneofArgType__nodata_value: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nodata_value) -> _WhichOneofReturnType__nodata_value | None: ...
+
+Global___RasterReportParameters: _TypeAlias = RasterReportParameters  # noqa: Y015
+
+@_typing.final
+class RasterReportRequest(_message.Message):
+    """Request for RasterReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The band to report on: exactly one."""
+
+    @_builtins.property
+    def parameters(self) -> Global___RasterReportParameters:
+        """What to count."""
+
+    @_builtins.property
+    def output(self) -> Global___TableOutput:
+        """Where the CSV file goes."""
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where the input is placed before it is counted (its extent only)."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___RasterReportParameters | None = ...,
+        output: Global___TableOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterReportRequest: _TypeAlias = RasterReportRequest  # noqa: Y015
+
+@_typing.final
+class RasterReportRow(_message.Message):
+    """One value of the raster and the pixels that hold it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    PERCENTAGE_FIELD_NUMBER: _builtins.int
+    AREA_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    """The pixel value."""
+    pixel_count: _builtins.int
+    """Pixels of this value."""
+    percentage: _builtins.float
+    """Percentage of all counted pixels."""
+    area: _builtins.float
+    """Area of those pixels in squared map units of the CRS (`area_unit`); NaN
+    where the CRS is geographic or missing, as Remotior's "Area not
+    available".
+    """
+    def __init__(
+        self,
+        *,
+        value: _builtins.float = ...,
+        pixel_count: _builtins.int = ...,
+        percentage: _builtins.float = ...,
+        area: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "percentage", b"percentage", "pixel_count", b"pixel_count", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterReportRow: _TypeAlias = RasterReportRow  # noqa: Y015
+
+@_typing.final
+class RasterReportResponse(_message.Message):
+    """Response of RasterReport: the rows of the CSV file, by increasing value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    AREA_UNIT_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the CSV file (a data path: see `RasterInput.path`)."""
+    area_unit: _builtins.str
+    """The CRS's linear unit that areas are measured in (`metre`); empty where
+    areas are not available.
+    """
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The input band."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterReportRow]:
+        """One row per value that valid pixels hold."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        output_path: _builtins.str = ...,
+        rows: _abc.Iterable[Global___RasterReportRow] | None = ...,
+        area_unit: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area_unit", b"area_unit", "input", b"input", "output_path", b"output_path", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterReportResponse: _TypeAlias = RasterReportResponse  # noqa: Y015
+
+@_typing.final
+class ReclassificationRule(_message.Message):
+    """One row of a reclassification table: the pixels it selects and their new
+    value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_VALUE_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    NEW_VALUE_FIELD_NUMBER: _builtins.int
+    old_value: _builtins.float
+    """Pixels equal to this value in the input's type; NaN selects the
+    input's nodata pixels (Remotior's old value `nan`).
+    """
+    condition: _builtins.str
+    """A condition on the pixel value, named `raster`, such as `raster > 5`
+    or `(raster >= 2) & (raster < 4)`: band calc's language, parsed against
+    its allow-list and never evaluated, whose value must be true or false
+    (a comparison, `isnan`, or such terms joined by `& | ~ and or not`).
+    It computes in float32 on float32 inputs, else in float64. Nodata
+    pixels never match a condition.
+    """
+    new_value: _builtins.float
+    """The new value of the pixels selected; NaN makes them nodata. It must be
+    a value of the output data type.
+    """
+    def __init__(
+        self,
+        *,
+        old_value: _builtins.float = ...,
+        condition: _builtins.str = ...,
+        new_value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "old", b"old", "old_value", b"old_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "new_value", b"new_value", "old", b"old", "old_value", b"old_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_old: _TypeAlias = _typing.Literal["old_value", "condition"]  # noqa: Y015
+    _WhichOneofArgType_old: _TypeAlias = _typing.Literal["old", b"old"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_old) -> _WhichOneofReturnType_old | None: ...
+
+Global___ReclassificationRule: _TypeAlias = ReclassificationRule  # noqa: Y015
+
+@_typing.final
+class ReclassifyParameters(_message.Message):
+    """Parameters of Reclassify: the table, given or read from a CSV file, and
+    the output data type.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    TABLE_PATH_FIELD_NUMBER: _builtins.int
+    SEPARATOR_FIELD_NUMBER: _builtins.int
+    OUTPUT_DATA_TYPE_FIELD_NUMBER: _builtins.int
+    table_path: _builtins.str
+    """Instead of `rules`: a CSV file under the data roots, one rule a line as
+    `old value{separator}new value` (old values: numbers, `nan` or `null`
+    for nodata pixels, or conditions; new values: numbers, `nan` or `null`
+    for nodata), split at the last separator of the line; empty lines and a
+    first line `old_value{separator}new_value` are skipped.
+    """
+    separator: _builtins.str
+    """The CSV file's separator; empty means a comma."""
+    output_data_type: Global___DataType.ValueType
+    """The output's data type. Unspecified: the input's, except that UInt16 and
+    UInt32 become Int32 when a new value is negative, as in Remotior. Nodata
+    is the input's where the type holds it, else the type's Remotior nodata
+    (NaN for floats); an input without nodata gives an output without,
+    unless a rule makes nodata or the type cannot hold every input value.
+    """
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReclassificationRule]:
+        """The table's rules in order. Where several rules select a pixel, the last
+        one wins; a valid pixel that no rule selects keeps its value (nodata
+        where the output type cannot hold it: integers are rounded half away
+        from zero), and a nodata pixel stays nodata.
+        """
+
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___ReclassificationRule] | None = ...,
+        table_path: _builtins.str = ...,
+        separator: _builtins.str = ...,
+        output_data_type: Global___DataType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_data_type", b"output_data_type", "rules", b"rules", "separator", b"separator", "table_path", b"table_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReclassifyParameters: _TypeAlias = ReclassifyParameters  # noqa: Y015
+
+@_typing.final
+class ReclassifyRequest(_message.Message):
+    """Request for Reclassify."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """Bands to reclassify (integer or float up to 64 bits); each gives one
+        output.
+        """
+
+    @_builtins.property
+    def parameters(self) -> Global___ReclassifyParameters:
+        """The table and the output type."""
+
+    @_builtins.property
+    def output(self) -> Global___ToolOutput:
+        """Where the outputs go."""
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where each input is placed before it is reclassified."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___ReclassifyParameters | None = ...,
+        output: Global___ToolOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReclassifyRequest: _TypeAlias = ReclassifyRequest  # noqa: Y015
+
+@_typing.final
+class ReclassifyOutput(_message.Message):
+    """What Reclassify did to one input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    PIXELS_CHANGED_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the output (a data path: see `RasterInput.path`)."""
+    pixels_changed: _builtins.int
+    """Pixels whose output value differs from the input's."""
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The input band."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        output_path: _builtins.str = ...,
+        pixels_changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output_path", b"output_path", "pixels_changed", b"pixels_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReclassifyOutput: _TypeAlias = ReclassifyOutput  # noqa: Y015
+
+@_typing.final
+class ReclassifyResponse(_message.Message):
+    """Response of Reclassify, one output per input in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReclassifyOutput]:
+        """The outputs."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___ReclassifyOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReclassifyResponse: _TypeAlias = ReclassifyResponse  # noqa: Y015

@@ -63,6 +63,16 @@ class RasterServiceStub:
                 request_serializer=rsgrpc_dot_v1_dot_raster__pb2.NeighborPixelsRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.Reclassify = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/Reclassify',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.ReclassifyRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.RasterReport = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/RasterReport',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.RasterReportRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class RasterServiceServicer:
@@ -110,6 +120,22 @@ class RasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reclassify(self, request, context):
+        """Give pixels new values by a table of old values or conditions on the
+        pixel value (Remotior's `raster_reclassification`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RasterReport(self, request, context):
+        """Per value of a raster: its pixel count, area and percentage (Remotior's
+        `raster_report`), written as a CSV file and returned in the response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +162,16 @@ def add_RasterServiceServicer_to_server(servicer, server):
             'NeighborPixels': grpc.unary_unary_rpc_method_handler(
                     servicer.NeighborPixels,
                     request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.NeighborPixelsRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'Reclassify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reclassify,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.ReclassifyRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'RasterReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RasterReport,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.RasterReportRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -276,6 +312,60 @@ class RasterService:
             target,
             '/rsgrpc.v1.RasterService/NeighborPixels',
             rsgrpc_dot_v1_dot_raster__pb2.NeighborPixelsRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reclassify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/Reclassify',
+            rsgrpc_dot_v1_dot_raster__pb2.ReclassifyRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RasterReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/RasterReport',
+            rsgrpc_dot_v1_dot_raster__pb2.RasterReportRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
