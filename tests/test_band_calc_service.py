@@ -13,6 +13,7 @@ from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from google.rpc import code_pb2
 
+from rsgrpc.server import operation_servicer
 from rsgrpc.v1 import operation_pb2, raster_pb2
 from tests.conftest import (
     CRS,
@@ -95,6 +96,35 @@ def test_watch_operation_streams_tile_progress(server, session_name, raster_stub
     assert updates[-1].tiles_total > 1
     assert updates[-1].tiles_done == updates[-1].tiles_total
     assert any(0 < m.tiles_done < m.tiles_total for m in updates)
+
+
+def test_a_one_tile_job_is_answered_done_and_a_tiled_one_at_once(
+    server, session_name, raster_stub, red_nir, monkeypatch
+):
+    """The start of a one-tile job waits for it to end (up to DONE_WITHIN_SECONDS, long
+    here so that the test does not depend on the machine's speed) and answers it done, its
+    response in it; a job of several tiles is answered at once, its progress to follow."""
+    running, channel = server
+    monkeypatch.setattr(operation_servicer, "DONE_WITHIN_SECONDS", 60.0)
+    small = np.arange(48 * 40, dtype=np.uint16).reshape(48, 40)
+    write_geotiff(running.data_root.root / "small" / "a.tif", small)
+    operation = raster_stub.BandCalc(
+        _request(session_name, "a * 2", {"a": "small/a.tif"}, "out/small.tif")
+    )
+    assert operation.done and not operation.HasField("error")
+    response = raster_pb2.BandCalcResponse()
+    assert operation.response.Unpack(response)
+    assert response.statistics.valid_pixel_count == small.size
+    with rasterio.open(running.data_root.root / "out" / "small.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), (small * 2.0).astype(np.float32))
+
+    tiled = raster_stub.BandCalc(
+        _request(session_name, "nir * 2", {"nir": "s2/nir.tif"}, "out/tiled.tif")
+    )
+    assert not tiled.done
+    updates = [operation_metadata(op) for op in watch_operation(channel, tiled)]
+    assert updates[-1].stage == operation_pb2.OperationMetadata.STAGE_DONE
+    assert updates[-1].tiles_total > 1
 
 
 def test_where_and_nodata_over_three_inputs_equals_reference(server, session_name, raster_stub):

@@ -22,7 +22,7 @@ from rsgrpc.server.auth import Caller, current_caller
 from rsgrpc.server.deployments import DownloadSettings
 from rsgrpc.server.download_job import DownloadOutcome, run_download_batch
 from rsgrpc.server.download_plan import StreamedBatch, plan_download
-from rsgrpc.server.operation_servicer import start_operation
+from rsgrpc.server.operation_servicer import answer_started, start_operation
 from rsgrpc.server.status import download_error_status, reports_errors, to_status_proto
 from rsgrpc.v1 import download_pb2, download_pb2_grpc
 
@@ -110,14 +110,16 @@ class DownloadServicer(download_pb2_grpc.DownloadServiceServicer):
     @reports_errors
     async def Download(self, request, context):
         # Checking the batch resolves its outputs on disk: in a blocking thread.
-        return await asyncio.to_thread(self._download, request, current_caller())
+        started = await asyncio.to_thread(self._download, request, current_caller())
+        return await answer_started(started)
 
     @reports_errors
     async def StreamDownload(self, request_iterator, context):
         batch = StreamedBatch()
         async for message in request_iterator:
             batch.add(message)
-        return await asyncio.to_thread(self._download, batch.finished(), current_caller())
+        started = await asyncio.to_thread(self._download, batch.finished(), current_caller())
+        return await answer_started(started)
 
     def _download(self, request, caller: Caller):
         session = self._registry.get(request.session, owner=caller.owner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import random
 import re
 import weakref
@@ -41,6 +42,9 @@ _MAX_WAIT_SECONDS = 300.0
 # seen by 2,000 watchers is sent within 0.5 s, not in one burst that holds the event loop
 # (and health checks) for the time of 2,000 writes.
 _WATCH_MESSAGES_PER_SECOND = 4000.0
+# How long an RPC that starts a job of one tile waits for it to end before answering: a few
+# times what such a job takes on an idle server.
+DONE_WITHIN_SECONDS = 0.025
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -76,19 +80,45 @@ def operation_to_proto(operation: Operation) -> lro.Operation:
     return proto
 
 
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """An operation an RPC started, and whether its job is one tile."""
+
+    operation: Operation
+    one_tile: bool
+
+
 def start_operation(
     store: OperationStore,
     session: Session,
     method: str,
     job: Callable[[Session, Operation], Any],
-):
-    """Queue `job` on `session` as a new operation of the session's owner; return it as sent."""
+    *,
+    one_tile: bool = False,
+) -> Started:
+    """Queue `job` on `session` as a new operation of the session's owner; the RPC answers
+    with it through `answer_started`."""
     operation = store.add(session.name, method, owner=session.owner)
     try:
         session.submit(operation, job)
     except RsgrpcError as exc:
         operation.finish(error=exc)
         raise
+    return Started(operation, one_tile)
+
+
+async def answer_started(started: Started) -> lro.Operation:
+    """The operation an RPC started, as the RPC answers. A job of one tile is answered done
+    if it ends within `DONE_WITHIN_SECONDS`, so that a small job costs its client no
+    WaitOperation; any other as it is (a client polls or waits for it as for any
+    operation, and sees its progress from the start)."""
+    operation = started.operation
+    if started.one_tile:
+        with wakened_by(operation) as changed, contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DONE_WITHIN_SECONDS):
+                while not operation.done:
+                    await changed.wait()
+                    changed.clear()
     return operation_to_proto(operation)
 
 

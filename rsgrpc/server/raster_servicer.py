@@ -36,7 +36,7 @@ from rsgrpc.engine.statistics import BandStatistics
 from rsgrpc.engine.table_job import TableRequest, prepare_table_job, run_table_job
 from rsgrpc.server.auth import Caller, current_caller
 from rsgrpc.server.bandset_servicer import band_specs, build_bandset
-from rsgrpc.server.operation_servicer import start_operation
+from rsgrpc.server.operation_servicer import answer_started, start_operation
 from rsgrpc.server.status import reports_errors
 from rsgrpc.tools import RASTER_TOOLS, TABLE_TOOLS
 from rsgrpc.tools.spec import RasterTool, band_output
@@ -148,7 +148,9 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
 
     @reports_errors
     async def BandCalc(self, request, context):
-        return await asyncio.to_thread(self._band_calc, request, current_caller())
+        return await answer_started(
+            await asyncio.to_thread(self._band_calc, request, current_caller())
+        )
 
     def _band_calc(self, request, caller: Caller):
         session = self._session(request.session, caller)
@@ -239,11 +241,17 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
                 ],
             )
 
-        return start_operation(self._store, session, "BandCalc", run)
+        return start_operation(
+            self._store,
+            session,
+            "BandCalc",
+            run,
+            one_tile=sum(plan.tile_count for plan in plans) == 1,
+        )
 
     @reports_errors
     async def Sieve(self, request, context):
-        return await asyncio.to_thread(self._sieve, request, current_caller())
+        return await answer_started(await asyncio.to_thread(self._sieve, request, current_caller()))
 
     def _sieve(self, request, caller: Caller):
         session = self._session(request.session, caller)
@@ -269,7 +277,13 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
                 ]
             )
 
-        return start_operation(self._store, session, "Sieve", run)
+        return start_operation(
+            self._store,
+            session,
+            "Sieve",
+            run,
+            one_tile=sum(plan.tile_count for plan in job.plans) == 1,
+        )
 
     def _declared_tool(self, tool: RasterTool, request, caller: Caller):
         """Any declared tool (`rsgrpc.tools`): its parameters checked, its job planned,
@@ -292,7 +306,13 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
         def run(session: Session, operation: Operation):
             return tool.response(run_halo_job(job, session, operation))
 
-        return start_operation(self._store, session, tool.rpc, run)
+        return start_operation(
+            self._store,
+            session,
+            tool.rpc,
+            run,
+            one_tile=sum(plan.tile_count for plan in job.plans) == 1,
+        )
 
     def _table_tool(self, tool: TableTool, request, caller: Caller):
         """Any declared table tool (`rsgrpc.tools.TABLE_TOOLS`): its parameters checked,
@@ -314,7 +334,9 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             result = run_table_job(job, session, operation)
             return tool.response(result.table, result.output_path, table_request.inputs)
 
-        return start_operation(self._store, session, tool.rpc, run)
+        return start_operation(
+            self._store, session, tool.rpc, run, one_tile=job.plan.tile_count == 1
+        )
 
 
 def _declared_handler(tool: RasterTool | TableTool, start):
@@ -322,7 +344,8 @@ def _declared_handler(tool: RasterTool | TableTool, start):
     `start` in a blocking thread."""
 
     async def handler(self: RasterServicer, request, context):
-        return await asyncio.to_thread(start, self, tool, request, current_caller())
+        started = await asyncio.to_thread(start, self, tool, request, current_caller())
+        return await answer_started(started)
 
     handler.__name__ = handler.__qualname__ = tool.rpc
     return reports_errors(handler)
