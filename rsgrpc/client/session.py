@@ -299,9 +299,15 @@ class Session(RasterTools, Downloads):
         )
 
     def _follow(self, operation: lro.Operation, report: ProgressReport) -> lro.Operation:
-        for update in self._watch.WatchOperation(
-            operation_pb2.WatchOperationRequest(name=operation.name), metadata=self._metadata
-        ):
+        # A small job's operation may come back done from the call that started it.
+        updates = (
+            [operation]
+            if operation.done
+            else self._watch.WatchOperation(
+                operation_pb2.WatchOperationRequest(name=operation.name), metadata=self._metadata
+            )
+        )
+        for update in updates:
             operation = update
             metadata = operation_pb2.OperationMetadata()
             operation.metadata.Unpack(metadata)
