@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
+from rsgrpc.engine.errors import InvalidArgumentError
 from rsgrpc.v1 import session_pb2, session_pb2_grpc
 from tests.conftest import make_config, serving
 
@@ -143,3 +145,41 @@ def test_shutdown_closes_sessions_and_removes_their_files(tmp_path):
         assert temp.exists()
     assert not temp.exists()
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("outcome", ["result", "error", "cancelled"])
+def test_a_job_has_ended_on_its_session_when_its_operation_is_done(small_server, outcome):
+    """A client told that an operation is done may update or delete its session at once:
+    the session counts the job as ended before the operation says it is done."""
+    running, _ = small_server
+    name = _create(_stub(small_server), process_count=1, available_ram_mib=256).name
+    session = running.registry.get(name)
+    operation = running.operations.add(name, "Test", owner=session.owner)
+    busy_when_done = []
+    operation.add_listener(lambda: operation.done and busy_when_done.append(session.busy))
+    started = threading.Event()
+
+    def job(session, operation):
+        started.wait(5)
+        if outcome == "error":
+            raise InvalidArgumentError("a refused job")
+        return "a result"
+
+    if outcome == "cancelled":
+        operation.cancel()
+    session.submit(operation, job)
+    started.set()
+    deadline = time.monotonic() + 10
+    while not operation.done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert operation.done
+    assert busy_when_done == [False]
+    assert (operation.error is None) == (outcome == "result")
+    stub = _stub(small_server)
+    stub.UpdateSession(
+        session_pb2.UpdateSessionRequest(
+            session=session_pb2.Session(name=name, process_count=2),
+            update_mask=field_mask_pb2.FieldMask(paths=["process_count"]),
+        )
+    )
+    stub.DeleteSession(session_pb2.DeleteSessionRequest(name=name))

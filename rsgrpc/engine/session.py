@@ -204,25 +204,30 @@ class Session:
         self.touch()
 
         def run() -> None:
+            # The job ends on the session before its operation is done: a client told that
+            # it is done finds the session idle (to update or close it) at once.
+            outcome: dict[str, Any] | None = None  # {}: cancelled before it started
             try:
                 if operation.cancel_event.is_set():
-                    operation.finish()
-                    return
-                result = job(self, operation)
-                operation.finish(result=result)
-                self.logger.info("%s %s done", operation.method, operation.name)
+                    outcome = {}
+                else:
+                    outcome = {"result": job(self, operation)}
+                    self.logger.info("%s %s done", operation.method, operation.name)
             except RsgrpcError as exc:
-                operation.finish(error=exc)
+                outcome = {"error": exc}
                 self.logger.warning("%s %s failed: %s", operation.method, operation.name, exc)
             except Exception:
-                error = internal_error(_LOGGER, f"job {operation.name}")
-                self.logger.warning("%s %s failed: %s", operation.method, operation.name, error)
-                operation.finish(error=error)
+                outcome = {"error": internal_error(_LOGGER, f"job {operation.name}")}
+                self.logger.warning(
+                    "%s %s failed: %s", operation.method, operation.name, outcome["error"]
+                )
             finally:
                 with self._lock:
                     self._active_jobs -= 1
                     self._jobs_ended.notify_all()
                 self.touch()
+                if outcome is not None:
+                    operation.finish(**outcome)
 
         self._jobs.submit(run)
 
