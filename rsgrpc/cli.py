@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rsgrpc.client import Session
@@ -232,12 +232,23 @@ def _table_tool(args: argparse.Namespace) -> int:
         return _failed(args.command, result)
     response = result.grpc.response
     fields = [f.name for f in response.DESCRIPTOR.fields_by_name["rows"].message_type.fields]
-    print(f"{response.output_path}: {len(response.rows)} rows")
+    if getattr(response, "raster_path", ""):
+        print(f"{response.raster_path}: raster")
+    print(f"{response.output_path or 'no table file'}: {len(response.rows)} rows")
     print("\t".join(fields))
     for row in response.rows:
-        values = (getattr(row, name) for name in fields)
-        print("\t".join(f"{v:.10g}" if isinstance(v, float) else str(v) for v in values))
+        print("\t".join(_table_cell(getattr(row, name)) for name in fields))
     return 0
+
+
+def _table_cell(value: Any) -> str:
+    """A row's field as the command prints it: floats to 10 digits, a repeated field's
+    items joined by commas."""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    if isinstance(value, str | int):
+        return str(value)
+    return ",".join(_table_cell(item) for item in value)
 
 
 def _add_band_tool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -483,9 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH[:BAND]",
             help="an input band, relative to the data root",
         )
-        command.add_argument(
-            "--output", required=True, help=f"the {table.suffix} file, relative to the data root"
-        )
+        what = f"the {table.suffix} file"
+        if table.raster is not None:
+            what = f"the raster (.tif or .vrt), its table the {table.suffix} file beside it"
+        command.add_argument("--output", required=True, help=f"{what}, relative to the data root")
         for flag in table.cli_flags:
             command.add_argument(flag.flag, **flag.options)
         command.set_defaults(run=_table_tool, tool=table.name)

@@ -582,6 +582,147 @@ RASTER_REPORT = MethodSpec(
     },
 )
 
+RASTER_ZONAL_STATS = MethodSpec(
+    "raster_zonal_stats",
+    remotior=(
+        ("raster_path", REQUIRED),
+        ("reference_path", REQUIRED),
+        ("vector_field", None),
+        ("output_path", None),
+        ("stat_names", None),
+        ("stat_percentile", None),
+        ("extent_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("progress_message", True),
+    ),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "raster_path": Note(
+            "differs",
+            "band 1 of a raster under the data roots; values are taken in float64 (Remotior "
+            "reads them as float32), and a pixel counts only where neither the value nor the "
+            "zone is nodata or NaN (Remotior's statistics also take value pixels equal to "
+            "the raster's nodata)",
+        ),
+        "reference_path": Note(
+            "differs",
+            "a raster of zones under the data roots (or a (path, band) pair), read onto the "
+            "value raster's pixel size and lines by nearest neighbour as in Remotior, in the "
+            "same CRS (Remotior warps the value raster into the reference's CRS; here another "
+            "CRS is refused); zones are exact in the raster's type and written as integers "
+            "where they are (Remotior truncates every zone to an integer); a vector is "
+            "refused (INVALID_ARGUMENT) until vectors are served",
+        ),
+        "vector_field": Note(
+            "differs",
+            "sent with the reference, for a vector reference, which is refused until vectors "
+            "are served; not used with a raster, as in Remotior",
+        ),
+        "output_path": Note(
+            "differs",
+            "the CSV file, `.csv` appended to another extension (Remotior replaces the "
+            "extension), an existing file replaced, with Remotior's header (DN, then a column "
+            "per statistic) and numbers; the rows are also in the response "
+            "(`grpc.response.rows`); None is refused (Remotior writes to its temporary "
+            "directory); `extra` is Remotior's {'table': the rows as NumPy records}",
+        ),
+        "stat_names": Note(
+            "differs",
+            "names of `configurations.statistics_list` in any case, looked up, never "
+            "evaluated; Sum is the exact sum rounded once (to within 2**-100 for float "
+            "values), StandardDeviation merges tiles by Chan's parallel algorithm, Median "
+            "and Percentile are exact, from the counts of each distinct value per zone: "
+            "more than 131,072 zones and (zone, value) pairs is refused "
+            "(RESOURCE_EXHAUSTED); None is refused (Remotior fails)",
+        ),
+        "stat_percentile": Note(
+            "differs",
+            "a number or a list of numbers from 0 to 100 (at most 16), NumPy's linear "
+            "percentile; a column is named Percentile_12.5 where Remotior writes "
+            "Percentile_12 for 12.5",
+        ),
+        "extent_list": Note(
+            "differs",
+            "both rasters are clipped to it on the value raster's pixel lines, as in "
+            "Remotior; an extent that leaves no pixel is refused",
+        ),
+    },
+)
+
+BAND_COMBINATION = MethodSpec(
+    "band_combination",
+    remotior=(
+        ("input_bands", REQUIRED),
+        ("output_path", None),
+        ("nodata_value", None),
+        ("no_raster_output", False),
+        ("overwrite", False),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("bandset_catalog", None),
+        ("extent_list", None),
+        ("column_name_list", None),
+        ("output_table", True),
+        ("separator", None),
+        ("progress_message", True),
+    ),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "input_bands": Note(
+            "differs",
+            "1 to 16 integer bands of up to 32 bits (a path, a list of paths or of (path, band) "
+            "pairs, a BandSet, or a band set number of the session's catalog) on one grid; "
+            "float and 64-bit bands are refused, as Remotior's documentation asks for integer "
+            "bands (it reads Byte as Int8 and fails on float values); combinations are "
+            "coded from 1 in increasing order of their values, the first band's first, "
+            "where Remotior orders them by a weighted sum whose weights it tries, at random "
+            "after two attempts; more than 65,536 combinations is refused "
+            "(RESOURCE_EXHAUSTED)",
+        ),
+        "output_path": Note(
+            "differs",
+            "the raster of codes (Int32, nodata 2147483647: Remotior's Int32 codes; its "
+            "NumPy builds write Int64), any extension but .tif, .tiff or .vrt becoming .tif; "
+            "the table is the CSV file beside it, with the raster's name, and also in the "
+            "response (`grpc.response.rows`); None is refused (Remotior writes to its "
+            "temporary directory)",
+        ),
+        "nodata_value": Note(
+            "differs",
+            "a pixel holding it in any input is nodata, and its combinations are neither "
+            "coded nor counted (Remotior gives them codes, so its codes can skip values)",
+        ),
+        "no_raster_output": Note(
+            "differs",
+            "True writes only the table; the outcome still lists the raster's path first, "
+            "as Remotior's",
+        ),
+        "overwrite": Note(
+            "differs",
+            "the raster and its table are replaced only with overwrite=True, and an "
+            "existing one is refused (ALREADY_EXISTS) as Remotior raises on an existing path",
+        ),
+        "bandset_catalog": _BAND_TOOL_NOTES["bandset_catalog"],
+        "extent_list": Note(
+            "differs",
+            "the inputs are clipped to it before they are combined, on their pixel lines and "
+            "within it, as in Remotior; an extent that leaves no pixel is refused",
+        ),
+        "column_name_list": Note(
+            "differs",
+            "as Remotior (an input without a name has the first 16 characters of its file "
+            "name); a name holding the separator or a line break is refused",
+        ),
+        "output_table": Note(
+            "differs",
+            "False writes no CSV file and lists only the raster; `extra` holds "
+            "`combinations` (fields f0, f1, ... and new_val, the code) and `sums` "
+            "(new_val, sum), as Remotior's without its internal `id` field",
+        ),
+    },
+)
+
 SIGNATURES: dict[str, MethodSpec] = {
     "__init__": SESSION_INIT,
     "set": SESSION_SET,
@@ -592,6 +733,8 @@ SIGNATURES: dict[str, MethodSpec] = {
     "band_neighbor_pixels": BAND_NEIGHBOR_PIXELS,
     "raster_reclassification": RASTER_RECLASSIFICATION,
     "raster_report": RASTER_REPORT,
+    "raster_zonal_stats": RASTER_ZONAL_STATS,
+    "band_combination": BAND_COMBINATION,
 }
 
 # Remotior's `Session` attributes other than the methods above, and what the client has.
@@ -621,13 +764,11 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
         name: Note("not yet", "one of the eleven tools of issue 16")
         for name in (
             "band_clustering",
-            "band_combination",
             "band_mask",
             "band_spectral_distance",
             "band_pca",
             "cross_classification",
             "raster_label",
-            "raster_zonal_stats",
         )
     },
     **{

@@ -47,6 +47,7 @@ _PATH_ARGUMENTS = (
     "align_raster",
     "structure",
     "raster_path",
+    "reference_path",
     "csv_path",
 )
 
@@ -495,14 +496,30 @@ for _declared in RASTER_TOOLS:
     setattr(RasterTools, _declared.name, _declared_method(_declared))
 
 
+def _table_outcome(tool: TableTool, response: Any, a: dict[str, Any]) -> OutputManager:
+    """A table tool's outcome: its file, or the tool's `outcome` (paths and extra)."""
+    if tool.outcome is None:
+        return OutputManager(paths=[response.output_path], grpc=GrpcResult(response=response))
+    paths, extra = tool.outcome(response, a)
+    return OutputManager(paths=paths, extra=extra, grpc=GrpcResult(response=response))
+
+
 def _declared_table_method(tool: TableTool) -> Callable[..., Any]:
     """The method of a declared table tool (`rsgrpc.tools.TABLE_TOOLS`), with Remotior's
-    signature of the same name: one request, its file replaced as Remotior replaces it;
-    the outcome's path is the file, and `grpc.response` holds the table."""
+    signature of the same name: one request, its file replaced as Remotior replaces it
+    (a tool with a raster names the raster, replaced only with Remotior's `overwrite`);
+    the outcome's path is the file, or the tool's `outcome`, and `grpc.response` holds
+    the table."""
 
     def method(self: Session, a: dict[str, Any]) -> OutputManager:
         parameters = tool.request_parameters(a)
         _required_output(a["output_path"])
+        if tool.raster is None:
+            output = raster_pb2.TableOutput(path=str(a["output_path"]), overwrite=True)
+        else:
+            output = raster_pb2.RasterTableOutput(
+                path=tiff_path(str(a["output_path"])), overwrite=bool(a["overwrite"])
+            )
         grid = raster_pb2.InputGrid()
         if a.get("extent_list") is not None:
             grid.extent.CopyFrom(_extent(a["extent_list"]))
@@ -510,16 +527,15 @@ def _declared_table_method(tool: TableTool) -> Callable[..., Any]:
             session=self.name,
             inputs=input_bands(a[tool.input_argument], self),
             parameters=parameters,
-            output=raster_pb2.TableOutput(path=str(a["output_path"]), overwrite=True),
+            output=output,
             input_grid=grid,
+            **tool.request_fields(a),
         )
         return self._run(
             tool.process,
             lambda: getattr(self._raster, tool.rpc)(request, metadata=self._metadata),
             tool.response_type(),
-            lambda response: OutputManager(
-                paths=[response.output_path], grpc=GrpcResult(response=response)
-            ),
+            lambda response: _table_outcome(tool, response, {**a, "output_path": output.path}),
             announce=bool(a["progress_message"]),
         )
 

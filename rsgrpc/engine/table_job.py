@@ -11,8 +11,9 @@ workers, its merge, its row limit and its table and file in the job.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -33,8 +34,14 @@ from rsgrpc.engine.limits import check_raster_pixels
 from rsgrpc.engine.operations import Operation, Stage
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath, DataRoot
-from rsgrpc.engine.raster_io import DEFAULT_PROFILE, RasterInfo, describe
+from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile, RasterInfo, describe
 from rsgrpc.engine.session import Session
+from rsgrpc.engine.table_raster import (
+    RasterTarget,
+    prepare_table_raster,
+    raster_memory,
+    written_raster,
+)
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile, TilePlan, plan_tiles
 from rsgrpc.tools.table_spec import TableGrid, TableTool
@@ -56,27 +63,32 @@ class TableRequest(Generic[P]):
     output_path: str
     overwrite: bool = False
     placement: Placement = field(default_factory=Placement)
+    profile: OutputProfile | None = None  # the raster's encoding (`TableTool.raster`)
 
 
 @dataclass(frozen=True)
 class TableJob:
-    """A validated table request: its bands on their grid, its file and its tile plan."""
+    """A validated table request: its bands on their grid, its file (None where the
+    request asks for none), its raster (None without one) and its tile plan."""
 
     request: TableRequest
     infos: tuple[RasterInfo, ...]
     sources: tuple[PlacedBand, ...]
     grid: Grid
-    output: DataPath
+    output: DataPath | None
     output_path: str  # as the client names it, with the tool's suffix
     plan: TilePlan
+    raster: RasterTarget | None = None
 
 
 @dataclass(frozen=True)
 class TableResult:
-    """A finished table and the file it was written to."""
+    """A finished table, the file it was written to and the raster made from it ("" for
+    what was not written)."""
 
     output_path: str
     table: Any
+    raster_path: str = ""
 
 
 def crs_unit(crs: str) -> str | None:
@@ -89,9 +101,9 @@ def crs_unit(crs: str) -> str | None:
     return "degree" if parsed.is_geographic else parsed.linear_units
 
 
-def table_grid(grid: Grid) -> TableGrid:
+def table_grid(grid: Grid, paths: tuple[str, ...] = ()) -> TableGrid:
     a, _, _, _, e = grid.transform[:5]
-    return TableGrid(abs(a), abs(e), crs_unit(grid.crs))
+    return TableGrid(abs(a), abs(e), crs_unit(grid.crs), paths)
 
 
 def prepare_table_job(request: TableRequest, data_root: DataRoot, session: Session) -> TableJob:
@@ -108,7 +120,9 @@ def prepare_table_job(request: TableRequest, data_root: DataRoot, session: Sessi
         raise InvalidArgumentError("output path is empty", metadata={"field": "output path"})
     infos = tuple(describe(data_root.path(b.path, field="input path"), b.band) for b in inputs)
     output_path = tool.output_path(request.output_path)
-    output = data_root.output(output_path, field="output path", overwrite=request.overwrite)
+    output = None
+    if tool.table_file(parameters):
+        output = data_root.output(output_path, field="output path", overwrite=request.overwrite)
     for band, info in zip(inputs, infos, strict=True):
         where = f"input {band.path!r} band {band.band}"
         with invalid_argument(path=band.path):
@@ -118,7 +132,7 @@ def prepare_table_job(request: TableRequest, data_root: DataRoot, session: Sessi
         infos,
         [b.path for b in inputs],
         extent=placement.extent,
-        multiple_resolution=placement.multiple_resolution,
+        multiple_resolution=placement.multiple_resolution and not tool.first_input_grid,
     )
     grid = grids[0]
     if any((g.shape, g.transform) != (grid.shape, grid.transform) for g in grids[1:]):
@@ -132,14 +146,32 @@ def prepare_table_job(request: TableRequest, data_root: DataRoot, session: Sessi
         PlacedBand(info.path, info.band, grid.shape, sampling)
         for info, sampling in zip(infos, samplings, strict=True)
     )
-    worker, partial, row = tool.memory(parameters, [np.dtype(i.dtype) for i in infos])
+    dtypes = [np.dtype(i.dtype) for i in infos]
+    worker, partial, row = tool.memory(parameters, dtypes)
+    raster = None
+    if tool.raster is not None and tool.raster.wanted(parameters):
+        raster = prepare_table_raster(
+            tool.raster,
+            parameters,
+            request.output_path,
+            overwrite=request.overwrite,
+            profile=request.profile,
+            grid=grid,
+            inputs=inputs,
+            data_root=data_root,
+            session=session,
+        )
+        raster_worker, raster_result = raster_memory(tool.raster, parameters, dtypes, raster)
+        worker, partial = max(worker, raster_worker), max(partial, raster_result)
     # An input read onto the grid holds its pixels under the window and the window's copy.
     worker += sum(
         (s.ratio + 1) * np.dtype(i.dtype).itemsize
         for i, s in zip(infos, samplings, strict=True)
         if s is not None
     )
-    block = DEFAULT_PROFILE.block_size
+    block = (raster.profile if raster else DEFAULT_PROFILE).block_size
+    # The raster's workers each hold the merged table's index beside their tile.
+    table_bytes = int(tool.max_rows * row) * (1 + (session.executor.workers if raster else 0))
     plan = plan_tiles(
         grid.shape,
         [
@@ -150,9 +182,9 @@ def prepare_table_job(request: TableRequest, data_root: DataRoot, session: Sessi
         output_block=block,
         budget_bytes=session.settings.available_ram_mib << 20,
         workers=session.executor.workers,
-        fixed_bytes=session_fixed_bytes(session) + int(tool.max_rows * row),
+        fixed_bytes=session_fixed_bytes(session) + table_bytes,
     )
-    return TableJob(request, infos, sources, grid, output, output_path, plan)
+    return TableJob(request, infos, sources, grid, output, output_path, plan, raster)
 
 
 @dataclass(frozen=True)
@@ -212,6 +244,14 @@ class MergedTable:
 def write_text_output(output: DataPath, text: str, *, overwrite: bool) -> int:
     """`text` as UTF-8 in the file `output`, published whole (`PartialOutput`); returns
     its size in bytes."""
+    with staged_text_output(output, text, overwrite=overwrite) as partial:
+        return partial.publish()
+
+
+@contextlib.contextmanager
+def staged_text_output(output: DataPath, text: str, *, overwrite: bool) -> Iterator[PartialOutput]:
+    """`text` as UTF-8 in the partial file of `output`, for the caller to publish; removed
+    if it does not."""
     data = text.encode()
     with PartialOutput(output, overwrite=overwrite) as partial:
         try:
@@ -225,7 +265,7 @@ def write_text_output(output: DataPath, text: str, *, overwrite: bool) -> int:
             raise RsgrpcError(
                 f"{output.field} {output.path!r} could not be written: {error.strerror}"
             ) from None
-        return partial.publish()
+        yield partial
 
 
 def run_table_job(job: TableJob, session: Session, operation: Operation) -> TableResult:
@@ -237,7 +277,8 @@ def run_table_job(job: TableJob, session: Session, operation: Operation) -> Tabl
     session.logger.info(
         "%s: %s of %s: %s", operation.name, tool.process, where, tool.describe(parameters)
     )
-    counter = TileCounter(operation, job.plan.tile_count)
+    passes = 2 if job.raster else 1
+    counter = TileCounter(operation, passes * job.plan.tile_count)
     work = TableTileWork(
         tool.kernel, parameters, job.sources, tuple(info.nodata for info in job.infos)
     )
@@ -256,8 +297,44 @@ def run_table_job(job: TableJob, session: Session, operation: Operation) -> Tabl
         consume,
         in_flight=job.plan.in_flight,
     )
-    operation.update(stage=Stage.FINALIZING)
-    table = tool.table(parameters, merged.result(), table_grid(job.grid))
-    written = write_text_output(job.output, tool.csv(table), overwrite=request.overwrite)
-    operation.update(bytes_written=written)
-    return TableResult(job.output_path, table)
+    result = merged.result()
+    paths = tuple(b.path for b in request.inputs)
+    table = tool.table(parameters, result, table_grid(job.grid, paths))
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if job.raster is not None:
+            writer = stack.enter_context(
+                written_raster(
+                    tool.raster,
+                    parameters,
+                    result,
+                    job.raster,
+                    overwrite=request.overwrite,
+                    grid=job.grid,
+                    sources=job.sources,
+                    nodatas=work.nodatas,
+                    plan=job.plan,
+                    session=session,
+                    operation=operation,
+                    counter=counter,
+                )
+            )
+        operation.update(stage=Stage.FINALIZING)
+        text = None
+        if job.output is not None:
+            text = stack.enter_context(
+                staged_text_output(job.output, tool.csv(table), overwrite=request.overwrite)
+            )
+        written = text.publish() if text is not None else 0
+        try:
+            written += writer.commit() if writer is not None else 0
+        except BaseException:
+            if text is not None:
+                text.unpublish()
+            raise
+    operation.update(bytes_written=counter.written + written)
+    return TableResult(
+        job.output_path if job.output else "",
+        table,
+        job.raster.output_path if job.raster else "",
+    )

@@ -320,19 +320,22 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
         session = self._session(request.session, caller)
         with invalid_argument():
             parameters = tool.parameters(request.parameters)
+            bands = band_inputs(tool.request_bands(request))
         table_request = TableRequest(
             tool,
             parameters,
-            band_inputs(request.inputs),
+            bands,
             request.output.path,
             request.output.overwrite,
             input_placement(request.input_grid),
+            profile=output_profile(request.output.options) if tool.raster else None,
         )
         job = prepare_table_job(table_request, self._data_root, session)
 
         def run(session: Session, operation: Operation):
             result = run_table_job(job, session, operation)
-            return tool.response(result.table, result.output_path, table_request.inputs)
+            raster = () if tool.raster is None else (result.raster_path,)
+            return tool.response(result.table, result.output_path, table_request.inputs, *raster)
 
         return start_operation(
             self._store, session, tool.rpc, run, one_tile=job.plan.tile_count == 1

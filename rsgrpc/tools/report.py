@@ -4,14 +4,14 @@ Remotior's `raster_report` writes them (`rsgrpc_kernels.value_counts`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rsgrpc.tools import spec
-from rsgrpc.tools.table_spec import TableGrid, TableTool
+from rsgrpc.tools.table_spec import TableGrid, TableTool, extent_flag, number_argument
 from rsgrpc.v1 import raster_pb2
 
 # Distinct values a report may hold: its rows travel in one response message, about 40
@@ -109,9 +109,16 @@ def report_csv(table: ReportTable) -> str:
     percentage, area), each number as "%1.2f" with every ".00" dropped, and an empty
     last line."""
     area = f"Area [{table.unit}^2]" if table.area_available else "Area not available"
-    header = _SEPARATOR.join(("RasterValue", "PixelSum", "Percentage %", area))
-    lines = [_SEPARATOR.join(_NUMBER_FORMAT % x for x in row) + "\n" for row in table.rows()]
-    return f"{header}\n{''.join(lines).replace('.00', '')}\n"
+    return remotior_csv(("RasterValue", "PixelSum", "Percentage %", area), table.rows())
+
+
+def remotior_csv(
+    header: Sequence[str], rows: Iterable[Sequence[float]], separator: str = _SEPARATOR
+) -> str:
+    """Remotior's table file (NumPy's `savetxt` of the rows): the header line, then a line
+    per row, each number as "%1.2f" with every ".00" dropped, and an empty last line."""
+    lines = [separator.join(_NUMBER_FORMAT % x for x in row) + "\n" for row in rows]
+    return f"{separator.join(header)}\n{''.join(lines).replace('.00', '')}\n"
 
 
 def _response(
@@ -139,12 +146,9 @@ def _describe(p: ReportParameters) -> str:
 def request_parameters(arguments: dict[str, Any]) -> raster_pb2.RasterReportParameters:
     """Remotior's `nodata_value` (None: only the band's nodata and NaN)."""
     message = raster_pb2.RasterReportParameters()
-    value = arguments["nodata_value"]
+    value = number_argument(arguments, "nodata_value")
     if value is not None:
-        try:
-            message.nodata_value = float(value)
-        except (TypeError, ValueError):
-            raise spec.ParameterError(f"nodata_value must be a number, got {value!r}") from None
+        message.nodata_value = value
     return message
 
 
@@ -174,15 +178,6 @@ RASTER_REPORT = TableTool[ReportParameters](
             "nodata_value",
             {"type": float, "help": "a value counted as nodata, beside the band's own"},
         ),
-        spec.CliFlag(
-            "--extent",
-            "extent_list",
-            {
-                "type": float,
-                "nargs": 4,
-                "metavar": ("LEFT", "TOP", "RIGHT", "BOTTOM"),
-                "help": "count only the pixels within this extent",
-            },
-        ),
+        extent_flag("count"),
     ),
 )

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from rsgrpc.tools.spec import CliFlag
+from rsgrpc.tools.spec import CliFlag, ParameterError
 
 P = TypeVar("P")
 
@@ -37,6 +38,65 @@ class TableGrid:
     pixel_width: float
     pixel_height: float
     unit: str | None
+    # The input bands' paths, as the client named them, in order.
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TableRaster(Generic[P]):
+    """A raster that a table tool computes from its merged table, in a second pass over
+    the tiles, written beside the table as a GeoTIFF (or a VRT and its GeoTIFF).
+
+    ``wanted(p)`` is whether the request asks for it; ``output(p)`` its data type and
+    nodata; ``memory(p, dtypes)`` the bytes a worker holds per tile pixel, beside the
+    tile's output and its encoding; ``index(p, merged)`` what the workers need of the
+    merged table (picklable: it goes with each tile); ``kernel(blocks, p, index,
+    nodatas, out_dtype, out_nodata)`` is a module-level function run in the workers that
+    returns the tile's pixels.
+    """
+
+    wanted: Callable[[P], bool]
+    output: Callable[[P], tuple[str, float | None]]
+    memory: Callable[[P, Sequence[np.dtype]], float]
+    index: Callable[[P, Any], Any]
+    kernel: Callable[..., np.ndarray]
+
+
+def _always(parameters: Any) -> bool:
+    return True
+
+
+def number_argument(arguments: dict[str, Any], name: str) -> float | None:
+    """Remotior's argument `name` as a float, None where it is None."""
+    value = arguments[name]
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a number, got {value!r}") from None
+
+
+def extent_flag(verb: str) -> CliFlag:
+    """The command's flag of Remotior's `extent_list`: `verb` only the pixels within it."""
+    return CliFlag(
+        "--extent",
+        "extent_list",
+        {
+            "type": float,
+            "nargs": 4,
+            "metavar": ("LEFT", "TOP", "RIGHT", "BOTTOM"),
+            "help": f"{verb} only the pixels within this extent",
+        },
+    )
+
+
+def _request_inputs(request: Any) -> Sequence[Any]:
+    return request.inputs
+
+
+def _no_request_fields(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -86,8 +146,26 @@ class TableTool(Generic[P]):
     request_parameters: Callable[[dict[str, Any]], Any]
     input_argument: str
     inputs: tuple[int, int] = (1, 1)
+    # The bands a request names, in the order the kernel takes them (its `inputs`, or
+    # bands of other roles too, such as zones), raising ParameterError.
+    request_bands: Callable[[Any], Sequence[Any]] = _request_inputs
+    # The client's request fields beside session, inputs, parameters, output and
+    # input_grid, from Remotior's arguments, raising ParameterError.
+    request_fields: Callable[[dict[str, Any]], dict[str, Any]] = _no_request_fields
+    # Every band is read onto the first band's pixel size and lines, whatever the
+    # request's input_grid says (Remotior's `multiple_resolution=False`).
+    first_input_grid: bool = False
     suffix: str = ".csv"
     cli_flags: tuple[CliFlag, ...] = ()
+    # A raster computed from the merged table (`TableRaster`): the client's path names
+    # the raster, and the table is beside it; `response` then also takes the raster's
+    # path ("" when the request asks for none).
+    raster: TableRaster[P] | None = None
+    # Whether the request asks for the table's file; the response holds the table anyway.
+    table_file: Callable[[P], bool] = _always
+    # The client's outcome of a response and Remotior's arguments: its paths and its
+    # `extra` (None: the file alone).
+    outcome: Callable[[Any, dict[str, Any]], tuple[list[str], dict[str, Any]]] | None = None
 
     @property
     def process(self) -> str:
@@ -96,5 +174,8 @@ class TableTool(Generic[P]):
 
     def output_path(self, path: str) -> str:
         """The file a client's path names: `suffix` appended unless it ends with it, as
-        Remotior names its tables."""
+        Remotior names its tables; with a raster, the raster's path with `suffix` for its
+        extension."""
+        if self.raster is not None:
+            return str(PurePosixPath(path).with_suffix(self.suffix))
         return path if path.lower().endswith(self.suffix) else f"{path}{self.suffix}"

@@ -229,6 +229,68 @@ NEIGHBOR_STATISTIC_SUM: NeighborStatistic.ValueType  # 8
 """The sum of the valid values."""
 Global___NeighborStatistic: _TypeAlias = NeighborStatistic  # noqa: Y015
 
+class _ZonalStatistic:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ZonalStatisticEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ZonalStatistic.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ZONAL_STATISTIC_UNSPECIFIED: _ZonalStatistic.ValueType  # 0
+    """Not a statistic: refused."""
+    ZONAL_STATISTIC_COUNT: _ZonalStatistic.ValueType  # 1
+    """Pixels of the zone with a valid value (Remotior's "Count")."""
+    ZONAL_STATISTIC_MAX: _ZonalStatistic.ValueType  # 2
+    """The largest value (Remotior's "Max")."""
+    ZONAL_STATISTIC_MEAN: _ZonalStatistic.ValueType  # 3
+    """The mean value (Remotior's "Mean")."""
+    ZONAL_STATISTIC_MEDIAN: _ZonalStatistic.ValueType  # 4
+    """The median value, the mean of the two middle values of an even count
+    (Remotior's "Median", `np.nanmedian`).
+    """
+    ZONAL_STATISTIC_MIN: _ZonalStatistic.ValueType  # 5
+    """The smallest value (Remotior's "Min")."""
+    ZONAL_STATISTIC_PERCENTILE: _ZonalStatistic.ValueType  # 6
+    """The values at `percentiles`, by NumPy's linear interpolation (Remotior's
+    "Percentile", `np.nanpercentile`).
+    """
+    ZONAL_STATISTIC_STANDARD_DEVIATION: _ZonalStatistic.ValueType  # 7
+    """The population standard deviation (Remotior's "StandardDeviation",
+    `np.nanstd`).
+    """
+    ZONAL_STATISTIC_SUM: _ZonalStatistic.ValueType  # 8
+    """The sum of the values (Remotior's "Sum")."""
+
+class ZonalStatistic(_ZonalStatistic, metaclass=_ZonalStatisticEnumTypeWrapper):
+    """A statistic of ZonalStats (Remotior's `stat_names`, as its
+    `configurations.statistics_list` names them).
+    """
+
+ZONAL_STATISTIC_UNSPECIFIED: ZonalStatistic.ValueType  # 0
+"""Not a statistic: refused."""
+ZONAL_STATISTIC_COUNT: ZonalStatistic.ValueType  # 1
+"""Pixels of the zone with a valid value (Remotior's "Count")."""
+ZONAL_STATISTIC_MAX: ZonalStatistic.ValueType  # 2
+"""The largest value (Remotior's "Max")."""
+ZONAL_STATISTIC_MEAN: ZonalStatistic.ValueType  # 3
+"""The mean value (Remotior's "Mean")."""
+ZONAL_STATISTIC_MEDIAN: ZonalStatistic.ValueType  # 4
+"""The median value, the mean of the two middle values of an even count
+(Remotior's "Median", `np.nanmedian`).
+"""
+ZONAL_STATISTIC_MIN: ZonalStatistic.ValueType  # 5
+"""The smallest value (Remotior's "Min")."""
+ZONAL_STATISTIC_PERCENTILE: ZonalStatistic.ValueType  # 6
+"""The values at `percentiles`, by NumPy's linear interpolation (Remotior's
+"Percentile", `np.nanpercentile`).
+"""
+ZONAL_STATISTIC_STANDARD_DEVIATION: ZonalStatistic.ValueType  # 7
+"""The population standard deviation (Remotior's "StandardDeviation",
+`np.nanstd`).
+"""
+ZONAL_STATISTIC_SUM: ZonalStatistic.ValueType  # 8
+"""The sum of the values (Remotior's "Sum")."""
+Global___ZonalStatistic: _TypeAlias = ZonalStatistic  # noqa: Y015
+
 @_typing.final
 class RasterInput(_message.Message):
     """One band of a raster, named for use in an expression."""
@@ -1705,3 +1767,476 @@ class ReclassifyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReclassifyResponse: _TypeAlias = ReclassifyResponse  # noqa: Y015
+
+@_typing.final
+class RasterTableOutput(_message.Message):
+    """Where a tool that computes a table and a raster from it (BandCombination)
+    writes them: the raster at `path` (a `.tif`, `.tiff` or, for a virtual
+    output, `.vrt` path), the table beside it, named as the raster with `.csv`
+    for its extension, as Remotior names it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path of the raster (a data path: see `RasterInput.path`)."""
+    overwrite: _builtins.bool
+    """Replace existing files."""
+    @_builtins.property
+    def options(self) -> Global___OutputOptions:
+        """The raster's encoding."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        overwrite: _builtins.bool = ...,
+        options: Global___OutputOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "overwrite", b"overwrite", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterTableOutput: _TypeAlias = RasterTableOutput  # noqa: Y015
+
+@_typing.final
+class BandCombinationParameters(_message.Message):
+    """What BandCombination combines, and what it writes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODATA_VALUE_FIELD_NUMBER: _builtins.int
+    NO_RASTER_OUTPUT_FIELD_NUMBER: _builtins.int
+    NO_OUTPUT_TABLE_FIELD_NUMBER: _builtins.int
+    COLUMN_NAMES_FIELD_NUMBER: _builtins.int
+    SEPARATOR_FIELD_NUMBER: _builtins.int
+    nodata_value: _builtins.float
+    """Pixels where any input holds this value are nodata too (Remotior's
+    `nodata_value`), beside each band's own nodata.
+    """
+    no_raster_output: _builtins.bool
+    """Write no raster, only the table (Remotior's `no_raster_output`)."""
+    no_output_table: _builtins.bool
+    """Write no CSV file, only the raster; the response holds the table
+    (Remotior's `output_table=False`).
+    """
+    separator: _builtins.str
+    """The CSV file's field separator (Remotior's `separator`); a tab when empty."""
+    @_builtins.property
+    def column_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The table's column of each input, in order (Remotior's
+        `column_name_list`); an input without one is named by the first 16
+        characters of its file's stem.
+        """
+
+    def __init__(
+        self,
+        *,
+        nodata_value: _builtins.float | None = ...,
+        no_raster_output: _builtins.bool = ...,
+        no_output_table: _builtins.bool = ...,
+        column_names: _abc.Iterable[_builtins.str] | None = ...,
+        separator: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "nodata_value", b"nodata_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "column_names", b"column_names", "no_output_table", b"no_output_table", "no_raster_output", b"no_raster_output", "nodata_value", b"nodata_value", "separator", b"separator"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nodata_value: _TypeAlias = _typing.Literal["nodata_value"]  # noqa: Y015
+    _WhichOneofArgType__nodata_value: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nodata_value) -> _WhichOneofReturnType__nodata_value | None: ...
+
+Global___BandCombinationParameters: _TypeAlias = BandCombinationParameters  # noqa: Y015
+
+@_typing.final
+class BandCombinationRequest(_message.Message):
+    """Request of BandCombination."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The integer bands to combine, from 1 to 16, on one grid."""
+
+    @_builtins.property
+    def parameters(self) -> Global___BandCombinationParameters:
+        """What to combine and write."""
+
+    @_builtins.property
+    def output(self) -> Global___RasterTableOutput:
+        """Where the raster and the CSV file go."""
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where the inputs are placed before they are combined (their extent)."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___BandCombinationParameters | None = ...,
+        output: Global___RasterTableOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandCombinationRequest: _TypeAlias = BandCombinationRequest  # noqa: Y015
+
+@_typing.final
+class BandCombinationRow(_message.Message):
+    """One combination of class values, its code and the pixels that hold it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RASTER_VALUE_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    AREA_FIELD_NUMBER: _builtins.int
+    raster_value: _builtins.int
+    """The combination's code: its pixels' value in the raster (from 1, in the
+    combinations' order).
+    """
+    pixel_count: _builtins.int
+    """Pixels of this combination."""
+    area: _builtins.float
+    """Area of those pixels in squared map units of the CRS (`area_unit`); NaN
+    where the CRS is geographic or missing.
+    """
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The value of each input, in the order of the inputs."""
+
+    def __init__(
+        self,
+        *,
+        raster_value: _builtins.int = ...,
+        values: _abc.Iterable[_builtins.int] | None = ...,
+        pixel_count: _builtins.int = ...,
+        area: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "pixel_count", b"pixel_count", "raster_value", b"raster_value", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandCombinationRow: _TypeAlias = BandCombinationRow  # noqa: Y015
+
+@_typing.final
+class BandCombinationResponse(_message.Message):
+    """Response of BandCombination: the combinations in increasing order of their
+    values (the first input's value first), coded from 1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    RASTER_PATH_FIELD_NUMBER: _builtins.int
+    COLUMN_NAMES_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    AREA_UNIT_FIELD_NUMBER: _builtins.int
+    DATA_TYPE_FIELD_NUMBER: _builtins.int
+    NODATA_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the CSV file; empty when none is written (`no_output_table`)."""
+    raster_path: _builtins.str
+    """Path of the raster of codes; empty when none is written
+    (`no_raster_output`).
+    """
+    area_unit: _builtins.str
+    """The CSV file's unit of areas (`metre`); empty where areas are not
+    available.
+    """
+    data_type: Global___DataType.ValueType
+    """The raster's data type: Int32, as Remotior's 32-bit codes."""
+    nodata: _builtins.float
+    """The raster's nodata value: 2147483647, Remotior's for Int32."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The inputs."""
+
+    @_builtins.property
+    def column_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The table's column of each input."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___BandCombinationRow]:
+        """One row per combination that valid pixels hold."""
+
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        output_path: _builtins.str = ...,
+        raster_path: _builtins.str = ...,
+        column_names: _abc.Iterable[_builtins.str] | None = ...,
+        rows: _abc.Iterable[Global___BandCombinationRow] | None = ...,
+        area_unit: _builtins.str = ...,
+        data_type: Global___DataType.ValueType = ...,
+        nodata: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area_unit", b"area_unit", "column_names", b"column_names", "data_type", b"data_type", "inputs", b"inputs", "nodata", b"nodata", "output_path", b"output_path", "raster_path", b"raster_path", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandCombinationResponse: _TypeAlias = BandCombinationResponse  # noqa: Y015
+
+@_typing.final
+class ZonalStatsParameters(_message.Message):
+    """What ZonalStats computes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    PERCENTILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def statistics(self) -> _containers.RepeatedScalarFieldContainer[Global___ZonalStatistic.ValueType]:
+        """The statistics, in the order of the CSV file's columns; one is required,
+        and a statistic named twice is computed once, at its first place.
+        """
+
+    @_builtins.property
+    def percentiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The percentiles of ZONAL_STATISTIC_PERCENTILE, from 0 to 100, at most 16,
+        each a column at the statistic's place (Remotior's `stat_percentile`);
+        required with that statistic, refused without it.
+        """
+
+    def __init__(
+        self,
+        *,
+        statistics: _abc.Iterable[Global___ZonalStatistic.ValueType] | None = ...,
+        percentiles: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["percentiles", b"percentiles", "statistics", b"statistics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ZonalStatsParameters: _TypeAlias = ZonalStatsParameters  # noqa: Y015
+
+@_typing.final
+class ZonalStatsReference(_message.Message):
+    """The zones of ZonalStats (Remotior's `reference_path`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    BAND_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELD_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path of a GeoTIFF of zone values (a data path: see `RasterInput.path`),
+    read onto the value raster's grid. A vector file is refused
+    (INVALID_ARGUMENT) until vector references are served.
+    """
+    band: _builtins.int
+    """Band number of a raster, 1-based; 0 means 1."""
+    vector_field: _builtins.str
+    """The field of a vector's zone values (Remotior's `vector_field`); not
+    used with a raster.
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        band: _builtins.int = ...,
+        vector_field: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "path", b"path", "vector_field", b"vector_field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ZonalStatsReference: _TypeAlias = ZonalStatsReference  # noqa: Y015
+
+@_typing.final
+class ZonalStatsRequest(_message.Message):
+    """Request of ZonalStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The band of values: exactly one (Remotior's `raster_path`)."""
+
+    @_builtins.property
+    def parameters(self) -> Global___ZonalStatsParameters:
+        """What to compute."""
+
+    @_builtins.property
+    def output(self) -> Global___TableOutput:
+        """Where the CSV file goes."""
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where the inputs are placed before statistics are computed (their
+        extent); the zones are always read onto the value band's pixel size and
+        lines, as Remotior reads them (`multiple_resolution=False`).
+        """
+
+    @_builtins.property
+    def reference(self) -> Global___ZonalStatsReference:
+        """The zones."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___ZonalStatsParameters | None = ...,
+        output: Global___TableOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+        reference: Global___ZonalStatsReference | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters", "reference", b"reference"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "reference", b"reference", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ZonalStatsRequest: _TypeAlias = ZonalStatsRequest  # noqa: Y015
+
+@_typing.final
+class ZonalStatsRow(_message.Message):
+    """The statistics of one zone: over its pixels where neither the zone nor the
+    value is nodata or NaN. A statistic not requested is 0.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ZONE_FIELD_NUMBER: _builtins.int
+    PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    MINIMUM_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    STANDARD_DEVIATION_FIELD_NUMBER: _builtins.int
+    MEDIAN_FIELD_NUMBER: _builtins.int
+    PERCENTILES_FIELD_NUMBER: _builtins.int
+    zone: _builtins.float
+    """The zone's value."""
+    pixel_count: _builtins.int
+    """Pixels counted (always given)."""
+    sum: _builtins.float
+    """The sum of the values in float64: the exact sum rounded once (exact in
+    int64 for integer bands; for float bands, within 2**-100 of the sum before
+    that rounding).
+    """
+    mean: _builtins.float
+    """The mean value: `sum / pixel_count`."""
+    minimum: _builtins.float
+    """The smallest value."""
+    maximum: _builtins.float
+    """The largest value."""
+    standard_deviation: _builtins.float
+    """The population standard deviation."""
+    median: _builtins.float
+    """The median value."""
+    @_builtins.property
+    def percentiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The value at each of the response's `percentiles`, in its order."""
+
+    def __init__(
+        self,
+        *,
+        zone: _builtins.float = ...,
+        pixel_count: _builtins.int = ...,
+        sum: _builtins.float = ...,
+        mean: _builtins.float = ...,
+        minimum: _builtins.float = ...,
+        maximum: _builtins.float = ...,
+        standard_deviation: _builtins.float = ...,
+        median: _builtins.float = ...,
+        percentiles: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["maximum", b"maximum", "mean", b"mean", "median", b"median", "minimum", b"minimum", "percentiles", b"percentiles", "pixel_count", b"pixel_count", "standard_deviation", b"standard_deviation", "sum", b"sum", "zone", b"zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ZonalStatsRow: _TypeAlias = ZonalStatsRow  # noqa: Y015
+
+@_typing.final
+class ZonalStatsResponse(_message.Message):
+    """Response of ZonalStats: the rows of the CSV file, by increasing zone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    PERCENTILES_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the CSV file (a data path: see `RasterInput.path`)."""
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The band of values."""
+
+    @_builtins.property
+    def reference(self) -> Global___ZonalStatsReference:
+        """The zones."""
+
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The CSV file's header: "DN", then a column per statistic
+        ("Percentile_25" per percentile).
+        """
+
+    @_builtins.property
+    def percentiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The percentiles of the rows' `percentiles`, without repeats."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ZonalStatsRow]:
+        """One row per zone that holds valid pixels."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        reference: Global___ZonalStatsReference | None = ...,
+        output_path: _builtins.str = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        percentiles: _abc.Iterable[_builtins.float] | None = ...,
+        rows: _abc.Iterable[Global___ZonalStatsRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "reference", b"reference"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "input", b"input", "output_path", b"output_path", "percentiles", b"percentiles", "reference", b"reference", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ZonalStatsResponse: _TypeAlias = ZonalStatsResponse  # noqa: Y015

@@ -73,6 +73,16 @@ class RasterServiceStub:
                 request_serializer=rsgrpc_dot_v1_dot_raster__pb2.RasterReportRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.ZonalStats = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/ZonalStats',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.ZonalStatsRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.BandCombination = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/BandCombination',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandCombinationRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class RasterServiceServicer:
@@ -136,6 +146,24 @@ class RasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ZonalStats(self, request, context):
+        """Per zone of a zone raster, statistics of the pixels of a value raster
+        (Remotior's `raster_zonal_stats`), written as a CSV file and returned in
+        the response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BandCombination(self, request, context):
+        """A code for each combination of class values across integer rasters
+        (Remotior's `band_combination`): a raster of the codes and the table of
+        combinations, written as a CSV file and returned in the response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +200,16 @@ def add_RasterServiceServicer_to_server(servicer, server):
             'RasterReport': grpc.unary_unary_rpc_method_handler(
                     servicer.RasterReport,
                     request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.RasterReportRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'ZonalStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ZonalStats,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.ZonalStatsRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'BandCombination': grpc.unary_unary_rpc_method_handler(
+                    servicer.BandCombination,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandCombinationRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -366,6 +404,60 @@ class RasterService:
             target,
             '/rsgrpc.v1.RasterService/RasterReport',
             rsgrpc_dot_v1_dot_raster__pb2.RasterReportRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ZonalStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/ZonalStats',
+            rsgrpc_dot_v1_dot_raster__pb2.ZonalStatsRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BandCombination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/BandCombination',
+            rsgrpc_dot_v1_dot_raster__pb2.BandCombinationRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
