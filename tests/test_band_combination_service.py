@@ -6,11 +6,9 @@ at the door."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import grpc
@@ -22,12 +20,10 @@ from rasterio.transform import from_origin
 
 from rsgrpc.client import Session
 from rsgrpc.engine.band_tool import BandInput
-from rsgrpc.engine.errors import CancelledError
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import OutputProfile
 from rsgrpc.engine.table_job import TableRequest, prepare_table_job, run_table_job
-from rsgrpc.engine.tiles import TilePlan
 from rsgrpc.tools.combination import BAND_COMBINATION, CombinationParameters
 from rsgrpc.v1 import raster_pb2
 from tests.conftest import (
@@ -38,6 +34,7 @@ from tests.conftest import (
     watch_operation,
     write_geotiff,
 )
+from tests.table_job_checks import assert_cancel_leaves_nothing, retiled
 
 PIXEL_AREA = 10.0 * 10.0  # conftest's TRANSFORM: 10 m pixels
 NODATA = 2**31 - 1
@@ -234,10 +231,7 @@ def _job(server, session_name, root: DataRoot, paths, output: str, edge: int | N
     )
     job = prepare_table_job(request, root, session)
     if edge is not None:
-        plan = job.plan
-        job = dataclasses.replace(
-            job, plan=TilePlan(plan.shape, edge, edge, plan.in_flight, plan.peak_bytes)
-        )
+        job = retiled(job, edge)
     return session, job
 
 
@@ -288,23 +282,7 @@ def test_cancel_leaves_neither_raster_nor_csv(server, session_name, tmp_path, ca
         )
     root = DataRoot.at(tmp_path)
     session, job = _job(server, session_name, root, ["in/x.tif", "in/y.tif"], "out/c.tif", 64)
-    operation = Operation(session.name, "BandCombination", owner="anonymous")
-    tiles = job.plan.tile_count
-    after = 2 if cancel_in == "table pass" else tiles + 2
-
-    def cancel_after_some_tiles() -> None:
-        while operation.progress.tiles_done < after:
-            threading.Event().wait(0.001)
-        operation.cancel_event.set()
-
-    canceller = threading.Thread(target=cancel_after_some_tiles, daemon=True)
-    canceller.start()
-    with pytest.raises(CancelledError):
-        run_table_job(job, session, operation)
-    canceller.join(10)
-    done = operation.progress.tiles_done
-    assert done < tiles if cancel_in == "table pass" else tiles < done < 2 * tiles
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert_cancel_leaves_nothing(job, session, "BandCombination", cancel_in, tmp_path / "out")
 
 
 # --- refusals ---------------------------------------------------------------------------

@@ -484,6 +484,72 @@ BAND_NEIGHBOR_PIXELS = MethodSpec(
     },
 )
 
+BAND_MASK = MethodSpec(
+    "band_mask",
+    remotior=(
+        ("input_bands", REQUIRED),
+        ("input_mask", None),
+        ("mask_values", None),
+        ("output_path", None),
+        ("overwrite", False),
+        ("buffer", None),
+        ("nodata_value", None),
+        ("virtual_output", None),
+        ("compress", None),
+        ("compress_format", None),
+        ("prefix", ""),
+        ("extent_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("bandset_catalog", None),
+        ("progress_message", True),
+    ),
+    extensions=(("compression", None),),
+    notes={
+        **{k: v for k, v in _BAND_TOOL_NOTES.items() if k != "multiple_resolution"},
+        "input_mask": Note(
+            "differs",
+            "the path of a mask raster (band 1) or a (path, band) pair, read onto each "
+            "input's grid by nearest neighbour, as Remotior's virtual raster; each output "
+            "is on its input's grid; a mask in another CRS is refused (Remotior warps it); "
+            "a vector mask (.gpkg, .shp, .geojson, ...) is refused until the vector tools "
+            "are served",
+        ),
+        "mask_values": Note(
+            "differs",
+            "required; compared with the mask's values in the mask's type, as NumPy compares "
+            "(a float32 mask's 0.1 is float32's 0.1; Remotior truncates values to integers); "
+            "a value the mask's type cannot hold is refused",
+        ),
+        "buffer": Note(
+            "differs",
+            "grows the pixels of every listed mask value by a disk of that radius, from 0 "
+            "(none) to 512 pixels (Remotior dilates the mask's value 1 whatever mask_values "
+            "lists); the disk is band_dilation's circular structure, in pixels of each "
+            "input's grid over the mask read onto it, so mask pixels beyond that grid (or "
+            "its extent_list) do not grow into it (Remotior dilates the whole mask in its "
+            "own pixels first)",
+        ),
+        "nodata_value": Note(
+            "differs",
+            "the outputs' nodata; None is each input's own nodata (Remotior takes the first "
+            "input's for all), and an input without nodata then needs one; masked pixels, "
+            "the input's nodata pixels and pixels where the mask is nodata (also outside a mask "
+            "that has nodata) take it; each output keeps its input's data type, with exact "
+            "values (Remotior "
+            "computes in float32)",
+        ),
+        "compress": Note(
+            "not applicable",
+            "outputs are always compressed; choose the codec with `compression`",
+        ),
+        "compress_format": Note(
+            "not applicable",
+            "choose the codec with `compression` (deflate, zstd, lzw or none)",
+        ),
+    },
+)
+
 RASTER_RECLASSIFICATION = MethodSpec(
     "raster_reclassification",
     remotior=(
@@ -723,6 +789,90 @@ BAND_COMBINATION = MethodSpec(
     },
 )
 
+CROSS_CLASSIFICATION = MethodSpec(
+    "cross_classification",
+    remotior=(
+        ("classification_path", REQUIRED),
+        ("reference_path", REQUIRED),
+        ("output_path", None),
+        ("overwrite", False),
+        ("vector_field", None),
+        ("nodata_value", None),
+        ("cross_matrix", False),
+        ("regression_raster", False),
+        ("error_matrix", False),
+        ("extent_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("progress_message", True),
+    ),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "classification_path": Note(
+            "differs",
+            "an integer band of up to 32 bits under the data roots (or a (path, band) pair); "
+            "its grid is the output's, and its valid pixels, reference or not, are the map's "
+            "class areas of the error matrix, as in Remotior",
+        ),
+        "reference_path": Note(
+            "differs",
+            "an integer raster under the data roots (or a (path, band) pair), read onto the "
+            "classification's pixel size and lines in the same CRS (Remotior warps another "
+            "CRS; here it is refused); a vector is refused (INVALID_ARGUMENT) until vectors "
+            "are served; pairs are coded from 1 in increasing order of the reference value, "
+            "then of the classification value (Remotior orders them by a weighted sum)",
+        ),
+        "output_path": Note(
+            "differs",
+            "the raster of pair codes (Int32, nodata 2147483647), any extension but .tif, "
+            ".tiff or .vrt becoming .tif; the CSV file is beside it with the raster's name, "
+            "also in the response (`grpc.response`: rows, error_matrix, regression); None is "
+            "refused (Remotior writes to its temporary directory)",
+        ),
+        "overwrite": Note(
+            "differs",
+            "the raster and its table are replaced only with overwrite=True; an existing one "
+            "is refused (ALREADY_EXISTS)",
+        ),
+        "vector_field": Note(
+            "differs",
+            "sent with the reference, for a vector reference, which is refused until vectors "
+            "are served; not used with a raster, as in Remotior",
+        ),
+        "nodata_value": Note(
+            "differs",
+            "a pixel holding it in either raster is nodata, and the map's class areas leave "
+            "it out too (Remotior leaves it in them)",
+        ),
+        "cross_matrix": Note(
+            "differs",
+            "the cross matrix, and with error_matrix also the error matrix (Remotior writes "
+            "only the cross matrix when both are asked for)",
+        ),
+        "regression_raster": Note(
+            "differs",
+            "the regression's statistics are in the CSV file and `grpc.response.regression`; "
+            "the two rasters of constant B0 and B1 that Remotior writes are not written "
+            "(`extra` regression_raster_b0 and _b1 are None)",
+        ),
+        "error_matrix": Note(
+            "differs",
+            "Remotior's error matrix and area-based matrix (Olofsson et al. 2014), with the "
+            "standard errors of user's, producer's and overall accuracy added; a variance "
+            "needing a stratum of one pixel is NaN (Remotior drops it); a map class without "
+            "reference pixels is left out of the estimates and its share reported (Remotior "
+            "leaves its area out of the total); kappa of the pixel counts is in the response "
+            "beside Remotior's kappa of the area proportions; more than 1,024 classes is "
+            "refused",
+        ),
+        "extent_list": Note(
+            "differs",
+            "both rasters are clipped to it on the classification's pixel lines, as in "
+            "Remotior; an extent that leaves no pixel is refused",
+        ),
+    },
+)
+
 SIGNATURES: dict[str, MethodSpec] = {
     "__init__": SESSION_INIT,
     "set": SESSION_SET,
@@ -732,9 +882,11 @@ SIGNATURES: dict[str, MethodSpec] = {
     "band_erosion": BAND_EROSION,
     "band_neighbor_pixels": BAND_NEIGHBOR_PIXELS,
     "raster_reclassification": RASTER_RECLASSIFICATION,
+    "band_mask": BAND_MASK,
     "raster_report": RASTER_REPORT,
     "raster_zonal_stats": RASTER_ZONAL_STATS,
     "band_combination": BAND_COMBINATION,
+    "cross_classification": CROSS_CLASSIFICATION,
 }
 
 # Remotior's `Session` attributes other than the methods above, and what the client has.
@@ -764,10 +916,8 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
         name: Note("not yet", "one of the eleven tools of issue 16")
         for name in (
             "band_clustering",
-            "band_mask",
             "band_spectral_distance",
             "band_pca",
-            "cross_classification",
             "raster_label",
         )
     },

@@ -42,6 +42,7 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _PATH_ARGUMENTS = (
     "input_raster_list",
     "input_bands",
+    "input_mask",
     "output_path",
     "extent_raster",
     "align_raster",
@@ -157,7 +158,9 @@ def _input_grid(
     """A band tool's `extent_list` and `multiple_resolution` (only True keeps each
     input's pixels, as Remotior tests it) as the request's InputGrid; `first`, the call's
     first band, places the inputs of a request that starts with another."""
-    grid = raster_pb2.InputGrid(first_input_resolution=a["multiple_resolution"] is not True)
+    # A tool without `multiple_resolution` (band_mask) keeps each input's pixels.
+    multiple_resolution = a.get("multiple_resolution", True)
+    grid = raster_pb2.InputGrid(first_input_resolution=multiple_resolution is not True)
     if a["extent_list"] is not None:
         grid.extent.CopyFrom(_extent(a["extent_list"]))
     if inputs[0] != first:

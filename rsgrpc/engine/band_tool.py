@@ -35,6 +35,7 @@ from rsgrpc.engine.grid import (
     InputSampling,
     band_tool_grids,
     read_on_grid,
+    sample_auxiliary,
     sample_onto,
 )
 from rsgrpc.engine.limits import PlannedOutput
@@ -132,6 +133,27 @@ class PlacedBand:
 
 
 @dataclass(frozen=True)
+class PlacedAuxiliary:
+    """A raster read beside a task's band (a tool's `AuxiliaryBand`), described, and how
+    it is read onto the task's grid (None: it is on the grid)."""
+
+    info: RasterInfo
+    sampling: InputSampling | None
+
+    def source(self, shape: tuple[int, int]) -> PlacedBand:
+        return PlacedBand(self.info.path, self.info.band, shape, self.sampling)
+
+    @property
+    def bytes_per_pixel(self) -> float:
+        """What a worker holds of it per grid pixel: its block, and what reading it onto
+        the grid takes (its pixels under the block and a copy)."""
+        itemsize = np.dtype(self.info.dtype).itemsize
+        if self.sampling is None:
+            return itemsize
+        return itemsize + (self.sampling.ratio + 1) * itemsize
+
+
+@dataclass(frozen=True)
 class BandTask:
     """One input band, described, the grid it is placed on (its output's), how it is read
     onto that grid, and the output it becomes."""
@@ -142,6 +164,7 @@ class BandTask:
     output_path: str  # as the client names it
     grid: Grid
     sampling: InputSampling | None = None  # None: the input is on the grid
+    auxiliary: PlacedAuxiliary | None = None  # a raster read beside the band
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -241,6 +264,19 @@ def prepare_band_tasks(
         )
         tasks.append(BandTask(given, info, output, output_path, grid, sample_onto(info, grid)))
     return tasks
+
+
+def place_auxiliary(
+    tasks: Sequence[BandTask], path: str, band: int, field: str, data_root: DataRoot
+) -> list[BandTask]:
+    """`tasks`, each with band `band` of `path` (a request's `field`) placed on its grid
+    (`sample_auxiliary`), to be read with the band's tiles and halos."""
+    info = describe(data_root.path(path, field=field), band)
+    name = f"{field} {path!r}"
+    return [
+        replace(t, auxiliary=PlacedAuxiliary(info, sample_auxiliary(info, t.grid, name)))
+        for t in tasks
+    ]
 
 
 def plan_band_tiles(

@@ -404,6 +404,24 @@ def sample_onto(info: RasterInfo, grid: Grid) -> InputSampling | None:
     return InputSampling(rows, cols, info.dtype, fill)
 
 
+def sample_auxiliary(info: RasterInfo, grid: Grid, name: str) -> InputSampling | None:
+    """How a raster read beside a band (a mask: `RasterTool.auxiliary`), named `name` in
+    errors, is read onto the band's grid by nearest neighbour; None when on it.
+
+    Raises InvalidArgumentError for a raster in another CRS (nothing is reprojected) or
+    a rotated grid that would have to move."""
+    if not _same_crs(info.crs, grid.crs):
+        raise InvalidArgumentError(
+            f"{name} is not in the CRS of the input bands; band tools do not reproject: "
+            "warp the rasters into one CRS first"
+        )
+    if not _on_grid(info, grid) and not _north_up(info):
+        raise InvalidArgumentError(
+            f"{name} has a rotated or south-up grid; it is read only on the input's own grid"
+        )
+    return sample_onto(info, grid)
+
+
 def _inside(indices: np.ndarray, size: int) -> tuple[int, int]:
     """The range of positions whose (non-decreasing) indices lie in 0 .. size - 1."""
     return int(np.searchsorted(indices, 0, "left")), int(np.searchsorted(indices, size, "left"))

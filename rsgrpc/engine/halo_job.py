@@ -6,7 +6,8 @@ one writer per band.
 
 Everything a tool declares is used here and only here: its checks of the parameters and
 of each band at the door, its halo and memory per dtype in the tile plan, its output's
-data type and nodata in the limits and the writer, its kernel in the workers.
+data type and nodata in the limits and the writer, its kernel in the workers, and its
+auxiliary band (a mask), placed on each band's grid and read over each tile's block.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from rsgrpc.engine.raster_io import OutputProfile, encode_output_tile
 from rsgrpc.engine.session import Session
 from rsgrpc.engine.tiled_job import run_tiles
 from rsgrpc.engine.tiles import MemoryModel, Tile
-from rsgrpc.tools.spec import ParameterError, RasterTool
+from rsgrpc.tools.spec import AuxiliaryBlock, ParameterError, RasterTool
 
 P = TypeVar("P")
 # The largest text file a tool's parameters may name (a structure, a table).
@@ -101,6 +102,15 @@ def prepare_halo_job(
     tasks = band_tool.prepare_band_tasks(
         request.inputs, request.target, data_root, request.placement
     )
+    auxiliary = tool.auxiliary(parameters)
+    if auxiliary is not None:
+        tasks = band_tool.place_auxiliary(
+            tasks, auxiliary.path, auxiliary.band or 1, auxiliary.field, data_root
+        )
+        info = tasks[0].auxiliary.info
+        where = f"{auxiliary.field} {auxiliary.path!r} band {info.band}"
+        with invalid_argument(path=auxiliary.path):
+            tool.check_auxiliary(parameters, np.dtype(info.dtype), info.nodata, where)
     profile = (request.target.profile or default_profile).fitted_to(
         max(t.grid.width for t in tasks), max(t.grid.height for t in tasks)
     )
@@ -117,6 +127,8 @@ def prepare_halo_job(
     plans = []
     for task, dtype in zip(tasks, dtypes, strict=True):
         worker, result = tool.memory(parameters, np.dtype(task.info.dtype), np.dtype(dtype))
+        if task.auxiliary is not None:
+            worker += task.auxiliary.bytes_per_pixel
         model = MemoryModel(worker=worker, result=result, halo=halo)
         plans.append(band_tool.plan_task_tiles(task, model, session, profile))
     return BandJob[HaloRequest](request, tuple(tasks), profile, tuple(plans))
@@ -134,19 +146,28 @@ class TileWork:
     profile: OutputProfile
     source: band_tool.PlacedBand
     nodata: float | None
+    # The tool's auxiliary band on the same grid, and its nodata.
+    auxiliary: band_tool.PlacedBand | None = None
+    auxiliary_nodata: float | None = None
 
 
 def _halo_tile(work: TileWork, tile: Tile) -> tuple[Any, int, int]:
-    """Runs in a worker: read the tile with its halo (within the task's grid), compute
-    the tile, encode it."""
+    """Runs in a worker: read the tile with its halo (within the task's grid), and the
+    auxiliary band over the same block, compute the tile, encode it."""
     block_tile, interior = tile.with_halo(work.halo, work.source.shape)
     block = work.source.read(block_tile)
-    out = work.kernel(block, work.parameters, interior, work.nodata, *work.output)
+    read = block.nbytes
+    extra = {}
+    if work.auxiliary is not None:
+        pixels = work.auxiliary.read(block_tile)
+        extra["auxiliary"] = AuxiliaryBlock(pixels, work.auxiliary_nodata)
+        read += pixels.nbytes
+    out = work.kernel(block, work.parameters, interior, work.nodata, *work.output, **extra)
     before = block[interior]
     changed = out != before
     if out.dtype.kind == "f":
         changed &= ~(np.isnan(out) & np.isnan(before))
-    return encode_output_tile(out, tile, work.profile), int(np.count_nonzero(changed)), block.nbytes
+    return encode_output_tile(out, tile, work.profile), int(np.count_nonzero(changed)), read
 
 
 def run_halo_job(
@@ -172,6 +193,8 @@ def run_halo_job(
             job.profile,
             task.source,
             task.info.nodata,
+            None if task.auxiliary is None else task.auxiliary.source(task.shape),
+            None if task.auxiliary is None else task.auxiliary.info.nodata,
         )
         changed = 0
         operation.update(stage=Stage.RUNNING)

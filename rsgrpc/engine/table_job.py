@@ -299,7 +299,10 @@ def run_table_job(job: TableJob, session: Session, operation: Operation) -> Tabl
     )
     result = merged.result()
     paths = tuple(b.path for b in request.inputs)
-    table = tool.table(parameters, result, table_grid(job.grid, paths))
+    # A table that its parameters cannot make from these bands (too many classes for a
+    # matrix) is the client's INVALID_ARGUMENT, found once the bands are read.
+    with invalid_argument():
+        table = tool.table(parameters, result, table_grid(job.grid, paths))
     with contextlib.ExitStack() as stack:
         writer = None
         if job.raster is not None:

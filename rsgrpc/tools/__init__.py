@@ -4,6 +4,8 @@ an RPC, the client a method and the CLI a command for each, in this order."""
 from __future__ import annotations
 
 from rsgrpc.tools.combination import BAND_COMBINATION
+from rsgrpc.tools.cross_classification import CROSS_CLASSIFICATION
+from rsgrpc.tools.mask import BAND_MASK
 from rsgrpc.tools.morphology import DILATION, EROSION
 from rsgrpc.tools.neighbor_pixels import NEIGHBOR_PIXELS
 from rsgrpc.tools.reclassification import RECLASSIFICATION
@@ -12,7 +14,13 @@ from rsgrpc.tools.spec import RasterTool
 from rsgrpc.tools.table_spec import TableTool
 from rsgrpc.tools.zonal_stats import RASTER_ZONAL_STATS
 
-RASTER_TOOLS: tuple[RasterTool, ...] = (DILATION, EROSION, NEIGHBOR_PIXELS, RECLASSIFICATION)
+RASTER_TOOLS: tuple[RasterTool, ...] = (
+    DILATION,
+    EROSION,
+    NEIGHBOR_PIXELS,
+    RECLASSIFICATION,
+    BAND_MASK,
+)
 
 
 def raster_tool(name: str) -> RasterTool:
@@ -24,7 +32,12 @@ def raster_tool(name: str) -> RasterTool:
 
 
 # The table tools (`rsgrpc.tools.table_spec.TableTool`), registered the same way.
-TABLE_TOOLS: tuple[TableTool, ...] = (RASTER_REPORT, BAND_COMBINATION, RASTER_ZONAL_STATS)
+TABLE_TOOLS: tuple[TableTool, ...] = (
+    RASTER_REPORT,
+    BAND_COMBINATION,
+    RASTER_ZONAL_STATS,
+    CROSS_CLASSIFICATION,
+)
 
 
 def table_tool(name: str) -> TableTool:

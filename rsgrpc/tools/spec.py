@@ -66,6 +66,35 @@ class CliFlag:
 
 
 @dataclass(frozen=True)
+class AuxiliaryBand:
+    """A second raster a tool reads beside each input band (a mask, zones): the engine
+    places it on each band's grid by nearest neighbour, as it places the band, and reads
+    it over the same block as the band's tile and halo. `field` names it in errors."""
+
+    path: str
+    band: int = 1
+    field: str = "auxiliary"
+
+
+@dataclass(frozen=True)
+class AuxiliaryBlock:
+    """An auxiliary band's pixels over the block of a band's tile (the same rows and
+    columns), and its nodata."""
+
+    pixels: np.ndarray
+    nodata: float | None
+
+
+def no_auxiliary(parameters: Any) -> AuxiliaryBand | None:
+    """A tool that reads its bands alone."""
+    return None
+
+
+def any_auxiliary(parameters: Any, dtype: np.dtype, nodata: float | None, where: str) -> None:
+    """An auxiliary band of any pixel type."""
+
+
+@dataclass(frozen=True)
 class RasterTool(Generic[P]):
     """One band-in, band-out tool whose output pixel depends on a window of its input.
 
@@ -82,6 +111,9 @@ class RasterTool(Generic[P]):
     output's data type and nodata; ``kernel(block, p, interior, nodata, out_dtype,
     out_nodata)`` is a module-level function run in the workers that returns the
     tile's pixels; ``describe(p)`` says what runs, for the session's log.
+    ``auxiliary(p)`` names a second raster read beside each band (`AuxiliaryBand`), or
+    None; ``check_auxiliary(p, dtype, nodata, where)`` refuses one the tool cannot take;
+    its pixels reach the kernel as the keyword ``auxiliary`` (an `AuxiliaryBlock`).
 
     Client side: ``request_parameters(arguments)`` makes the parameters message from
     Remotior's arguments (the mapping the signature binds), raising ParameterError;
@@ -109,6 +141,8 @@ class RasterTool(Generic[P]):
     # Remotior's signature takes one `raster_path` (its band 1) and an `output_path` file
     # where a band tool takes `input_bands`: the client and the command send that one input.
     raster_path_input: bool = False
+    auxiliary: Callable[[P], AuxiliaryBand | None] = no_auxiliary
+    check_auxiliary: Callable[[P, np.dtype, float | None, str], None] = any_auxiliary
 
     @property
     def process(self) -> str:

@@ -172,19 +172,24 @@ def _request_bands(request: raster_pb2.ZonalStatsRequest) -> list[raster_pb2.Ras
             f"ZonalStats takes one band of values in inputs, got {len(request.inputs)}",
             metadata={"field": "inputs"},
         )
-    reference = request.reference
+    return [request.inputs[0], raster_reference(request.reference, "zones")]
+
+
+def raster_reference(reference: Any, what: str) -> raster_pb2.RasterBand:
+    """A request's `reference` (path, band, vector_field) as the band to read, a raster of
+    `what`; an empty path or a vector is refused."""
     if not reference.path:
         raise spec.ParameterError(
-            "reference path is empty: name the raster of zones",
+            f"reference path is empty: name the raster of {what}",
             metadata={"field": "reference"},
         )
     if is_vector_path(reference.path):
         raise spec.ParameterError(
             f"reference {reference.path!r} is a vector; vector references are not supported "
-            "yet: give a raster of zones (a GeoTIFF)",
+            f"yet: give a raster of {what} (a GeoTIFF)",
             metadata={"field": "reference"},
         )
-    return [request.inputs[0], raster_pb2.RasterBand(path=reference.path, band=reference.band)]
+    return raster_pb2.RasterBand(path=reference.path, band=reference.band)
 
 
 def _check_band(p: ZonalParameters, dtype: np.dtype, nodata: float | None, where: str) -> None:
@@ -372,16 +377,36 @@ def request_parameters(arguments: dict[str, Any]) -> raster_pb2.ZonalStatsParame
 def request_fields(arguments: dict[str, Any]) -> dict[str, Any]:
     """Remotior's `reference_path` (a path, band 1, or a (path, band) pair) and
     `vector_field`, as the request's `reference`."""
+    return {"reference": reference_argument(arguments, raster_pb2.ZonalStatsReference)}
+
+
+def reference_argument(arguments: dict[str, Any], message_type: type) -> Any:
+    """Remotior's `reference_path` (a path, band 1, or a (path, band) pair) and
+    `vector_field` as a reference message of `message_type` (path, band, vector_field)."""
     path, band = arguments["reference_path"], 1
     if isinstance(path, list | tuple) and len(path) == 2 and isinstance(path[1], int):
         path, band = path
     if not isinstance(path, str) or not path:
         raise spec.ParameterError(f"reference_path must be a path, got {path!r}")
     field = arguments["vector_field"]
-    reference = raster_pb2.ZonalStatsReference(
-        path=path, band=band, vector_field="" if field is None else str(field)
+    return message_type(path=path, band=band, vector_field="" if field is None else str(field))
+
+
+def reference_flags(what: str) -> tuple[spec.CliFlag, spec.CliFlag]:
+    """The command's flags of Remotior's `reference_path` (a raster of `what`) and
+    `vector_field`."""
+    return (
+        spec.CliFlag(
+            "--reference",
+            "reference_path",
+            {"required": True, "help": f"the raster of {what}, relative to the data root"},
+        ),
+        spec.CliFlag(
+            "--vector-field",
+            "vector_field",
+            {"help": f"a vector reference's field of {what} (vectors are not served yet)"},
+        ),
     )
-    return {"reference": reference}
 
 
 RASTER_ZONAL_STATS = TableTool[ZonalParameters](
@@ -410,16 +435,7 @@ RASTER_ZONAL_STATS = TableTool[ZonalParameters](
     first_input_grid=True,
     outcome=_outcome,
     cli_flags=(
-        spec.CliFlag(
-            "--reference",
-            "reference_path",
-            {"required": True, "help": "the raster of zones, relative to the data root"},
-        ),
-        spec.CliFlag(
-            "--vector-field",
-            "vector_field",
-            {"help": "a vector reference's field of zones (vectors are not served yet)"},
-        ),
+        *reference_flags("zones"),
         spec.CliFlag(
             "--stat",
             "stat_names",

@@ -2240,3 +2240,635 @@ class ZonalStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ZonalStatsResponse: _TypeAlias = ZonalStatsResponse  # noqa: Y015
+
+@_typing.final
+class BandMaskParameters(_message.Message):
+    """What BandMask computes (Remotior's `band_mask` arguments)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_RASTER_FIELD_NUMBER: _builtins.int
+    MASK_VECTOR_PATH_FIELD_NUMBER: _builtins.int
+    MASK_VALUES_FIELD_NUMBER: _builtins.int
+    BUFFER_PIXELS_FIELD_NUMBER: _builtins.int
+    NODATA_VALUE_FIELD_NUMBER: _builtins.int
+    mask_vector_path: _builtins.str
+    """A vector mask (a data path): refused (INVALID_ARGUMENT) until the
+    vector tools are served.
+    """
+    buffer_pixels: _builtins.int
+    """Grow the masked pixels by this radius in pixels, a disk (Remotior's
+    `buffer`); 0 for none.
+    """
+    nodata_value: _builtins.float
+    """The outputs' nodata (Remotior's `nodata_value`); unset: each input's."""
+    @_builtins.property
+    def mask_raster(self) -> Global___RasterBand:
+        """A band of a raster mask, read onto each input's grid by nearest
+        neighbour; where the mask is nodata, or outside it, the output is nodata
+        (outside a mask without nodata, the mask reads 0).
+        """
+
+    @_builtins.property
+    def mask_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Mask values whose pixels become nodata (Remotior's `mask_values`); at
+        least one.
+        """
+
+    def __init__(
+        self,
+        *,
+        mask_raster: Global___RasterBand | None = ...,
+        mask_vector_path: _builtins.str = ...,
+        mask_values: _abc.Iterable[_builtins.float] | None = ...,
+        buffer_pixels: _builtins.int = ...,
+        nodata_value: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "mask", b"mask", "mask_raster", b"mask_raster", "mask_vector_path", b"mask_vector_path", "nodata_value", b"nodata_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "buffer_pixels", b"buffer_pixels", "mask", b"mask", "mask_raster", b"mask_raster", "mask_values", b"mask_values", "mask_vector_path", b"mask_vector_path", "nodata_value", b"nodata_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nodata_value: _TypeAlias = _typing.Literal["nodata_value"]  # noqa: Y015
+    _WhichOneofArgType__nodata_value: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value"]  # noqa: Y015
+    _WhichOneofReturnType_mask: _TypeAlias = _typing.Literal["mask_raster", "mask_vector_path"]  # noqa: Y015
+    _WhichOneofArgType_mask: _TypeAlias = _typing.Literal["mask", b"mask"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nodata_value) -> _WhichOneofReturnType__nodata_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_mask) -> _WhichOneofReturnType_mask | None: ...
+
+Global___BandMaskParameters: _TypeAlias = BandMaskParameters  # noqa: Y015
+
+@_typing.final
+class BandMaskRequest(_message.Message):
+    """Request for BandMask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """Bands to mask; each gives one output."""
+
+    @_builtins.property
+    def parameters(self) -> Global___BandMaskParameters:
+        """What to compute."""
+
+    @_builtins.property
+    def output(self) -> Global___ToolOutput:
+        """Where the outputs go."""
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where each input is placed before it is masked."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___BandMaskParameters | None = ...,
+        output: Global___ToolOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandMaskRequest: _TypeAlias = BandMaskRequest  # noqa: Y015
+
+@_typing.final
+class BandMaskOutput(_message.Message):
+    """What masking did to one input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    PIXELS_CHANGED_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the output (a data path: see `RasterInput.path`)."""
+    pixels_changed: _builtins.int
+    """Pixels whose value changed."""
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The input band."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        output_path: _builtins.str = ...,
+        pixels_changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output_path", b"output_path", "pixels_changed", b"pixels_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandMaskOutput: _TypeAlias = BandMaskOutput  # noqa: Y015
+
+@_typing.final
+class BandMaskResponse(_message.Message):
+    """Response of BandMask, one output per input in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BandMaskOutput]:
+        """One per input, in request order."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___BandMaskOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandMaskResponse: _TypeAlias = BandMaskResponse  # noqa: Y015
+
+@_typing.final
+class CrossClassificationReference(_message.Message):
+    """The reference of CrossClassification (Remotior's `reference_path`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    BAND_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELD_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path of a GeoTIFF of reference classes (a data path: see
+    `RasterInput.path`), read onto the classification's grid. A vector file
+    is refused (INVALID_ARGUMENT) until vector references are served.
+    """
+    band: _builtins.int
+    """Band number of a raster, 1-based; 0 means 1."""
+    vector_field: _builtins.str
+    """The field of a vector's reference classes (Remotior's `vector_field`);
+    not used with a raster.
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        band: _builtins.int = ...,
+        vector_field: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "path", b"path", "vector_field", b"vector_field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CrossClassificationReference: _TypeAlias = CrossClassificationReference  # noqa: Y015
+
+@_typing.final
+class CrossClassificationParameters(_message.Message):
+    """What CrossClassification computes beside the pairs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODATA_VALUE_FIELD_NUMBER: _builtins.int
+    CROSS_MATRIX_FIELD_NUMBER: _builtins.int
+    ERROR_MATRIX_FIELD_NUMBER: _builtins.int
+    REGRESSION_FIELD_NUMBER: _builtins.int
+    nodata_value: _builtins.float
+    """Pixels where either raster holds this value are nodata too (Remotior's
+    `nodata_value`), beside each band's own nodata; the map's class areas
+    leave out the classification's pixels that hold it.
+    """
+    cross_matrix: _builtins.bool
+    """The cross matrix (reference rows, classification columns) in the CSV
+    file (Remotior's `cross_matrix`).
+    """
+    error_matrix: _builtins.bool
+    """The error matrix and its accuracy assessment (Remotior's `error_matrix`)."""
+    regression: _builtins.bool
+    """The linear regression of the classification on the reference (Remotior's
+    `regression_raster`).
+    """
+    def __init__(
+        self,
+        *,
+        nodata_value: _builtins.float | None = ...,
+        cross_matrix: _builtins.bool = ...,
+        error_matrix: _builtins.bool = ...,
+        regression: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "nodata_value", b"nodata_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "cross_matrix", b"cross_matrix", "error_matrix", b"error_matrix", "nodata_value", b"nodata_value", "regression", b"regression"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nodata_value: _TypeAlias = _typing.Literal["nodata_value"]  # noqa: Y015
+    _WhichOneofArgType__nodata_value: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nodata_value) -> _WhichOneofReturnType__nodata_value | None: ...
+
+Global___CrossClassificationParameters: _TypeAlias = CrossClassificationParameters  # noqa: Y015
+
+@_typing.final
+class CrossClassificationRequest(_message.Message):
+    """Request of CrossClassification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The classification: exactly one integer band (Remotior's
+        `classification_path`).
+        """
+
+    @_builtins.property
+    def parameters(self) -> Global___CrossClassificationParameters:
+        """What to compute."""
+
+    @_builtins.property
+    def output(self) -> Global___RasterTableOutput:
+        """Where the raster of pair codes and the CSV file beside it go."""
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where the inputs are placed (their extent); the reference is always read
+        onto the classification's pixel size and lines.
+        """
+
+    @_builtins.property
+    def reference(self) -> Global___CrossClassificationReference:
+        """The reference."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___CrossClassificationParameters | None = ...,
+        output: Global___RasterTableOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+        reference: Global___CrossClassificationReference | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters", "reference", b"reference"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "reference", b"reference", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CrossClassificationRequest: _TypeAlias = CrossClassificationRequest  # noqa: Y015
+
+@_typing.final
+class CrossClassificationRow(_message.Message):
+    """One (reference, classification) pair that valid pixels hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RASTER_VALUE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    CLASSIFICATION_FIELD_NUMBER: _builtins.int
+    PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    AREA_FIELD_NUMBER: _builtins.int
+    raster_value: _builtins.int
+    """The pair's code: its pixels' value in the raster (from 1, in increasing
+    order of the reference value, then of the classification value).
+    """
+    reference: _builtins.int
+    """The reference value."""
+    classification: _builtins.int
+    """The classification value."""
+    pixel_count: _builtins.int
+    """Pixels of this pair."""
+    area: _builtins.float
+    """Area of those pixels in squared map units (`area_unit`); NaN where the
+    CRS is geographic or missing.
+    """
+    def __init__(
+        self,
+        *,
+        raster_value: _builtins.int = ...,
+        reference: _builtins.int = ...,
+        classification: _builtins.int = ...,
+        pixel_count: _builtins.int = ...,
+        area: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "classification", b"classification", "pixel_count", b"pixel_count", "raster_value", b"raster_value", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CrossClassificationRow: _TypeAlias = CrossClassificationRow  # noqa: Y015
+
+@_typing.final
+class ClassAccuracy(_message.Message):
+    """The accuracy of one class of the error matrix. Sample figures come from
+    the pixel counts of the error matrix; area-based ones from Olofsson et al.
+    (2014): the map's classes are the strata, `weight` W_i the map's share of
+    class i, p_ij = W_i n_ij / n_i. the estimated proportion of area. A figure
+    that cannot be computed (no pixels, or a standard error of a stratum of
+    one pixel) is NaN.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_VALUE_FIELD_NUMBER: _builtins.int
+    MAP_PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    CLASSIFIED_PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    REFERENCE_PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    USERS_ACCURACY_FIELD_NUMBER: _builtins.int
+    USERS_ACCURACY_STANDARD_ERROR_FIELD_NUMBER: _builtins.int
+    PRODUCERS_ACCURACY_FIELD_NUMBER: _builtins.int
+    PRODUCERS_ACCURACY_STANDARD_ERROR_FIELD_NUMBER: _builtins.int
+    SAMPLE_PRODUCERS_ACCURACY_FIELD_NUMBER: _builtins.int
+    ESTIMATED_PROPORTION_FIELD_NUMBER: _builtins.int
+    ESTIMATED_PROPORTION_STANDARD_ERROR_FIELD_NUMBER: _builtins.int
+    ESTIMATED_AREA_FIELD_NUMBER: _builtins.int
+    ESTIMATED_AREA_STANDARD_ERROR_FIELD_NUMBER: _builtins.int
+    ESTIMATED_AREA_CONFIDENCE_INTERVAL_FIELD_NUMBER: _builtins.int
+    CONDITIONAL_KAPPA_FIELD_NUMBER: _builtins.int
+    class_value: _builtins.int
+    """The class value."""
+    map_pixel_count: _builtins.int
+    """Pixels of the class in the classification (the map), reference or not."""
+    weight: _builtins.float
+    """W_i: the map's share of the class."""
+    classified_pixel_count: _builtins.int
+    """n_i.: pixels of the error matrix classified as the class."""
+    reference_pixel_count: _builtins.int
+    """n_.i: pixels of the error matrix whose reference is the class."""
+    users_accuracy: _builtins.float
+    """User's accuracy, n_ii / n_i. (equal to p_ii / p_i.)."""
+    users_accuracy_standard_error: _builtins.float
+    """Its standard error, sqrt(U_i (1 - U_i) / (n_i. - 1)) (Olofsson eq. 6)."""
+    producers_accuracy: _builtins.float
+    """Area-based producer's accuracy, p_ii / p_.i."""
+    producers_accuracy_standard_error: _builtins.float
+    """Its standard error (Olofsson eq. 7)."""
+    sample_producers_accuracy: _builtins.float
+    """Producer's accuracy of the pixel counts, n_ii / n_.i."""
+    estimated_proportion: _builtins.float
+    """Estimated proportion of area of the class, p_.i."""
+    estimated_proportion_standard_error: _builtins.float
+    """Its standard error (Olofsson eq. 10)."""
+    estimated_area: _builtins.float
+    """Estimated area, p_.i times the map's area (`area_unit` squared); NaN
+    where areas are not available.
+    """
+    estimated_area_standard_error: _builtins.float
+    """Its standard error."""
+    estimated_area_confidence_interval: _builtins.float
+    """Half the width of its 95% confidence interval (1.96 standard errors)."""
+    conditional_kappa: _builtins.float
+    """Conditional kappa of the class on the area-based proportions, Remotior's
+    "Kappa hat": (p_ii - p_i. p_.i) / (p_i. - p_i. p_.i).
+    """
+    def __init__(
+        self,
+        *,
+        class_value: _builtins.int = ...,
+        map_pixel_count: _builtins.int = ...,
+        weight: _builtins.float = ...,
+        classified_pixel_count: _builtins.int = ...,
+        reference_pixel_count: _builtins.int = ...,
+        users_accuracy: _builtins.float = ...,
+        users_accuracy_standard_error: _builtins.float = ...,
+        producers_accuracy: _builtins.float = ...,
+        producers_accuracy_standard_error: _builtins.float = ...,
+        sample_producers_accuracy: _builtins.float = ...,
+        estimated_proportion: _builtins.float = ...,
+        estimated_proportion_standard_error: _builtins.float = ...,
+        estimated_area: _builtins.float = ...,
+        estimated_area_standard_error: _builtins.float = ...,
+        estimated_area_confidence_interval: _builtins.float = ...,
+        conditional_kappa: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_value", b"class_value", "classified_pixel_count", b"classified_pixel_count", "conditional_kappa", b"conditional_kappa", "estimated_area", b"estimated_area", "estimated_area_confidence_interval", b"estimated_area_confidence_interval", "estimated_area_standard_error", b"estimated_area_standard_error", "estimated_proportion", b"estimated_proportion", "estimated_proportion_standard_error", b"estimated_proportion_standard_error", "map_pixel_count", b"map_pixel_count", "producers_accuracy", b"producers_accuracy", "producers_accuracy_standard_error", b"producers_accuracy_standard_error", "reference_pixel_count", b"reference_pixel_count", "sample_producers_accuracy", b"sample_producers_accuracy", "users_accuracy", b"users_accuracy", "users_accuracy_standard_error", b"users_accuracy_standard_error", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassAccuracy: _TypeAlias = ClassAccuracy  # noqa: Y015
+
+@_typing.final
+class ErrorMatrix(_message.Message):
+    """The error matrix of CrossClassification and its accuracy assessment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASSES_FIELD_NUMBER: _builtins.int
+    PIXEL_COUNTS_FIELD_NUMBER: _builtins.int
+    PROPORTIONS_FIELD_NUMBER: _builtins.int
+    CLASS_ACCURACIES_FIELD_NUMBER: _builtins.int
+    OVERALL_ACCURACY_FIELD_NUMBER: _builtins.int
+    OVERALL_ACCURACY_STANDARD_ERROR_FIELD_NUMBER: _builtins.int
+    SAMPLE_OVERALL_ACCURACY_FIELD_NUMBER: _builtins.int
+    KAPPA_FIELD_NUMBER: _builtins.int
+    AREA_KAPPA_FIELD_NUMBER: _builtins.int
+    MAP_AREA_FIELD_NUMBER: _builtins.int
+    UNSAMPLED_PROPORTION_FIELD_NUMBER: _builtins.int
+    overall_accuracy: _builtins.float
+    """Area-based overall accuracy, the sum of p_ii."""
+    overall_accuracy_standard_error: _builtins.float
+    """Its standard error (Olofsson eq. 5)."""
+    sample_overall_accuracy: _builtins.float
+    """Overall accuracy of the pixel counts, the sum of n_ii over n."""
+    kappa: _builtins.float
+    """Cohen's kappa of the pixel counts."""
+    area_kappa: _builtins.float
+    """Remotior's "Kappa hat classification": kappa of the area-based
+    proportions.
+    """
+    map_area: _builtins.float
+    """The map's area: its valid pixels times the pixel's area; NaN where areas
+    are not available.
+    """
+    unsampled_proportion: _builtins.float
+    """The map's share in classes without a reference pixel: strata that the
+    estimates cannot include (0 when every class of the map is sampled).
+    """
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The classes, in increasing order: every value of the reference or the
+        classification among the pairs, and every class of the map.
+        """
+
+    @_builtins.property
+    def pixel_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """n_ij, row-major: row i the classification's class, column j the
+        reference's.
+        """
+
+    @_builtins.property
+    def proportions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """p_ij, row-major as `pixel_counts`."""
+
+    @_builtins.property
+    def class_accuracies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassAccuracy]:
+        """Per class, in the order of `classes`."""
+
+    def __init__(
+        self,
+        *,
+        classes: _abc.Iterable[_builtins.int] | None = ...,
+        pixel_counts: _abc.Iterable[_builtins.int] | None = ...,
+        proportions: _abc.Iterable[_builtins.float] | None = ...,
+        class_accuracies: _abc.Iterable[Global___ClassAccuracy] | None = ...,
+        overall_accuracy: _builtins.float = ...,
+        overall_accuracy_standard_error: _builtins.float = ...,
+        sample_overall_accuracy: _builtins.float = ...,
+        kappa: _builtins.float = ...,
+        area_kappa: _builtins.float = ...,
+        map_area: _builtins.float = ...,
+        unsampled_proportion: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area_kappa", b"area_kappa", "class_accuracies", b"class_accuracies", "classes", b"classes", "kappa", b"kappa", "map_area", b"map_area", "overall_accuracy", b"overall_accuracy", "overall_accuracy_standard_error", b"overall_accuracy_standard_error", "pixel_counts", b"pixel_counts", "proportions", b"proportions", "sample_overall_accuracy", b"sample_overall_accuracy", "unsampled_proportion", b"unsampled_proportion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorMatrix: _TypeAlias = ErrorMatrix  # noqa: Y015
+
+@_typing.final
+class LinearRegression(_message.Message):
+    """The least-squares line of the classification value (Y) on the reference
+    value (X), over the pixels of the pairs (Remotior's regression).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    R_SQUARED_FIELD_NUMBER: _builtins.int
+    CORRELATION_FIELD_NUMBER: _builtins.int
+    INTERCEPT_FIELD_NUMBER: _builtins.int
+    SLOPE_FIELD_NUMBER: _builtins.int
+    INTERCEPT_INTERVAL_FIELD_NUMBER: _builtins.int
+    SLOPE_INTERVAL_FIELD_NUMBER: _builtins.int
+    VARIANCE_Y_FIELD_NUMBER: _builtins.int
+    VARIANCE_INTERCEPT_FIELD_NUMBER: _builtins.int
+    VARIANCE_SLOPE_FIELD_NUMBER: _builtins.int
+    r_squared: _builtins.float
+    """Coefficient of determination, r squared."""
+    correlation: _builtins.float
+    """Correlation coefficient r."""
+    intercept: _builtins.float
+    """B0, the intercept."""
+    slope: _builtins.float
+    """B1, the slope."""
+    intercept_interval: _builtins.float
+    """Twice the standard error of B0 (Remotior's "B0 ±")."""
+    slope_interval: _builtins.float
+    """Twice the standard error of B1 (Remotior's "B1 ±")."""
+    variance_y: _builtins.float
+    """Residual variance of Y."""
+    variance_intercept: _builtins.float
+    """Variance of B0."""
+    variance_slope: _builtins.float
+    """Variance of B1."""
+    def __init__(
+        self,
+        *,
+        r_squared: _builtins.float = ...,
+        correlation: _builtins.float = ...,
+        intercept: _builtins.float = ...,
+        slope: _builtins.float = ...,
+        intercept_interval: _builtins.float = ...,
+        slope_interval: _builtins.float = ...,
+        variance_y: _builtins.float = ...,
+        variance_intercept: _builtins.float = ...,
+        variance_slope: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation", b"correlation", "intercept", b"intercept", "intercept_interval", b"intercept_interval", "r_squared", b"r_squared", "slope", b"slope", "slope_interval", b"slope_interval", "variance_intercept", b"variance_intercept", "variance_slope", b"variance_slope", "variance_y", b"variance_y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinearRegression: _TypeAlias = LinearRegression  # noqa: Y015
+
+@_typing.final
+class CrossClassificationResponse(_message.Message):
+    """Response of CrossClassification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    RASTER_PATH_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    AREA_UNIT_FIELD_NUMBER: _builtins.int
+    DATA_TYPE_FIELD_NUMBER: _builtins.int
+    NODATA_FIELD_NUMBER: _builtins.int
+    ERROR_MATRIX_FIELD_NUMBER: _builtins.int
+    REGRESSION_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the CSV file."""
+    raster_path: _builtins.str
+    """Path of the raster of pair codes."""
+    area_unit: _builtins.str
+    """The unit of areas (`metre`); empty where areas are not available."""
+    data_type: Global___DataType.ValueType
+    """The raster's data type: Int32."""
+    nodata: _builtins.float
+    """The raster's nodata value: 2147483647."""
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The classification."""
+
+    @_builtins.property
+    def reference(self) -> Global___CrossClassificationReference:
+        """The reference."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___CrossClassificationRow]:
+        """One row per pair, in the order of their codes."""
+
+    @_builtins.property
+    def error_matrix(self) -> Global___ErrorMatrix:
+        """The error matrix, with `error_matrix`."""
+
+    @_builtins.property
+    def regression(self) -> Global___LinearRegression:
+        """The regression, with `regression`."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        reference: Global___CrossClassificationReference | None = ...,
+        output_path: _builtins.str = ...,
+        raster_path: _builtins.str = ...,
+        rows: _abc.Iterable[Global___CrossClassificationRow] | None = ...,
+        area_unit: _builtins.str = ...,
+        data_type: Global___DataType.ValueType = ...,
+        nodata: _builtins.float = ...,
+        error_matrix: Global___ErrorMatrix | None = ...,
+        regression: Global___LinearRegression | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error_matrix", b"error_matrix", "input", b"input", "reference", b"reference", "regression", b"regression"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area_unit", b"area_unit", "data_type", b"data_type", "error_matrix", b"error_matrix", "input", b"input", "nodata", b"nodata", "output_path", b"output_path", "raster_path", b"raster_path", "reference", b"reference", "regression", b"regression", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CrossClassificationResponse: _TypeAlias = CrossClassificationResponse  # noqa: Y015

@@ -83,6 +83,16 @@ class RasterServiceStub:
                 request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandCombinationRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.CrossClassification = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/CrossClassification',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.CrossClassificationRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.BandMask = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/BandMask',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandMaskRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class RasterServiceServicer:
@@ -164,6 +174,26 @@ class RasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CrossClassification(self, request, context):
+        """The cross classification of a classification raster against a reference
+        (Remotior's `cross_classification`): a raster coding each pixel's
+        (reference, classification) pair, the pairs' pixels and areas, and on
+        request the cross matrix, the error matrix with its accuracy assessment
+        and area estimates (Olofsson et al. 2014), and a linear regression,
+        written as a CSV file and returned in the response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BandMask(self, request, context):
+        """Each band with nodata where a mask raster holds one of a list of values,
+        the mask optionally grown by a buffer of pixels (Remotior's `band_mask`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +240,16 @@ def add_RasterServiceServicer_to_server(servicer, server):
             'BandCombination': grpc.unary_unary_rpc_method_handler(
                     servicer.BandCombination,
                     request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandCombinationRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'CrossClassification': grpc.unary_unary_rpc_method_handler(
+                    servicer.CrossClassification,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.CrossClassificationRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'BandMask': grpc.unary_unary_rpc_method_handler(
+                    servicer.BandMask,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandMaskRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -458,6 +498,60 @@ class RasterService:
             target,
             '/rsgrpc.v1.RasterService/BandCombination',
             rsgrpc_dot_v1_dot_raster__pb2.BandCombinationRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CrossClassification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/CrossClassification',
+            rsgrpc_dot_v1_dot_raster__pb2.CrossClassificationRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BandMask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/BandMask',
+            rsgrpc_dot_v1_dot_raster__pb2.BandMaskRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
