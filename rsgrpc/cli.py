@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -40,13 +39,15 @@ def _progress_bar(metadata: operation_pb2.OperationMetadata) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from rsgrpc.engine.log_context import configure_logging
     from rsgrpc.server.app import serve
     from rsgrpc.server.config import from_arguments
 
     config = from_arguments(args)
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    try:
+        configure_logging(config.log_level, config.log_format)
+    except ValueError as exc:
+        raise SystemExit(f"rsgrpc serve: {exc}") from None
     serve(config)
     return 0
 

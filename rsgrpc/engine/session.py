@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from rsgrpc.engine.errors import (
 )
 from rsgrpc.engine.executors import DaskExecutor, Executor, LocalProcessExecutor
 from rsgrpc.engine.instance import InstanceFolder
+from rsgrpc.engine.log_context import OPERATION, SESSION
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath
@@ -207,6 +209,8 @@ class Session:
             # The job ends on the session before its operation is done: a client told that
             # it is done finds the session idle (to update or close it) at once.
             outcome: dict[str, Any] | None = None  # {}: cancelled before it started
+            SESSION.set(self.name)
+            OPERATION.set(operation.name)
             try:
                 if operation.cancel_event.is_set():
                     outcome = {}
@@ -228,8 +232,10 @@ class Session:
                 self.touch()
                 if outcome is not None:
                     operation.finish(**outcome)
+                    _LOGGER.info("%s %s ended: %s", operation.method, operation.name, _ended(operation))
 
-        self._jobs.submit(run)
+        # In a copy of the context of the call that queued it: its log lines name that call.
+        self._jobs.submit(contextvars.copy_context().run, run)
 
     def _wait_for_jobs(self, seconds: float) -> bool:
         """Wait until no job is queued or running, at most `seconds`; whether none is."""
@@ -272,6 +278,13 @@ class Session:
 
     def log_records(self, start: int, limit: int) -> list[LogRecordView]:
         return [r for r in list(self._ring.records) if r.sequence >= start][:limit]
+
+
+def _ended(operation: Operation) -> str:
+    """How a finished operation ended, for the server's log."""
+    if operation.error is None:
+        return "succeeded"
+    return f"{operation.error.reason}: {operation.error}"
 
 
 class SessionRegistry:

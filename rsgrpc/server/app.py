@@ -42,6 +42,7 @@ from rsgrpc.server.download_servicer import DownloadServicer
 from rsgrpc.server.metrics import ServerMetrics
 from rsgrpc.server.operation_servicer import Waiters, add_operation_services, wakened_by
 from rsgrpc.server.raster_servicer import RasterServicer
+from rsgrpc.server.request_ids import RequestIdInterceptor
 from rsgrpc.server.session_servicer import SessionServicer
 from rsgrpc.server.status import refusing_handler
 from rsgrpc.v1 import (
@@ -273,7 +274,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
 
     async def start() -> _Served:
         door = _Door()
-        interceptors: list[grpc.aio.ServerInterceptor] = [door]
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(), door]
         if metrics is not None:
             # First: it counts what the door and the authenticator answer too.
             interceptors.insert(0, metrics.interceptor)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-import inspect
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from rsgrpc.server.status import handler_kind
+from rsgrpc.engine.log_context import IDENTITY
+from rsgrpc.server.status import entered_first
 
 ANONYMOUS = "anonymous"
 # A token file's line with a token and no name gives the token this identity.
@@ -144,28 +143,13 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(_EXEMPT_PREFIX):
             return handler
-        kind = handler_kind(handler)
-        behaviour = getattr(handler, kind)
         authenticator = self._authenticator
-        if inspect.isasyncgenfunction(behaviour):
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await _enter(authenticator, context)
-                async for response in behaviour(request, context):
-                    yield response
+        async def enter(context: grpc.aio.ServicerContext) -> None:
+            caller = authenticator.caller(context)
+            if isinstance(caller, str):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, caller)
+            _CALLER.set(caller)
+            IDENTITY.set(caller.identity)
 
-            return handler._replace(**{kind: stream})
-
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _enter(authenticator, context)
-            return await behaviour(request, context)
-
-        return handler._replace(**{kind: call})
-
-
-async def _enter(authenticator: Authenticator, context: grpc.aio.ServicerContext) -> None:
-    caller = authenticator.caller(context)
-    if isinstance(caller, str):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, caller)
-    # Set in the call's own task, so no reset is needed: the task ends with the call.
-    _CALLER.set(caller)
+        return entered_first(handler, enter)

@@ -62,6 +62,7 @@ class ServerConfig:
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"  # the host the metrics port listens on (0.0.0.0: all)
     log_level: str = "INFO"
+    log_format: str = "text"  # or json: a JSON object a line, with the request's id
 
     @property
     def data_roots(self) -> tuple[Path, ...]:

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import logging
 import random
 import re
 import weakref
@@ -28,12 +29,14 @@ from rsgrpc.engine.errors import (
     RsgrpcError,
     UnavailableError,
 )
+from rsgrpc.engine.log_context import OPERATION, SESSION
 from rsgrpc.engine.operations import Operation, OperationStore
 from rsgrpc.engine.session import Session
 from rsgrpc.server.auth import current_caller
 from rsgrpc.server.status import reports_errors, to_status_proto
 from rsgrpc.v1 import operation_pb2, operation_pb2_grpc
 
+_LOGGER = logging.getLogger(__name__)
 _FILTER = re.compile(r'^\s*session\s*=\s*"(sessions/[^"]+)"\s*$')
 _MAX_PAGE = 1000
 # A WaitOperation with no timeout waits at most this long (AIP-151 lets the server choose).
@@ -99,11 +102,14 @@ def start_operation(
     """Queue `job` on `session` as a new operation of the session's owner; the RPC answers
     with it through `answer_started`."""
     operation = store.add(session.name, method, owner=session.owner)
+    SESSION.set(session.name)
+    OPERATION.set(operation.name)
     try:
         session.submit(operation, job)
     except RsgrpcError as exc:
         operation.finish(error=exc)
         raise
+    _LOGGER.info("%s %s started", method, operation.name)
     return Started(operation, one_tile)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
@@ -147,6 +147,30 @@ def handler_kind(handler: grpc.RpcMethodHandler) -> str:
     requests = "stream" if handler.request_streaming else "unary"
     responses = "stream" if handler.response_streaming else "unary"
     return f"{requests}_{responses}"
+
+
+def entered_first(
+    handler: grpc.RpcMethodHandler,
+    enter: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
+) -> grpc.RpcMethodHandler:
+    """`handler` with `enter(context)` awaited first, in the call's own task (so that the
+    context variables it sets hold for the whole call and need no reset)."""
+    kind = handler_kind(handler)
+    behaviour = getattr(handler, kind)
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await enter(context)
+            async for response in behaviour(request, context):
+                yield response
+
+        return handler._replace(**{kind: stream})
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await enter(context)
+        return await behaviour(request, context)
+
+    return handler._replace(**{kind: call})
 
 
 def refusing_handler(
