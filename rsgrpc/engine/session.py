@@ -232,7 +232,9 @@ class Session:
                 self.touch()
                 if outcome is not None:
                     operation.finish(**outcome)
-                    _LOGGER.info("%s %s ended: %s", operation.method, operation.name, _ended(operation))
+                    _LOGGER.info(
+                        "%s %s ended: %s", operation.method, operation.name, _ended(operation)
+                    )
 
         # In a copy of the context of the call that queued it: its log lines name that call.
         self._jobs.submit(contextvars.copy_context().run, run)
