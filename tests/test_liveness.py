@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from google.rpc import code_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rsgrpc.engine.executors import LocalProcessExecutor
 from rsgrpc.v1 import raster_pb2, raster_pb2_grpc, session_pb2, session_pb2_grpc
@@ -234,3 +235,39 @@ def test_a_session_on_an_unreachable_dask_scheduler_is_unavailable(tmp_path):
         _create_session(channel)
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "Dask scheduler" in caught.value.details()
+
+
+def _health(channel: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
+def _wait_for_health(channel: grpc.Channel, service: str, status: int) -> None:
+    deadline = time.monotonic() + _WAIT_SECONDS
+    while _health(channel, service) != status:
+        assert time.monotonic() < deadline, f"{service} never became {status}"
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(300)
+def test_the_raster_service_serves_only_while_the_dask_scheduler_answers(tmp_path):
+    pytest.importorskip("distributed")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    serving_, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        (health_pb2.HealthCheckResponse.NOT_SERVING),
+    )
+    raster, sessions = "rsgrpc.v1.RasterService", "rsgrpc.v1.SessionService"
+    with serving(make_config(tmp_path, dask_scheduler=address)) as (_, channel):
+        # Started while nothing answers there: raster work cannot run; the rest serves.
+        assert _health(channel, raster) == not_serving
+        assert _health(channel, sessions) == serving_
+        scheduler_args = ("distributed.cli.dask_scheduler", "--host", "127.0.0.1")
+        with _process(*scheduler_args, "--port", str(port), "--no-dashboard") as scheduler:
+            _wait_for_port(port)
+            _wait_for_health(channel, raster, serving_)
+            scheduler.kill()
+            scheduler.wait()
+            _wait_for_health(channel, raster, not_serving)
+        assert _health(channel, sessions) == serving_

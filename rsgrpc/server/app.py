@@ -42,6 +42,7 @@ from rsgrpc.server.download_servicer import DownloadServicer
 from rsgrpc.server.metrics import ServerMetrics
 from rsgrpc.server.operation_servicer import Waiters, add_operation_services, wakened_by
 from rsgrpc.server.raster_servicer import RasterServicer
+from rsgrpc.server.readiness import SchedulerWatch, scheduler_reachable
 from rsgrpc.server.request_ids import RequestIdInterceptor
 from rsgrpc.server.session_servicer import SessionServicer
 from rsgrpc.server.status import refusing_handler
@@ -60,9 +61,10 @@ from rsgrpc.v1 import (
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
+RASTER_SERVICE = raster_pb2.DESCRIPTOR.services_by_name["RasterService"].full_name
 SERVICE_NAMES = (
     session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
-    raster_pb2.DESCRIPTOR.services_by_name["RasterService"].full_name,
+    RASTER_SERVICE,
     operation_pb2.DESCRIPTOR.services_by_name["OperationWatchService"].full_name,
     lro.DESCRIPTOR.services_by_name["Operations"].full_name,
     download_pb2.DESCRIPTOR.services_by_name["DownloadService"].full_name,
@@ -132,10 +134,15 @@ def _prepare_own_work() -> None:
         _LOGGER.exception("loading the server's kernels at start failed")
 
 
-async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
-    """The status of the server as a whole and of each of its services."""
+async def _set_health(
+    servicer: health.aio.HealthServicer, status: int, not_serving: tuple[str, ...] = ()
+) -> None:
+    """The status of the server as a whole and of each of its services, but those
+    `not_serving`."""
     for name in ("", *SERVICE_NAMES):
-        await servicer.set(name, status)
+        await servicer.set(
+            name, health_pb2.HealthCheckResponse.NOT_SERVING if name in not_serving else status
+        )
 
 
 class _Door(grpc.aio.ServerInterceptor):
@@ -338,10 +345,31 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         # server serves anyway (sessions then start their own workers).
         futures.wait([spare], timeout=START_SECONDS + 10)
     prepared.join(timeout=_START_TIMEOUT_S)
+    # With a Dask scheduler, the raster service serves while the scheduler answers.
+    watch = None
+    reachable = not config.dask_scheduler or scheduler_reachable(config.dask_scheduler)
+    if config.dask_scheduler:
+
+        def report(reachable: bool) -> None:
+            status = health_pb2.HealthCheckResponse
+            loop_thread.run(
+                served.running.health.set(
+                    RASTER_SERVICE, status.SERVING if reachable else status.NOT_SERVING
+                ),
+                _START_TIMEOUT_S,
+            )
+
+        watch = SchedulerWatch(config.dask_scheduler, report, reachable)
     loop_thread.run(
-        _set_health(served.running.health, health_pb2.HealthCheckResponse.SERVING),
+        _set_health(
+            served.running.health,
+            health_pb2.HealthCheckResponse.SERVING,
+            not_serving=() if reachable else (RASTER_SERVICE,),
+        ),
         _START_TIMEOUT_S,
     )
+    if watch is not None:
+        watch.start()
     _LOGGER.info(
         "serving on port %d, data roots %s",
         served.running.port,
@@ -351,6 +379,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         yield served.running
     finally:
         sweeper.stopped.set()
+        if watch is not None:
+            watch.stop()
         try:
             loop_thread.run(_shut_down(served, config.grace_period_s), _shutdown_bound(config))
         except futures.TimeoutError:
