@@ -112,7 +112,7 @@ DEFAULT_OUTPUT_DTYPE: Final = np.dtype(np.float32)
 DEFAULT_OUTPUT_NODATA: Final = -32768.0
 KERNEL_CACHE_SIZE: Final = 64
 # Below this many pixels per thread, a tile is not worth splitting among threads.
-_PIXELS_PER_THREAD: Final = 1 << 18
+PIXELS_PER_THREAD: Final = 1 << 18
 
 OUTPUT_DTYPES: Final = frozenset(
     np.dtype(t)
@@ -594,7 +594,7 @@ def _map_row_ranges(
     The kernel releases the GIL, so plain threads run it in parallel; this costs no compile
     time, where a ``parallel=True`` kernel costs about 1.5 s more to compile.
     """
-    threads = max(1, min(numba.get_num_threads(), (rows * cols) // _PIXELS_PER_THREAD, rows))
+    threads = max(1, min(numba.get_num_threads(), (rows * cols) // PIXELS_PER_THREAD, rows))
     bounds = [rows * t // threads for t in range(threads + 1)]
     ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
     if threads == 1:

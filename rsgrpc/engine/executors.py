@@ -111,13 +111,15 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
 
 
 def _prepare_for_jobs() -> None:
-    """Import the modules of the tools' tasks, and evaluate and encode a small tile as a
-    band calc job does, so that what a worker does only the first time (imports, numba's
-    first dispatch of a kernel, GDAL's encoder) is done before its first job."""
+    """Import the modules of the tools' tasks, and evaluate and encode a tile as a band
+    calc job does, so that what a worker does only the first time (imports, numba's first
+    dispatch of a kernel, the threads a large tile is split among, GDAL's encoder) is done
+    before its first job."""
     import importlib
 
+    import numba
     import numpy as np
-    from rsgrpc_kernels.bandcalc import evaluate
+    from rsgrpc_kernels.bandcalc import PIXELS_PER_THREAD, evaluate
     from rsgrpc_kernels.expression import parse_expression
 
     from rsgrpc.engine.raster_io import DEFAULT_PROFILE, encode_output_tile
@@ -125,9 +127,12 @@ def _prepare_for_jobs() -> None:
 
     for module in ("engine.band_calc", "engine.sieve", "engine.halo_job", "tools"):
         importlib.import_module(f"rsgrpc.{module}")
-    tile = np.arange(256, dtype=np.uint16).reshape(16, 16)
-    out, _, _ = evaluate(parse_expression("(a - 1) / (a + 1)", ["a"]), [tile], [0])
-    encode_output_tile(out, Tile(0, 0, 16, 16), DEFAULT_PROFILE)
+    # Two inputs, enough pixels for every thread.
+    tile = np.arange(numba.get_num_threads() * PIXELS_PER_THREAD, dtype=np.uint16)
+    tile = tile.reshape(-1, 256)
+    ratio = parse_expression("(a - b) / (a + b)", ["a", "b"])
+    out, _, _ = evaluate(ratio, [tile, tile + 1], [0, 0])
+    encode_output_tile(out[:16, :16], Tile(0, 0, 16, 16), DEFAULT_PROFILE)
 
 
 def _exit_with_server(server_pid: int) -> None:
