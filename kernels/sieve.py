@@ -1200,6 +1200,49 @@ def _grid(summaries: Sequence[TileSummary]) -> tuple[list[int], list[int], dict]
     return rows, cols, by_pos
 
 
+def tile_nodes(
+    summaries: Sequence, *fields: str
+) -> tuple[list[int], list[int], dict, np.ndarray, list[np.ndarray]]:
+    """The grid of the tiles (`_grid`), the offset of each tile's nodes among all
+    (one more at the end: the total), and the node arrays `fields` of every tile end to
+    end, so that a tile's node k is node ``offsets[tile] + k`` of the raster."""
+    rows, cols, by_pos = _grid(summaries)
+    counts = np.array([getattr(s, fields[0]).shape[0] for s in summaries], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    arrays = [
+        np.concatenate([getattr(s, name) for s in summaries] + [np.empty(0, np.int64)])
+        for name in fields
+    ]
+    return rows, cols, by_pos, offsets, arrays
+
+
+def seam_strips(
+    summaries: Sequence, rows: list[int], cols: list[int], by_pos: dict, offsets: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, bool, int]]:
+    """Both sides of every seam across the whole raster, as global node ids (a tile's
+    ``top``/``bottom``/``left``/``right`` ids plus its offset, -1 for none): (near strip,
+    far strip, whether the seam runs along a row, first row or column after it)."""
+
+    def strip(positions: list[tuple[int, int]], side: str) -> np.ndarray:
+        parts = []
+        for pos in positions:
+            i = by_pos[pos]
+            edge = getattr(summaries[i], side)
+            parts.append(np.where(edge >= 0, edge.astype(np.int64) + offsets[i], -1))
+        return np.concatenate(parts)
+
+    seams = []
+    for r_i in range(1, len(rows)):
+        far = strip([(rows[r_i - 1], c) for c in cols], "bottom")
+        near = strip([(rows[r_i], c) for c in cols], "top")
+        seams.append((near, far, True, rows[r_i]))
+    for c_i in range(1, len(cols)):
+        far = strip([(r, cols[c_i - 1]) for r in rows], "right")
+        near = strip([(r, cols[c_i]) for r in rows], "left")
+        seams.append((near, far, False, cols[c_i]))
+    return seams
+
+
 def decide_tiles(
     summaries: Sequence[TileSummary], *, size: int, connectivity: int = 4
 ) -> SieveDecision:
@@ -1211,33 +1254,13 @@ def decide_tiles(
     """
     size = _check_size(size)
     conn8 = _check_connectivity(connectivity)
-    rows, cols, by_pos = _grid(summaries)
-    counts = np.array([s.node_value.shape[0] for s in summaries], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    rows, cols, by_pos, offsets, (value, node_size) = tile_nodes(
+        summaries, "node_value", "node_size"
+    )
     total = int(offsets[-1])
-    value = np.concatenate([s.node_value for s in summaries] + [np.empty(0, np.int64)])
-    node_size = np.concatenate([s.node_size for s in summaries] + [np.empty(0, np.int64)])
     parent = np.arange(total, dtype=np.int64)
-
-    def strip(positions: list[tuple[int, int]], side: str) -> np.ndarray:
-        # One side of a seam across the whole raster, as global node ids.
-        parts = []
-        for pos in positions:
-            i = by_pos[pos]
-            edge = getattr(summaries[i], side)
-            parts.append(np.where(edge >= 0, edge.astype(np.int64) + offsets[i], -1))
-        return np.concatenate(parts)
-
     raster_w = summaries[0].placement.raster_width
-    seams = []  # (near strip, far strip, seam runs along a row, first row/column after it)
-    for r_i in range(1, len(rows)):
-        far = strip([(rows[r_i - 1], c) for c in cols], "bottom")
-        near = strip([(rows[r_i], c) for c in cols], "top")
-        seams.append((near, far, True, rows[r_i]))
-    for c_i in range(1, len(cols)):
-        far = strip([(r, cols[c_i - 1]) for r in rows], "right")
-        near = strip([(r, cols[c_i]) for r in rows], "left")
-        seams.append((near, far, False, cols[c_i]))
+    seams = seam_strips(summaries, rows, cols, by_pos, offsets)
     for near, far, _, _ in seams:
         _seam_union(near, far, value, parent, conn8)
     root = _roots(parent)

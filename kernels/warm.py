@@ -22,7 +22,9 @@ from numba.core.dispatcher import Dispatcher
 from . import (
     bandcalc,
     block_program,
+    clustering,
     focal,
+    label,
     morphology,
     reclassify,
     row_statistics,
@@ -86,6 +88,7 @@ def fixed_kernels(*modules: ModuleType) -> dict[str, Dispatcher]:
     found = {}
     every = (
         sieve,
+        label,
         morphology,
         focal,
         reclassify,
@@ -93,6 +96,7 @@ def fixed_kernels(*modules: ModuleType) -> dict[str, Dispatcher]:
         block_program,
         scalar_ops,
         row_statistics,
+        clustering,
     )
     for module in modules or every:
         for name, value in vars(module).items():
@@ -255,6 +259,53 @@ def _reclassify_cases() -> Iterator[WarmCase]:
         )
 
 
+def _label_cases() -> Iterator[WarmCase]:
+    # The tile's labels and first pixels, in two tiles so that seams are merged.
+    for connectivity in sorted(label.LABEL_CONNECTIVITIES):
+        yield WarmCase(
+            "label",
+            "uint8",
+            f"{connectivity}-connected, in tiles",
+            lambda c=connectivity: _label_in_tiles(c),
+        )
+
+
+def _label_in_tiles(connectivity: int) -> np.ndarray:
+    classes = _classes("uint8")
+    half = _TILE // 2
+    tiles = [
+        label.label_tile(
+            classes[:, c : c + half],
+            sieve.TilePlacement(0, c, _TILE, _TILE),
+            connectivity=connectivity,
+            mask=classes[:, c : c + half] != 3,
+        )
+        for c in (0, half)
+    ]
+    numbering, _ = label.number_tiles([t.summary for t in tiles], connectivity=connectivity)
+    pairs = zip(tiles, numbering, strict=True)
+    return np.hstack([label.numbered_tile(t.labels, n.values) for t, n in pairs])
+
+
+def _clustering_cases() -> Iterator[WarmCase]:
+    # Pixels of any band type reach the kernels as one float64 matrix.
+    for angle in (False, True):
+        yield WarmCase(
+            "clustering",
+            "float64",
+            "spectral angle" if angle else "minimum distance",
+            lambda a=angle: _clustering(a),
+        )
+
+
+def _clustering(angle: bool) -> np.ndarray:
+    band = _classes("uint16")
+    values, _ = clustering.pixel_matrix([band, band[::-1]], [3, None], None)
+    centres = values[:2] + 0.5
+    counts, _, _ = clustering.cluster_sums(values, centres, angle)
+    return counts + clustering.nearest_centres(values, centres, angle)[:2]
+
+
 def _band_calc_cases() -> Iterator[WarmCase]:
     expression = parse_expression(_EVERY_OPERATION, ["a", "b"])
     for dtype in sorted(d.name for d in bandcalc.OUTPUT_DTYPES):
@@ -294,5 +345,7 @@ WARM_CASES: Final[dict[str, Callable[[], Iterator[WarmCase]]]] = {
     "grey": _morphology_cases,
     "focal": _focal_cases,
     "reclassify": _reclassify_cases,
+    "label": _label_cases,
     "band-calc": _band_calc_cases,
+    "clustering": _clustering_cases,
 }

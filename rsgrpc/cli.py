@@ -65,10 +65,11 @@ def _warm(args: argparse.Namespace) -> int:
     # numba reads NUMBA_CACHE_DIR when it is first imported: here, after it is set.
     from rsgrpc_kernels.warm import fixed_kernels, warm_cases
 
-    from rsgrpc.tools import RASTER_TOOLS
+    from rsgrpc.tools import RASTER_TOOLS, TABLE_TOOLS
 
     # Band calc and sieve, and the kernels each declared tool names.
-    tools = {"band-calc", "sieve", *(name for tool in RASTER_TOOLS for name in tool.warm)}
+    declared = (*RASTER_TOOLS, *TABLE_TOOLS)
+    tools = {"band-calc", "sieve", *(name for tool in declared for name in tool.warm)}
     cases = [c for c in warm_cases(*tools) if not args.only or any(t in c.name for t in args.only)]
     if not cases:
         print(f"rsgrpc warm: no case matches {args.only}", file=sys.stderr)
@@ -156,12 +157,16 @@ def _band_calc(args: argparse.Namespace) -> int:
         )
     if not result.check:
         return _failed("band calc", result)
-    stats = result.grpc.response.statistics
+    _print_statistics(result.path, result.grpc.response.statistics)
+    return 0
+
+
+def _print_statistics(path: str, stats) -> None:
+    """An output raster's path and the statistics of its valid pixels, on one line."""
     print(
-        f"{result.path}: {stats.valid_pixel_count} valid pixels, "
+        f"{path}: {stats.valid_pixel_count} valid pixels, "
         f"min {stats.minimum:g}, max {stats.maximum:g}, mean {stats.mean:g}"
     )
-    return 0
 
 
 def _band_tool_common(args: argparse.Namespace) -> dict:
@@ -202,6 +207,23 @@ def _sieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spectral_distance(args: argparse.Namespace) -> int:
+    with _session(args) as session:
+        result = session.band_spectral_distance(
+            input_bandsets=[args.first, args.second],
+            output_path=args.output,
+            algorithm_name=args.algorithm,
+            nodata_value=args.nodata_value,
+            threshold=args.threshold,
+            overwrite=args.overwrite,
+            compression=args.compression,
+        )
+    if not result.check:
+        return _failed(args.command, result)
+    _print_statistics(result.path, result.grpc.response.statistics)
+    return 0
+
+
 def _declared_tool(args: argparse.Namespace) -> int:
     """The command of a declared tool (`rsgrpc.tools`): its flags become the arguments of
     the client's method of the same name."""
@@ -228,13 +250,16 @@ def _table_tool(args: argparse.Namespace) -> int:
     arguments = {flag.argument: getattr(args, flag.dest) for flag in tool.cli_flags}
     arguments[tool.input_argument] = args.input
     with _session(args) as session:
-        result = getattr(session, tool.name)(output_path=args.output, **arguments)
+        arguments[tool.output_argument] = args.output
+        result = getattr(session, tool.name)(**arguments)
     if not result.check:
         return _failed(args.command, result)
     response = result.grpc.response
     fields = [f.name for f in response.DESCRIPTOR.fields_by_name["rows"].message_type.fields]
     if getattr(response, "raster_path", ""):
         print(f"{response.raster_path}: raster")
+    for path in getattr(response, "raster_paths", ()):
+        print(f"{path}: raster")
     print(f"{response.output_path or 'no table file'}: {len(response.rows)} rows")
     print("\t".join(fields))
     for row in response.rows:
@@ -473,6 +498,29 @@ def build_parser() -> argparse.ArgumentParser:
     sieve.add_argument("--connectivity", type=int, choices=[4, 8], default=4)
     sieve.set_defaults(run=_sieve)
 
+    from rsgrpc.tools import spectral_distance
+
+    distance = commands.add_parser(
+        spectral_distance.COMMAND, help=f"{spectral_distance.SUMMARY}, in a new session"
+    )
+    _add_session_arguments(distance)
+    for which in ("first", "second"):
+        distance.add_argument(
+            f"--{which}",
+            action="append",
+            type=_band,
+            required=True,
+            metavar="PATH[:BAND]",
+            help=f"a band of the {which} band set, relative to the data root; repeat in order",
+        )
+    distance.add_argument("--output", required=True, help="the output .tif")
+    distance.add_argument("--algorithm", choices=["md", "sam"], default=None)
+    distance.add_argument("--threshold", type=float, default=None, help="1 above, 0 elsewhere")
+    distance.add_argument("--nodata-value", type=float, default=None)
+    distance.add_argument("--overwrite", action="store_true")
+    distance.add_argument("--compression", choices=["none", "deflate", "zstd", "lzw"])
+    distance.set_defaults(run=_spectral_distance)
+
     from rsgrpc.tools import RASTER_TOOLS
 
     for tool in RASTER_TOOLS:
@@ -498,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
         what = f"the {table.suffix} file"
         if table.raster is not None:
             what = f"the raster (.tif or .vrt), its table the {table.suffix} file beside it"
+            if table.raster.paths is not None:
+                what = "the rasters' base name (.tif or .vrt), each written beside it as "
+                what += f"name_suffix, and the table as its {table.suffix} file"
         command.add_argument("--output", required=True, help=f"{what}, relative to the data root")
         for flag in table.cli_flags:
             command.add_argument(flag.flag, **flag.options)

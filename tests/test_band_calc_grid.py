@@ -31,7 +31,7 @@ from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import OutputProfile, describe
 from rsgrpc.engine.session import ServerLimits, SessionRegistry, SessionSettings
 from rsgrpc.engine.tiles import Tile, TilePlan
-from rsgrpc.v1 import raster_pb2
+from rsgrpc.v1 import bandset_pb2, raster_pb2
 from tests.conftest import CRS, watch_to_response, write_geotiff
 
 X0, Y0 = 500000.0, 4600000.0
@@ -223,7 +223,7 @@ def test_union_of_inputs_without_nodata_reads_zero_outside_them(
 
 def test_extent_list_snaps_to_the_inputs_pixel_lines(server, raster_stub, session_name, rasters):
     _, r = rasters
-    extent = raster_pb2.Extent(left=X0 + 104, top=Y0 - 203, right=X0 + 296, bottom=Y0 - 297)
+    extent = bandset_pb2.Extent(left=X0 + 104, top=Y0 - 203, right=X0 + 296, bottom=Y0 - 297)
     got, transform, _ = _run(
         server,
         raster_stub,
@@ -236,7 +236,7 @@ def test_extent_list_snaps_to_the_inputs_pixel_lines(server, raster_stub, sessio
 
 def test_extent_list_is_kept_inside_the_reference_input(server, raster_stub, session_name, rasters):
     _, r = rasters
-    extent = raster_pb2.Extent(left=X0 - 45, top=Y0 + 52, right=X0 + 148, bottom=Y0 - 1000)
+    extent = bandset_pb2.Extent(left=X0 - 45, top=Y0 + 52, right=X0 + 148, bottom=Y0 - 1000)
     got, transform, _ = _run(
         server,
         raster_stub,
@@ -294,7 +294,7 @@ def test_align_raster_gives_its_origin_and_pixel_size(server, raster_stub, sessi
 
 def test_align_raster_with_an_extent(server, raster_stub, session_name, rasters):
     _, r = rasters
-    extent = raster_pb2.Extent(left=X0 + 101, top=Y0 - 52, right=X0 + 262, bottom=Y0 - 139)
+    extent = bandset_pb2.Extent(left=X0 + 101, top=Y0 - 52, right=X0 + 262, bottom=Y0 - 139)
     got, transform, _ = _run(
         server,
         raster_stub,
@@ -397,14 +397,14 @@ def test_a_scripts_lines_share_the_grid(server, raster_stub, session_name, raste
     [
         (
             {"a": "a10"},
-            {"extent": raster_pb2.Extent(left=X0 + 100, top=Y0 - 200, right=X0, bottom=Y0)},
+            {"extent": bandset_pb2.Extent(left=X0 + 100, top=Y0 - 200, right=X0, bottom=Y0)},
             grpc.StatusCode.INVALID_ARGUMENT,
             "empty or inverted",
         ),
         (
             {"a": "a10"},
             {
-                "extent": raster_pb2.Extent(
+                "extent": bandset_pb2.Extent(
                     left=X0 + 5000, top=Y0 + 5000, right=X0 + 6000, bottom=Y0 + 4000
                 )
             },
@@ -602,7 +602,7 @@ def test_the_python_client_sends_the_grid_options():
     assert (default.extent_raster_path, default.align_raster_path) == ("", "")
     assert not default.HasField("pixel_size_x") and not default.HasField("pixel_size_y")
     assert given.extent_union
-    assert given.extent == raster_pb2.Extent(left=1, top=9, right=5, bottom=2)
+    assert given.extent == bandset_pb2.Extent(left=1, top=9, right=5, bottom=2)
     assert (given.extent_raster_path, given.align_raster_path) == ("ex.tif", "al.tif")
     assert given.pixel_size_x == 20.0 and not given.HasField("pixel_size_y")
     refused = rs.band_calc('"a"', "o/x", [["a.tif", "a"]], extent_list=[1, 2, 3])

@@ -33,7 +33,7 @@ from rsgrpc.engine.raster_io import OutputProfile
 from rsgrpc.engine.tiles import TilePlan
 from rsgrpc.tools.mask import BAND_MASK, MaskParameters
 from rsgrpc.tools.spec import AuxiliaryBand
-from rsgrpc.v1 import raster_pb2, session_pb2, session_pb2_grpc
+from rsgrpc.v1 import bandset_pb2, raster_pb2, session_pb2, session_pb2_grpc
 from tests.conftest import (
     CRS,
     TRANSFORM,
@@ -279,7 +279,7 @@ def test_an_extent_clips_the_band_and_the_mask_alike(server, session_name, raste
     band, mask = values
     request = _request(session_name, output="bm/out/extent.tif", buffer_pixels=2)
     request.input_grid.extent.CopyFrom(
-        raster_pb2.Extent(
+        bandset_pb2.Extent(
             left=TRANSFORM.c + 50,
             top=TRANSFORM.f - 100,
             right=TRANSFORM.c + 450,

@@ -27,7 +27,7 @@ from rsgrpc.engine.raster_io import OutputProfile
 from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
 from rsgrpc.engine.tiles import TilePlan
 from rsgrpc.tools.morphology import DILATION, MorphologyParameters, check_parameters
-from rsgrpc.v1 import raster_pb2
+from rsgrpc.v1 import bandset_pb2, raster_pb2
 from tests.compat import references as ref
 from tests.conftest import CRS, watch_to_response, write_geotiff
 
@@ -158,7 +158,7 @@ def _grid(extent=None, *, first_input_resolution: bool = False) -> raster_pb2.In
     grid = raster_pb2.InputGrid(first_input_resolution=first_input_resolution)
     if extent is not None:
         left, top, right, bottom = extent
-        grid.extent.CopyFrom(raster_pb2.Extent(left=left, top=top, right=right, bottom=bottom))
+        grid.extent.CopyFrom(bandset_pb2.Extent(left=left, top=top, right=right, bottom=bottom))
     return grid
 
 

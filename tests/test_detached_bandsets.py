@@ -305,8 +305,12 @@ def test_bad_arguments_are_refused_clearly(rs, root, tmp_path):
         rs.bandset.create(5)
     with pytest.raises(ValueError, match="wavelengths must list"):
         rs.bandset.create(files, wavelengths=[0.5, "near infrared"])
-    with pytest.raises(ValueError, match="box_coordinate_list"):
-        rs.bandset.create(files, box_coordinate_list=[0, 10, 10, 0])
+    with pytest.raises(ValueError, match="box_coordinate_list must be"):
+        rs.bandset.create(files, box_coordinate_list=[0, 10, 10])
+    with pytest.raises(grpc.RpcError) as box:
+        rs.bandset.create(files, box_coordinate_list=[10, 10, 0, 0])  # right of its left
+    assert box.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "box [10.0, 10.0, 0.0, 0.0] is not [left, top, right, bottom]" in box.value.details()
     with pytest.raises(TypeError, match=r"rs\.bandset\.create"):
         BandSet.create(files)
     with pytest.raises(grpc.RpcError) as sensor:
@@ -487,3 +491,43 @@ def test_validate_only_returns_a_bandset_without_adding_it(server, root):
     assert [b.name for b in built.bands] == [f"S2_{b}" for b in sorted(S2, key=S2.get)]
     listed = stub.ListBandSets(bandset_pb2.ListBandSetsRequest(parent=session))
     assert len(listed.bandsets) == 1 and not listed.bandsets[0].bands
+
+
+# 20 x 16 pixels of the 45 x 40 classes, on their pixel lines (10 m pixels from 500000, 4600000).
+BOX = [500100.0, 4599920.0, 500300.0, 4599760.0]
+
+
+def test_band_tools_clip_a_band_sets_bands_to_its_box_as_remotior(rs, root):
+    write_geotiff(root / "dt_box" / "classes.tif", _classes(5), nodata=0)
+    path = str(root / "dt_box" / "classes.tif")
+    detached = rs.bandset.create([path], box_coordinate_list=BOX)
+    assert detached.box_coordinate_list == BOX
+    catalog = rs.bandset_catalog
+    number = catalog.create_bandset([path], bandset_number=99, box_coordinate_list=BOX).number
+    assert catalog.get_box_coordinate_list(number) == BOX
+    # The box takes the place of extent_list, as Remotior's prepare_process_files does.
+    for name, input_bands in (("detached", detached), ("numbered", number)):
+        out = root / "dt_box" / f"{name}.tif"
+        assert rs.band_dilation(
+            input_bands=input_bands,
+            output_path=str(out),
+            value_list=[2],
+            size=1,
+            extent_list=[500000.0, 4600000.0, 500450.0, 4599600.0],
+        ).check
+        clipped = root / "dt_box" / f"{name}_by_extent.tif"
+        assert rs.band_dilation(
+            input_bands=path, output_path=str(clipped), value_list=[2], size=1, extent_list=BOX
+        ).check
+        with rasterio.open(out) as got, rasterio.open(clipped) as expected:
+            assert (got.width, got.height) == (20, 16)
+            assert got.bounds == (BOX[0], BOX[3], BOX[2], BOX[1])
+            np.testing.assert_array_equal(got.read(1), expected.read(1))
+    # Changed, kept by the server, and cleared.
+    band_set = catalog.get_bandset(number)
+    band_set.box_coordinate_list = [500000.0, 4600000.0, 500200.0, 4599800.0]
+    assert catalog.get_box_coordinate_list(number) == [500000.0, 4600000.0, 500200.0, 4599800.0]
+    band_set.box_coordinate_list = None
+    assert catalog.get_box_coordinate_list(number) is None
+    detached.box_coordinate_list = None
+    assert detached.box_coordinate_list is None

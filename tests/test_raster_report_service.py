@@ -26,7 +26,7 @@ from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.table_job import TableRequest, prepare_table_job, run_table_job
 from rsgrpc.engine.tiles import TilePlan
 from rsgrpc.tools.report import RASTER_REPORT, ReportParameters
-from rsgrpc.v1 import raster_pb2
+from rsgrpc.v1 import bandset_pb2, raster_pb2
 from tests.conftest import (
     operation_metadata,
     operation_response,
@@ -52,7 +52,7 @@ def _request(session: str, path: str, output: str, *, nodata_value=None, extent=
         parameters.nodata_value = nodata_value
     grid = raster_pb2.InputGrid()
     if extent is not None:
-        grid.extent.CopyFrom(raster_pb2.Extent(**extent))
+        grid.extent.CopyFrom(bandset_pb2.Extent(**extent))
     inputs = kw.pop("inputs", [raster_pb2.RasterBand(path=path)])
     return raster_pb2.RasterReportRequest(
         session=session,

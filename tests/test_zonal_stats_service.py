@@ -27,7 +27,7 @@ from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.table_job import TableRequest, prepare_table_job, run_table_job
 from rsgrpc.engine.tiles import TilePlan
 from rsgrpc.tools.zonal_stats import RASTER_ZONAL_STATS, zonal_parameters
-from rsgrpc.v1 import raster_pb2
+from rsgrpc.v1 import bandset_pb2, raster_pb2
 from tests.conftest import operation_metadata, operation_response, watch_operation, write_geotiff
 
 S = raster_pb2
@@ -128,7 +128,7 @@ def _csv_statistics(text: str) -> tuple[list[str], dict[float, dict[str, float]]
 def _request(session, values, zones, output, *, statistics=ALL, percents=PERCENTS, **kw):
     grid = raster_pb2.InputGrid()
     if kw.get("extent") is not None:
-        grid.extent.CopyFrom(raster_pb2.Extent(**kw["extent"]))
+        grid.extent.CopyFrom(bandset_pb2.Extent(**kw["extent"]))
     return raster_pb2.ZonalStatsRequest(
         session=session,
         inputs=kw.get("inputs", [raster_pb2.RasterBand(path=values)]),

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import field_mask_pb2
+from google.protobuf import message as message_module
 
 from rsgrpc.v1 import bandset_pb2, bandset_pb2_grpc
 
@@ -162,8 +163,6 @@ class BandSet:
                 "BandSet.create asks a session's server to build the band set: call "
                 "rs.bandset.create(...)"
             )
-        if box_coordinate_list is not None:
-            raise ValueError("box_coordinate_list is not supported by the server yet")
         given, folder, name_filter = describe_bandset(
             session.path_map.to_server,
             paths,
@@ -177,6 +176,7 @@ class BandSet:
             name,
             list_folder=session.bandset_catalog._list_folder,
         )
+        _set_box(given, box_coordinate_list)
         built = session.bandset_catalog._create(
             given, folder=folder, name_filter=name_filter, validate_only=True
         )
@@ -252,14 +252,16 @@ class BandSet:
         return self.message.sensor
 
     @property
-    def box_coordinate_list(self) -> None:
-        """Remotior's virtual subset: not served, so always None."""
-        return None
+    def box_coordinate_list(self) -> list[float] | None:
+        """Remotior's [left, top, right, bottom] that band tools given this band set clip
+        its bands to, in the place of their `extent_list`; None for all of them."""
+        return box_list(self.message)
 
     @box_coordinate_list.setter
     def box_coordinate_list(self, box_coordinate_list: list | None) -> None:
-        if box_coordinate_list is not None:
-            raise ValueError("box_coordinate_list is not supported by the server yet")
+        changed = bandset_pb2.BandSet()
+        _set_box(changed, box_coordinate_list)
+        self._set("box", changed.box if changed.HasField("box") else None)
 
     def _set(self, field: str, value: Any) -> None:
         if self.catalog is not None:
@@ -267,7 +269,12 @@ class BandSet:
             return
         changed = bandset_pb2.BandSet()
         changed.CopyFrom(self.message)
-        setattr(changed, field, value)
+        if value is None:
+            changed.ClearField(field)
+        elif isinstance(value, message_module.Message):
+            getattr(changed, field).CopyFrom(value)
+        else:
+            setattr(changed, field, value)
         self._rebuild(changed, keep_sensor=field != "root_directory")
 
     def _set_bands(self, bands: Sequence[bandset_pb2.Band]) -> None:
@@ -593,6 +600,12 @@ class BandSetCatalog:
     def get_bandset_count(self) -> int:
         return len(self._list())
 
+    def get_box_coordinate_list(self, bandset_number: int | None = None) -> list[float] | None:
+        """The band set's [left, top, right, bottom] (the current one's when no number is
+        given); None when it has none, or there is no such band set."""
+        bandset = self.get_bandset(bandset_number)
+        return None if bandset is None else bandset.box_coordinate_list
+
     @property
     def current_bandset(self) -> int:
         """The number of the current band set; setting it makes that one current (a number
@@ -686,8 +699,6 @@ class BandSetCatalog:
         `wavelengths` lists each band's center wavelength or names a sensor
         (``"Sentinel-2"``, ``["Landsat 8"]``). With no `bandset_number` it replaces the
         current band set (or, with `insert`, goes before it)."""
-        if box_coordinate_list is not None:
-            raise ValueError("box_coordinate_list is not supported by the server yet")
         given, folder, name_filter = describe_bandset(
             self._to_server,
             paths,
@@ -702,6 +713,7 @@ class BandSetCatalog:
             list_folder=self._list_folder,
             date_argument="date",
         )
+        _set_box(given, box_coordinate_list)
         number = self.current_bandset if bandset_number is None else bandset_number
         message = self._create(
             given,
@@ -851,14 +863,38 @@ class BandSetCatalog:
         return list(bandset or [])
 
 
+def _set_box(message: bandset_pb2.BandSet, box_coordinate_list: list | None) -> None:
+    """Remotior's `box_coordinate_list` [left, top, right, bottom] as the message's box
+    (None: no box); the server checks its edges."""
+    if box_coordinate_list is None:
+        message.ClearField("box")
+        return
+    values = list(box_coordinate_list)
+    if len(values) != 4:
+        raise ValueError(
+            f"box_coordinate_list must be [left, top, right, bottom], got {box_coordinate_list!r}"
+        )
+    left, top, right, bottom = (float(v) for v in values)
+    message.box.CopyFrom(bandset_pb2.Extent(left=left, top=top, right=right, bottom=bottom))
+
+
+def box_list(message: bandset_pb2.BandSet) -> list[float] | None:
+    """A band set message's box as Remotior's [left, top, right, bottom]; None without."""
+    if not message.HasField("box"):
+        return None
+    box = message.box
+    return [box.left, box.top, box.right, box.bottom]
+
+
 def given_bandset(message: bandset_pb2.BandSet) -> bandset_pb2.BandSet:
-    """A band set the server answered, as a client gives it: name, date, root directory
-    and each band's own fields (path, band, name, wavelength, factors, date), without
+    """A band set the server answered, as a client gives it: name, date, root directory,
+    box and each band's own fields (path, band, name, wavelength, factors, date), without
     what the server adds (numbers, data paths, sizes)."""
     return bandset_pb2.BandSet(
         display_name=message.display_name,
         date=message.date,
         root_directory=message.root_directory,
+        box=message.box if message.HasField("box") else None,
         bands=[
             bandset_pb2.Band(
                 path=b.path,

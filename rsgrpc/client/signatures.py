@@ -873,6 +873,239 @@ CROSS_CLASSIFICATION = MethodSpec(
     },
 )
 
+BAND_SPECTRAL_DISTANCE = MethodSpec(
+    "band_spectral_distance",
+    remotior=(
+        ("input_bandsets", REQUIRED),
+        ("output_path", None),
+        ("algorithm_name", None),
+        ("nodata_value", None),
+        ("threshold", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("virtual_output", False),
+        ("overwrite", False),
+        ("bandset_catalog", None),
+        ("progress_message", True),
+    ),
+    extensions=(("compression", None),),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "input_bandsets": Note(
+            "differs",
+            "two band sets, each a BandSet or a band set number of the session's catalog "
+            "(kept on the server), or a list of paths or (path, band) pairs; at most 32 "
+            "bands each; sets of different sizes, or bands on different grids, are refused "
+            "(Remotior stacks them in one virtual raster)",
+        ),
+        "output_path": Note(
+            "differs",
+            "the output file, any extension but .tif, .tiff or .vrt becoming .tif; None is "
+            "refused (Remotior writes to its temporary directory)",
+        ),
+        "algorithm_name": Note(
+            "differs",
+            "'md' or 'minimum distance' (Euclidean), 'sam' or 'spectral angle mapping' "
+            "(degrees), any case, as in Remotior; computed in float64 (Remotior in float32), "
+            "the cosine clipped to [-1, 1]; an angle with a spectrum of zeros is nodata "
+            "(Remotior writes NaN)",
+        ),
+        "threshold": Note(
+            "differs",
+            "the output is 1 where the distance is above it and 0 elsewhere, as Remotior's; "
+            "where the distance is undefined it stays nodata (Remotior writes 0)",
+        ),
+        "bandset_catalog": Note(
+            "differs", "band set numbers always name the session's catalog; accepted and not used"
+        ),
+        "virtual_output": Note(
+            "differs",
+            "True writes `{name}.vrt` and the GeoTIFF it reads beside it, as band calc does",
+        ),
+    },
+)
+
+BAND_PCA = MethodSpec(
+    "band_pca",
+    remotior=(
+        ("input_bands", REQUIRED),
+        ("normalize", False),
+        ("output_path", None),
+        ("overwrite", False),
+        ("nodata_value", None),
+        ("extent_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("bandset_catalog", None),
+        ("number_components", None),
+        ("progress_message", True),
+    ),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "input_bands": Note(
+            "differs",
+            "1 to 64 bands (a path, a list of paths or of (path, band) pairs, a BandSet, or a "
+            "band set number of the session's catalog) on one grid; the statistics are "
+            "accumulated in float64 over the pixels valid in every band in one pass (tile "
+            "means and co-moments merged exactly), where Remotior makes two passes and "
+            "divides by the largest band's count",
+        ),
+        "normalize": Note(
+            "differs",
+            "True decomposes the correlation matrix and projects the standardized bands "
+            "((x - mean) / std); Remotior's normalize subtracts the means twice and mixes "
+            "population and sample variances, and its rasters project unscaled bands",
+        ),
+        "output_path": Note(
+            "differs",
+            "names the components, `{stem}_pc{n}.tif` (or .vrt) beside it, and the table "
+            "`{stem}.csv`, as Remotior; float32, nodata -32768 as Remotior's; None is refused "
+            "(Remotior writes to its temporary directory)",
+        ),
+        "overwrite": Note(
+            "differs",
+            "the components and the table are replaced only with overwrite=True, and an "
+            "existing one is refused (ALREADY_EXISTS)",
+        ),
+        "nodata_value": Note(
+            "differs",
+            "a pixel holding it in any band is nodata, besides each band's own nodata "
+            "(Remotior's replaces the bands' nodata)",
+        ),
+        "bandset_catalog": _BAND_TOOL_NOTES["bandset_catalog"],
+        "extent_list": Note(
+            "differs",
+            "the bands are clipped to it on their pixel lines, as in Remotior; an extent that "
+            "leaves no pixel is refused",
+        ),
+        "number_components": Note(
+            "differs",
+            "None or -1 writes a raster per band, more than the bands is the bands, as "
+            "Remotior's None; 0 and other negative values are refused (Remotior writes "
+            "nothing and fails); the table and the response list every component, where "
+            "Remotior's lists one more than asked and zeros after",
+        ),
+    },
+)
+
+RASTER_LABEL = MethodSpec(
+    "raster_label",
+    remotior=(
+        ("raster_path", REQUIRED),
+        ("output_path", None),
+        ("overwrite", False),
+        ("extent_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("virtual_output", None),
+        ("progress_message", True),
+    ),
+    extensions=(("connectivity", 4), ("pixel_count", True), ("compression", None)),
+    notes={
+        "n_processes": Note(
+            "differs",
+            "the session's processes label the tiles (Remotior always uses one): set them "
+            "with `set(n_processes=)`",
+        ),
+        "available_ram": _PER_CALL_RESOURCES["available_ram"],
+        "extent_list": _BAND_TOOL_NOTES["extent_list"],
+        "virtual_output": _BAND_TOOL_NOTES["virtual_output"],
+        "raster_path": Note(
+            "differs",
+            "band 1 of a raster under the data roots, of any integer or float type; a patch "
+            "is a set of non-zero pixels joined through their 4 neighbours, whatever their "
+            "values, as in Remotior (rsgrpc's keyword connectivity=8 joins diagonals too); "
+            "0, NaN and nodata pixels are background",
+        ),
+        "output_path": Note(
+            "differs",
+            "the UInt32 file written, nodata 0 (background and nodata) as in Remotior, any "
+            "extension other than .tif, .tiff or .vrt becoming .tif; each patch's pixels hold "
+            "the patch's pixel count, as in Remotior; rsgrpc's keyword pixel_count=False "
+            "writes labels instead, 1, 2, ... in raster order of the patch's first pixel "
+            "(scipy.ndimage.label's numbering, whatever the tiling); None is refused "
+            "(Remotior writes to its temporary directory)",
+        ),
+    },
+)
+
+BAND_CLUSTERING = MethodSpec(
+    "band_clustering",
+    remotior=(
+        ("input_bands", REQUIRED),
+        ("output_raster_path", REQUIRED),
+        ("algorithm_name", REQUIRED),
+        ("class_number", REQUIRED),
+        ("seed_signatures", None),
+        ("threshold", None),
+        ("max_iter", None),
+        ("overwrite", False),
+        ("nodata_value", None),
+        ("extent_list", None),
+        ("n_processes", None),
+        ("available_ram", None),
+        ("bandset_catalog", None),
+        ("progress_message", True),
+    ),
+    extensions=(("seed", 0),),
+    notes={
+        **_PER_CALL_RESOURCES,
+        "input_bands": Note(
+            "differs",
+            "1 to 64 bands (a path, a list of paths or of (path, band) pairs, a BandSet, or a "
+            "band set number of the session's catalog) on one grid; a pixel is clustered "
+            "where it is valid in every band",
+        ),
+        "output_raster_path": Note(
+            "differs",
+            "the raster of classes (UInt32, nodata 4294967295, as Remotior's "
+            "classification), any extension but .tif, .tiff or .vrt becoming .tif; the "
+            "centres are the CSV file beside it (`extra['signature_path']`, Remotior's "
+            ".scpx) and in the response",
+        ),
+        "algorithm_name": Note(
+            "differs",
+            "k-means with 'minimum distance' ('md') or 'spectral angle mapping' ('sam'); "
+            "anything else (ISODATA) is refused, where Remotior falls back to minimum "
+            "distance; ties go to the lower class",
+        ),
+        "class_number": Note(
+            "differs",
+            "1 to 1024 clusters, numbered from 1 in the raster whatever the seeding (Remotior "
+            "numbers 'band mean' clusters from 0)",
+        ),
+        "seed_signatures": Note(
+            "differs",
+            "'band mean' (the default: seeds spread over each band's range, over the pixels "
+            "valid in every band), 'random pixel' (the values of pixels drawn from `seed` by "
+            "their place in the grid, so the same for any tiling; Remotior draws points "
+            "unseeded) or the seeds as a list of value lists; a SpectralSignaturesCatalog or "
+            ".scpx path is refused",
+        ),
+        "threshold": Note(
+            "differs",
+            "iterations stop once no centre moves farther than it (Euclidean distance, or "
+            "spectral angle in degrees); Remotior stops when the largest distance between two "
+            "new centres exceeds it, which does not measure convergence",
+        ),
+        "max_iter": Note(
+            "differs",
+            "the most Lloyd iterations, each moving the centres to their clusters' means "
+            "(scikit-learn's max_iter; default 10); the raster is classed by the final "
+            "centres and iterations stop early once no centre moves; Remotior classes with "
+            "max_iter sets of centres, one update fewer; below 1 is refused",
+        ),
+        "nodata_value": Note(
+            "differs",
+            "a pixel holding it in any band is nodata, besides each band's own nodata "
+            "(Remotior's replaces the bands' nodata)",
+        ),
+        "bandset_catalog": Note(
+            "differs", "band set numbers always name the session's catalog; accepted and not used"
+        ),
+    },
+)
+
 SIGNATURES: dict[str, MethodSpec] = {
     "__init__": SESSION_INIT,
     "set": SESSION_SET,
@@ -887,6 +1120,10 @@ SIGNATURES: dict[str, MethodSpec] = {
     "raster_zonal_stats": RASTER_ZONAL_STATS,
     "band_combination": BAND_COMBINATION,
     "cross_classification": CROSS_CLASSIFICATION,
+    "band_clustering": BAND_CLUSTERING,
+    "band_pca": BAND_PCA,
+    "band_spectral_distance": BAND_SPECTRAL_DISTANCE,
+    "raster_label": RASTER_LABEL,
 }
 
 # Remotior's `Session` attributes other than the methods above, and what the client has.
@@ -909,18 +1146,12 @@ SESSION_ATTRIBUTES: dict[str, Note | None] = {
         "built and checked by the server (files, grid, sensor wavelengths, order) and kept "
         "by the client, with the catalog's band sets' attributes; band tools read its "
         "bands; band calc sends it in its request, never adding it to the session's "
-        "catalog; catalog.add_bandset(bs) copies it in; "
-        "box_coordinate_list, spectral_range_bands, reset and XML export are not served",
+        "catalog; catalog.add_bandset(bs) copies it in; box_coordinate_list is kept "
+        "with the band set (on the server for the catalog's) and band tools given the "
+        "band set clip its bands to it in the place of their extent_list, as in Remotior "
+        "(band calc does not, as in Remotior); spectral_range_bands, reset and XML "
+        "export are not served",
     ),
-    **{
-        name: Note("not yet", "one of the eleven tools of issue 16")
-        for name in (
-            "band_clustering",
-            "band_spectral_distance",
-            "band_pca",
-            "raster_label",
-        )
-    },
     **{
         name: Note("not yet", "not planned in an open issue")
         for name in (

@@ -22,10 +22,10 @@ from rsgrpc.client.signatures import (
     MethodSpec,
     remotior_method,
 )
-from rsgrpc.tools import RASTER_TOOLS, TABLE_TOOLS
+from rsgrpc.tools import RASTER_TOOLS, TABLE_TOOLS, spectral_distance
 from rsgrpc.tools.spec import ParameterError, RasterTool, data_type
 from rsgrpc.tools.table_spec import TableTool
-from rsgrpc.v1 import raster_pb2
+from rsgrpc.v1 import bandset_pb2, raster_pb2
 
 if TYPE_CHECKING:
     from rsgrpc.client.session import Session
@@ -42,6 +42,7 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _PATH_ARGUMENTS = (
     "input_raster_list",
     "input_bands",
+    "input_bandsets",
     "input_mask",
     "output_path",
     "extent_raster",
@@ -143,13 +144,13 @@ def _grid_options(request: raster_pb2.BandCalcRequest, a: dict[str, Any]) -> Non
                 setattr(request, field, float(size))
 
 
-def _extent(extent: Any) -> raster_pb2.Extent:
+def _extent(extent: Any) -> bandset_pb2.Extent:
     """Remotior's `extent_list` [left, top, right, bottom] as an Extent."""
     values = list(extent)
     if len(values) != 4:
         raise Refusal(f"extent_list must be [left, top, right, bottom], got {extent!r}")
     left, top, right, bottom = (float(v) for v in values)
-    return raster_pb2.Extent(left=left, top=top, right=right, bottom=bottom)
+    return bandset_pb2.Extent(left=left, top=top, right=right, bottom=bottom)
 
 
 def _input_grid(
@@ -235,6 +236,21 @@ def input_bands(value: Any, session: Session | None = None) -> list[raster_pb2.R
     return bands
 
 
+def with_bandset_box(a: dict[str, Any], field: str, session: Session) -> dict[str, Any]:
+    """The arguments, with the box of a band set given as `field` (a BandSet, or a number
+    of the session's catalog) as their `extent_list`: Remotior's band tools clip a band
+    set's bands to its `box_coordinate_list`, in the place of the tool's `extent_list`."""
+    from rsgrpc.client.bandsets import BandSet
+
+    value = a[field]
+    box = None
+    if isinstance(value, BandSet):
+        box = value.box_coordinate_list
+    elif isinstance(value, int) and not isinstance(value, bool):
+        box = session.bandset_catalog.get_box_coordinate_list(value)
+    return a if box is None else {**a, "extent_list": box}
+
+
 def _bandset_number(value: Any, field: str, session: Session | None = None) -> int:
     """A band set of the session's catalog as its number: a number, or (with `session`)
     one of its BandSets; 0 for None."""
@@ -266,7 +282,7 @@ def _inline_bandset(value: Any, session: Session) -> Any:
     return given_bandset(value.message)
 
 
-def _point_extent(point: Any, input_bands: Any, session: Session) -> raster_pb2.Extent:
+def _point_extent(point: Any, input_bands: Any, session: Session) -> bandset_pb2.Extent:
     """Remotior's `point_coordinates` [x, y]: the extent of the pixel of the input band
     set's first band that holds the point, found as Remotior finds it."""
     from rsgrpc.client.bandsets import BandSet
@@ -283,7 +299,9 @@ def _point_extent(point: Any, input_bands: Any, session: Session) -> raster_pb2.
     band = bandset.bands[0]
     left = band.left + int((x - band.left) / band.x_size) * band.x_size
     top = band.top - int((band.top - y) / band.y_size) * band.y_size
-    return raster_pb2.Extent(left=left, top=top, right=left + band.x_size, bottom=top - band.y_size)
+    return bandset_pb2.Extent(
+        left=left, top=top, right=left + band.x_size, bottom=top - band.y_size
+    )
 
 
 def _is_band_list(value: tuple) -> bool:
@@ -355,6 +373,7 @@ class RasterTools:
         all in one response message."""
         merged = response_type()
         bands = input_bands(a["input_bands"], self)
+        a = with_bandset_box(a, "input_bands", self)
         for i, (inputs, target) in enumerate(_targets(bands, a)):
             message = request(inputs, target)
             message.input_grid.CopyFrom(_input_grid(a, bands[0], inputs))
@@ -453,6 +472,33 @@ class RasterTools:
             raster_pb2.SieveResponse,
         )
 
+    @_tool(SIGNATURES[spectral_distance.NAME])
+    def band_spectral_distance(self: Session, a: dict[str, Any]) -> OutputManager:
+        """The per-pixel Euclidean distance or spectral angle between two band sets
+        (Remotior's `band_spectral_distance`), or 1 where it exceeds `threshold`."""
+        parameters = spectral_distance.request_parameters(a)
+        first, second = spectral_distance.input_bandsets(a["input_bandsets"])
+        _required_output(a["output_path"])
+        request = raster_pb2.BandSpectralDistanceRequest(
+            session=self.name,
+            first_inputs=input_bands(first, self),
+            second_inputs=input_bands(second, self),
+            parameters=parameters,
+            output_path=tiff_path(str(a["output_path"])),
+            overwrite=bool(a["overwrite"]),
+            output_options=output_options(a["compression"]),
+            virtual_output=bool(a["virtual_output"]),
+        )
+        return self._run(
+            spectral_distance.NAME.replace("_", " "),
+            lambda: self._raster.BandSpectralDistance(request, metadata=self._metadata),
+            raster_pb2.BandSpectralDistanceResponse(),
+            lambda response: OutputManager(
+                paths=[response.output_path], grpc=GrpcResult(response=response)
+            ),
+            announce=bool(a["progress_message"]),
+        )
+
 
 def _raster_path_arguments(a: dict[str, Any]) -> dict[str, Any]:
     """A `raster_path` tool's arguments as a band tool's: band 1 of the raster, written to
@@ -516,14 +562,16 @@ def _declared_table_method(tool: TableTool) -> Callable[..., Any]:
 
     def method(self: Session, a: dict[str, Any]) -> OutputManager:
         parameters = tool.request_parameters(a)
-        _required_output(a["output_path"])
+        path = a[tool.output_argument]
+        _required_output(path)
         if tool.raster is None:
-            output = raster_pb2.TableOutput(path=str(a["output_path"]), overwrite=True)
+            output = raster_pb2.TableOutput(path=str(path), overwrite=True)
         else:
             output = raster_pb2.RasterTableOutput(
-                path=tiff_path(str(a["output_path"])), overwrite=bool(a["overwrite"])
+                path=tiff_path(str(path)), overwrite=bool(a["overwrite"])
             )
         grid = raster_pb2.InputGrid()
+        a = with_bandset_box(a, tool.input_argument, self)
         if a.get("extent_list") is not None:
             grid.extent.CopyFrom(_extent(a["extent_list"]))
         request = tool.request_type(
@@ -538,7 +586,9 @@ def _declared_table_method(tool: TableTool) -> Callable[..., Any]:
             tool.process,
             lambda: getattr(self._raster, tool.rpc)(request, metadata=self._metadata),
             tool.response_type(),
-            lambda response: _table_outcome(tool, response, {**a, "output_path": output.path}),
+            lambda response: _table_outcome(
+                tool, response, {**a, tool.output_argument: output.path}
+            ),
             announce=bool(a["progress_message"]),
         )
 

@@ -14,6 +14,7 @@ empty one.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import posixpath
 import re
@@ -226,6 +227,22 @@ class BandSet:
     root_directory: str = ""
     bands: tuple[Band, ...] = ()
     sensor: str = ""
+    # Remotior's `box_coordinate_list`: (left, top, right, bottom), the area band tools
+    # read the bands in; None for all of it.
+    box: tuple[float, float, float, float] | None = None
+
+
+def check_box(left: float, top: float, right: float, bottom: float, field: str):
+    """A box (left, top, right, bottom) of finite edges, left of right and above bottom;
+    InvalidArgumentError otherwise."""
+    edges = (left, top, right, bottom)
+    if not all(math.isfinite(edge) for edge in edges) or left >= right or bottom >= top:
+        raise InvalidArgumentError(
+            f"{field} {list(edges)} is not [left, top, right, bottom] with left < right "
+            "and bottom < top",
+            metadata={"field": field},
+        )
+    return edges
 
 
 def check_date(date: str, field: str) -> str:

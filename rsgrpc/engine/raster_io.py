@@ -732,6 +732,13 @@ class RasterWriter:
         self.bytes_written = size
         return size
 
+    def unpublish(self) -> None:
+        """Remove what `commit()` published: used when an output of several rasters
+        cannot be published whole."""
+        if self._virtual is not None:
+            self._virtual.unpublish()
+        self._partial.unpublish()
+
     def _copy_cloud_optimized(self) -> None:
         """Rewrite the file as a cloud-optimized GeoTIFF, in a new temporary file."""
         options = self.profile.creation_options(self._meta["dtype"])

@@ -30,13 +30,8 @@ waiting pixels, in the session's temporary directory, removed as pass 3 goes.
 
 from __future__ import annotations
 
-import collections
-import errno
-import itertools
-import os
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
@@ -54,13 +49,17 @@ from rsgrpc.engine.band_tool import (
     plan_task_tiles,
     planned_outputs,
     prepare_band_tasks,
-    session_fixed_bytes,
 )
 from rsgrpc.engine.errors import (
-    CancelledError,
     InvalidArgumentError,
-    ResourceExhaustedError,
-    RsgrpcError,
+)
+from rsgrpc.engine.kept_tiles import (
+    check_summaries_fit,
+    in_threads,
+    keep_arrays,
+    kept_path,
+    read_kept,
+    write_kept_tiles,
 )
 from rsgrpc.engine.limits import check_job_limits, uncompressed_bytes
 from rsgrpc.engine.operations import Operation, Stage
@@ -159,14 +158,6 @@ def check_sieve_limits(tasks: Sequence[BandTask], profile: OutputProfile, sessio
     )
 
 
-def _in_threads(fn, items: list, common: tuple) -> list:
-    """Runs in a worker: `fn(item, *common)` for each item, one thread each."""
-    if len(items) == 1:
-        return [fn(items[0], *common)]
-    with ThreadPoolExecutor(len(items)) as threads:
-        return list(threads.map(lambda item: fn(item, *common), items))
-
-
 def _valid_mask(tile: np.ndarray, nodata: float | None) -> np.ndarray | None:
     if nodata is None:
         return None
@@ -196,31 +187,14 @@ def _decide(summaries: Sequence, size: int, connectivity: int):
 
 
 def _keep(path: Path, settled) -> None:
-    """Save a settled tile's output and waiting pixels until pass 3 (no pickles).
-
-    The arrays go one after another as .npy records: no zip, no checksum, so
-    writing and reading them back cost little more than the copy.
-    Raises ResourceExhaustedError when the session's temporary directory is full, and
-    RsgrpcError for any other failure, without naming the server's own paths.
-    """
+    """Save a settled tile's output and waiting pixels until pass 3 (`keep_arrays`)."""
     pending = settled.pending
     header = np.array([*astuple(pending.placement), pending.node_count], np.int64)
-    try:
-        with open(path, "wb") as file:
-            for array in (header, settled.out, *(getattr(pending, n) for n in pending.ARRAYS)):
-                np.save(file, array, allow_pickle=False)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ResourceExhaustedError(
-                "the session's temporary directory is full: the sieve keeps its settled "
-                "tiles there between passes (as many bytes as the raster)"
-            ) from None
-        raise RsgrpcError(f"could not keep a settled tile: {error.strerror}") from None
-
-
-def _kept(folder: Path, tile: Tile) -> Path:
-    """Where a settled tile waits between passes 1 and 3."""
-    return folder / f"{tile.row}-{tile.col}.npy"
+    keep_arrays(
+        path,
+        (header, settled.out, *(getattr(pending, n) for n in pending.ARRAYS)),
+        "the sieve keeps its settled tiles there between passes (as many bytes as the raster)",
+    )
 
 
 def load_finishing_kernels() -> None:
@@ -237,11 +211,8 @@ def _finish(path: Path, tile: Tile, decision, profile: OutputProfile):
     """Pass 3, in the job: a kept tile with the decided values written in, encoded."""
     from rsgrpc_kernels.sieve import PendingPixels, TilePlacement, finish_tile
 
-    with open(path, "rb") as file:
-        header = np.load(file)
-        out = np.load(file)
-        arrays = {name: np.load(file) for name in PendingPixels.ARRAYS}
-    path.unlink()
+    header, out, *pending_arrays = read_kept(path, 2 + len(PendingPixels.ARRAYS))
+    arrays = dict(zip(PendingPixels.ARRAYS, pending_arrays, strict=True))
     *placement, node_count = (int(v) for v in header)
     pending = PendingPixels(TilePlacement(*placement), node_count, **arrays)
     stats = finish_tile(out, pending, decision)
@@ -271,7 +242,7 @@ def _sieve_band(
         def consume_settled(results) -> None:
             nonlocal regions, pixels
             for tile, settled, read in results:
-                _keep(_kept(folder, tile), settled)
+                _keep(kept_path(folder, tile), settled)
                 summaries[tile] = settled.summary
                 regions += settled.stats.regions_changed
                 pixels += settled.stats.pixels_changed
@@ -283,7 +254,7 @@ def _sieve_band(
             operation,
             [tiles[i : i + side_by_side] for i in range(0, len(tiles), side_by_side)],
             lambda batch: (
-                _in_threads,
+                in_threads,
                 (
                     _settle,
                     batch,
@@ -295,14 +266,7 @@ def _sieve_band(
         )
         ordered = [summaries.pop(tile) for tile in tiles]
         held = sum(s.nbytes for s in ordered)
-        need = session_fixed_bytes(session) + held * (1 + _DECISION_OVERHEAD)
-        budget = session.settings.available_ram_mib << 20
-        if need > budget:
-            raise ResourceExhaustedError(
-                f"the sieve's seam summaries need about {-(-need >> 20)} MiB with the workers, "
-                f"over available_ram_mib {session.settings.available_ram_mib}",
-                metadata={"minimum_ram_mib": str(-(-need >> 20))},
-            )
+        check_summaries_fit(session, held, _DECISION_OVERHEAD, "the sieve's seam summaries")
         session.logger.info(
             "%s: %s settled, %d KiB of seam summaries",
             operation.name,
@@ -322,27 +286,20 @@ def _sieve_band(
         decision = decisions[0]
         regions += decision.regions_changed
 
-        # Threads, one per worker process (idle in this pass) up to one per core, read
-        # back, finish and encode the next tiles while this one is written: the plan's
-        # tiles in flight, at least twice the workers, cover them.
-        ahead = max(1, min(executor.workers, os.cpu_count() or 1))
-        with ThreadPoolExecutor(ahead) as finisher, open_writer(job, task, session) as writer:
-            finished = (
-                finisher.submit(_finish, _kept(folder, tile), tile, tile_decision, job.profile)
-                for tile, tile_decision in zip(tiles, decision.tiles, strict=True)
+        # The plan's tiles in flight, at least twice the workers, cover the tiles that
+        # are finished ahead while one is written.
+        with open_writer(job, task, session) as writer:
+            finished = write_kept_tiles(
+                writer,
+                folder,
+                lambda path, tile, tile_decision: _finish(path, tile, tile_decision, job.profile),
+                zip(tiles, decision.tiles, strict=True),
+                workers=executor.workers,
+                operation=operation,
+                counter=counter,
             )
-            upcoming = collections.deque(itertools.islice(finished, ahead))
-            while upcoming:
-                if operation.cancel_event.is_set():
-                    raise CancelledError("the operation was cancelled")
-                encoded, stats = upcoming.popleft().result()
-                upcoming.extend(itertools.islice(finished, 1))
-                writer.write(encoded)
-                regions += stats.regions_changed
-                pixels += stats.pixels_changed
-                counter.add(written=encoded.data.nbytes)
-            operation.update(stage=Stage.FINALIZING)
-            writer.commit()
+        regions += sum(stats.regions_changed for stats in finished)
+        pixels += sum(stats.pixels_changed for stats in finished)
     return SieveOutput(task.input, task.output_path, regions, pixels)
 
 

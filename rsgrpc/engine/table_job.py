@@ -89,6 +89,8 @@ class TableResult:
     output_path: str
     table: Any
     raster_path: str = ""
+    # Every raster's path, where the tool writes several (`TableRaster.paths`).
+    raster_paths: tuple[str, ...] = ()
 
 
 def crs_unit(crs: str) -> str | None:
@@ -196,12 +198,14 @@ class TableTileWork:
     parameters: Any
     sources: tuple[PlacedBand, ...]
     nodatas: tuple[float | None, ...]
+    with_tile: bool = False  # the kernel also takes the tile (`TableTool.kernel_tile`)
 
 
 def _table_tile(work: TableTileWork, tile: Tile) -> tuple[Any, int]:
     """Runs in a worker: read the tile of every band, compute its partial table."""
     blocks = tuple(source.read(tile) for source in work.sources)
-    partial = work.kernel(blocks, work.parameters, work.nodatas)
+    where = {"tile": tile} if work.with_tile else {}
+    partial = work.kernel(blocks, work.parameters, work.nodatas, **where)
     return partial, sum(b.nbytes for b in blocks)
 
 
@@ -268,21 +272,17 @@ def staged_text_output(output: DataPath, text: str, *, overwrite: bool) -> Itera
         yield partial
 
 
-def run_table_job(job: TableJob, session: Session, operation: Operation) -> TableResult:
-    """The job: tiles in the session's workers, partial tables merged as they arrive,
-    then the table finished and written."""
-    request = job.request
-    tool, parameters = request.tool, request.parameters
-    where = ", ".join(f"{b.path!r} band {b.band}" for b in request.inputs)
-    session.logger.info(
-        "%s: %s of %s: %s", operation.name, tool.process, where, tool.describe(parameters)
-    )
-    passes = 2 if job.raster else 1
-    counter = TileCounter(operation, passes * job.plan.tile_count)
-    work = TableTileWork(
-        tool.kernel, parameters, job.sources, tuple(info.nodata for info in job.infos)
-    )
-    merged = MergedTable(tool, where)
+def _reduced_table(
+    job: TableJob,
+    work: TableTileWork,
+    where: str,
+    session: Session,
+    operation: Operation,
+    counter: TileCounter,
+) -> Any:
+    """One pass over the tiles in the session's workers, partial tables merged as they
+    arrive; the merged table."""
+    merged = MergedTable(job.request.tool, where)
 
     def consume(result: tuple[Any, int]) -> None:
         partial, read = result
@@ -297,7 +297,35 @@ def run_table_job(job: TableJob, session: Session, operation: Operation) -> Tabl
         consume,
         in_flight=job.plan.in_flight,
     )
-    result = merged.result()
+    return merged.result()
+
+
+def run_table_job(job: TableJob, session: Session, operation: Operation) -> TableResult:
+    """The job: tiles in the session's workers, partial tables merged as they arrive,
+    then the table finished and written."""
+    request = job.request
+    tool, parameters = request.tool, request.parameters
+    where = ", ".join(f"{b.path!r} band {b.band}" for b in request.inputs)
+    session.logger.info(
+        "%s: %s of %s: %s", operation.name, tool.process, where, tool.describe(parameters)
+    )
+    table_passes = tool.passes(parameters)
+    passes = table_passes + (1 if job.raster else 0)
+    counter = TileCounter(operation, passes * job.plan.tile_count)
+    nodatas = tuple(info.nodata for info in job.infos)
+    for _ in range(table_passes):
+        work = TableTileWork(
+            tool.kernel, parameters, job.sources, nodatas, with_tile=tool.kernel_tile
+        )
+        result = _reduced_table(job, work, where, session, operation, counter)
+        if tool.next_pass is None:
+            break
+        # Parameters that the bands cannot give (no valid pixel to seed from) are the
+        # client's INVALID_ARGUMENT.
+        with invalid_argument():
+            parameters, again = tool.next_pass(parameters, result)
+        if not again:
+            break
     paths = tuple(b.path for b in request.inputs)
     # A table that its parameters cannot make from these bands (too many classes for a
     # matrix) is the client's INVALID_ARGUMENT, found once the bands are read.
@@ -315,7 +343,7 @@ def run_table_job(job: TableJob, session: Session, operation: Operation) -> Tabl
                     overwrite=request.overwrite,
                     grid=job.grid,
                     sources=job.sources,
-                    nodatas=work.nodatas,
+                    nodatas=nodatas,
                     plan=job.plan,
                     session=session,
                     operation=operation,
@@ -340,4 +368,5 @@ def run_table_job(job: TableJob, session: Session, operation: Operation) -> Tabl
         job.output_path if job.output else "",
         table,
         job.raster.output_path if job.raster else "",
+        job.raster.output_paths if job.raster else (),
     )

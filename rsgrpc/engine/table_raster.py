@@ -1,6 +1,8 @@
 """A table tool's raster (`rsgrpc.tools.table_spec.TableRaster`): a second pass over the
 tiles of a table job, each worker computing its tile's pixels from the merged table and
-encoding them, one writer (`RasterWriter`) publishing the raster whole or not at all.
+encoding them, one writer (`RasterWriter`) publishing the raster whole or not at all. A
+tool that declares several rasters has each worker compute its tile of every one, in the
+same pass, a writer each.
 
 The job (`rsgrpc.engine.table_job`) checks the raster's path and limits here at the
 door, plans its tiles for the larger of its two passes, and runs this pass once the
@@ -42,14 +44,20 @@ _SUFFIXES = (".tif", ".tiff", VRT_SUFFIX)
 
 @dataclass(frozen=True)
 class RasterTarget:
-    """Where a table tool's raster goes, and how: its path (as the client names it), its
-    data type and nodata, and its encoding."""
+    """Where a table tool's rasters go, and how: their paths (as the client names them,
+    one unless the tool declares `TableRaster.paths`), their data type and nodata, and
+    their encoding."""
 
-    output: DataPath
-    output_path: str
+    outputs: tuple[DataPath, ...]
+    output_paths: tuple[str, ...]
     dtype: str
     nodata: float | None
     profile: OutputProfile
+
+    @property
+    def output_path(self) -> str:
+        """The first raster's path: the only one of a tool that writes one."""
+        return self.output_paths[0]
 
 
 def prepare_table_raster(
@@ -71,20 +79,24 @@ def prepare_table_raster(
             f"output path {path!r} must name a .tif, .tiff or .vrt raster",
             metadata={"field": "output path"},
         )
-    output = raster_output(data_root, path, field="output path", overwrite=overwrite)
+    paths = (path,) if raster.paths is None else raster.paths(parameters, path, len(inputs))
+    outputs = tuple(
+        raster_output(data_root, p, field="output path", overwrite=overwrite) for p in paths
+    )
     dtype, nodata = raster.output(parameters)
     fitted = (profile or DEFAULT_PROFILE).fitted_to(grid.width, grid.height)
     fitted.check_dtype(dtype, output=path)
-    check_job_limits([PlannedOutput(output, grid.shape, dtype, inputs[0].path)], fitted, session)
-    return RasterTarget(output, path, dtype, nodata, fitted)
+    planned = [PlannedOutput(o, grid.shape, dtype, inputs[0].path) for o in outputs]
+    check_job_limits(planned, fitted, session)
+    return RasterTarget(outputs, paths, dtype, nodata, fitted)
 
 
 def raster_memory(
     raster: TableRaster, parameters: Any, dtypes: Sequence[np.dtype], target: RasterTarget
 ) -> tuple[float, float]:
     """What the raster pass takes per tile pixel, as (worker, result): the kernel's
-    bytes, the tile's output and its encoding; the encoded tile waits in the job."""
-    size = np.dtype(target.dtype).itemsize
+    bytes, the tile's outputs and their encoding; the encoded tiles wait in the job."""
+    size = np.dtype(target.dtype).itemsize * len(target.outputs)
     return raster.memory(parameters, dtypes) + 2 * size, size
 
 
@@ -100,13 +112,37 @@ class RasterTileWork:
     nodatas: tuple[float | None, ...]
     output: tuple[str, float | None]
     profile: OutputProfile
+    several: bool  # the kernel's pixels are stacked, a raster each (`TableRaster.paths`)
 
 
-def _raster_tile(work: RasterTileWork, tile: Tile) -> tuple[Any, int]:
-    """Runs in a worker: read the tile of every band, compute its pixels, encode them."""
+def _raster_tile(work: RasterTileWork, tile: Tile) -> tuple[list[Any], int]:
+    """Runs in a worker: read the tile of every band, compute its pixels, encode them (a
+    tile of each raster)."""
     blocks = tuple(source.read(tile) for source in work.sources)
     out = work.kernel(blocks, work.parameters, work.index, work.nodatas, *work.output)
-    return encode_output_tile(out, tile, work.profile), sum(b.nbytes for b in blocks)
+    rasters = out if work.several else (out,)
+    encoded = [encode_output_tile(pixels, tile, work.profile) for pixels in rasters]
+    return encoded, sum(b.nbytes for b in blocks)
+
+
+class RasterWriters:
+    """The writers of a table tool's rasters, committed together: a raster that cannot
+    be published takes back those published before it."""
+
+    def __init__(self, writers: Sequence[RasterWriter]) -> None:
+        self._writers = tuple(writers)
+
+    def commit(self) -> int:
+        """Publish every raster; returns their size in bytes."""
+        written = 0
+        for count, writer in enumerate(self._writers):
+            try:
+                written += writer.commit()
+            except BaseException:
+                for published in self._writers[:count]:
+                    published.unpublish()
+                raise
+        return written
 
 
 @contextlib.contextmanager
@@ -124,9 +160,9 @@ def written_raster(
     session: Session,
     operation: Operation,
     counter: TileCounter,
-) -> Iterator[RasterWriter]:
-    """Every tile of the raster computed and written; yields the writer for the caller to
-    commit, and removes the raster if it does not."""
+) -> Iterator[RasterWriters]:
+    """Every tile of the rasters computed and written; yields their writers for the caller
+    to commit, and removes the rasters if it does not."""
     work = RasterTileWork(
         raster.kernel,
         parameters,
@@ -135,24 +171,32 @@ def written_raster(
         nodatas,
         (target.dtype, target.nodata),
         target.profile,
+        raster.paths is not None,
     )
-    with RasterWriter(
-        target.output,
-        width=grid.width,
-        height=grid.height,
-        dtype=target.dtype,
-        nodata=target.nodata,
-        crs=grid.crs,
-        transform=grid.transform,
-        profile=target.profile,
-        overwrite=overwrite,
-        scratch_directory=session.temporary_directory,
-    ) as writer:
+    with contextlib.ExitStack() as stack:
+        writers = [
+            stack.enter_context(
+                RasterWriter(
+                    output,
+                    width=grid.width,
+                    height=grid.height,
+                    dtype=target.dtype,
+                    nodata=target.nodata,
+                    crs=grid.crs,
+                    transform=grid.transform,
+                    profile=target.profile,
+                    overwrite=overwrite,
+                    scratch_directory=session.temporary_directory,
+                )
+            )
+            for output in target.outputs
+        ]
 
-        def consume(result: tuple[Any, int]) -> None:
+        def consume(result: tuple[list[Any], int]) -> None:
             encoded, read = result
-            writer.write(encoded)
-            counter.add(read=read, written=encoded.data.nbytes)
+            for writer, tile in zip(writers, encoded, strict=True):
+                writer.write(tile)
+            counter.add(read=read, written=sum(tile.data.nbytes for tile in encoded))
 
         run_tiles(
             session.executor,
@@ -162,4 +206,4 @@ def written_raster(
             consume,
             in_flight=plan.in_flight,
         )
-        yield writer
+        yield RasterWriters(writers)

@@ -24,7 +24,7 @@ from rsgrpc.server.status import reports_errors
 from rsgrpc.v1 import bandset_pb2, bandset_pb2_grpc
 
 _NAME = re.compile(r"^(sessions/[^/]+)/bandsets/([0-9]{1,9})$")
-_UPDATABLE = ("display_name", "date", "root_directory", "bands", "sensor", "current")
+_UPDATABLE = ("display_name", "date", "root_directory", "bands", "sensor", "current", "box")
 _MAX_PAGE = 1000
 
 
@@ -71,7 +71,20 @@ def bandset_to_proto(
         sensor=bandset.sensor,
         current=current,
         bandset_number=number,
+        box=None
+        if bandset.box is None
+        else bandset_pb2.Extent(**dict(zip(_EDGES, bandset.box, strict=True))),
     )
+
+
+_EDGES = ("left", "top", "right", "bottom")
+
+
+def box_of(given: bandset_pb2.BandSet, field: str = "") -> tuple[float, ...] | None:
+    """The band set's box, checked; None when the message has none."""
+    if not given.HasField("box"):
+        return None
+    return bandsets.check_box(*(getattr(given.box, e) for e in _EDGES), f"{field}box")
 
 
 def band_specs(bands) -> list[bandsets.BandSpec]:
@@ -121,6 +134,7 @@ def build_bandset(
         root_directory=root_directory,
         bands=bands,
         sensor=sensor,
+        box=box_of(given, field),
     )
 
 
@@ -139,6 +153,8 @@ def _page(page_size: int, page_token: str) -> tuple[int, int]:
 def _populated(message, field: str) -> bool:
     if field == "bands":
         return len(message.bands) > 0
+    if field == "box":
+        return message.HasField("box")
     return bool(getattr(message, field))
 
 
@@ -259,6 +275,7 @@ class BandSetServicer(bandset_pb2_grpc.BandSetServiceServicer):
                 root_directory=bandsets.check_text(merged.root_directory, "root_directory"),
                 bands=bands,
                 sensor=sensor or (previous.sensor if specs is None else ""),
+                box=box_of(given) if "box" in paths else previous.box,
             )
 
         bandset = await asyncio.to_thread(build)

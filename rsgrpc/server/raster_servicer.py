@@ -13,8 +13,10 @@ from rsgrpc.engine.band_calc import (
     BandCalcRequest,
     BandCalcResult,
     NamedInput,
+    plan_band_calc,
     plan_band_calc_script,
     prepare_band_calc_script,
+    run_band_calc,
     run_band_calc_script,
 )
 from rsgrpc.engine.band_calc_bandsets import add_outputs_to_bandsets, expand_band_calc_bandsets
@@ -27,18 +29,20 @@ from rsgrpc.engine.halo_job import (
     read_parameter_text,
     run_halo_job,
 )
+from rsgrpc.engine.label_job import prepare_label_job, run_label_job
 from rsgrpc.engine.operations import Operation, OperationStore
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile
 from rsgrpc.engine.session import Session, SessionRegistry
 from rsgrpc.engine.sieve import SieveRequest, prepare_sieve, run_sieve
+from rsgrpc.engine.spectral_distance import prepare_spectral_distance
 from rsgrpc.engine.statistics import BandStatistics
 from rsgrpc.engine.table_job import TableRequest, prepare_table_job, run_table_job
 from rsgrpc.server.auth import Caller, current_caller
 from rsgrpc.server.bandset_servicer import band_specs, build_bandset
 from rsgrpc.server.operation_servicer import answer_started, start_operation
 from rsgrpc.server.status import reports_errors
-from rsgrpc.tools import RASTER_TOOLS, TABLE_TOOLS
+from rsgrpc.tools import RASTER_TOOLS, TABLE_TOOLS, spectral_distance
 from rsgrpc.tools.spec import RasterTool, band_output
 from rsgrpc.tools.table_spec import TableTool
 from rsgrpc.v1 import raster_pb2, raster_pb2_grpc
@@ -285,6 +289,45 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             one_tile=sum(plan.tile_count for plan in job.plans) == 1,
         )
 
+    @reports_errors
+    async def BandSpectralDistance(self, request, context):
+        return await answer_started(
+            await asyncio.to_thread(self._band_spectral_distance, request, current_caller())
+        )
+
+    def _band_spectral_distance(self, request, caller: Caller):
+        """Band spectral distance, run as the band calc of its expression."""
+        session = self._session(request.session, caller)
+        with invalid_argument():
+            parameters = spectral_distance.parameters(
+                request.parameters, len(request.first_inputs), len(request.second_inputs)
+            )
+        job = prepare_spectral_distance(
+            parameters,
+            band_inputs(request.first_inputs),
+            band_inputs(request.second_inputs),
+            request.output_path,
+            overwrite=request.overwrite,
+            profile=output_profile(request.output_options),
+            virtual_output=request.virtual_output,
+            data_root=self._data_root,
+            default_profile=DEFAULT_PROFILE,
+        )
+        plan = plan_band_calc(job, session)
+
+        def run(session: Session, operation: Operation):
+            what = spectral_distance.describe(parameters)
+            session.logger.info("%s: %s", operation.name, what)
+            result = run_band_calc(job, plan, session, operation)
+            return raster_pb2.BandSpectralDistanceResponse(
+                output_path=result.output_path,
+                statistics=statistics_to_proto(result.statistics),
+            )
+
+        return start_operation(
+            self._store, session, spectral_distance.RPC, run, one_tile=plan.tile_count == 1
+        )
+
     def _declared_tool(self, tool: RasterTool, request, caller: Caller):
         """Any declared tool (`rsgrpc.tools`): its parameters checked, its job planned,
         then run as an operation named by its RPC."""
@@ -301,10 +344,15 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
             output_target(request.output),
             input_placement(request.input_grid),
         )
-        job = prepare_halo_job(halo_request, self._data_root, session, DEFAULT_PROFILE)
+        prepare, run_job = (
+            (prepare_label_job, run_label_job)
+            if tool.whole_regions
+            else (prepare_halo_job, run_halo_job)
+        )
+        job = prepare(halo_request, self._data_root, session, DEFAULT_PROFILE)
 
         def run(session: Session, operation: Operation):
-            return tool.response(run_halo_job(job, session, operation))
+            return tool.response(run_job(job, session, operation))
 
         return start_operation(
             self._store,
@@ -334,7 +382,10 @@ class RasterServicer(raster_pb2_grpc.RasterServiceServicer):
 
         def run(session: Session, operation: Operation):
             result = run_table_job(job, session, operation)
-            raster = () if tool.raster is None else (result.raster_path,)
+            raster = ()
+            if tool.raster is not None:
+                several = tool.raster.paths is not None
+                raster = (result.raster_paths if several else result.raster_path,)
             return tool.response(result.table, result.output_path, table_request.inputs, *raster)
 
         return start_operation(

@@ -3,11 +3,14 @@ an RPC, the client a method and the CLI a command for each, in this order."""
 
 from __future__ import annotations
 
+from rsgrpc.tools.clustering import BAND_CLUSTERING
 from rsgrpc.tools.combination import BAND_COMBINATION
 from rsgrpc.tools.cross_classification import CROSS_CLASSIFICATION
 from rsgrpc.tools.mask import BAND_MASK
 from rsgrpc.tools.morphology import DILATION, EROSION
 from rsgrpc.tools.neighbor_pixels import NEIGHBOR_PIXELS
+from rsgrpc.tools.pca import BAND_PCA
+from rsgrpc.tools.raster_label import RASTER_LABEL
 from rsgrpc.tools.reclassification import RECLASSIFICATION
 from rsgrpc.tools.report import RASTER_REPORT
 from rsgrpc.tools.spec import RasterTool
@@ -20,6 +23,7 @@ RASTER_TOOLS: tuple[RasterTool, ...] = (
     NEIGHBOR_PIXELS,
     RECLASSIFICATION,
     BAND_MASK,
+    RASTER_LABEL,
 )
 
 
@@ -37,6 +41,8 @@ TABLE_TOOLS: tuple[TableTool, ...] = (
     BAND_COMBINATION,
     RASTER_ZONAL_STATS,
     CROSS_CLASSIFICATION,
+    BAND_CLUSTERING,
+    BAND_PCA,
 )
 
 

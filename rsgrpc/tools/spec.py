@@ -143,6 +143,12 @@ class RasterTool(Generic[P]):
     raster_path_input: bool = False
     auxiliary: Callable[[P], AuxiliaryBand | None] = no_auxiliary
     check_auxiliary: Callable[[P, np.dtype, float | None, str], None] = any_auxiliary
+    # Its output depends on whole connected patches, across tiles: run by
+    # `rsgrpc.engine.label_job` in three passes, `kernel(tile, p, placement, nodata)`
+    # labelling one tile in pass 1 (no halo).
+    whole_regions: bool = False
+    # The engine's output attributes its output message has beside `band_output`'s.
+    statistics: tuple[str, ...] = ()
 
     @property
     def process(self) -> str:
@@ -151,7 +157,12 @@ class RasterTool(Generic[P]):
 
     def response(self, outputs: list[Any]) -> Any:
         """The response message of the engine's outputs (`rsgrpc.engine.halo_job`)."""
-        return self.response_type(outputs=[self.output_type(**band_output(o)) for o in outputs])
+        return self.response_type(
+            outputs=[
+                self.output_type(**band_output(o), **{s: getattr(o, s) for s in self.statistics})
+                for o in outputs
+            ]
+        )
 
 
 def band_output(output: Any) -> dict[str, Any]:

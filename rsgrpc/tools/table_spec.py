@@ -53,6 +53,11 @@ class TableRaster(Generic[P]):
     merged table (picklable: it goes with each tile); ``kernel(blocks, p, index,
     nodatas, out_dtype, out_nodata)`` is a module-level function run in the workers that
     returns the tile's pixels.
+
+    ``paths(p, path, bands)``, where the tool writes several rasters from the one pass,
+    names them from the client's path and the number of input bands; its kernel then
+    returns their pixels stacked on a first axis, and ``memory`` counts them all. None:
+    one raster, at the client's path.
     """
 
     wanted: Callable[[P], bool]
@@ -60,10 +65,15 @@ class TableRaster(Generic[P]):
     memory: Callable[[P, Sequence[np.dtype]], float]
     index: Callable[[P, Any], Any]
     kernel: Callable[..., np.ndarray]
+    paths: Callable[[P, str, int], tuple[str, ...]] | None = None
 
 
 def _always(parameters: Any) -> bool:
     return True
+
+
+def _one_pass(parameters: Any) -> int:
+    return 1
 
 
 def number_argument(arguments: dict[str, Any], name: str) -> float | None:
@@ -146,6 +156,8 @@ class TableTool(Generic[P]):
     request_parameters: Callable[[dict[str, Any]], Any]
     input_argument: str
     inputs: tuple[int, int] = (1, 1)
+    # Remotior's argument that names the output.
+    output_argument: str = "output_path"
     # The bands a request names, in the order the kernel takes them (its `inputs`, or
     # bands of other roles too, such as zones), raising ParameterError.
     request_bands: Callable[[Any], Sequence[Any]] = _request_inputs
@@ -166,6 +178,17 @@ class TableTool(Generic[P]):
     # The client's outcome of a response and Remotior's arguments: its paths and its
     # `extra` (None: the file alone).
     outcome: Callable[[Any, dict[str, Any]], tuple[list[str], dict[str, Any]]] | None = None
+    # Repeated reduce passes, for an iterative method (k-means): after each pass over the
+    # tiles, ``next_pass(p, merged)`` gives the parameters made from that pass's merged
+    # table and whether another pass runs with them; ``passes(p)`` bounds the passes. The
+    # table (from the last pass's merged table) and the raster take the last parameters.
+    next_pass: Callable[[P, Any], tuple[P, bool]] | None = None
+    passes: Callable[[P], int] = _one_pass
+    # Whether the kernel also takes the tile it reads (``tile=``, with its ``row`` and
+    # ``col`` in the grid), for a table that depends on where pixels are.
+    kernel_tile: bool = False
+    # The warm cases (`rsgrpc_kernels.warm.WARM_CASES`) that compile what its kernels call.
+    warm: tuple[str, ...] = ()
 
     @property
     def process(self) -> str:

@@ -138,6 +138,7 @@ class BandSet(_message.Message):
     SENSOR_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
     BANDSET_NUMBER_FIELD_NUMBER: _builtins.int
+    BOX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `sessions/{session}/bandsets/{bandset}`, where
     `{bandset}` is the band set's number in the catalog.
@@ -167,6 +168,14 @@ class BandSet(_message.Message):
     def bands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Band]:
         """The bands, in order."""
 
+    @_builtins.property
+    def box(self) -> Global___Extent:
+        """Optional area the band tools read the band set's bands in (Remotior's
+        `box_coordinate_list`), in its bands' CRS: when set, a band tool given the
+        band set clips its bands to it, in the place of the tool's `extent_list`,
+        as Remotior does.
+        """
+
     def __init__(
         self,
         *,
@@ -178,14 +187,51 @@ class BandSet(_message.Message):
         sensor: _builtins.str = ...,
         current: _builtins.bool = ...,
         bandset_number: _builtins.int = ...,
+        box: Global___Extent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "bandset_number", b"bandset_number", "current", b"current", "date", b"date", "display_name", b"display_name", "name", b"name", "root_directory", b"root_directory", "sensor", b"sensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "bandset_number", b"bandset_number", "box", b"box", "current", b"current", "date", b"date", "display_name", b"display_name", "name", b"name", "root_directory", b"root_directory", "sensor", b"sensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BandSet: _TypeAlias = BandSet  # noqa: Y015
+
+@_typing.final
+class Extent(_message.Message):
+    """A rectangle in a raster's CRS, as Remotior's `extent_list` and
+    `box_coordinate_list` give it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEFT_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    BOTTOM_FIELD_NUMBER: _builtins.int
+    left: _builtins.float
+    """The west edge."""
+    top: _builtins.float
+    """The north edge; greater than `bottom`."""
+    right: _builtins.float
+    """The east edge; greater than `left`."""
+    bottom: _builtins.float
+    """The south edge."""
+    def __init__(
+        self,
+        *,
+        left: _builtins.float = ...,
+        top: _builtins.float = ...,
+        right: _builtins.float = ...,
+        bottom: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bottom", b"bottom", "left", b"left", "right", b"right", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Extent: _TypeAlias = Extent  # noqa: Y015
 
 @_typing.final
 class CreateBandSetRequest(_message.Message):

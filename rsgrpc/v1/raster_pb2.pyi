@@ -291,6 +291,66 @@ ZONAL_STATISTIC_SUM: ZonalStatistic.ValueType  # 8
 """The sum of the values (Remotior's "Sum")."""
 Global___ZonalStatistic: _TypeAlias = ZonalStatistic  # noqa: Y015
 
+class _SpectralDistanceAlgorithm:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpectralDistanceAlgorithmEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpectralDistanceAlgorithm.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPECTRAL_DISTANCE_ALGORITHM_UNSPECIFIED: _SpectralDistanceAlgorithm.ValueType  # 0
+    """Euclidean distance."""
+    SPECTRAL_DISTANCE_ALGORITHM_EUCLIDEAN: _SpectralDistanceAlgorithm.ValueType  # 1
+    """Euclidean distance: sqrt(sum((a - b)^2)) (Remotior's `md`)."""
+    SPECTRAL_DISTANCE_ALGORITHM_SPECTRAL_ANGLE: _SpectralDistanceAlgorithm.ValueType  # 2
+    """Spectral angle in degrees: arccos(sum(a b) / sqrt(sum(a^2) sum(b^2)))
+    (Remotior's `sam`).
+    """
+
+class SpectralDistanceAlgorithm(_SpectralDistanceAlgorithm, metaclass=_SpectralDistanceAlgorithmEnumTypeWrapper):
+    """How BandSpectralDistance measures the distance between two pixels' spectra."""
+
+SPECTRAL_DISTANCE_ALGORITHM_UNSPECIFIED: SpectralDistanceAlgorithm.ValueType  # 0
+"""Euclidean distance."""
+SPECTRAL_DISTANCE_ALGORITHM_EUCLIDEAN: SpectralDistanceAlgorithm.ValueType  # 1
+"""Euclidean distance: sqrt(sum((a - b)^2)) (Remotior's `md`)."""
+SPECTRAL_DISTANCE_ALGORITHM_SPECTRAL_ANGLE: SpectralDistanceAlgorithm.ValueType  # 2
+"""Spectral angle in degrees: arccos(sum(a b) / sqrt(sum(a^2) sum(b^2)))
+(Remotior's `sam`).
+"""
+Global___SpectralDistanceAlgorithm: _TypeAlias = SpectralDistanceAlgorithm  # noqa: Y015
+
+class _ClusteringSeeding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ClusteringSeedingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClusteringSeeding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CLUSTERING_SEEDING_UNSPECIFIED: _ClusteringSeeding.ValueType  # 0
+    """Band mean, Remotior's default; or the given `seed_centres`."""
+    CLUSTERING_SEEDING_BAND_MEAN: _ClusteringSeeding.ValueType  # 1
+    """Centre c of k at min + (max - min) / k * (c + 0.5) in each band, over the
+    pixels valid in every band (Remotior's "band mean").
+    """
+    CLUSTERING_SEEDING_RANDOM_PIXEL: _ClusteringSeeding.ValueType  # 2
+    """The values of k valid pixels drawn at random from `seed` (Remotior's
+    "random pixel").
+    """
+
+class ClusteringSeeding(_ClusteringSeeding, metaclass=_ClusteringSeedingEnumTypeWrapper):
+    """How BandClustering seeds its centres (Remotior's `seed_signatures`)."""
+
+CLUSTERING_SEEDING_UNSPECIFIED: ClusteringSeeding.ValueType  # 0
+"""Band mean, Remotior's default; or the given `seed_centres`."""
+CLUSTERING_SEEDING_BAND_MEAN: ClusteringSeeding.ValueType  # 1
+"""Centre c of k at min + (max - min) / k * (c + 0.5) in each band, over the
+pixels valid in every band (Remotior's "band mean").
+"""
+CLUSTERING_SEEDING_RANDOM_PIXEL: ClusteringSeeding.ValueType  # 2
+"""The values of k valid pixels drawn at random from `seed` (Remotior's
+"random pixel").
+"""
+Global___ClusteringSeeding: _TypeAlias = ClusteringSeeding  # noqa: Y015
+
 @_typing.final
 class RasterInput(_message.Message):
     """One band of a raster, named for use in an expression."""
@@ -504,7 +564,7 @@ class BandCalcRequest(_message.Message):
         """Output encoding."""
 
     @_builtins.property
-    def extent(self) -> Global___Extent:
+    def extent(self) -> _bandset_pb2.Extent:
         """The output's extent in the inputs' CRS (Remotior's `extent_list`), moved
         to the nearest pixel lines of the first input of the output's pixel size
         (or of the finest) and kept within that input's extent; with
@@ -558,7 +618,7 @@ class BandCalcRequest(_message.Message):
         output_scale: _builtins.float | None = ...,
         output_offset: _builtins.float | None = ...,
         extent_union: _builtins.bool = ...,
-        extent: Global___Extent | None = ...,
+        extent: _bandset_pb2.Extent | None = ...,
         extent_raster_path: _builtins.str = ...,
         align_raster_path: _builtins.str = ...,
         pixel_size_x: _builtins.float | None = ...,
@@ -595,40 +655,6 @@ class BandCalcRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__value_as_nodata) -> _WhichOneofReturnType__value_as_nodata | None: ...
 
 Global___BandCalcRequest: _TypeAlias = BandCalcRequest  # noqa: Y015
-
-@_typing.final
-class Extent(_message.Message):
-    """A rectangle in a raster's CRS, as Remotior's `extent_list` gives it."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LEFT_FIELD_NUMBER: _builtins.int
-    TOP_FIELD_NUMBER: _builtins.int
-    RIGHT_FIELD_NUMBER: _builtins.int
-    BOTTOM_FIELD_NUMBER: _builtins.int
-    left: _builtins.float
-    """The west edge."""
-    top: _builtins.float
-    """The north edge; greater than `bottom`."""
-    right: _builtins.float
-    """The east edge; greater than `left`."""
-    bottom: _builtins.float
-    """The south edge."""
-    def __init__(
-        self,
-        *,
-        left: _builtins.float = ...,
-        top: _builtins.float = ...,
-        right: _builtins.float = ...,
-        bottom: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bottom", b"bottom", "left", b"left", "right", b"right", "top", b"top"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Extent: _TypeAlias = Extent  # noqa: Y015
 
 @_typing.final
 class BandStatistics(_message.Message):
@@ -847,7 +873,7 @@ class InputGrid(_message.Message):
     (Remotior's default, `multiple_resolution=True`).
     """
     @_builtins.property
-    def extent(self) -> Global___Extent:
+    def extent(self) -> _bandset_pb2.Extent:
         """Clip each input to this extent (Remotior's `extent_list`), in the inputs'
         CRS: its edges move to the nearest pixel lines of the input (of the first
         input with `first_input_resolution`) and, without it, are kept within the
@@ -864,7 +890,7 @@ class InputGrid(_message.Message):
     def __init__(
         self,
         *,
-        extent: Global___Extent | None = ...,
+        extent: _bandset_pb2.Extent | None = ...,
         first_input_resolution: _builtins.bool = ...,
         reference: Global___RasterBand | None = ...,
     ) -> None: ...
@@ -2872,3 +2898,714 @@ class CrossClassificationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CrossClassificationResponse: _TypeAlias = CrossClassificationResponse  # noqa: Y015
+
+@_typing.final
+class BandSpectralDistanceParameters(_message.Message):
+    """What BandSpectralDistance computes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    NODATA_VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    algorithm: Global___SpectralDistanceAlgorithm.ValueType
+    """The distance."""
+    nodata_value: _builtins.float
+    """Pixels where any band of either set holds this value are nodata too
+    (Remotior's `nodata_value`), beside each band's own nodata.
+    """
+    threshold: _builtins.float
+    """When set, the output is 1 where the distance exceeds it and 0 elsewhere
+    (Remotior's `threshold`).
+    """
+    def __init__(
+        self,
+        *,
+        algorithm: Global___SpectralDistanceAlgorithm.ValueType = ...,
+        nodata_value: _builtins.float | None = ...,
+        threshold: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "_threshold", b"_threshold", "nodata_value", b"nodata_value", "threshold", b"threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "_threshold", b"_threshold", "algorithm", b"algorithm", "nodata_value", b"nodata_value", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nodata_value: _TypeAlias = _typing.Literal["nodata_value"]  # noqa: Y015
+    _WhichOneofArgType__nodata_value: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value"]  # noqa: Y015
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nodata_value) -> _WhichOneofReturnType__nodata_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+
+Global___BandSpectralDistanceParameters: _TypeAlias = BandSpectralDistanceParameters  # noqa: Y015
+
+@_typing.final
+class BandSpectralDistanceRequest(_message.Message):
+    """Request for BandSpectralDistance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    FIRST_INPUTS_FIELD_NUMBER: _builtins.int
+    SECOND_INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    VIRTUAL_OUTPUT_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session's resource name, `sessions/{id}`."""
+    output_path: _builtins.str
+    """Path of the output raster, Float32 with nodata -32768 (a data path: see
+    `RasterInput.path`).
+    """
+    overwrite: _builtins.bool
+    """Replace an existing output."""
+    virtual_output: _builtins.bool
+    """Write the output as a VRT whose source is a GeoTIFF beside it, as
+    Remotior's virtual output; also when `output_path` ends in `.vrt`.
+    """
+    @_builtins.property
+    def first_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The first band set's bands, in order."""
+
+    @_builtins.property
+    def second_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The second band set's bands, in order: as many as `first_inputs`, on the
+        same grid.
+        """
+
+    @_builtins.property
+    def parameters(self) -> Global___BandSpectralDistanceParameters:
+        """What to compute."""
+
+    @_builtins.property
+    def output_options(self) -> Global___OutputOptions:
+        """Output encoding."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        first_inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        second_inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___BandSpectralDistanceParameters | None = ...,
+        output_path: _builtins.str = ...,
+        overwrite: _builtins.bool = ...,
+        output_options: Global___OutputOptions | None = ...,
+        virtual_output: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output_options", b"output_options", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_inputs", b"first_inputs", "output_options", b"output_options", "output_path", b"output_path", "overwrite", b"overwrite", "parameters", b"parameters", "second_inputs", b"second_inputs", "session", b"session", "virtual_output", b"virtual_output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandSpectralDistanceRequest: _TypeAlias = BandSpectralDistanceRequest  # noqa: Y015
+
+@_typing.final
+class BandSpectralDistanceResponse(_message.Message):
+    """Response of BandSpectralDistance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the output raster."""
+    @_builtins.property
+    def statistics(self) -> Global___BandStatistics:
+        """Statistics of its valid pixels."""
+
+    def __init__(
+        self,
+        *,
+        output_path: _builtins.str = ...,
+        statistics: Global___BandStatistics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_path", b"output_path", "statistics", b"statistics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandSpectralDistanceResponse: _TypeAlias = BandSpectralDistanceResponse  # noqa: Y015
+
+@_typing.final
+class RasterLabelParameters(_message.Message):
+    """Parameters of RasterLabel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    connectivity: _builtins.int
+    """4 (Remotior's, the default when 0) or 8: the neighbours that join a patch."""
+    pixel_count: _builtins.bool
+    """Write each patch's pixel count, as Remotior does, in place of its label."""
+    def __init__(
+        self,
+        *,
+        connectivity: _builtins.int = ...,
+        pixel_count: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connectivity", b"connectivity", "pixel_count", b"pixel_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterLabelParameters: _TypeAlias = RasterLabelParameters  # noqa: Y015
+
+@_typing.final
+class RasterLabelRequest(_message.Message):
+    """Request of RasterLabel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """Bands to label (integer or float); each gives one UInt32 output, nodata 0."""
+
+    @_builtins.property
+    def parameters(self) -> Global___RasterLabelParameters:
+        """Connectivity and what each patch's pixels hold."""
+
+    @_builtins.property
+    def output(self) -> Global___ToolOutput:
+        """Where the outputs go."""
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where each input is placed before it is labelled."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___RasterLabelParameters | None = ...,
+        output: Global___ToolOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterLabelRequest: _TypeAlias = RasterLabelRequest  # noqa: Y015
+
+@_typing.final
+class RasterLabelOutput(_message.Message):
+    """What RasterLabel did to one input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    PIXELS_CHANGED_FIELD_NUMBER: _builtins.int
+    REGION_COUNT_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the output (a data path: see `RasterInput.path`)."""
+    pixels_changed: _builtins.int
+    """Pixels whose output value differs from the input's."""
+    region_count: _builtins.int
+    """Patches labelled: the largest label."""
+    @_builtins.property
+    def input(self) -> Global___RasterBand:
+        """The input band."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RasterBand | None = ...,
+        output_path: _builtins.str = ...,
+        pixels_changed: _builtins.int = ...,
+        region_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output_path", b"output_path", "pixels_changed", b"pixels_changed", "region_count", b"region_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterLabelOutput: _TypeAlias = RasterLabelOutput  # noqa: Y015
+
+@_typing.final
+class RasterLabelResponse(_message.Message):
+    """Response of RasterLabel, one output per input in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterLabelOutput]:
+        """The outputs."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___RasterLabelOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RasterLabelResponse: _TypeAlias = RasterLabelResponse  # noqa: Y015
+
+@_typing.final
+class BandPcaParameters(_message.Message):
+    """What BandPca computes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NORMALIZE_FIELD_NUMBER: _builtins.int
+    NUMBER_COMPONENTS_FIELD_NUMBER: _builtins.int
+    NODATA_VALUE_FIELD_NUMBER: _builtins.int
+    normalize: _builtins.bool
+    """Decompose the correlation matrix (the bands standardized by their standard
+    deviation) rather than the covariance matrix (Remotior's `normalize`).
+    """
+    number_components: _builtins.int
+    """At most this many components are written as rasters, the largest first;
+    unset or -1: one per band (Remotior's None). 0 and other negative values
+    are refused.
+    """
+    nodata_value: _builtins.float
+    """A value that makes a pixel nodata in any band, besides each band's own
+    nodata (Remotior's `nodata_value`).
+    """
+    def __init__(
+        self,
+        *,
+        normalize: _builtins.bool = ...,
+        number_components: _builtins.int | None = ...,
+        nodata_value: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "_number_components", b"_number_components", "nodata_value", b"nodata_value", "number_components", b"number_components"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "_number_components", b"_number_components", "nodata_value", b"nodata_value", "normalize", b"normalize", "number_components", b"number_components"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nodata_value: _TypeAlias = _typing.Literal["nodata_value"]  # noqa: Y015
+    _WhichOneofArgType__nodata_value: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value"]  # noqa: Y015
+    _WhichOneofReturnType__number_components: _TypeAlias = _typing.Literal["number_components"]  # noqa: Y015
+    _WhichOneofArgType__number_components: _TypeAlias = _typing.Literal["_number_components", b"_number_components"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nodata_value) -> _WhichOneofReturnType__nodata_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__number_components) -> _WhichOneofReturnType__number_components | None: ...
+
+Global___BandPcaParameters: _TypeAlias = BandPcaParameters  # noqa: Y015
+
+@_typing.final
+class BandPcaRequest(_message.Message):
+    """Request of BandPca."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The bands, from 1 to 64, on one grid."""
+
+    @_builtins.property
+    def parameters(self) -> Global___BandPcaParameters:
+        """What to compute."""
+
+    @_builtins.property
+    def output(self) -> Global___RasterTableOutput:
+        """Where the components go: `path` names them, each written beside it as
+        `{stem}_pc{n}` with its suffix, and the CSV file as `{stem}.csv`, as
+        Remotior names them.
+        """
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where the inputs are placed before they are read (their extent)."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___BandPcaParameters | None = ...,
+        output: Global___RasterTableOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandPcaRequest: _TypeAlias = BandPcaRequest  # noqa: Y015
+
+@_typing.final
+class BandPcaRow(_message.Message):
+    """One principal component."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPONENT_FIELD_NUMBER: _builtins.int
+    EIGENVALUE_FIELD_NUMBER: _builtins.int
+    EXPLAINED_VARIANCE_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_VARIANCE_FIELD_NUMBER: _builtins.int
+    EIGENVECTOR_FIELD_NUMBER: _builtins.int
+    component: _builtins.int
+    """The component's number, from 1, by decreasing eigenvalue."""
+    eigenvalue: _builtins.float
+    """Its eigenvalue: the variance of the component."""
+    explained_variance: _builtins.float
+    """Percentage of the total variance it accounts for."""
+    cumulative_variance: _builtins.float
+    """Percentage accounted for by this component and the ones before it."""
+    @_builtins.property
+    def eigenvector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Its eigenvector: a loading per band in the order of the inputs, of unit
+        length, its largest-magnitude loading positive (the first such).
+        """
+
+    def __init__(
+        self,
+        *,
+        component: _builtins.int = ...,
+        eigenvalue: _builtins.float = ...,
+        explained_variance: _builtins.float = ...,
+        cumulative_variance: _builtins.float = ...,
+        eigenvector: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component", b"component", "cumulative_variance", b"cumulative_variance", "eigenvalue", b"eigenvalue", "eigenvector", b"eigenvector", "explained_variance", b"explained_variance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandPcaRow: _TypeAlias = BandPcaRow  # noqa: Y015
+
+@_typing.final
+class BandPcaResponse(_message.Message):
+    """Response of BandPca."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    RASTER_PATHS_FIELD_NUMBER: _builtins.int
+    PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    MEANS_FIELD_NUMBER: _builtins.int
+    COVARIANCE_FIELD_NUMBER: _builtins.int
+    CORRELATION_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    DATA_TYPE_FIELD_NUMBER: _builtins.int
+    NODATA_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the CSV file."""
+    pixel_count: _builtins.int
+    """Pixels valid in every band: the statistics' sample."""
+    data_type: Global___DataType.ValueType
+    """Data type of the components' rasters (Remotior's float32)."""
+    nodata: _builtins.float
+    """Nodata of the components' rasters (Remotior's -32768)."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The inputs."""
+
+    @_builtins.property
+    def raster_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Path of each component's raster, the first component first."""
+
+    @_builtins.property
+    def means(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Each band's mean over those pixels."""
+
+    @_builtins.property
+    def covariance(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The covariance matrix of the bands (sample covariance, divided by
+        `pixel_count - 1`), row by row.
+        """
+
+    @_builtins.property
+    def correlation(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The correlation matrix of the bands, row by row (0 beside a constant band)."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___BandPcaRow]:
+        """A row per component, every band's, whether or not written as a raster."""
+
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        output_path: _builtins.str = ...,
+        raster_paths: _abc.Iterable[_builtins.str] | None = ...,
+        pixel_count: _builtins.int = ...,
+        means: _abc.Iterable[_builtins.float] | None = ...,
+        covariance: _abc.Iterable[_builtins.float] | None = ...,
+        correlation: _abc.Iterable[_builtins.float] | None = ...,
+        rows: _abc.Iterable[Global___BandPcaRow] | None = ...,
+        data_type: Global___DataType.ValueType = ...,
+        nodata: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation", b"correlation", "covariance", b"covariance", "data_type", b"data_type", "inputs", b"inputs", "means", b"means", "nodata", b"nodata", "output_path", b"output_path", "pixel_count", b"pixel_count", "raster_paths", b"raster_paths", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandPcaResponse: _TypeAlias = BandPcaResponse  # noqa: Y015
+
+@_typing.final
+class ClusterCentre(_message.Message):
+    """A centre: a value per input band, in the order of the inputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The values."""
+
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterCentre: _TypeAlias = ClusterCentre  # noqa: Y015
+
+@_typing.final
+class BandClusteringParameters(_message.Message):
+    """How BandClustering clusters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALGORITHM_NAME_FIELD_NUMBER: _builtins.int
+    CLASS_NUMBER_FIELD_NUMBER: _builtins.int
+    SEEDING_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SEED_CENTRES_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
+    NODATA_VALUE_FIELD_NUMBER: _builtins.int
+    algorithm_name: _builtins.str
+    """Remotior's `algorithm_name`: "minimum distance" ("md", the default when
+    empty) or "spectral angle mapping" ("sam"); the pixel's nearest centre by
+    Euclidean distance or by spectral angle.
+    """
+    class_number: _builtins.int
+    """The number of clusters (Remotior's `class_number`), from 1 to 1024; 0
+    with `seed_centres` takes their number.
+    """
+    seeding: Global___ClusteringSeeding.ValueType
+    """How the centres are seeded, unless `seed_centres` are given."""
+    seed: _builtins.int
+    """The seed of CLUSTERING_SEEDING_RANDOM_PIXEL's draw."""
+    threshold: _builtins.float
+    """Stop once no centre moves farther than this (Euclidean distance, or the
+    spectral angle in degrees); unset: stop after `max_iterations` or when no
+    centre moves.
+    """
+    max_iterations: _builtins.int
+    """The most Lloyd iterations (each assigns every pixel and moves the
+    centres), from 1 to 1000; 0: 10, Remotior's default.
+    """
+    nodata_value: _builtins.float
+    """Pixels where any input holds this value are nodata too (Remotior's
+    `nodata_value`), beside each band's own nodata.
+    """
+    @_builtins.property
+    def seed_centres(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterCentre]:
+        """Given seed centres (Remotior's signatures as `seed_signatures`)."""
+
+    def __init__(
+        self,
+        *,
+        algorithm_name: _builtins.str = ...,
+        class_number: _builtins.int = ...,
+        seeding: Global___ClusteringSeeding.ValueType = ...,
+        seed: _builtins.int = ...,
+        seed_centres: _abc.Iterable[Global___ClusterCentre] | None = ...,
+        threshold: _builtins.float | None = ...,
+        max_iterations: _builtins.int = ...,
+        nodata_value: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "_threshold", b"_threshold", "nodata_value", b"nodata_value", "threshold", b"threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "_threshold", b"_threshold", "algorithm_name", b"algorithm_name", "class_number", b"class_number", "max_iterations", b"max_iterations", "nodata_value", b"nodata_value", "seed", b"seed", "seed_centres", b"seed_centres", "seeding", b"seeding", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nodata_value: _TypeAlias = _typing.Literal["nodata_value"]  # noqa: Y015
+    _WhichOneofArgType__nodata_value: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value"]  # noqa: Y015
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nodata_value) -> _WhichOneofReturnType__nodata_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+
+Global___BandClusteringParameters: _TypeAlias = BandClusteringParameters  # noqa: Y015
+
+@_typing.final
+class BandClusteringRequest(_message.Message):
+    """Request of BandClustering."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_GRID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """The session that runs it, `sessions/{session}`."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The bands to cluster, from 1 to 64, on one grid."""
+
+    @_builtins.property
+    def parameters(self) -> Global___BandClusteringParameters:
+        """How to cluster."""
+
+    @_builtins.property
+    def output(self) -> Global___RasterTableOutput:
+        """Where the raster goes; the CSV file of centres is beside it."""
+
+    @_builtins.property
+    def input_grid(self) -> Global___InputGrid:
+        """Where the inputs are placed before they are clustered (their extent)."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        parameters: Global___BandClusteringParameters | None = ...,
+        output: Global___RasterTableOutput | None = ...,
+        input_grid: Global___InputGrid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "output", b"output", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_grid", b"input_grid", "inputs", b"inputs", "output", b"output", "parameters", b"parameters", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandClusteringRequest: _TypeAlias = BandClusteringRequest  # noqa: Y015
+
+@_typing.final
+class BandClusteringRow(_message.Message):
+    """A cluster: its class value in the raster, its centre and its seed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_VALUE_FIELD_NUMBER: _builtins.int
+    CENTRE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    PIXEL_COUNT_FIELD_NUMBER: _builtins.int
+    class_value: _builtins.int
+    """The class value: the cluster's number, from 1."""
+    pixel_count: _builtins.int
+    """The pixels the last iteration assigned to it."""
+    @_builtins.property
+    def centre(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The final centre, a value per input band."""
+
+    @_builtins.property
+    def seed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The seed it started from."""
+
+    def __init__(
+        self,
+        *,
+        class_value: _builtins.int = ...,
+        centre: _abc.Iterable[_builtins.float] | None = ...,
+        seed: _abc.Iterable[_builtins.float] | None = ...,
+        pixel_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["centre", b"centre", "class_value", b"class_value", "pixel_count", b"pixel_count", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandClusteringRow: _TypeAlias = BandClusteringRow  # noqa: Y015
+
+@_typing.final
+class BandClusteringResponse(_message.Message):
+    """Response of BandClustering."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
+    RASTER_PATH_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    ITERATIONS_FIELD_NUMBER: _builtins.int
+    CONVERGED_FIELD_NUMBER: _builtins.int
+    SHIFT_FIELD_NUMBER: _builtins.int
+    DATA_TYPE_FIELD_NUMBER: _builtins.int
+    NODATA_FIELD_NUMBER: _builtins.int
+    output_path: _builtins.str
+    """Path of the CSV file of centres."""
+    raster_path: _builtins.str
+    """Path of the raster of classes."""
+    iterations: _builtins.int
+    """The Lloyd iterations run."""
+    converged: _builtins.bool
+    """Whether the centres settled: none moved farther than `threshold` (or at
+    all, without one) in the last iteration.
+    """
+    shift: _builtins.float
+    """How far the centres moved in the last iteration, at most."""
+    data_type: Global___DataType.ValueType
+    """The raster's data type: UInt32, as Remotior's classification."""
+    nodata: _builtins.float
+    """The raster's nodata value: 4294967295, Remotior's for UInt32."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RasterBand]:
+        """The inputs."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___BandClusteringRow]:
+        """One row per cluster, by class value."""
+
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Iterable[Global___RasterBand] | None = ...,
+        output_path: _builtins.str = ...,
+        raster_path: _builtins.str = ...,
+        rows: _abc.Iterable[Global___BandClusteringRow] | None = ...,
+        iterations: _builtins.int = ...,
+        converged: _builtins.bool = ...,
+        shift: _builtins.float = ...,
+        data_type: Global___DataType.ValueType = ...,
+        nodata: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converged", b"converged", "data_type", b"data_type", "inputs", b"inputs", "iterations", b"iterations", "nodata", b"nodata", "output_path", b"output_path", "raster_path", b"raster_path", "rows", b"rows", "shift", b"shift"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandClusteringResponse: _TypeAlias = BandClusteringResponse  # noqa: Y015

@@ -83,6 +83,11 @@ class RasterServiceStub:
                 request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandCombinationRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.BandClustering = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/BandClustering',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandClusteringRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
         self.CrossClassification = channel.unary_unary(
                 '/rsgrpc.v1.RasterService/CrossClassification',
                 request_serializer=rsgrpc_dot_v1_dot_raster__pb2.CrossClassificationRequest.SerializeToString,
@@ -91,6 +96,21 @@ class RasterServiceStub:
         self.BandMask = channel.unary_unary(
                 '/rsgrpc.v1.RasterService/BandMask',
                 request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandMaskRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.RasterLabel = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/RasterLabel',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.RasterLabelRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.BandSpectralDistance = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/BandSpectralDistance',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandSpectralDistanceRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.BandPca = channel.unary_unary(
+                '/rsgrpc.v1.RasterService/BandPca',
+                request_serializer=rsgrpc_dot_v1_dot_raster__pb2.BandPcaRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
 
@@ -174,6 +194,17 @@ class RasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BandClustering(self, request, context):
+        """K-means clustering of a band set (Remotior's `band_clustering`): centres
+        seeded from the bands' ranges, random pixels or given values, refined by
+        Lloyd's iterations over the tiles, then a raster of each pixel's cluster
+        and the table of centres, written as a CSV file and returned in the
+        response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CrossClassification(self, request, context):
         """The cross classification of a classification raster against a reference
         (Remotior's `cross_classification`): a raster coding each pixel's
@@ -189,6 +220,35 @@ class RasterServiceServicer:
     def BandMask(self, request, context):
         """Each band with nodata where a mask raster holds one of a list of values,
         the mask optionally grown by a buffer of pixels (Remotior's `band_mask`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RasterLabel(self, request, context):
+        """Connected-component labelling of each band: every 4- or 8-connected patch
+        of valid non-zero pixels gets a label unique in the raster, numbered in
+        raster order of the patch's first pixel, or its pixel count (Remotior's
+        `raster_label`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BandSpectralDistance(self, request, context):
+        """The per-pixel spectral distance between two band sets of as many bands:
+        Euclidean distance or spectral angle in degrees, or where it exceeds a
+        threshold (Remotior's `band_spectral_distance`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BandPca(self, request, context):
+        """Principal components of a band set (Remotior's `band_pca`): the bands'
+        covariance (or correlation) over the pixels valid in every band, its
+        eigenvalues and eigenvectors, a raster per component, and the table,
+        written as a CSV file and returned in the response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,6 +302,11 @@ def add_RasterServiceServicer_to_server(servicer, server):
                     request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandCombinationRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
+            'BandClustering': grpc.unary_unary_rpc_method_handler(
+                    servicer.BandClustering,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandClusteringRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
             'CrossClassification': grpc.unary_unary_rpc_method_handler(
                     servicer.CrossClassification,
                     request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.CrossClassificationRequest.FromString,
@@ -250,6 +315,21 @@ def add_RasterServiceServicer_to_server(servicer, server):
             'BandMask': grpc.unary_unary_rpc_method_handler(
                     servicer.BandMask,
                     request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandMaskRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'RasterLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RasterLabel,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.RasterLabelRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'BandSpectralDistance': grpc.unary_unary_rpc_method_handler(
+                    servicer.BandSpectralDistance,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandSpectralDistanceRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'BandPca': grpc.unary_unary_rpc_method_handler(
+                    servicer.BandPca,
+                    request_deserializer=rsgrpc_dot_v1_dot_raster__pb2.BandPcaRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -510,6 +590,33 @@ class RasterService:
             _registered_method=True)
 
     @staticmethod
+    def BandClustering(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/BandClustering',
+            rsgrpc_dot_v1_dot_raster__pb2.BandClusteringRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CrossClassification(request,
             target,
             options=(),
@@ -552,6 +659,87 @@ class RasterService:
             target,
             '/rsgrpc.v1.RasterService/BandMask',
             rsgrpc_dot_v1_dot_raster__pb2.BandMaskRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RasterLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/RasterLabel',
+            rsgrpc_dot_v1_dot_raster__pb2.RasterLabelRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BandSpectralDistance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/BandSpectralDistance',
+            rsgrpc_dot_v1_dot_raster__pb2.BandSpectralDistanceRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BandPca(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsgrpc.v1.RasterService/BandPca',
+            rsgrpc_dot_v1_dot_raster__pb2.BandPcaRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
