@@ -95,13 +95,24 @@ class PartialOutput:
             with source.open("rb") as reader, open(self.fd, "wb", closefd=False) as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ResourceExhaustedError(
-                    f"{self.target.field} {self.target.path!r}: the data root's disk is full"
-                ) from None
-            raise RsgrpcError(
-                f"{self.target.field} {self.target.path!r} could not be written: {error.strerror}"
-            ) from None
+            raise self._write_error(error) from None
+
+    def write(self, data: bytes) -> None:
+        """Write `data` into this output; a full disk is ResourceExhaustedError."""
+        try:
+            with open(self.fd, "wb", closefd=False) as writer:
+                writer.write(data)
+        except OSError as error:
+            raise self._write_error(error) from None
+
+    def _write_error(self, error: OSError) -> RsgrpcError:
+        """What the client hears of a failed write: never a path of the server's."""
+        target = self.target
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ResourceExhaustedError(
+                f"{target.field} {target.path!r}: the data root's disk is full"
+            )
+        return RsgrpcError(f"{target.field} {target.path!r} could not be written: {error.strerror}")
 
     def link_from(self, source: Path) -> bool:
         """Make this output a hard link to ``source`` (a file of the server's own); False

@@ -12,7 +12,6 @@ workers, its merge, its row limit and its table and file in the job.
 from __future__ import annotations
 
 import contextlib
-import errno
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -27,7 +26,7 @@ from rsgrpc.engine.band_tool import (
     TileCounter,
     session_fixed_bytes,
 )
-from rsgrpc.engine.errors import InvalidArgumentError, ResourceExhaustedError, RsgrpcError
+from rsgrpc.engine.errors import InvalidArgumentError, ResourceExhaustedError
 from rsgrpc.engine.grid import Grid, band_tool_grids, sample_onto
 from rsgrpc.engine.halo_job import invalid_argument
 from rsgrpc.engine.limits import check_raster_pixels
@@ -258,17 +257,7 @@ def staged_text_output(output: DataPath, text: str, *, overwrite: bool) -> Itera
     if it does not."""
     data = text.encode()
     with PartialOutput(output, overwrite=overwrite) as partial:
-        try:
-            with open(partial.fd, "wb", closefd=False) as file:
-                file.write(data)
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ResourceExhaustedError(
-                    f"{output.field} {output.path!r}: the data root's disk is full"
-                ) from None
-            raise RsgrpcError(
-                f"{output.field} {output.path!r} could not be written: {error.strerror}"
-            ) from None
+        partial.write(data)
         yield partial
 
 

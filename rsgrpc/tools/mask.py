@@ -22,6 +22,7 @@ from rsgrpc.tools.spec import (
     RasterTool,
     ReadText,
     check_pixel_type,
+    check_values_of,
     is_value_of,
 )
 from rsgrpc.v1 import raster_pb2
@@ -121,14 +122,7 @@ def _check_band(p: MaskParameters, dtype: np.dtype, nodata: float | None, where:
 
 def _check_mask(p: MaskParameters, dtype: np.dtype, nodata: float | None, where: str) -> None:
     check_pixel_type(dtype, nodata, where, "iuf")
-    # A value no mask pixel can hold would mask nothing without a word: say so instead.
-    strangers = [v for v in p.mask_values if not is_value_of(v, dtype.name)]
-    if strangers:
-        raise ParameterError(
-            f"mask_values holds {', '.join(f'{v:g}' for v in strangers[:5])}, not a value "
-            f"of {where}, which is {dtype.name}",
-            metadata={"field": "mask_values"},
-        )
+    check_values_of(p.mask_values, dtype, where, "mask_values")
 
 
 def mask_block(

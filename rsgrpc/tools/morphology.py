@@ -17,7 +17,7 @@ from rsgrpc.tools.spec import (
     ReadText,
     check_pixel_type,
     check_size,
-    is_value_of,
+    check_values_of,
 )
 from rsgrpc.v1 import raster_pb2
 
@@ -118,14 +118,7 @@ def _memory(p: MorphologyParameters, dtype: np.dtype, out_dtype: np.dtype) -> tu
 
 def _check_band(p: MorphologyParameters, dtype: np.dtype, nodata: float | None, where: str):
     check_pixel_type(dtype, nodata, where, "iuf")
-    # A value no pixel can hold would be dropped without a word: say so instead.
-    strangers = [v for v in p.value_list if not is_value_of(v, dtype.name)]
-    if strangers:
-        raise ParameterError(
-            f"value_list holds {', '.join(f'{v:g}' for v in strangers[:5])}, not a value of "
-            f"{where}, which is {dtype.name}",
-            metadata={"field": "value_list"},
-        )
+    check_values_of(p.value_list, dtype, where, "value_list")
 
 
 def _same_as_input(p: MorphologyParameters, dtype: np.dtype, nodata: float | None):

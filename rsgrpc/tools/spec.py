@@ -208,6 +208,18 @@ def check_size(size: int, maximum: int) -> None:
         )
 
 
+def check_values_of(values, dtype: np.dtype, where: str, field: str) -> None:
+    """Refuse values a band's pixels cannot hold: a tool would otherwise match nothing
+    with them without a word."""
+    strangers = [v for v in values if not is_value_of(v, dtype.name)]
+    if strangers:
+        raise ParameterError(
+            f"{field} holds {', '.join(f'{v:g}' for v in strangers[:5])}, not a value of "
+            f"{where}, which is {dtype.name}",
+            metadata={"field": field},
+        )
+
+
 def check_pixel_type(dtype: np.dtype, nodata: float | None, where: str, kinds: str) -> None:
     """A band whose pixels are of one of `kinds` (NumPy's kind letters) and whose integer
     nodata is a value of its type."""
