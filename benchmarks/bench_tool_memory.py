@@ -1,7 +1,9 @@
 """Memory of each raster tool on a full scene, at two RAM budgets, through the Python client.
 
 ``rsgrpc serve`` runs as a subprocess (``harness.rsgrpc_server``). For every tool and
-every budget in ``--budgets`` (MiB; default 512 and 2048), a new session of 2
+every budget in ``--budgets`` (``MIB`` or ``MIBxPROCESSES``; default 512 MiB with 1
+process and 2048 MiB with 2: a worker's interpreter, numpy, numba, GDAL and kernels
+take about 130 to 270 MiB of a budget before any pixel), a new session of that many
 processes is made with the Python client (``rsgrpc.client.Session``), the tool runs
 once on a small scene (a warm-up: kernels loaded, first-call costs paid), then once on
 the ``--size`` inputs (default 10980 x 10980) while a thread samples, every
@@ -33,7 +35,7 @@ for the warm-ups. Zonal stats take Count, Mean, StandardDeviation and Median of 
 by class; clustering runs at most 5 iterations.
 
 Run: ``python benchmarks/bench_tool_memory.py [--workdir DIR] [--size N]
-[--budgets MIB ...] [--tools NAME ...] [--keep]``.
+[--budgets MIB[xPROCESSES] ...] [--tools NAME ...] [--keep]``.
 """
 
 from __future__ import annotations
@@ -72,13 +74,15 @@ from harness import (  # noqa: E402
 
 from rsgrpc.client import Session  # noqa: E402
 
-PROCESSES = 2
 BLOCK = 512
 WARM_EDGE = 1024
 NDVI = '("nir" - "red") / ("nir" + "red")'
-# The server's spare pool (started with it, of the default 2 processes) is the pool a
-# session takes; one more pool of room lets a pool start while another stops.
-MAX_PROCESSES = 2 * PROCESSES + 2
+
+
+def budget_and_processes(text: str) -> tuple[int, int]:
+    """``MIB`` (2 processes) or ``MIBxPROCESSES``."""
+    mib, _, processes = text.partition("x")
+    return int(mib), int(processes or 2)
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -437,6 +441,7 @@ def idle_look(server_pid: int, seconds: float = 0.5, interval: float = 0.05) -> 
 class Result:
     tool: str
     budget: int
+    processes: int
     seconds: float = float("nan")
     idle: Look = field(default_factory=Look)
     peak: Look = field(default_factory=Look)
@@ -484,22 +489,23 @@ def run_tool(
     server_pid: int,
     label: str,
     budget: int,
+    processes: int,
     call: Callable[[Session, str], Any],
     warm: Callable[[Session, str], Any] | None,
     interval: float,
 ) -> Result:
-    """A new session of PROCESSES processes and ``budget`` MiB: the warm-up call, then the
-    measured one; the session is deleted after."""
-    result = Result(label, budget)
+    """A new session of `processes` processes and ``budget`` MiB: the warm-up call, then
+    the measured one; the session is deleted after."""
+    result = Result(label, budget, processes)
     # available_ram under 1000 is in GiB, as in Remotior.
     ram = budget / 1024 if budget < 1000 else budget
-    rs = Session(n_processes=PROCESSES, available_ram=ram, target=address)
+    rs = Session(n_processes=processes, available_ram=ram, target=address)
     try:
         got = rs.session.available_ram_mib
-        if got != budget or rs.session.process_count != PROCESSES:
+        if got != budget or rs.session.process_count != processes:
             result.error = f"session got {rs.session.process_count} processes, {got} MiB"
             return result
-        tag = "".join(c if c.isalnum() else "_" for c in f"{label}_{budget}")
+        tag = "".join(c if c.isalnum() else "_" for c in f"{label}_{budget}x{processes}")
         if warm is not None:
             failure = _failure(warm(rs, f"warm_{tag}"))
             # A budget too small for a tile of the crop is judged on the scene's call.
@@ -519,40 +525,42 @@ def run_tool(
     return result
 
 
-def measured(address: str, server_pid: int, label: str, budget: int, *args: Any) -> Result:
+def measured(
+    address: str, server_pid: int, label: str, budget: int, processes: int, *args: Any
+) -> Result:
     """`run_tool`, a failure of the client or the session a row rather than the end."""
     try:
-        return run_tool(address, server_pid, label, budget, *args)
+        return run_tool(address, server_pid, label, budget, processes, *args)
     except Exception as error:
-        return Result(label, budget, error=f"{type(error).__name__}: {error}")
+        return Result(label, budget, processes, error=f"{type(error).__name__}: {error}")
 
 
 # ---------------------------------------------------------------------------- report
 
 
 HEADER = (
-    f"{'tool':<32} {'budget':>6} {'wall s':>7} {'idle fp':>8} {'peak fp':>8} "
+    f"{'tool':<32} {'budget':>6} {'proc':>4} {'wall s':>7} {'idle fp':>8} {'peak fp':>8} "
     f"{'fp grow':>8} {'rss grow':>8} {'srv grow':>8} {'grow/b':>7} {'total/b':>7}  aim"
 )
 
 
 def row(r: Result) -> str:
     if r.minimum is not None:
-        return f"{r.tool:<32} {r.budget:6d}  refused: {r.error.split(': ', 1)[-1]}"
+        return f"{r.tool:<32} {r.budget:6d} {r.processes:4d}  refused: {r.error.split(': ', 1)[-1]}"
     if r.error and not r.samples:
-        return f"{r.tool:<32} {r.budget:6d}  FAILED: {r.error}"
+        return f"{r.tool:<32} {r.budget:6d} {r.processes:4d}  FAILED: {r.error}"
 
     def m(n: int) -> str:
         return f"{n / MIB:8.0f}"
 
     rss_growth = r.peak.rss - r.idle.rss
     text = (
-        f"{r.tool:<32} {r.budget:6d} {r.seconds:7.1f} {m(r.idle.footprint)} "
+        f"{r.tool:<32} {r.budget:6d} {r.processes:4d} {r.seconds:7.1f} {m(r.idle.footprint)} "
         f"{m(r.peak.footprint)} {m(r.growth)} {m(rss_growth)} {m(r.server_growth)} "
         f"{r.growth / (r.budget * MIB):7.2f} {r.total / (r.budget * MIB):7.2f}  "
         f"{'failed' if r.error else 'met' if r.met else 'NOT met'}"
     )
-    if r.peak.workers != PROCESSES:
+    if r.peak.workers != r.processes:
         text += f"  ({r.peak.workers} worker processes seen)"
     if r.error:
         text += f"  FAILED: {r.error}"
@@ -562,7 +570,11 @@ def row(r: Result) -> str:
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument(
-        "--budgets", type=int, nargs="+", default=[512, 2048], help="available_ram, MiB"
+        "--budgets",
+        type=budget_and_processes,
+        nargs="+",
+        default=[(512, 1), (2048, 2)],
+        help="available_ram in MiB, and the session's processes: MIB or MIBxPROCESSES",
     )
     parser.add_argument("--tools", nargs="+", default=None, help="labels or method names")
     parser.add_argument("--interval", type=float, default=0.025, help="sampling period, s")
@@ -580,18 +592,23 @@ def main() -> None:
     data_root = workdir / "data"
     (data_root / "out").mkdir(parents=True, exist_ok=True)
     others = OtherCpu()
-    os.environ["RSGRPC_MAX_PROCESSES"] = str(MAX_PROCESSES)
-    os.environ["RSGRPC_MAX_RAM_MIB"] = str(max(4096, 2 * max(args.budgets)))
-    os.environ["RSGRPC_DEFAULT_PROCESS_COUNT"] = str(PROCESSES)
+    # A server per budget, its spare pool (started with it, of the default process count)
+    # of the sessions' size: the pool each session takes, so that the workers sampled are
+    # the session's; one more pool of room lets a pool start while another stops.
+    most = max(processes for _, processes in args.budgets)
+    max_processes = 2 * most + 2
+    os.environ["RSGRPC_MAX_PROCESSES"] = str(max_processes)
+    os.environ["RSGRPC_MAX_RAM_MIB"] = str(max(4096, 2 * max(b for b, _ in args.budgets)))
 
     print(machine())
     print(machine_load())
     for what, seconds in make_inputs(data_root, args.size).items():
         print(f"input {what}: " + (f"made in {seconds:.1f} s" if seconds else "reused"))
     print(
-        f"server: --max-processes {MAX_PROCESSES}, "
+        f"server: --max-processes {max_processes}, "
         f"--max-ram-mib {os.environ['RSGRPC_MAX_RAM_MIB']}; "
-        f"a new session of {PROCESSES} processes per tool and budget, deleted after; "
+        "a server per budget, of as many default processes as its sessions; a new "
+        "session per tool and budget, deleted after; "
         f"memory sampled every {1e3 * args.interval:.0f} ms"
     )
 
@@ -608,11 +625,15 @@ def main() -> None:
         chosen.append((label, call, warm))
 
     results: list[Result] = []
-    with rsgrpc_server(data_root, workdir / "server.log") as (address, server):
-        # Budgets outermost: every tool at the first budget before any at the next.
-        for budget in args.budgets:
+    # Budgets outermost: every tool at the first budget before any at the next.
+    for budget, processes in args.budgets:
+        os.environ["RSGRPC_DEFAULT_PROCESS_COUNT"] = str(processes)
+        log = workdir / f"server-{budget}x{processes}.log"
+        with rsgrpc_server(data_root, log) as (address, server):
             for label, call, warm in chosen:
-                result = measured(address, server.pid, label, budget, call, warm, args.interval)
+                result = measured(
+                    address, server.pid, label, budget, processes, call, warm, args.interval
+                )
                 results.append(result)
                 print(row(result), flush=True)
                 # The tightest budget the server accepts: the memory model at its edge. A
@@ -621,14 +642,21 @@ def main() -> None:
                     if result.minimum is None or args.no_minimum:
                         break
                     result = measured(
-                        address, server.pid, label, result.minimum, call, warm, args.interval
+                        address,
+                        server.pid,
+                        label,
+                        result.minimum,
+                        processes,
+                        call,
+                        warm,
+                        args.interval,
                     )
                     results.append(result)
                     print(row(result), flush=True)
 
     print()
     print(
-        f"{args.size} x {args.size} inputs, sessions of {PROCESSES} processes; MiB. "
+        f"{args.size} x {args.size} inputs; MiB; proc: the session's processes. "
         "fp: the workers' footprint, the largest worker's RSS plus the others' USS (the "
         "server's own accounting); idle fp just before the job, peak fp during it; "
         "fp grow and rss grow: peak above idle of the footprint and of the workers' summed "
