@@ -6,7 +6,6 @@ parameters refused at the door."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import subprocess
 import sys
@@ -25,12 +24,7 @@ from rsgrpc_kernels import band_mask
 from scipy import ndimage
 
 from rsgrpc.client import Session
-from rsgrpc.engine.band_tool import BandInput, OutputTarget
-from rsgrpc.engine.halo_job import HaloRequest, prepare_halo_job, run_halo_job
-from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.paths import DataRoot
-from rsgrpc.engine.raster_io import OutputProfile
-from rsgrpc.engine.tiles import TilePlan
 from rsgrpc.tools.mask import BAND_MASK, MaskParameters
 from rsgrpc.tools.spec import AuxiliaryBand
 from rsgrpc.v1 import bandset_pb2, raster_pb2, session_pb2, session_pb2_grpc
@@ -42,6 +36,7 @@ from tests.conftest import (
     watch_to_response,
     write_geotiff,
 )
+from tests.halo_job_checks import outputs_by_tile_edge
 
 NODATA = 255
 MASK_NODATA = 99
@@ -312,23 +307,12 @@ def test_many_tiles_equal_one_tile(server, session_name, tmp_path, buffer):
     write_geotiff(tmp_path / "band.tif", band, nodata=np.nan, block=64)
     write_geotiff(tmp_path / "mask.tif", mask, nodata=-1, block=64)
     parameters = MaskParameters(AuxiliaryBand("mask.tif", 1, "input_mask"), (2.0,), buffer, None)
-    profile = OutputProfile("zstd", level=1, block_size=64)
-    outputs = {}
-    for edge in (64, 512):
-        request = HaloRequest(
-            BAND_MASK,
-            parameters,
-            (BandInput("band.tif"),),
-            OutputTarget(f"out-{edge}.tif", overwrite=True),
-        )
-        job = prepare_halo_job(request, root, engine_session, profile)
-        plans = tuple(TilePlan(p.shape, edge, edge, p.in_flight, p.peak_bytes) for p in job.plans)
-        job = dataclasses.replace(job, plans=plans)
-        operation = Operation(engine_session.name, "BandMask", owner="anonymous")
-        run_halo_job(job, engine_session, operation)
-        assert operation.progress.tiles_total == plans[0].tile_count
-        outputs[edge] = _read(tmp_path, f"out-{edge}.tif")[0]
-    assert job.plans[0].tile_count == 1
+    outputs = {
+        edge: pixels
+        for edge, (pixels, _) in outputs_by_tile_edge(
+            BAND_MASK, parameters, "band.tif", root, engine_session, tmp_path
+        ).items()
+    }
     np.testing.assert_array_equal(outputs[64], outputs[512])
     np.testing.assert_array_equal(
         outputs[64], reference(band, np.nan, mask, -1, [2], buffer, np.nan)

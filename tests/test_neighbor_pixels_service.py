@@ -4,7 +4,6 @@ tiled equals untiled, cancellation, and parameters refused at the door."""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import warnings
@@ -20,12 +19,7 @@ from google.rpc import code_pb2
 from rsgrpc_kernels import focal
 
 from rsgrpc.client import Session
-from rsgrpc.engine.band_tool import BandInput, OutputTarget
-from rsgrpc.engine.halo_job import HaloRequest, prepare_halo_job, run_halo_job
-from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.paths import DataRoot
-from rsgrpc.engine.raster_io import OutputProfile
-from rsgrpc.engine.tiles import TilePlan
 from rsgrpc.tools.neighbor_pixels import NEIGHBOR_DTYPES, NEIGHBOR_PIXELS, NeighborParameters
 from rsgrpc.v1 import raster_pb2, session_pb2, session_pb2_grpc
 from tests.compat.references import structure
@@ -36,6 +30,7 @@ from tests.conftest import (
     watch_to_response,
     write_geotiff,
 )
+from tests.halo_job_checks import outputs_by_tile_edge
 
 NODATA = 255
 STATISTICS = {
@@ -251,23 +246,12 @@ def test_many_tiles_equal_one_tile(server, session_name, tmp_path, statistic):
         percentile=75.0 if statistic == "Percentile" else None,
         output_dtype=None,
     )
-    profile = OutputProfile("zstd", level=1, block_size=64)
-    outputs = {}
-    for edge in (64, 512):
-        request = HaloRequest(
-            NEIGHBOR_PIXELS,
-            parameters,
-            (BandInput("surface.tif"),),
-            OutputTarget(f"out-{edge}.tif", overwrite=True),
-        )
-        job = prepare_halo_job(request, root, engine_session, profile)
-        plans = tuple(TilePlan(p.shape, edge, edge, p.in_flight, p.peak_bytes) for p in job.plans)
-        job = dataclasses.replace(job, plans=plans)
-        operation = Operation(engine_session.name, "NeighborPixels", owner="anonymous")
-        run_halo_job(job, engine_session, operation)
-        assert operation.progress.tiles_total == plans[0].tile_count
-        outputs[edge] = _read(tmp_path, f"out-{edge}.tif")[0]
-    assert job.plans[0].tile_count == 1
+    outputs = {
+        edge: pixels
+        for edge, (pixels, _) in outputs_by_tile_edge(
+            NEIGHBOR_PIXELS, parameters, "surface.tif", root, engine_session, tmp_path
+        ).items()
+    }
     np.testing.assert_array_equal(outputs[64], outputs[512])
     structure = (
         np.array(parameters.structure, bool)

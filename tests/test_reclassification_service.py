@@ -5,7 +5,6 @@ the door."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import subprocess
@@ -23,12 +22,7 @@ from google.rpc import code_pb2
 from rsgrpc_kernels import reclassify
 
 from rsgrpc.client import Session
-from rsgrpc.engine.band_tool import BandInput, OutputTarget
-from rsgrpc.engine.halo_job import HaloRequest, prepare_halo_job, run_halo_job
-from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.paths import DataRoot
-from rsgrpc.engine.raster_io import OutputProfile
-from rsgrpc.engine.tiles import TilePlan
 from rsgrpc.tools.reclassification import (
     RECLASSIFICATION,
     RECLASSIFY_DTYPES,
@@ -42,6 +36,7 @@ from tests.conftest import (
     watch_to_response,
     write_geotiff,
 )
+from tests.halo_job_checks import outputs_by_tile_edge
 
 NODATA = 255
 NAN = math.nan
@@ -376,23 +371,9 @@ def test_many_tiles_equal_one_tile_and_the_reference(server, session_name, tmp_p
         rules=tuple((old[0] if isinstance(old, tuple) else old, new) for old, new in rules),
         output_dtype="int16",
     )
-    profile = OutputProfile("zstd", level=1, block_size=64)
-    outputs = {}
-    for edge in (64, 512):
-        request = HaloRequest(
-            RECLASSIFICATION,
-            parameters,
-            (BandInput("surface.tif"),),
-            OutputTarget(f"out-{edge}.tif", overwrite=True),
-        )
-        job = prepare_halo_job(request, root, engine_session, profile)
-        plans = tuple(TilePlan(p.shape, edge, edge, p.in_flight, p.peak_bytes) for p in job.plans)
-        job = dataclasses.replace(job, plans=plans)
-        operation = Operation(engine_session.name, "Reclassify", owner="anonymous")
-        run_halo_job(job, engine_session, operation)
-        assert operation.progress.tiles_total == plans[0].tile_count
-        outputs[edge] = _read(tmp_path, f"out-{edge}.tif")
-    assert job.plans[0].tile_count == 1
+    outputs = outputs_by_tile_edge(
+        RECLASSIFICATION, parameters, "surface.tif", root, engine_session, tmp_path
+    )
     tiled, profile_tiled = outputs[64]
     np.testing.assert_array_equal(tiled, outputs[512][0])
     assert (profile_tiled["dtype"], profile_tiled["nodata"]) == ("int16", -32768)
