@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -231,6 +232,12 @@ class Expression:
         return self.text
 
 
+# CPython 3.11 keeps the depth of its AST conversion in state shared by all threads: two
+# threads converting at once can fail with "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905). One parse at a time.
+_AST_LOCK = threading.Lock()
+
+
 def parse_expression(text: str, input_names: Sequence[str]) -> Expression:
     """Parse band calc ``text`` over the inputs ``input_names``.
 
@@ -254,7 +261,8 @@ def parse_expression(text: str, input_names: Sequence[str]) -> Expression:
     if not stripped.strip():
         raise ExpressionError("expression is empty", text, len(text))
     try:
-        tree = ast.parse(stripped, mode="eval")
+        with _AST_LOCK:
+            tree = ast.parse(stripped, mode="eval")
     except SyntaxError as err:
         raise ExpressionError(
             f"syntax error: {err.msg}", text, shift + _syntax_error_offset(stripped, err)

@@ -16,6 +16,7 @@ from google.longrunning import operations_proto_pb2 as lro
 from google.rpc import code_pb2
 from rsgrpc_kernels import morphology
 
+from rsgrpc.engine import kept_tiles
 from rsgrpc.server import raster_servicer
 from rsgrpc.v1 import raster_pb2, session_pb2, session_pb2_grpc
 from tests.conftest import (
@@ -218,10 +219,10 @@ def test_a_full_temporary_directory_is_resource_exhausted_and_loses_nothing(
     before = set(temporary.iterdir())
 
     def disk_full(file, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(temporary / "x.npy"))
+        raise OSError(errno.ENOSPC, "No space left on device", str(temporary / "x.kept"))
 
-    # The server runs in this process: its sieve keeps settled tiles with numpy.save.
-    monkeypatch.setattr(np, "save", disk_full)
+    # The server runs in this process: its sieve keeps settled tiles in its temporary folder.
+    monkeypatch.setattr(kept_tiles, "_write_array", disk_full)
     request = _sieve(session_name, size=9, output=raster_pb2.ToolOutput(path="full/out.tif"))
     final = watch_operation(channel, raster_stub.Sieve(request))[-1]
     assert final.error.code == code_pb2.RESOURCE_EXHAUSTED

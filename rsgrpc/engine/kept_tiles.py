@@ -2,8 +2,10 @@
 and their last pass: read back, finished and encoded in threads, handed over in order.
 
 A kept tile is a file in the session's temporary directory holding NumPy arrays one after
-another as .npy records: no pickles, no zip, no checksum, so writing and reading them
-back cost little more than the copy.
+another, each a fixed header (dtype, shape) and its bytes: no pickles, no zip, no checksum,
+so writing and reading them back cost little more than the copy. Not .npy records: NumPy
+reads their header with `ast.literal_eval`, which CPython 3.11 cannot run in two threads
+at once (python/cpython#106905), and tiles are read back in threads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import collections
 import errno
 import itertools
 import os
+import struct
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,9 +34,29 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+# An array's header: its dtype as NumPy spells it (e.g. "<u2"), its number of dimensions
+# and up to four extents.
+_HEADER = struct.Struct("<8sB4q")
+
+
 def kept_path(folder: Path, tile: Tile) -> Path:
     """Where a tile waits between passes."""
-    return folder / f"{tile.row}-{tile.col}.npy"
+    return folder / f"{tile.row}-{tile.col}.kept"
+
+
+def _write_array(file, array: np.ndarray) -> None:
+    array = np.require(array, requirements="C")
+    shape = array.shape + (0,) * (4 - array.ndim)
+    file.write(_HEADER.pack(array.dtype.str.encode("ascii"), array.ndim, *shape))
+    file.write(array.reshape(-1).view(np.uint8))
+
+
+def _read_array(file) -> np.ndarray:
+    dtype, ndim, *shape = _HEADER.unpack(file.read(_HEADER.size))
+    array = np.empty(shape[:ndim], np.dtype(dtype.rstrip(b"\0").decode("ascii")))
+    if file.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
+        raise RsgrpcError("a tile kept between passes is truncated")
+    return array
 
 
 def keep_arrays(path: Path, arrays: Iterable[np.ndarray], what: str) -> None:
@@ -46,7 +69,7 @@ def keep_arrays(path: Path, arrays: Iterable[np.ndarray], what: str) -> None:
     try:
         with open(path, "wb") as file:
             for array in arrays:
-                np.save(file, array, allow_pickle=False)
+                _write_array(file, array)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ResourceExhaustedError(
@@ -58,7 +81,7 @@ def keep_arrays(path: Path, arrays: Iterable[np.ndarray], what: str) -> None:
 def read_kept(path: Path, count: int) -> list[np.ndarray]:
     """The `count` arrays kept at `path`, which is removed."""
     with open(path, "rb") as file:
-        arrays = [np.load(file) for _ in range(count)]
+        arrays = [_read_array(file) for _ in range(count)]
     path.unlink()
     return arrays
 
