@@ -31,10 +31,11 @@ from __future__ import annotations
 import ast
 import math
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from numba.core.compiler_lock import global_compiler_lock
 
 MAX_TEXT_LENGTH: Final = 10_000
 MAX_DEPTH: Final = 64
@@ -234,8 +235,9 @@ class Expression:
 
 # CPython 3.11 keeps the depth of its AST conversion in state shared by all threads: two
 # threads converting at once can fail with "SystemError: AST constructor recursion depth
-# mismatch" (python/cpython#106905). One parse at a time.
-_AST_LOCK = threading.Lock()
+# mismatch" (python/cpython#106905). numba parses source with `ast` while it compiles, under
+# its compiler lock; the parser takes the same lock, so one AST is converted at a time.
+_AST_LOCK = global_compiler_lock
 
 
 def parse_expression(text: str, input_names: Sequence[str]) -> Expression:
