@@ -113,7 +113,7 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
 def _prepare_for_jobs() -> None:
     """Import the modules of the tools' tasks, and evaluate and encode a tile as a band
     calc job does, so that what a worker does only the first time (imports, numba's first
-    dispatch of a kernel, the threads a large tile is split among, GDAL's encoder) is done
+    dispatch of a kernel, the threads a large tile is split among, the encoder) is done
     before its first job."""
     import importlib
 

@@ -38,7 +38,13 @@ from rsgrpc.engine.gdal_env import confine_gdal
 from rsgrpc.engine.gdal_threads import keep_gdal_env, on_gdal_thread
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath, DataRoot, fd_path
-from rsgrpc.engine.tiff_tiles import BlockIndex, EncodedTile, blocks_across, encode_tile
+from rsgrpc.engine.tiff_tiles import (
+    BlockEncoding,
+    BlockIndex,
+    EncodedTile,
+    blocks_across,
+    encode_tile,
+)
 from rsgrpc.engine.tiles import Tile
 from rsgrpc.engine.virtual_raster import (
     MAX_VRT_BYTES,
@@ -537,8 +543,24 @@ class OutputProfile:
             return self
         return replace(self, block_size=fit)
 
+    # GDAL's levels for a codec's level 0.
+    DEFAULT_LEVELS = {"deflate": 6, "zstd": 9}
+
+    def block_encoding(self, dtype: str) -> BlockEncoding:
+        """How each block of an output of `dtype` is encoded."""
+        if self.compression == "none":
+            return BlockEncoding(self.block_size, "none", 0, 1)
+        return BlockEncoding(
+            self.block_size,
+            self.compression,
+            self.level or self.DEFAULT_LEVELS.get(self.compression, 0),
+            self.predictor or (3 if np.dtype(dtype).kind == "f" else 2),
+        )
+
     def block_options(self, dtype: str) -> dict[str, object]:
-        """The GTiff creation options that decide the bytes of each block."""
+        """The GTiff creation options of such a file: the tags that tell how its blocks
+        are encoded."""
+        encoding = self.block_encoding(dtype)
         options: dict[str, object] = {
             "tiled": True,
             "blockxsize": self.block_size,
@@ -547,10 +569,9 @@ class OutputProfile:
         if self.compression == "none":
             return options
         options["compress"] = self.compression
-        if self.level:
-            options["zstd_level" if self.compression == "zstd" else "zlevel"] = self.level
-        predictor = self.predictor or (3 if np.dtype(dtype).kind == "f" else 2)
-        options["predictor"] = predictor
+        if encoding.level:
+            options["zstd_level" if self.compression == "zstd" else "zlevel"] = encoding.level
+        options["predictor"] = encoding.predictor
         return options
 
     def creation_options(self, dtype: str) -> dict[str, object]:
@@ -564,9 +585,7 @@ DEFAULT_PROFILE = OutputProfile("zstd", level=1)
 
 def encode_output_tile(array: np.ndarray, tile: Tile, profile: OutputProfile) -> EncodedTile:
     """Encode a computed tile as its output blocks; workers call this for their own tiles."""
-    return encode_tile(
-        array, tile, profile.block_options(array.dtype.name), cache_bytes=WORKER_GDAL_CACHE_BYTES
-    )
+    return encode_tile(array, tile, profile.block_encoding(array.dtype.name))
 
 
 def raster_output(
