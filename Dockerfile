@@ -25,10 +25,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY rsgrpc ./rsgrpc
 COPY kernels ./kernels
-# The project itself, with the Redis client for a fleet-wide download limit; its
-# dependencies and their versions come from pyproject.toml.
+# The project itself, with Dask's distributed (`rsgrpc serve --dask-scheduler`; the same
+# image runs `dask scheduler` and `dask worker`, see deploy/), the Redis client for a
+# fleet-wide download limit and OpenTelemetry (`--tracing true`); its dependencies and
+# their versions come from pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[redis]" \
+RUN pip install --no-cache-dir ".[dask,redis,tracing]" \
     && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Final stage: the virtualenv only, run as an unprivileged user.
@@ -42,10 +44,13 @@ RUN groupadd --system --gid 10001 rsgrpc \
 
 COPY --from=builder /opt/venv /opt/venv
 
+# NUMBA_CACHE_DIR names the kernel cache for processes that are not rsgrpc's own (`dask
+# worker`), so that they load the warmed kernels too; rsgrpc sets it from its own setting.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/home/rsgrpc/.cache \
     RSGRPC_KERNEL_CACHE_DIR=/home/rsgrpc/.cache/rsgrpc/kernels \
+    NUMBA_CACHE_DIR=/home/rsgrpc/.cache/rsgrpc/kernels \
     RSGRPC_ADDRESS=0.0.0.0:50051 \
     RSGRPC_DATA_ROOT=/data \
     RSGRPC_TEMP_ROOT=/tmp/rsgrpc
@@ -65,6 +70,8 @@ EXPOSE 50051
 # certificate), RSGRPC_CLIENT_TLS_SERVER_NAME (if that certificate does not name
 # 127.0.0.1), and with mutual TLS (RSGRPC_TLS_CLIENT_CA_FILE) a client certificate and
 # key the server's client CA signed: RSGRPC_CLIENT_TLS_CERT_FILE, RSGRPC_CLIENT_TLS_KEY_FILE.
+# A container that runs `dask scheduler` or `dask worker` from this image needs a health
+# check of its own (deploy/compose.yaml gives one).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["rsgrpc", "health", "--target", "127.0.0.1:50051"]
 

@@ -239,12 +239,17 @@ class Session(RasterTools, Downloads):
             )
             self.configurations.take(self.session)
 
-    def log(self) -> list[str]:
-        """The session's log messages, oldest first."""
+    def log(self, *, operation: str | lro.Operation | None = None) -> list[str]:
+        """The session's log messages, oldest first; with ``operation`` (an operation or its
+        name), those its job logged only. A closed session's log stays readable for a while
+        (the server's ``--closed-session-log-s``)."""
+        if isinstance(operation, lro.Operation):
+            operation = operation.name
+        where = "" if operation is None else f'operation = "{operation}"'
         entries, token = [], ""
         while True:
             page = self._sessions.ListLogEntries(
-                session_pb2.ListLogEntriesRequest(parent=self.name, page_token=token),
+                session_pb2.ListLogEntriesRequest(parent=self.name, page_token=token, filter=where),
                 metadata=self._metadata,
             )
             entries.extend(e.message for e in page.log_entries)

@@ -26,7 +26,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import requests
@@ -75,6 +75,35 @@ _FETCH_REGISTRY = threading.Lock()
 _FETCH_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 # The last failed fetch per (token URL, client id): when it ended, and its error.
 _FETCH_FAILURES: dict[tuple[str, str], tuple[float, DownloadError]] = {}
+
+
+# Told how each token fetch that reached the endpoint ended: the deployment, and None or
+# the error (a caller's deadline passing is no outcome). The server's health listens.
+TokenListener = Callable[[Deployment, DownloadError | None], None]
+_TOKEN_LISTENERS: list[TokenListener] = []
+
+
+def add_token_listener(listener: TokenListener) -> None:
+    """Call ``listener(deployment, error)`` after each token fetch of the process; it must
+    be quick (it runs while the fetch's lock is held)."""
+    with _FETCH_REGISTRY:
+        _TOKEN_LISTENERS.append(listener)
+
+
+def remove_token_listener(listener: TokenListener) -> None:
+    with _FETCH_REGISTRY:
+        if listener in _TOKEN_LISTENERS:
+            _TOKEN_LISTENERS.remove(listener)
+
+
+def _tell_token_listeners(deployment: Deployment, error: DownloadError | None) -> None:
+    with _FETCH_REGISTRY:
+        listeners = list(_TOKEN_LISTENERS)
+    for listener in listeners:
+        try:
+            listener(deployment, error)
+        except Exception:
+            _LOGGER.debug("a token listener failed", exc_info=True)
 
 
 def _fetch_lock(key: tuple[str, str]) -> threading.Lock:
@@ -281,8 +310,11 @@ class SentinelHubSession:
             except (ServerError, AuthenticationError) as error:
                 if budget_seconds is None and not isinstance(error, DeadlineExceededError):
                     _FETCH_FAILURES[key] = (time.monotonic(), error)
+                if not isinstance(error, DeadlineExceededError):
+                    _tell_token_listeners(deployment, error)
                 raise
             _FETCH_FAILURES.pop(key, None)
+            _tell_token_listeners(deployment, None)
             return token
         finally:
             lock.release()

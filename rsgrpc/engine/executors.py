@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import psutil
 
+from rsgrpc.engine import tracing as engine_tracing
 from rsgrpc.engine.errors import WorkersUnavailableError
 from rsgrpc.engine.kernel_cache import stale_reason
 from rsgrpc.engine.raster_io import keep_inputs_open
@@ -76,7 +77,9 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pid: int) -> None:
+def _init_worker(
+    threads: int, holding: Any, trim_now: Any, lend: Any, server_pid: int, tracing: Any = None
+) -> None:
     """Runs once in each new worker: exit when the server is gone; pin numba's
     threads; return large results through shared buffers (`shared_results`); keep
     freed memory, open inputs and free buffers for the next tile, and give them
@@ -86,6 +89,8 @@ def _init_worker(threads: int, holding: Any, trim_now: Any, lend: Any, server_pi
     on first use instead, as they would here); compile the fused kernel of a
     band-calc expression seen again in the background (`rsgrpc_kernels.fused_store`)."""
     _exit_with_server(server_pid)
+    if tracing is not None:  # the server traces: so does the worker (`engine.tracing`)
+        engine_tracing.start_in_worker(tracing)
     import numba
     from rsgrpc_kernels.bandcalc import compile_in_background
     from rsgrpc_kernels.warm import load_cached_kernels
@@ -218,7 +223,14 @@ class LocalProcessExecutor:
             max_workers=self.workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(self.threads_per_process, heap.holding, heap.trim_now, lend, os.getpid()),
+            initargs=(
+                self.threads_per_process,
+                heap.holding,
+                heap.trim_now,
+                lend,
+                os.getpid(),
+                engine_tracing.worker_settings,
+            ),
         )
         _widen_result_pipe(pool)
         # Start every worker now, so the first job does not pay for it: until each one
@@ -276,6 +288,8 @@ class LocalProcessExecutor:
             if self._closed:
                 raise WorkersUnavailableError("the session's workers have been stopped")
             self._replace_if_died_idle()
+            if engine_tracing.carry is not None:  # tracing: the task's span, in its worker
+                fn, args = engine_tracing.carry(fn, args)
             future = self._pool.submit(run_task, fn, *args)
             with self._running_lock:
                 self._running += 1

@@ -4,8 +4,10 @@ operation, carried by context variables and added to every record of the server'
 The server sets the request's fields when a call starts (`rsgrpc.server.request_ids`);
 a session's job runs in a copy of the context of the call that queued it, with the
 session and operation set (`rsgrpc.engine.session`), so that the lines a job logs in
-its own thread name the request that started it. `JsonFormatter` writes each record
-as one JSON object a line (``--log-format json``), with those fields where known.
+its own thread name the request that started it. A session's own logger has the same
+`ContextFilter`, so that each record of a session's log names its operation (and can be
+read per operation). `JsonFormatter` writes each record as one JSON object a line
+(``--log-format json``), with those fields where known.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from rsgrpc.engine import tracing
 from rsgrpc.engine.bandsets import BandSetCatalog
 from rsgrpc.engine.errors import (
     AlreadyExistsError,
@@ -38,7 +39,7 @@ from rsgrpc.engine.errors import (
 )
 from rsgrpc.engine.executors import DaskExecutor, Executor, LocalProcessExecutor
 from rsgrpc.engine.instance import InstanceFolder
-from rsgrpc.engine.log_context import OPERATION, SESSION
+from rsgrpc.engine.log_context import OPERATION, SESSION, ContextFilter
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath
@@ -47,6 +48,7 @@ from rsgrpc.engine.worker_stock import PoolShape, WorkerStock
 _LOGGER = logging.getLogger(__name__)
 _ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,32}$")
+# A session's log keeps its last records (its sequence numbers count those dropped before).
 LOG_RECORDS_KEPT = 10_000
 # How long closing a session waits for its jobs to end, before and after stopping its workers.
 JOBS_STOP_SECONDS = 3.0
@@ -78,7 +80,7 @@ class ServerLimits:
     min_free_disk_bytes: int = 256 << 20  # left free beside a job's outputs and temporary files
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LogRecordView:
     """One record of a session's log, as a client reads it."""
 
@@ -86,10 +88,12 @@ class LogRecordView:
     time: float
     level: int
     message: str
+    operation: str = ""  # the operation whose job logged it; empty for the session's own
 
 
 class _RingHandler(logging.Handler):
-    """Keeps the last records of a session's log in memory for ListLogEntries."""
+    """Keeps the last records of a session's log in memory for ListLogEntries, each with
+    the operation it was logged for (the session logger's `ContextFilter` names it)."""
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
@@ -97,9 +101,32 @@ class _RingHandler(logging.Handler):
         self._next = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        view = LogRecordView(self._next, record.created, record.levelno, self.format(record))
+        operation = getattr(record, "operation", None) or ""
+        view = LogRecordView(
+            self._next, record.created, record.levelno, self.format(record), operation
+        )
         self._next += 1
         self.records.append(view)
+
+    def read(
+        self, start: int, limit: int, operation: str | None = None
+    ) -> tuple[list[LogRecordView], int]:
+        """Up to `limit` records from sequence `start` on (those of `operation` only, unless
+        None), and the sequence to read on from: past the last record returned, or past
+        every record looked at when fewer than `limit` matched."""
+        self.acquire()  # emit appends under this lock
+        try:
+            kept = [r for r in self.records if r.sequence >= start]
+            next_start = self._next
+        finally:
+            self.release()
+        found = []
+        for record in kept:
+            if operation is None or record.operation == operation:
+                found.append(record)
+                if len(found) == limit:
+                    return found, record.sequence + 1
+        return found, max(start, next_start)
 
 
 class Session:
@@ -135,6 +162,8 @@ class Session:
         # A Logger made directly is not registered in logging's global tree.
         self.logger = logging.Logger(f"rsgrpc.session.{session_id}")
         self.logger.propagate = False
+        # Names each record's operation (and request) from the context it is logged in.
+        self.logger.addFilter(ContextFilter())
         self._ring = _RingHandler(LOG_RECORDS_KEPT)
         self._file = logging.FileHandler(self.temporary_directory / "session.log")
         for handler in (self._ring, self._file):
@@ -215,6 +244,7 @@ class Session:
                 if operation.cancel_event.is_set():
                     outcome = {}
                 else:
+                    self.logger.info("%s %s started", operation.method, operation.name)
                     outcome = {"result": job(self, operation)}
                     self.logger.info("%s %s done", operation.method, operation.name)
             except RsgrpcError as exc:
@@ -236,6 +266,8 @@ class Session:
                         "%s %s ended: %s", operation.method, operation.name, _ended(operation)
                     )
 
+        if tracing.trace_job is not None:  # tracing is on: the operation's span
+            run = tracing.trace_job(operation, run)
         # In a copy of the context of the call that queued it: its log lines name that call.
         self._jobs.submit(contextvars.copy_context().run, run)
 
@@ -278,8 +310,72 @@ class Session:
             handler.close()
         shutil.rmtree(self.temporary_directory, ignore_errors=True)
 
-    def log_records(self, start: int, limit: int) -> list[LogRecordView]:
-        return [r for r in list(self._ring.records) if r.sequence >= start][:limit]
+    def log_records(
+        self, start: int, limit: int, *, operation: str | None = None
+    ) -> tuple[list[LogRecordView], int]:
+        """Up to `limit` records from sequence `start` (of `operation` only, unless None),
+        and the sequence to read on from."""
+        return self._ring.read(start, limit, operation)
+
+
+@dataclass(frozen=True)
+class ClosedLog:
+    """The log of a closed session, readable by its owner until `forget_time`."""
+
+    name: str
+    owner: str
+    forget_time: float
+    _ring: _RingHandler
+
+    def log_records(
+        self, start: int, limit: int, *, operation: str | None = None
+    ) -> tuple[list[LogRecordView], int]:
+        return self._ring.read(start, limit, operation)
+
+
+class ClosedLogs:
+    """The logs of closed sessions, each kept `seconds` after its session closed (none
+    when 0), at most `count` of them: past it the oldest is forgotten first."""
+
+    def __init__(self, seconds: float, count: int) -> None:
+        self.seconds = seconds
+        self.count = count
+        self._lock = threading.Lock()
+        self._logs: collections.OrderedDict[str, ClosedLog] = collections.OrderedDict()
+
+    def keep(self, session: Session, now: float | None = None) -> None:
+        if self.seconds <= 0 or self.count <= 0:
+            return
+        now = time.time() if now is None else now
+        kept = ClosedLog(session.name, session.owner, now + self.seconds, session._ring)
+        with self._lock:
+            self._logs.pop(session.name, None)
+            self._logs[session.name] = kept
+            while len(self._logs) > self.count:
+                self._logs.popitem(last=False)
+
+    def get(self, name: str, *, owner: str | None = None) -> ClosedLog | None:
+        """The kept log of the closed session `name`, if `owner` (unless None) owns it."""
+        with self._lock:
+            kept = self._logs.get(name)
+        if kept is None or kept.forget_time <= time.time() or owner not in (None, kept.owner):
+            return None
+        return kept
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._logs.pop(name, None)
+
+    def forget_expired(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._lock:
+            # In the order kept, so in the order they expire.
+            while self._logs and next(iter(self._logs.values())).forget_time <= now:
+                self._logs.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._logs)
 
 
 def _ended(operation: Operation) -> str:
@@ -300,6 +396,8 @@ class SessionRegistry:
         temp_root: Path,
         dask_scheduler: str | None = None,
         on_close: Callable[[Session], None] | None = None,
+        closed_log_s: float = 3600.0,
+        max_closed_logs: int = 64,
     ) -> None:
         self.limits = limits
         self.temp_root = temp_root
@@ -308,6 +406,8 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._reserved: dict[str, SessionSettings] = {}
+        # Closed sessions' logs, readable by their owners for a while.
+        self.closed_logs = ClosedLogs(closed_log_s, max_closed_logs)
         # Where sessions' temporary directories go: this instance's locked folder.
         self.instance_folder = InstanceFolder(temp_root)
         self.stock = WorkerStock(limits.process_count)
@@ -406,6 +506,7 @@ class SessionRegistry:
             raise
         with self._lock:
             self._sessions[session_id] = session
+        self.closed_logs.forget(session.name)  # the name is a new session's now
         _LOGGER.info("created %s", session.name)
         return session
 
@@ -423,6 +524,17 @@ class SessionRegistry:
         if session is None or owner not in (None, session.owner):
             raise NotFoundError(f"session {name!r} does not exist", metadata={"name": name})
         return session
+
+    def log_of(self, name: str, *, owner: str | None = None) -> Session | ClosedLog:
+        """What reads the log of the session `name`: the session, or once it is closed its
+        kept log; NOT_FOUND as for `get` when neither is there for `owner`."""
+        try:
+            return self.get(name, owner=owner)
+        except NotFoundError:
+            kept = self.closed_logs.get(name, owner=owner)
+            if kept is None:
+                raise
+            return kept
 
     def list(self, *, owner: str | None = None) -> list[Session]:
         """The sessions in creation order: all of them, or those of `owner`."""
@@ -465,6 +577,9 @@ class SessionRegistry:
                 log = opened.enter_context(PartialOutput(log_path, overwrite=overwrite_log))
             with self._lock:
                 self._sessions.pop(session.id, None)
+                # Its log stays readable, without a moment when it is not (it grows while
+                # the session closes).
+                self.closed_logs.keep(session)
             try:
                 if self._on_close:
                     self._on_close(session)
@@ -477,6 +592,7 @@ class SessionRegistry:
     def expire_idle(self, now: float | None = None) -> list[str]:
         """Close sessions idle past their timeout; return their names."""
         now = time.time() if now is None else now
+        self.closed_logs.forget_expired()
         expired = [s for s in self.list() if not s.busy and s.expire_time <= now]
         for session in expired:
             _LOGGER.info("%s expired after %.0f s idle", session.name, now - session.update_time)

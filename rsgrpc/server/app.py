@@ -37,6 +37,7 @@ from rsgrpc.engine.sieve import load_finishing_kernels
 from rsgrpc.server.auth import Authenticator, IdentityInterceptor, read_tokens
 from rsgrpc.server.bandset_servicer import BandSetServicer
 from rsgrpc.server.config import MIB, ServerConfig
+from rsgrpc.server.deployment_health import DeploymentWatch
 from rsgrpc.server.deployments import load_download_settings
 from rsgrpc.server.download_servicer import DownloadServicer
 from rsgrpc.server.metrics import ServerMetrics
@@ -46,6 +47,7 @@ from rsgrpc.server.readiness import SchedulerWatch, scheduler_reachable
 from rsgrpc.server.request_ids import RequestIdInterceptor
 from rsgrpc.server.session_servicer import SessionServicer
 from rsgrpc.server.status import refusing_handler
+from rsgrpc.server.tracing import start_tracing
 from rsgrpc.v1 import (
     bandset_pb2,
     bandset_pb2_grpc,
@@ -258,6 +260,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     authenticator = _authenticator(config)
     credentials = _credentials(config)
     operations = OperationStore(max_running=config.max_operations)
+    # Before any worker starts: workers trace too, set up as they start.
+    tracing = start_tracing(config.tracing, config.otlp_endpoint, operations)
     registry = SessionRegistry(
         ServerLimits(
             process_count=config.max_processes,
@@ -271,10 +275,18 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         temp_root=config.temp_root.expanduser().resolve(),
         dask_scheduler=config.dask_scheduler or None,
         on_close=lambda session: _cancel_operations_of(operations, session),
+        closed_log_s=config.closed_session_log_s,
+        max_closed_logs=config.max_closed_session_logs,
     )
     download_servicer = DownloadServicer(registry, operations, data_root, download_settings)
+    # Each deployment's health (NOT_SERVING while its token endpoint fails), and the service's.
+    deployment_watch = DeploymentWatch(
+        download_pb2.DESCRIPTOR.services_by_name["DownloadService"].full_name,
+        download_settings.deployments,
+        config.deployment_probe_s,
+    )
     metrics = (
-        ServerMetrics(registry, operations, download_settings.deployments)
+        ServerMetrics(registry, operations, download_settings.deployments, deployment_watch.usable)
         if config.metrics_port
         else None
     )
@@ -287,6 +299,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
             interceptors.insert(0, metrics.interceptor)
         if authenticator is not None:
             interceptors.append(IdentityInterceptor(authenticator))
+        if tracing is not None:  # outermost: its span holds what every other one answers
+            interceptors.insert(0, tracing.interceptor)
         server = grpc.aio.server(interceptors=interceptors, options=_channel_options(config))
         session_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(registry, config, data_root), server
@@ -310,6 +324,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
             metrics.serve(config.metrics_address, config.metrics_port)
         await server.start()
         await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await deployment_watch.publish(health_servicer, starting=True)
         running = RunningServer(
             port,
             server,
@@ -336,6 +351,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         if metrics is not None:
             metrics.close()
         registry.close_all()
+        if tracing is not None:
+            tracing.close()
         raise
     sweeper = _Sweeper(registry, config.session_sweep_interval_s)
     sweeper.start()
@@ -370,6 +387,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     )
     if watch is not None:
         watch.start()
+    deployment_watch.start(served.running.health, loop_thread.loop)
     _LOGGER.info(
         "serving on port %d, data roots %s",
         served.running.port,
@@ -381,6 +399,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         sweeper.stopped.set()
         if watch is not None:
             watch.stop()
+        deployment_watch.stop()
         try:
             loop_thread.run(_shut_down(served, config.grace_period_s), _shutdown_bound(config))
         except futures.TimeoutError:
@@ -389,6 +408,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         download_servicer.close()
         if metrics is not None:
             metrics.close()
+        if tracing is not None:  # after the workers stopped, their spans sent
+            tracing.close()
         _LOGGER.info("server stopped")
 
 

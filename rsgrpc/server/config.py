@@ -41,6 +41,9 @@ class ServerConfig:
     session_idle_timeout_s: float = 1800.0
     max_session_idle_timeout_s: float = 86400.0
     session_sweep_interval_s: float = 30.0
+    # How long a closed session's log stays readable by its owner (ListLogEntries); 0: none.
+    closed_session_log_s: float = 3600.0
+    max_closed_session_logs: int = 64  # closed sessions' logs kept at most; oldest go first
     default_process_count: int = 0  # 0: max_processes
     default_ram_mib: int = 1024
     grace_period_s: float = 30.0
@@ -58,9 +61,15 @@ class ServerConfig:
     tls_client_ca_file: str = ""  # set for mutual TLS
     dask_scheduler: str = ""  # e.g. tcp://scheduler:8786; local processes when empty
     deployments: str = ""  # a TOML or JSON file of download deployments (see README "Download")
+    # Seconds between token probes of a download deployment that fetched no token meanwhile;
+    # its health turns NOT_SERVING while its token endpoint fails (0: no probes).
+    deployment_probe_s: float = 60.0
     # Prometheus metrics over HTTP at /metrics (see README "Metrics"); 0: none served.
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"  # the host the metrics port listens on (0.0.0.0: all)
+    # OpenTelemetry spans over OTLP/gRPC (see README "Tracing"; needs the `tracing` extra).
+    tracing: bool = False
+    otlp_endpoint: str = ""  # empty: OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317
     log_level: str = "INFO"
     log_format: str = "text"  # or json: a JSON object a line, with the request's id
 

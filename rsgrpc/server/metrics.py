@@ -79,6 +79,7 @@ class ServerMetrics:
         sessions: SessionRegistry,
         operations: OperationStore,
         deployments: Mapping[str, Deployment],
+        deployment_up: Callable[[str], bool] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._rpc_requests = Counter(
@@ -112,7 +113,7 @@ class ServerMetrics:
             ["tool"],
             registry=self.registry,
         )
-        self.registry.register(_EngineCollector(sessions, operations, deployments))
+        self.registry.register(_EngineCollector(sessions, operations, deployments, deployment_up))
         operations.watch(self._operation_changed)
         self.interceptor = RpcMetricsInterceptor(self._rpc_requests, self._rpc_seconds)
         self._http: wsgiref.simple_server.WSGIServer | None = None
@@ -272,15 +273,18 @@ class _EngineCollector(Collector):
         sessions: SessionRegistry,
         operations: OperationStore,
         deployments: Mapping[str, Deployment],
+        deployment_up: Callable[[str], bool] | None = None,
     ) -> None:
         self._sessions = sessions
         self._operations = operations
         self._deployments = sorted(deployments)
+        self._deployment_up = deployment_up
 
     def collect(self) -> Iterator[Any]:
         yield from self._operations_now()
         yield from self._workers_now()
         yield from self._downloads()
+        yield from self._deployments_up()
 
     def _operations_now(self) -> Iterator[GaugeMetricFamily]:
         running: Tally[str] = Tally()
@@ -365,3 +369,15 @@ class _EngineCollector(Collector):
             rate_limited.add_metric([name], stats.rate_limited_answers)
             waited.add_metric([name], stats.wait_seconds)
         yield from (requests, retries, rate_limited, waited)
+
+    def _deployments_up(self) -> Iterator[GaugeMetricFamily]:
+        if self._deployment_up is None:
+            return
+        up = GaugeMetricFamily(
+            "rsgrpc_download_deployment_up",
+            "1 while a download deployment can get tokens (its health is SERVING), else 0.",
+            labels=["deployment"],
+        )
+        for name in self._deployments:
+            up.add_metric([name], 1 if self._deployment_up(name) else 0)
+        yield up

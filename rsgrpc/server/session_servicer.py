@@ -8,7 +8,9 @@ pool of blocking threads, never on its event loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
@@ -35,6 +37,9 @@ _UPDATABLE = {
     "idle_timeout": "idle_timeout_s",
 }
 _MAX_PAGE = 1000
+# ListLogEntries' filter (AIP-160, as ListOperations'): one operation's records, or with
+# "" the session's own.
+_LOG_FILTER = re.compile(r'^\s*operation\s*=\s*"((?:operations/[^"]+)?)"\s*$')
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -170,16 +175,67 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
 
     @reports_errors
     async def ListLogEntries(self, request, context):
-        session = self._get(request.parent)
-        start, size = _page(request.page_size, request.page_token)
-        records = session.log_records(start, size)
-        next_start = records[-1].sequence + 1 if records else start
+        # A closed session's log stays readable by its owner for a while.
+        log = self._registry.log_of(request.parent, owner=current_caller().owner)
+        operation = _log_filter(request.filter)
+        if request.page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative")
+        start = _log_page_start(request.page_token, operation)
+        size = min(request.page_size or _MAX_PAGE, _MAX_PAGE)
+        records, next_start = log.log_records(start, size, operation=operation)
         return session_pb2.ListLogEntriesResponse(
             log_entries=[
                 session_pb2.LogEntry(
-                    time=_timestamp(r.time), level=_level(r.level), message=r.message
+                    time=_timestamp(r.time),
+                    level=_level(r.level),
+                    message=r.message,
+                    operation=r.operation,
                 )
                 for r in records
             ],
-            next_page_token=str(next_start),
+            next_page_token=_log_page_token(next_start, operation),
         )
+
+
+def _log_filter(text: str) -> str | None:
+    """The operation a ListLogEntries filter selects ("" for the session's own records),
+    or None for no filter."""
+    if not text:
+        return None
+    match = _LOG_FILTER.match(text)
+    if not match:
+        raise InvalidArgumentError(
+            'filter must be empty or operation = "operations/{id}" (or operation = ""), got '
+            + repr(text)
+        )
+    return match.group(1)
+
+
+def _filter_mark(operation: str | None) -> str:
+    """What a page token carries of its filter: nothing without one."""
+    if operation is None:
+        return ""
+    return hashlib.sha256(operation.encode()).hexdigest()[:12]
+
+
+def _log_page_token(start: int, operation: str | None) -> str:
+    mark = _filter_mark(operation)
+    return f"{start}.{mark}" if mark else str(start)
+
+
+def _log_page_start(token: str, operation: str | None) -> int:
+    """The sequence a page token reads on from; it must come from the same filter."""
+    if not token:
+        return 0
+    number, _, mark = token.partition(".")
+    try:
+        start = int(number)
+    except ValueError as exc:
+        raise InvalidArgumentError("page_token is not valid") from exc
+    if start < 0:
+        raise InvalidArgumentError("page_token is not valid")
+    if mark != _filter_mark(operation):
+        raise InvalidArgumentError(
+            "page_token was made with another filter; list again with the filter it came from"
+        )
+    return start

@@ -328,22 +328,29 @@ class ListLogEntriesRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`sessions/{session}`."""
     page_size: _builtins.int
     """At most this many records."""
     page_token: _builtins.str
-    """From a previous ListLogEntriesResponse."""
+    """From a previous ListLogEntriesResponse made with the same `filter`."""
+    filter: _builtins.str
+    """Empty for every record, or `operation = "operations/{operation}"` (AIP-160) for
+    the records logged by that operation's job; `operation = ""` selects the
+    session's own records, logged outside any operation.
+    """
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,10 +365,15 @@ class LogEntry(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     LEVEL_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
     level: Global___LogLevel.ValueType
     """Its level."""
     message: _builtins.str
     """The formatted message (with the time when the session's `log_time`)."""
+    operation: _builtins.str
+    """The operation whose job logged it, `operations/{operation}`; empty for the
+    session's own records.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it was logged."""
@@ -372,10 +384,11 @@ class LogEntry(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         level: Global___LogLevel.ValueType = ...,
         message: _builtins.str = ...,
+        operation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "message", b"message", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "message", b"message", "operation", b"operation", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,7 +112,9 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLogEntries(self, request, context):
-        """Reads a session's log records, oldest first.
+        """Reads a session's log records, oldest first, optionally those of one
+        operation. A closed session's log stays readable by its owner for the
+        server's `--closed-session-log-s`; then it is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
