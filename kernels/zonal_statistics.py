@@ -102,6 +102,10 @@ def zonal_partial(
     if z.dtype.kind == "f":
         z = z + z.dtype.type(0)  # -0.0 as 0.0
     raw = values[valid]
+    if all(a.dtype.kind in "iu" and a.dtype.itemsize <= 4 for a in (z, raw)):
+        histogram = _histogram_partial(z, raw, order_statistics)
+        if histogram is not None:
+            return histogram
     v = raw.astype(np.float64) + 0.0
     # Values in order within each zone only where order statistics need them.
     order = np.lexsort((v, z)) if order_statistics else np.argsort(z, kind="stable")
@@ -127,6 +131,48 @@ def zonal_partial(
     return ZonalPartial(
         z[starts], counts, high, low, minimum, maximum, mean, m2,
         pair_zones, pair_values, pair_counts,
+    )  # fmt: skip
+
+
+def _histogram_partial(
+    z: np.ndarray, raw: np.ndarray, order_statistics: bool
+) -> ZonalPartial | None:
+    """`zonal_partial` of integer zones and integer values of at most 32 bits, from the
+    count of each (zone, value) instead of sorting: one pass, where a tile's zones and
+    values span few enough pairs (no more bins than pixels, so no more memory than
+    sorting takes). None where they span more."""
+    z_low, z_high = int(z.min()), int(z.max())
+    v_low, v_high = int(raw.min()), int(raw.max())
+    z_span, v_span = z_high - z_low + 1, v_high - v_low + 1
+    if z_span * v_span > z.size:
+        return None
+    key = (z.astype(np.int64) - z_low) * v_span + (raw.astype(np.int64) - v_low)
+    bins = np.bincount(key, minlength=z_span * v_span).reshape(z_span, v_span)
+    counts = bins.sum(axis=1)
+    present = np.flatnonzero(counts)
+    bins, counts = bins[present], counts[present]
+    offsets = np.arange(v_span, dtype=np.int64)
+    # Exact: at most 2**32 times a tile's pixels.
+    exact = bins @ offsets + counts * v_low
+    high = exact.astype(np.float64)
+    low = (exact - high.astype(np.int64)).astype(np.float64)
+    mean = high / counts
+    values = offsets.astype(np.float64) + v_low
+    deviations = values[np.newaxis, :] - mean[:, np.newaxis]
+    m2 = (bins * (deviations * deviations)).sum(axis=1)
+    seen = bins > 0
+    minimum = values[seen.argmax(axis=1)]
+    maximum = values[v_span - 1 - seen[:, ::-1].argmax(axis=1)]
+    zones = (present + z_low).astype(z.dtype)
+    if order_statistics:
+        rows, columns = np.nonzero(seen)
+        pair_zones, pair_values, pair_counts = zones[rows], values[columns], bins[rows, columns]
+    else:
+        pair_zones, pair_values = zones[:0], values[:0]
+        pair_counts = np.empty(0, np.int64)
+    return ZonalPartial(
+        zones, counts.astype(np.int64), high, low, minimum, maximum, mean, m2,
+        pair_zones, pair_values, pair_counts.astype(np.int64),
     )  # fmt: skip
 
 

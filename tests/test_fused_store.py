@@ -56,8 +56,12 @@ def test_an_expression_seen_again_is_compiled_in_the_background_stored_and_loade
 ):
     text = "(a - b) / (a + b) * 3.25 + sqrt(a)"
     compiled = _run(tmp_path, text, wait=True)
-    # Seen a second time, compiled by the background thread: numba compiled it here.
-    assert compiled == {"fused": 1, "hits": 0, "misses": 1, "same": True}
+    # Seen a second time, compiled by the background thread and stored. The kernel this
+    # process keeps is that one (a miss: compiled), or, when a band calc looked on disk
+    # between the store and the keep (a slow machine widens that moment), the same kernel
+    # loaded from there (a hit): both are the one compile, nowhere else to load it from.
+    assert compiled["fused"] == 1 and compiled["same"]
+    assert compiled["hits"] + compiled["misses"] == 1
     # Another process finds it stored: its first call runs it, loaded, not compiled.
     loaded = _run(tmp_path, text, wait=False)
     assert loaded == {"fused": 1, "hits": 1, "misses": 0, "same": True}

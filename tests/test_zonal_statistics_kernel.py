@@ -79,6 +79,39 @@ def test_any_tiling_merges_into_numpys_statistics_of_the_whole(zone_type, value_
             np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name), name)
 
 
+@pytest.mark.parametrize("value_type", ["uint8", "int16", "uint16", "int32"])
+def test_integer_bands_of_few_values_are_counted_not_sorted_with_the_same_statistics(
+    value_type,
+):
+    """Integer zones and values that span fewer (zone, value) pairs than a tile has
+    pixels take the counting path: the same partial as sorting gives, numpy's
+    statistics, in any tiling, mixed with tiles that sort."""
+    rng = np.random.default_rng(zlib.crc32(value_type.encode()))
+    shape = (120, 90)
+    zones = rng.integers(1, 7, shape).astype(np.uint8)
+    low = -40 if np.dtype(value_type).kind == "i" else 0
+    values = rng.integers(low, low + 180, shape).astype(value_type)
+    values[:20, :20] = np.iinfo(value_type).max  # a wide tile: sorted, not counted
+    nodata = (3, float(values[5, 5]))
+    whole = zonal_partial(zones, values, nodata, order_statistics=True)
+    _assert_numpy(whole, zones, values, nodata)
+    narrow = zonal_partial(zones[40:, 40:], values[40:, 40:], nodata, order_statistics=True)
+    by_sorting = zonal_partial(
+        zones[40:, 40:].astype(np.float32), values[40:, 40:], nodata, order_statistics=True
+    )
+    for name in narrow._fields:
+        np.testing.assert_allclose(getattr(narrow, name), getattr(by_sorting, name), 1e-12)
+    for edge_h, edge_w in ((20, 20), (33, 17), (120, 45)):
+        tiles = _tiles(zones, values, nodata, edge_h, edge_w, True)
+        merged = merge_zonal_partials(tiles)
+        _assert_numpy(merged, zones, values, nodata)
+        for name in ("zones", "counts", "sum_high", "minimum", "maximum", "pair_counts"):
+            np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name), name)
+    without_order = zonal_partial(zones, values, nodata)
+    np.testing.assert_array_equal(without_order.counts, whole.counts)
+    assert without_order.pair_counts.size == 0
+
+
 def test_the_sum_is_exactly_rounded_where_float_sums_drift():
     values = np.full((64, 64), 0.1, np.float32)
     values[0, 0], values[-1, -1] = 3.0e7, -3.0e7
