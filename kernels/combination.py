@@ -132,8 +132,33 @@ def combination_counts(
     valid, columns = _columns(blocks, nodatas, nodata_value)
     if not columns[0].size:
         return np.empty((0, len(blocks)), np.int64), np.empty(0, np.int64)
+    counted = _counted_directly(columns)
+    if counted is not None:
+        return counted
     _, rows, ranks = _fold(columns)
     return rows, np.bincount(ranks, minlength=len(rows)).astype(np.int64)
+
+
+def _counted_directly(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """`combination_counts` of bands whose value ranges span few combinations in all
+    (as a fold step's lookup table may): each pixel's combination as one number, its
+    bands' offsets in mixed radix (the first band's the most significant, so numbers
+    follow the order of rows), counted in one `bincount`. None where they span more."""
+    lows = [int(column.min()) for column in columns]
+    spans = [int(column.max()) - low + 1 for column, low in zip(columns, lows, strict=True)]
+    size = 1
+    for span in spans:
+        size *= span
+        if size > max(_MAX_LOOKUP, 4 * columns[0].size):
+            return None
+    keys = columns[0] - lows[0]
+    for column, low, span in zip(columns[1:], lows[1:], spans[1:], strict=True):
+        keys *= span
+        keys += column - low
+    counts = np.bincount(keys, minlength=size)
+    present = np.flatnonzero(counts)
+    rows = np.column_stack(np.unravel_index(present, spans)).astype(np.int64) + lows
+    return rows, counts[present].astype(np.int64)
 
 
 def merge_combination_counts(
