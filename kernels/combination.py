@@ -177,12 +177,25 @@ def merge_combination_counts(
 
 
 @dataclass(frozen=True)
+class DirectCodes:
+    """A narrow table's codes by each combination's mixed-radix number (see
+    `_counted_directly`): the bands' lowest values and spans, and the code (row plus
+    one; 0 for a combination not in the table) of every number below their product."""
+
+    lows: tuple[int, ...]
+    spans: tuple[int, ...]
+    codes: np.ndarray  # int64
+
+
+@dataclass(frozen=True)
 class CombinationIndex:
     """The merged table's combinations, as the workers find a pixel's: the table's fold
-    steps (`FoldStep`); a combination's rank is its row in the table."""
+    steps (`FoldStep`), and where its values span few combinations, their codes by
+    number (`DirectCodes`); a combination's rank is its row in the table."""
 
     steps: tuple[FoldStep, ...]
     rows: int
+    direct: DirectCodes | None = None
 
 
 def combination_index(rows: np.ndarray) -> CombinationIndex:
@@ -190,7 +203,32 @@ def combination_index(rows: np.ndarray) -> CombinationIndex:
     if not len(rows):
         return CombinationIndex((), 0)
     steps, _, _ = _fold(list(rows.T))
-    return CombinationIndex(tuple(steps), len(rows))
+    lows = rows.min(axis=0)
+    spans = rows.max(axis=0) - lows + 1
+    direct = None
+    if np.prod(spans.astype(np.float64)) <= _MAX_LOOKUP:
+        codes = np.zeros(int(np.prod(spans)), np.int64)
+        codes[np.ravel_multi_index(tuple((rows - lows).T), tuple(spans))] = np.arange(
+            1, len(rows) + 1
+        )
+        direct = DirectCodes(tuple(lows.tolist()), tuple(spans.tolist()), codes)
+    return CombinationIndex(tuple(steps), len(rows), direct)
+
+
+def _direct_codes(columns: Sequence[np.ndarray], direct: DirectCodes) -> np.ndarray:
+    """The codes of valid pixels' `columns` by `direct`; a combination outside the
+    table is a RuntimeError."""
+    keys = np.zeros(len(columns[0]), np.int64)
+    for column, low, span in zip(columns, direct.lows, direct.spans, strict=True):
+        offsets = column - low
+        if offsets.size and (int(offsets.min()) < 0 or int(offsets.max()) >= span):
+            raise RuntimeError(_CHANGED)
+        keys *= span
+        keys += offsets
+    codes = direct.codes[keys]
+    if not codes.all():
+        raise RuntimeError(_CHANGED)
+    return codes
 
 
 def combination_codes(
@@ -211,6 +249,9 @@ def combination_codes(
         return out
     if not index.rows:
         raise RuntimeError(_CHANGED)
+    if index.direct is not None:
+        out[valid] = _direct_codes(columns, index.direct)
+        return out
     ranks = np.zeros(len(columns[0]), np.int64)
     for step, column in zip(index.steps, columns, strict=True):
         keys = step.keys(ranks, column, known=False)

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rsgrpc_kernels.combination import combination_counts, merge_combination_counts
+from rsgrpc_kernels.combination import (
+    combination_codes,
+    combination_counts,
+    combination_index,
+    merge_combination_counts,
+)
 
 
 def _expected(blocks, nodatas):
@@ -53,3 +58,25 @@ def test_a_tile_with_no_valid_pixel_has_an_empty_table():
     block = np.full((4, 4), 9, np.uint8)
     rows, counts = combination_counts([block, block], [9, None])
     assert rows.shape == (0, 2) and counts.size == 0
+
+
+@pytest.mark.parametrize("high", [6, 60000])  # codes by number, and by the fold's steps
+def test_each_pixel_is_coded_by_its_row_and_a_combination_not_in_the_table_is_refused(high):
+    rng = np.random.default_rng(high)
+    blocks = [
+        rng.integers(1, high, (40, 30), endpoint=True).astype(np.uint16),
+        rng.integers(0, 3, (40, 30), endpoint=True).astype(np.uint16),
+    ]
+    nodatas = [1, None]
+    rows, _ = combination_counts(blocks, nodatas)
+    index = combination_index(rows)
+    assert (index.direct is not None) == (high == 6)
+    codes = combination_codes(blocks, nodatas, None, index, out_nodata=-1)
+    valid = blocks[0] != 1
+    assert (codes[~valid] == -1).all()
+    pixel_rows = np.column_stack([b[valid].astype(np.int64) for b in blocks])
+    np.testing.assert_array_equal(rows[codes[valid] - 1], pixel_rows)
+    changed = [blocks[0], blocks[1].copy()]
+    changed[1][5, 5] = 4  # a value the table was not made with
+    with pytest.raises(RuntimeError, match="does not"):
+        combination_codes(changed, nodatas, None, index, out_nodata=-1)
