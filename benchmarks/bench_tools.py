@@ -63,7 +63,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import rasterio
 from rasterio.windows import Window
 
@@ -93,7 +92,7 @@ from harness import (  # noqa: E402
     smooth_field,
     timed_call,
 )
-from process_tree import TreeMemorySampler  # noqa: E402
+from process_tree import TreeMemorySampler, tree_cpu_seconds  # noqa: E402
 
 from rsgrpc.engine.raster_io import DEFAULT_PROFILE  # noqa: E402
 
@@ -563,25 +562,6 @@ def remotior_script(tool: str, inputs: Path, output: Path, processes: int, ram: 
     )
 
 
-def _tree_cpu_with_children(pid: int) -> float:
-    """User plus system CPU seconds of ``pid`` and its live descendants, with those of
-    their children that ended and were waited for: Remotior's workers may end during a
-    call, and their CPU time then goes to the process that waited for them."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
 def run_remotior(python: str, script: Path, log: Path, env: dict[str, str], timeout: float) -> Run:
     """Run one tool's script; sample its tree's memory and read its CPU seconds from the
     call's start to its end; stop its process group after ``timeout`` seconds."""
@@ -610,7 +590,7 @@ def run_remotior(python: str, script: Path, log: Path, env: dict[str, str], time
             if isinstance(value, tuple) and value and value[0] in ("start", "done"):
                 if value[0] == "done":
                     sampler.stop()
-                marks[value[0]] = (value, _tree_cpu_with_children(process.pid))
+                marks[value[0]] = (value, tree_cpu_seconds(process.pid, ended_children=True))
                 if value[0] == "start":
                     sampler.start()
 

@@ -203,9 +203,11 @@ def _frames(pid: int) -> np.ndarray:
     return np.concatenate(found) if found else np.empty(0, np.uint64)
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(pid: int, *, ended_children: bool = False) -> float:
     """User plus system CPU seconds used so far by `pid` and its live descendants
-    (all their threads, GDAL's included)."""
+    (all their threads, GDAL's included); with `ended_children`, those of their children
+    that ended and were waited for too (workers that end during a call give their CPU
+    time to the process that waited for them)."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
@@ -218,4 +220,6 @@ def tree_cpu_seconds(pid: int) -> float:
         except psutil.Error:
             continue
         total += times.user + times.system
+        if ended_children:
+            total += times.children_user + times.children_system
     return total
