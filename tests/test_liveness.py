@@ -101,6 +101,17 @@ def _wait_gone(pid: int) -> None:
         psutil.Process(pid).wait(_WAIT_SECONDS)
 
 
+def _wait_dead(pid: int) -> None:
+    """Wait until a worker of this process has died, without reaping it: its pool must
+    find it dead as it would in the server (`wait` would reap it, and the pool would then
+    see a worker it cannot tell from a live one until its own thread notices)."""
+    deadline = time.monotonic() + _WAIT_SECONDS
+    with contextlib.suppress(psutil.NoSuchProcess):
+        while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, f"worker {pid} still runs"
+            time.sleep(0.01)
+
+
 @pytest.mark.timeout(300)
 def test_a_worker_killed_while_its_session_is_idle_is_replaced_and_the_next_job_runs(server):
     running, channel = server
@@ -109,7 +120,7 @@ def test_a_worker_killed_while_its_session_is_idle_is_replaced_and_the_next_job_
         executor = running.registry.get(session).executor
         victim = executor.pids()[0]
         os.kill(victim, signal.SIGKILL)
-        _wait_gone(victim)
+        _wait_dead(victim)
         done = _band_calc(channel, session, "idle/second.tif")
         pids = executor.pids()
     assert not done.HasField("error"), done.error

@@ -449,9 +449,21 @@ def _resident_and_own(pid: int) -> tuple[int, int] | None:
 
 
 def _alive(pool: concurrent.futures.ProcessPoolExecutor) -> bool:
-    """Whether a pool can run tasks: not broken, and every worker running."""
+    """Whether a pool can run tasks: not broken, and every worker running. A worker that
+    died is seen at once, before the pool's own thread has noticed and marked the pool
+    broken (until then its exit code can still read as None), so that a task is not
+    handed to a pool about to break."""
     processes = list((pool._processes or {}).values())
-    return not getattr(pool, "_broken", False) and all(p.exitcode is None for p in processes)
+    return not getattr(pool, "_broken", False) and all(
+        p.exitcode is None and not _dead(p.pid) for p in processes
+    )
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return True
 
 
 def _kill(processes: list) -> None:
