@@ -275,8 +275,12 @@ def test_many_tiles_equal_one_tile(server, session_name, tmp_path, normalize):
         results[edge] = (result.table, rasters)
     (tiled, tiled_rasters), (whole, whole_rasters) = results[64], results[4096]
     assert tiled.count == whole.count
-    for field in ("mean", "covariance", "eigenvalues", "eigenvectors"):
+    for field in ("mean", "covariance", "eigenvalues"):
         _close(getattr(tiled, field), getattr(whole, field), 1e-12)
+    # An eigenvector moves by the covariance's rounding over the gap to the next
+    # eigenvalue: a thousand times its entries' rounding here (1.5e-12 seen in one run,
+    # the tiles' partial sums merged in the order they came).
+    _close(tiled.eigenvectors, whole.eigenvectors, 1e-10)
     valid = whole_rasters[0] != NODATA
     assert ((tiled_rasters == NODATA) == ~valid).all()
     for tiled_component, whole_component in zip(tiled_rasters, whole_rasters, strict=True):
