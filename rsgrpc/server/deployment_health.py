@@ -51,7 +51,6 @@ from rsgrpc.download.transport import pooled_http_session
 
 _LOGGER = redact_logger(logging.getLogger(__name__))
 
-DEFAULT_PROBE_SECONDS: Final = 60.0
 # The longest a probe waits to connect, and then for the answer.
 PROBE_TIMEOUT_SECONDS: Final = 10.0
 MAX_BACKOFF_FACTOR: Final = 4
@@ -142,7 +141,7 @@ class DeploymentWatch:
         self,
         service: str,
         deployments: Mapping[str, Deployment],
-        probe_seconds: float = DEFAULT_PROBE_SECONDS,
+        probe_seconds: float,
     ) -> None:
         self.service = service
         self._deployments = dict(deployments)
