@@ -32,7 +32,7 @@ Inputs, made once into ``--workdir``'s data root and reused: a uint8 class raste
 second class raster (other patches), and two uint16 bands (red, nir: a smooth field
 plus per-pixel noise, nodata 0), tiled 512, ZSTD; and the same scene at 1024 x 1024
 for the warm-ups. Zonal stats take Count, Mean, StandardDeviation and Median of nir
-by class; clustering runs at most 5 iterations.
+by class; clustering (k-means and ISODATA) runs at most 5 iterations.
 
 Run: ``python benchmarks/bench_tool_memory.py [--workdir DIR] [--size N]
 [--budgets MIB[xPROCESSES] ...] [--tools NAME ...] [--keep]``.
@@ -315,6 +315,19 @@ def tool_calls(edge: int) -> dict[str, tuple[str, Callable[[Session, str], Any]]
                 class_number=8,
                 seed_signatures="random pixel",
                 max_iter=5,
+                overwrite=True,
+            ),
+        ),
+        "band_clustering isodata 8, 5 iterations": (
+            "band_clustering",
+            lambda rs, t: rs.band_clustering(
+                input_bands=[nir, red],
+                output_raster_path=out(t, "isodata"),
+                algorithm_name="isodata",
+                class_number=8,
+                seed_signatures="random pixel",
+                max_iter=5,
+                min_class_size=1000,
                 overwrite=True,
             ),
         ),

@@ -1,6 +1,7 @@
-"""K-means over tiles: a tile's pixels as a matrix of band values, their band ranges, a
-random sample of them, and each pass's per-cluster counts and sums, merged exactly
-across tiles; and each pixel's nearest centre, by minimum distance or spectral angle.
+"""K-means and ISODATA over tiles: a tile's pixels as a matrix of band values, their band
+ranges, a random sample of them, and each pass's per-cluster counts and sums (with
+ISODATA's, also of squared and plain distances to the centre), merged exactly across
+tiles; and each pixel's nearest centre, by minimum distance or spectral angle.
 
 Sums are compensated (Neumaier) in float64 and kept as (high, low) pairs, merged with
 `math.fsum`: for integer bands they are exact, for float bands they hold the sum to
@@ -125,6 +126,18 @@ def _nearest(values: np.ndarray, centres: np.ndarray, angle: bool) -> np.ndarray
 
 
 @njit(cache=True)
+def _add(high: np.ndarray, low: np.ndarray, c: int, j: int, x: float) -> None:
+    """Adds `x` to the compensated sum (high[c, j], low[c, j]) (Neumaier)."""
+    s = high[c, j]
+    t = s + x
+    if abs(s) >= abs(x):
+        low[c, j] += (s - t) + x
+    else:
+        low[c, j] += (x - t) + s
+    high[c, j] = t
+
+
+@njit(cache=True)
 def _sums(values: np.ndarray, labels: np.ndarray, k: int):
     """Each cluster's pixels and, per band, its compensated sum as (high, low)."""
     n, bands = values.shape
@@ -135,14 +148,31 @@ def _sums(values: np.ndarray, labels: np.ndarray, k: int):
         c = labels[i]
         counts[c] += 1
         for b in range(bands):
+            _add(high, low, c, b, values[i, b])
+    return counts, high, low
+
+
+@njit(cache=True)
+def _spread_sums(values: np.ndarray, labels: np.ndarray, centres: np.ndarray):
+    """Each cluster's pixels and compensated sums of, per band, the values and their
+    squared distances to the cluster's centre, then of the pixels' Euclidean distances
+    to it: 2 * bands + 1 columns."""
+    n, bands = values.shape
+    k = centres.shape[0]
+    counts = np.zeros(k, np.int64)
+    high = np.zeros((k, 2 * bands + 1))
+    low = np.zeros((k, 2 * bands + 1))
+    for i in range(n):
+        c = labels[i]
+        counts[c] += 1
+        squared = 0.0
+        for b in range(bands):
             x = values[i, b]
-            s = high[c, b]
-            t = s + x
-            if abs(s) >= abs(x):
-                low[c, b] += (s - t) + x
-            else:
-                low[c, b] += (x - t) + s
-            high[c, b] = t
+            d = x - centres[c, b]
+            _add(high, low, c, b, x)
+            _add(high, low, c, bands + b, d * d)
+            squared += d * d
+        _add(high, low, c, 2 * bands, math.sqrt(squared))
     return counts, high, low
 
 
@@ -156,6 +186,15 @@ def cluster_sums(values: np.ndarray, centres: np.ndarray, angle: bool) -> Cluste
     """A tile's pixels assigned to their nearest centres: each cluster's pixels and sums."""
     labels = nearest_centres(values, centres, angle)
     return _sums(values, labels, len(centres))
+
+
+def cluster_spread_sums(values: np.ndarray, centres: np.ndarray) -> ClusterSums:
+    """A tile's pixels assigned to their nearest centres by Euclidean distance: each
+    cluster's pixels and sums of values, of squared distances to the centre per band,
+    and of distances to the centre (`cluster_spread`)."""
+    centres = np.ascontiguousarray(centres, np.float64)
+    labels = _nearest(values, centres, False)
+    return _spread_sums(values, labels, centres)
 
 
 def merge_cluster_sums(parts: Sequence[ClusterSums]) -> ClusterSums:
@@ -173,8 +212,23 @@ def merge_cluster_sums(parts: Sequence[ClusterSums]) -> ClusterSums:
 
 
 def cluster_means(sums: ClusterSums) -> np.ndarray:
-    """Each cluster's mean per band, its exact sum rounded once then divided (NaN for a
+    """Each cluster's mean per column, its exact sum rounded once then divided (NaN for a
     cluster without pixels)."""
     counts, high, _ = sums
     with np.errstate(invalid="ignore", divide="ignore"):
         return high / counts[:, None]
+
+
+def cluster_spread(
+    sums: ClusterSums, centres: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From `cluster_spread_sums` over the pixels assigned to `centres`: each cluster's
+    mean, its standard deviation per band around that mean (population), and the mean
+    Euclidean distance of its pixels to the centre they were assigned to (NaN for a
+    cluster without pixels)."""
+    bands = centres.shape[1]
+    averages = cluster_means(sums)
+    means = averages[:, :bands]
+    # E[(x - mean)^2] = E[(x - centre)^2] - (mean - centre)^2, each term exact to a rounding.
+    variances = averages[:, bands : 2 * bands] - (means - centres) ** 2
+    return means, np.sqrt(np.maximum(variances, 0.0)), averages[:, 2 * bands]

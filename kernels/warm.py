@@ -289,19 +289,18 @@ def _label_in_tiles(connectivity: int) -> np.ndarray:
 
 def _clustering_cases() -> Iterator[WarmCase]:
     # Pixels of any band type reach the kernels as one float64 matrix.
-    for angle in (False, True):
-        yield WarmCase(
-            "clustering",
-            "float64",
-            "spectral angle" if angle else "minimum distance",
-            lambda a=angle: _clustering(a),
-        )
+    for method in ("minimum distance", "spectral angle", "isodata"):
+        yield WarmCase("clustering", "float64", method, lambda m=method: _clustering(m))
 
 
-def _clustering(angle: bool) -> np.ndarray:
+def _clustering(method: str) -> np.ndarray:
     band = _classes("uint16")
     values, _ = clustering.pixel_matrix([band, band[::-1]], [3, None], None)
     centres = values[:2] + 0.5
+    if method == "isodata":
+        counts, _, _ = clustering.cluster_spread_sums(values, centres)
+        return counts
+    angle = method == "spectral angle"
     counts, _, _ = clustering.cluster_sums(values, centres, angle)
     return counts + clustering.nearest_centres(values, centres, angle)[:2]
 

@@ -2,7 +2,9 @@
 and the command line: classes and centres against k-means written here in NumPy from the
 same seeds (Lloyd's iterations, sums exact) and against scikit-learn's KMeans, for minimum
 distance and spectral angle, band-mean, random-pixel and given seeds, nodata, several
-types and odd sizes; tiled equals untiled, cancellation, and requests refused at the door."""
+types and odd sizes; ISODATA against its definition written here in NumPy (clusters
+dropped, split and merged); tiled equals untiled, cancellation, and requests refused at
+the door."""
 
 from __future__ import annotations
 
@@ -94,6 +96,66 @@ def kmeans(x: np.ndarray, seeds: np.ndarray, iterations: int, angle: bool = Fals
         if not moved:
             break
     return _nearest(x, centres, angle), centres, counts, done
+
+
+def isodata(x, seeds, k, iterations, min_size=10, max_std=0.0, threshold=None):
+    """ISODATA as the README defines it, cluster by cluster with NumPy's standard
+    deviation: the final labels, centres, pixels per cluster, iterations run, each
+    centre's seed, and the (event, iteration) of every drop, split and merge."""
+    centres = np.array(seeds, np.float64)
+    seed_of = [tuple(s) for s in centres.tolist()]
+    events, counts, done = [], [], 0
+    while done < iterations:
+        done += 1
+        labels = _nearest(x, centres, False)
+        kept = []
+        for c in range(len(centres)):
+            members = x[labels == c]
+            if len(members) < min_size:
+                events.append(("drop", done))
+                continue
+            mean = [math.fsum(members[:, b]) / len(members) for b in range(x.shape[1])]
+            distance = np.sqrt(((members - centres[c]) ** 2).sum(axis=1)).mean()
+            kept.append([np.array(mean), members.std(axis=0), distance, len(members), seed_of[c]])
+        out = [[*c, False] for c in kept]
+        if len(kept) > k:
+            pairs = sorted(
+                (np.sqrt(((kept[i][0] - kept[j][0]) ** 2).sum()), i, j)
+                for i in range(len(kept))
+                for j in range(i + 1, len(kept))
+            )
+            merged, gone = {}, set()
+            for _, i, j in pairs:
+                if len(kept) - len(gone) == k:
+                    break
+                if {i, j} & (set(merged) | gone):
+                    continue
+                (a, _, _, na, seed), (b, _, _, nb, _) = kept[i], kept[j]
+                merged[i] = [(a * na + b * nb) / (na + nb), None, None, na + nb, seed, True]
+                gone.add(j)
+                events.append(("merge", done))
+            out = [merged.get(i, c) for i, c in enumerate(out) if i not in gone]
+        elif done < iterations:
+            average = sum(c[2] * c[3] for c in kept) / sum(c[3] for c in kept)
+            out = []
+            for mean, std, distance, n, seed in kept:
+                band = int(np.argmax(std))
+                wide = distance > average and n > 2 * (min_size + 1)
+                if std[band] > max_std and (wide or 2 * len(kept) <= k):
+                    events.append(("split", done))
+                    for sign in (-1, 1):
+                        half = mean.copy()
+                        half[band] += sign * std[band]
+                        out.append([half, None, None, 0, seed, True])
+                else:
+                    out.append([mean, std, distance, n, seed, False])
+        new = np.array([c[0] for c in out])
+        changed = len(out) != len(centres) or any(c[5] for c in out)
+        shift = math.inf if changed else np.sqrt(((new - centres) ** 2).sum(axis=1)).max()
+        centres, seed_of, counts = new, [c[4] for c in out], [c[3] for c in out]
+        if shift <= (threshold or 0.0):
+            break
+    return _nearest(x, centres, False), centres, counts, done, seed_of, events
 
 
 def _classes(shape, valid, labels) -> np.ndarray:
@@ -259,6 +321,44 @@ def test_nodata_value_is_nodata_in_every_band(server, session_name, raster_stub,
     np.testing.assert_array_equal(written, _classes(SHAPE, valid, labels))
 
 
+@pytest.mark.parametrize(
+    ("k", "min_size", "max_std", "events"),
+    [
+        (4, 300, 20.0, {"drop", "split", "merge"}),
+        (4, 300, 45.0, {"drop", "split"}),
+        # Three of five clusters dropped: the others split whatever their width.
+        (5, 2500, 45.0, {"drop", "split"}),
+    ],
+)
+def test_isodata_drops_splits_and_merges_as_its_definition(
+    server, session_name, raster_stub, bands, k, min_size, max_std, events
+):
+    running, _ = server
+    name = f"cl/out/iso{k}_{min_size}_{max_std:g}.tif"
+    request = _request(
+        session_name,
+        name,
+        algorithm_name="ISODATA",
+        class_number=k,
+        min_class_size=min_size,
+        max_standard_deviation=max_std,
+    )
+    response = _run(server, raster_stub, request)
+    x, valid = _pixels(bands)
+    seeds = _band_mean_seeds(x, k)
+    labels, centres, counts, done, seed_of, seen = isodata(x, seeds, k, 10, min_size, max_std)
+    assert {event for event, _ in seen} == events
+    assert response.iterations == done and response.converged == (done < 10)
+    # Means are exact sums rounded once in both; a split's step is a standard deviation,
+    # here NumPy's two-pass one, there from sums of squares around the centre.
+    np.testing.assert_allclose(_centres(response), centres, rtol=1e-12)
+    assert [r.pixel_count for r in response.rows] == counts
+    assert [tuple(r.seed) for r in response.rows] == seed_of
+    assert [r.class_value for r in response.rows] == list(range(1, len(centres) + 1))
+    written = _read(running.data_root.root / name)
+    np.testing.assert_array_equal(written, _classes(SHAPE, valid, labels))
+
+
 # --- tiling and cancellation, on the live server's session ---------------------------------
 
 
@@ -276,7 +376,7 @@ def _job(server, session_name, root: DataRoot, output: str, edge: int, message):
     return session, retiled(prepare_table_job(request, root, session), edge)
 
 
-@pytest.mark.parametrize("seeding", ["band mean", "random pixel"])
+@pytest.mark.parametrize("seeding", ["band mean", "random pixel", "isodata"])
 def test_many_tiles_equal_one_tile(server, session_name, tmp_path, bands, seeding):
     for name, (array, nodata) in bands.items():
         write_geotiff(tmp_path / f"{name}.tif", array, nodata=nodata, block=16)
@@ -286,7 +386,8 @@ def test_many_tiles_equal_one_tile(server, session_name, tmp_path, bands, seedin
         class_number=6,
         seed=3,
         seeding=raster_pb2.CLUSTERING_SEEDING_RANDOM_PIXEL if random else 0,
-        algorithm_name="sam" if random else "",
+        algorithm_name={"random pixel": "sam", "isodata": "isodata"}.get(seeding, ""),
+        max_standard_deviation=20.0 if seeding == "isodata" else None,
     )
     results = {}
     for edge in (16, 4096):
@@ -309,8 +410,13 @@ def test_many_tiles_equal_one_tile(server, session_name, tmp_path, bands, seedin
         seeds = x[np.lexsort((cols, rows, pixel_priorities(3, rows, cols)))[:6]]
     else:
         seeds = _band_mean_seeds(x, 6)
-    labels, centres, _, _ = kmeans(x, seeds, 10, angle=random)
-    np.testing.assert_array_equal(tiled, centres)
+    if seeding == "isodata":
+        labels, centres, _, _, _, seen = isodata(x, seeds, 6, 10, max_std=20.0)
+        assert {event for event, _ in seen} == {"drop", "split", "merge"}
+        np.testing.assert_allclose(tiled, centres, rtol=1e-12)
+    else:
+        labels, centres, _, _ = kmeans(x, seeds, 10, angle=random)
+        np.testing.assert_array_equal(tiled, centres)
     np.testing.assert_array_equal(tiled_classes, _classes(SHAPE, valid, labels))
 
 
@@ -332,7 +438,43 @@ def test_bad_requests_are_invalid_argument(server, session_name, raster_stub, ba
     running, _ = server
     root = running.data_root.root
     cases = {
-        "isodata": (_request(session_name, "bad/c.tif", algorithm_name="isodata"), "ISODATA"),
+        "algorithm": (_request(session_name, "bad/c.tif", algorithm_name="kmedoids"), "isodata"),
+        "isodata by angle": (
+            _request(session_name, "bad/c.tif", algorithm_name="isodata sam", class_number=2),
+            "not supported",
+        ),
+        "min size with k-means": (
+            _request(session_name, "bad/c.tif", class_number=2, min_class_size=5),
+            "min_class_size is ISODATA's",
+        ),
+        "deviation with k-means": (
+            _request(session_name, "bad/c.tif", class_number=2, max_standard_deviation=1),
+            "max_standard_deviation is ISODATA's",
+        ),
+        "no min size": (
+            _request(
+                session_name,
+                "bad/c.tif",
+                algorithm_name="isodata",
+                class_number=2,
+                min_class_size=0,
+            ),
+            "min_class_size must be at least 1",
+        ),
+        "negative deviation": (
+            _request(
+                session_name,
+                "bad/c.tif",
+                algorithm_name="isodata",
+                class_number=2,
+                max_standard_deviation=-1,
+            ),
+            "max_standard_deviation",
+        ),
+        "too many isodata classes": (
+            _request(session_name, "bad/c.tif", algorithm_name="isodata", class_number=513),
+            "512",
+        ),
         "no class": (_request(session_name, "bad/c.tif", class_number=0), "class_number"),
         "too many classes": (_request(session_name, "bad/c.tif", class_number=1025), "1024"),
         "iterations": (
@@ -401,6 +543,8 @@ def test_the_client_has_remotiors_signature():
         ("bandset_catalog", None),
         ("progress_message", True),
         ("seed", 0),
+        ("min_class_size", None),
+        ("max_standard_deviation", None),
     ]
 
 
@@ -425,10 +569,20 @@ def test_the_client_returns_remotiors_output(server, bands):
         )
         assert seeded.check, seeded.grpc
         assert [list(r.seed) for r in seeded.grpc.response.rows] == [[100, -50, 0.2], [900, 10, 1]]
+        iso = rs.band_clustering(
+            paths, "cl/client/i", "isodata", 4, min_class_size=300, max_standard_deviation=45
+        )
+        assert iso.check, iso.grpc
+        labels, centres, _, _, _, _ = isodata(x, _band_mean_seeds(x, 4), 4, 10, 300, 45.0)
+        np.testing.assert_allclose(iso.extra["centres"], centres, rtol=1e-12)
+        np.testing.assert_array_equal(
+            _read(root / "cl/client/i.tif"), _classes(SHAPE, valid, labels)
+        )
         for kw, message in (
             ({"seed_signatures": "sigs.scpx"}, "seed_signatures"),
             ({"max_iter": 0}, "max_iter"),
-            ({"algorithm_name": "isodata"}, "ISODATA"),
+            ({"min_class_size": 5}, "ISODATA's"),
+            ({"algorithm_name": "isodata", "min_class_size": 2.5}, "min_class_size"),
         ):
             arguments = {"algorithm_name": "md", **kw}
             bad = rs.band_clustering(paths, "cl/client/bad.tif", class_number=2, **arguments)

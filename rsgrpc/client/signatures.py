@@ -1047,7 +1047,7 @@ BAND_CLUSTERING = MethodSpec(
         ("bandset_catalog", None),
         ("progress_message", True),
     ),
-    extensions=(("seed", 0),),
+    extensions=(("seed", 0), ("min_class_size", None), ("max_standard_deviation", None)),
     notes={
         **_PER_CALL_RESOURCES,
         "input_bands": Note(
@@ -1065,14 +1065,17 @@ BAND_CLUSTERING = MethodSpec(
         ),
         "algorithm_name": Note(
             "differs",
-            "k-means with 'minimum distance' ('md') or 'spectral angle mapping' ('sam'); "
-            "anything else (ISODATA) is refused, where Remotior falls back to minimum "
-            "distance; ties go to the lower class",
+            "k-means with 'minimum distance' ('md') or 'spectral angle mapping' ('sam'), "
+            "or 'isodata': ISODATA by minimum distance, as the Semi-Automatic "
+            "Classification Plugin defines it (Remotior has none), with rsgrpc's keywords "
+            "min_class_size (10) and max_standard_deviation (0); any other name is refused, "
+            "where Remotior falls back to minimum distance; ties go to the lower class",
         ),
         "class_number": Note(
             "differs",
-            "1 to 1024 clusters, numbered from 1 in the raster whatever the seeding (Remotior "
-            "numbers 'band mean' clusters from 0)",
+            "1 to 1024 clusters (ISODATA: 1 to 512, the number it aims at), numbered from 1 "
+            "in the raster whatever the seeding (Remotior numbers 'band mean' clusters "
+            "from 0)",
         ),
         "seed_signatures": Note(
             "differs",
@@ -1085,13 +1088,15 @@ BAND_CLUSTERING = MethodSpec(
         "threshold": Note(
             "differs",
             "iterations stop once no centre moves farther than it (Euclidean distance, or "
-            "spectral angle in degrees); Remotior stops when the largest distance between two "
+            "spectral angle in degrees; with ISODATA, and no cluster is dropped, split or "
+            "merged); Remotior stops when the largest distance between two "
             "new centres exceeds it, which does not measure convergence",
         ),
         "max_iter": Note(
             "differs",
-            "the most Lloyd iterations, each moving the centres to their clusters' means "
-            "(scikit-learn's max_iter; default 10); the raster is classed by the final "
+            "the most iterations, each moving the centres to their clusters' means "
+            "(scikit-learn's max_iter; default 10; ISODATA's also drop, merge or split "
+            "clusters); the raster is classed by the final "
             "centres and iterations stop early once no centre moves; Remotior classes with "
             "max_iter sets of centres, one update fewer; below 1 is refused",
         ),

@@ -1,6 +1,6 @@
-"""Band clustering, declared: k-means of a band set (Remotior's `band_clustering`,
-`rsgrpc_kernels.clustering`), each Lloyd iteration a pass of the table job over the
-tiles, then a raster of each pixel's cluster and the table of centres.
+"""Band clustering, declared: k-means or ISODATA of a band set (Remotior's
+`band_clustering`, `rsgrpc_kernels.clustering`), each iteration a pass of the table job
+over the tiles, then a raster of each pixel's cluster and the table of centres.
 
 A seeding pass finds the bands' ranges (seeds spread over them, Remotior's "band mean")
 or a random sample of valid pixels (Remotior's "random pixel", drawn from `seed` by each
@@ -17,6 +17,27 @@ one update fewer than it names, and saves the seeds rather than the final centre
 "band mean" classes count from 0 and its "random pixel" ones from 1. Here `threshold`
 bounds how far a centre moves, `max_iterations` counts updates (scikit-learn's
 `max_iter`), classes count from 1 and the table holds the final centres.
+
+ISODATA (`algorithm_name` "isodata"; Remotior 0.8 has none, so this is the ISODATA of
+Remotior's predecessor, the Semi-Automatic Classification Plugin, after Ball and Hall
+1965) assigns by Euclidean distance and also sums, per cluster, the squared distances to
+its centre per band and the distances to it. After each iteration, clusters of fewer
+than `min_class_size` pixels are dropped and the others move to their means. With more
+than `class_number` clusters, the closest pairs of centres then merge (each cluster
+once an iteration, into their pixel-weighted mean) until `class_number` remain. With at
+most `class_number`, except after the last iteration, each cluster whose largest
+band standard deviation exceeds `max_standard_deviation` splits in two along that band,
+at its mean minus and plus that deviation, when its pixels lie farther from its centre
+on average than all pixels from theirs and it holds more than 2 * (min_class_size + 1)
+pixels, or when there are at most half `class_number` clusters. So ISODATA ends with at
+most `class_number` clusters. Iterations stop early once one drops, splits and merges
+nothing and no centre moves farther than `threshold`.
+
+Where the plugin's ISODATA is wrong, this does what the method means: the plugin
+compares a cluster's sum of distances (not their mean) with the average distance, loses
+a cluster whose deviation allows a split that its size does not, clips a split centre
+at 0, merges only pairs farther apart than its threshold, and may merge one cluster
+into two others in one iteration.
 """
 
 from __future__ import annotations
@@ -51,12 +72,17 @@ OUTPUT_NODATA = 2**32 - 1
 BAND_MEAN = "band mean"
 RANDOM_PIXEL = "random pixel"
 GIVEN = "given"
+KMEANS = "k-means"
+ISODATA = "isodata"
+DEFAULT_MIN_CLASS_SIZE = 10
+# Algorithm names: the method, and whether pixels go to the centre of least spectral angle.
 _ALGORITHMS = {
-    "": False,
-    "minimum distance": False,
-    "md": False,
-    "spectral angle mapping": True,
-    "sam": True,
+    "": (KMEANS, False),
+    "minimum distance": (KMEANS, False),
+    "md": (KMEANS, False),
+    "spectral angle mapping": (KMEANS, True),
+    "sam": (KMEANS, True),
+    ISODATA: (ISODATA, False),
 }
 _SEEDINGS = {
     raster_pb2.CLUSTERING_SEEDING_UNSPECIFIED: BAND_MEAN,
@@ -64,17 +90,21 @@ _SEEDINGS = {
     raster_pb2.CLUSTERING_SEEDING_RANDOM_PIXEL: RANDOM_PIXEL,
 }
 _SUPPORTED = (
-    "k-means with 'minimum distance' ('md') or 'spectral angle mapping' ('sam'); "
-    "ISODATA is not supported"
+    "k-means with 'minimum distance' ('md') or 'spectral angle mapping' ('sam'), or "
+    "'isodata' (by minimum distance)"
 )
 
 
 @dataclass(frozen=True)
 class ClusteringParameters:
-    """A clustering's request (distance, clusters, seeding, stopping rule, extra nodata)
-    and its state between passes: the centres of the next pass (None before seeding),
-    the seeds, the iterations run, and the last iteration's largest shift."""
+    """A clustering's request (method, distance, clusters, seeding, stopping rule, extra
+    nodata, ISODATA's cluster size and spread) and its state between passes: the centres
+    of the next pass (None before seeding), each centre's seed (with ISODATA, the seed
+    of the cluster it was split or merged from), the iterations run, the last
+    iteration's largest shift (infinite when it dropped, split or merged clusters) and
+    its pixels per centre."""
 
+    method: str
     angle: bool
     class_number: int
     seeding: str
@@ -82,10 +112,17 @@ class ClusteringParameters:
     max_iterations: int
     threshold: float | None
     nodata_value: float | None
+    min_class_size: int = DEFAULT_MIN_CLASS_SIZE
+    max_standard_deviation: float = 0.0
     centres: tuple[tuple[float, ...], ...] | None = None
     seeds: tuple[tuple[float, ...], ...] = ()
     iterations: int = 0
     shift: float = math.inf
+    counts: tuple[int, ...] = ()
+
+    @property
+    def isodata(self) -> bool:
+        return self.method == ISODATA
 
     @property
     def converged(self) -> bool:
@@ -112,6 +149,8 @@ def _parameters(message: raster_pb2.BandClusteringParameters) -> ClusteringParam
             f"algorithm_name {message.algorithm_name!r} is not supported; supported: {_SUPPORTED}",
             metadata={"field": "algorithm_name"},
         )
+    method, angle = _ALGORITHMS[algorithm]
+    isodata = _isodata_parameters(message, method)
     seeds = tuple(tuple(c.values) for c in message.seed_centres)
     class_number = message.class_number
     if seeds:
@@ -135,9 +174,11 @@ def _parameters(message: raster_pb2.BandClusteringParameters) -> ClusteringParam
         raise spec.ParameterError(
             f"seeding {message.seeding} is not a ClusteringSeeding", metadata={"field": "seeding"}
         )
-    if not 1 <= class_number <= MAX_CLASSES:
+    # ISODATA's splits may double the clusters, which the table holds.
+    most = MAX_CLASSES // 2 if method == ISODATA else MAX_CLASSES
+    if not 1 <= class_number <= most:
         raise spec.ParameterError(
-            f"class_number must be from 1 to {MAX_CLASSES}, got {class_number}",
+            f"class_number of {method} must be from 1 to {most}, got {class_number}",
             metadata={"field": "class_number"},
         )
     iterations = message.max_iterations or DEFAULT_ITERATIONS
@@ -153,7 +194,8 @@ def _parameters(message: raster_pb2.BandClusteringParameters) -> ClusteringParam
             metadata={"field": "threshold"},
         )
     return ClusteringParameters(
-        angle=_ALGORITHMS[algorithm],
+        method=method,
+        angle=angle,
         class_number=class_number,
         seeding=GIVEN if seeds else _SEEDINGS[message.seeding],
         seed=message.seed,
@@ -162,7 +204,36 @@ def _parameters(message: raster_pb2.BandClusteringParameters) -> ClusteringParam
         nodata_value=message.nodata_value if message.HasField("nodata_value") else None,
         centres=seeds or None,
         seeds=seeds,
+        **isodata,
     )
+
+
+def _isodata_parameters(
+    message: raster_pb2.BandClusteringParameters, method: str
+) -> dict[str, Any]:
+    """ISODATA's minimum cluster size and largest standard deviation, refused with
+    k-means."""
+    given = [f for f in ("min_class_size", "max_standard_deviation") if message.HasField(f)]
+    if method != ISODATA:
+        if given:
+            raise spec.ParameterError(
+                f"{given[0]} is ISODATA's: give algorithm_name 'isodata' or leave it unset",
+                metadata={"field": given[0]},
+            )
+        return {}
+    size = message.min_class_size if "min_class_size" in given else DEFAULT_MIN_CLASS_SIZE
+    if size < 1:
+        raise spec.ParameterError(
+            f"min_class_size must be at least 1, got {size}",
+            metadata={"field": "min_class_size"},
+        )
+    deviation = message.max_standard_deviation
+    if not (math.isfinite(deviation) and deviation >= 0):
+        raise spec.ParameterError(
+            f"max_standard_deviation must be a finite number of at least 0, got {deviation}",
+            metadata={"field": "max_standard_deviation"},
+        )
+    return {"min_class_size": size, "max_standard_deviation": deviation}
 
 
 def _check_band(p: ClusteringParameters, dtype: np.dtype, nodata: float | None, where: str):
@@ -178,8 +249,10 @@ def _pixel_bytes(dtypes: Sequence[np.dtype]) -> float:
 
 def _memory(p: ClusteringParameters, dtypes: Sequence[np.dtype]) -> tuple[float, float, float]:
     """Per pixel, the kernel (`_pixel_bytes`) and nothing that grows with the tile in
-    its partial table; per row (a cluster), its count and sums, merged with as many."""
-    return _pixel_bytes(dtypes), 0.0, 4 * (16 * len(dtypes) + 8)
+    its partial table; per row (a cluster), its count and sums (with ISODATA, of 2 *
+    bands + 1 columns), merged with as many."""
+    columns = 2 * len(dtypes) + 1 if p.isodata else len(dtypes)
+    return _pixel_bytes(dtypes), 0.0, 4 * (16 * columns + 8)
 
 
 def _request_bands(request: raster_pb2.BandClusteringRequest) -> Sequence[Any]:
@@ -208,6 +281,8 @@ def clustering_block(
 
     values, valid = clustering.pixel_matrix(blocks, nodatas, p.nodata_value)
     if p.centres is not None:
+        if p.isodata:
+            return "sums", clustering.cluster_spread_sums(values, np.array(p.centres))
         return "sums", clustering.cluster_sums(values, np.array(p.centres), p.angle)
     if p.seeding == RANDOM_PIXEL:
         sample = clustering.sample_pixels(values, valid, tile.row, tile.col, p.seed, p.class_number)
@@ -281,16 +356,124 @@ def _next_pass(
     if kind != "sums":
         seeds = _seeds(p, kind, part)
         return dataclasses.replace(p, centres=seeds, seeds=seeds, class_number=len(seeds)), True
-    old = np.array(p.centres, np.float64)
-    means = cluster_means(part)
-    new = np.where(np.isnan(means), old, means)
-    moved = dataclasses.replace(
-        p,
-        centres=tuple(tuple(row) for row in new.tolist()),
-        iterations=p.iterations + 1,
-        shift=_shift(old, new, p.angle),
-    )
+    if p.isodata:
+        moved = _isodata_step(p, part)
+    else:
+        old = np.array(p.centres, np.float64)
+        means = cluster_means(part)
+        new = np.where(np.isnan(means), old, means)
+        moved = dataclasses.replace(
+            p,
+            centres=_rows_of(new),
+            iterations=p.iterations + 1,
+            shift=_shift(old, new, p.angle),
+            counts=tuple(part[0].tolist()),
+        )
     return moved, moved.iterations < p.max_iterations and not moved.converged
+
+
+def _rows_of(array: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(row) for row in array.tolist())
+
+
+def _isodata_step(p: ClusteringParameters, sums: Any) -> ClusteringParameters:
+    """An ISODATA iteration's end: small clusters dropped, the others moved to their
+    means, then merged while more than `class_number`, or else split (never after the
+    last iteration, so that ISODATA ends with at most `class_number` clusters)."""
+    from rsgrpc_kernels.clustering import cluster_spread
+
+    old = np.array(p.centres, np.float64)
+    counts = sums[0]
+    means, deviations, distances = cluster_spread(sums, old)
+    kept = np.flatnonzero(counts >= p.min_class_size)
+    if len(kept) == 0:
+        raise spec.ParameterError(
+            f"no cluster holds min_class_size ({p.min_class_size:,}) pixels: the largest "
+            f"holds {int(counts.max()):,}",
+            metadata={"field": "min_class_size"},
+        )
+    clusters = [
+        _Cluster(means[j], deviations[j], float(distances[j]), int(counts[j]), p.seeds[j], False)
+        for j in kept
+    ]
+    iterations = p.iterations + 1
+    if len(clusters) > p.class_number:
+        clusters = _merge_closest(clusters, p.class_number)
+    elif iterations < p.max_iterations:
+        clusters = _split(clusters, p)
+    changed = len(clusters) != len(old) or any(c.fresh for c in clusters)
+    centres = np.array([c.mean for c in clusters], np.float64)
+    return dataclasses.replace(
+        p,
+        centres=_rows_of(centres),
+        seeds=tuple(c.seed for c in clusters),
+        iterations=iterations,
+        shift=math.inf if changed else _shift(old, centres, False),
+        counts=tuple(c.pixels for c in clusters),
+    )
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    """An ISODATA cluster after an iteration: its mean, standard deviation per band and
+    mean distance to its centre, its pixels, the seed it descends from, and whether it
+    was just split or merged (its pixels then those of the clusters merged, or 0 for a
+    half of a split; its spread unknown)."""
+
+    mean: np.ndarray
+    deviation: np.ndarray | None
+    distance: float
+    pixels: int
+    seed: tuple[float, ...]
+    fresh: bool
+
+
+def _split(clusters: list[_Cluster], p: ClusteringParameters) -> list[_Cluster]:
+    """Each cluster whose largest band deviation exceeds `max_standard_deviation`, and
+    that is wider than the average (distance to its centre) and holds more than 2 *
+    (min_class_size + 1) pixels, or any such cluster while there are at most half
+    `class_number`, in two along that band: mean minus and plus the deviation, in its
+    place."""
+    total = sum(c.pixels for c in clusters)
+    average = math.fsum(c.distance * c.pixels for c in clusters) / total
+    few = 2 * len(clusters) <= p.class_number
+    split = []
+    for c in clusters:
+        band = int(np.argmax(c.deviation))
+        deviation = float(c.deviation[band])
+        wide = c.distance > average and c.pixels > 2 * (p.min_class_size + 1)
+        if deviation > p.max_standard_deviation and (wide or few):
+            step = np.zeros_like(c.mean)
+            step[band] = deviation
+            split += [
+                _Cluster(c.mean - step, None, math.nan, 0, c.seed, True),
+                _Cluster(c.mean + step, None, math.nan, 0, c.seed, True),
+            ]
+        else:
+            split.append(c)
+    return split
+
+
+def _merge_closest(clusters: list[_Cluster], class_number: int) -> list[_Cluster]:
+    """The closest pairs of centres (Euclidean; ties to the lower pair of indices), each
+    cluster merged once, until `class_number` remain: into their pixel-weighted mean,
+    in the place of the first."""
+    means = np.array([c.mean for c in clusters])
+    first, second = np.triu_indices(len(clusters), 1)
+    gaps = np.sqrt(((means[first] - means[second]) ** 2).sum(axis=1))
+    merged: dict[int, _Cluster] = {}
+    gone: set[int] = set()
+    for pair in np.lexsort((second, first, gaps)):
+        if len(clusters) - len(gone) == class_number:
+            break
+        i, j = int(first[pair]), int(second[pair])
+        if i in merged or i in gone or j in merged or j in gone:
+            continue
+        a, b = clusters[i], clusters[j]
+        mean = (a.mean * a.pixels + b.mean * b.pixels) / (a.pixels + b.pixels)
+        merged[i] = _Cluster(mean, None, math.nan, a.pixels + b.pixels, a.seed, True)
+        gone.add(j)
+    return [merged.get(i, c) for i, c in enumerate(clusters) if i not in gone]
 
 
 def _passes(p: ClusteringParameters) -> int:
@@ -300,7 +483,11 @@ def _passes(p: ClusteringParameters) -> int:
 def _table(p: ClusteringParameters, merged: tuple[str, Any], grid: TableGrid) -> ClusteringTable:
     names = tuple(PurePosixPath(path).stem for path in grid.paths)
     return ClusteringTable(
-        np.array(p.centres, np.float64), np.array(p.seeds, np.float64), merged[1][0], names, p
+        np.array(p.centres, np.float64),
+        np.array(p.seeds, np.float64),
+        np.array(p.counts, np.int64),
+        names,
+        p,
     )
 
 
@@ -367,16 +554,23 @@ def clustering_classes_block(
 def _describe(p: ClusteringParameters) -> str:
     distance = "spectral angle" if p.angle else "minimum distance"
     stop = "" if p.threshold is None else f", stopping under a shift of {p.threshold:g}"
+    spread = (
+        f", clusters of at least {p.min_class_size} pixels, split above a deviation of "
+        f"{p.max_standard_deviation:g}"
+        if p.isodata
+        else ""
+    )
     return (
-        f"k-means of {p.class_number} clusters by {distance}, seeded by {p.seeding}, "
-        f"at most {p.max_iterations} iterations{stop}"
+        f"{p.method} of {p.class_number} clusters by {distance}, seeded by {p.seeding}, "
+        f"at most {p.max_iterations} iterations{stop}{spread}"
     )
 
 
 def request_parameters(arguments: dict[str, Any]) -> raster_pb2.BandClusteringParameters:
     """Remotior's `algorithm_name`, `class_number`, `seed_signatures` ("band mean",
     "random pixel", or seeds as a list of value lists), `threshold`, `max_iter` and
-    `nodata_value`, and rsgrpc's `seed`."""
+    `nodata_value`, and rsgrpc's `seed` and ISODATA's `min_class_size` and
+    `max_standard_deviation`."""
     message = raster_pb2.BandClusteringParameters(
         algorithm_name=str(arguments["algorithm_name"] or ""),
         seed=int(arguments["seed"] or 0),
@@ -411,10 +605,15 @@ def request_parameters(arguments: dict[str, Any]) -> raster_pb2.BandClusteringPa
                 f"max_iter must be an integer of at least 1, got {iterations!r}"
             )
         message.max_iterations = iterations
-    for name, field in (("threshold", "threshold"), ("nodata_value", "nodata_value")):
+    size = arguments["min_class_size"]
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise spec.ParameterError(f"min_class_size must be an integer, got {size!r}")
+        message.min_class_size = size
+    for name in ("threshold", "nodata_value", "max_standard_deviation"):
         value = number_argument(arguments, name)
         if value is not None:
-            setattr(message, field, value)
+            setattr(message, name, value)
     return message
 
 
@@ -432,7 +631,8 @@ BAND_CLUSTERING = TableTool[ClusteringParameters](
     name="band_clustering",
     rpc="BandClustering",
     command="band-clustering",
-    summary="k-means clustering of a band set, as a raster of classes and a table of centres",
+    summary="k-means or ISODATA clustering of a band set, as a raster of classes and a table "
+    "of centres",
     request_type=raster_pb2.BandClusteringRequest,
     response_type=raster_pb2.BandClusteringResponse,
     parameters=_parameters,
@@ -469,8 +669,8 @@ BAND_CLUSTERING = TableTool[ClusteringParameters](
             "algorithm_name",
             {
                 "default": "minimum distance",
-                "help": "'minimum distance' ('md', the default) or 'spectral angle mapping' "
-                "('sam')",
+                "help": "k-means by 'minimum distance' ('md', the default) or 'spectral angle "
+                "mapping' ('sam'), or 'isodata'",
             },
         ),
         spec.CliFlag(
@@ -498,6 +698,19 @@ BAND_CLUSTERING = TableTool[ClusteringParameters](
             "--nodata-value",
             "nodata_value",
             {"type": float, "help": "a value that makes a pixel nodata in any input"},
+        ),
+        spec.CliFlag(
+            "--min-class-size",
+            "min_class_size",
+            {"type": int, "help": "ISODATA: drop clusters of fewer pixels (default: 10)"},
+        ),
+        spec.CliFlag(
+            "--max-standard-deviation",
+            "max_standard_deviation",
+            {
+                "type": float,
+                "help": "ISODATA: split only clusters of a larger deviation in a band (default: 0)",
+            },
         ),
         spec.CliFlag("--overwrite", "overwrite", {"action": "store_true"}),
         extent_flag("cluster"),

@@ -3409,14 +3409,19 @@ class BandClusteringParameters(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
     NODATA_VALUE_FIELD_NUMBER: _builtins.int
+    MIN_CLASS_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_STANDARD_DEVIATION_FIELD_NUMBER: _builtins.int
     algorithm_name: _builtins.str
-    """Remotior's `algorithm_name`: "minimum distance" ("md", the default when
-    empty) or "spectral angle mapping" ("sam"); the pixel's nearest centre by
-    Euclidean distance or by spectral angle.
+    """Remotior's `algorithm_name`: k-means by "minimum distance" ("md", the
+    default when empty) or "spectral angle mapping" ("sam"), the pixel's
+    nearest centre by Euclidean distance or by spectral angle; or "isodata",
+    ISODATA by Euclidean distance, whose clusters are dropped, split and
+    merged between iterations (see `min_class_size`, `max_standard_deviation`).
     """
     class_number: _builtins.int
-    """The number of clusters (Remotior's `class_number`), from 1 to 1024; 0
-    with `seed_centres` takes their number.
+    """The number of clusters (Remotior's `class_number`), from 1 to 1024 (to
+    512 with ISODATA, whose splits may double them; ISODATA ends with about
+    this many); 0 with `seed_centres` takes their number.
     """
     seeding: Global___ClusteringSeeding.ValueType
     """How the centres are seeded, unless `seed_centres` are given."""
@@ -3435,6 +3440,14 @@ class BandClusteringParameters(_message.Message):
     """Pixels where any input holds this value are nodata too (Remotior's
     `nodata_value`), beside each band's own nodata.
     """
+    min_class_size: _builtins.int
+    """ISODATA only: after each iteration, clusters of fewer pixels are dropped
+    (their pixels go to other clusters in the next); at least 1; unset: 10.
+    """
+    max_standard_deviation: _builtins.float
+    """ISODATA only: a cluster may split only where its largest standard
+    deviation in a band exceeds this; at least 0; unset: 0.
+    """
     @_builtins.property
     def seed_centres(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterCentre]:
         """Given seed centres (Remotior's signatures as `seed_signatures`)."""
@@ -3450,15 +3463,25 @@ class BandClusteringParameters(_message.Message):
         threshold: _builtins.float | None = ...,
         max_iterations: _builtins.int = ...,
         nodata_value: _builtins.float | None = ...,
+        min_class_size: _builtins.int | None = ...,
+        max_standard_deviation: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "_threshold", b"_threshold", "nodata_value", b"nodata_value", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_standard_deviation", b"_max_standard_deviation", "_min_class_size", b"_min_class_size", "_nodata_value", b"_nodata_value", "_threshold", b"_threshold", "max_standard_deviation", b"max_standard_deviation", "min_class_size", b"min_class_size", "nodata_value", b"nodata_value", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value", "_threshold", b"_threshold", "algorithm_name", b"algorithm_name", "class_number", b"class_number", "max_iterations", b"max_iterations", "nodata_value", b"nodata_value", "seed", b"seed", "seed_centres", b"seed_centres", "seeding", b"seeding", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_standard_deviation", b"_max_standard_deviation", "_min_class_size", b"_min_class_size", "_nodata_value", b"_nodata_value", "_threshold", b"_threshold", "algorithm_name", b"algorithm_name", "class_number", b"class_number", "max_iterations", b"max_iterations", "max_standard_deviation", b"max_standard_deviation", "min_class_size", b"min_class_size", "nodata_value", b"nodata_value", "seed", b"seed", "seed_centres", b"seed_centres", "seeding", b"seeding", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_standard_deviation: _TypeAlias = _typing.Literal["max_standard_deviation"]  # noqa: Y015
+    _WhichOneofArgType__max_standard_deviation: _TypeAlias = _typing.Literal["_max_standard_deviation", b"_max_standard_deviation"]  # noqa: Y015
+    _WhichOneofReturnType__min_class_size: _TypeAlias = _typing.Literal["min_class_size"]  # noqa: Y015
+    _WhichOneofArgType__min_class_size: _TypeAlias = _typing.Literal["_min_class_size", b"_min_class_size"]  # noqa: Y015
     _WhichOneofReturnType__nodata_value: _TypeAlias = _typing.Literal["nodata_value"]  # noqa: Y015
     _WhichOneofArgType__nodata_value: _TypeAlias = _typing.Literal["_nodata_value", b"_nodata_value"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_standard_deviation) -> _WhichOneofReturnType__max_standard_deviation | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_class_size) -> _WhichOneofReturnType__min_class_size | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__nodata_value) -> _WhichOneofReturnType__nodata_value | None: ...
     @_typing.overload
@@ -3532,7 +3555,9 @@ class BandClusteringRow(_message.Message):
 
     @_builtins.property
     def seed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """The seed it started from."""
+        """The seed it started from (with ISODATA, the seed of the cluster it was
+        split or merged from).
+        """
 
     def __init__(
         self,
@@ -3570,13 +3595,16 @@ class BandClusteringResponse(_message.Message):
     raster_path: _builtins.str
     """Path of the raster of classes."""
     iterations: _builtins.int
-    """The Lloyd iterations run."""
+    """The iterations run."""
     converged: _builtins.bool
     """Whether the centres settled: none moved farther than `threshold` (or at
-    all, without one) in the last iteration.
+    all, without one) in the last iteration, and (ISODATA) no cluster was
+    dropped, split or merged.
     """
     shift: _builtins.float
-    """How far the centres moved in the last iteration, at most."""
+    """How far the centres moved in the last iteration, at most; infinite after
+    an ISODATA iteration that dropped, split or merged clusters.
+    """
     data_type: Global___DataType.ValueType
     """The raster's data type: UInt32, as Remotior's classification."""
     nodata: _builtins.float

@@ -195,11 +195,12 @@ class RasterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BandClustering(self, request, context):
-        """K-means clustering of a band set (Remotior's `band_clustering`): centres
-        seeded from the bands' ranges, random pixels or given values, refined by
-        Lloyd's iterations over the tiles, then a raster of each pixel's cluster
-        and the table of centres, written as a CSV file and returned in the
-        response.
+        """K-means or ISODATA clustering of a band set (Remotior's
+        `band_clustering`): centres seeded from the bands' ranges, random pixels or
+        given values, refined by iterations over the tiles (Lloyd's, or ISODATA's
+        with clusters dropped, split and merged), then a raster of each pixel's
+        cluster and the table of centres, written as a CSV file and returned in
+        the response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
