@@ -499,8 +499,9 @@ def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 class DaskExecutor:
     """Tiles on a Dask distributed cluster, through its concurrent.futures executor.
 
-    Workers read their own windows, so the paths must be reachable from every
-    worker (storage shared at the same path). When the scheduler
+    Workers read their own windows, so every worker must see every data root: where
+    the server has it, or where the worker's RSGRPC_WORKER_DATA_ROOTS puts the root's
+    name (`DataPath.local_root`; checked as a session starts, `root_probe`). When the scheduler
     goes away, Dask's client cancels every future it had and tries to reconnect
     for a while: tasks fail with WorkersUnavailableError at once (never waiting for a
     reconnection), and once the client has given up, the next task connects anew.
@@ -564,6 +565,17 @@ class DaskExecutor:
     def recover(self) -> None:
         # The scheduler reschedules tasks of lost workers by itself.
         return None
+
+    def run_on_every_worker(self, fn: Any, /, *args: Any) -> dict[str, Any]:
+        """`fn(*args)` on each worker of the cluster now, by its address; raises
+        WorkersUnavailableError if they do not all answer within DASK_CONNECT_SECONDS."""
+        self._live_executor()  # connected, or WorkersUnavailableError
+        try:
+            return self._client.run(fn, *args, callback_timeout=DASK_CONNECT_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            raise WorkersUnavailableError(
+                f"the Dask workers did not answer within {DASK_CONNECT_SECONDS:.0f} s: {exc}"
+            ) from None
 
     def shutdown(self) -> None:
         with self._lock:

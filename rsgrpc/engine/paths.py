@@ -21,6 +21,12 @@ client cannot make links through the API anyway.
 
 GDAL is handed the file this module opened, as `fd_path(fd)`, never a name to
 resolve again.
+
+Each root has a name ("data", "data2", ... by default, or given as `name=folder`).
+A process whose environment holds RSGRPC_WORKER_DATA_ROOTS (`name=folder` pairs,
+separated by os.pathsep), as a Dask worker on another machine does, opens each named
+root at its own folder: the server and its workers may mount the same storage at
+different paths. Confinement is the same wherever a path is opened.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import dataclasses
 import errno
 import functools
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -50,6 +57,38 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # Where an open descriptor has a name that leads to its file, not to a path.
 _FD_DIRECTORY = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+ROOT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+WORKER_ROOTS_ENV = "RSGRPC_WORKER_DATA_ROOTS"
+
+
+def default_root_name(place: int) -> str:
+    """The name of the data root given `place`-th (from 1) without one."""
+    return "data" if place == 1 else f"data{place}"
+
+
+def named_root(text: str) -> tuple[str, Path]:
+    """`name=folder` (a name of a letter, then up to 31 letters, digits, '_' or '-') or
+    a folder alone: the name ("" without one) and the folder."""
+    name, separator, folder = text.partition("=")
+    if separator and folder and ROOT_NAME.fullmatch(name):
+        return name, Path(folder)
+    return "", Path(text)
+
+
+@functools.cache
+def worker_mounts() -> dict[str, Path]:
+    """This process's own folders for named data roots, from RSGRPC_WORKER_DATA_ROOTS
+    (`name=folder` pairs separated by os.pathsep; empty parts skipped); empty where it is
+    unset. Raises ValueError for a part that is not `name=folder`."""
+    mounts: dict[str, Path] = {}
+    for part in os.environ.get(WORKER_ROOTS_ENV, "").split(os.pathsep):
+        if not part:
+            continue
+        name, folder = named_root(part)
+        if not name:
+            raise ValueError(f"{WORKER_ROOTS_ENV} holds {part!r}, not name=folder")
+        mounts[name] = Path(folder)
+    return mounts
 
 
 def fd_path(fd: int) -> str:
@@ -73,6 +112,8 @@ class DataPath:
     relative: str = dataclasses.field(default="", repr=False)  # empty: `path` is relative
     # The roots it was checked against, for paths named relative to it (`data_path`).
     roots: DataRoot | None = dataclasses.field(default=None, repr=False, compare=False)
+    # The root's name, by which a worker with mounts of its own finds it (`local_root`).
+    root_name: str = dataclasses.field(default="", repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.path
@@ -90,6 +131,12 @@ class DataPath:
     @property
     def name(self) -> str:
         return self.parts[-1]
+
+    @property
+    def local_root(self) -> Path:
+        """The root as this process mounts it: the server's folder, or the one this
+        process's RSGRPC_WORKER_DATA_ROOTS gives the root's name (`worker_mounts`)."""
+        return worker_mounts().get(self.root_name, self.root)
 
     def beside(self, relative: str, *, field: str | None = None) -> DataPath:
         """The path `relative` (without '..') from this path's folder, under the same root.
@@ -118,7 +165,7 @@ class DataPath:
         relative_form = (
             PurePosixPath(*self.parts[:-1], *pure.parts).as_posix() if self.relative else ""
         )
-        return DataPath(self.root, shown, field, relative_form, self.roots)
+        return DataPath(self.root, shown, field, relative_form, self.roots, self.root_name)
 
     def open_file(self) -> int:
         """Open the regular file at this path for reading; returns its descriptor.
@@ -151,8 +198,8 @@ class DataPath:
         InvalidArgumentError for a component that is not a directory.
         """
         try:
-            fd = os.open(self.root, _DIRECTORY_FLAGS)
-        except OSError:
+            fd = os.open(self.local_root, _DIRECTORY_FLAGS)
+        except (OSError, ValueError):
             raise FailedPreconditionError(
                 "the server's data root is not available", metadata=self._metadata
             ) from None
@@ -292,40 +339,62 @@ class DataRoot:
     `root` is the primary: relative paths resolve under it. `others` are reached by
     absolute paths only. `prefixes` are the absolute forms a client may write for each
     root (as the server was given it, and resolved), longest first, so that a root
-    inside another is matched before it.
+    inside another is matched before it. `names` are the roots' names, in order
+    (empty: "data", "data2", ... by place).
     """
 
     root: Path
     others: tuple[Path, ...] = ()
     prefixes: tuple[tuple[PurePosixPath, Path], ...] = dataclasses.field(default=(), repr=False)
+    names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.prefixes:  # a root made directly, not by `at`: written as it is
             forms = [(PurePosixPath(root), root) for root in self.roots]
             object.__setattr__(self, "prefixes", _longest_first(forms))
+        if not self.names:
+            names = tuple(default_root_name(place) for place in range(1, len(self.roots) + 1))
+            object.__setattr__(self, "names", names)
 
     @property
     def roots(self) -> tuple[Path, ...]:
         """Every root, the primary first."""
         return (self.root, *self.others)
 
+    @property
+    def named(self) -> dict[str, Path]:
+        """Each root by its name."""
+        return dict(zip(self.names, self.roots, strict=True))
+
     @classmethod
-    def at(cls, root: str | Path, *others: str | Path) -> DataRoot:
-        """The data roots at `root` (the primary) and `others`, each made if missing; a
-        root given twice, in either form, counts once. Raises RuntimeError where open
-        files cannot be named by descriptor (`fd_path`), which confinement needs."""
-        resolved: list[Path] = []
+    def at(cls, root: str | Path, *others: str | Path, names: tuple[str, ...] = ()) -> DataRoot:
+        """The data roots at `root` (the primary) and `others`, each made if missing, named
+        `names` (by default "data", "data2", ...); a root given twice, in either form,
+        counts once, under its first name. Raises ValueError for a name that is not a
+        root name or is given twice, RuntimeError where open files cannot be named by
+        descriptor (`fd_path`), which confinement needs."""
+        given_roots = (root, *others)
+        names = names or tuple(default_root_name(p) for p in range(1, len(given_roots) + 1))
+        for name in names:
+            if not ROOT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"data root name {name!r} is not a letter, then up to 31 letters, digits, "
+                    "'_' or '-'"
+                )
+        resolved: dict[Path, str] = {}
         forms: list[tuple[PurePosixPath, Path]] = []
-        for given in (root, *others):
+        for given, name in zip(given_roots, names, strict=True):
             # As given, made absolute lexically: the form a client script holds.
             written = PurePosixPath(os.path.abspath(os.path.expanduser(given)))
             path = Path(written).resolve()
             path.mkdir(parents=True, exist_ok=True)
             _check_fd_paths(path)
-            if path not in resolved:
-                resolved.append(path)
+            resolved.setdefault(path, name)
             forms += [(written, path), (PurePosixPath(path), path)]
-        return cls(resolved[0], tuple(resolved[1:]), _longest_first(forms))
+        if len(set(resolved.values())) != len(resolved):
+            raise ValueError(f"data root names are given twice: {list(resolved.values())}")
+        paths = list(resolved)
+        return cls(paths[0], tuple(paths[1:]), _longest_first(forms), tuple(resolved.values()))
 
     def path(self, client_path: str, *, field: str = "path") -> DataPath:
         """`client_path` checked for its form: without '..', names of at most 255 bytes,
@@ -371,7 +440,9 @@ class DataRoot:
                     f"names are at most {MAX_NAME_BYTES}",
                     metadata=metadata,
                 )
-        return DataPath(root, pure.as_posix(), field, relative.as_posix() if absolute else "", self)
+        relative_form = relative.as_posix() if absolute else ""
+        name = self.names[self.roots.index(root)]
+        return DataPath(root, pure.as_posix(), field, relative_form, self, name)
 
     def _under(self, absolute: PurePosixPath, shown: str, field: str) -> tuple[Path, PurePosixPath]:
         """The root `absolute` lies under, lexically, and the path from it; the longest

@@ -43,6 +43,7 @@ from rsgrpc.engine.log_context import OPERATION, SESSION, ContextFilter
 from rsgrpc.engine.operations import Operation
 from rsgrpc.engine.partial_output import PartialOutput
 from rsgrpc.engine.paths import DataPath
+from rsgrpc.engine.root_probe import RootMarks, check_workers_see_roots
 from rsgrpc.engine.worker_stock import PoolShape, WorkerStock
 
 _LOGGER = logging.getLogger(__name__)
@@ -395,6 +396,7 @@ class SessionRegistry:
         *,
         temp_root: Path,
         dask_scheduler: str | None = None,
+        root_marks: RootMarks | None = None,
         on_close: Callable[[Session], None] | None = None,
         closed_log_s: float = 3600.0,
         max_closed_logs: int = 64,
@@ -402,6 +404,8 @@ class SessionRegistry:
         self.limits = limits
         self.temp_root = temp_root
         self.dask_scheduler = dask_scheduler
+        # The data roots' markers, that every Dask worker must see (`root_probe`).
+        self.root_marks = root_marks
         self._on_close = on_close
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
@@ -414,7 +418,14 @@ class SessionRegistry:
 
     def _make_executor(self, settings: SessionSettings) -> Executor:
         if self.dask_scheduler:
-            return DaskExecutor(self.dask_scheduler, workers=settings.process_count)
+            executor = DaskExecutor(self.dask_scheduler, workers=settings.process_count)
+            if self.root_marks is not None:
+                try:
+                    check_workers_see_roots(executor.run_on_every_worker, self.root_marks)
+                except BaseException:
+                    executor.shutdown()
+                    raise
+            return executor
         return self.stock.lend(_pool_shape(settings.process_count))
 
     def _release_executor(self, executor: Executor) -> None:

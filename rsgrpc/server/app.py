@@ -32,6 +32,7 @@ from rsgrpc.engine.kernel_cache import report_kernel_cache, use_kernel_cache_dir
 from rsgrpc.engine.leftovers import remove_leftovers_in_background
 from rsgrpc.engine.operations import OperationStore
 from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.root_probe import mark_roots
 from rsgrpc.engine.session import ServerLimits, Session, SessionRegistry
 from rsgrpc.engine.sieve import load_finishing_kernels
 from rsgrpc.server.auth import Authenticator, IdentityInterceptor, read_tokens
@@ -253,7 +254,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     cancelled; calls still waiting on them get UNAVAILABLE; every session is closed
     (its workers stopped, its files removed). Each step is bounded in time.
     """
-    data_root = DataRoot.at(*config.data_roots)
+    data_root = DataRoot.at(*config.data_roots, names=config.root_names)
     # Before any worker is spawned: workers inherit the environment, and numba reads it.
     report_kernel_cache(use_kernel_cache_dir(config.kernel_cache_dir))
     download_settings = load_download_settings(config.deployments)
@@ -274,6 +275,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         ),
         temp_root=config.temp_root.expanduser().resolve(),
         dask_scheduler=config.dask_scheduler or None,
+        root_marks=mark_roots(data_root) if config.dask_scheduler else None,
         on_close=lambda session: _cancel_operations_of(operations, session),
         closed_log_s=config.closed_session_log_s,
         max_closed_logs=config.max_closed_session_logs,

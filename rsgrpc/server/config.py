@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from rsgrpc.engine.kernel_cache import default_kernel_cache_dir
+from rsgrpc.engine.paths import default_root_name, named_root
 
 MIB = 1 << 20
 
@@ -24,14 +25,18 @@ def _default_ram_mib() -> int:
 class ServerConfig:
     """Everything `rsgrpc serve` can be told. Each field has a flag and an
     environment variable, `RSGRPC_<FIELD>` (e.g. RSGRPC_DATA_ROOT), but
-    `other_data_roots`: the data roots past the first come from the same flag and
-    variable as the first."""
+    `other_data_roots` and `data_root_names`: the data roots past the first come from
+    the same flag and variable as the first, and each root's name with it
+    (`name=path`)."""
 
     address: str = "127.0.0.1:50051"
     data_root: Path = Path("data")  # the primary: relative client paths resolve under it
     # Further roots, reached by absolute client paths: `--data-root` given again, or more
     # roots in RSGRPC_DATA_ROOT separated by os.pathsep. No flag of their own.
     other_data_roots: tuple[Path, ...] = ()
+    # Each root's name, by which Dask workers map it to their own mount (`name=path` in
+    # --data-root); a root given without one is "data", "data2", ... by its place.
+    data_root_names: tuple[str, ...] = ()
     temp_root: Path = Path(tempfile.gettempdir()) / "rsgrpc"
     kernel_cache_dir: Path = default_kernel_cache_dir()  # compiled kernels (`rsgrpc warm`)
     max_processes: int = os.cpu_count() or 1
@@ -79,6 +84,16 @@ class ServerConfig:
         return (self.data_root, *self.other_data_roots)
 
     @property
+    def root_names(self) -> tuple[str, ...]:
+        """Every data root's name, the primary's first."""
+        return tuple(
+            name or default_root_name(place)
+            for place, name in enumerate(
+                self.data_root_names or ("",) * len(self.data_roots), start=1
+            )
+        )
+
+    @property
     def ram_total_mib(self) -> int:
         return self.max_ram_mib or _default_ram_mib()
 
@@ -98,14 +113,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if field.name == "data_root":
             parser.add_argument(
                 "--data-root",
-                type=Path,
                 action="append",
                 default=None,
-                help=f"repeat for several roots; the first is the primary (env {_DATA_ROOT_ENV}, "
-                f"several separated by {os.pathsep!r}; default {defaults.data_root})",
+                help="a folder, or name=folder to name it as Dask workers map it; repeat "
+                f"for several roots, the first the primary (env {_DATA_ROOT_ENV}, several "
+                f"separated by {os.pathsep!r}; default {defaults.data_root}, named "
+                f"{default_root_name(1)!r})",
             )
             continue
-        if field.name == "other_data_roots":
+        if field.name in ("other_data_roots", "data_root_names"):
             continue
         env = f"RSGRPC_{field.name.upper()}"
         default = os.environ.get(env, getattr(defaults, field.name))
@@ -130,20 +146,28 @@ def _boolean(text: str) -> bool:
 
 
 def from_arguments(args: argparse.Namespace) -> ServerConfig:
-    roots = args.data_root or _data_roots_from_environment() or [ServerConfig.data_root]
+    given_roots = args.data_root or _data_roots_from_environment()
+    named = [named_root(text) for text in given_roots] or [("", ServerConfig.data_root)]
+    names = [name for name, _ in named]
+    roots = [root for _, root in named]
     given = {
         f.name: getattr(args, f.name)
         for f in fields(ServerConfig)
-        if f.name not in ("data_root", "other_data_roots")
+        if f.name not in ("data_root", "other_data_roots", "data_root_names")
     }
-    return ServerConfig(**given, data_root=roots[0], other_data_roots=tuple(roots[1:]))
+    return ServerConfig(
+        **given,
+        data_root=roots[0],
+        other_data_roots=tuple(roots[1:]),
+        data_root_names=tuple(names) if any(names) else (),
+    )
 
 
-def _data_roots_from_environment() -> list[Path]:
+def _data_roots_from_environment() -> list[str]:
     """The roots in RSGRPC_DATA_ROOT, separated by os.pathsep as in PATH; empty parts are
     skipped. A flag's value is never split: a folder's name may hold the separator."""
     text = os.environ.get(_DATA_ROOT_ENV, "")
-    return [Path(part) for part in text.split(os.pathsep) if part]
+    return [part for part in text.split(os.pathsep) if part]
 
 
 def read_secret(path: str) -> str:
