@@ -1,0 +1,404 @@
+"""Tiles on real Dask clusters, through a real gRPC channel: outputs equal to local
+workers', results that never pass through the scheduler, a session's process_count
+bounding its tasks on a larger cluster, and a worker killed during a job.
+
+Two clusters: a `distributed.LocalCluster` of two worker processes, and a scheduler and
+two workers started as processes by Dask's command line, as a deployment runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import rasterio
+from google.longrunning import operations_proto_pb2 as lro
+
+from rsgrpc.v1 import (
+    operation_pb2,
+    operation_pb2_grpc,
+    raster_pb2,
+    raster_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
+from tests.conftest import (
+    make_config,
+    operation_metadata,
+    serving,
+    write_geotiff,
+    write_speckled_classes,
+)
+
+distributed = pytest.importorskip("distributed")
+
+# Bound of every wait: a cluster to start, a job to end, a process to be gone.
+_WAIT_SECONDS = 60
+_EDGE = 2048
+# Small enough that each job takes several tiles: local workers count their own memory
+# in a session's budget, a cluster's workers do not.
+_RAM_MIB = 320
+_LOCAL_RAM_MIB = 600
+_NDVI = '("nir" - "red") / ("nir" + "red")'
+_TOOLS = ("ndvi", "sieve", "dilate", "erode")
+
+
+def _write_inputs(root: Path) -> None:
+    """Red and nir bands of noise (an NDVI of several MB whatever its codec) and a class
+    raster with speckle, each _EDGE pixels square."""
+    rng = np.random.default_rng(5)
+    for name in ("red", "nir"):
+        band = rng.integers(1, 10000, (_EDGE, _EDGE), dtype=np.uint16)
+        write_geotiff(root / f"{name}.tif", band, nodata=0)
+    write_speckled_classes(
+        root / "classes.tif", seed=6, grid=(64, 64), block=32, classes=5, speckle=6, density=0.1
+    )
+
+
+def _classes() -> list[raster_pb2.RasterBand]:
+    return [raster_pb2.RasterBand(path="classes.tif")]
+
+
+def _start(channel: grpc.Channel, session: str, tool: str, output: str) -> lro.Operation:
+    """Start one of _TOOLS on the inputs of `_write_inputs`, into `output`."""
+    stub = raster_pb2_grpc.RasterServiceStub(channel)
+    to = raster_pb2.ToolOutput(path=output)
+    if tool == "ndvi":
+        inputs = [raster_pb2.RasterInput(name=n, path=f"{n}.tif") for n in ("red", "nir")]
+        request = raster_pb2.BandCalcRequest(
+            session=session, expression=_NDVI, inputs=inputs, output_path=output, overwrite=True
+        )
+        return stub.BandCalc(request, timeout=_WAIT_SECONDS)
+    if tool == "sieve":
+        request = raster_pb2.SieveRequest(
+            session=session,
+            inputs=_classes(),
+            size=12,
+            connectivity=raster_pb2.CONNECTIVITY_8,
+            output=to,
+        )
+        return stub.Sieve(request, timeout=_WAIT_SECONDS)
+    if tool == "dilate":
+        parameters = raster_pb2.MorphologyParameters(value_list=[2, 4], size=2)
+        request = raster_pb2.DilateRequest(
+            session=session, inputs=_classes(), parameters=parameters, output=to
+        )
+        return stub.Dilate(request, timeout=_WAIT_SECONDS)
+    parameters = raster_pb2.MorphologyParameters(value_list=[1, 3], size=2)
+    request = raster_pb2.ErodeRequest(
+        session=session, inputs=_classes(), parameters=parameters, output=to
+    )
+    return stub.Erode(request, timeout=_WAIT_SECONDS)
+
+
+def _updates(channel: grpc.Channel, operation: lro.Operation) -> Iterator[lro.Operation]:
+    """The operation's updates until it is done, within _WAIT_SECONDS."""
+    if operation.done:
+        yield operation
+        return
+    stub = operation_pb2_grpc.OperationWatchServiceStub(channel)
+    request = operation_pb2.WatchOperationRequest(name=operation.name)
+    yield from stub.WatchOperation(request, timeout=_WAIT_SECONDS)
+
+
+def _finish(channel: grpc.Channel, operation: lro.Operation) -> lro.Operation:
+    """The finished operation, asserting that it succeeded."""
+    *_, last = _updates(channel, operation)
+    assert last.done and not last.HasField("error"), last.error
+    return last
+
+
+def _run(channel: grpc.Channel, session: str, tool: str, output: str) -> int:
+    """Run a tool to its end; returns how many tiles it took."""
+    return operation_metadata(_finish(channel, _start(channel, session, tool, output))).tiles_total
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def _create_session(channel: grpc.Channel, process_count: int, ram_mib: int = _RAM_MIB) -> str:
+    session = session_pb2.Session(process_count=process_count, available_ram_mib=ram_mib)
+    stub = session_pb2_grpc.SessionServiceStub(channel)
+    return stub.CreateSession(
+        session_pb2.CreateSessionRequest(session=session), timeout=_WAIT_SECONDS
+    ).name
+
+
+def _run_every_tool(channel: grpc.Channel, session: str, root: Path, folder: str) -> dict:
+    """Each of _TOOLS into `folder`: {tool: (its output's pixels, its tiles)}."""
+    outputs = {}
+    for tool in _TOOLS:
+        tiles = _run(channel, session, tool, f"{folder}/{tool}.tif")
+        outputs[tool] = _read(root / folder / f"{tool}.tif"), tiles
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def local_outputs(tmp_path_factory) -> dict:
+    """Every tool's output on the local executor: the reference."""
+    with serving(make_config(tmp_path_factory.mktemp("local"))) as (running, channel):
+        root = running.data_root.root
+        _write_inputs(root)
+        session = _create_session(channel, 2, _LOCAL_RAM_MIB)
+        return _run_every_tool(channel, session, root, "local")
+
+
+# ------------------------------------------------------------------------ clusters
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _process(*args: str) -> Iterator[subprocess.Popen]:
+    """A Dask command-line process, killed and waited for at the end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(_WAIT_SECONDS)
+
+
+class CliCluster:
+    """A scheduler and workers started by Dask's command line, on 127.0.0.1."""
+
+    def __init__(self, address: str, scheduler: subprocess.Popen, workers: list) -> None:
+        self.address = address
+        self.scheduler = scheduler
+        self.workers = workers
+
+
+def _wait_for_workers(address: str, count: int) -> None:
+    with distributed.Client(address, timeout=_WAIT_SECONDS, set_as_default=False) as client:
+        client.wait_for_workers(count, timeout=_WAIT_SECONDS)
+
+
+@contextlib.contextmanager
+def _cli_cluster(workers: int) -> Iterator[CliCluster]:
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler_args = ("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port))
+    worker_args = (
+        "distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--no-nanny",
+        "--nthreads", "1", "--no-dashboard",
+    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        scheduler = stack.enter_context(_process(*scheduler_args, "--no-dashboard"))
+        started = [stack.enter_context(_process(*worker_args)) for _ in range(workers)]
+        _wait_for_workers(address, workers)
+        yield CliCluster(address, scheduler, started)
+
+
+@pytest.fixture(scope="module")
+def cli_cluster() -> Iterator[CliCluster]:
+    with _cli_cluster(2) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[str]:
+    cluster = distributed.LocalCluster(
+        processes=True,
+        n_workers=2,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+    try:
+        _wait_for_workers(cluster.scheduler_address, 2)
+        yield cluster.scheduler_address
+    finally:
+        cluster.close(timeout=_WAIT_SECONDS)
+
+
+@contextlib.contextmanager
+def _dask_server(tmp_path: Path, address: str) -> Iterator[tuple[Path, grpc.Channel]]:
+    """A server whose tiles run on the cluster at `address`, with the inputs written."""
+    with serving(make_config(tmp_path, dask_scheduler=address)) as (running, channel):
+        root = running.data_root.root
+        _write_inputs(root)
+        yield root, channel
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cluster", ["local_cluster", "cli_cluster"])
+def test_every_tool_on_dask_equals_the_local_executor(cluster, local_outputs, request, tmp_path):
+    target = request.getfixturevalue(cluster)
+    address = getattr(target, "address", target)  # a CliCluster, or the address itself
+    with _dask_server(tmp_path, address) as (root, channel):
+        session = _create_session(channel, 2)
+        outputs = _run_every_tool(channel, session, root, "dask")
+    for tool in _TOOLS:
+        (got, tiles), (expected, local_tiles) = outputs[tool], local_outputs[tool]
+        assert tiles > 1 and local_tiles > 1, (tool, tiles, local_tiles)
+        np.testing.assert_array_equal(got, expected, err_msg=tool)
+
+
+def _io_bytes(pid: int) -> int:
+    """What /proc/<pid>/io counts as read and written: files and pipes (read, write and
+    their kin), not sockets' send and recv."""
+    with open(f"/proc/{pid}/io") as io:
+        fields = dict(line.split(":", 1) for line in io)
+    return int(fields["rchar"]) + int(fields["wchar"])
+
+
+_SOCKET = re.compile(r"^\S+\s+\S+\s+\S+\s+(\S+)\s+(\S+).*\bpid=(\d+),")
+_SENT = re.compile(r"\bbytes_sent:(\d+)")
+_RECEIVED = re.compile(r"\bbytes_received:(\d+)")
+
+
+def _socket_bytes(pid: int) -> dict[tuple[str, str], int]:
+    """Bytes each TCP connection of `pid` has sent and received so far, by its local and
+    remote address (the kernel's counters, as `ss` reports them)."""
+    lines = subprocess.run(
+        ["ss", "-tinpH"], capture_output=True, text=True, timeout=_WAIT_SECONDS, check=True
+    ).stdout.splitlines()
+    found = {}
+    for line, info in zip(lines, lines[1:], strict=False):
+        match = _SOCKET.match(line)
+        if match is None or int(match.group(3)) != pid:
+            continue
+        sent, received = _SENT.search(info), _RECEIVED.search(info)
+        found[match.group(1), match.group(2)] = sum(int(m.group(1)) for m in (sent, received) if m)
+    return found
+
+
+class SocketBytes:
+    """Bytes a process sends and receives over TCP while active: its connections' counters
+    read every 50 ms, so that a connection closed meanwhile counts up to its last reading."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._before = _socket_bytes(pid)
+        self._seen = dict(self._before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self._look()
+
+    def _look(self) -> None:
+        for key, count in _socket_bytes(self.pid).items():
+            self._seen[key] = max(count, self._seen.get(key, 0))
+
+    def __enter__(self) -> SocketBytes:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(_WAIT_SECONDS)
+        self._look()
+
+    @property
+    def moved(self) -> int:
+        return sum(count - self._before.get(key, 0) for key, count in self._seen.items())
+
+
+@pytest.mark.timeout(300)
+def test_tiles_come_from_the_workers_not_through_the_scheduler(cli_cluster, tmp_path):
+    if shutil.which("ss") is None:
+        pytest.skip("needs `ss` (iproute2) to read the scheduler's TCP byte counters")
+    pid = cli_cluster.scheduler.pid
+    with _dask_server(tmp_path, cli_cluster.address) as (root, channel):
+        session = _create_session(channel, 2)
+        _run(channel, session, "ndvi", "warm.tif")  # the workers load the kernels
+        io_before = _io_bytes(pid)
+        with SocketBytes(pid) as sockets:
+            tiles = _run(channel, session, "ndvi", "ndvi.tif")
+        moved = sockets.moved + _io_bytes(pid) - io_before
+        size = (root / "ndvi.tif").stat().st_size
+    assert tiles > 1
+    assert size > 4 << 20
+    # The scheduler carried each tile's task and its end, never its pixels.
+    assert moved < 0.01 * size, f"the scheduler moved {moved} bytes for an output of {size}"
+
+
+def _most_at_once(records: list[dict]) -> int:
+    """The most tasks whose compute spans (from the task stream) overlap."""
+    events = []
+    for record in records:
+        for span in record["startstops"]:
+            if span["action"] == "compute":
+                events += [(span["start"], 1), (span["stop"], -1)]
+    running = most = 0
+    for _, step in sorted(events):  # at a tie, an end (-1) sorts before a start
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.timeout(300)
+def test_a_session_of_one_process_runs_one_task_at_a_time_on_two_workers(cli_cluster, tmp_path):
+    address = cli_cluster.address
+    with (
+        _dask_server(tmp_path, address) as (_, channel),
+        distributed.Client(address, timeout=_WAIT_SECONDS, set_as_default=False) as observer,
+    ):
+        session = _create_session(channel, 1)
+        _run(channel, session, "ndvi", "warm.tif")
+        before = len(observer.get_task_stream())
+        tiles = _run(channel, session, "ndvi", "ndvi.tif")
+        records = observer.get_task_stream()[before:]
+        two = _create_session(channel, 2)
+        before = len(observer.get_task_stream())
+        _run(channel, two, "ndvi", "ndvi2.tif")
+        records_two = observer.get_task_stream()[before:]
+    # The cluster could have run them side by side: a session of two used both workers.
+    assert {r["worker"] for r in records_two} == _workers(address)
+    assert tiles > 2 and len(records) == tiles
+    assert _most_at_once(records) == 1
+
+
+def _workers(address: str) -> set[str]:
+    with distributed.Client(address, timeout=_WAIT_SECONDS, set_as_default=False) as client:
+        return set(client.scheduler_info(n_workers=-1)["workers"])
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_killed_during_a_job_has_its_tiles_run_again_elsewhere(local_outputs, tmp_path):
+    """Dask's scheduler sees the killed worker's connection close and runs its tasks, and
+    the results it held, again on the other worker: the job ends done, its output the same
+    as local workers' (where a local worker's death fails the job UNAVAILABLE)."""
+    with (
+        _cli_cluster(2) as cluster,
+        _dask_server(tmp_path, cluster.address) as (root, channel),
+    ):
+        session = _create_session(channel, 2)
+        _run(channel, session, "sieve", "warm.tif")
+        victim = cluster.workers[0]
+        operation = _start(channel, session, "sieve", "sieved.tif")
+        killed = False
+        for update in _updates(channel, operation):
+            metadata = operation_metadata(update)
+            if not killed and 1 <= metadata.tiles_done < metadata.tiles_total // 2:
+                victim.send_signal(signal.SIGKILL)
+                killed = True
+        assert killed, "the sieve ended before the worker was killed"
+        assert victim.wait(_WAIT_SECONDS) == -signal.SIGKILL
+        assert update.done and not update.HasField("error"), update.error
+        np.testing.assert_array_equal(_read(root / "sieved.tif"), local_outputs["sieve"][0])
+        assert len(_workers(cluster.address)) == 1
