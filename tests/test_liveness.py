@@ -282,3 +282,53 @@ def test_the_raster_service_serves_only_while_the_dask_scheduler_answers(tmp_pat
             scheduler.wait()
             _wait_for_health(channel, raster, not_serving)
         assert _health(channel, sessions) == serving_
+
+
+@pytest.mark.timeout(600)
+def test_sessions_outlive_a_dask_scheduler_restart_and_close_cleanly_without_one(tmp_path):
+    pytest.importorskip("distributed")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler_args = ("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port))
+    # A worker ends with its scheduler: a deployment starts new ones (as here).
+    worker_args = ("distributed.cli.dask_worker", address, "--no-nanny", "--nthreads", "2")
+    with serving(make_config(tmp_path, dask_scheduler=address)) as (running, channel):
+        _write_inputs(running.data_root.root)
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        with _process(*scheduler_args, "--no-dashboard") as scheduler:
+            _wait_for_port(port)
+            with _process(*worker_args, "--no-dashboard"):
+                kept, dropped = _create_session(channel), _create_session(channel)
+                assert not _band_calc(channel, kept, "restart/before.tif").HasField("error")
+                scheduler.kill()
+                scheduler.wait()
+        sessions_folder = running.registry.get(kept).temporary_directory.parent
+        # Without a scheduler: a job fails UNAVAILABLE at once, a session closes at once.
+        refused = _band_calc(channel, kept, "restart/without.tif")
+        assert refused.error.code == code_pb2.UNAVAILABLE, refused.error
+        dropped_folder = running.registry.get(dropped).temporary_directory
+        stub.DeleteSession(session_pb2.DeleteSessionRequest(name=dropped), timeout=60)
+        assert not dropped_folder.exists()
+        with _process(*scheduler_args, "--no-dashboard"):
+            _wait_for_port(port)
+            # A scheduler without workers: the job fails once it has waited for one.
+            deadline = time.monotonic() + _WAIT_SECONDS
+            while (
+                "no worker"
+                not in (idle := _band_calc(channel, kept, "restart/idle.tif")).error.message
+            ):
+                assert idle.error.code == code_pb2.UNAVAILABLE, idle.error
+                assert time.monotonic() < deadline, idle.error
+                time.sleep(0.5)
+            assert idle.error.code == code_pb2.UNAVAILABLE
+            # With a worker again, the session that stayed runs its jobs.
+            with _process(*worker_args, "--no-dashboard"):
+                deadline = time.monotonic() + _WAIT_SECONDS
+                while (after := _band_calc(channel, kept, "restart/after.tif")).HasField("error"):
+                    assert "no worker" in after.error.message, after.error  # not started yet
+                    assert time.monotonic() < deadline, after.error
+        assert (running.data_root.root / "restart" / "after.tif").exists()
+        for name in ("without.tif", "idle.tif"):
+            assert not (running.data_root.root / "restart" / name).exists()
+        stub.DeleteSession(session_pb2.DeleteSessionRequest(name=kept), timeout=60)
+        assert not any(sessions_folder.iterdir())

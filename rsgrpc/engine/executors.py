@@ -45,6 +45,8 @@ STOP_SECONDS = 2.0
 PARENT_POLL_SECONDS = 0.5
 # How long connecting to a Dask scheduler, or closing that connection, may take.
 DASK_CONNECT_SECONDS = 10.0
+# How long a job waits on a Dask cluster without a worker before it fails.
+DASK_NO_WORKERS_SECONDS = 10.0
 # How long each idle worker of a pool taken back from a session has to answer.
 ANSWER_SECONDS = 2.0
 # States of a worker that lives but cannot run a task.
@@ -544,6 +546,8 @@ class DaskExecutor:
         self._results = concurrent.futures.ThreadPoolExecutor(
             max(1, workers), thread_name_prefix="dask-results"
         )
+        # Since when the cluster has been seen without a worker while a job waited.
+        self._no_workers_since: float | None = None
         self._client = self._connect()
 
     def _connect(self) -> Any:
@@ -590,6 +594,8 @@ class DaskExecutor:
     DIRECT_ARGUMENT_BYTES = 16 << 10
 
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
+        # A job that submits is not waiting for a worker (`notice_dead_workers`).
+        self._no_workers_since = None
         future: concurrent.futures.Future = concurrent.futures.Future()
         client = self._live_executor()
         args = tuple(self._to_a_worker(client, arg) for arg in args)
@@ -682,13 +688,28 @@ class DaskExecutor:
 
     def notice_dead_workers(self) -> None:
         # The scheduler notices lost workers and reschedules their tasks; losing the
-        # scheduler itself cancels every future of the client.
+        # scheduler itself cancels every future of the client. A cluster left without
+        # workers would keep the tasks forever: after DASK_NO_WORKERS_SECONDS of it, the
+        # job fails.
         with self._lock:
             status = self._client.status
+            # The client's view of the cluster, refreshed every 2 s by its own loop.
+            identity = getattr(self._client, "_scheduler_identity", None) or {}
         if status != "running":
             _LOGGER.warning("lost the Dask scheduler at %s (client %s)", self._address, status)
             raise WorkersUnavailableError(
                 "the connection to the Dask scheduler was lost during the job"
+            )
+        if identity.get("n_workers", 1) > 0:
+            self._no_workers_since = None
+            return
+        now = time.monotonic()
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        elif now - self._no_workers_since >= DASK_NO_WORKERS_SECONDS:
+            _LOGGER.warning("the Dask cluster at %s has no worker", self._address)
+            raise WorkersUnavailableError(
+                f"the Dask cluster has had no worker for {DASK_NO_WORKERS_SECONDS:.0f} s"
             )
 
     def recover(self) -> None:
