@@ -10,6 +10,9 @@ import functools
 import http.server
 import ipaddress
 import json
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +143,27 @@ def make_config(tmp_path: Path, **overrides) -> ServerConfig:
         grace_period_s=5.0,
     )
     return dataclasses.replace(base, **overrides)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def module_process(*args: str) -> Iterator[subprocess.Popen]:
+    """`python -m *args` (a Dask scheduler or worker, say), its output discarded; killed
+    and waited for at the end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(60)
 
 
 @contextlib.contextmanager

@@ -12,9 +12,7 @@ import contextlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +32,9 @@ from rsgrpc.v1 import (
     session_pb2_grpc,
 )
 from tests.conftest import (
+    free_port,
     make_config,
+    module_process,
     operation_metadata,
     serving,
     write_geotiff,
@@ -159,25 +159,6 @@ def local_outputs(tmp_path_factory) -> dict:
 # ------------------------------------------------------------------------ clusters
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _process(*args: str) -> Iterator[subprocess.Popen]:
-    """A Dask command-line process, killed and waited for at the end."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait(_WAIT_SECONDS)
-
-
 class CliCluster:
     """A scheduler and workers started by Dask's command line, on 127.0.0.1."""
 
@@ -194,7 +175,7 @@ def _wait_for_workers(address: str, count: int) -> None:
 
 @contextlib.contextmanager
 def _cli_cluster(workers: int) -> Iterator[CliCluster]:
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler_args = ("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port))
     worker_args = (
@@ -202,8 +183,8 @@ def _cli_cluster(workers: int) -> Iterator[CliCluster]:
         "--nthreads", "1", "--no-dashboard",
     )  # fmt: skip
     with contextlib.ExitStack() as stack:
-        scheduler = stack.enter_context(_process(*scheduler_args, "--no-dashboard"))
-        started = [stack.enter_context(_process(*worker_args)) for _ in range(workers)]
+        scheduler = stack.enter_context(module_process(*scheduler_args, "--no-dashboard"))
+        started = [stack.enter_context(module_process(*worker_args)) for _ in range(workers)]
         _wait_for_workers(address, workers)
         yield CliCluster(address, scheduler, started)
 

@@ -8,8 +8,6 @@ import functools
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -23,7 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rsgrpc.engine.executors import LocalProcessExecutor
 from rsgrpc.v1 import raster_pb2, raster_pb2_grpc, session_pb2, session_pb2_grpc
 from tests.conftest import (
+    free_port,
     make_config,
+    module_process,
     operation_metadata,
     operation_updates,
     serving,
@@ -180,24 +180,6 @@ def test_stopping_a_pool_kills_a_worker_stuck_in_a_task():
     assert not psutil.pid_exists(pid)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _process(*args: str) -> Iterator[subprocess.Popen]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait()
-
-
 def _wait_for_port(port: int) -> None:
     deadline = time.monotonic() + _WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -211,13 +193,13 @@ def _wait_for_port(port: int) -> None:
 @pytest.mark.timeout(600)
 def test_a_dask_scheduler_killed_during_a_job_fails_it_unavailable(tmp_path):
     pytest.importorskip("distributed")
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler_args = ("distributed.cli.dask_scheduler", "--host", "127.0.0.1")
     worker_args = ("distributed.cli.dask_worker", address, "--no-nanny", "--nthreads", "2")
     with (
-        _process(*scheduler_args, "--port", str(port), "--no-dashboard") as scheduler,
-        _process(*worker_args, "--no-dashboard"),
+        module_process(*scheduler_args, "--port", str(port), "--no-dashboard") as scheduler,
+        module_process(*worker_args, "--no-dashboard"),
     ):
         _wait_for_port(port)
         with serving(make_config(tmp_path, dask_scheduler=address)) as (running, channel):
@@ -238,7 +220,7 @@ def test_a_dask_scheduler_killed_during_a_job_fails_it_unavailable(tmp_path):
 @pytest.mark.timeout(120)
 def test_a_session_on_an_unreachable_dask_scheduler_is_unavailable(tmp_path):
     pytest.importorskip("distributed")
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     with (
         serving(make_config(tmp_path, dask_scheduler=address)) as (_, channel),
         pytest.raises(grpc.RpcError) as caught,
@@ -263,7 +245,7 @@ def _wait_for_health(channel: grpc.Channel, service: str, status: int) -> None:
 @pytest.mark.timeout(300)
 def test_the_raster_service_serves_only_while_the_dask_scheduler_answers(tmp_path):
     pytest.importorskip("distributed")
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     serving_, not_serving = (
         health_pb2.HealthCheckResponse.SERVING,
@@ -275,7 +257,7 @@ def test_the_raster_service_serves_only_while_the_dask_scheduler_answers(tmp_pat
         assert _health(channel, raster) == not_serving
         assert _health(channel, sessions) == serving_
         scheduler_args = ("distributed.cli.dask_scheduler", "--host", "127.0.0.1")
-        with _process(*scheduler_args, "--port", str(port), "--no-dashboard") as scheduler:
+        with module_process(*scheduler_args, "--port", str(port), "--no-dashboard") as scheduler:
             _wait_for_port(port)
             _wait_for_health(channel, raster, serving_)
             scheduler.kill()
@@ -287,7 +269,7 @@ def test_the_raster_service_serves_only_while_the_dask_scheduler_answers(tmp_pat
 @pytest.mark.timeout(600)
 def test_sessions_outlive_a_dask_scheduler_restart_and_close_cleanly_without_one(tmp_path):
     pytest.importorskip("distributed")
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler_args = ("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port))
     # A worker ends with its scheduler: a deployment starts new ones (as here).
@@ -295,9 +277,9 @@ def test_sessions_outlive_a_dask_scheduler_restart_and_close_cleanly_without_one
     with serving(make_config(tmp_path, dask_scheduler=address)) as (running, channel):
         _write_inputs(running.data_root.root)
         stub = session_pb2_grpc.SessionServiceStub(channel)
-        with _process(*scheduler_args, "--no-dashboard") as scheduler:
+        with module_process(*scheduler_args, "--no-dashboard") as scheduler:
             _wait_for_port(port)
-            with _process(*worker_args, "--no-dashboard"):
+            with module_process(*worker_args, "--no-dashboard"):
                 kept, dropped = _create_session(channel), _create_session(channel)
                 assert not _band_calc(channel, kept, "restart/before.tif").HasField("error")
                 scheduler.kill()
@@ -309,7 +291,7 @@ def test_sessions_outlive_a_dask_scheduler_restart_and_close_cleanly_without_one
         dropped_folder = running.registry.get(dropped).temporary_directory
         stub.DeleteSession(session_pb2.DeleteSessionRequest(name=dropped), timeout=60)
         assert not dropped_folder.exists()
-        with _process(*scheduler_args, "--no-dashboard"):
+        with module_process(*scheduler_args, "--no-dashboard"):
             _wait_for_port(port)
             # A scheduler without workers: the job fails once it has waited for one.
             deadline = time.monotonic() + _WAIT_SECONDS
@@ -322,7 +304,7 @@ def test_sessions_outlive_a_dask_scheduler_restart_and_close_cleanly_without_one
                 time.sleep(0.5)
             assert idle.error.code == code_pb2.UNAVAILABLE
             # With a worker again, the session that stayed runs its jobs.
-            with _process(*worker_args, "--no-dashboard"):
+            with module_process(*worker_args, "--no-dashboard"):
                 deadline = time.monotonic() + _WAIT_SECONDS
                 while (after := _band_calc(channel, kept, "restart/after.tif")).HasField("error"):
                     assert "no worker" in after.error.message, after.error  # not started yet
