@@ -198,6 +198,44 @@ def test_a_band_calc_traces_its_call_operation_and_tiles_in_the_clients_trace(
     assert covered == 2048 * 2048
 
 
+@pytest.mark.timeout(300)
+def test_tiles_on_a_dask_cluster_are_spans_of_its_workers(tmp_path, monkeypatch):
+    """Workers the server did not start set tracing up from their first traced task."""
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    with (
+        _collector() as (collector, endpoint),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env={"OTEL_BSP_SCHEDULE_DELAY": "100"},
+        ) as cluster,
+    ):
+        with distributed.Client(cluster, set_as_default=False) as client:
+            workers = set(client.run(os.getpid).values())
+        config = make_config(
+            tmp_path, tracing=True, otlp_endpoint=endpoint, dask_scheduler=cluster.scheduler_address
+        )
+        with serving(config) as (running, channel):
+            _write_big(running.data_root.root)
+            session = create_session(channel)
+            traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+            last = _band_calc(channel, session, "twice.tif", (("traceparent", traceparent),))
+            tiles_total = operation_metadata(last).tiles_total
+            assert tiles_total > 1
+            _wait_for(lambda: len(collector.named("tile")) >= tiles_total)
+            _wait_for(lambda: collector.named("operation BandCalc"))
+            _, job, tiles = _job_spans(collector, CLIENT_TRACE)
+    assert len(tiles) == tiles_total
+    assert {tile.parent_id for tile in tiles} == {job.span_id}
+    pids = {tile.resource["process.pid"] for tile in tiles}
+    assert pids <= workers and os.getpid() not in pids
+    assert {tile.resource["rsgrpc.process.role"] for tile in tiles} == {"worker"}
+
+
 def test_a_job_without_client_trace_context_gets_a_trace_of_its_own(tmp_path, monkeypatch):
     """Spans batched until the server stops: what its workers hold is sent as they exit."""
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")

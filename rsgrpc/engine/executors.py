@@ -596,6 +596,8 @@ class DaskExecutor:
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future:
         # A job that submits is not waiting for a worker (`notice_dead_workers`).
         self._no_workers_since = None
+        # Tracing: the task's span, in a worker that sets tracing up from the task.
+        fn, args = engine_tracing.carry_to_any_worker(fn, args)
         future: concurrent.futures.Future = concurrent.futures.Future()
         client = self._live_executor()
         args = tuple(self._to_a_worker(client, arg) for arg in args)

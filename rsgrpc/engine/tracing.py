@@ -10,12 +10,14 @@ A tile's span is made in the worker process that runs it, as a child of the span
 operation: the job's thread names that span in a W3C ``traceparent`` string carried with
 the task (`carry`), and the worker's own tracer provider, set up as the worker starts
 (`start_in_worker`), exports it to the same collector as the server and is flushed as the
-worker exits.
+worker exits. A worker the server did not start (a Dask cluster's) gets the settings with
+the task too (`carry_to_any_worker`), and sets its provider up at its first traced task.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,8 @@ worker_settings: dict[str, Any] | None = None
 # The worker's tracer, once `start_in_worker` has run.
 _tracer: Any = None
 _extract: Callable[[str], Any] | None = None
+# A Dask worker's threads start its tracer once (`traced_on_any_worker`).
+_start_lock = threading.Lock()
 
 
 def traceparent(span_context: Any) -> str:
@@ -91,6 +95,28 @@ def start_in_worker(settings: dict[str, Any]) -> None:
     propagator = TraceContextTextMapPropagator()
     _extract = lambda parent: propagator.extract({"traceparent": parent})  # noqa: E731
     _tracer = provider.get_tracer("rsgrpc.worker")
+
+
+def carry_to_any_worker(fn: Any, args: tuple) -> tuple[Any, tuple]:
+    """`carry` for a worker the server did not start (a Dask cluster's): the task also
+    holds `worker_settings`, with which the worker starts tracing at its first such task;
+    `fn, args` as they are while tracing is off or no span is current."""
+    if carry is None:
+        return fn, args
+    traced, traced_args = carry(fn, args)
+    if traced is fn:
+        return fn, args
+    return traced_on_any_worker, (worker_settings, *traced_args)
+
+
+def traced_on_any_worker(settings: dict[str, Any], parent: str, fn: Any, /, *args: Any) -> Any:
+    """Runs in a worker the server did not start: `traced_task`, once the worker has
+    started tracing with `settings` (at its first such task)."""
+    if _tracer is None:
+        with _start_lock:
+            if _tracer is None:
+                start_in_worker(settings)
+    return traced_task(parent, fn, *args)
 
 
 def traced_task(parent: str, fn: Any, /, *args: Any) -> Any:
