@@ -424,31 +424,34 @@ def _text(tree):
 
 
 def _numpy(tree, env):
+    """The tree evaluated by numpy.ma, as Remotior evaluates band calc: domain errors
+    (sqrt of a negative, division by zero) are masked, and masks flow through."""
     kind = tree[0]
     if kind == "in":
-        return env[tree[1]]
+        return np.ma.masked_array(env[tree[1]])
     if kind == "const":
-        return np.full_like(next(iter(env.values())), tree[1])
+        return np.ma.masked_array(np.full_like(next(iter(env.values())), tree[1]))
     if kind == "neg":
         return -_numpy(tree[1], env)
     if kind == "sqrt":
-        return np.sqrt(_numpy(tree[1], env))
+        return np.ma.sqrt(_numpy(tree[1], env))
     op, x, y, z = tree
     a, b = _numpy(x, env), _numpy(y, env)
     if op == "where":
-        return np.where(a != 0, b, _numpy(z, env))
+        return np.ma.where(a != 0, b, _numpy(z, env))
     table = {
-        "+": np.add,
-        "-": np.subtract,
-        "*": np.multiply,
-        "/": np.divide,
-        "//": np.floor_divide,
-        "%": np.remainder,
-        "maximum": np.maximum,
+        "+": np.ma.add,
+        "-": np.ma.subtract,
+        "*": np.ma.multiply,
+        "/": np.ma.divide,
+        "//": np.ma.floor_divide,
+        "%": np.ma.remainder,
+        "maximum": np.ma.maximum,
         "<": lambda p, q: (p < q).astype(np.float64),
         ">=": lambda p, q: (p >= q).astype(np.float64),
         "==": lambda p, q: (p == q).astype(np.float64),
-        "min": lambda p, q: np.nanmin(np.stack([p, q]), axis=0),
+        # An aggregation: its masked (and NaN) arguments left out, masked where all are.
+        "min": lambda p, q: np.ma.masked_invalid(np.ma.stack([p, q])).min(axis=0),
     }
     return table[op](a, b)
 
