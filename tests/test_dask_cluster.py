@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import rasterio
 from google.longrunning import operations_proto_pb2 as lro
+from google.protobuf import field_mask_pb2
 
 from rsgrpc.v1 import (
     operation_pb2,
@@ -383,3 +384,34 @@ def test_a_worker_killed_during_a_job_has_its_tiles_run_again_elsewhere(local_ou
         assert update.done and not update.HasField("error"), update.error
         np.testing.assert_array_equal(_read(root / "sieved.tif"), local_outputs["sieve"][0])
         assert len(_workers(cluster.address)) == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_budget_too_small_for_one_tile_is_refused_on_the_cluster_as_locally(
+    local_cluster, tmp_path
+):
+    """A cluster's workers are not in a session's budget, the tiles in flight are: a
+    budget that cannot hold one tile is RESOURCE_EXHAUSTED naming the least that can,
+    and that least runs the job."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    with _dask_server(tmp_path, local_cluster) as (root, channel):
+        session = _create_session(channel, 2, ram_mib=64)
+        with pytest.raises(grpc.RpcError) as refused:
+            _start(channel, session, "sieve", "small-budget/sieved.tif")
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_details_pb2.ErrorInfo()
+        assert rpc_status.from_call(refused.value).details[0].Unpack(info)
+        minimum = int(info.metadata["minimum_ram_mib"])
+        assert minimum > 64 and f"the minimum is {minimum} MiB" in refused.value.details()
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        stub.UpdateSession(
+            session_pb2.UpdateSessionRequest(
+                session=session_pb2.Session(name=session, available_ram_mib=minimum),
+                update_mask=field_mask_pb2.FieldMask(paths=["available_ram_mib"]),
+            ),
+            timeout=_WAIT_SECONDS,
+        )
+        _finish(channel, _start(channel, session, "sieve", "small-budget/sieved.tif"))
+    assert not list((root / "small-budget").glob(".*"))
