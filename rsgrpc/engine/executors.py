@@ -566,13 +566,13 @@ class DaskExecutor:
                 f"the Dask scheduler did not answer within {DASK_CONNECT_SECONDS:.0f} s"
             ) from None
 
-    def _live_executor(self) -> Any:
+    def _connected_client(self) -> Any:
         """The connected client, or WorkersUnavailableError."""
         with self._lock:
-            return self._live_client()
+            return self._connected_client_locked()
 
-    def _live_client(self) -> Any:
-        """`_live_executor` under _lock."""
+    def _connected_client_locked(self) -> Any:
+        """`_connected_client` under _lock."""
         if self._closed:
             raise WorkersUnavailableError("the session's Dask client has been closed")
         status = self._client.status
@@ -599,10 +599,10 @@ class DaskExecutor:
         # Tracing: the task's span, in a worker that sets tracing up from the task.
         fn, args = engine_tracing.carry_to_any_worker(fn, args)
         future: concurrent.futures.Future = concurrent.futures.Future()
-        client = self._live_executor()
+        client = self._connected_client()
         args = tuple(self._to_a_worker(client, arg) for arg in args)
         with self._lock:
-            self._live_client()
+            self._connected_client_locked()
             self._waiting.append((fn, args, future))
             self._send_waiting()
         return future
@@ -721,7 +721,7 @@ class DaskExecutor:
     def run_on_every_worker(self, fn: Any, /, *args: Any) -> dict[str, Any]:
         """`fn(*args)` on each worker of the cluster now, by its address; raises
         WorkersUnavailableError if they do not all answer within DASK_CONNECT_SECONDS."""
-        self._live_executor()  # connected, or WorkersUnavailableError
+        self._connected_client()  # connected, or WorkersUnavailableError
         try:
             return self._client.run(fn, *args, callback_timeout=DASK_CONNECT_SECONDS)
         except (OSError, TimeoutError) as exc:
