@@ -490,7 +490,7 @@ def test_a_token_outage_longer_than_the_budget_fails_with_the_reason(hub):
     with pytest.raises(ServerError, match=r"the budget is 30 s\), last with HTTP 503"):
         SentinelHubSession(deployment, clock=clock)
     # It gave up when the next wait (at most 8 s) would have passed the budget.
-    # (Its sleeps alone stay within the budget; with the real time besides, they reach it.)
+    # On its whole clock (sleeps and real time); its sleeps alone never pass the budget.
     assert 30.0 - deployment.token_backoff_max_seconds <= clock.monotonic() - start
     assert clock.offset <= 30.0
 
