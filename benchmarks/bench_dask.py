@@ -61,11 +61,12 @@ from harness import (  # noqa: E402
     clean_workdir,
     clear_output,
     free_port,
+    logged_process,
     machine,
     machine_load,
     make_workdir,
+    rsgrpc_server,
     settle,
-    wait_serving,
 )
 from process_tree import tree_cpu_seconds, tree_memory  # noqa: E402
 
@@ -85,47 +86,6 @@ TOOLS = ("ndvi", "sieve")
 
 
 # ------------------------------------------------------------------- the processes
-
-
-@contextlib.contextmanager
-def _process(command: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A process whose output goes to `log`; SIGTERM at the end, SIGKILL after 60 s."""
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "GDAL_NUM_THREADS"}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@contextlib.contextmanager
-def rsgrpc_server(
-    data_root: Path, log: Path, dask_scheduler: str | None
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``rsgrpc serve`` on a free port (on `dask_scheduler` when given), once SERVING."""
-    address = f"127.0.0.1:{free_port()}"
-    (data_root / "tmp").mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-m", "rsgrpc.cli", "serve", "--address", address,
-        "--data-root", str(data_root), "--temp-root", str(data_root / "tmp"),
-        "--log-level", "WARNING",
-    ]  # fmt: skip
-    if dask_scheduler:
-        command += ["--dask-scheduler", dask_scheduler]
-    with _process(command, log, _env()) as process:
-        wait_serving(address, process, log)
-        yield address, process
 
 
 @dataclass
@@ -157,9 +117,9 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[Cluster]:
         "--no-nanny", "--no-dashboard",
     ]  # fmt: skip
     with contextlib.ExitStack() as stack:
-        scheduler = stack.enter_context(_process(scheduler_command, logs / "scheduler.log", _env()))
+        scheduler = stack.enter_context(logged_process(scheduler_command, logs / "scheduler.log"))
         started = [
-            stack.enter_context(_process(worker_command, logs / f"worker{i}.log", _env()))
+            stack.enter_context(logged_process(worker_command, logs / f"worker{i}.log"))
             for i in range(workers)
         ]
         with Client(address, timeout=START_SECONDS, set_as_default=False) as client:
@@ -428,7 +388,7 @@ def run_local(workdir: Path, outputs: Path, inputs: dict, logs: Path, args) -> d
     """Every tool on local workers, in sessions of 1 and of 2 processes."""
     runs = {}
     with (
-        rsgrpc_server(workdir, logs / "local.log", None) as (address, server),
+        rsgrpc_server(workdir, logs / "local.log") as (address, server),
         grpc.insecure_channel(address) as channel,
     ):
         for processes in (1, 2):
@@ -448,7 +408,9 @@ def run_dask(workers: int, workdir: Path, outputs: Path, inputs: dict, logs: Pat
     label = f"dask {workers}"
     with (
         dask_cluster(workers, logs) as cluster,
-        rsgrpc_server(workdir, logs / f"dask{workers}.log", cluster.address) as (address, server),
+        rsgrpc_server(
+            workdir, logs / f"dask{workers}.log", flags=("--dask-scheduler", cluster.address)
+        ) as (address, server),
         grpc.insecure_channel(address) as channel,
     ):
         sides = {

@@ -382,34 +382,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def rsgrpc_server(
-    data_root: Path, log_path: Path, *, log_level: str = "WARNING"
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``rsgrpc serve`` as a subprocess on a free port, ``data_root`` as its data root
-    and ``data_root/tmp`` as its temporary root; yields ``(address, process)`` once it
-    reports SERVING, and stops it with SIGTERM (SIGKILL after 60 s) on exit.
-
-    GDAL_NUM_THREADS is removed from the server's environment: the server sets
-    GDAL's threads itself. Its output goes to ``log_path``.
-    """
-    port = free_port()
-    address = f"127.0.0.1:{port}"
+def child_env() -> dict[str, str]:
+    """This environment for a benchmarked process, less GDAL_NUM_THREADS (the server sets
+    GDAL's threads itself), its output unbuffered."""
     env = {k: v for k, v in os.environ.items() if k != "GDAL_NUM_THREADS"}
     env["PYTHONUNBUFFERED"] = "1"
-    (data_root / "tmp").mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-m", "rsgrpc.cli", "serve",
-        "--address", address,
-        "--data-root", str(data_root),
-        "--temp-root", str(data_root / "tmp"),
-        "--log-level", log_level,
-    ]  # fmt: skip
+    return env
+
+
+@contextlib.contextmanager
+def logged_process(command: list[str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """`command` as a subprocess in `child_env()`, its output to `log_path`; stopped with
+    SIGTERM (SIGKILL after 60 s) on exit."""
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
     try:
-        wait_serving(address, process, log_path)
-        yield address, process
+        yield process
     finally:
         process.terminate()
         try:
@@ -417,6 +405,29 @@ def rsgrpc_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def rsgrpc_server(
+    data_root: Path, log_path: Path, *, log_level: str = "WARNING", flags: Sequence[str] = ()
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``rsgrpc serve`` as a subprocess on a free port (`logged_process`), ``data_root``
+    as its data root and ``data_root/tmp`` as its temporary root, and any other `flags`;
+    yields ``(address, process)`` once it reports SERVING."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    (data_root / "tmp").mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "rsgrpc.cli", "serve",
+        "--address", address,
+        "--data-root", str(data_root),
+        "--temp-root", str(data_root / "tmp"),
+        "--log-level", log_level,
+        *flags,
+    ]  # fmt: skip
+    with logged_process(command, log_path) as process:
+        wait_serving(address, process, log_path)
+        yield address, process
 
 
 def wait_serving(

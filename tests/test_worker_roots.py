@@ -34,8 +34,9 @@ def test_a_root_is_named_by_name_equals_folder_or_by_its_place(tmp_path):
     flags = ["serve", "--data-root", str(tmp_path / "a"), "--data-root", f"img={tmp_path / 'b'}"]
     config = from_arguments(parser.parse_args(flags))
     assert config.data_roots == (tmp_path / "a", tmp_path / "b")
-    assert config.root_names == ("data", "img")
-    assert from_arguments(parser.parse_args(["serve"])).root_names == ("data",)
+    assert DataRoot.at(*config.data_roots, names=config.data_root_names).names == ("data", "img")
+    default = from_arguments(parser.parse_args(["serve", "--data-root", str(tmp_path / "a")]))
+    assert DataRoot.at(*default.data_roots, names=default.data_root_names).names == ("data",)
     roots = DataRoot.at(tmp_path / "a", tmp_path / "b", tmp_path / "a", names=("x", "y", "z"))
     assert roots.named == {"x": (tmp_path / "a").resolve(), "y": (tmp_path / "b").resolve()}
     assert roots.path(str(tmp_path / "b" / "f.tif")).root_name == "y"

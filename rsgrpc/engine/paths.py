@@ -369,12 +369,16 @@ class DataRoot:
     @classmethod
     def at(cls, root: str | Path, *others: str | Path, names: tuple[str, ...] = ()) -> DataRoot:
         """The data roots at `root` (the primary) and `others`, each made if missing, named
-        `names` (by default "data", "data2", ...); a root given twice, in either form,
+        `names` (an empty name, or none given, is "data", "data2", ... by place); a root
+        given twice, in either form,
         counts once, under its first name. Raises ValueError for a name that is not a
         root name or is given twice, RuntimeError where open files cannot be named by
         descriptor (`fd_path`), which confinement needs."""
         given_roots = (root, *others)
-        names = names or tuple(default_root_name(p) for p in range(1, len(given_roots) + 1))
+        names = tuple(
+            name or default_root_name(place)
+            for place, name in enumerate(names or ("",) * len(given_roots), start=1)
+        )
         for name in names:
             if not ROOT_NAME.fullmatch(name):
                 raise ValueError(

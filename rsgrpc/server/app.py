@@ -254,7 +254,7 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
     cancelled; calls still waiting on them get UNAVAILABLE; every session is closed
     (its workers stopped, its files removed). Each step is bounded in time.
     """
-    data_root = DataRoot.at(*config.data_roots, names=config.root_names)
+    data_root = DataRoot.at(*config.data_roots, names=config.data_root_names)
     # Before any worker is spawned: workers inherit the environment, and numba reads it.
     report_kernel_cache(use_kernel_cache_dir(config.kernel_cache_dir))
     download_settings = load_download_settings(config.deployments)

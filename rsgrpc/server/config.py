@@ -35,7 +35,8 @@ class ServerConfig:
     # roots in RSGRPC_DATA_ROOT separated by os.pathsep. No flag of their own.
     other_data_roots: tuple[Path, ...] = ()
     # Each root's name, by which Dask workers map it to their own mount (`name=path` in
-    # --data-root); a root given without one is "data", "data2", ... by its place.
+    # --data-root); empty, or "" for a root given without one: "data", "data2", ... by
+    # its place (`DataRoot.at`).
     data_root_names: tuple[str, ...] = ()
     temp_root: Path = Path(tempfile.gettempdir()) / "rsgrpc"
     kernel_cache_dir: Path = default_kernel_cache_dir()  # compiled kernels (`rsgrpc warm`)
@@ -82,16 +83,6 @@ class ServerConfig:
     def data_roots(self) -> tuple[Path, ...]:
         """Every data root, the primary first."""
         return (self.data_root, *self.other_data_roots)
-
-    @property
-    def root_names(self) -> tuple[str, ...]:
-        """Every data root's name, the primary's first."""
-        return tuple(
-            name or default_root_name(place)
-            for place, name in enumerate(
-                self.data_root_names or ("",) * len(self.data_roots), start=1
-            )
-        )
 
     @property
     def ram_total_mib(self) -> int:
