@@ -27,10 +27,11 @@ COPY rsgrpc ./rsgrpc
 COPY kernels ./kernels
 # The project itself, with Dask's distributed (`rsgrpc serve --dask-scheduler`; the same
 # image runs `dask scheduler` and `dask worker`, see deploy/), the Redis client for a
-# fleet-wide download limit and OpenTelemetry (`--tracing true`); its dependencies and
+# fleet-wide download limit, boto3 for data roots in object storage (`--data-root
+# name=s3://bucket/prefix`) and OpenTelemetry (`--tracing true`); its dependencies and
 # their versions come from pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[dask,redis,tracing]" \
+RUN pip install --no-cache-dir ".[dask,redis,s3,tracing]" \
     && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Final stage: the virtualenv only, run as an unprivileged user.

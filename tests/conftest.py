@@ -373,3 +373,13 @@ def band_calc_method(request, monkeypatch):
     evaluate = functools.partial(bandcalc.evaluate, method=request.param)
     monkeypatch.setattr(request.module, "evaluate", evaluate)
     return request.param
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 (`tests.s3_server.S3Server`), shared by a module's tests:
+    give each test buckets of its own."""
+    from tests.s3_server import s3_server
+
+    with s3_server() as server:
+        yield server

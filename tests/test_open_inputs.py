@@ -138,7 +138,7 @@ def test_a_file_described_again_unchanged_is_not_opened_by_gdal_and_a_changed_on
     opened = []
     real = raster_io._geotiff_at
     monkeypatch.setattr(
-        raster_io, "_geotiff_at", lambda fd, source: opened.append(source.path) or real(fd, source)
+        raster_io, "_geotiff_at", lambda found: opened.append(found.path.path) or real(found)
     )
     first = raster_io.describe(_source(str(path)), 1)
     again = raster_io.describe(_source(str(path)), 1)

@@ -640,8 +640,14 @@ def _is_file(path: str) -> bool:
     return is_tiff_path(path) or is_vrt_path(path)
 
 
-def _identity(output: DataPath) -> tuple[int, int]:
-    """The device and inode of the file just published at `output`."""
+def _identity(output: DataPath) -> tuple[object, ...]:
+    """What identifies the file (its device and inode) or object (its version) just
+    published at `output`."""
+    store = output.store
+    if store is not None:
+        with output.storage_errors():
+            found = store.stat(output.parts)
+        return found.identity if found is not None else ()
     parent = output.open_parent(create=False)
     try:
         st = os.stat(output.name, dir_fd=parent, follow_symlinks=False)
@@ -650,8 +656,17 @@ def _identity(output: DataPath) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _remove(output: DataPath, identity: tuple[int, int], session: Session) -> None:
+def _remove(output: DataPath, identity: tuple[object, ...], session: Session) -> None:
     """Remove the output a line wrote, if it is still the file that line wrote."""
+    store = output.store
+    if store is not None:
+        try:
+            with output.storage_errors():
+                if identity and _identity(output) == identity:
+                    store.delete(output.parts)
+        except RsgrpcError as error:
+            session.logger.warning("could not remove %r: %s", output.path, error)
+        return
     try:
         parent = output.open_parent(create=False)
     except RsgrpcError:

@@ -20,7 +20,7 @@ import posixpath
 import re
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from rsgrpc.engine.errors import (
@@ -302,6 +302,21 @@ def list_folder(
     `root_directory` when `folder` is). The folder is opened as every path is: without
     following a link, in it or on the way."""
     source = data_root.path(_data_path(root_directory, folder), field="folder")
+    names = []
+    for name in _folder_files(source):
+        if name.lower().endswith(_TIFF_SUFFIXES) and name_filter in name:
+            names.append(name)
+            check_band_count(len(names))
+    return [posixpath.normpath(posixpath.join(folder, name)) for name in sorted(names)]
+
+
+def _folder_files(source: DataPath) -> Iterator[str]:
+    """The names of the regular files (or objects) directly in the folder `source`."""
+    store = source.store
+    if store is not None:
+        with source.storage_errors():
+            yield from store.list_folder(source.parts)
+        return
     parent = source.open_parent(create=False)
     try:
         try:
@@ -311,20 +326,15 @@ def list_folder(
     finally:
         os.close(parent)
     try:
-        names = []
         for name in os.listdir(fd):
-            if not name.lower().endswith(_TIFF_SUFFIXES) or name_filter not in name:
-                continue
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue  # gone meanwhile
             if stat.S_ISREG(st.st_mode):
-                names.append(name)
-                check_band_count(len(names))
+                yield name
     finally:
         os.close(fd)
-    return [posixpath.normpath(posixpath.join(folder, name)) for name in sorted(names)]
 
 
 def _describe_all(source: DataPath, raster_band: int) -> list[RasterInfo]:

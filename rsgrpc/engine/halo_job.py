@@ -70,9 +70,8 @@ def read_parameter_text(
 ) -> str:
     """A small UTF-8 text file under the data roots that a tool's parameters name; more
     than `max_bytes` is INVALID_ARGUMENT."""
-    fd = data_root.path(path, field=field).open_file()
-    with open(fd, "rb") as file:
-        data = file.read(max_bytes + 1)
+    with data_root.path(path, field=field).open_input() as opened:
+        data = opened.read_prefix(max_bytes + 1)
     if len(data) > max_bytes:
         raise InvalidArgumentError(
             f"{field} {path!r} is over {max_bytes} bytes", metadata={"field": field}

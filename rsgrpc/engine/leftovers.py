@@ -26,15 +26,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rsgrpc.engine.instance import folder_instance, lock_if_unheld, partial_instance
+from rsgrpc.engine.object_store import ObjectRoot
 
 _LOGGER = logging.getLogger(__name__)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def remove_leftovers_in_background(data_roots: Sequence[Path], temp_root: Path) -> threading.Thread:
-    """Start removing, in a daemon thread, the partial outputs under each of `data_roots`
-    (the primary first) and the folders in `temp_root` that dead instances left; each
+def remove_leftovers_in_background(
+    data_roots: Sequence[Path | ObjectRoot], temp_root: Path
+) -> threading.Thread:
+    """Start removing, in a daemon thread, the partial outputs under each folder of
+    `data_roots` (the primary first; object storage holds none: its outputs are staged in
+    the instance's folder) and the folders in `temp_root` that dead instances left; each
     removal is logged with its path relative to its root, and the root's number (from 1,
     the primary) past the first. Returns the thread."""
     thread = threading.Thread(
@@ -47,15 +51,18 @@ def remove_leftovers_in_background(data_roots: Sequence[Path], temp_root: Path) 
     return thread
 
 
-def _remove_leftovers(data_roots: tuple[Path, ...], temp_root: Path) -> None:
+def _remove_leftovers(data_roots: tuple[Path | ObjectRoot, ...], temp_root: Path) -> None:
     try:
         folders = _remove_dead_folders(temp_root)
     except Exception:
         _LOGGER.exception("removing what dead server instances left failed")
         return
     partials = 0
+    folders_given = [root for root in data_roots if isinstance(root, Path)]
     for number, data_root in enumerate(data_roots, start=1):
-        if any(data_root.is_relative_to(other) for other in data_roots if other != data_root):
+        if not isinstance(data_root, Path):
+            continue
+        if any(data_root.is_relative_to(other) for other in folders_given if other != data_root):
             continue  # resolved, so walked with the root it is in: no link leads to it
         try:
             partials += _remove_dead_partials(data_root, number)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rsgrpc.engine.errors import ResourceExhaustedError
+from rsgrpc.engine.object_store import staging_folder
 from rsgrpc.engine.paths import DataPath
 from rsgrpc.engine.raster_io import OutputProfile
 from rsgrpc.engine.session import ServerLimits, Session
@@ -159,7 +160,9 @@ def output_directory(output: DataPath) -> Path:
     """The deepest directory on the way to an output that exists, through no symbolic
     link, from the data root the output is in (each root may be a disk of its own): the
     output lands on its file system (the missing ones are made when the output is
-    written)."""
+    written). An object is written in the server's staging folder before it is uploaded."""
+    if output.store is not None:
+        return staging_folder()
     directory = output.root
     for part in output.parts[:-1]:
         child = directory / part

@@ -8,6 +8,11 @@ for a link while the job waited cannot redirect any of it. The temporary file
 is named by `rsgrpc.engine.instance.partial_name` and holds an exclusive
 `flock` from its creation until it is renamed or removed, so a starting server
 can tell what a dead instance left from work in progress.
+
+An output in object storage (`ObjectOutput`) is written the same way in the
+server's staging folder (`rsgrpc.engine.object_store.staging_folder`, inside its
+instance folder) and uploaded when it is published: the object appears whole or
+not at all. `partial_output` makes the one or the other for a target.
 """
 
 from __future__ import annotations
@@ -26,13 +31,22 @@ from rsgrpc.engine.errors import (
     RsgrpcError,
 )
 from rsgrpc.engine.instance import lock_if_unheld, partial_name
-from rsgrpc.engine.paths import DataPath
+from rsgrpc.engine.object_store import staging_folder
+from rsgrpc.engine.paths import DataPath, fd_path
 
 # A hard link across these is refused: the bytes are copied instead.
 _NO_LINK = frozenset(
     {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP}
 )
 _CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def partial_output(target: DataPath, *, overwrite: bool) -> PartialOutput:
+    """The output being written to `target`: beside it in its folder, or staged for its
+    object storage."""
+    kind = PartialOutput if target.store is None else ObjectOutput
+    return kind(target, overwrite=overwrite)
 
 
 class PartialOutput:
@@ -221,3 +235,56 @@ class PartialOutput:
         if self._directory is not None:
             os.close(self._directory)
             self._directory = None
+
+
+class ObjectOutput(PartialOutput):
+    """An output in object storage: written in the server's staging folder as a
+    `PartialOutput` is beside its target, and uploaded by `publish()`."""
+
+    def __init__(self, target: DataPath, *, overwrite: bool) -> None:
+        super().__init__(target, overwrite=overwrite)
+        self._published: str | None = None  # the version uploaded, for `unpublish`
+
+    def __enter__(self) -> ObjectOutput:
+        self.target.check_output(overwrite=self.overwrite)
+        folder = staging_folder()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._directory = os.open(folder, _DIRECTORY_FLAGS)
+        except OSError as error:
+            raise self._write_error(error) from None
+        try:
+            self.fd, self._name = self._create()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def publish(self) -> int:
+        """Upload the finished file as the object; returns its size in bytes.
+
+        With overwrite off, an object made meanwhile is kept: AlreadyExistsError (the
+        check and the upload are two requests: a writer between them is overwritten).
+        """
+        target, store = self.target, self.target.store
+        with target.storage_errors():
+            if not self.overwrite and store.stat(target.parts) is not None:
+                raise AlreadyExistsError(
+                    f"{target.field} {target.path!r} appeared while the job ran; overwrite is off",
+                    metadata={"path": target.path},
+                )
+            store.upload(target.parts, fd_path(self.fd))
+            uploaded = store.stat(target.parts)
+        self._published = uploaded.etag if uploaded is not None else None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._name, dir_fd=self._directory)
+        self._name = None
+        return os.fstat(self.fd).st_size
+
+    def unpublish(self) -> None:
+        """Remove the object `publish()` uploaded, if it is still that version."""
+        target, store = self.target, self.target.store
+        with target.storage_errors():
+            found = store.stat(target.parts)
+            if found is not None and found.etag == self._published:
+                store.delete(target.parts)

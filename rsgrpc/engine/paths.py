@@ -27,18 +27,27 @@ A process whose environment holds RSGRPC_WORKER_DATA_ROOTS (`name=folder` pairs,
 separated by os.pathsep), as a Dask worker on another machine does, opens each named
 root at its own folder: the server and its workers may mount the same storage at
 different paths. Confinement is the same wherever a path is opened.
+
+A root may also be a prefix in S3-compatible object storage (`s3://bucket/prefix`,
+`rsgrpc.engine.object_store`), written by clients as `s3://bucket/prefix/...` or as
+GDAL's `/vsis3/bucket/prefix/...`. Its paths are checked for their form as any
+others; they are read as `OpenedInput`s (GDAL's S3 driver) and written through
+`rsgrpc.engine.partial_output.ObjectOutput`, whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from rsgrpc.engine.errors import (
     AlreadyExistsError,
@@ -48,6 +57,14 @@ from rsgrpc.engine.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
     RsgrpcError,
+)
+from rsgrpc.engine.object_store import (
+    ObjectRoot,
+    client_form,
+    is_object_url,
+    is_storage_error,
+    posix_form,
+    refusal,
 )
 
 MAX_PATH_BYTES = 4096
@@ -66,13 +83,14 @@ def default_root_name(place: int) -> str:
     return "data" if place == 1 else f"data{place}"
 
 
-def named_root(text: str) -> tuple[str, Path]:
+def named_root(text: str) -> tuple[str, Path | str]:
     """`name=folder` (a name of a letter, then up to 31 letters, digits, '_' or '-') or
-    a folder alone: the name ("" without one) and the folder."""
+    a folder alone: the name ("" without one) and the folder, or the object-storage URL
+    (`s3://bucket/prefix`) as it is written."""
     name, separator, folder = text.partition("=")
-    if separator and folder and ROOT_NAME.fullmatch(name):
-        return name, Path(folder)
-    return "", Path(text)
+    if not (separator and folder and ROOT_NAME.fullmatch(name)):
+        name, folder = "", text
+    return name, folder if is_object_url(folder) else Path(folder)
 
 
 @functools.cache
@@ -85,9 +103,9 @@ def worker_mounts() -> dict[str, Path]:
         if not part:
             continue
         name, folder = named_root(part)
-        if not name:
+        if not name or not isinstance(folder, Path):
             raise ValueError(f"{WORKER_ROOTS_ENV} holds {part!r}, not name=folder")
-        mounts[name] = Path(folder)
+        mounts[name] = folder
     return mounts
 
 
@@ -106,7 +124,8 @@ class DataPath:
     in errors. Workers receive it as it is and open it themselves.
     """
 
-    root: Path = dataclasses.field(repr=False)  # the server's own path: never in a message
+    # The server's own folder, or object-storage prefix: never in a message.
+    root: Path | ObjectRoot = dataclasses.field(repr=False)
     path: str
     field: str
     relative: str = dataclasses.field(default="", repr=False)  # empty: `path` is relative
@@ -126,11 +145,16 @@ class DataPath:
     def identity(self) -> str:
         """The file this path names, the same whichever way a client writes it (relative,
         or absolute through either form of its root): to compare paths, never to show."""
-        return os.path.join(self.root, *self.parts)
+        return os.path.join(str(self.root), *self.parts)
 
     @property
     def name(self) -> str:
         return self.parts[-1]
+
+    @property
+    def store(self) -> ObjectRoot | None:
+        """The object-storage root this path lies under; None for a folder's."""
+        return self.root if isinstance(self.root, ObjectRoot) else None
 
     @property
     def local_root(self) -> Path:
@@ -161,11 +185,41 @@ class DataPath:
                     f"{MAX_NAME_BYTES}",
                     metadata=metadata,
                 )
-        shown = PurePosixPath(self.path).parent.joinpath(pure).as_posix()
+        shown = client_form(PurePosixPath(posix_form(self.path)).parent.joinpath(pure))
         relative_form = (
             PurePosixPath(*self.parts[:-1], *pure.parts).as_posix() if self.relative else ""
         )
         return DataPath(self.root, shown, field, relative_form, self.roots, self.root_name)
+
+    def open_input(self) -> OpenedInput:
+        """Open the input at this path for reading, as it is now: a regular file under a
+        folder's root (`open_file`), or an object (which must exist). Raises as
+        `open_file` does; an object storage that does not answer is UnavailableError."""
+        store = self.store
+        if store is None:
+            fd = self.open_file()
+            st = os.fstat(fd)
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            return OpenedInput(self, fd_path(fd), identity, st.st_size, fd=fd)
+        with self.storage_errors():
+            found = store.stat(self.parts)
+        if found is None:
+            raise NotFoundError(
+                f"{self.field} {self.path!r} does not exist", metadata=self._metadata
+            )
+        return OpenedInput(self, store.gdal_name(self.parts), found.identity, found.size)
+
+    @contextlib.contextmanager
+    def storage_errors(self) -> Iterator[None]:
+        """Object storage's failures within, as the client hears them of this path."""
+        try:
+            yield
+        except RsgrpcError:
+            raise
+        except Exception as error:
+            if not is_storage_error(error):
+                raise
+            raise refusal(error, self.field, self.path) from None
 
     def open_file(self) -> int:
         """Open the regular file at this path for reading; returns its descriptor.
@@ -174,6 +228,7 @@ class DataPath:
         passes through or names a symbolic link, InvalidArgumentError if it is not a
         regular file (a directory, FIFO or device).
         """
+        self._local_only()
         parent = self.open_parent(create=False)
         try:
             self._check_entry(parent, must_exist=True)
@@ -197,6 +252,7 @@ class DataPath:
         NotFoundError. Raises PermissionDeniedError for a symbolic link on the way and
         InvalidArgumentError for a component that is not a directory.
         """
+        self._local_only()
         try:
             fd = os.open(self.local_root, _DIRECTORY_FLAGS)
         except (OSError, ValueError):
@@ -228,7 +284,14 @@ class DataPath:
         """Refuse, as the client should hear it, an output that cannot be written here:
         one inside a file or a link, one that is a directory or a link, or one that
         exists when `overwrite` is off. Changes nothing: missing directories are made
-        only when the output is written."""
+        only when the output is written. In object storage, only the last applies."""
+        store = self.store
+        if store is not None:
+            with self.storage_errors():
+                found = store.stat(self.parts)
+            if found is not None and not overwrite:
+                raise self.exists()
+            return
         try:
             parent = self.open_parent(create=False)
         except NotFoundError:
@@ -265,10 +328,18 @@ class DataPath:
                 metadata=self._metadata,
             )
         if not must_exist and not overwrite:
-            raise AlreadyExistsError(
-                f"{self.field} {self.path!r} exists; set overwrite to replace it",
-                metadata={**self._metadata, "path": self.path},
-            )
+            raise self.exists()
+
+    def exists(self) -> AlreadyExistsError:
+        """The refusal of this output, which exists, with overwrite off."""
+        return AlreadyExistsError(
+            f"{self.field} {self.path!r} exists; set overwrite to replace it",
+            metadata={**self._metadata, "path": self.path},
+        )
+
+    def _local_only(self) -> None:
+        if self.store is not None:
+            raise TypeError(f"{self.path!r} is in object storage: it has no folder to open")
 
     def _make_directory(self, parent: int, part: str, shown: str) -> int:
         try:
@@ -332,43 +403,93 @@ class DataPath:
         return {"field": self.field}
 
 
+@dataclass
+class OpenedInput:
+    """An input as opened at one moment: the name GDAL reads it by, what identifies its
+    content (a file's device, inode, size and times; an object's version and size) and
+    its size. A file stays open until `close` (or the end of a `with`), so that GDAL
+    reads the very file that was checked (`fd_path`)."""
+
+    path: DataPath
+    gdal_name: str
+    identity: tuple[Any, ...]
+    size: int
+    fd: int = -1
+
+    def gdal_options(self) -> dict[str, str]:
+        """GDAL's options to open it with (`ObjectRoot.gdal_options`; none for a file)."""
+        store = self.path.store
+        return store.gdal_options() if store is not None else {}
+
+    def read_prefix(self, limit: int) -> bytes:
+        """Up to `limit` bytes from its start."""
+        store = self.path.store
+        if store is not None:
+            if not self.size:  # a range of an empty object is an error to S3
+                return b""
+            with self.path.storage_errors():
+                return store.read(self.path.parts, limit)
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.pread(self.fd, limit - size, size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> OpenedInput:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class DataRoot:
     """The folders under which every client path must resolve.
 
     `root` is the primary: relative paths resolve under it. `others` are reached by
-    absolute paths only. `prefixes` are the absolute forms a client may write for each
+    absolute paths only. Each is a folder or an object-storage prefix (`ObjectRoot`). `prefixes` are the absolute forms a client may write for each
     root (as the server was given it, and resolved), longest first, so that a root
     inside another is matched before it. `names` are the roots' names, in order
     (empty: "data", "data2", ... by place).
     """
 
-    root: Path
-    others: tuple[Path, ...] = ()
-    prefixes: tuple[tuple[PurePosixPath, Path], ...] = dataclasses.field(default=(), repr=False)
+    root: Path | ObjectRoot
+    others: tuple[Path | ObjectRoot, ...] = ()
+    prefixes: tuple[tuple[PurePosixPath, Path | ObjectRoot], ...] = dataclasses.field(
+        default=(), repr=False
+    )
     names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.prefixes:  # a root made directly, not by `at`: written as it is
-            forms = [(PurePosixPath(root), root) for root in self.roots]
+            forms = [(form, root) for root in self.roots for form in _written_forms(root)]
             object.__setattr__(self, "prefixes", _longest_first(forms))
         if not self.names:
             names = tuple(default_root_name(place) for place in range(1, len(self.roots) + 1))
             object.__setattr__(self, "names", names)
 
     @property
-    def roots(self) -> tuple[Path, ...]:
+    def roots(self) -> tuple[Path | ObjectRoot, ...]:
         """Every root, the primary first."""
         return (self.root, *self.others)
 
     @property
-    def named(self) -> dict[str, Path]:
+    def named(self) -> dict[str, Path | ObjectRoot]:
         """Each root by its name."""
         return dict(zip(self.names, self.roots, strict=True))
 
     @classmethod
     def at(cls, root: str | Path, *others: str | Path, names: tuple[str, ...] = ()) -> DataRoot:
-        """The data roots at `root` (the primary) and `others`, each made if missing, named
+        """The data roots at `root` (the primary) and `others`, each a folder (made if
+        missing) or an object-storage prefix (`s3://bucket/prefix`, `ObjectRoot.parse`), named
         `names` (an empty name, or none given, is "data", "data2", ... by place); a root
         given twice, in either form,
         counts once, under its first name. Raises ValueError for a name that is not a
@@ -385,9 +506,14 @@ class DataRoot:
                     f"data root name {name!r} is not a letter, then up to 31 letters, digits, "
                     "'_' or '-'"
                 )
-        resolved: dict[Path, str] = {}
-        forms: list[tuple[PurePosixPath, Path]] = []
+        resolved: dict[Path | ObjectRoot, str] = {}
+        forms: list[tuple[PurePosixPath, Path | ObjectRoot]] = []
         for given, name in zip(given_roots, names, strict=True):
+            if is_object_url(given):
+                store = ObjectRoot.parse(given)
+                resolved.setdefault(store, name)
+                forms += [(form, store) for form in store.written_forms]
+                continue
             # As given, made absolute lexically: the form a client script holds.
             written = PurePosixPath(os.path.abspath(os.path.expanduser(given)))
             path = Path(written).resolve()
@@ -421,7 +547,7 @@ class DataRoot:
                 f"{field} is {size} bytes long; paths are at most {MAX_PATH_BYTES}",
                 metadata=metadata,
             )
-        pure = PurePosixPath(client_path)
+        pure = PurePosixPath(posix_form(client_path))
         if client_path.startswith("\\"):
             raise PermissionDeniedError(
                 f"{field} {shown!r} is not a path under the server's data roots; paths are "
@@ -446,9 +572,11 @@ class DataRoot:
                 )
         relative_form = relative.as_posix() if absolute else ""
         name = self.names[self.roots.index(root)]
-        return DataPath(root, pure.as_posix(), field, relative_form, self, name)
+        return DataPath(root, client_form(pure), field, relative_form, self, name)
 
-    def _under(self, absolute: PurePosixPath, shown: str, field: str) -> tuple[Path, PurePosixPath]:
+    def _under(
+        self, absolute: PurePosixPath, shown: str, field: str
+    ) -> tuple[Path | ObjectRoot, PurePosixPath]:
         """The root `absolute` lies under, lexically, and the path from it; the longest
         matching prefix wins. Outside every root is PERMISSION_DENIED, in a message that
         names no root: the roots are the server's own paths."""
@@ -467,9 +595,15 @@ class DataRoot:
         return target
 
 
+def _written_forms(root: Path | ObjectRoot) -> tuple[PurePosixPath, ...]:
+    if isinstance(root, ObjectRoot):
+        return root.written_forms
+    return (PurePosixPath(root),)
+
+
 def _longest_first(
-    forms: list[tuple[PurePosixPath, Path]],
-) -> tuple[tuple[PurePosixPath, Path], ...]:
+    forms: list[tuple[PurePosixPath, Path | ObjectRoot]],
+) -> tuple[tuple[PurePosixPath, Path | ObjectRoot], ...]:
     """Each written form once (the first root given it keeps it), longest first."""
     unique = dict(reversed(forms))
     return tuple(sorted(unique.items(), key=lambda form: len(form[0].parts), reverse=True))

@@ -36,8 +36,8 @@ from rsgrpc.engine.errors import (
 )
 from rsgrpc.engine.gdal_env import confine_gdal
 from rsgrpc.engine.gdal_threads import keep_gdal_env, on_gdal_thread
-from rsgrpc.engine.partial_output import PartialOutput
-from rsgrpc.engine.paths import DataPath, DataRoot, fd_path
+from rsgrpc.engine.partial_output import PartialOutput, partial_output
+from rsgrpc.engine.paths import DataPath, DataRoot, OpenedInput, fd_path
 from rsgrpc.engine.tiff_tiles import (
     BlockEncoding,
     BlockIndex,
@@ -101,19 +101,20 @@ def open_geotiff(source: DataPath) -> Iterator[rasterio.DatasetReader]:
     Raises InvalidArgumentError, naming the path as the client does, for a file that is
     not a GeoTIFF (a VRT, a PNG named .tif, text, a broken header).
     """
-    fd = source.open_file()
-    try:
+    with source.open_input() as opened:
         keep_gdal_env()
-        with _geotiff_at(fd, source) as ds:
+        with _geotiff_at(opened) as ds:
             yield ds
-    finally:
-        os.close(fd)
 
 
-def _geotiff_at(fd: int, source: DataPath) -> rasterio.DatasetReader:
-    """The GeoTIFF open as `fd`, read by GDAL through `fd_path`; `source` names it in errors."""
+def _geotiff_at(opened: OpenedInput) -> rasterio.DatasetReader:
+    """The GeoTIFF `opened`, read by GDAL by its name for it (a file through `fd_path`,
+    an object through GDAL's S3 driver), with the GeoTIFF driver only."""
+    source = opened.path
+    options = opened.gdal_options()
     try:
-        return rasterio.open(fd_path(fd), driver="GTiff")
+        with rasterio.Env(**options) if options else contextlib.nullcontext():
+            return rasterio.open(opened.gdal_name, driver="GTiff")
     except RasterioError:
         raise InvalidArgumentError(
             f"{source.field} {source.path!r} is not a readable raster: only GeoTIFF files are read",
@@ -142,9 +143,9 @@ _DESCRIPTIONS_LOCK = threading.Lock()
 _DESCRIPTIONS_KEPT = 256
 
 
-def _read_description(fd: int, source: DataPath) -> _Description:
+def _read_description(opened: OpenedInput) -> _Description:
     keep_gdal_env()
-    with _geotiff_at(fd, source) as ds:
+    with _geotiff_at(opened) as ds:
         return _Description(
             width=ds.width,
             height=ds.height,
@@ -161,21 +162,17 @@ def describe(source: DataPath, band: int) -> RasterInfo:
     every source has been opened and described as a GeoTIFF input."""
     if is_vrt_path(source.name):
         return _describe_vrt(source, band)
-    fd = source.open_file()
-    try:
-        st = os.fstat(fd)
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with source.open_input() as opened:
+        identity = opened.identity
         with _DESCRIPTIONS_LOCK:
             described = _DESCRIPTIONS.get(identity)
         if described is None:
-            described = on_gdal_thread(_read_description, fd, source)
+            described = on_gdal_thread(_read_description, opened)
         with _DESCRIPTIONS_LOCK:
             _DESCRIPTIONS[identity] = described
             _DESCRIPTIONS.move_to_end(identity)
             while len(_DESCRIPTIONS) > _DESCRIPTIONS_KEPT:
                 _DESCRIPTIONS.popitem(last=False)
-    finally:
-        os.close(fd)
     if not 1 <= band <= len(described.dtypes):
         raise InvalidArgumentError(
             f"{source.field} {source.path!r} has {len(described.dtypes)} band(s); "
@@ -198,31 +195,14 @@ def describe(source: DataPath, band: int) -> RasterInfo:
 def load_vrt(source: DataPath) -> VirtualRaster:
     """The VRT at `source`, opened under its root now, parsed and checked
     (`rsgrpc.engine.virtual_raster.parse_vrt`); its sources are not opened."""
-    fd = source.open_file()
-    try:
-        st = os.fstat(fd)
-        if st.st_size > MAX_VRT_BYTES:
+    with source.open_input() as opened:
+        if opened.size > MAX_VRT_BYTES:
             raise InvalidArgumentError(
                 f"{source.field} {source.path!r} is not a VRT that rsgrpc reads: it is over "
                 f"{MAX_VRT_BYTES >> 10} KiB",
                 metadata={"path": source.path},
             )
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        return parsed(source, identity, lambda: _read_prefix(fd, MAX_VRT_BYTES + 1))
-    finally:
-        os.close(fd)
-
-
-def _read_prefix(fd: int, limit: int) -> bytes:
-    """Up to `limit` bytes from the start of the file open as `fd`."""
-    chunks, size = [], 0
-    while size < limit:
-        chunk = os.pread(fd, limit - size, size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+        return parsed(source, opened.identity, lambda: opened.read_prefix(MAX_VRT_BYTES + 1))
 
 
 def _source_error(vrt: DataPath, source: VirtualSource, error: RsgrpcError) -> RsgrpcError:
@@ -405,13 +385,12 @@ def _read_vrt_window(source: DataPath, band: int, tile: Tile) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _KeptInput:
-    identity: tuple[int, ...]
-    fd: int
+    opened: OpenedInput
     dataset: rasterio.DatasetReader
 
     def close(self) -> None:
         self.dataset.close()
-        os.close(self.fd)
+        self.opened.close()
 
 
 class _OpenInputs:
@@ -423,7 +402,8 @@ class _OpenInputs:
     with them kept open. Each read opens the path again under the root (a few
     system calls) and compares the file's inode, size and modification time
     with the kept one's, so a file replaced, rewritten or swapped between tiles
-    is opened afresh, or refused. A dataset serves one thread at a time, so
+    is opened afresh, or refused. An object's version is asked of the storage
+    at each read the same way. A dataset serves one thread at a time, so
     other threads (the sieve's tiles side by side) open their own.
     """
 
@@ -431,21 +411,19 @@ class _OpenInputs:
         self._open: OrderedDict[DataPath, _KeptInput] = OrderedDict()
 
     def get(self, source: DataPath) -> rasterio.DatasetReader:
-        fd = source.open_file()
-        st = os.fstat(fd)
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        opened = source.open_input()
         kept = self._open.get(source)
-        if kept is not None and kept.identity == identity:
-            os.close(fd)
+        if kept is not None and kept.opened.identity == opened.identity:
+            opened.close()
             self._open.move_to_end(source)
             return kept.dataset
         self.forget(source)
         try:
-            dataset = _geotiff_at(fd, source)
+            dataset = _geotiff_at(opened)
         except BaseException:
-            os.close(fd)
+            opened.close()
             raise
-        self._open[source] = _KeptInput(identity, fd, dataset)
+        self._open[source] = _KeptInput(opened, dataset)
         while len(self._open) > MAX_OPEN_INPUTS:
             self._open.popitem(last=False)[1].close()
         return dataset
@@ -645,8 +623,8 @@ class RasterWriter:
         geotiff = output
         if is_vrt_path(output.name):
             geotiff = virtual_part(output)
-            self._virtual = PartialOutput(output, overwrite=overwrite)
-        self._partial = PartialOutput(geotiff, overwrite=overwrite)
+            self._virtual = partial_output(output, overwrite=overwrite)
+        self._partial = partial_output(geotiff, overwrite=overwrite)
         # Offsets in a classic TIFF are 32-bit. Compressed blocks can outgrow their
         # pixels (LZW by up to half again), so BigTIFF past half of that.
         raw_bytes = self._raw_bytes = width * height * np.dtype(dtype).itemsize

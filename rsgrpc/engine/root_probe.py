@@ -13,6 +13,10 @@ worker that cannot, or reads another token, does not see that root, and the
 session is refused with FAILED_PRECONDITION naming the root and the worker,
 never a folder. A root without a marker that the server cannot write
 (read-only) is not probed, which the server logs.
+
+A root in object storage holds its marker as the object `prefix/.rsgrpc-root`,
+made only where none is (a conditional write); a worker reads it with its own
+credentials, so one that cannot reach the storage is found the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rsgrpc.engine.errors import FailedPreconditionError
+from rsgrpc.engine.object_store import ObjectRoot, is_object_url
 from rsgrpc.engine.paths import DataRoot, worker_mounts
 
 _LOGGER = logging.getLogger(__name__)
@@ -52,7 +57,10 @@ def mark_roots(data_root: DataRoot) -> RootMarks:
     tokens: dict[str, str] = {}
     folders: dict[str, str] = {}
     for name, folder in data_root.named.items():
-        token = _marker_token(folder, name)
+        if isinstance(folder, ObjectRoot):
+            token = _object_token(folder, name)
+        else:
+            token = _marker_token(folder, name)
         if token is not None:
             tokens[name] = token
             folders[name] = str(folder)
@@ -92,6 +100,32 @@ def _marker_token(folder: Path, name: str) -> str | None:
         os.close(fd)
 
 
+def _object_token(store: ObjectRoot, name: str) -> str | None:
+    try:
+        token = _read_object_token(store)
+        if token is None:
+            made = secrets.token_hex(_TOKEN_BYTES)
+            token = made if store.put_new((MARKER,), made.encode() + b"\n") else None
+            token = token or _read_object_token(store)  # made meanwhile by another server
+    except Exception as error:  # the storage's own errors: logged by type, never a secret
+        _LOGGER.warning(
+            "data root %r: its %s cannot be read or made (%s): Dask workers' view of it is "
+            "not checked",
+            name,
+            MARKER,
+            type(error).__name__,
+        )
+        return None
+    return token
+
+
+def _read_object_token(store: ObjectRoot) -> str | None:
+    """The marker's token in object storage; None where it has none."""
+    if store.stat((MARKER,)) is None:
+        return None
+    return store.read((MARKER,), 2 * _TOKEN_BYTES + 1).decode("ascii", "replace").strip()
+
+
 def _read_token(directory: int) -> str | None:
     """The marker's token in the folder open as `directory`; None where it has none."""
     try:
@@ -115,6 +149,13 @@ def unseen_roots(marks: RootMarks) -> list[str]:
         return sorted(marks.tokens)
     unseen = []
     for name, token in sorted(marks.tokens.items()):
+        if is_object_url(marks.folders[name]):
+            try:
+                if _read_object_token(ObjectRoot.parse(marks.folders[name])) != token:
+                    unseen.append(name)
+            except Exception:  # no credentials, no route, no permission: not seen
+                unseen.append(name)
+            continue
         folder = mounts.get(name, Path(marks.folders[name]))
         try:
             fd = os.open(folder, _DIRECTORY_FLAGS)
@@ -144,9 +185,14 @@ def check_workers_see_roots(
     if blind:
         worker, names = sorted(blind.items())[0]
         others = f"; {len(blind) - 1} more workers miss roots too" if len(blind) > 1 else ""
+        fix = (
+            "give the worker the server's object-storage credentials and endpoint "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"
+            if is_object_url(marks.folders[names[0]])
+            else "mount the root there, or name its folder in the worker's "
+            f"RSGRPC_WORKER_DATA_ROOTS ({names[0]}=folder)"
+        )
         raise FailedPreconditionError(
-            f"the Dask worker {worker} does not see data root {names[0]!r}: mount the root "
-            f"there, or name its folder in the worker's RSGRPC_WORKER_DATA_ROOTS "
-            f"({names[0]}=folder){others}",
+            f"the Dask worker {worker} does not see data root {names[0]!r}: {fix}{others}",
             metadata={"root": names[0], "worker": worker},
         )

@@ -41,7 +41,7 @@ from rsgrpc.engine.executors import DaskExecutor, Executor, LocalProcessExecutor
 from rsgrpc.engine.instance import InstanceFolder
 from rsgrpc.engine.log_context import OPERATION, SESSION, ContextFilter
 from rsgrpc.engine.operations import Operation
-from rsgrpc.engine.partial_output import PartialOutput
+from rsgrpc.engine.partial_output import PartialOutput, partial_output
 from rsgrpc.engine.paths import DataPath
 from rsgrpc.engine.root_probe import RootMarks, check_workers_see_roots
 from rsgrpc.engine.worker_stock import PoolShape, WorkerStock
@@ -585,7 +585,7 @@ class SessionRegistry:
         with contextlib.ExitStack() as opened:
             log = None
             if log_path is not None:
-                log = opened.enter_context(PartialOutput(log_path, overwrite=overwrite_log))
+                log = opened.enter_context(partial_output(log_path, overwrite=overwrite_log))
             with self._lock:
                 self._sessions.pop(session.id, None)
                 # Its log stays readable, without a moment when it is not (it grows while

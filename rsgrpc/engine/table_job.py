@@ -31,7 +31,7 @@ from rsgrpc.engine.grid import Grid, band_tool_grids, sample_onto
 from rsgrpc.engine.halo_job import invalid_argument
 from rsgrpc.engine.limits import check_raster_pixels
 from rsgrpc.engine.operations import Operation, Stage
-from rsgrpc.engine.partial_output import PartialOutput
+from rsgrpc.engine.partial_output import PartialOutput, partial_output
 from rsgrpc.engine.paths import DataPath, DataRoot
 from rsgrpc.engine.raster_io import DEFAULT_PROFILE, OutputProfile, RasterInfo, describe
 from rsgrpc.engine.session import Session
@@ -256,7 +256,7 @@ def staged_text_output(output: DataPath, text: str, *, overwrite: bool) -> Itera
     """`text` as UTF-8 in the partial file of `output`, for the caller to publish; removed
     if it does not."""
     data = text.encode()
-    with PartialOutput(output, overwrite=overwrite) as partial:
+    with partial_output(output, overwrite=overwrite) as partial:
         partial.write(data)
         yield partial
 

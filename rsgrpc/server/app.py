@@ -30,6 +30,7 @@ from rsgrpc.engine.executors import START_SECONDS
 from rsgrpc.engine.gdal_threads import start_gdal_threads
 from rsgrpc.engine.kernel_cache import report_kernel_cache, use_kernel_cache_dir
 from rsgrpc.engine.leftovers import remove_leftovers_in_background
+from rsgrpc.engine.object_store import stage_in
 from rsgrpc.engine.operations import OperationStore
 from rsgrpc.engine.paths import DataRoot
 from rsgrpc.engine.root_probe import mark_roots
@@ -280,6 +281,8 @@ def run_server(config: ServerConfig) -> Iterator[RunningServer]:
         closed_log_s=config.closed_session_log_s,
         max_closed_logs=config.max_closed_session_logs,
     )
+    # Outputs in object storage are written here, then uploaded: gone with the instance.
+    stage_in(registry.instance_folder.path)
     download_servicer = DownloadServicer(registry, operations, data_root, download_settings)
     # Each deployment's health (NOT_SERVING while its token endpoint fails), and the service's.
     deployment_watch = DeploymentWatch(

@@ -30,10 +30,12 @@ class ServerConfig:
     (`name=path`)."""
 
     address: str = "127.0.0.1:50051"
-    data_root: Path = Path("data")  # the primary: relative client paths resolve under it
+    # The primary: relative client paths resolve under it. A root is a folder, or a prefix
+    # in S3-compatible object storage written `s3://bucket/prefix`.
+    data_root: Path | str = Path("data")
     # Further roots, reached by absolute client paths: `--data-root` given again, or more
     # roots in RSGRPC_DATA_ROOT separated by os.pathsep. No flag of their own.
-    other_data_roots: tuple[Path, ...] = ()
+    other_data_roots: tuple[Path | str, ...] = ()
     # Each root's name, by which Dask workers map it to their own mount (`name=path` in
     # --data-root); empty, or "" for a root given without one: "data", "data2", ... by
     # its place (`DataRoot.at`).
@@ -80,7 +82,7 @@ class ServerConfig:
     log_format: str = "text"  # or json: a JSON object a line, with the request's id
 
     @property
-    def data_roots(self) -> tuple[Path, ...]:
+    def data_roots(self) -> tuple[Path | str, ...]:
         """Every data root, the primary first."""
         return (self.data_root, *self.other_data_roots)
 
@@ -106,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 "--data-root",
                 action="append",
                 default=None,
-                help="a folder, or name=folder to name it as Dask workers map it; repeat "
+                help="a folder or s3://bucket/prefix, or name=folder to name it as Dask "
+                "workers map it; repeat "
                 f"for several roots, the first the primary (env {_DATA_ROOT_ENV}, several "
                 f"separated by {os.pathsep!r}; default {defaults.data_root}, named "
                 f"{default_root_name(1)!r})",
@@ -156,9 +159,16 @@ def from_arguments(args: argparse.Namespace) -> ServerConfig:
 
 def _data_roots_from_environment() -> list[str]:
     """The roots in RSGRPC_DATA_ROOT, separated by os.pathsep as in PATH; empty parts are
-    skipped. A flag's value is never split: a folder's name may hold the separator."""
+    skipped, and `s3://` is not split. A flag's value is never split: a folder's name may
+    hold the separator."""
     text = os.environ.get(_DATA_ROOT_ENV, "")
-    return [part for part in text.split(os.pathsep) if part]
+    roots: list[str] = []
+    for part in text.split(os.pathsep):
+        if roots and part.startswith("//") and roots[-1].rpartition("=")[2] == "s3":
+            roots[-1] += os.pathsep + part
+        elif part:
+            roots.append(part)
+    return roots
 
 
 def read_secret(path: str) -> str:

@@ -33,7 +33,7 @@ from rsgrpc.download import cache as download_cache
 from rsgrpc.download.redaction import redact, redact_logger
 from rsgrpc.engine.errors import CancelledError, RsgrpcError
 from rsgrpc.engine.operations import Operation, Stage
-from rsgrpc.engine.partial_output import PartialOutput
+from rsgrpc.engine.partial_output import PartialOutput, partial_output
 from rsgrpc.engine.paths import DataPath
 
 # The most often a batch's progress reaches its watchers.
@@ -177,7 +177,7 @@ class _Outputs:
     def _stage_file(self, index: int, item: PlannedDownload, answer: Path, size: int) -> None:
         try:
             partial = self._files.enter_context(
-                PartialOutput(item.output, overwrite=self._overwrite)
+                partial_output(item.output, overwrite=self._overwrite)
             )
             if not partial.link_from(answer):
                 partial.copy_from(answer)

@@ -1,0 +1,260 @@
+"""A data root in S3-compatible object storage (moto's S3 server on 127.0.0.1), through a
+real gRPC channel: inputs read by range from objects, outputs uploaded whole, paths
+confined to the root's prefix whichever way a client writes them."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import rasterio
+
+from rsgrpc.engine import partial_output as partial_output_module
+from rsgrpc.engine.errors import AlreadyExistsError
+from rsgrpc.engine.object_store import ObjectRoot
+from rsgrpc.engine.partial_output import partial_output
+from rsgrpc.engine.paths import DataRoot
+from rsgrpc.v1 import raster_pb2, raster_pb2_grpc, session_pb2, session_pb2_grpc
+from tests.conftest import (
+    make_config,
+    serving,
+    watch_to_response,
+    write_geotiff,
+)
+
+BUCKET = "scenes"
+PREFIX = "team/a"
+ROOT = f"s3://{BUCKET}/{PREFIX}"
+SIZE = 1500  # several tiles in a session of 600 MiB
+NODATA = 0
+
+
+@pytest.fixture(scope="module")
+def storage(s3, tmp_path_factory):
+    """The bucket, with two bands and speckled classes under the root's prefix, and an
+    object beside the prefix that no client path may reach."""
+    folder = tmp_path_factory.mktemp("objects")
+    s3.bucket(BUCKET)
+    client = s3.client()
+    rng = np.random.default_rng(11)
+    red = rng.integers(1, 4000, (SIZE, SIZE), dtype=np.uint16)
+    nir = rng.integers(1, 4000, (SIZE, SIZE), dtype=np.uint16)
+    classes = np.kron(rng.integers(1, 5, (SIZE // 20, SIZE // 20)), np.ones((20, 20)))
+    classes = classes.astype(np.uint8)
+    classes[rng.random(classes.shape) < 0.03] = 7
+    for name, array in (("red", red), ("nir", nir), ("classes", classes)):
+        local = write_geotiff(folder / f"{name}.tif", array, nodata=NODATA)
+        client.upload_file(str(local), BUCKET, f"{PREFIX}/in/{name}.tif")
+    secret = write_geotiff(folder / "secret.tif", np.full((16, 16), 42, np.uint16))
+    client.upload_file(str(secret), BUCKET, "team/secret.tif")
+    client.upload_file(str(secret), BUCKET, "team/ab/secret.tif")
+    client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/in/notes.tif", Body=b"not a raster")
+    return {"red": red, "nir": nir, "classes": classes, "client": client}
+
+
+@pytest.fixture(scope="module")
+def server(s3, storage, tmp_path_factory):
+    """A server whose primary root is the object-storage prefix and whose second root is a
+    local folder; the storage's credentials and endpoint come from the environment."""
+    base = tmp_path_factory.mktemp("server")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3.env.items():
+            patch.setenv(key, value)
+        config = make_config(base, data_root=ROOT, other_data_roots=(base / "local",))
+        with serving(config) as (running, channel):
+            yield running, channel, base
+
+
+@pytest.fixture(scope="module")
+def session(server) -> str:
+    created = session_pb2_grpc.SessionServiceStub(server[1]).CreateSession(
+        session_pb2.CreateSessionRequest(
+            session=session_pb2.Session(process_count=2, available_ram_mib=600)
+        )
+    )
+    return created.name
+
+
+@pytest.fixture
+def raster(server) -> raster_pb2_grpc.RasterServiceStub:
+    return raster_pb2_grpc.RasterServiceStub(server[1])
+
+
+def _object(storage, key: str) -> np.ndarray:
+    body = storage["client"].get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    with rasterio.MemoryFile(body) as memory, memory.open() as ds:
+        return ds.read(1)
+
+
+def _keys(storage, prefix: str = "") -> list[str]:
+    listed = storage["client"].list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(item["Key"] for item in listed.get("Contents", ()))
+
+
+def _ndvi(raster, session: str, red: str, nir: str, output: str, *, overwrite=False):
+    return raster.BandCalc(
+        raster_pb2.BandCalcRequest(
+            session=session,
+            expression="(b - a) / (b + a)",
+            inputs=[
+                raster_pb2.RasterInput(name="a", path=red),
+                raster_pb2.RasterInput(name="b", path=nir),
+            ],
+            output_path=output,
+            overwrite=overwrite,
+        )
+    )
+
+
+def _expected_ndvi(storage) -> np.ndarray:
+    red, nir = storage["red"].astype(np.float32), storage["nir"].astype(np.float32)
+    return (nir - red) / (nir + red)
+
+
+@pytest.mark.parametrize(
+    "red, nir, output",
+    [
+        ("in/red.tif", "in/nir.tif", "out/ndvi.tif"),  # relative: the primary root
+        (f"{ROOT}/in/red.tif", f"{ROOT}/in/nir.tif", f"{ROOT}/out/ndvi-url.tif"),
+        (
+            f"/vsis3/{BUCKET}/{PREFIX}/in/red.tif",
+            f"/vsis3/{BUCKET}/{PREFIX}/in/nir.tif",
+            f"/vsis3/{BUCKET}/{PREFIX}/out//ndvi-gdal.tif",
+        ),
+    ],
+    ids=["relative", "s3-url", "gdal-name"],
+)
+def test_band_calc_reads_objects_and_uploads_its_output(
+    server, session, raster, storage, red, nir, output
+):
+    updates, response = watch_to_response(
+        server[1], _ndvi(raster, session, red, nir, output), raster_pb2.BandCalcResponse
+    )
+    assert response.output_path == output  # as the client wrote it
+    key = f"{PREFIX}/out/{output.rsplit('/', 1)[1]}"
+    np.testing.assert_allclose(_object(storage, key), _expected_ndvi(storage), rtol=1e-6)
+    assert not [k for k in _keys(storage) if "partial" in k]  # staged locally, never here
+
+
+def test_a_sieve_on_objects_equals_the_same_sieve_on_a_local_file(server, session, raster, storage):
+    local = server[2] / "local"
+    write_geotiff(local / "classes.tif", storage["classes"], nodata=NODATA)
+
+    def sieve(source: str, output: str) -> None:
+        watch_to_response(
+            server[1],
+            raster.Sieve(
+                raster_pb2.SieveRequest(
+                    session=session,
+                    inputs=[raster_pb2.RasterBand(path=source)],
+                    size=12,
+                    output=raster_pb2.ToolOutput(path=output, overwrite=True),
+                )
+            ),
+            raster_pb2.SieveResponse,
+        )
+
+    sieve("in/classes.tif", "sieved/classes.tif")
+    sieve(f"{local}/classes.tif", f"{local}/sieved.tif")
+    from_objects = _object(storage, f"{PREFIX}/sieved/classes.tif")
+    with rasterio.open(local / "sieved.tif") as ds:
+        np.testing.assert_array_equal(from_objects, ds.read(1))
+    assert np.count_nonzero(from_objects != storage["classes"]) > 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"s3://{BUCKET}/team/secret.tif",  # beside the prefix
+        f"s3://{BUCKET}/team/ab/secret.tif",  # a prefix that starts like the root's
+        f"{ROOT}/../secret.tif",
+        f"/vsis3/{BUCKET}/team/secret.tif",
+        f"/vsis3/{BUCKET}/{PREFIX}/../secret.tif",
+        f"s3://other-bucket/{PREFIX}/in/red.tif",
+        "/vsicurl/http://127.0.0.1/in/red.tif",
+        "../secret.tif",
+    ],
+)
+def test_nothing_outside_the_prefix_is_read(server, session, raster, path):
+    with pytest.raises(grpc.RpcError) as caught:
+        _ndvi(raster, session, path, "in/nir.tif", "out/never.tif")
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED, caught.value.details()
+    assert "42" not in caught.value.details()
+
+
+@pytest.mark.parametrize(
+    "path, code",
+    [
+        ("in/missing.tif", grpc.StatusCode.NOT_FOUND),
+        ("in/notes.tif", grpc.StatusCode.INVALID_ARGUMENT),  # an object that is not a GeoTIFF
+    ],
+)
+def test_a_missing_or_foreign_object_is_the_clients_mistake(server, session, raster, path, code):
+    with pytest.raises(grpc.RpcError) as caught:
+        _ndvi(raster, session, path, "in/nir.tif", "out/never.tif")
+    assert caught.value.code() is code, caught.value.details()
+    assert BUCKET not in caught.value.details().replace(path, "")
+
+
+def test_an_existing_object_is_kept_unless_overwrite_is_set(server, session, raster, storage):
+    storage["client"].put_object(Bucket=BUCKET, Key=f"{PREFIX}/out/kept.tif", Body=b"mine")
+    with pytest.raises(grpc.RpcError) as caught:
+        _ndvi(raster, session, "in/red.tif", "in/nir.tif", "out/kept.tif")
+    assert caught.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    body = storage["client"].get_object(Bucket=BUCKET, Key=f"{PREFIX}/out/kept.tif")["Body"]
+    assert body.read() == b"mine"
+    operation = _ndvi(raster, session, "in/red.tif", "in/nir.tif", "out/kept.tif", overwrite=True)
+    watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
+    np.testing.assert_allclose(
+        _object(storage, f"{PREFIX}/out/kept.tif"), _expected_ndvi(storage), rtol=1e-6
+    )
+
+
+def test_an_output_appears_whole_or_not_at_all(server, storage, monkeypatch, tmp_path):
+    """An object output is staged locally and uploaded only when published: one left
+    without publishing leaves nothing, one made meanwhile is kept (overwrite off), and an
+    output of several files that cannot be published whole is taken back."""
+    monkeypatch.setattr(partial_output_module, "staging_folder", lambda: tmp_path)
+    root = DataRoot.at(ROOT)
+
+    with partial_output(root.path("out/left.tif"), overwrite=False) as left:
+        left.write(b"half")
+        assert len(list(tmp_path.iterdir())) == 1
+    assert not list(tmp_path.iterdir())
+    assert f"{PREFIX}/out/left.tif" not in _keys(storage)
+
+    raced = root.path("out/raced.tif")
+    with partial_output(raced, overwrite=False) as output:
+        output.write(b"ours")
+        storage["client"].put_object(Bucket=BUCKET, Key=f"{PREFIX}/out/raced.tif", Body=b"theirs")
+        with pytest.raises(AlreadyExistsError):
+            output.publish()
+    assert not list(tmp_path.iterdir())
+    body = storage["client"].get_object(Bucket=BUCKET, Key=f"{PREFIX}/out/raced.tif")["Body"]
+    assert body.read() == b"theirs"
+
+    with partial_output(root.path("out/taken-back.tif"), overwrite=True) as output:
+        output.write(b"whole")
+        assert output.publish() == 5
+        assert f"{PREFIX}/out/taken-back.tif" in _keys(storage)
+        output.unpublish()
+    assert f"{PREFIX}/out/taken-back.tif" not in _keys(storage)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unreachable_storage_is_unavailable_and_names_no_endpoint(
+    server, session, raster, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on 9
+    with pytest.raises(grpc.RpcError) as caught:
+        _ndvi(raster, session, "in/red.tif", "in/nir.tif", "out/never.tif")
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    assert "127.0.0.1" not in caught.value.details()
+
+
+def test_an_object_root_is_parsed_strictly():
+    assert ObjectRoot.parse("s3://bucket/a/b/") == ObjectRoot("bucket", "a/b")
+    assert str(ObjectRoot.parse("s3://bucket")) == "s3://bucket"
+    for bad in ("s3://B/x", "s3://b/x", "s3://bucket/../x", "gs://bucket/x", "s3://bucket?x"):
+        with pytest.raises(ValueError):
+            ObjectRoot.parse(bad)
