@@ -415,3 +415,59 @@ def test_a_budget_too_small_for_one_tile_is_refused_on_the_cluster_as_locally(
         )
         _finish(channel, _start(channel, session, "sieve", "small-budget/sieved.tif"))
     assert not list((root / "small-budget").glob(".*"))
+
+
+# ------------------------------------------------------------------ object storage
+
+
+def _object_pixels(s3, bucket: str, key: str) -> np.ndarray:
+    body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    with rasterio.MemoryFile(body) as memory, memory.open() as ds:
+        return ds.read(1)
+
+
+@pytest.mark.timeout(300)
+def test_a_cluster_works_on_an_object_root_with_no_shared_folder(
+    local_outputs, s3, tmp_path, monkeypatch
+):
+    """The primary root is a prefix of a bucket, and its inputs exist nowhere else: the
+    workers read their windows from the store, the server uploads what they computed,
+    and the outputs equal local workers'."""
+    bucket = s3.bucket("dask-root")
+    _write_inputs(tmp_path / "inputs")
+    for name in ("red", "nir", "classes"):
+        s3.client().upload_file(str(tmp_path / "inputs" / f"{name}.tif"), bucket, f"p/{name}.tif")
+    shutil.rmtree(tmp_path / "inputs")
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)  # the server's and the workers' alike
+    with (
+        _cli_cluster(2) as cluster,
+        serving(
+            make_config(tmp_path, data_root=f"s3://{bucket}/p", dask_scheduler=cluster.address)
+        ) as (_, channel),
+    ):
+        session = _create_session(channel, 2)
+        for tool in ("ndvi", "sieve"):
+            tiles = _run(channel, session, tool, f"out/{tool}.tif")
+            got = _object_pixels(s3, bucket, f"p/out/{tool}.tif")
+            assert tiles > 1, tool
+            np.testing.assert_array_equal(got, local_outputs[tool][0], err_msg=tool)
+
+
+@pytest.mark.timeout(300)
+def test_a_session_is_refused_while_a_worker_cannot_reach_the_object_storage(
+    s3, tmp_path, monkeypatch
+):
+    bucket = s3.bucket("dask-unreached")
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the worker's: nothing there
+    with _cli_cluster(1) as cluster:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)  # the server's
+        config = make_config(tmp_path, data_root=f"s3://{bucket}/p", dask_scheduler=cluster.address)
+        with serving(config) as (_, channel), pytest.raises(grpc.RpcError) as refused:
+            _create_session(channel, 1)
+    details = refused.value.details()
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION, details
+    assert "data root 'data'" in details and "AWS_ENDPOINT_URL" in details, details
+    assert "127.0.0.1:9" not in details and bucket not in details

@@ -136,6 +136,27 @@ def test_band_calc_reads_objects_and_uploads_its_output(
     assert not [k for k in _keys(storage) if "partial" in k]  # staged locally, never here
 
 
+def test_a_virtual_output_in_object_storage_is_read_back_as_an_input(
+    server, session, raster, storage
+):
+    """A `.vrt` output is two objects, the VRT and its GeoTIFF; a VRT input is parsed by
+    rsgrpc and its source read from the store."""
+    operation = _ndvi(raster, session, "in/red.tif", "in/nir.tif", "virtual/ndvi.vrt")
+    watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
+    assert len(_keys(storage, f"{PREFIX}/virtual/")) == 2
+    operation = raster.BandCalc(
+        raster_pb2.BandCalcRequest(
+            session=session,
+            expression="a * 2",
+            inputs=[raster_pb2.RasterInput(name="a", path=f"{ROOT}/virtual/ndvi.vrt")],
+            output_path="virtual/doubled.tif",
+        )
+    )
+    watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
+    doubled = _object(storage, f"{PREFIX}/virtual/doubled.tif")
+    np.testing.assert_allclose(doubled, 2 * _expected_ndvi(storage), rtol=1e-6)
+
+
 def test_a_sieve_on_objects_equals_the_same_sieve_on_a_local_file(server, session, raster, storage):
     local = server[2] / "local"
     write_geotiff(local / "classes.tif", storage["classes"], nodata=NODATA)
