@@ -28,6 +28,9 @@ def test_folders_match_by_whole_components_the_longest_first():
         ["project/b8.tif", "nir"],
         ("/x.tif", 2),
     ]
+    bucket = PathMap({"/mnt/gis/": "s3://bucket/team//gis/"})  # a root in object storage
+    assert bucket.to_server("/mnt/gis/s2/B04.tif") == "s3://bucket/team/gis/s2/B04.tif"
+    assert bucket.to_client("s3://bucket/team/gis/ndvi.tif") == "/mnt/gis/ndvi.tif"
     assert not PathMap()
     for bad in ({"relative": "/data"}, {"/mnt": ""}):
         with pytest.raises(ValueError):

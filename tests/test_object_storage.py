@@ -4,17 +4,29 @@ confined to the root's prefix whichever way a client writes them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
 import rasterio
 
+from rsgrpc.cli import build_parser
+from rsgrpc.client import Session
 from rsgrpc.engine import partial_output as partial_output_module
 from rsgrpc.engine.errors import AlreadyExistsError
 from rsgrpc.engine.object_store import ObjectRoot
 from rsgrpc.engine.partial_output import partial_output
 from rsgrpc.engine.paths import DataRoot
-from rsgrpc.v1 import raster_pb2, raster_pb2_grpc, session_pb2, session_pb2_grpc
+from rsgrpc.server.config import from_arguments
+from rsgrpc.v1 import (
+    bandset_pb2,
+    bandset_pb2_grpc,
+    raster_pb2,
+    raster_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 from tests.conftest import (
     make_config,
     serving,
@@ -279,3 +291,50 @@ def test_an_object_root_is_parsed_strictly():
     for bad in ("s3://B/x", "s3://b/x", "s3://bucket/../x", "gs://bucket/x", "s3://bucket?x"):
         with pytest.raises(ValueError):
             ObjectRoot.parse(bad)
+
+
+def test_object_roots_are_given_like_folders_by_flag_and_by_environment(monkeypatch):
+    parser = build_parser()
+    flags = ["serve", "--data-root", "data=/srv/data", "--data-root", "scenes=s3://b-1/x/y"]
+    config = from_arguments(parser.parse_args(flags))
+    assert config.data_roots == (Path("/srv/data"), "s3://b-1/x/y")
+    assert config.data_root_names == ("data", "scenes")
+    # ':' separates the variable's roots, and never splits a URL.
+    monkeypatch.setenv("RSGRPC_DATA_ROOT", "/srv/data:scenes=s3://b-1/x:s3://b-2")
+    config = from_arguments(parser.parse_args(["serve"]))
+    assert config.data_roots == (Path("/srv/data"), "s3://b-1/x", "s3://b-2")
+    assert config.data_root_names == ("", "scenes", "")
+    roots = DataRoot.at(*config.data_roots[1:], names=config.data_root_names[1:])
+    assert roots.named == {"scenes": ObjectRoot("b-1", "x"), "data2": ObjectRoot("b-2")}
+    with pytest.raises(ValueError):
+        DataRoot.at("s3://Not_A_Bucket/x")
+
+
+def test_a_band_set_lists_the_geotiffs_of_a_folder_in_object_storage(server, session):
+    stub = bandset_pb2_grpc.BandSetServiceStub(server[1])
+    created = stub.CreateBandSet(
+        bandset_pb2.CreateBandSetRequest(parent=session, folder=f"{ROOT}/in", name_filter="r")
+    )
+    # notes.tif is an object named .tif, not a GeoTIFF: listed by name, refused on reading.
+    assert [band.path for band in created.bands] == [f"{ROOT}/in/nir.tif", f"{ROOT}/in/red.tif"]
+    assert {band.width for band in created.bands} == {SIZE}
+
+
+def test_a_remotior_script_with_its_own_folders_runs_on_the_bucket(server, storage):
+    """`path_map` sends a script's folder to the bucket's prefix: the script, written for
+    Remotior Sensus with its own absolute paths, runs with its import changed."""
+    folder = "/home/analyst/scenes"
+    rs = Session(2, 600, channel=server[1], path_map={folder: f"{ROOT}/"})
+    try:
+        out = rs.band_calc(
+            '("nir" - "red") / ("nir" + "red")',
+            f"{folder}/script/ndvi.tif",
+            [[f"{folder}/in/nir.tif", "nir"], [f"{folder}/in/red.tif", "red"]],
+        )
+        assert out.check, out.grpc
+        assert out.path == f"{folder}/script/ndvi.tif"
+    finally:
+        rs.close()
+    np.testing.assert_allclose(
+        _object(storage, f"{PREFIX}/script/ndvi.tif"), _expected_ndvi(storage), rtol=1e-6
+    )

@@ -7,6 +7,7 @@ A script written for Remotior Sensus names files where its own machine has them
 mapped folder, and each path it returns, back. Folders match by whole components
 (``/mnt/gis`` is not a prefix of ``/mnt/gis2``), the longest first. A path outside every
 mapped folder is sent as it is: the server decides whether it lies under a data root.
+A server folder may be a data root in object storage (``"/mnt/gis": "s3://bucket/gis"``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class PathMap:
                 raise ValueError(f"a path_map pair is two folders, got {client!r}: {server!r}")
             if not client.startswith("/"):
                 raise ValueError(f"a path_map folder of the client is absolute, got {client!r}")
-            cleaned[posixpath.normpath(client)] = posixpath.normpath(server)
+            cleaned[posixpath.normpath(client)] = _tidy(server)
         self._to_server = _longest_first(cleaned.items())
         self._to_client = _longest_first((server, client) for client, server in cleaned.items())
 
@@ -67,6 +68,15 @@ class PathMap:
         if isinstance(value, (list, tuple)):
             return type(value)(self.paths_to_server(item) for item in value)
         return value
+
+
+def _tidy(folder: str) -> str:
+    """`folder` with '//', '.' and '..' tidied away; a URL (a data root in object storage,
+    ``s3://bucket/prefix``) keeps its ``scheme://``."""
+    scheme, separator, rest = folder.partition("://")
+    if separator and "/" not in scheme:
+        return f"{scheme}://{posixpath.normpath('/' + rest)[1:]}"
+    return posixpath.normpath(folder)
 
 
 def _longest_first(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

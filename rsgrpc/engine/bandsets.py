@@ -29,7 +29,7 @@ from rsgrpc.engine.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from rsgrpc.engine.paths import DataPath, DataRoot
+from rsgrpc.engine.paths import DataPath, DataRoot, tidy_path
 from rsgrpc.engine.raster_io import RasterInfo, check_same_grid, describe
 
 # Bounds of one session's catalog; read at each call, so that a deployment (or a test) may
@@ -307,7 +307,7 @@ def list_folder(
         if name.lower().endswith(_TIFF_SUFFIXES) and name_filter in name:
             names.append(name)
             check_band_count(len(names))
-    return [posixpath.normpath(posixpath.join(folder, name)) for name in sorted(names)]
+    return [tidy_path(posixpath.join(folder, name)) for name in sorted(names)]
 
 
 def _folder_files(source: DataPath) -> Iterator[str]:

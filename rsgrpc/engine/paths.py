@@ -109,6 +109,12 @@ def worker_mounts() -> dict[str, Path]:
     return mounts
 
 
+def tidy_path(client_path: str) -> str:
+    """A client path with '//' and '.' tidied away, as a `DataPath` shows it; an
+    object-storage URL keeps its `s3://`."""
+    return client_form(PurePosixPath(posix_form(client_path)))
+
+
 def fd_path(fd: int) -> str:
     """A name of the file open as `fd`: opening it opens that file, whatever its path now."""
     return f"{_FD_DIRECTORY}/{fd}"
@@ -455,9 +461,10 @@ class DataRoot:
     """The folders under which every client path must resolve.
 
     `root` is the primary: relative paths resolve under it. `others` are reached by
-    absolute paths only. Each is a folder or an object-storage prefix (`ObjectRoot`). `prefixes` are the absolute forms a client may write for each
-    root (as the server was given it, and resolved), longest first, so that a root
-    inside another is matched before it. `names` are the roots' names, in order
+    absolute paths only. Each is a folder or an object-storage prefix (`ObjectRoot`).
+    `prefixes` are the absolute forms a client may write for each root (a folder as the
+    server was given it, and resolved; an object root as `ObjectRoot.written_forms`),
+    longest first, so that a root inside another is matched before it. `names` are the roots' names, in order
     (empty: "data", "data2", ... by place).
     """
 
