@@ -220,7 +220,9 @@ def test_nothing_outside_the_prefix_is_read(server, session, raster, path):
     [
         ("in/missing.tif", grpc.StatusCode.NOT_FOUND),
         ("in/notes.tif", grpc.StatusCode.INVALID_ARGUMENT),  # an object that is not a GeoTIFF
+        ("/".join(["in"] * 400) + "/x.tif", grpc.StatusCode.INVALID_ARGUMENT),  # key > 1 KiB
     ],
+    ids=["missing", "not-a-geotiff", "key-too-long"],
 )
 def test_a_missing_or_foreign_object_is_the_clients_mistake(server, session, raster, path, code):
     with pytest.raises(grpc.RpcError) as caught:

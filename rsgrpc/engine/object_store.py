@@ -46,6 +46,7 @@ from rsgrpc.engine.errors import (
 
 SCHEME = "s3://"
 GDAL_PREFIX = "/vsis3/"
+MAX_KEY_BYTES = 1024  # S3's longest key
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
 ATTEMPTS = 3
@@ -225,7 +226,11 @@ def refusal(error: Exception, field: str, shown: str) -> RsgrpcError:
             f"{field} {shown!r}: the object storage did not answer; try again",
             metadata=metadata,
         )
-    return RsgrpcError(f"{field} {shown!r}: the object storage refused it ({code})")
+    # Anything else is between the server and its storage (a region, a policy): the
+    # operator's to fix, named by the storage's code.
+    return FailedPreconditionError(
+        f"{field} {shown!r}: the object storage refused it ({code})", metadata=metadata
+    )
 
 
 def is_storage_error(error: BaseException) -> bool:

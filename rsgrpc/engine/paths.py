@@ -59,6 +59,7 @@ from rsgrpc.engine.errors import (
     RsgrpcError,
 )
 from rsgrpc.engine.object_store import (
+    MAX_KEY_BYTES,
     ObjectRoot,
     client_form,
     is_object_url,
@@ -577,6 +578,12 @@ class DataRoot:
                     f"names are at most {MAX_NAME_BYTES}",
                     metadata=metadata,
                 )
+        if isinstance(root, ObjectRoot) and len(root.key(relative.parts).encode()) > MAX_KEY_BYTES:
+            raise InvalidArgumentError(
+                f"{field} {shown!r} is too long for object storage: its key would be over "
+                f"{MAX_KEY_BYTES} bytes",
+                metadata=metadata,
+            )
         relative_form = relative.as_posix() if absolute else ""
         name = self.names[self.roots.index(root)]
         return DataPath(root, client_form(pure), field, relative_form, self, name)
