@@ -309,7 +309,7 @@ def read_window(source: DataPath, band: int, tile: Tile) -> np.ndarray:
 def _read_geotiff_window(source: DataPath, band: int, tile: Tile, shown: DataPath) -> np.ndarray:
     """`tile` of band `band` of the GeoTIFF `source`; `shown` names it in errors."""
     window = Window(tile.col, tile.row, tile.width, tile.height)
-    kept = _open_inputs if threading.current_thread() is threading.main_thread() else None
+    kept = _open_inputs if threading.get_ident() == _open_inputs_thread else None
     try:
         if kept is None:
             with open_geotiff(source) as ds:
@@ -403,8 +403,9 @@ class _OpenInputs:
     system calls) and compares the file's inode, size and modification time
     with the kept one's, so a file replaced, rewritten or swapped between tiles
     is opened afresh, or refused. An object's version is asked of the storage
-    at each read the same way. A dataset serves one thread at a time, so
-    other threads (the sieve's tiles side by side) open their own.
+    at each read the same way. A dataset serves one thread at a time: the
+    thread that called `keep_inputs_open` uses them, and other threads (the
+    sieve's tiles side by side) open their own.
     """
 
     def __init__(self) -> None:
@@ -439,15 +440,19 @@ class _OpenInputs:
 
 
 _open_inputs: _OpenInputs | None = None
+_open_inputs_thread: int | None = None
 
 
 def keep_inputs_open() -> Callable[[], None]:
-    """Runs once in a pool worker: from now on `read_window` keeps its files open.
+    """Runs once in a worker, in the thread that runs its tiles (a pool worker's main
+    thread, a Dask worker's task thread): from now on `read_window` keeps the files it
+    opens in that thread open.
 
     Returns what closes them; the worker calls it between jobs, when no task runs.
     """
-    global _open_inputs
+    global _open_inputs, _open_inputs_thread
     _open_inputs = _OpenInputs()
+    _open_inputs_thread = threading.get_ident()
     return _open_inputs.close_all
 
 
