@@ -4,6 +4,7 @@ confined to the root's prefix whichever way a client writes them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ import rasterio
 
 from rsgrpc.cli import build_parser
 from rsgrpc.client import Session
+from rsgrpc.download import forget_limiters
 from rsgrpc.engine import partial_output as partial_output_module
 from rsgrpc.engine.errors import AlreadyExistsError
 from rsgrpc.engine.object_store import ObjectRoot
@@ -22,6 +24,8 @@ from rsgrpc.server.config import from_arguments
 from rsgrpc.v1 import (
     bandset_pb2,
     bandset_pb2_grpc,
+    download_pb2,
+    download_pb2_grpc,
     raster_pb2,
     raster_pb2_grpc,
     session_pb2,
@@ -33,6 +37,7 @@ from tests.conftest import (
     watch_to_response,
     write_geotiff,
 )
+from tests.download.fake_sentinelhub import PUBLIC_PATH, FakeSentinelHub
 
 BUCKET = "scenes"
 PREFIX = "team/a"
@@ -65,16 +70,34 @@ def storage(s3, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(s3, storage, tmp_path_factory):
+def hub():
+    with FakeSentinelHub() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def server(s3, storage, hub, tmp_path_factory):
     """A server whose primary root is the object-storage prefix and whose second root is a
-    local folder; the storage's credentials and endpoint come from the environment."""
+    local folder, with a download deployment of the fake hub; the storage's credentials
+    and endpoint come from the environment."""
     base = tmp_path_factory.mktemp("server")
+    deployments = base / "deployments.toml"
+    deployments.write_text(
+        f'cache_dir = "cache"\n\n[deployments.public]\nbase_url = "{hub.base_url}"\n'
+    )
+    forget_limiters()
     with pytest.MonkeyPatch.context() as patch:
         for key, value in s3.env.items():
             patch.setenv(key, value)
-        config = make_config(base, data_root=ROOT, other_data_roots=(base / "local",))
+        config = make_config(
+            base,
+            data_root=ROOT,
+            other_data_roots=(base / "local",),
+            deployments=str(deployments),
+        )
         with serving(config) as (running, channel):
             yield running, channel, base
+    forget_limiters()
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +349,7 @@ def test_a_remotior_script_with_its_own_folders_runs_on_the_bucket(server, stora
     """`path_map` sends a script's folder to the bucket's prefix: the script, written for
     Remotior Sensus with its own absolute paths, runs with its import changed."""
     folder = "/home/analyst/scenes"
-    rs = Session(2, 600, channel=server[1], path_map={folder: f"{ROOT}/"})
+    rs = Session(2, 2048, channel=server[1], path_map={folder: f"{ROOT}/"})
     try:
         out = rs.band_calc(
             '("nir" - "red") / ("nir" + "red")',
@@ -340,3 +363,39 @@ def test_a_remotior_script_with_its_own_folders_runs_on_the_bucket(server, stora
     np.testing.assert_allclose(
         _object(storage, f"{PREFIX}/script/ndvi.tif"), _expected_ndvi(storage), rtol=1e-6
     )
+
+
+def test_a_closed_sessions_log_is_kept_in_the_bucket(server, storage):
+    stub = session_pb2_grpc.SessionServiceStub(server[1])
+    created = stub.CreateSession(
+        session_pb2.CreateSessionRequest(
+            session=session_pb2.Session(process_count=1, available_ram_mib=600)
+        )
+    )
+    stub.DeleteSession(
+        session_pb2.DeleteSessionRequest(name=created.name, log_path=f"{ROOT}/logs/session.log")
+    )
+    body = storage["client"].get_object(Bucket=BUCKET, Key=f"{PREFIX}/logs/session.log")["Body"]
+    log = body.read().decode()
+    assert "session started" in log and "session closed" in log
+
+
+def test_downloads_are_saved_as_objects(server, session, storage, hub):
+    stub = download_pb2_grpc.DownloadServiceStub(server[1])
+    outputs = ["dl/one.tif", f"{ROOT}/dl/two.tif"]
+    items = [
+        download_pb2.DownloadItem(
+            uri=PUBLIC_PATH.lstrip("/"),  # answered without a token
+            body_json=json.dumps({"id": f"object-{i}", "format": "tiff"}),
+            output_path=output,
+        )
+        for i, output in enumerate(outputs)
+    ]
+    operation = stub.Download(
+        download_pb2.DownloadRequest(session=session, deployment="public", items=items)
+    )
+    *_, response = watch_to_response(server[1], operation, download_pb2.DownloadResponse)
+    assert [r.output_path for r in response.results] == outputs
+    for i, name in enumerate(("one", "two")):
+        body = storage["client"].get_object(Bucket=BUCKET, Key=f"{PREFIX}/dl/{name}.tif")
+        assert body["Body"].read() == hub.sent[f"object-{i}"]
