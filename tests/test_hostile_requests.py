@@ -73,6 +73,9 @@ _HOSTILE_PATHS = [
     "/etc/passwd",
     "in/a.tif/x.tif",
     "/vsicurl/http://127.0.0.1:9/x.tif",
+    "s3://bucket/in/a.tif",  # object storage, which this server has no root in
+    "/vsis3/bucket/in/a.tif",
+    "s3://",
     "in/" + "n" * 300 + ".tif",
     "x" * 5000,
     "in/\x00.tif",

@@ -239,6 +239,34 @@ def test_nothing_outside_the_prefix_is_read(server, session, raster, path):
 
 
 @pytest.mark.parametrize(
+    "path",
+    [
+        "s3://",
+        "s3:/scenes/team/a/in/red.tif",  # one '/': a relative path, not found under the root
+        f"s3://{BUCKET}",
+        ROOT,
+        f"{ROOT}/",
+        f"{ROOT}/in/",
+        f"{ROOT}/in/red.tif?x-id=GetObject",
+        f"{ROOT}/in/red.tif#fragment",
+        f"/vsis3/{BUCKET}/{PREFIX}",
+        f"/vsis3_streaming/{BUCKET}/{PREFIX}/in/red.tif",
+        f"{ROOT}/in/ red.tif",
+        f"{ROOT}/in/\u00e9t\u00e9.tif",
+        f"{ROOT}/in/red.tif/x.tif",
+    ],
+)
+def test_odd_object_paths_are_the_clients_mistake(server, session, raster, path):
+    with pytest.raises(grpc.RpcError) as caught:
+        _ndvi(raster, session, path, "in/nir.tif", "out/never.tif")
+    assert caught.value.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+    ), caught.value.details()
+
+
+@pytest.mark.parametrize(
     "path, code",
     [
         ("in/missing.tif", grpc.StatusCode.NOT_FOUND),
