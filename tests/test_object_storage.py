@@ -427,3 +427,34 @@ def test_downloads_are_saved_as_objects(server, session, storage, hub):
     for i, name in enumerate(("one", "two")):
         body = storage["client"].get_object(Bucket=BUCKET, Key=f"{PREFIX}/dl/{name}.tif")
         assert body["Body"].read() == hub.sent[f"object-{i}"]
+
+
+def test_an_object_replaced_between_jobs_is_read_afresh(server, raster, storage, tmp_path):
+    """A worker keeps its inputs open between tiles and jobs; each read compares the
+    object's version, so a replaced object's new pixels are read, not the old ones or
+    GDAL's cache of them (one worker, the same size of object)."""
+    session = (
+        session_pb2_grpc.SessionServiceStub(server[1])
+        .CreateSession(
+            session_pb2.CreateSessionRequest(
+                session=session_pb2.Session(process_count=1, available_ram_mib=600)
+            )
+        )
+        .name
+    )
+    key = f"{PREFIX}/swap/band.tif"
+    outputs = []
+    for value in (3, 5):
+        local = write_geotiff(tmp_path / f"{value}.tif", np.full((64, 64), value, np.uint16))
+        storage["client"].upload_file(str(local), BUCKET, key)
+        operation = raster.BandCalc(
+            raster_pb2.BandCalcRequest(
+                session=session,
+                expression="a * 2",
+                inputs=[raster_pb2.RasterInput(name="a", path="swap/band.tif")],
+                output_path=f"swap/doubled-{value}.tif",
+            )
+        )
+        watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
+        outputs.append(_object(storage, f"{PREFIX}/swap/doubled-{value}.tif"))
+    assert [float(o.max()) for o in outputs] == [6.0, 10.0]
