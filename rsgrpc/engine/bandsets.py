@@ -20,7 +20,7 @@ import posixpath
 import re
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from rsgrpc.engine.errors import (
@@ -302,20 +302,24 @@ def list_folder(
     `root_directory` when `folder` is). The folder is opened as every path is: without
     following a link, in it or on the way."""
     source = data_root.path(_data_path(root_directory, folder), field="folder")
+
+    def wanted(name: str) -> bool:
+        return name.lower().endswith(_TIFF_SUFFIXES) and name_filter in name
+
     names = []
-    for name in _folder_files(source):
-        if name.lower().endswith(_TIFF_SUFFIXES) and name_filter in name:
-            names.append(name)
-            check_band_count(len(names))
+    for name in _folder_files(source, wanted):
+        names.append(name)
+        check_band_count(len(names))
     return [tidy_path(posixpath.join(folder, name)) for name in sorted(names)]
 
 
-def _folder_files(source: DataPath) -> Iterator[str]:
-    """The names of the regular files (or objects) directly in the folder `source`."""
+def _folder_files(source: DataPath, wanted: Callable[[str], bool]) -> Iterator[str]:
+    """The names `wanted` of the regular files (or objects) directly in the folder
+    `source`."""
     store = source.store
     if store is not None:
         with source.storage_errors():
-            yield from store.list_folder(source.parts)
+            yield from filter(wanted, store.list_folder(source.parts))
         return
     parent = source.open_parent(create=False)
     try:
@@ -326,7 +330,7 @@ def _folder_files(source: DataPath) -> Iterator[str]:
     finally:
         os.close(parent)
     try:
-        for name in os.listdir(fd):
+        for name in filter(wanted, os.listdir(fd)):
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
