@@ -20,6 +20,7 @@ from rsgrpc.engine.errors import AlreadyExistsError
 from rsgrpc.engine.object_store import ObjectRoot
 from rsgrpc.engine.partial_output import partial_output
 from rsgrpc.engine.paths import DataRoot
+from rsgrpc.engine.root_probe import mark_roots, unseen_roots
 from rsgrpc.server.config import from_arguments
 from rsgrpc.v1 import (
     bandset_pb2,
@@ -340,6 +341,7 @@ def test_an_unreachable_storage_is_unavailable_and_names_no_endpoint(
 
 def test_an_object_root_is_parsed_strictly():
     assert ObjectRoot.parse("s3://bucket/a/b/") == ObjectRoot("bucket", "a/b")
+    assert ObjectRoot.parse("/vsis3/bucket/a/b") == ObjectRoot("bucket", "a/b")
     assert str(ObjectRoot.parse("s3://bucket")) == "s3://bucket"
     for bad in ("s3://B/x", "s3://b/x", "s3://bucket/../x", "gs://bucket/x", "s3://bucket?x"):
         with pytest.raises(ValueError):
@@ -458,3 +460,14 @@ def test_an_object_replaced_between_jobs_is_read_afresh(server, raster, storage,
         watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
         outputs.append(_object(storage, f"{PREFIX}/swap/doubled-{value}.tif"))
     assert [float(o.max()) for o in outputs] == [6.0, 10.0]
+
+
+def test_an_object_root_has_one_marker_that_every_server_reads(server, storage):
+    """The marker of `rsgrpc.engine.root_probe` is an object made once (a conditional
+    write); a second server, or a worker, reads the same token."""
+    first = mark_roots(DataRoot.at(ROOT))
+    again = mark_roots(DataRoot.at(f"/vsis3/{BUCKET}/{PREFIX}"))
+    assert first.tokens == again.tokens and len(first.tokens["data"]) == 32
+    body = storage["client"].get_object(Bucket=BUCKET, Key=f"{PREFIX}/.rsgrpc-root")["Body"]
+    assert body.read().decode().strip() == first.tokens["data"]
+    assert unseen_roots(first) == []

@@ -58,8 +58,9 @@ _THROTTLED = frozenset({"503", "SlowDown", "RequestTimeout", "500", "InternalErr
 
 
 def is_object_url(text: str | os.PathLike) -> bool:
-    """Whether `text` names object storage (`s3://...`) rather than a folder."""
-    return isinstance(text, str) and text.startswith(SCHEME)
+    """Whether `text` names object storage (`s3://...`, or GDAL's `/vsis3/...`) rather
+    than a folder."""
+    return isinstance(text, str) and text.startswith((SCHEME, GDAL_PREFIX))
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,10 @@ class ObjectRoot:
 
     @classmethod
     def parse(cls, url: str) -> ObjectRoot:
-        """The root `s3://bucket[/prefix]`; raises ValueError for anything else."""
+        """The root `s3://bucket[/prefix]` (or `/vsis3/bucket[/prefix]`); raises ValueError
+        for anything else."""
+        if url.startswith(GDAL_PREFIX):
+            url = SCHEME + url[len(GDAL_PREFIX) :]
         parts = urlsplit(url)
         prefix = PurePosixPath("/", parts.path)
         if (

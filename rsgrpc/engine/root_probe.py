@@ -105,8 +105,9 @@ def _object_token(store: ObjectRoot, name: str) -> str | None:
         token = _read_object_token(store)
         if token is None:
             made = secrets.token_hex(_TOKEN_BYTES)
-            token = made if store.put_new((MARKER,), made.encode() + b"\n") else None
-            token = token or _read_object_token(store)  # made meanwhile by another server
+            # Made meanwhile by another server: its token stands.
+            written = store.put_new((MARKER,), made.encode() + b"\n")
+            token = made if written else _read_object_token(store)
     except Exception as error:  # the storage's own errors: logged by type, never a secret
         _LOGGER.warning(
             "data root %r: its %s cannot be read or made (%s): Dask workers' view of it is "
