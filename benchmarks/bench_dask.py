@@ -102,7 +102,8 @@ class Cluster:
 @contextlib.contextmanager
 def dask_cluster(workers: int, logs: Path) -> Iterator[Cluster]:
     """A scheduler and `workers` single-threaded workers, by Dask's command line, on
-    127.0.0.1; yielded once every worker has joined."""
+    127.0.0.1; yielded once every worker has joined. The workers keep compiled kernels in
+    the server's kernel cache folder, as the image's `NUMBA_CACHE_DIR` makes them do."""
     from distributed import Client
 
     port = free_port()
@@ -117,6 +118,7 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[Cluster]:
         "--no-nanny", "--no-dashboard",
     ]  # fmt: skip
     with contextlib.ExitStack() as stack:
+        stack.enter_context(numba_cache_of_server())
         scheduler = stack.enter_context(logged_process(scheduler_command, logs / "scheduler.log"))
         started = [
             stack.enter_context(logged_process(worker_command, logs / f"worker{i}.log"))
@@ -125,6 +127,23 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[Cluster]:
         with Client(address, timeout=START_SECONDS, set_as_default=False) as client:
             client.wait_for_workers(workers, timeout=START_SECONDS)
         yield Cluster(address, scheduler, started)
+
+
+@contextlib.contextmanager
+def numba_cache_of_server() -> Iterator[None]:
+    """While active, processes started get the server's kernel cache folder as numba's."""
+    from rsgrpc.server.config import ServerConfig
+
+    before = os.environ.get("NUMBA_CACHE_DIR")
+    folder = os.environ.get("RSGRPC_KERNEL_CACHE_DIR") or ServerConfig().kernel_cache_dir
+    os.environ["NUMBA_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("NUMBA_CACHE_DIR")
+        else:
+            os.environ["NUMBA_CACHE_DIR"] = before
 
 
 # --------------------------------------------------------------- what is measured

@@ -238,12 +238,20 @@ def test_every_tool_on_dask_equals_the_local_executor(cluster, local_outputs, re
         np.testing.assert_array_equal(got, expected, err_msg=tool)
 
     # Each worker that ran tiles was set up as a local worker is: freed memory kept
-    # between tiles, and inputs kept open by the thread that runs them. (Defined here, the
-    # check travels by value to workers that cannot import this module.)
+    # between tiles, inputs kept open by the thread that runs them, and fused band-calc
+    # kernels compiled in the background (without them, every expression ran as its block
+    # program). (Defined here, the check travels by value to workers that cannot import
+    # this module.)
     def set_up_as_a_local_worker() -> bool:
+        from rsgrpc_kernels import bandcalc
+
         from rsgrpc.engine import raster_io, worker_heap
 
-        return worker_heap._keeper is not None and raster_io._open_inputs_thread is not None
+        return (
+            worker_heap._keeper is not None
+            and raster_io._open_inputs_thread is not None
+            and bandcalc._COMPILER._thread is not None
+        )
 
     with distributed.Client(address, timeout=_WAIT_SECONDS, set_as_default=False) as client:
         assert set(client.run(set_up_as_a_local_worker).values()) == {True}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from rsgrpc.engine.errors import ResourceExhaustedError
+from rsgrpc.engine.executors import DaskExecutor, LocalProcessExecutor
 from rsgrpc.engine.tiles import MemoryModel, plan_tiles
 
 SHAPE = (10980, 10980)
 MODEL = MemoryModel(worker=12, result=4)
 
 
-def _plan(source_blocks, output_block=512, budget_mib=512):
+def _plan(source_blocks, output_block=512, budget_mib=512, **options):
     return plan_tiles(
         SHAPE,
         source_blocks,
@@ -20,6 +21,7 @@ def _plan(source_blocks, output_block=512, budget_mib=512):
         budget_bytes=budget_mib << 20,
         workers=2,
         fixed_bytes=300 << 20,
+        **options,
     )
 
 
@@ -84,3 +86,14 @@ def test_memory_held_beyond_the_model_shrinks_tiles_but_never_refuses():
     assert shrunk.peak_bytes <= 390 << 20
     # More held than the budget: the model alone decides, and the job still plans.
     assert plan(400) == plan(0)
+
+
+def test_a_cluster_takes_larger_tiles_where_the_budget_allows():
+    # A Dask task costs its messages on the scheduler, the server and the worker: fewer,
+    # larger tiles; the budget still decides first.
+    local = _plan([(512, 512)], budget_mib=4096, max_tile_edge=LocalProcessExecutor.max_tile_edge)
+    cluster = _plan([(512, 512)], budget_mib=4096, max_tile_edge=DaskExecutor.max_tile_edge)
+    assert (local.tile_height, local.tile_count) == (1536, 64)
+    assert (cluster.tile_height, cluster.tile_count) == (3072, 16)
+    tight = _plan([(512, 512)], budget_mib=390, max_tile_edge=DaskExecutor.max_tile_edge)
+    assert tight.tile_height == 1536 and tight.peak_bytes <= 390 << 20

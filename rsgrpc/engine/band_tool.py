@@ -313,6 +313,7 @@ def plan_band_tiles(
         workers=workers * tiles_per_worker,
         fixed_bytes=session_fixed_bytes(session),
         held_bytes=_shared_bytes(workers) + footprint,
+        max_tile_edge=session.executor.max_tile_edge,
     )
 
 

@@ -26,6 +26,7 @@ from rsgrpc.engine.errors import WorkersUnavailableError
 from rsgrpc.engine.kernel_cache import stale_reason
 from rsgrpc.engine.raster_io import keep_inputs_open
 from rsgrpc.engine.shared_results import can_map, lend_buffers, probe_buffer
+from rsgrpc.engine.tiles import CLUSTER_TILE_EDGE, LOCAL_TILE_EDGE
 from rsgrpc.engine.worker_heap import (
     IDLE_SECONDS,
     HeapGate,
@@ -61,6 +62,8 @@ class Executor(Protocol):
     workers: int
     # Cores each worker may use: numba's threads, or tiles run side by side.
     threads_per_process: int
+    # The longest tile edge worth planning for: the larger a task's own cost, the longer.
+    max_tile_edge: int
 
     def submit(self, fn: Any, /, *args: Any) -> concurrent.futures.Future: ...
 
@@ -126,10 +129,13 @@ def run_on_dask_worker(fn: Any, /, *args: Any) -> Any:
     """Runs a tile on a Dask worker, which at its first tile is set up as a local worker
     is when it starts (`_init_worker`): freed memory kept while tiles come and given back
     once idle (`worker_heap`), the inputs kept open in the thread that runs the tiles,
-    and, in each thread that runs tiles, numba on that one thread (a Dask worker has a
-    thread a core) and GDAL set up. On the 10980² NDVI of `benchmarks/bench_dask.py`, two
-    workers spent 3 % less CPU with it; an input in object storage is not opened again
-    (its header fetched anew) at every tile."""
+    the fused kernel of a band-calc expression seen again compiled while idle, and, in
+    each thread that runs tiles, numba on that one thread (a Dask worker has a thread a
+    core) and GDAL set up. Without the fused kernels, a Dask worker ran every expression
+    as its block program: on the 10980² NDVI of `benchmarks/bench_dask.py`, twice the
+    kernel time of a local worker's. An input in object storage is not opened again (its
+    header fetched anew) at every tile. The kernels a worker compiles go to numba's cache
+    folder: the one of its `NUMBA_CACHE_DIR`, which deployments set to rsgrpc's."""
     global _dask_worker_ready
     if not getattr(_dask_thread, "ready", False):
         import numba
@@ -141,6 +147,9 @@ def run_on_dask_worker(fn: Any, /, *args: Any) -> Any:
         _dask_thread.ready = True
         with _dask_worker_lock:
             if not _dask_worker_ready:
+                from rsgrpc_kernels.bandcalc import compile_in_background
+
+                compile_in_background(lambda: idle_for(IDLE_SECONDS))
                 close_inputs = keep_inputs_open()
                 keep_freed_memory(
                     multiprocessing.Semaphore(0), multiprocessing.RawValue("b", 0), close_inputs
@@ -234,6 +243,8 @@ class LocalProcessExecutor:
     never sees it; one that dies while tasks run breaks the pool and fails those
     tasks, and `recover` then starts new workers for the next job.
     """
+
+    max_tile_edge = LOCAL_TILE_EDGE
 
     def __init__(self, processes: int, *, threads_per_process: int) -> None:
         self.workers = processes
@@ -562,6 +573,10 @@ class DaskExecutor:
     them, and those whose results were lost with it before the server had them (these
     run beside the session's others: for that while, more than `workers` at once).
     """
+
+    # Each task costs the scheduler, the server and the worker their messages: fewer,
+    # larger tiles (`CLUSTER_TILE_EDGE`).
+    max_tile_edge = CLUSTER_TILE_EDGE
 
     def __init__(self, scheduler_address: str, *, workers: int) -> None:
         self.workers = workers

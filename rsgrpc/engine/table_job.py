@@ -184,6 +184,7 @@ def prepare_table_job(request: TableRequest, data_root: DataRoot, session: Sessi
         budget_bytes=session.settings.available_ram_mib << 20,
         workers=session.executor.workers,
         fixed_bytes=session_fixed_bytes(session) + table_bytes,
+        max_tile_edge=session.executor.max_tile_edge,
     )
     return TableJob(request, infos, sources, grid, output, output_path, plan, raster)
 

@@ -10,11 +10,17 @@ from rsgrpc.engine.errors import ResourceExhaustedError
 
 MIB = 1 << 20
 
-# Largest tile edge the planner picks: bigger tiles gain nothing in speed and
-# make progress coarse and the last tile long. On the band calc benchmark
+# Largest tile edge the planner picks for local workers: bigger tiles gain nothing in
+# speed and make progress coarse and the last tile long. On the band calc benchmark
 # (DEFLATE, 2 workers) tiles of 1536 took 5.70 s at best and tiles of 2048
 # 5.88 s, against an I/O floor of 4.60 to 4.96 s in the same runs.
-_MAX_TILE_EDGE = 1536
+LOCAL_TILE_EDGE = 1536
+# The same on a Dask cluster, where each task costs its messages: the scheduler's, the
+# server's and the worker's event loops spent about 25 ms of CPU a task between them on
+# the 10980² NDVI of `benchmarks/bench_dask.py` (local workers, under 2 ms). There, on
+# 2 workers, tiles of 1536 took 3.65 s, of 2048 3.2 s, of 3072 3.0 s and of 4096 3.3 s
+# (the last tiles long); the sieve 2.5 s with tiles of 1536 and 2.0 s with 3072.
+CLUSTER_TILE_EDGE = 3072
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,10 @@ class TilePlan:
 
 
 def _alignment(
-    block_shapes: Sequence[tuple[int, int]], output_block: int, shape: tuple[int, int]
+    block_shapes: Sequence[tuple[int, int]],
+    output_block: int,
+    shape: tuple[int, int],
+    max_tile_edge: int,
 ) -> tuple[int, int]:
     """The smallest tile edges aligned to the output's blocks, and to every source
     block where that keeps tiles small enough.
@@ -102,7 +111,7 @@ def _alignment(
         step = output_block
         for block in block_shapes:
             aligned = math.lcm(step, max(1, block[axis]))
-            if aligned <= _MAX_TILE_EDGE:
+            if aligned <= max_tile_edge:
                 step = aligned
         unit.append(min(step, shape[axis]))
     return unit[0], unit[1]
@@ -118,6 +127,7 @@ def plan_tiles(
     workers: int,
     fixed_bytes: int = 0,
     held_bytes: int = 0,
+    max_tile_edge: int = LOCAL_TILE_EDGE,
 ) -> TilePlan:
     """Choose the largest block-aligned tile whose job stays within `budget_bytes`:
     aligned to the output's square blocks of `output_block` pixels, and to the
@@ -129,7 +139,9 @@ def plan_tiles(
     few as one more than the workers (one queued while every worker computes)
     where that lets a larger tile fit, since fewer, larger tiles cost less
     per pixel. Tiles are no larger than needed to give every worker several
-    tiles, so progress stays fine and the load balanced.
+    tiles, so progress stays fine and the load balanced, and their edges no
+    longer than `max_tile_edge` (the executor's: `LOCAL_TILE_EDGE` or
+    `CLUSTER_TILE_EDGE`).
 
     `fixed_bytes` is what the memory model says the job holds whatever its
     tiles: whether the job fits at all, and the minimum budget named when it
@@ -151,11 +163,12 @@ def plan_tiles(
                 budget_bytes=budget_bytes,
                 workers=workers,
                 fixed_bytes=held_bytes,
+                max_tile_edge=max_tile_edge,
             )
         except ResourceExhaustedError:
             pass  # the model decides, below
     rows, cols = shape
-    unit_h, unit_w = _alignment(block_shapes, output_block, shape)
+    unit_h, unit_w = _alignment(block_shapes, output_block, shape, max_tile_edge)
     fewest_in_flight = workers + 1
 
     def peak(tile_h: int, tile_w: int, in_flight: int) -> int:
@@ -182,7 +195,7 @@ def plan_tiles(
         in_flight = most_in_flight(tile_h, tile_w)
         if best is not None and (
             in_flight is None
-            or max(tile_h, tile_w) > _MAX_TILE_EDGE
+            or max(tile_h, tile_w) > max_tile_edge
             or math.ceil(rows / tile_h) * math.ceil(cols / tile_w) < target_tiles
         ):
             break
