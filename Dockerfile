@@ -47,11 +47,14 @@ COPY --from=builder /opt/venv /opt/venv
 
 # NUMBA_CACHE_DIR names the kernel cache for processes that are not rsgrpc's own (`dask
 # worker`), so that they load the warmed kernels too; rsgrpc sets it from its own setting.
+# A Dask worker's profiler samples every thread's stack 100 times a second, which took
+# 3 % of the wall time of benchmarks/bench_dask.py's jobs; rsgrpc's tiles have no use for it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/home/rsgrpc/.cache \
     RSGRPC_KERNEL_CACHE_DIR=/home/rsgrpc/.cache/rsgrpc/kernels \
     NUMBA_CACHE_DIR=/home/rsgrpc/.cache/rsgrpc/kernels \
+    DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False \
     RSGRPC_ADDRESS=0.0.0.0:50051 \
     RSGRPC_DATA_ROOT=/data \
     RSGRPC_TEMP_ROOT=/tmp/rsgrpc

@@ -102,8 +102,8 @@ class Cluster:
 @contextlib.contextmanager
 def dask_cluster(workers: int, logs: Path) -> Iterator[Cluster]:
     """A scheduler and `workers` single-threaded workers, by Dask's command line, on
-    127.0.0.1; yielded once every worker has joined. The workers keep compiled kernels in
-    the server's kernel cache folder, as the image's `NUMBA_CACHE_DIR` makes them do."""
+    127.0.0.1; yielded once every worker has joined; in the environment the image gives
+    them (`image_environment`)."""
     from distributed import Client
 
     port = free_port()
@@ -118,7 +118,7 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[Cluster]:
         "--no-nanny", "--no-dashboard",
     ]  # fmt: skip
     with contextlib.ExitStack() as stack:
-        stack.enter_context(numba_cache_of_server())
+        stack.enter_context(image_environment())
         scheduler = stack.enter_context(logged_process(scheduler_command, logs / "scheduler.log"))
         started = [
             stack.enter_context(logged_process(worker_command, logs / f"worker{i}.log"))
@@ -130,20 +130,26 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
-def numba_cache_of_server() -> Iterator[None]:
-    """While active, processes started get the server's kernel cache folder as numba's."""
+def image_environment() -> Iterator[None]:
+    """While active, processes started get the Dask settings the Dockerfile's ENV gives
+    `dask worker`: the server's kernel cache folder as numba's, and no Dask profiler."""
     from rsgrpc.server.config import ServerConfig
 
-    before = os.environ.get("NUMBA_CACHE_DIR")
     folder = os.environ.get("RSGRPC_KERNEL_CACHE_DIR") or ServerConfig().kernel_cache_dir
-    os.environ["NUMBA_CACHE_DIR"] = str(folder)
+    settings = {
+        "NUMBA_CACHE_DIR": str(folder),
+        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+    }
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("NUMBA_CACHE_DIR")
-        else:
-            os.environ["NUMBA_CACHE_DIR"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 # --------------------------------------------------------------- what is measured

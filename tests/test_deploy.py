@@ -112,6 +112,8 @@ def test_the_image_installs_the_dask_extra(dockerfile_stages, image_env):
     assert any(requirement.startswith("distributed") for requirement in optional["dask"])
     # `dask worker` in the image loads the kernels `rsgrpc warm` compiled.
     assert image_env["NUMBA_CACHE_DIR"] == image_env["RSGRPC_KERNEL_CACHE_DIR"]
+    # ... and runs no profiler of its own (benchmarks/bench_dask.py starts its workers so).
+    assert image_env["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] == "False"
 
 
 # ---------------------------------------------------------------------------------------------
