@@ -60,6 +60,7 @@ from harness import (  # noqa: E402
     benchmark_parser,
     clean_workdir,
     clear_output,
+    environment,
     free_port,
     logged_process,
     machine,
@@ -129,27 +130,15 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[Cluster]:
         yield Cluster(address, scheduler, started)
 
 
-@contextlib.contextmanager
-def image_environment() -> Iterator[None]:
+def image_environment() -> contextlib.AbstractContextManager[None]:
     """While active, processes started get the Dask settings the Dockerfile's ENV gives
     `dask worker`: the server's kernel cache folder as numba's, and no Dask profiler."""
     from rsgrpc.server.config import ServerConfig
 
     folder = os.environ.get("RSGRPC_KERNEL_CACHE_DIR") or ServerConfig().kernel_cache_dir
-    settings = {
-        "NUMBA_CACHE_DIR": str(folder),
-        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
-    }
-    before = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
+    return environment(
+        NUMBA_CACHE_DIR=str(folder), DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False"
+    )
 
 
 # --------------------------------------------------------------- what is measured

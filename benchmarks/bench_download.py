@@ -470,22 +470,6 @@ def run_sentinelhub(job: Job) -> Result:
         )
 
 
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """``os.environ`` with ``values`` set in the block (the server takes its flags' defaults
-    from RSGRPC_* variables)."""
-    old = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def expected_size(job: Job, index: int) -> int:
     from fake_sentinelhub import FakeSentinelHub, large_tiff
 
@@ -515,7 +499,7 @@ def missing_outputs(job: Job, out: Path) -> int:
 def run_grpc(job: Job) -> Result:
     """A new `rsgrpc serve` (new cache folder, new data root) downloading for a client in a
     child process; the outputs are checked afterwards."""
-    from harness import rsgrpc_server
+    from harness import environment, rsgrpc_server
 
     with (
         fake_hub(**hub_options(job)) as (hub, where),

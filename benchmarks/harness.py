@@ -382,6 +382,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set in the block, for this process and the processes
+    it starts (the server takes its flags' defaults from RSGRPC_* variables)."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def child_env() -> dict[str, str]:
     """This environment for a benchmarked process, less GDAL_NUM_THREADS (the server sets
     GDAL's threads itself), its output unbuffered."""
