@@ -17,9 +17,10 @@ MIB = 1 << 20
 LOCAL_TILE_EDGE = 1536
 # The same on a Dask cluster, where each task costs its messages: the scheduler's, the
 # server's and the worker's event loops spent about 25 ms of CPU a task between them on
-# the 10980² NDVI of `benchmarks/bench_dask.py` (local workers, under 2 ms). There, on
-# 2 workers, tiles of 1536 took 3.65 s, of 2048 3.2 s, of 3072 3.0 s and of 4096 3.3 s
-# (the last tiles long); the sieve 2.5 s with tiles of 1536 and 2.0 s with 3072.
+# the 10980² NDVI of `benchmarks/bench_dask.py` (1.65 CPU s more than local workers for
+# its 64 tiles of 1536). There, on 2 workers, tiles of 1536 took 3.65 s, of 2048 3.2 s,
+# of 3072 3.0 s and of 4096 3.3 s (the last tiles long); the sieve 2.5 s with tiles of
+# 1536 and 2.0 s with 3072.
 CLUSTER_TILE_EDGE = 3072
 
 
