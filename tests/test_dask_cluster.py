@@ -24,6 +24,7 @@ import rasterio
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import field_mask_pb2
 
+from rsgrpc.engine.tiles import CLUSTER_TILE_EDGE, LOCAL_TILE_EDGE
 from rsgrpc.v1 import (
     operation_pb2,
     operation_pb2_grpc,
@@ -434,6 +435,30 @@ def test_a_budget_too_small_for_one_tile_is_refused_on_the_cluster_as_locally(
         )
         _finish(channel, _start(channel, session, "sieve", "small-budget/sieved.tif"))
     assert not list((root / "small-budget").glob(".*"))
+
+
+@pytest.mark.timeout(300)
+def test_a_cluster_session_plans_fewer_larger_tiles_than_local_workers(local_cluster, tmp_path):
+    """Each task costs the cluster messages between the scheduler, the server and a worker:
+    a session on a cluster plans tiles of up to CLUSTER_TILE_EDGE pixels on an edge, where
+    local workers stop at LOCAL_TILE_EDGE. A raster of 3 x 3 local tiles takes 2 x 2."""
+    edge = 3 * LOCAL_TILE_EDGE
+    with _dask_server(tmp_path, local_cluster) as (root, channel):
+        write_geotiff(root / "flat.tif", np.full((edge, edge), 7, np.uint8), block=512)
+        session = _create_session(channel, 1, ram_mib=2048)
+        request = raster_pb2.BandCalcRequest(
+            session=session,
+            expression='"flat" * 2',
+            inputs=[raster_pb2.RasterInput(name="flat", path="flat.tif")],
+            output_path="large-tiles/double.tif",
+        )
+        operation = raster_pb2_grpc.RasterServiceStub(channel).BandCalc(
+            request, timeout=_WAIT_SECONDS
+        )
+        tiles = operation_metadata(_finish(channel, operation)).tiles_total
+        pixels = _read(root / "large-tiles" / "double.tif")
+    assert CLUSTER_TILE_EDGE == 2 * LOCAL_TILE_EDGE and tiles == 4
+    assert pixels.shape == (edge, edge) and (pixels == 14).all()
 
 
 # ------------------------------------------------------------------ object storage
