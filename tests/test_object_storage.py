@@ -28,7 +28,6 @@ from rsgrpc.v1 import (
     download_pb2,
     download_pb2_grpc,
     raster_pb2,
-    raster_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
 )
@@ -111,11 +110,6 @@ def session(server) -> str:
     return created.name
 
 
-@pytest.fixture
-def raster(server) -> raster_pb2_grpc.RasterServiceStub:
-    return raster_pb2_grpc.RasterServiceStub(server[1])
-
-
 def _object(storage, key: str) -> np.ndarray:
     body = storage["client"].get_object(Bucket=BUCKET, Key=key)["Body"].read()
     with rasterio.MemoryFile(body) as memory, memory.open() as ds:
@@ -127,8 +121,8 @@ def _keys(storage, prefix: str = "") -> list[str]:
     return sorted(item["Key"] for item in listed.get("Contents", ()))
 
 
-def _ndvi(raster, session: str, red: str, nir: str, output: str, *, overwrite=False):
-    return raster.BandCalc(
+def _ndvi(raster_stub, session: str, red: str, nir: str, output: str, *, overwrite=False):
+    return raster_stub.BandCalc(
         raster_pb2.BandCalcRequest(
             session=session,
             expression="(b - a) / (b + a)",
@@ -161,10 +155,10 @@ def _expected_ndvi(storage) -> np.ndarray:
     ids=["relative", "s3-url", "gdal-name"],
 )
 def test_band_calc_reads_objects_and_uploads_its_output(
-    server, session, raster, storage, red, nir, output
+    server, session, raster_stub, storage, red, nir, output
 ):
     updates, response = watch_to_response(
-        server[1], _ndvi(raster, session, red, nir, output), raster_pb2.BandCalcResponse
+        server[1], _ndvi(raster_stub, session, red, nir, output), raster_pb2.BandCalcResponse
     )
     assert response.output_path == output  # as the client wrote it
     key = f"{PREFIX}/out/{output.rsplit('/', 1)[1]}"
@@ -173,14 +167,14 @@ def test_band_calc_reads_objects_and_uploads_its_output(
 
 
 def test_a_virtual_output_in_object_storage_is_read_back_as_an_input(
-    server, session, raster, storage
+    server, session, raster_stub, storage
 ):
     """A `.vrt` output is two objects, the VRT and its GeoTIFF; a VRT input is parsed by
     rsgrpc and its source read from the store."""
-    operation = _ndvi(raster, session, "in/red.tif", "in/nir.tif", "virtual/ndvi.vrt")
+    operation = _ndvi(raster_stub, session, "in/red.tif", "in/nir.tif", "virtual/ndvi.vrt")
     watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
     assert len(_keys(storage, f"{PREFIX}/virtual/")) == 2
-    operation = raster.BandCalc(
+    operation = raster_stub.BandCalc(
         raster_pb2.BandCalcRequest(
             session=session,
             expression="a * 2",
@@ -193,14 +187,16 @@ def test_a_virtual_output_in_object_storage_is_read_back_as_an_input(
     np.testing.assert_allclose(doubled, 2 * _expected_ndvi(storage), rtol=1e-6)
 
 
-def test_a_sieve_on_objects_equals_the_same_sieve_on_a_local_file(server, session, raster, storage):
+def test_a_sieve_on_objects_equals_the_same_sieve_on_a_local_file(
+    server, session, raster_stub, storage
+):
     local = server[2] / "local"
     write_geotiff(local / "classes.tif", storage["classes"], nodata=NODATA)
 
     def sieve(source: str, output: str) -> None:
         watch_to_response(
             server[1],
-            raster.Sieve(
+            raster_stub.Sieve(
                 raster_pb2.SieveRequest(
                     session=session,
                     inputs=[raster_pb2.RasterBand(path=source)],
@@ -232,9 +228,9 @@ def test_a_sieve_on_objects_equals_the_same_sieve_on_a_local_file(server, sessio
         "../secret.tif",
     ],
 )
-def test_nothing_outside_the_prefix_is_read(server, session, raster, path):
+def test_nothing_outside_the_prefix_is_read(server, session, raster_stub, path):
     with pytest.raises(grpc.RpcError) as caught:
-        _ndvi(raster, session, path, "in/nir.tif", "out/never.tif")
+        _ndvi(raster_stub, session, path, "in/nir.tif", "out/never.tif")
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED, caught.value.details()
     assert "42" not in caught.value.details()
 
@@ -257,9 +253,9 @@ def test_nothing_outside_the_prefix_is_read(server, session, raster, path):
         f"{ROOT}/in/red.tif/x.tif",
     ],
 )
-def test_odd_object_paths_are_the_clients_mistake(server, session, raster, path):
+def test_odd_object_paths_are_the_clients_mistake(server, session, raster_stub, path):
     with pytest.raises(grpc.RpcError) as caught:
-        _ndvi(raster, session, path, "in/nir.tif", "out/never.tif")
+        _ndvi(raster_stub, session, path, "in/nir.tif", "out/never.tif")
     assert caught.value.code() in (
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.NOT_FOUND,
@@ -276,21 +272,25 @@ def test_odd_object_paths_are_the_clients_mistake(server, session, raster, path)
     ],
     ids=["missing", "not-a-geotiff", "key-too-long"],
 )
-def test_a_missing_or_foreign_object_is_the_clients_mistake(server, session, raster, path, code):
+def test_a_missing_or_foreign_object_is_the_clients_mistake(
+    server, session, raster_stub, path, code
+):
     with pytest.raises(grpc.RpcError) as caught:
-        _ndvi(raster, session, path, "in/nir.tif", "out/never.tif")
+        _ndvi(raster_stub, session, path, "in/nir.tif", "out/never.tif")
     assert caught.value.code() is code, caught.value.details()
     assert BUCKET not in caught.value.details().replace(path, "")
 
 
-def test_an_existing_object_is_kept_unless_overwrite_is_set(server, session, raster, storage):
+def test_an_existing_object_is_kept_unless_overwrite_is_set(server, session, raster_stub, storage):
     storage["client"].put_object(Bucket=BUCKET, Key=f"{PREFIX}/out/kept.tif", Body=b"mine")
     with pytest.raises(grpc.RpcError) as caught:
-        _ndvi(raster, session, "in/red.tif", "in/nir.tif", "out/kept.tif")
+        _ndvi(raster_stub, session, "in/red.tif", "in/nir.tif", "out/kept.tif")
     assert caught.value.code() is grpc.StatusCode.ALREADY_EXISTS
     body = storage["client"].get_object(Bucket=BUCKET, Key=f"{PREFIX}/out/kept.tif")["Body"]
     assert body.read() == b"mine"
-    operation = _ndvi(raster, session, "in/red.tif", "in/nir.tif", "out/kept.tif", overwrite=True)
+    operation = _ndvi(
+        raster_stub, session, "in/red.tif", "in/nir.tif", "out/kept.tif", overwrite=True
+    )
     watch_to_response(server[1], operation, raster_pb2.BandCalcResponse)
     np.testing.assert_allclose(
         _object(storage, f"{PREFIX}/out/kept.tif"), _expected_ndvi(storage), rtol=1e-6
@@ -330,11 +330,11 @@ def test_an_output_appears_whole_or_not_at_all(server, storage, monkeypatch, tmp
 
 
 def test_an_unreachable_storage_is_unavailable_and_names_no_endpoint(
-    server, session, raster, monkeypatch
+    server, session, raster_stub, monkeypatch
 ):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on 9
     with pytest.raises(grpc.RpcError) as caught:
-        _ndvi(raster, session, "in/red.tif", "in/nir.tif", "out/never.tif")
+        _ndvi(raster_stub, session, "in/red.tif", "in/nir.tif", "out/never.tif")
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
     assert "127.0.0.1" not in caught.value.details()
 
@@ -431,7 +431,7 @@ def test_downloads_are_saved_as_objects(server, session, storage, hub):
         assert body["Body"].read() == hub.sent[f"object-{i}"]
 
 
-def test_an_object_replaced_between_jobs_is_read_afresh(server, raster, storage, tmp_path):
+def test_an_object_replaced_between_jobs_is_read_afresh(server, raster_stub, storage, tmp_path):
     """A worker keeps its inputs open between tiles and jobs; each read compares the
     object's version, so a replaced object's new pixels are read, not the old ones or
     GDAL's cache of them (one worker, the same size of object)."""
@@ -449,7 +449,7 @@ def test_an_object_replaced_between_jobs_is_read_afresh(server, raster, storage,
     for value in (3, 5):
         local = write_geotiff(tmp_path / f"{value}.tif", np.full((64, 64), value, np.uint16))
         storage["client"].upload_file(str(local), BUCKET, key)
-        operation = raster.BandCalc(
+        operation = raster_stub.BandCalc(
             raster_pb2.BandCalcRequest(
                 session=session,
                 expression="a * 2",
