@@ -3,6 +3,7 @@ that goes away, each fail at most the job they were running, with UNAVAILABLE.""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -18,7 +19,8 @@ import pytest
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rsgrpc.engine.executors import LocalProcessExecutor
+from rsgrpc.engine.errors import WorkersUnavailableError
+from rsgrpc.engine.executors import DaskExecutor, LocalProcessExecutor
 from rsgrpc.v1 import raster_pb2, raster_pb2_grpc, session_pb2, session_pb2_grpc
 from tests.conftest import (
     free_port,
@@ -215,6 +217,33 @@ def test_a_dask_scheduler_killed_during_a_job_fails_it_unavailable(tmp_path):
             refused = _band_calc(channel, session, "dask/next.tif")
             assert refused.error.code == code_pb2.UNAVAILABLE
             assert "Dask scheduler" in refused.error.message
+
+
+class _EndedTask:
+    """What `_give_result` reads of a Dask future: its status, and a result() that raises."""
+
+    def __init__(self, status: str, exc: Exception) -> None:
+        self.status, self._exc = status, exc
+
+    def result(self) -> None:
+        raise self._exc
+
+
+def test_a_result_that_cannot_be_gathered_fails_the_tile_unavailable():
+    # The scheduler killed between a task's end and the gathering of its result: Dask
+    # raises its own CommClosedError (an OSError) from result().
+    closed = OSError("in <TCP (closed) ConnectionPool.who_has>: Connection reset by peer")
+    future = concurrent.futures.Future()
+    DaskExecutor._give_result(_EndedTask("finished", closed), future)
+    with pytest.raises(WorkersUnavailableError, match="Dask scheduler"):
+        future.result(timeout=0)
+
+
+def test_a_task_that_raised_keeps_its_own_exception():
+    own = OSError("the task's own failure")
+    future = concurrent.futures.Future()
+    DaskExecutor._give_result(_EndedTask("error", own), future)
+    assert future.exception(timeout=0) is own
 
 
 @pytest.mark.timeout(120)

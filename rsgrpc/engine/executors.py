@@ -713,7 +713,10 @@ class DaskExecutor:
     @staticmethod
     def _give_result(task: Any, future: concurrent.futures.Future) -> None:
         """Set the job's future as the task ended: its result, gathered from the worker
-        that holds it (`direct_to_workers`), its exception, or cancelled."""
+        that holds it (`direct_to_workers`), its exception, or cancelled. A result that
+        cannot be gathered (the scheduler or the worker gone meanwhile) fails the tile
+        with WorkersUnavailableError: the task's own exceptions are only those of a task
+        in error."""
         if future.done():
             return
         try:
@@ -723,6 +726,11 @@ class DaskExecutor:
                 if future.cancel():
                     future.set_running_or_notify_cancel()  # wakes concurrent.futures.wait
                 return
+            if task.status != "error":
+                _LOGGER.warning("cannot gather a tile's result from the Dask cluster: %s", exc)
+                exc = WorkersUnavailableError(
+                    "the connection to the Dask scheduler was lost while gathering a tile's result"
+                )
             outcome = (future.set_exception, exc)
         else:
             outcome = (future.set_result, value)
