@@ -138,6 +138,9 @@ def make_config(tmp_path: Path, **overrides) -> ServerConfig:
         data_root=tmp_path / "data",
         temp_root=tmp_path / "tmp",
         max_processes=4,
+        # The shape of the sessions most tests create (`session_name`): the server's
+        # spare workers, started with it, are then the ones its first session takes.
+        default_process_count=2,
         max_ram_mib=8192,
         session_sweep_interval_s=0.2,
         grace_period_s=5.0,
