@@ -9,11 +9,13 @@ two workers started as processes by Dask's command line, as a deployment runs th
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +23,10 @@ import grpc
 import numpy as np
 import pytest
 import rasterio
+from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import field_mask_pb2
+from google.rpc import code_pb2
 
 from rsgrpc.engine.tiles import CLUSTER_TILE_EDGE, LOCAL_TILE_EDGE
 from rsgrpc.v1 import (
@@ -404,6 +408,68 @@ def test_a_worker_killed_during_a_job_has_its_tiles_run_again_elsewhere(local_ou
         assert update.done and not update.HasField("error"), update.error
         np.testing.assert_array_equal(_read(root / "sieved.tif"), local_outputs["sieve"][0])
         assert len(_workers(cluster.address)) == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_cancelled_job_ends_as_soon_as_its_tiles_on_the_cluster_are_cancelled(
+    local_cluster, tmp_path
+):
+    """The tiles a cancelled job has on the cluster are cancelled there, and the job ends
+    then: well before the bound it would wait for tiles still running (60 s)."""
+    with _dask_server(tmp_path, local_cluster) as (root, channel):
+        session = _create_session(channel, 2)
+        operation = _start(channel, session, "sieve", "cancelled/sieved.tif")
+        operations = lro_grpc.OperationsStub(channel)
+        operations.CancelOperation(lro.CancelOperationRequest(name=operation.name))
+        final = operations.WaitOperation(
+            lro.WaitOperationRequest(name=operation.name), timeout=_WAIT_SECONDS / 2
+        )
+    assert final.done and final.error.code == code_pb2.CANCELLED, final.error
+    assert not (root / "cancelled" / "sieved.tif").exists()
+
+
+def _stop_a_worker_running_a_tile(
+    client: distributed.Client, workers: list[subprocess.Popen]
+) -> subprocess.Popen:
+    """Stop (SIGSTOP) a worker process while the scheduler has a tile of it processing,
+    and return it: a stopped worker cannot finish the tile it holds."""
+    by_pid = {worker.pid: worker for worker in workers}
+    pids = client.run(os.getpid)  # by worker address
+    deadline = time.monotonic() + _WAIT_SECONDS
+    while time.monotonic() < deadline:
+        for address, keys in client.processing().items():
+            if not keys:
+                continue
+            victim = by_pid[pids[address]]
+            victim.send_signal(signal.SIGSTOP)
+            time.sleep(0.3)  # what it sent before it stopped reaches the scheduler
+            if client.processing(workers=[address])[address]:
+                return victim
+            victim.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"no worker ran a tile within {_WAIT_SECONDS} s")
+
+
+@pytest.mark.timeout(300)
+def test_a_tile_whose_workers_keep_dying_fails_the_job_unavailable(tmp_path, monkeypatch):
+    """Once the workers running a task have died more often than the scheduler's
+    `allowed-failures` (here 0: at the first death), Dask gives the task up with
+    KilledWorker: the job fails UNAVAILABLE, as when a local worker dies, with no output."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")  # the CLI's
+    with (
+        _cli_cluster(2) as cluster,
+        _dask_server(tmp_path, cluster.address) as (root, channel),
+        distributed.Client(cluster.address, timeout=_WAIT_SECONDS, set_as_default=False) as client,
+    ):
+        session = _create_session(channel, 2)
+        operation = _start(channel, session, "sieve", "sieved.tif")
+        victim = _stop_a_worker_running_a_tile(client, cluster.workers)
+        victim.kill()
+        assert victim.wait(_WAIT_SECONDS) == -signal.SIGKILL
+        *_, last = _updates(channel, operation)
+    assert last.done and last.error.code == code_pb2.UNAVAILABLE, last.error
+    assert "died" in last.error.message and "Dask" in last.error.message
+    assert not (root / "sieved.tif").exists()
 
 
 @pytest.mark.timeout(300)

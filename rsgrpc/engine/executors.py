@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import psutil
 
 from rsgrpc.engine import tracing as engine_tracing
-from rsgrpc.engine.errors import WorkersUnavailableError
+from rsgrpc.engine.errors import WorkerLostError, WorkersUnavailableError
 from rsgrpc.engine.kernel_cache import stale_reason
 from rsgrpc.engine.raster_io import keep_inputs_open
 from rsgrpc.engine.shared_results import can_map, lend_buffers, probe_buffer
@@ -646,6 +646,7 @@ class DaskExecutor:
         # Tracing: the task's span, in a worker that sets tracing up from the task.
         fn, args = engine_tracing.carry_to_any_worker(fn, args)
         future: concurrent.futures.Future = concurrent.futures.Future()
+        future.add_done_callback(_notify_if_cancelled)
         client = self._connected_client()
         args = tuple(self._to_a_worker(client, arg) for arg in args)
         with self._lock:
@@ -716,22 +717,18 @@ class DaskExecutor:
         that holds it (`direct_to_workers`), its exception, or cancelled. A result that
         cannot be gathered (the scheduler or the worker gone meanwhile) fails the tile
         with WorkersUnavailableError: the task's own exceptions are only those of a task
-        in error."""
+        in error. A task the scheduler gave up on, because the workers running it died
+        more often than its `allowed-failures`, fails with WorkerLostError, as a local
+        worker's death does."""
         if future.done():
             return
         try:
             value = task.result()
         except BaseException as exc:  # the task's own exception, or Dask's cancellation
             if task.status == "cancelled" or not isinstance(exc, Exception):
-                if future.cancel():
-                    future.set_running_or_notify_cancel()  # wakes concurrent.futures.wait
+                future.cancel()
                 return
-            if task.status != "error":
-                _LOGGER.warning("cannot gather a tile's result from the Dask cluster: %s", exc)
-                exc = WorkersUnavailableError(
-                    "the connection to the Dask scheduler was lost while gathering a tile's result"
-                )
-            outcome = (future.set_exception, exc)
+            outcome = (future.set_exception, _tile_error(task.status, exc))
         else:
             outcome = (future.set_result, value)
         try:
@@ -790,9 +787,36 @@ class DaskExecutor:
             waiting, self._waiting = self._waiting, []
             _close_client(self._client)
         for _, _, future in waiting:
-            if future.cancel():
-                future.set_running_or_notify_cancel()
+            future.cancel()
         self._results.shutdown(wait=False, cancel_futures=True)
+
+
+def _notify_if_cancelled(future: concurrent.futures.Future) -> None:
+    """A future cancelled before it ran is done for `concurrent.futures.wait` only once
+    notified, which an executor does as it would have run it. A DaskExecutor runs none
+    of the futures it hands out: each is notified as it is cancelled, by the job (which
+    then waits for its tiles to end) or by the cluster. Un-notified, a job's tiles on the
+    cluster kept it waiting `DRAIN_SECONDS` after it was cancelled or failed."""
+    if future.cancelled():
+        future.set_running_or_notify_cancel()
+
+
+def _tile_error(status: str, exc: Exception) -> Exception:
+    """What the job sees of a Dask task of `status` whose result() raised `exc`."""
+    if status != "error":
+        _LOGGER.warning("cannot gather a tile's result from the Dask cluster: %s", exc)
+        return WorkersUnavailableError(
+            "the connection to the Dask scheduler was lost while gathering a tile's result"
+        )
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        _LOGGER.warning("the Dask cluster gave up on a tile: %s", exc)
+        return WorkerLostError(
+            "the Dask workers running a tile of this operation died (killed, or out of "
+            "memory) as often as the cluster allows"
+        )
+    return exc
 
 
 def _close_client(client: Any) -> None:
